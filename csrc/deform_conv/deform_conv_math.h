@@ -1,0 +1,116 @@
+// Per-element math of the packed deformable convolution, shared by the CPU and CUDA kernels.
+//
+// Geometry (see dzsr_kernels/deform_conv/reference.py): tap t = i*k + j of output pixel q = (qy, qx)
+// has grid vector g = (i - k/2, j - k/2) and samples the input plane at
+//   affine:  p = q + A(q) g + b(q),   geom channels [A0, A1, A2, A3, by, bx]
+//   general: p = q + g + (off[2t](q), off[2t+1](q)),   geom channels = 2k^2 offsets
+// Bilinear sampling reads zero for each of the four corners that falls outside the plane, and the
+// position gradient is the derivative of that four-corner formula.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define DZSR_HD __host__ __device__ __forceinline__
+#else
+#define DZSR_HD inline
+#endif
+
+namespace dzsr {
+namespace deform {
+
+// One sampling point: the four corners flattened into the plane, with their bilinear weights and
+// the weights' derivatives with respect to the position (py, px). Invalid corners have index 0 and
+// all-zero weights, so reading them is safe and contributes nothing.
+template <typename T>
+struct Taps {
+  int32_t idx[4];
+  T w[4];
+  T wy[4];
+  T wx[4];
+};
+
+DZSR_HD int tap_gy(int t, int k) { return t / k - k / 2; }
+DZSR_HD int tap_gx(int t, int k) { return t % k - k / 2; }
+
+// Absolute sampling position of tap t at pixel (qy, qx); geom points at sample n's geometry,
+// channel stride `plane`, and `pix` = qy * W + qx.
+template <typename T>
+DZSR_HD void tap_position(const T* geom, int64_t plane, int64_t pix, bool affine, int t, int k, int qy, int qx,
+                          T& py, T& px) {
+  const T gy = static_cast<T>(tap_gy(t, k));
+  const T gx = static_cast<T>(tap_gx(t, k));
+  if (affine) {
+    py = qy + geom[0 * plane + pix] * gy + geom[1 * plane + pix] * gx + geom[4 * plane + pix];
+    px = qx + geom[2 * plane + pix] * gy + geom[3 * plane + pix] * gx + geom[5 * plane + pix];
+  } else {
+    py = qy + gy + geom[(2 * t) * plane + pix];
+    px = qx + gx + geom[(2 * t + 1) * plane + pix];
+  }
+}
+
+template <typename T>
+DZSR_HD void bilinear_taps(T py, T px, int H, int W, Taps<T>& s) {
+  const T y0f = floor(py), x0f = floor(px);
+  const T ly = py - y0f, lx = px - x0f, hy = T(1) - ly, hx = T(1) - lx;
+  // Comparisons are false for NaN, so a NaN position reads zero everywhere.
+  const bool vy[2] = {y0f >= T(0) && y0f <= T(H - 1), y0f >= T(-1) && y0f <= T(H - 2)};
+  const bool vx[2] = {x0f >= T(0) && x0f <= T(W - 1), x0f >= T(-1) && x0f <= T(W - 2)};
+  const int iy = (vy[0] || vy[1]) ? static_cast<int>(y0f) : 0;
+  const int ix = (vx[0] || vx[1]) ? static_cast<int>(x0f) : 0;
+  const T wy_[2] = {hy, ly}, wx_[2] = {hx, lx};
+  const T dy_[2] = {T(-1), T(1)}, dx_[2] = {T(-1), T(1)};
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const int a = c >> 1, b = c & 1;
+    const bool valid = vy[a] && vx[b];
+    s.idx[c] = valid ? (iy + a) * W + (ix + b) : 0;
+    s.w[c] = valid ? wy_[a] * wx_[b] : T(0);
+    s.wy[c] = valid ? dy_[a] * wx_[b] : T(0);
+    s.wx[c] = valid ? wy_[a] * dx_[b] : T(0);
+  }
+}
+
+template <typename T>
+DZSR_HD T sample(const T* plane, const Taps<T>& s) {
+  return s.w[0] * plane[s.idx[0]] + s.w[1] * plane[s.idx[1]] + s.w[2] * plane[s.idx[2]] + s.w[3] * plane[s.idx[3]];
+}
+
+// Value and position derivatives of one sample, sharing the four corner reads.
+template <typename T>
+DZSR_HD void sample_with_grad(const T* plane, const Taps<T>& s, T& v, T& dvy, T& dvx) {
+  v = T(0);
+  dvy = T(0);
+  dvx = T(0);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const T p = plane[s.idx[c]];
+    v += s.w[c] * p;
+    dvy += s.wy[c] * p;
+    dvx += s.wx[c] * p;
+  }
+}
+
+// Add the position gradient (gpy, gpx) of tap t to the geometry gradient of one pixel
+// (grad points at sample n's gradient, channel stride `plane`, pixel `pix`). Affine: dA = gp g^T,
+// db = gp, summed over taps by the caller's accumulation order; general: the tap's own offset.
+template <typename T>
+DZSR_HD void accumulate_geom_grad(T* grad, int64_t plane, int64_t pix, bool affine, int t, int k, T gpy, T gpx) {
+  if (affine) {
+    const T gy = static_cast<T>(tap_gy(t, k));
+    const T gx = static_cast<T>(tap_gx(t, k));
+    grad[0 * plane + pix] += gpy * gy;
+    grad[1 * plane + pix] += gpy * gx;
+    grad[2 * plane + pix] += gpx * gy;
+    grad[3 * plane + pix] += gpx * gx;
+    grad[4 * plane + pix] += gpy;
+    grad[5 * plane + pix] += gpx;
+  } else {
+    grad[(2 * t) * plane + pix] += gpy;
+    grad[(2 * t + 1) * plane + pix] += gpx;
+  }
+}
+
+}  // namespace deform
+}  // namespace dzsr

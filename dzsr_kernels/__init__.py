@@ -1,0 +1,19 @@
+"""dzsr_kernels: fast, tested ops for SelfDZSR.
+
+Each op has a pure-PyTorch ``reference`` (the oracle), ``cpp`` (C++ CPU + CUDA C++ from ``csrc/``)
+and ``triton`` implementations; ``available_backends()``, ``use_backend()`` and the
+``DZSR_KERNELS_BACKEND`` environment variable choose between them (see ``_backend``).
+"""
+from ._backend import BackendUnavailableError, available_backends, backend_table, use_backend
+from .deform_conv import AffineDeformConv2d, affine_deform_conv2d, centre_tap_conv2d, deform_conv2d
+
+__all__ = [
+    "AffineDeformConv2d",
+    "BackendUnavailableError",
+    "affine_deform_conv2d",
+    "available_backends",
+    "backend_table",
+    "centre_tap_conv2d",
+    "deform_conv2d",
+    "use_backend",
+]
