@@ -1,6 +1,7 @@
 """Argument validation shared by every op: clear errors naming the argument and what was expected."""
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
@@ -50,3 +51,15 @@ def check_match(names: Sequence[str], tensors: Sequence[torch.Tensor], dims: Seq
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """float64 if any input is float64, else float32 (half inputs accumulate in float32)."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def poison_outputs() -> bool:
+    return os.environ.get("DZSR_POISON") == "1"
+
+
+def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An output buffer for a kernel to fill: uninitialised, or NaN / -1 under DZSR_POISON=1 (tests)."""
+    if not poison_outputs():
+        return torch.empty(shape, dtype=dtype, device=device)
+    fill = float("nan") if dtype.is_floating_point else -1
+    return torch.full(shape, fill, dtype=dtype, device=device)
