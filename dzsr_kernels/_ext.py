@@ -19,7 +19,7 @@ import torch
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CSRC_DIR = PACKAGE_DIR.parent / "csrc"
-EXTRA_CFLAGS = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=off"]
+EXTRA_CFLAGS = ["-O3", "-fopenmp", "-march=native"]
 EXTRA_CUDA_CFLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 
 _lock = threading.Lock()

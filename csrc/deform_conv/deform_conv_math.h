@@ -92,6 +92,30 @@ DZSR_HD void sample_with_grad(const T* plane, const Taps<T>& s, T& v, T& dvy, T&
   }
 }
 
+// Mixed-precision variants: the plane is stored as S (e.g. half) and read into the accumulation
+// type T of the taps (float), so half inputs are sampled without a float copy of the input.
+template <typename T, typename S>
+DZSR_HD T sample(const S* plane, const Taps<T>& s) {
+  T v = T(0);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) v += s.w[c] * static_cast<T>(plane[s.idx[c]]);
+  return v;
+}
+
+template <typename T, typename S>
+DZSR_HD void sample_with_grad(const S* plane, const Taps<T>& s, T& v, T& dvy, T& dvx) {
+  v = T(0);
+  dvy = T(0);
+  dvx = T(0);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const T p = static_cast<T>(plane[s.idx[c]]);
+    v += s.w[c] * p;
+    dvy += s.wy[c] * p;
+    dvx += s.wx[c] * p;
+  }
+}
+
 // Add the position gradient (gpy, gpx) of tap t to the geometry gradient of one pixel
 // (grad points at sample n's gradient, channel stride `plane`, pixel `pix`). Affine: dA = gp g^T,
 // db = gp, summed over taps by the caller's accumulation order; general: the tap's own offset.

@@ -1,0 +1,454 @@
+// CPU kernels of the packed deformable convolution (stride 1, padding k/2): forward and backward.
+//
+// Work is split into blocks of kBlock flat output pixels. Each block computes its k^2 taps'
+// sampling geometry once (deform_conv_math.h) and reuses it for every channel, so nothing of size
+// C*k^2*H*W is ever allocated. Per group with one input channel (depthwise, with any channel
+// multiplier) the kernels loop directly; otherwise a column tile (C_in*k^2 x kBlock) feeds a GEMM.
+//
+// Backward runs two passes, each free of write races:
+//   1. tasks (n, pixel block): position gradients -> dgeom (the block owns its pixels) and dweight
+//      (thread-local accumulators, summed at the end);
+//   2. tasks (n, input-channel chunk): the bilinear scatter into dx (the chunk owns its planes).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common.h"
+#include "deform_conv/deform_conv_math.h"
+
+namespace dzsr {
+namespace deform {
+namespace {
+
+constexpr int64_t kBlock = 256;
+
+struct Geometry {
+  int64_t N, C, H, W, HW, Cout, groups, cin_g, cout_g, k, K, geom_ch;
+  bool affine;
+};
+
+Geometry make_geometry(const at::Tensor& x, const at::Tensor& geom, bool affine, const at::Tensor& weight,
+                       int64_t groups) {
+  TORCH_CHECK(x.dim() == 4 && geom.dim() == 4 && weight.dim() == 4, "deform_conv2d: x, geom, weight must be 4-D");
+  TORCH_CHECK(x.is_contiguous() && geom.is_contiguous() && weight.is_contiguous(),
+              "deform_conv2d: inputs must be contiguous");
+  Geometry g;
+  g.N = x.size(0);
+  g.C = x.size(1);
+  g.H = x.size(2);
+  g.W = x.size(3);
+  g.HW = g.H * g.W;
+  g.Cout = weight.size(0);
+  g.groups = groups;
+  g.cin_g = g.C / groups;
+  g.cout_g = g.Cout / groups;
+  g.k = weight.size(2);
+  g.K = g.k * g.k;
+  g.affine = affine;
+  g.geom_ch = affine ? 6 : 2 * g.K;
+  TORCH_CHECK(g.HW < (int64_t(1) << 31), "deform_conv2d: H*W must fit in int32");
+  TORCH_CHECK(geom.size(1) == g.geom_ch && geom.size(0) == g.N && geom.size(2) == g.H && geom.size(3) == g.W,
+              "deform_conv2d: geom has the wrong shape");
+  TORCH_CHECK(weight.size(1) == g.cin_g && g.C % groups == 0 && g.Cout % groups == 0,
+              "deform_conv2d: weight/groups mismatch");
+  return g;
+}
+
+// taps[i*K + t] for the np pixels starting at flat pixel p0 of sample n.
+template <typename T>
+void fill_taps(const T* geom_n, const Geometry& g, int64_t p0, int64_t np, Taps<T>* taps) {
+  for (int64_t i = 0; i < np; ++i) {
+    const int64_t pix = p0 + i;
+    const int qy = static_cast<int>(pix / g.W), qx = static_cast<int>(pix % g.W);
+    for (int t = 0; t < g.K; ++t) {
+      T py, px;
+      tap_position(geom_n, g.HW, pix, g.affine, t, static_cast<int>(g.k), qy, qx, py, px);
+      bilinear_taps(py, px, static_cast<int>(g.H), static_cast<int>(g.W), taps[i * g.K + t]);
+    }
+  }
+}
+
+// Matrix views for the GEMM path: a (rows x cols) matrix at `data` with row stride `ld`.
+template <typename T>
+at::Tensor view(T* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(data, {rows, cols}, {ld, 1}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+template <typename T>
+void forward_impl(const T* x, const T* geom, const T* w, const T* bias, T* out, const Geometry& g) {
+  const int64_t nblocks = (g.HW + kBlock - 1) / kBlock;
+  const bool direct = g.cin_g == 1;
+  at::parallel_for(0, g.N * nblocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<Taps<T>> taps(kBlock * g.K);
+    std::vector<T> cols(direct ? 0 : g.C * g.K * kBlock);
+    std::vector<T> acc(direct ? 0 : g.cout_g * kBlock);
+    for (int64_t task = b0; task < b1; ++task) {
+      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
+      fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
+      const T* xn = x + n * g.C * g.HW;
+      T* outn = out + n * g.Cout * g.HW + p0;
+      if (direct) {
+        for (int64_t o = 0; o < g.Cout; ++o) {
+          const T* plane = xn + (o / g.cout_g) * g.HW;
+          const T* wo = w + o * g.K;
+          const T b = bias ? bias[o] : T(0);
+          for (int64_t i = 0; i < np; ++i) {
+            const Taps<T>* ti = taps.data() + i * g.K;
+            T s = b;
+            for (int t = 0; t < g.K; ++t) s += wo[t] * sample(plane, ti[t]);
+            outn[o * g.HW + i] = s;
+          }
+        }
+        continue;
+      }
+      for (int64_t i = 0; i < np; ++i)
+        for (int64_t c = 0; c < g.C; ++c)
+          for (int t = 0; t < g.K; ++t)
+            cols[(c * g.K + t) * np + i] = sample(xn + c * g.HW, taps[i * g.K + t]);
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        auto res = view(acc.data(), g.cout_g, np, np);
+        at::mm_out(res, view(const_cast<T*>(w) + gi * g.cout_g * g.cin_g * g.K, g.cout_g, g.cin_g * g.K, g.cin_g * g.K),
+                   view(cols.data() + gi * g.cin_g * g.K * np, g.cin_g * g.K, np, np));
+        for (int64_t o = 0; o < g.cout_g; ++o) {
+          const int64_t oc = gi * g.cout_g + o;
+          const T b = bias ? bias[oc] : T(0);
+          for (int64_t i = 0; i < np; ++i) outn[oc * g.HW + i] = acc[o * np + i] + b;
+        }
+      }
+    }
+  });
+}
+
+// Pass 1: geometry gradient and weight gradient.
+template <typename T>
+void backward_geom_weight(const T* gout, const T* x, const T* geom, const T* w, T* dgeom, T* dweight,
+                          const Geometry& g) {
+  const int64_t nblocks = (g.HW + kBlock - 1) / kBlock;
+  const bool direct = g.cin_g == 1;
+  const int64_t wsize = g.Cout * g.cin_g * g.K;
+  const int nthreads = at::get_num_threads();
+  std::vector<T> dw_local(static_cast<size_t>(nthreads) * wsize, T(0));
+  at::parallel_for(0, g.N * nblocks, 1, [&](int64_t b0, int64_t b1) {
+    T* dw = dw_local.data() + at::get_thread_num() * wsize;
+    std::vector<Taps<T>> taps(kBlock * g.K);
+    std::vector<T> cols(direct ? 0 : g.C * g.K * kBlock);
+    std::vector<T> gcols(direct ? 0 : g.C * g.K * kBlock);
+    std::vector<T> gpy(g.K), gpx(g.K), gg(g.geom_ch);
+    for (int64_t task = b0; task < b1; ++task) {
+      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
+      fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
+      const T* xn = x + n * g.C * g.HW;
+      const T* gn = gout + n * g.Cout * g.HW + p0;
+      if (!direct) {
+        for (int64_t gi = 0; gi < g.groups; ++gi) {
+          auto res = view(gcols.data() + gi * g.cin_g * g.K * np, g.cin_g * g.K, np, np);
+          at::mm_out(res,
+                     view(const_cast<T*>(w) + gi * g.cout_g * g.cin_g * g.K, g.cout_g, g.cin_g * g.K, g.cin_g * g.K).t(),
+                     view(const_cast<T*>(gn) + gi * g.cout_g * g.HW, g.cout_g, np, g.HW));
+        }
+      }
+      for (int64_t i = 0; i < np; ++i) {
+        const Taps<T>* ti = taps.data() + i * g.K;
+        std::fill(gpy.begin(), gpy.end(), T(0));
+        std::fill(gpx.begin(), gpx.end(), T(0));
+        if (direct) {
+          for (int64_t o = 0; o < g.Cout; ++o) {
+            const T* plane = xn + (o / g.cout_g) * g.HW;
+            const T go = gn[o * g.HW + i];
+            const T* wo = w + o * g.K;
+            T* dwo = dw + o * g.K;
+            for (int t = 0; t < g.K; ++t) {
+              T v, dvy, dvx;
+              sample_with_grad(plane, ti[t], v, dvy, dvx);
+              dwo[t] += go * v;
+              const T gp = go * wo[t];
+              gpy[t] += gp * dvy;
+              gpx[t] += gp * dvx;
+            }
+          }
+        } else {
+          for (int64_t c = 0; c < g.C; ++c) {
+            const T* plane = xn + c * g.HW;
+            for (int t = 0; t < g.K; ++t) {
+              T v, dvy, dvx;
+              sample_with_grad(plane, ti[t], v, dvy, dvx);
+              const int64_t row = (c * g.K + t) * np + i;
+              cols[row] = v;
+              gpy[t] += gcols[row] * dvy;
+              gpx[t] += gcols[row] * dvx;
+            }
+          }
+        }
+        std::fill(gg.begin(), gg.end(), T(0));
+        for (int t = 0; t < g.K; ++t)
+          accumulate_geom_grad(gg.data(), 1, 0, g.affine, t, static_cast<int>(g.k), gpy[t], gpx[t]);
+        T* dgn = dgeom + n * g.geom_ch * g.HW + p0 + i;
+        for (int64_t ch = 0; ch < g.geom_ch; ++ch) dgn[ch * g.HW] = gg[ch];
+      }
+      if (!direct) {
+        for (int64_t gi = 0; gi < g.groups; ++gi) {
+          auto dwg = view(dw + gi * g.cout_g * g.cin_g * g.K, g.cout_g, g.cin_g * g.K, g.cin_g * g.K);
+          dwg.addmm_(view(const_cast<T*>(gn) + gi * g.cout_g * g.HW, g.cout_g, np, g.HW),
+                     view(cols.data() + gi * g.cin_g * g.K * np, g.cin_g * g.K, np, np).t());
+        }
+      }
+    }
+  });
+  std::fill(dweight, dweight + wsize, T(0));
+  for (int th = 0; th < nthreads; ++th)
+    for (int64_t j = 0; j < wsize; ++j) dweight[j] += dw_local[th * wsize + j];
+}
+
+// Pass 2: dx by scattering each sample's gradient into the four corners; a task owns a chunk of
+// input channels of one sample, so no two tasks write the same plane.
+template <typename T>
+void backward_input(const T* gout, const T* geom, const T* w, T* dx, const Geometry& g) {
+  const int64_t nblocks = (g.HW + kBlock - 1) / kBlock;
+  const bool direct = g.cin_g == 1;
+  const int64_t chunks_per_n = std::clamp<int64_t>((4 * at::get_num_threads() + g.N - 1) / g.N, 1, g.C);
+  const int64_t cs = (g.C + chunks_per_n - 1) / chunks_per_n;
+  at::parallel_for(0, g.N * chunks_per_n, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<Taps<T>> taps(kBlock * g.K);
+    std::vector<T> gcols(direct ? 0 : std::min(cs, g.cin_g) * g.K * kBlock);
+    for (int64_t task = b0; task < b1; ++task) {
+      const int64_t n = task / chunks_per_n;
+      const int64_t c0 = (task % chunks_per_n) * cs, c1 = std::min(g.C, c0 + cs);
+      if (c0 >= c1) continue;
+      T* dxn = dx + n * g.C * g.HW;
+      const T* gn_all = gout + n * g.Cout * g.HW;
+      for (int64_t blk = 0; blk < nblocks; ++blk) {
+        const int64_t p0 = blk * kBlock, np = std::min(kBlock, g.HW - p0);
+        fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
+        const T* gn = gn_all + p0;
+        if (direct) {
+          for (int64_t c = c0; c < c1; ++c) {
+            T* plane = dxn + c * g.HW;
+            for (int64_t o = c * g.cout_g; o < (c + 1) * g.cout_g; ++o) {
+              const T* wo = w + o * g.K;
+              for (int64_t i = 0; i < np; ++i) {
+                const T go = gn[o * g.HW + i];
+                const Taps<T>* ti = taps.data() + i * g.K;
+                for (int t = 0; t < g.K; ++t) {
+                  const T gp = go * wo[t];
+                  for (int cr = 0; cr < 4; ++cr) plane[ti[t].idx[cr]] += gp * ti[t].w[cr];
+                }
+              }
+            }
+          }
+          continue;
+        }
+        // Split [c0, c1) at group boundaries; each piece's gradient columns come from one GEMM.
+        for (int64_t a = c0; a < c1;) {
+          const int64_t gi = a / g.cin_g, e = std::min(c1, (gi + 1) * g.cin_g), rows = (e - a) * g.K;
+          auto res = view(gcols.data(), rows, np, np);
+          const T* wg = w + gi * g.cout_g * g.cin_g * g.K + (a - gi * g.cin_g) * g.K;
+          at::mm_out(res, view(const_cast<T*>(wg), g.cout_g, rows, g.cin_g * g.K).t(),
+                     view(const_cast<T*>(gn) + gi * g.cout_g * g.HW, g.cout_g, np, g.HW));
+          for (int64_t c = a; c < e; ++c) {
+            T* plane = dxn + c * g.HW;
+            for (int t = 0; t < g.K; ++t) {
+              const T* gc = gcols.data() + ((c - a) * g.K + t) * np;
+              for (int64_t i = 0; i < np; ++i) {
+                const Taps<T>& s = taps[i * g.K + t];
+                for (int cr = 0; cr < 4; ++cr) plane[s.idx[cr]] += gc[i] * s.w[cr];
+              }
+            }
+          }
+          a = e;
+        }
+      }
+    }
+  });
+}
+
+// Channel-vectorised path for pure depthwise convolutions (one input and one output channel per
+// group, the AdaSTN case) on tensors small enough to copy: with channels last, the four corners of
+// a sample are contiguous C-vectors, so every inner loop runs over channels in SIMD registers.
+constexpr int64_t kChannelsLastMaxBytes = int64_t(16) << 20;
+
+bool use_channels_last(const Geometry& g, int64_t elem_size) {
+  return g.cin_g == 1 && g.cout_g == 1 && g.N * g.C * g.HW * elem_size <= kChannelsLastMaxBytes;
+}
+
+at::Tensor to_channels_last(const at::Tensor& t) {  // (N, C, H, W) -> (N, HW, C)
+  return t.flatten(2).transpose(1, 2).contiguous();
+}
+
+template <typename T>
+void depthwise_cl_forward(const T* xt, const T* geom, const T* wt, const T* bias, T* outt, const Geometry& g) {
+  const int64_t nblocks = (g.HW + kBlock - 1) / kBlock, C = g.C;
+  at::parallel_for(0, g.N * nblocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<Taps<T>> taps(kBlock * g.K);
+    std::vector<T> acc(C), tmp(C);
+    for (int64_t task = b0; task < b1; ++task) {
+      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
+      fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
+      const T* xn = xt + n * g.HW * C;
+      for (int64_t i = 0; i < np; ++i) {
+        for (int64_t c = 0; c < C; ++c) acc[c] = bias ? bias[c] : T(0);
+        for (int t = 0; t < g.K; ++t) {
+          const Taps<T>& s = taps[i * g.K + t];
+          const T *r0 = xn + s.idx[0] * C, *r1 = xn + s.idx[1] * C, *r2 = xn + s.idx[2] * C, *r3 = xn + s.idx[3] * C;
+          const T* wtt = wt + t * C;
+          for (int64_t c = 0; c < C; ++c)
+            acc[c] += wtt[c] * (s.w[0] * r0[c] + s.w[1] * r1[c] + s.w[2] * r2[c] + s.w[3] * r3[c]);
+        }
+        std::copy(acc.begin(), acc.end(), outt + (n * g.HW + p0 + i) * C);
+      }
+    }
+  });
+}
+
+template <typename T>
+void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* wt, T* dxt, T* dgeom, T* dwt,
+                           const Geometry& g) {
+  const int64_t nblocks = (g.HW + kBlock - 1) / kBlock, C = g.C, wsize = g.K * C;
+  const int nthreads = at::get_num_threads();
+  std::vector<T> dw_local(static_cast<size_t>(nthreads) * wsize, T(0));
+  // Pass 1: geometry and weight gradients, tasks own pixel blocks.
+  at::parallel_for(0, g.N * nblocks, 1, [&](int64_t b0, int64_t b1) {
+    T* dw = dw_local.data() + at::get_thread_num() * wsize;
+    std::vector<Taps<T>> taps(kBlock * g.K);
+    std::vector<T> gg(g.geom_ch);
+    for (int64_t task = b0; task < b1; ++task) {
+      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
+      fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
+      const T* xn = xt + n * g.HW * C;
+      for (int64_t i = 0; i < np; ++i) {
+        const T* go = goutt + (n * g.HW + p0 + i) * C;
+        std::fill(gg.begin(), gg.end(), T(0));
+        for (int t = 0; t < g.K; ++t) {
+          const Taps<T>& s = taps[i * g.K + t];
+          const T *r0 = xn + s.idx[0] * C, *r1 = xn + s.idx[1] * C, *r2 = xn + s.idx[2] * C, *r3 = xn + s.idx[3] * C;
+          const T* wtt = wt + t * C;
+          T* dwtt = dw + t * C;
+          T gpy = 0, gpx = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            const T v = s.w[0] * r0[c] + s.w[1] * r1[c] + s.w[2] * r2[c] + s.w[3] * r3[c];
+            const T dvy = s.wy[0] * r0[c] + s.wy[1] * r1[c] + s.wy[2] * r2[c] + s.wy[3] * r3[c];
+            const T dvx = s.wx[0] * r0[c] + s.wx[1] * r1[c] + s.wx[2] * r2[c] + s.wx[3] * r3[c];
+            dwtt[c] += go[c] * v;
+            const T gp = go[c] * wtt[c];
+            gpy += gp * dvy;
+            gpx += gp * dvx;
+          }
+          accumulate_geom_grad(gg.data(), 1, 0, g.affine, t, static_cast<int>(g.k), gpy, gpx);
+        }
+        T* dgn = dgeom + n * g.geom_ch * g.HW + p0 + i;
+        for (int64_t ch = 0; ch < g.geom_ch; ++ch) dgn[ch * g.HW] = gg[ch];
+      }
+    }
+  });
+  std::fill(dwt, dwt + wsize, T(0));
+  for (int th = 0; th < nthreads; ++th)
+    for (int64_t j = 0; j < wsize; ++j) dwt[j] += dw_local[th * wsize + j];
+  // Pass 2: scatter into dx; a task owns a channel slice of one sample.
+  const int64_t slices = std::clamp<int64_t>((4 * nthreads + g.N - 1) / g.N, 1, (C + 15) / 16);
+  const int64_t cs = (C + slices - 1) / slices;
+  at::parallel_for(0, g.N * slices, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<Taps<T>> taps(kBlock * g.K);
+    for (int64_t task = b0; task < b1; ++task) {
+      const int64_t n = task / slices, c0 = (task % slices) * cs, c1 = std::min(C, c0 + cs);
+      T* dxn = dxt + n * g.HW * C;
+      for (int64_t p0 = 0; p0 < g.HW; p0 += kBlock) {
+        const int64_t np = std::min(kBlock, g.HW - p0);
+        fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
+        for (int64_t i = 0; i < np; ++i) {
+          const T* go = goutt + (n * g.HW + p0 + i) * C;
+          for (int t = 0; t < g.K; ++t) {
+            const Taps<T>& s = taps[i * g.K + t];
+            const T* wtt = wt + t * C;
+            for (int cr = 0; cr < 4; ++cr) {
+              T* row = dxn + s.idx[cr] * C;
+              const T wc = s.w[cr];
+              for (int64_t c = c0; c < c1; ++c) row[c] += wc * go[c] * wtt[c];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Half and bfloat16 run in float32; float32/float64 run natively.
+at::ScalarType compute_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool affine, const at::Tensor& weight_in,
+                       const c10::optional<at::Tensor>& bias_in, int64_t groups) {
+  const auto ct = compute_type(x_in);
+  auto x = x_in.to(ct).contiguous(), geom = geom_in.to(ct).contiguous(), weight = weight_in.to(ct).contiguous();
+  at::Tensor bias;
+  if (bias_in.has_value()) bias = bias_in->to(ct).contiguous();
+  const Geometry g = make_geometry(x, geom, affine, weight, groups);
+  if (use_channels_last(g, x.element_size())) {
+    auto xt = to_channels_last(x), wt = weight.reshape({g.C, g.K}).t().contiguous();
+    auto outt = new_output({g.N, g.HW, g.C}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu_cl", [&] {
+      depthwise_cl_forward<scalar_t>(xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+                                     bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
+                                     outt.data_ptr<scalar_t>(), g);
+    });
+    return outt.transpose(1, 2).reshape({g.N, g.C, g.H, g.W}).to(x_in.scalar_type());
+  }
+  auto out = new_output({g.N, g.Cout, g.H, g.W}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu", [&] {
+    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+                           bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), g);
+  });
+  return out.to(x_in.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gout_in, const at::Tensor& x_in,
+                                                            const at::Tensor& geom_in, bool affine,
+                                                            const at::Tensor& weight_in, int64_t groups) {
+  const auto ct = compute_type(x_in);
+  auto x = x_in.to(ct).contiguous(), geom = geom_in.to(ct).contiguous(), weight = weight_in.to(ct).contiguous();
+  auto gout = gout_in.to(ct).contiguous();
+  const Geometry g = make_geometry(x, geom, affine, weight, groups);
+  TORCH_CHECK(gout.sizes() == at::IntArrayRef({g.N, g.Cout, g.H, g.W}), "deform_conv2d: grad_out has the wrong shape");
+  auto dgeom = new_output(geom.sizes(), geom.options());
+  if (use_channels_last(g, x.element_size())) {
+    auto xt = to_channels_last(x), goutt = to_channels_last(gout), wt = weight.reshape({g.C, g.K}).t().contiguous();
+    auto dxt = at::zeros_like(xt);
+    auto dwt = new_output({g.K, g.C}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_backward_cpu_cl", [&] {
+      depthwise_cl_backward<scalar_t>(goutt.data_ptr<scalar_t>(), xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(),
+                                      wt.data_ptr<scalar_t>(), dxt.data_ptr<scalar_t>(), dgeom.data_ptr<scalar_t>(),
+                                      dwt.data_ptr<scalar_t>(), g);
+    });
+    auto dx = dxt.transpose(1, 2).reshape({g.N, g.C, g.H, g.W});
+    auto dweight = dwt.t().reshape(weight.sizes());
+    return {dx.to(x_in.scalar_type()), dgeom.to(geom_in.scalar_type()), dweight.to(weight_in.scalar_type())};
+  }
+  auto dx = at::zeros_like(x);
+  auto dweight = new_output(weight.sizes(), weight.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_backward_cpu", [&] {
+    backward_geom_weight<scalar_t>(gout.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(),
+                                   weight.data_ptr<scalar_t>(), dgeom.data_ptr<scalar_t>(),
+                                   dweight.data_ptr<scalar_t>(), g);
+    backward_input<scalar_t>(gout.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+                             dx.data_ptr<scalar_t>(), g);
+  });
+  return {dx.to(x_in.scalar_type()), dgeom.to(geom_in.scalar_type()), dweight.to(weight_in.scalar_type())};
+}
+
+}  // namespace
+}  // namespace deform
+}  // namespace dzsr
+
+TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
+  m.def("deform_conv2d_forward(Tensor x, Tensor geom, bool affine, Tensor weight, Tensor? bias, int groups) -> Tensor");
+  m.def(
+      "deform_conv2d_backward(Tensor grad_out, Tensor x, Tensor geom, bool affine, Tensor weight, int groups)"
+      " -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dzsr_C, CPU, m) {
+  m.impl("deform_conv2d_forward", &dzsr::deform::forward_cpu);
+  m.impl("deform_conv2d_backward", &dzsr::deform::backward_cpu);
+}
