@@ -6,6 +6,7 @@ and ``triton`` implementations; ``available_backends()``, ``use_backend()`` and 
 """
 from ._backend import BackendUnavailableError, available_backends, backend_table, use_backend
 from .deform_conv import AffineDeformConv2d, affine_deform_conv2d, centre_tap_conv2d, deform_conv2d
+from .patch_match import flow_to_offsets, match_flow, patch_match
 
 __all__ = [
     "AffineDeformConv2d",
@@ -15,5 +16,8 @@ __all__ = [
     "backend_table",
     "centre_tap_conv2d",
     "deform_conv2d",
+    "flow_to_offsets",
+    "match_flow",
+    "patch_match",
     "use_backend",
 ]
