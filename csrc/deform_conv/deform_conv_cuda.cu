@@ -1,0 +1,409 @@
+// CUDA kernels of the packed deformable convolution (torch.ops.dzsr_C.deform_conv2d_{forward,backward}).
+//
+// Layouts (all contiguous): x (N, C, H, W), geom (N, G, H, W) with G = 6 (affine: A0..A3, by, bx) or
+// 2k^2 (general offsets), weight (C_out, C/groups, k, k), out (N, C_out, H, W). The per-element math
+// (tap positions, bilinear corners and their derivatives, geometry gradient) comes from
+// deform_conv_math.h, shared with the CPU kernels. Half/bfloat16 inputs accumulate in float; the
+// geometry is read in the accumulation type (the host converts it, it is 6 or 2k^2 channels).
+//
+// Kernels, one thread per (n, pixel) and a block of channels; the tap geometry is computed once per
+// (thread, tap) and reused for every channel of the block. Nothing of size C*k^2*H*W is stored.
+//   forward_kernel   out: depthwise (C/groups == 1) threads own CPT output channels of any groups;
+//                    grouped/dense threads own CPT output channels of one group and reuse each
+//                    sample for all of them (register blocking).
+//   input_grad_kernel  dx by atomicAdd scatter of the column gradient, dgeom per pixel: the BY
+//                    channel-block threads of a pixel reduce their position gradients through shared
+//                    memory and one thread owns the pixel's dgeom (no atomics). Depthwise also
+//                    reduces dweight here (warp shuffle, one atomicAdd per warp and weight).
+//   weight_grad_kernel dweight of grouped/dense convs: a split-K tiled GEMM go (co x pixel) times
+//                    sampled columns (pixel x ci) through shared memory, atomicAdd of the tile.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common.h"
+#include "deform_conv/deform_conv_math.h"
+
+namespace dzsr {
+namespace deform {
+namespace {
+
+constexpr int kForwardThreads = 128;  // pixels per forward block
+constexpr int kGradPixels = 32;       // pixels per input-gradient block (one warp per channel block)
+constexpr int kGradBlocksY = 8;       // channel-block threads per pixel in the input-gradient kernel
+constexpr int kTile = 32;             // weight-gradient GEMM tile (co x ci x pixels)
+
+struct Shape {
+  int N, C, C_out, H, W, groups, k;
+  bool affine;
+  __host__ __device__ int64_t HW() const { return int64_t(H) * W; }
+  __host__ __device__ int c_in_g() const { return C / groups; }
+  __host__ __device__ int c_out_g() const { return C_out / groups; }
+  __host__ __device__ int KK() const { return k * k; }
+  __host__ __device__ int G() const { return affine ? 6 : 2 * k * k; }
+};
+
+// Taps of tap t at pixel p of sample n (all-zero taps for pixels past the end of the plane).
+template <typename acc_t>
+__device__ __forceinline__ Taps<acc_t> pixel_taps(const acc_t* geom_n, const Shape& s, int64_t p, int t) {
+  Taps<acc_t> taps;
+  if (p < s.HW()) {
+    acc_t py, px;
+    tap_position(geom_n, s.HW(), p, s.affine, t, s.k, int(p / s.W), int(p % s.W), py, px);
+    bilinear_taps(py, px, s.H, s.W, taps);
+  } else {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      taps.idx[c] = 0;
+      taps.w[c] = taps.wy[c] = taps.wx[c] = acc_t(0);
+    }
+  }
+  return taps;
+}
+
+// grid (ceil(HW / kForwardThreads), channel blocks, N). Depthwise: block b owns output channels
+// [b*CPT, b*CPT + CPT) across groups; otherwise block b = g * blocks_per_group + j owns output
+// channels [j*CPT, j*CPT + CPT) of group g.
+template <typename scalar_t, typename acc_t, int CPT, bool DEPTHWISE>
+__global__ void __launch_bounds__(kForwardThreads) forward_kernel(
+    const scalar_t* __restrict__ x, const acc_t* __restrict__ geom, const scalar_t* __restrict__ weight,
+    const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, Shape s) {
+  const int64_t HW = s.HW();
+  const int64_t p = int64_t(blockIdx.x) * kForwardThreads + threadIdx.x;
+  const int n = blockIdx.z;
+  const int c_in_g = s.c_in_g(), c_out_g = s.c_out_g(), KK = s.KK();
+  int co0, co_end;
+  if (DEPTHWISE) {
+    co0 = blockIdx.y * CPT;
+    co_end = min(co0 + CPT, s.C_out);
+  } else {
+    const int per_group = (c_out_g + CPT - 1) / CPT;
+    const int g = blockIdx.y / per_group;
+    co0 = g * c_out_g + (blockIdx.y % per_group) * CPT;
+    co_end = min(co0 + CPT, (g + 1) * c_out_g);
+  }
+  if (p >= HW) return;
+  const scalar_t* x_n = x + int64_t(n) * s.C * HW;
+  const acc_t* geom_n = geom + int64_t(n) * s.G() * HW;
+
+  acc_t acc[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) acc[j] = acc_t(0);
+
+  for (int t = 0; t < KK; ++t) {
+    const Taps<acc_t> taps = pixel_taps(geom_n, s, p, t);
+    if (DEPTHWISE) {
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) {
+        const int co = co0 + j;
+        if (co < co_end) {
+          const acc_t v = sample<acc_t>(x_n + int64_t(co / c_out_g) * HW, taps);
+          acc[j] += static_cast<acc_t>(weight[int64_t(co) * KK + t]) * v;
+        }
+      }
+    } else {
+      const int ci_base = (co0 / c_out_g) * c_in_g;
+      for (int ci = 0; ci < c_in_g; ++ci) {
+        const acc_t v = sample<acc_t>(x_n + int64_t(ci_base + ci) * HW, taps);
+        const scalar_t* w = weight + (int64_t(co0) * c_in_g + ci) * KK + t;
+#pragma unroll
+        for (int j = 0; j < CPT; ++j) {
+          if (co0 + j < co_end) acc[j] += static_cast<acc_t>(w[int64_t(j) * c_in_g * KK]) * v;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    const int co = co0 + j;
+    if (co < co_end) {
+      const acc_t b = bias == nullptr ? acc_t(0) : static_cast<acc_t>(bias[co]);
+      out[(int64_t(n) * s.C_out + co) * HW + p] = static_cast<scalar_t>(acc[j] + b);
+    }
+  }
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
+  return v;
+}
+
+// grid (ceil(HW / kGradPixels), N), block (kGradPixels, kGradBlocksY). Thread (tx, ty) handles pixel
+// tx of the block and the input-channel blocks ty, ty + BY, ... (block b = g * blocks_per_group + j:
+// channels [j*CPT, j*CPT + CPT) of group g). Per tap it forms the column gradient
+// dcol[ci] = sum_co w[co, ci, t] * go[co, p], scatters dcol * corner weight into dx, and sums
+// dcol * dsample/dposition; the BY partial sums of a pixel meet in shared memory and thread ty == 0
+// adds the pixel's geometry gradient. FUSE_DWEIGHT (C/groups == 1, CPT == 1): dweight[co, 0, t] +=
+// sum over the warp's pixels of go[co, p] * sample, one atomicAdd per warp.
+template <typename scalar_t, typename acc_t, int CPT, bool FUSE_DWEIGHT>
+__global__ void __launch_bounds__(kGradPixels* kGradBlocksY) input_grad_kernel(
+    const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x, const acc_t* __restrict__ geom,
+    const scalar_t* __restrict__ weight, acc_t* __restrict__ dx, acc_t* __restrict__ dgeom,
+    acc_t* __restrict__ dweight, Shape s) {
+  __shared__ acc_t part[2][kGradBlocksY][kGradPixels];
+  const int64_t HW = s.HW();
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t p = int64_t(blockIdx.x) * kGradPixels + tx;
+  const bool valid = p < HW;
+  const int n = blockIdx.y;
+  const int c_in_g = s.c_in_g(), c_out_g = s.c_out_g(), KK = s.KK();
+  const int per_group = (c_in_g + CPT - 1) / CPT;
+  const int n_blocks = s.groups * per_group;
+  const scalar_t* x_n = x + int64_t(n) * s.C * HW;
+  const scalar_t* go_n = grad_out + int64_t(n) * s.C_out * HW;
+  const acc_t* geom_n = geom + int64_t(n) * s.G() * HW;
+  acc_t* dx_n = dx + int64_t(n) * s.C * HW;
+  acc_t* dgeom_n = dgeom + int64_t(n) * s.G() * HW;
+
+  for (int t = 0; t < KK; ++t) {
+    const Taps<acc_t> taps = pixel_taps(geom_n, s, p, t);
+    acc_t gpy = acc_t(0), gpx = acc_t(0);
+    for (int b = ty; b < n_blocks; b += kGradBlocksY) {  // uniform across the warp
+      const int g = b / per_group;
+      const int ci0 = (b % per_group) * CPT;
+      acc_t dcol[CPT];
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) dcol[j] = acc_t(0);
+      for (int co = g * c_out_g; co < (g + 1) * c_out_g; ++co) {
+        const acc_t go = valid ? static_cast<acc_t>(go_n[int64_t(co) * HW + p]) : acc_t(0);
+        const scalar_t* w = weight + (int64_t(co) * c_in_g + ci0) * KK + t;
+#pragma unroll
+        for (int j = 0; j < CPT; ++j) {
+          if (ci0 + j < c_in_g) dcol[j] += static_cast<acc_t>(w[int64_t(j) * KK]) * go;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) {
+        if (ci0 + j >= c_in_g) continue;
+        const int64_t c = int64_t(g) * c_in_g + ci0 + j;
+        acc_t v, dvy, dvx;
+        sample_with_grad<acc_t>(x_n + c * HW, taps, v, dvy, dvx);
+        gpy += dcol[j] * dvy;
+        gpx += dcol[j] * dvx;
+#pragma unroll
+        for (int corner = 0; corner < 4; ++corner) {
+          if (taps.w[corner] != acc_t(0)) atomicAdd(dx_n + c * HW + taps.idx[corner], dcol[j] * taps.w[corner]);
+        }
+        if (FUSE_DWEIGHT) {
+          for (int co = g * c_out_g; co < (g + 1) * c_out_g; ++co) {
+            const acc_t go = valid ? static_cast<acc_t>(go_n[int64_t(co) * HW + p]) : acc_t(0);
+            const acc_t sum = warp_sum(go * v);
+            if (tx == 0) atomicAdd(dweight + int64_t(co) * KK + t, sum);
+          }
+        }
+      }
+    }
+    part[0][ty][tx] = gpy;
+    part[1][ty][tx] = gpx;
+    __syncthreads();
+    if (ty == 0 && valid) {
+      acc_t sy = acc_t(0), sx = acc_t(0);
+#pragma unroll
+      for (int r = 0; r < kGradBlocksY; ++r) {
+        sy += part[0][r][tx];
+        sx += part[1][r][tx];
+      }
+      accumulate_geom_grad(dgeom_n, HW, p, s.affine, t, s.k, sy, sx);
+    }
+    __syncthreads();
+  }
+}
+
+// dweight[co, ci, t] = sum over n and pixels of go[n, co, p] * sample(x[n, ci], tap t at p).
+// grid (pixel chunks, groups * co_tiles * ci_tiles * KK, N), 256 threads. Each block multiplies a
+// kTile x kTile (co x ci) tile over its chunk of pixels in kTile-pixel steps: go and the sampled
+// columns are staged in shared memory, each thread accumulates 4 (co, ci) entries, and the tile is
+// added to dweight with atomicAdd at the end.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(256) weight_grad_kernel(
+    const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x, const acc_t* __restrict__ geom,
+    acc_t* __restrict__ dweight, Shape s, int tiles_per_chunk) {
+  __shared__ acc_t go_s[kTile][kTile + 1];
+  __shared__ acc_t col_s[kTile][kTile + 1];
+  __shared__ Taps<acc_t> taps_s[kTile];
+  const int64_t HW = s.HW();
+  const int tid = threadIdx.x;
+  const int n = blockIdx.z;
+  const int c_in_g = s.c_in_g(), c_out_g = s.c_out_g(), KK = s.KK();
+  const int co_tiles = (c_out_g + kTile - 1) / kTile, ci_tiles = (c_in_g + kTile - 1) / kTile;
+  int rest = blockIdx.y;
+  const int t = rest % KK;
+  rest /= KK;
+  const int ci0 = (rest % ci_tiles) * kTile;
+  rest /= ci_tiles;
+  const int co0 = (rest % co_tiles) * kTile;
+  const int g = rest / co_tiles;
+  const scalar_t* x_g = x + (int64_t(n) * s.C + int64_t(g) * c_in_g) * HW;
+  const scalar_t* go_g = grad_out + (int64_t(n) * s.C_out + int64_t(g) * c_out_g) * HW;
+  const acc_t* geom_n = geom + int64_t(n) * s.G() * HW;
+
+  const int my_co = tid / 8;  // 0..31
+  const int my_ci = tid % 8;  // ci = my_ci + 8 * i
+  acc_t acc[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+  const int64_t n_tiles = (HW + kTile - 1) / kTile;
+  const int64_t tile_begin = int64_t(blockIdx.x) * tiles_per_chunk;
+  const int64_t tile_end = min(n_tiles, tile_begin + tiles_per_chunk);
+  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+    const int64_t p0 = tile * kTile;
+    if (tid < kTile) taps_s[tid] = pixel_taps(geom_n, s, p0 + tid, t);
+    __syncthreads();
+#pragma unroll
+    for (int e = tid; e < kTile * kTile; e += 256) {
+      const int r = e / kTile, q = e % kTile;
+      const int64_t p = p0 + q;
+      go_s[r][q] = (co0 + r < c_out_g && p < HW) ? static_cast<acc_t>(go_g[int64_t(co0 + r) * HW + p]) : acc_t(0);
+      col_s[r][q] = (ci0 + r < c_in_g) ? sample<acc_t>(x_g + int64_t(ci0 + r) * HW, taps_s[q]) : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int q = 0; q < kTile; ++q) {
+      const acc_t a = go_s[my_co][q];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] += a * col_s[my_ci + 8 * i][q];
+    }
+    __syncthreads();
+  }
+  if (co0 + my_co >= c_out_g) return;
+  const int64_t co = int64_t(g) * c_out_g + co0 + my_co;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int ci = ci0 + my_ci + 8 * i;
+    if (ci < c_in_g) atomicAdd(dweight + (co * c_in_g + ci) * KK + t, acc[i]);
+  }
+}
+
+Shape check_inputs(const at::Tensor& x, const at::Tensor& geom, bool affine, const at::Tensor& weight, int64_t groups,
+                   const char* op) {
+  TORCH_CHECK(x.is_cuda() && geom.is_cuda() && weight.is_cuda(), op, ": x, geom and weight must be CUDA tensors");
+  TORCH_CHECK(x.dim() == 4 && geom.dim() == 4 && weight.dim() == 4, op,
+              ": x (N,C,H,W), geom (N,G,H,W) and weight (C_out,C/groups,k,k) must be 4-d");
+  TORCH_CHECK(x.is_contiguous() && geom.is_contiguous() && weight.is_contiguous(), op,
+              ": x, geom and weight must be contiguous");
+  TORCH_CHECK(geom.scalar_type() == x.scalar_type() && weight.scalar_type() == x.scalar_type(), op,
+              ": x, geom and weight must share one dtype");
+  TORCH_CHECK(x.get_device() == geom.get_device() && x.get_device() == weight.get_device(), op,
+              ": x, geom and weight must be on one device");
+  Shape s{int(x.size(0)), int(x.size(1)), int(weight.size(0)), int(x.size(2)), int(x.size(3)), int(groups),
+          int(weight.size(2)), affine};
+  TORCH_CHECK(groups >= 1 && s.C % groups == 0 && s.C_out % groups == 0, op, ": groups=", groups,
+              " must divide C=", s.C, " and C_out=", s.C_out);
+  TORCH_CHECK(weight.size(1) == s.C / groups && weight.size(3) == s.k && s.k % 2 == 1, op,
+              ": weight must be (C_out, C/groups, k, k) with odd k, got ", weight.sizes());
+  TORCH_CHECK(geom.size(0) == s.N && geom.size(1) == s.G() && geom.size(2) == s.H && geom.size(3) == s.W, op,
+              ": geom must be (N, ", s.G(), ", H, W), got ", geom.sizes());
+  TORCH_CHECK(s.HW() < (int64_t(1) << 31), op, ": H*W must be below 2^31");
+  return s;
+}
+
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+at::Tensor deform_conv2d_forward_cuda(const at::Tensor& x, const at::Tensor& geom, bool affine,
+                                      const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                      int64_t groups) {
+  const Shape s = check_inputs(x, geom, affine, weight, groups, "deform_conv2d_forward");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->is_cuda() && bias->is_contiguous() && bias->dim() == 1 && bias->size(0) == s.C_out &&
+                    bias->scalar_type() == x.scalar_type(),
+                "deform_conv2d_forward: bias must be a contiguous CUDA (C_out,) tensor of x's dtype");
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = dzsr::new_output({s.N, s.C_out, s.H, s.W}, x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor geom_acc = geom.to(acc_type(x.scalar_type()));
+  const bool depthwise = s.c_in_g() == 1;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "deform_conv2d_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* bias_ptr = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+    auto launch = [&](auto kernel, int channel_blocks) {
+      const dim3 grid(unsigned((s.HW() + kForwardThreads - 1) / kForwardThreads), unsigned(channel_blocks),
+                      unsigned(s.N));
+      kernel<<<grid, kForwardThreads, 0, stream>>>(x.data_ptr<scalar_t>(), geom_acc.data_ptr<acc_t>(),
+                                                   weight.data_ptr<scalar_t>(), bias_ptr,
+                                                   out.data_ptr<scalar_t>(), s);
+    };
+    if (depthwise) {
+      launch(forward_kernel<scalar_t, acc_t, 8, true>, (s.C_out + 7) / 8);
+    } else if (s.c_out_g() >= 16) {
+      launch(forward_kernel<scalar_t, acc_t, 16, false>, s.groups * ((s.c_out_g() + 15) / 16));
+    } else {
+      launch(forward_kernel<scalar_t, acc_t, 4, false>, s.groups * ((s.c_out_g() + 3) / 4));
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(const at::Tensor& grad_out,
+                                                                           const at::Tensor& x,
+                                                                           const at::Tensor& geom, bool affine,
+                                                                           const at::Tensor& weight, int64_t groups) {
+  const Shape s = check_inputs(x, geom, affine, weight, groups, "deform_conv2d_backward");
+  TORCH_CHECK(grad_out.is_cuda() && grad_out.is_contiguous() && grad_out.scalar_type() == x.scalar_type() &&
+                  grad_out.dim() == 4 && grad_out.size(0) == s.N && grad_out.size(1) == s.C_out &&
+                  grad_out.size(2) == s.H && grad_out.size(3) == s.W,
+              "deform_conv2d_backward: grad_out must be a contiguous CUDA (N, C_out, H, W) tensor of x's dtype");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::ScalarType acc = acc_type(x.scalar_type());
+  // Accumulated by atomics or by the owning thread's +=, so they start at zero.
+  at::Tensor dx = at::zeros(x.sizes(), x.options().dtype(acc));
+  at::Tensor dgeom = at::zeros(geom.sizes(), geom.options().dtype(acc));
+  at::Tensor dweight = at::zeros(weight.sizes(), weight.options().dtype(acc));
+  if (s.N > 0 && s.HW() > 0 && s.C > 0 && s.C_out > 0) {
+    const at::Tensor geom_acc = geom.to(acc);
+    const bool depthwise = s.c_in_g() == 1;
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "deform_conv2d_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const dim3 grid(unsigned((s.HW() + kGradPixels - 1) / kGradPixels), unsigned(s.N));
+      const dim3 block(kGradPixels, kGradBlocksY);
+      auto launch_input = [&](auto kernel) {
+        kernel<<<grid, block, 0, stream>>>(grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                           geom_acc.data_ptr<acc_t>(), weight.data_ptr<scalar_t>(),
+                                           dx.data_ptr<acc_t>(), dgeom.data_ptr<acc_t>(),
+                                           dweight.data_ptr<acc_t>(), s);
+      };
+      if (depthwise) {
+        launch_input(input_grad_kernel<scalar_t, acc_t, 1, true>);
+      } else if (s.c_in_g() >= 8) {
+        launch_input(input_grad_kernel<scalar_t, acc_t, 8, false>);
+      } else {
+        launch_input(input_grad_kernel<scalar_t, acc_t, 2, false>);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (!depthwise) {
+        const int64_t tiles = (s.HW() + kTile - 1) / kTile;
+        const int64_t weight_blocks = int64_t(s.groups) * ((s.c_out_g() + kTile - 1) / kTile) *
+                                      ((s.c_in_g() + kTile - 1) / kTile) * s.KK();
+        // Enough blocks to fill the device a few times over; each sums tiles_per_chunk pixel tiles.
+        int sms = 0;
+        C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
+        const int64_t target = 8 * int64_t(sms);
+        const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(tiles, target / (weight_blocks * s.N) + 1));
+        const int tiles_per_chunk = int((tiles + chunks - 1) / chunks);
+        const dim3 wgrid(unsigned((tiles + tiles_per_chunk - 1) / tiles_per_chunk), unsigned(weight_blocks),
+                         unsigned(s.N));
+        weight_grad_kernel<scalar_t, acc_t><<<wgrid, 256, 0, stream>>>(
+            grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), geom_acc.data_ptr<acc_t>(),
+            dweight.data_ptr<acc_t>(), s, tiles_per_chunk);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  }
+  const at::ScalarType dtype = x.scalar_type();
+  return {dx.to(dtype), dgeom.to(dtype), dweight.to(dtype)};
+}
+
+}  // namespace
+}  // namespace deform
+}  // namespace dzsr
+
+TORCH_LIBRARY_IMPL(dzsr_C, CUDA, m) {
+  m.impl("deform_conv2d_forward", &dzsr::deform::deform_conv2d_forward_cuda);
+  m.impl("deform_conv2d_backward", &dzsr::deform::deform_conv2d_backward_cuda);
+}
