@@ -1,0 +1,382 @@
+"""``triton`` backend of the packed deformable convolution (CUDA tensors; CPU tensors under
+``TRITON_INTERPRET=1``). Geometry convention: ``reference.py``.
+
+Kernels (a program owns a block of pixels of one sample; the tap geometry is computed once per
+program and tap and reused for every channel of the program):
+  _forward_kernel       out tile (BLOCK_C output channels x BLOCK_P pixels). Depthwise (C/groups == 1):
+                        each output channel samples its own input channel. Grouped/dense: the channels
+                        of the tile belong to one group and every sample of an input channel is reused
+                        for all of them (outer-product accumulation).
+  _input_grad_kernel    column gradient dcol = W^T go, dx by atomic scatter of dcol x corner weight,
+                        dgeom summed over all channels inside the program (it owns its pixels: no
+                        atomics), and for depthwise dweight (per-tap channel sums, atomic add).
+  _weight_grad_kernel   dweight of grouped/dense convs: (co x ci) tile of go x sampled columns summed
+                        over a chunk of pixels, atomic add.
+Half inputs are computed in float32 (float64 stays float64); accumulating buffers are zero-filled in
+that type and cast back, the other outputs come from ``_checks.new_output``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._checks import compute_dtype, new_output
+
+BLOCK_P = 64  # pixels per program (forward, input gradient)
+WEIGHT_BLOCK_P = 32  # pixels per step of the weight-gradient reduction
+WEIGHT_CHUNK_PIXELS = 4096  # pixels summed by one weight-gradient program
+
+
+@triton.jit
+def _corner(iy, ix, ly, lx, vy, vx, A: tl.constexpr, B: tl.constexpr, W):
+    """Corner (A, B) of the bilinear cell: flat index, validity, weight and its d/dy, d/dx."""
+    valid = vy & vx
+    idx = tl.where(valid, (iy + A) * W + (ix + B), 0)
+    wy_ = ly if A == 1 else 1.0 - ly
+    wx_ = lx if B == 1 else 1.0 - lx
+    dy_ = 1.0 if A == 1 else -1.0
+    dx_ = 1.0 if B == 1 else -1.0
+    zero = tl.zeros_like(ly)
+    return idx, valid, tl.where(valid, wy_ * wx_, zero), tl.where(valid, dy_ * wx_, zero), tl.where(valid, wy_ * dx_, zero)
+
+
+@triton.jit
+def _cell(py, px, H, W):
+    """Top-left corner (iy, ix), fractions (ly, lx) and the validity of rows/columns 0 and 1."""
+    y0f = tl.floor(py)
+    x0f = tl.floor(px)
+    vy0 = (y0f >= 0) & (y0f <= H - 1)
+    vy1 = (y0f >= -1) & (y0f <= H - 2)
+    vx0 = (x0f >= 0) & (x0f <= W - 1)
+    vx1 = (x0f >= -1) & (x0f <= W - 2)
+    iy = tl.where(vy0 | vy1, y0f, 0.0).to(tl.int32)
+    ix = tl.where(vx0 | vx1, x0f, 0.0).to(tl.int32)
+    return iy, ix, py - y0f, px - x0f, vy0, vy1, vx0, vx1
+
+
+@triton.jit
+def _load_affine(geom_n, p, pmask, HW, AFFINE: tl.constexpr, ACC: tl.constexpr):
+    """Per-pixel A0..A3, by, bx (affine mode); zeros, unused, in general mode."""
+    if not AFFINE:
+        zero = tl.zeros(p.shape, dtype=ACC)
+        return zero, zero, zero, zero, zero, zero
+    a0 = tl.load(geom_n + 0 * HW + p, mask=pmask, other=0.0).to(ACC)
+    a1 = tl.load(geom_n + 1 * HW + p, mask=pmask, other=0.0).to(ACC)
+    a2 = tl.load(geom_n + 2 * HW + p, mask=pmask, other=0.0).to(ACC)
+    a3 = tl.load(geom_n + 3 * HW + p, mask=pmask, other=0.0).to(ACC)
+    by = tl.load(geom_n + 4 * HW + p, mask=pmask, other=0.0).to(ACC)
+    bx = tl.load(geom_n + 5 * HW + p, mask=pmask, other=0.0).to(ACC)
+    return a0, a1, a2, a3, by, bx
+
+
+@triton.jit
+def _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx,
+              t: tl.constexpr, K: tl.constexpr, AFFINE: tl.constexpr, ACC: tl.constexpr):
+    """Absolute sampling position of tap t for the pixels p (affine: from the preloaded A, b)."""
+    gy: tl.constexpr = t // K - K // 2
+    gx: tl.constexpr = t % K - K // 2
+    if AFFINE:
+        py = qy + a0 * gy + a1 * gx + by
+        px = qx + a2 * gy + a3 * gx + bx
+    else:
+        py = qy + gy + tl.load(geom_n + (2 * t) * HW + p, mask=pmask, other=0.0).to(ACC)
+        px = qx + gx + tl.load(geom_n + (2 * t + 1) * HW + p, mask=pmask, other=0.0).to(ACC)
+    return py, px
+
+
+@triton.jit
+def _gather(plane, idx, valid, mask, w, ACC: tl.constexpr):
+    """w * plane[idx] for one corner; ``plane`` may be (C,1) pointers and idx (1,P) or (P,)."""
+    return w * tl.load(plane + idx, mask=valid & mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def _forward_kernel(x_ptr, geom_ptr, w_ptr, bias_ptr, out_ptr,
+                    C, C_out, H, W, c_in_g, c_out_g, blocks_per_group,
+                    K: tl.constexpr, AFFINE: tl.constexpr, DEPTHWISE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    HW = H * W
+    G: tl.constexpr = 6 if AFFINE else 2 * K * K
+    KK: tl.constexpr = K * K
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < HW
+    qy = (p // W).to(ACC)
+    qx = (p % W).to(ACC)
+    if DEPTHWISE:
+        co = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = co < C_out
+    else:
+        g = pid_c // blocks_per_group
+        co_in_g = (pid_c % blocks_per_group) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = co_in_g < c_out_g
+        co = g * c_out_g + co_in_g
+    x_n = x_ptr + n * C * HW
+    geom_n = geom_ptr + n * G * HW
+    a0, a1, a2, a3, by, bx = _load_affine(geom_n, p, pmask, HW, AFFINE, ACC)
+    acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
+    for t in tl.static_range(KK):
+        py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
+        iy, ix, ly, lx, vy0, vy1, vx0, vx1 = _cell(py, px, H, W)
+        i00, m00, w00, _, _ = _corner(iy, ix, ly, lx, vy0, vx0, 0, 0, W)
+        i01, m01, w01, _, _ = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W)
+        i10, m10, w10, _, _ = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W)
+        i11, m11, w11, _, _ = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W)
+        if DEPTHWISE:
+            plane = x_n + ((co // c_out_g).to(tl.int64) * HW)[:, None]
+            m = cmask[:, None] & pmask[None, :]
+            v = (_gather(plane, i00[None, :], m00[None, :], m, w00[None, :], ACC)
+                 + _gather(plane, i01[None, :], m01[None, :], m, w01[None, :], ACC)
+                 + _gather(plane, i10[None, :], m10[None, :], m, w10[None, :], ACC)
+                 + _gather(plane, i11[None, :], m11[None, :], m, w11[None, :], ACC))
+            wt = tl.load(w_ptr + co * KK + t, mask=cmask, other=0.0).to(ACC)
+            acc += wt[:, None] * v
+        else:
+            for ci in range(c_in_g):
+                plane = x_n + (g * c_in_g + ci).to(tl.int64) * HW
+                v = (_gather(plane, i00, m00, pmask, w00, ACC) + _gather(plane, i01, m01, pmask, w01, ACC)
+                     + _gather(plane, i10, m10, pmask, w10, ACC) + _gather(plane, i11, m11, pmask, w11, ACC))
+                wt = tl.load(w_ptr + (co * c_in_g + ci) * KK + t, mask=cmask, other=0.0).to(ACC)
+                acc += wt[:, None] * v[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + co, mask=cmask, other=0.0).to(ACC)[:, None]
+    out = out_ptr + (n * C_out + co.to(tl.int64))[:, None] * HW + p[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=cmask[:, None] & pmask[None, :])
+
+
+@triton.jit
+def _scatter_and_grad(x_plane, dx_plane, dcol, m, i00, m00, w00, y00, x00, i01, m01, w01, y01, x01,
+                      i10, m10, w10, y10, x10, i11, m11, w11, y11, x11, ACC: tl.constexpr):
+    """For column gradients dcol at one tap: scatter dcol x corner weight into dx, and return the
+    sample value and dcol x d(sample)/d(position) (summed over axis 0 when 2-d)."""
+    p00 = tl.load(x_plane + i00, mask=m00 & m, other=0.0).to(ACC)
+    p01 = tl.load(x_plane + i01, mask=m01 & m, other=0.0).to(ACC)
+    p10 = tl.load(x_plane + i10, mask=m10 & m, other=0.0).to(ACC)
+    p11 = tl.load(x_plane + i11, mask=m11 & m, other=0.0).to(ACC)
+    v = w00 * p00 + w01 * p01 + w10 * p10 + w11 * p11
+    gy = dcol * (y00 * p00 + y01 * p01 + y10 * p10 + y11 * p11)
+    gx = dcol * (x00 * p00 + x01 * p01 + x10 * p10 + x11 * p11)
+    tl.atomic_add(dx_plane + i00, dcol * w00, mask=m00 & m)
+    tl.atomic_add(dx_plane + i01, dcol * w01, mask=m01 & m)
+    tl.atomic_add(dx_plane + i10, dcol * w10, mask=m10 & m)
+    tl.atomic_add(dx_plane + i11, dcol * w11, mask=m11 & m)
+    return v, gy, gx
+
+
+@triton.jit
+def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr,
+                       C, C_out, H, W, groups, c_in_g, c_out_g,
+                       K: tl.constexpr, AFFINE: tl.constexpr, DEPTHWISE: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid_p = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    HW = H * W
+    G: tl.constexpr = 6 if AFFINE else 2 * K * K
+    KK: tl.constexpr = K * K
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < HW
+    qy = (p // W).to(ACC)
+    qx = (p % W).to(ACC)
+    x_n = x_ptr + n * C * HW
+    dx_n = dx_ptr + n * C * HW
+    go_n = go_ptr + n * C_out * HW
+    geom_n = geom_ptr + n * G * HW
+    dgeom_n = dgeom_ptr + n * G * HW
+    a0, a1, a2, a3, by, bx = _load_affine(geom_n, p, pmask, HW, AFFINE, ACC)
+    da0 = tl.zeros((BLOCK_P,), dtype=ACC)
+    da1 = tl.zeros((BLOCK_P,), dtype=ACC)
+    da2 = tl.zeros((BLOCK_P,), dtype=ACC)
+    da3 = tl.zeros((BLOCK_P,), dtype=ACC)
+    dby = tl.zeros((BLOCK_P,), dtype=ACC)
+    dbx = tl.zeros((BLOCK_P,), dtype=ACC)
+    for t in tl.static_range(KK):
+        py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
+        iy, ix, ly, lx, vy0, vy1, vx0, vx1 = _cell(py, px, H, W)
+        i00, m00, w00, y00, x00 = _corner(iy, ix, ly, lx, vy0, vx0, 0, 0, W)
+        i01, m01, w01, y01, x01 = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W)
+        i10, m10, w10, y10, x10 = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W)
+        i11, m11, w11, y11, x11 = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W)
+        gpy = tl.zeros((BLOCK_P,), dtype=ACC)
+        gpx = tl.zeros((BLOCK_P,), dtype=ACC)
+        if DEPTHWISE:
+            # Rows are output channels; each reads its own input channel co // c_out_g.
+            for c0 in range(0, C_out, BLOCK_C):
+                co = c0 + tl.arange(0, BLOCK_C)
+                cmask = co < C_out
+                m = cmask[:, None] & pmask[None, :]
+                go = tl.load(go_n + co.to(tl.int64)[:, None] * HW + p[None, :], mask=m, other=0.0).to(ACC)
+                wt = tl.load(w_ptr + co * KK + t, mask=cmask, other=0.0).to(ACC)
+                ci = (co // c_out_g).to(tl.int64)[:, None] * HW
+                v, gy, gx = _scatter_and_grad(
+                    x_n + ci, dx_n + ci, wt[:, None] * go, m,
+                    i00[None, :], m00[None, :], w00[None, :], y00[None, :], x00[None, :],
+                    i01[None, :], m01[None, :], w01[None, :], y01[None, :], x01[None, :],
+                    i10[None, :], m10[None, :], w10[None, :], y10[None, :], x10[None, :],
+                    i11[None, :], m11[None, :], w11[None, :], y11[None, :], x11[None, :], ACC)
+                gpy += tl.sum(gy, axis=0)
+                gpx += tl.sum(gx, axis=0)
+                tl.atomic_add(dw_ptr + co * KK + t, tl.sum(go * v, axis=1), mask=cmask)
+        else:
+            # Rows are input channels of group g: dcol[ci, p] = sum_co w[co, ci, t] go[co, p].
+            for g in range(groups):
+                for c0 in range(0, c_in_g, BLOCK_C):
+                    ci_in_g = c0 + tl.arange(0, BLOCK_C)
+                    cmask = ci_in_g < c_in_g
+                    dcol = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
+                    for co in range(g * c_out_g, (g + 1) * c_out_g):
+                        go = tl.load(go_n + co * HW + p, mask=pmask, other=0.0).to(ACC)
+                        wt = tl.load(w_ptr + (co * c_in_g + ci_in_g) * KK + t, mask=cmask, other=0.0).to(ACC)
+                        dcol += wt[:, None] * go[None, :]
+                    ci = (g * c_in_g + ci_in_g).to(tl.int64)[:, None] * HW
+                    _, gy, gx = _scatter_and_grad(
+                        x_n + ci, dx_n + ci, dcol, cmask[:, None] & pmask[None, :],
+                        i00[None, :], m00[None, :], w00[None, :], y00[None, :], x00[None, :],
+                        i01[None, :], m01[None, :], w01[None, :], y01[None, :], x01[None, :],
+                        i10[None, :], m10[None, :], w10[None, :], y10[None, :], x10[None, :],
+                        i11[None, :], m11[None, :], w11[None, :], y11[None, :], x11[None, :], ACC)
+                    gpy += tl.sum(gy, axis=0)
+                    gpx += tl.sum(gx, axis=0)
+        gy_: tl.constexpr = t // K - K // 2
+        gx_: tl.constexpr = t % K - K // 2
+        if AFFINE:
+            da0 += gpy * gy_
+            da1 += gpy * gx_
+            da2 += gpx * gy_
+            da3 += gpx * gx_
+            dby += gpy
+            dbx += gpx
+        else:
+            tl.store(dgeom_n + (2 * t) * HW + p, gpy.to(dgeom_ptr.dtype.element_ty), mask=pmask)
+            tl.store(dgeom_n + (2 * t + 1) * HW + p, gpx.to(dgeom_ptr.dtype.element_ty), mask=pmask)
+    if AFFINE:
+        ty = dgeom_ptr.dtype.element_ty
+        tl.store(dgeom_n + 0 * HW + p, da0.to(ty), mask=pmask)
+        tl.store(dgeom_n + 1 * HW + p, da1.to(ty), mask=pmask)
+        tl.store(dgeom_n + 2 * HW + p, da2.to(ty), mask=pmask)
+        tl.store(dgeom_n + 3 * HW + p, da3.to(ty), mask=pmask)
+        tl.store(dgeom_n + 4 * HW + p, dby.to(ty), mask=pmask)
+        tl.store(dgeom_n + 5 * HW + p, dbx.to(ty), mask=pmask)
+
+
+@triton.jit
+def _weight_grad_kernel(go_ptr, x_ptr, geom_ptr, dw_ptr, N, C, C_out, H, W, c_in_g, c_out_g,
+                        co_blocks, ci_blocks, chunk_pixels,
+                        K: tl.constexpr, AFFINE: tl.constexpr, ACC: tl.constexpr,
+                        BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr):
+    """dweight[co, ci, t] += sum over one (n, pixel chunk) of go[n, co, p] * sample(x[n, ci], t, p);
+    grid (groups * co_blocks * ci_blocks, K*K, N * chunks)."""
+    pid = tl.program_id(0)
+    t = tl.program_id(1)
+    pid_nc = tl.program_id(2)
+    HW = H * W
+    G: tl.constexpr = 6 if AFFINE else 2 * K * K
+    KK: tl.constexpr = K * K
+    chunks = tl.cdiv(HW, chunk_pixels)
+    n = (pid_nc // chunks).to(tl.int64)
+    p_begin = (pid_nc % chunks) * chunk_pixels
+    ci_blk = pid % ci_blocks
+    co_blk = (pid // ci_blocks) % co_blocks
+    g = pid // (ci_blocks * co_blocks)
+    co_in_g = co_blk * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    ci_in_g = ci_blk * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    comask = co_in_g < c_out_g
+    cimask = ci_in_g < c_in_g
+    co = g * c_out_g + co_in_g
+    ci = g * c_in_g + ci_in_g
+    go_rows = go_ptr + (n * C_out + co.to(tl.int64))[:, None] * HW
+    x_rows = x_ptr + (n * C + ci.to(tl.int64))[:, None] * HW
+    geom_n = geom_ptr + n * G * HW
+    gy = t // K - K // 2
+    gx = t % K - K // 2
+    acc = tl.zeros((BLOCK_CO, BLOCK_CI), dtype=ACC)
+    for p0 in range(p_begin, tl.minimum(p_begin + chunk_pixels, HW), BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pmask = p < HW
+        qy = (p // W).to(ACC)
+        qx = (p % W).to(ACC)
+        if AFFINE:
+            a0, a1, a2, a3, by, bx = _load_affine(geom_n, p, pmask, HW, True, ACC)
+            py = qy + a0 * gy + a1 * gx + by
+            px = qx + a2 * gy + a3 * gx + bx
+        else:
+            py = qy + gy + tl.load(geom_n + (2 * t) * HW + p, mask=pmask, other=0.0).to(ACC)
+            px = qx + gx + tl.load(geom_n + (2 * t + 1) * HW + p, mask=pmask, other=0.0).to(ACC)
+        iy, ix, ly, lx, vy0, vy1, vx0, vx1 = _cell(py, px, H, W)
+        i00, m00, w00, _, _ = _corner(iy, ix, ly, lx, vy0, vx0, 0, 0, W)
+        i01, m01, w01, _, _ = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W)
+        i10, m10, w10, _, _ = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W)
+        i11, m11, w11, _, _ = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W)
+        m = cimask[:, None] & pmask[None, :]
+        cols = (_gather(x_rows, i00[None, :], m00[None, :], m, w00[None, :], ACC)
+                + _gather(x_rows, i01[None, :], m01[None, :], m, w01[None, :], ACC)
+                + _gather(x_rows, i10[None, :], m10[None, :], m, w10[None, :], ACC)
+                + _gather(x_rows, i11[None, :], m11[None, :], m, w11[None, :], ACC))
+        go = tl.load(go_rows + p[None, :], mask=comask[:, None] & pmask[None, :], other=0.0).to(ACC)
+        acc += tl.sum(go[:, None, :] * cols[None, :, :], axis=2)
+    dst = dw_ptr + (co[:, None] * c_in_g + ci_in_g[None, :]) * KK + t
+    tl.atomic_add(dst, acc, mask=comask[:, None] & cimask[None, :])
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _channel_block(n: int, cap: int) -> int:
+    return max(2, min(cap, triton.next_power_of_2(n)))
+
+
+def forward(x, geom, affine, weight, bias, groups):
+    """out (N, C_out, H, W) in x's dtype; inputs as in ``reference.deform_conv2d``."""
+    x, geom, weight = x.contiguous(), geom.contiguous(), weight.contiguous()
+    n, c, h, w = x.shape
+    c_out, c_in_g, k, _ = weight.shape
+    c_out_g = c_out // groups
+    out = new_output((n, c_out, h, w), x.dtype, x.device)
+    if out.numel() == 0:
+        return out
+    depthwise = c_in_g == 1
+    block_c = _channel_block(c_out if depthwise else c_out_g, 16)
+    blocks_per_group = triton.cdiv(c_out_g, block_c)
+    grid = (triton.cdiv(h * w, BLOCK_P), triton.cdiv(c_out, block_c) if depthwise else groups * blocks_per_group, n)
+    _forward_kernel[grid](
+        x, geom, weight, bias if bias is not None else x, out,
+        c, c_out, h, w, c_in_g, c_out_g, blocks_per_group,
+        K=k, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=bias is not None, ACC=_acc(x.dtype),
+        BLOCK_C=block_c, BLOCK_P=BLOCK_P,
+    )
+    return out
+
+
+def backward(grad_out, x, geom, affine, weight, groups):
+    """(dx, dgeom, dweight), each in its input's dtype and shape."""
+    grad_out, x, geom, weight = grad_out.contiguous(), x.contiguous(), geom.contiguous(), weight.contiguous()
+    n, c, h, w = x.shape
+    c_out, c_in_g, k, _ = weight.shape
+    c_out_g = c_out // groups
+    acc_dtype = compute_dtype(x)
+    dx = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+    dweight = torch.zeros(weight.shape, dtype=acc_dtype, device=x.device)
+    dgeom = new_output(geom.shape, geom.dtype, geom.device)
+    if n * h * w == 0 or c == 0 or c_out == 0:
+        return dx.to(x.dtype), dgeom.zero_(), dweight.to(weight.dtype)
+    depthwise = c_in_g == 1
+    acc = _acc(x.dtype)
+    block_c = _channel_block(c_out if depthwise else c_in_g, 16)
+    _input_grad_kernel[(triton.cdiv(h * w, BLOCK_P), n)](
+        grad_out, x, geom, weight, dx, dgeom, dweight,
+        c, c_out, h, w, groups, c_in_g, c_out_g,
+        K=k, AFFINE=affine, DEPTHWISE=depthwise, ACC=acc, BLOCK_C=block_c, BLOCK_P=BLOCK_P,
+    )
+    if not depthwise:
+        block_co, block_ci = _channel_block(c_out_g, 16), _channel_block(c_in_g, 16)
+        co_blocks, ci_blocks = triton.cdiv(c_out_g, block_co), triton.cdiv(c_in_g, block_ci)
+        chunk = min(WEIGHT_CHUNK_PIXELS, triton.cdiv(h * w, WEIGHT_BLOCK_P) * WEIGHT_BLOCK_P)
+        grid = (groups * co_blocks * ci_blocks, k * k, n * triton.cdiv(h * w, chunk))
+        _weight_grad_kernel[grid](
+            grad_out, x, geom, dweight, n, c, c_out, h, w, c_in_g, c_out_g, co_blocks, ci_blocks, chunk,
+            K=k, AFFINE=affine, ACC=acc, BLOCK_CO=block_co, BLOCK_CI=block_ci, BLOCK_P=WEIGHT_BLOCK_P,
+        )
+    return dx.to(x.dtype), dgeom, dweight.to(weight.dtype)
