@@ -1,0 +1,210 @@
+// Sliced-Wasserstein loss: fused CPU forward (projection GEMM, radix sorts, loss and sign scatter)
+// and the device-generic backward (one GEMM per sample on the stored int8 signs).
+//
+// Forward, per sample n and block of directions (so the projected rows stay a few MiB even at
+// L = 65536): P_u = M_blk u_n and P_v = M_blk v_n by GEMM, then at::parallel_for over the block's
+// directions. Each row is radix-sorted on order-preserving integer keys: the target side without
+// indices unless v needs a gradient, the output side with a 32-bit permutation that lives only in
+// the thread's scratch. The pass over the sorted rows accumulates |a - b| (in double) and writes
+// sign(a - b) at the element's original position (sliced_wasserstein_math.h). Nothing of size
+// N*C'*L is kept but the int8 signs.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <numeric>
+#include <vector>
+
+#include "common.h"
+#include "sliced_wasserstein/sliced_wasserstein_math.h"
+
+namespace dzsr {
+namespace sw {
+namespace {
+
+// Bytes of projected rows (per side) or of float signs handled per GEMM block: 16 MiB unless the
+// environment sets DZSR_SW_BLOCK_BYTES (a tuning knob; the tests use it to force several blocks).
+int64_t block_bytes() {
+  const char* env = std::getenv("DZSR_SW_BLOCK_BYTES");
+  const int64_t bytes = env != nullptr ? std::atoll(env) : 0;
+  return bytes > 0 ? bytes : (int64_t(16) << 20);
+}
+
+int64_t direction_block(int64_t num_proj, int64_t length, int64_t elem_size) {
+  return std::max<int64_t>(1, std::min<int64_t>(num_proj, block_bytes() / std::max<int64_t>(1, length * elem_size)));
+}
+
+// LSD radix sort, 8 bits per pass, of keys[0, n) (ping-ponging with spare), carrying the int32
+// permutation along when idx is not null. Passes in which every key has the same byte are
+// skipped. On return *keys / *idx point at the buffers holding the sorted result.
+template <typename K>
+void radix_sort(K** keys, K** spare, int32_t** idx, int32_t** idx_spare, int64_t n) {
+  constexpr int kPasses = sizeof(K);
+  std::vector<int64_t> hist(kPasses * 256, 0);
+  const K* k0 = *keys;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int p = 0; p < kPasses; ++p) ++hist[p * 256 + ((k0[i] >> (8 * p)) & 0xFF)];
+  }
+  for (int p = 0; p < kPasses; ++p) {
+    int64_t* h = hist.data() + p * 256;
+    const K* src = *keys;
+    if (h[(src[0] >> (8 * p)) & 0xFF] == n) continue;
+    int64_t offset = 0;
+    for (int b = 0; b < 256; ++b) {
+      const int64_t count = h[b];
+      h[b] = offset;
+      offset += count;
+    }
+    K* dst = *spare;
+    if (*idx != nullptr) {
+      const int32_t* isrc = *idx;
+      int32_t* idst = *idx_spare;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t pos = h[(src[i] >> (8 * p)) & 0xFF]++;
+        dst[pos] = src[i];
+        idst[pos] = isrc[i];
+      }
+      std::swap(*idx, *idx_spare);
+    } else {
+      for (int64_t i = 0; i < n; ++i) dst[h[(src[i] >> (8 * p)) & 0xFF]++] = src[i];
+    }
+    std::swap(*keys, *spare);
+  }
+}
+
+// Thread-local buffers for one row of each side.
+template <typename K>
+struct RowScratch {
+  explicit RowScratch(int64_t n, bool with_v_index)
+      : ku(n), ku2(n), kv(n), kv2(n), iu(n), iu2(n), iv(with_v_index ? n : 0), iv2(with_v_index ? n : 0) {}
+  std::vector<K> ku, ku2, kv, kv2;
+  std::vector<int32_t> iu, iu2, iv, iv2;
+};
+
+// Sorts the rows [begin, end) of the projected block and writes their |a-b| sums and signs.
+template <typename scalar_t>
+void sort_compare_rows(const scalar_t* pu, const scalar_t* pv, int64_t begin, int64_t end, int64_t length,
+                       int8_t* sign_u, int8_t* sign_v, double* row_sums) {
+  using Key = RadixKey<scalar_t>;
+  using K = typename Key::Bits;
+  RowScratch<K> s(length, sign_v != nullptr);
+  for (int64_t r = begin; r < end; ++r) {
+    const scalar_t* a = pu + r * length;
+    const scalar_t* b = pv + r * length;
+    for (int64_t i = 0; i < length; ++i) {
+      s.ku[i] = Key::encode(a[i]);
+      s.kv[i] = Key::encode(b[i]);
+    }
+    std::iota(s.iu.begin(), s.iu.end(), 0);
+    K *ku = s.ku.data(), *ku2 = s.ku2.data(), *kv = s.kv.data(), *kv2 = s.kv2.data();
+    int32_t *iu = s.iu.data(), *iu2 = s.iu2.data(), *iv = nullptr, *iv2 = nullptr;
+    if (sign_v != nullptr) {
+      std::iota(s.iv.begin(), s.iv.end(), 0);
+      iv = s.iv.data();
+      iv2 = s.iv2.data();
+    }
+    radix_sort(&ku, &ku2, &iu, &iu2, length);
+    radix_sort(&kv, &kv2, &iv, &iv2, length);
+    int8_t* su = sign_u + r * length;
+    int8_t* sv = sign_v != nullptr ? sign_v + r * length : nullptr;
+    double acc = 0.0;
+    for (int64_t i = 0; i < length; ++i) {
+      const scalar_t d = Key::decode(ku[i]) - Key::decode(kv[i]);
+      acc += std::abs(static_cast<double>(d));
+      const int8_t g = sign_of(d);
+      su[iu[i]] = g;
+      if (sv != nullptr) sv[iv[i]] = static_cast<int8_t>(-g);
+    }
+    row_sums[r] = acc;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, const at::Tensor& v,
+                                                           const at::Tensor& proj, bool need_v_sign) {
+  TORCH_CHECK(u.dim() == 4 && v.sizes() == u.sizes(), "u and v must be (N, C, H, W) of one shape");
+  TORCH_CHECK(proj.dim() == 2 && proj.size(1) == u.size(1), "proj must be (C', C)");
+  TORCH_CHECK(proj.scalar_type() == at::kFloat || proj.scalar_type() == at::kDouble,
+              "proj must be float32 or float64 (the compute dtype)");
+  const int64_t n_batch = u.size(0), channels = u.size(1), length = u.size(2) * u.size(3);
+  const int64_t num_proj = proj.size(0);
+  TORCH_CHECK(length < (int64_t(1) << 31), "H*W must fit a 32-bit index");
+  const auto dtype = proj.scalar_type();
+  const auto opts = proj.options();
+  const at::Tensor m = proj.contiguous();
+  at::Tensor sign_u = new_output({n_batch, num_proj, length}, opts.dtype(at::kChar));
+  at::Tensor sign_v = need_v_sign ? new_output({n_batch, num_proj, length}, opts.dtype(at::kChar))
+                                  : at::empty({0}, opts.dtype(at::kChar));
+  at::Tensor row_sums = at::empty({n_batch * num_proj}, opts.dtype(at::kDouble));
+  const int64_t block = direction_block(num_proj, length, proj.element_size());
+  for (int64_t n = 0; n < n_batch; ++n) {
+    const at::Tensor un = u.select(0, n).reshape({channels, length}).to(dtype);
+    const at::Tensor vn = v.select(0, n).reshape({channels, length}).to(dtype);
+    for (int64_t k0 = 0; k0 < num_proj; k0 += block) {
+      const int64_t kb = std::min(block, num_proj - k0);
+      const at::Tensor mb = m.narrow(0, k0, kb);
+      const at::Tensor pu = at::mm(mb, un).contiguous();
+      const at::Tensor pv = at::mm(mb, vn).contiguous();
+      const int64_t row0 = n * num_proj + k0;
+      AT_DISPATCH_FLOATING_TYPES(dtype, "sliced_wasserstein_forward_cpu", [&] {
+        const scalar_t* pu_ptr = pu.data_ptr<scalar_t>();
+        const scalar_t* pv_ptr = pv.data_ptr<scalar_t>();
+        int8_t* su = sign_u.data_ptr<int8_t>() + row0 * length;
+        int8_t* sv = need_v_sign ? sign_v.data_ptr<int8_t>() + row0 * length : nullptr;
+        double* sums = row_sums.data_ptr<double>() + row0;
+        at::parallel_for(0, kb, 1, [&](int64_t begin, int64_t end) {
+          sort_compare_rows<scalar_t>(pu_ptr, pv_ptr, begin, end, length, su, sv, sums);
+        });
+      });
+    }
+  }
+  const double count = static_cast<double>(n_batch * num_proj * length);
+  at::Tensor loss = (row_sums.sum() / count).to(dtype);
+  return {loss, sign_u, sign_v};
+}
+
+// du (N, C, L) = proj_scaled^T (C, C') @ sign[n] (C', L) for every n, in proj_scaled's dtype.
+// Plain ATen ops, so the same kernel serves CPU and CUDA tensors.
+at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
+  TORCH_CHECK(sign.dim() == 3 && sign.scalar_type() == at::kChar, "sign must be int8 (N, C', L)");
+  TORCH_CHECK(proj_scaled.dim() == 2 && proj_scaled.size(0) == sign.size(1), "proj_scaled must be (C', C)");
+  const int64_t n_batch = sign.size(0), num_proj = sign.size(1), length = sign.size(2);
+  const int64_t channels = proj_scaled.size(1);
+  const auto dtype = proj_scaled.scalar_type();
+  at::Tensor du = new_output({n_batch, channels, length}, proj_scaled.options());
+  const at::Tensor mt = proj_scaled.t();
+  const int64_t block = direction_block(num_proj, length, proj_scaled.element_size());
+  for (int64_t n = 0; n < n_batch; ++n) {
+    at::Tensor out = du.select(0, n);
+    for (int64_t k0 = 0; k0 < num_proj; k0 += block) {
+      const int64_t kb = std::min(block, num_proj - k0);
+      const at::Tensor g = sign.select(0, n).narrow(0, k0, kb).to(dtype);
+      const at::Tensor mb = mt.narrow(1, k0, kb);
+      if (k0 == 0) {
+        at::mm_out(out, mb, g);
+      } else {
+        out.addmm_(mb, g);
+      }
+    }
+  }
+  return du;
+}
+
+}  // namespace
+}  // namespace sw
+}  // namespace dzsr
+
+TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
+  m.def("sliced_wasserstein_forward(Tensor u, Tensor v, Tensor proj, bool need_v_sign) -> (Tensor, Tensor, Tensor)");
+  m.def("sliced_wasserstein_backward(Tensor sign, Tensor proj_scaled) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(dzsr_C, CPU, m) {
+  m.impl("sliced_wasserstein_forward", &dzsr::sw::forward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(dzsr_C, CompositeExplicitAutograd, m) {
+  m.impl("sliced_wasserstein_backward", &dzsr::sw::backward_any);
+}

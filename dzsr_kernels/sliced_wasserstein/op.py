@@ -1,0 +1,173 @@
+"""Public sliced-Wasserstein loss, its validation and its ``torch.library`` registration.
+
+``sliced_wasserstein_loss`` checks its arguments, draws the projections when none are given and
+dispatches to a backend. The ``reference`` backend runs the differentiable PyTorch oracle
+(``reference.py``) directly. The fast backends are reached through two custom ops that carry the
+backend name as an argument:
+
+  ``dzsr::sliced_wasserstein_forward(u, v, proj, need_v_sign, backend) -> (loss, sign_u, sign_v)``
+      loss: 0-dim, compute dtype (float32, or float64 for float64 inputs);
+      sign_u: int8 (N, C', H*W), sign(sorted difference) scattered back to each element's
+      unsorted position (the loss's subgradient up to the factor 1/(N C' H W));
+      sign_v: the same for v (negated) when ``need_v_sign``, else an empty (0,) int8 tensor.
+  ``dzsr::sliced_wasserstein_backward(sign, proj_scaled, backend) -> (N, C, H*W)``
+      proj_scaled^T @ sign[n] per sample, in proj_scaled's dtype.
+
+Backend kernel interface (``cpp`` and ``triton`` modules): ``forward(u, v, proj, need_v_sign)`` and
+``backward(sign, proj_scaled)`` with the shapes above; u, v arrive as (N, C, H, W) and proj in the
+compute dtype.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _backend
+from .._checks import check_dim, check_same_device, check_tensor, compute_dtype
+from . import reference
+
+OP = "sliced_wasserstein"
+_backend.register_op(OP, {"reference", "cpp", "triton"})
+
+# Rows of a user-given ``proj`` must have L2 norm 1 within this tolerance (see the public doc).
+UNIT_NORM_TOL = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 1e-4, torch.float64: 1e-8}
+
+
+def _kernels(backend: str):
+    if backend == "cpp":
+        from . import cpp_kernel
+
+        return cpp_kernel
+    if backend == "triton":
+        from . import triton_kernel
+
+        return triton_kernel
+    raise ValueError(f"no sliced-Wasserstein kernel for backend {backend!r}")
+
+
+@torch.library.custom_op("dzsr::sliced_wasserstein_forward", mutates_args=())
+def _forward(
+    u: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, need_v_sign: bool, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _kernels(backend).forward(u, v, proj, need_v_sign)
+
+
+@_forward.register_fake
+def _(u, v, proj, need_v_sign, backend):
+    n, length = u.shape[0], u.shape[2] * u.shape[3]
+    sign_shape = (n, proj.shape[0], length)
+    sign_u = u.new_empty(sign_shape, dtype=torch.int8)
+    sign_v = u.new_empty(sign_shape if need_v_sign else (0,), dtype=torch.int8)
+    return u.new_empty((), dtype=proj.dtype), sign_u, sign_v
+
+
+@torch.library.custom_op("dzsr::sliced_wasserstein_backward", mutates_args=())
+def _backward_op(sign: torch.Tensor, proj_scaled: torch.Tensor, backend: str) -> torch.Tensor:
+    return _kernels(backend).backward(sign, proj_scaled)
+
+
+@_backward_op.register_fake
+def _(sign, proj_scaled, backend):
+    return sign.new_empty((sign.shape[0], proj_scaled.shape[1], sign.shape[2]), dtype=proj_scaled.dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    u, v, proj, need_v_sign, backend = inputs
+    _, sign_u, sign_v = output
+    ctx.mark_non_differentiable(sign_u, sign_v)
+    ctx.save_for_backward(proj, sign_u, sign_v)
+    ctx.backend, ctx.need_v_sign = backend, need_v_sign
+    ctx.u_meta = (u.shape, u.dtype)
+    ctx.v_meta = (v.shape, v.dtype)
+
+
+def _backward(ctx, grad_loss, _grad_sign_u, _grad_sign_v):
+    proj, sign_u, sign_v = ctx.saved_tensors
+    count = sign_u.numel()
+    proj_scaled = proj * (grad_loss.to(proj.dtype) / count)
+    (u_shape, u_dtype), (v_shape, v_dtype) = ctx.u_meta, ctx.v_meta
+    du = _backward_op(sign_u, proj_scaled, ctx.backend).view(u_shape).to(u_dtype) if ctx.needs_input_grad[0] else None
+    dv = None
+    if ctx.needs_input_grad[1]:
+        if not ctx.need_v_sign:
+            raise RuntimeError("sliced_wasserstein_loss: v started requiring grad after the forward")
+        dv = _backward_op(sign_v, proj_scaled, ctx.backend).view(v_shape).to(v_dtype)
+    return du, dv, None, None, None
+
+
+_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _validate(u, v) -> None:
+    check_tensor("u", u, 4, "(N, C, H, W)")
+    check_tensor("v", v, 4, "(N, C, H, W)")
+    if u.shape != v.shape:
+        raise ValueError(f"v must have the shape of u (N, C, H, W) = {tuple(u.shape)}, got {tuple(v.shape)}")
+    if u.dtype != v.dtype:
+        raise TypeError(f"u and v must share one dtype, got u {u.dtype} and v {v.dtype}")
+    if u.numel() == 0:
+        raise ValueError(f"u and v must be non-empty (N, C, H, W >= 1), got shape {tuple(u.shape)}")
+    check_same_device(u=u, v=v)
+
+
+def _validate_proj(proj, channels: int, device: torch.device) -> None:
+    check_tensor("proj", proj, 2, f"(C', C={channels})")
+    check_dim("proj", proj, 1, channels, f"(C', C={channels})")
+    if proj.shape[0] < 1:
+        raise ValueError(f"proj must have at least one row (C' >= 1), got shape {tuple(proj.shape)}")
+    if proj.device != device:
+        raise ValueError(f"proj must be on the device of u ({device}), got {proj.device}")
+    if not bool(torch.isfinite(proj).all()):
+        raise ValueError("proj must be finite (no NaN or inf entries)")
+    norms = torch.linalg.vector_norm(proj.to(torch.float64), dim=1)
+    worst = float((norms - 1).abs().max())
+    if worst > UNIT_NORM_TOL[proj.dtype]:
+        raise ValueError(
+            f"proj rows must have unit L2 norm (within {UNIT_NORM_TOL[proj.dtype]:g}); the worst row is off by "
+            f"{worst:.3g}: pass torch.nn.functional.normalize(proj, dim=1)"
+        )
+
+
+def _resolve_proj(u, proj, num_proj, generator) -> torch.Tensor:
+    channels, dtype = u.shape[1], compute_dtype(u)
+    if proj is not None:
+        if generator is not None:
+            raise ValueError("give proj or generator, not both (generator only draws proj)")
+        _validate_proj(proj, channels, u.device)
+        if num_proj is not None and num_proj != proj.shape[0]:
+            raise ValueError(f"num_proj={num_proj} disagrees with proj's {proj.shape[0]} rows")
+        return proj.to(dtype)
+    if num_proj is None:
+        num_proj = reference.default_num_proj(channels)
+    if not isinstance(num_proj, int) or isinstance(num_proj, bool) or num_proj < 1:
+        raise ValueError(f"num_proj must be a positive int, got {num_proj!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    return reference.draw_projections(channels, num_proj, generator, u.device, dtype)
+
+
+def sliced_wasserstein_loss(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    proj: torch.Tensor | None = None,
+    num_proj: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sliced-Wasserstein loss between feature maps u and v (N, C, H, W); a 0-dim tensor.
+
+    loss = mean over (n, k, i) of |sort(M u_n)[k]_i - sort(M v_n)[k]_i|, each direction's H*W
+    projected values sorted ascending (SPEC §1c). ``proj`` M (C', C) must have unit-norm rows:
+    rows off by more than ``UNIT_NORM_TOL`` are rejected (ValueError), never silently normalised;
+    it is treated as a constant (no gradient). Without ``proj``, ``num_proj`` directions (default
+    max(1, C // 2)) are drawn from N(0, I) with ``generator`` (or the global RNG of u's device) and
+    normalised, afresh on every call. Gradients flow to u, and to v when it requires grad, through
+    the sort permutation; among tied values any assignment of the tied slots is a valid
+    subgradient, and backends may pick different ones. Half inputs compute in float32; the loss
+    has u's dtype.
+    """
+    _validate(u, v)
+    m = _resolve_proj(u, proj, num_proj, generator)
+    backend = _backend.resolve(OP, u.device)
+    if backend == "reference":
+        return reference.sliced_wasserstein(u, v, m)
+    loss, _, _ = _forward(u, v, m, v.requires_grad and torch.is_grad_enabled(), backend)
+    return loss.to(u.dtype)
