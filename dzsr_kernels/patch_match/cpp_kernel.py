@@ -5,5 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def match(uq, ur, inv_q, inv_r, p):
+def match(uq, ur, inv_q, inv_r, p, precision):
+    if precision != "float32":
+        raise ValueError(f"the cpp patch-match kernels compute in float32 only, got precision={precision!r}")
     return torch.ops.dzsr_C.patch_match(uq, ur, inv_q, inv_r, p)

@@ -1,0 +1,234 @@
+"""Patch matching (SPEC §1b): reference vs an independent brute force, the cpp backend vs both,
+conventions (zero pixels, ties, dtypes, layouts), validation, opcheck, and the flow/offset helpers."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dzsr_kernels
+from dzsr_kernels.patch_match import flow_to_offsets, match_flow, patch_match
+from patch_match_oracle import check_match, first_max_index, one_hot_map, run
+
+BACKENDS = ["reference", "cpp"]
+SHAPES = [  # N, C, Hq, Wq, Hr, Wr
+    (1, 4, 3, 3, 3, 3),
+    (2, 5, 6, 7, 8, 5),
+    (1, 16, 9, 13, 11, 10),
+    (3, 3, 5, 4, 4, 6),
+    (1, 8, 40, 37, 35, 70),  # several C++ tiles on both sides
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_bruteforce(backend, shape):
+    n, c, hq, wq, hr, wr = shape
+    query, ref = torch.randn(n, c, hq, wq), torch.randn(n, c, hr, wr)
+    check_match(*run(backend, query, ref), query, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [1, 5])
+def test_other_patch_sizes(backend, p):
+    query, ref = torch.randn(2, 6, 9, 8, dtype=torch.float64), torch.randn(2, 6, 7, 10, dtype=torch.float64)
+    check_match(*run(backend, query, ref, p), query, ref, p)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_recovers_known_shift(backend):
+    """ref is a larger crop of the same image: query patch (y, x) is ref patch (y+a, x+b) with score 1."""
+    image = torch.randn(2, 8, 31, 36)
+    a, b = 5, 11
+    query, ref = image[:, :, a : a + 17, b : b + 20], image
+    score, index = run(backend, query, ref)
+    ys, xs = torch.meshgrid(torch.arange(15), torch.arange(18), indexing="ij")
+    expected = ((ys + a) * (36 - 2) + xs + b).expand(2, -1, -1)
+    assert torch.equal(index, expected)
+    torch.testing.assert_close(score, torch.ones_like(score), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_go_to_smallest_index(backend):
+    """One-hot pixels with 3 channels: many exactly equal scores; the smallest index must win."""
+    query, ref = one_hot_map(2, 3, 9, 12), one_hot_map(2, 3, 40, 45)
+    _, index = run(backend, query, ref)
+    assert torch.equal(index.reshape(2, -1), first_max_index(query, ref))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_constant_reference_ties_to_zero(backend):
+    query = torch.randn(1, 5, 6, 9)
+    ref = torch.randn(1, 5, 1, 1).expand(1, 5, 33, 34)  # every reference patch identical
+    score, index = run(backend, query, ref)
+    assert (index == 0).all()
+    check_match(score, index, query, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_pixels(backend):
+    """All-zero pixels normalise to zero vectors: patch norms shrink, all-zero patches score 0 against
+    everything and so match index 0; no NaN anywhere."""
+    query, ref = torch.randn(2, 6, 10, 11), torch.randn(2, 6, 12, 9)
+    query[:, :, 2:5, 3:6] = 0  # query patch (2, 3) is all zero
+    query[0, :, 7, :] = 0
+    ref[:, :, :, 4] = 0
+    score, index = run(backend, query, ref)
+    assert not torch.isnan(score).any()
+    assert score[:, 2, 3].eq(0).all() and index[:, 2, 3].eq(0).all()
+    check_match(score, index, query, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_zero_reference(backend):
+    query, ref = torch.randn(1, 4, 5, 6), torch.zeros(1, 4, 7, 7)
+    score, index = run(backend, query, ref)
+    assert score.eq(0).all() and index.eq(0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend):
+    base_q, base_r = torch.randn(2, 14, 9, 20), torch.randn(2, 7, 12, 11)
+    query = base_q[:, ::2, :, ::2]  # strided channels and columns
+    ref = base_r.contiguous(memory_format=torch.channels_last)
+    assert not query.is_contiguous() and not ref.is_contiguous()
+    score, index = run(backend, query, ref)
+    score_c, index_c = run(backend, query.contiguous(), ref.contiguous())
+    assert torch.equal(index, index_c)
+    torch.testing.assert_close(score, score_c, atol=1e-6, rtol=0)
+    check_match(score, index, query, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes(backend, dtype):
+    query, ref = torch.randn(2, 8, 7, 9).to(dtype), torch.randn(2, 8, 10, 6).to(dtype)
+    score, index = run(backend, query, ref)
+    check_match(score, index, query, ref)  # brute force on the same (rounded) values
+
+
+def test_cpp_agrees_with_reference_on_larger_maps():
+    query, ref = torch.randn(1, 32, 45, 66), torch.randn(1, 32, 70, 41)
+    s_ref, i_ref = run("reference", query, ref)
+    s_cpp, i_cpp = run("cpp", query, ref)
+    torch.testing.assert_close(s_cpp, s_ref, atol=2e-6, rtol=0)
+    assert (i_cpp == i_ref).float().mean() > 0.999
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_do_not_require_grad(backend):
+    query, ref = torch.randn(1, 3, 5, 5, requires_grad=True), torch.randn(1, 3, 5, 5, requires_grad=True)
+    score, index = run(backend, query, ref)
+    assert not score.requires_grad and not index.requires_grad
+
+
+def test_opcheck_cpp():
+    query, ref = torch.randn(2, 5, 6, 8), torch.randn(2, 5, 7, 5)
+    torch.library.opcheck(torch.ops.dzsr.patch_match.default, (query, ref, 3, "float32", "cpp"))
+
+
+def test_cpp_rejects_tf32():
+    with pytest.raises(ValueError, match="tf32.*triton"):
+        run("cpp", torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5), precision="tf32")
+
+
+@pytest.mark.parametrize(
+    "query, ref, kwargs, error, message",
+    [
+        (torch.randn(1, 3, 5, 5), torch.randn(1, 4, 5, 5), {}, ValueError, r"ref must match query in \(N, C\)"),
+        (torch.randn(2, 3, 5, 5), torch.randn(1, 3, 5, 5), {}, ValueError, r"ref must match query in \(N, C\)"),
+        (torch.randn(1, 3, 2, 5), torch.randn(1, 3, 5, 5), {}, ValueError, "query must be at least patch_size"),
+        (torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 4), {"patch_size": 5}, ValueError, "ref must be at least"),
+        (torch.randn(3, 5, 5), torch.randn(1, 3, 5, 5), {}, ValueError, r"query must have shape \(N, C, Hq, Wq\)"),
+        (torch.randn(1, 3, 5, 5), torch.ones(1, 3, 5, 5, dtype=torch.int64), {}, TypeError, "ref must be a floating"),
+        (torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5, device="meta"), {}, ValueError, "one device"),
+        (torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5), {"patch_size": 2}, ValueError, "positive odd int"),
+        (torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5), {"precision": "fp16"}, ValueError, "precision must be"),
+        ([[1.0]], torch.randn(1, 3, 5, 5), {}, TypeError, "query must be a torch.Tensor"),
+    ],
+)
+def test_bad_inputs(query, ref, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        patch_match(query, ref, **kwargs)
+
+
+# ---- flow and offsets --------------------------------------------------------------------------
+
+
+def test_match_flow_values_and_padding():
+    index = torch.tensor([[[0, 5], [7, 2]]])  # query patch grid 2x2 (query 4x4); ref 5x6 -> grid 3x4
+    flow = match_flow(index, (5, 6))
+    assert flow.shape == (1, 2, 4, 4) and flow.dtype == torch.float32
+    # index 5 = (1, 1): from query patch (0, 1) -> (dy, dx) = (1, 0); index 7 = (1, 3) from (1, 0) -> (0, 3)
+    expected_dy = torch.tensor([[0.0, 1.0], [0.0, -1.0]])
+    expected_dx = torch.tensor([[0.0, 0.0], [3.0, 1.0]])
+    assert torch.equal(flow[0, 0, :2, :2], expected_dy) and torch.equal(flow[0, 1, :2, :2], expected_dx)
+    assert flow[:, :, 2:].eq(0).all() and flow[:, :, :, 2:].eq(0).all()
+
+
+def test_match_flow_of_known_shift():
+    image = torch.randn(1, 6, 30, 30)
+    query, ref = image[:, :, 4:20, 3:25], image
+    _, index = patch_match(query, ref)
+    flow = match_flow(index, ref.shape[2:])
+    assert flow[:, 0, :14, :20].eq(4).all() and flow[:, 1, :14, :20].eq(3).all()
+
+
+def test_flow_to_offsets_matches_loop_construction():
+    """Tap t = 3i + j at pixel (y, x) carries the flow of pixel (y-i, x-j) (zero outside), as (dy, dx)."""
+    flow = torch.randn(2, 2, 5, 7)
+    offset = flow_to_offsets(flow, scale=1)
+    assert offset.shape == (2, 18, 5, 7)
+    expected = torch.zeros(2, 18, 5, 7)
+    for i in range(3):
+        for j in range(3):
+            t = 3 * i + j
+            for y in range(i, 5):
+                for x in range(j, 7):
+                    expected[:, 2 * t, y, x] = flow[:, 0, y - i, x - j]
+                    expected[:, 2 * t + 1, y, x] = flow[:, 1, y - i, x - j]
+    assert torch.equal(offset, expected)
+
+
+def test_flow_to_offsets_upsampling():
+    """scale=4: align-corners bilinear upsampling times 4; a constant field becomes 4x that constant."""
+    flow = torch.full((1, 2, 6, 8), 2.0)
+    flow[:, 1] = -1.0
+    offset = flow_to_offsets(flow, scale=4)
+    assert offset.shape == (1, 18, 24, 32)
+    interior = offset[:, :, 10:, 10:]  # upsampled rows/columns >= 10 interpolate only grid rows/columns >= 2
+    assert torch.allclose(interior[:, 0::2], torch.tensor(8.0)) and torch.allclose(interior[:, 1::2], torch.tensor(-4.0))
+    grid = flow_to_offsets(flow, scale=1)
+    assert torch.equal(offset[:, :, ::23, ::31], 4 * grid[:, :, ::5, ::7])  # align_corners keeps the corners
+
+
+def test_offsets_warp_reference_onto_query():
+    """A depthwise deform conv of ref with the matching offsets equals the conv of the query wherever
+    all nine patches a pixel's taps use have their true match inside ref (the C2-Matching construction)."""
+    c, h, w, a, b = 4, 20, 24, 3, 5
+    image = torch.randn(1, c, h + a, w + b)
+    query, ref = image[:, :, a:, b:], image[:, :, :h, :w]  # query(y, x) = ref(y + a, x + b)
+    _, index = patch_match(query, ref)
+    offset = flow_to_offsets(match_flow(index, ref.shape[2:]), scale=1)
+    weight = torch.randn(c, 1, 3, 3)
+    with dzsr_kernels.use_backend("reference"):
+        warped = dzsr_kernels.deform_conv2d(ref, offset, weight, groups=c)
+    expected = F.conv2d(query, weight, padding=1, groups=c)
+    region = (slice(None), slice(None), slice(2, h - 2 - a), slice(2, w - 2 - b))
+    torch.testing.assert_close(warped[region], expected[region], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: match_flow(torch.zeros(1, 2, 2), (4, 4)), TypeError, "index must be an int64"),
+        (lambda: match_flow(torch.zeros(2, 2, dtype=torch.int64), (4, 4)), TypeError, "index must be an int64"),
+        (lambda: match_flow(torch.full((1, 2, 2), 4), (4, 4)), ValueError, r"index values must lie in \[0, 4\)"),
+        (lambda: match_flow(torch.zeros(1, 2, 2, dtype=torch.int64), (2, 4)), ValueError, "ref_size"),
+        (lambda: flow_to_offsets(torch.zeros(1, 3, 4, 4)), ValueError, r"flow must have shape \(N, 2, H, W\)"),
+        (lambda: flow_to_offsets(torch.zeros(1, 2, 4, 4), scale=0), ValueError, "scale must be a positive int"),
+    ],
+)
+def test_flow_bad_inputs(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
