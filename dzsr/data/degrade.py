@@ -1,0 +1,88 @@
+"""Pseudo-LR noise map: the degradation the authors add to the KernelGen output during training.
+
+Recipe (authors' data/degrade/degrade_kernel.py + models/refsr_model.py): three operations on the
+uint8 GT patch, in a uniformly random order, each followed by clipping to [0, 255] and storing as
+uint8:
+  * ``down``: ``cv2.resize`` by ``1/scale`` with ``INTER_LINEAR`` (output ``int(h/scale)``);
+  * ``noise``: additive Gaussian noise, sigma an integer drawn uniformly from [5, 30] (of 255);
+  * ``jpeg``: OpenCV JPEG round trip, quality an integer drawn uniformly from [60, 95].
+The noise map is ``degraded/255 - bicubic(gt)``, where ``bicubic`` is
+``F.interpolate(gt, scale_factor=1/scale, mode="bicubic", align_corners=True)`` on the float GT in
+[0, 1], as in the authors' model. Pseudo-LR = KernelGen(gt).detach() + noise map, clamped to [0, 1].
+
+Two deliberate differences from the authors' code: float -> uint8 conversions round to nearest
+(the authors' ``np.uint8`` truncates, biasing the image darker by half a level per operation), and
+the JPEG encoder is given BGR data as OpenCV expects (the authors pass RGB, so their JPEG luma
+weights red and blue the wrong way round).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+OPERATIONS = ("down", "noise", "jpeg")
+SIGMA_RANGE = (5, 30)
+QUALITY_RANGE = (60, 95)
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """One draw of the degradation: operation order, noise sigma (of 255), JPEG quality."""
+
+    order: tuple[str, ...]
+    sigma: int
+    quality: int
+
+    @staticmethod
+    def sample(rng: np.random.Generator) -> "Degradation":
+        order = tuple(OPERATIONS[i] for i in rng.permutation(len(OPERATIONS)))
+        sigma = int(rng.integers(SIGMA_RANGE[0], SIGMA_RANGE[1], endpoint=True))
+        quality = int(rng.integers(QUALITY_RANGE[0], QUALITY_RANGE[1], endpoint=True))
+        return Degradation(order, sigma, quality)
+
+
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def degrade(gt: np.ndarray, scale: int, params: Degradation, rng: np.random.Generator) -> np.ndarray:
+    """Apply ``params`` to a uint8 RGB HWC image; returns uint8 ``(h//scale, w//scale, 3)``."""
+    if gt.dtype != np.uint8 or gt.ndim != 3 or gt.shape[2] != 3:
+        raise ValueError(f"gt must be a uint8 (H, W, 3) array, got {gt.dtype} {gt.shape}")
+    img = gt
+    for op in params.order:
+        if op == "down":
+            h, w = img.shape[:2]
+            img = cv2.resize(img, (w // scale, h // scale), interpolation=cv2.INTER_LINEAR)
+        elif op == "noise":
+            img = _to_u8(img + rng.normal(0.0, params.sigma, img.shape))
+        elif op == "jpeg":
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, params.quality])
+            if not ok:
+                raise RuntimeError("OpenCV JPEG encoding failed")
+            img = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        else:
+            raise ValueError(f"unknown degradation operation {op!r}, expected one of {OPERATIONS}")
+    return img
+
+
+def bicubic_down(gt: torch.Tensor, scale: int) -> torch.Tensor:
+    """The authors' bicubic reference: ``(..., 3, H, W)`` -> ``(..., 3, H//scale, W//scale)``."""
+    lead = gt.shape[:-3]
+    x = gt.reshape(-1, *gt.shape[-3:])
+    size = (gt.shape[-2] // scale, gt.shape[-1] // scale)
+    out = F.interpolate(x, size=size, mode="bicubic", align_corners=True)
+    return out.reshape(*lead, *out.shape[-3:])
+
+
+def noise_map(gt: np.ndarray, scale: int, rng: np.random.Generator,
+              params: Degradation | None = None) -> torch.Tensor:
+    """Noise map ``(3, H//scale, W//scale)`` float32 for a uint8 RGB HWC GT patch (signed values)."""
+    params = Degradation.sample(rng) if params is None else params
+    degraded = torch.from_numpy(degrade(gt, scale, params, rng).transpose(2, 0, 1).astype(np.float32) / 255.0)
+    gt_t = torch.from_numpy(gt.transpose(2, 0, 1).astype(np.float32) / 255.0)
+    return degraded - bicubic_down(gt_t, scale)
