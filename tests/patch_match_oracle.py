@@ -34,7 +34,7 @@ def check_match(score, index, query, ref, p=3, tol=SCORE_TOL):
     n, hq, wq = query.shape[0], query.shape[2] - p + 1, query.shape[3] - p + 1
     assert score.shape == (n, hq, wq) and index.shape == (n, hq, wq)
     assert score.dtype == torch.float32 and index.dtype == torch.int64
-    cos = cosine_matrix(query, ref, p)
+    cos = cosine_matrix(query.cpu(), ref.cpu(), p)
     top = cos.topk(min(2, cos.shape[2]), dim=2).values
     best = top[..., 0]
     s, i = score.reshape(n, -1).double().cpu(), index.reshape(n, -1).cpu()
