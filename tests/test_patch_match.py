@@ -232,3 +232,34 @@ def test_offsets_warp_reference_onto_query():
 def test_flow_bad_inputs(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# ---- CUDA (runs wherever a GPU exists) ---------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("shape", SHAPES + [(2, 64, 50, 47, 66, 71)])
+def test_cuda_matches_bruteforce(backend, shape):
+    n, c, hq, wq, hr, wr = shape
+    query, ref = torch.randn(n, c, hq, wq, device="cuda"), torch.randn(n, c, hr, wr, device="cuda")
+    score, index = run(backend, query, ref)
+    assert score.device.type == "cuda" and index.device.type == "cuda"
+    check_match(score, index, query, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_cuda_ties_and_zero_pixels(backend):
+    query, ref = one_hot_map(2, 3, 9, 12).cuda(), one_hot_map(2, 3, 40, 45).cuda()
+    _, index = run(backend, query, ref)
+    assert torch.equal(index.reshape(2, -1).cpu(), first_max_index(query.cpu(), ref.cpu()))
+    query[:, :, 2:5, 3:6] = 0
+    score, index = run(backend, query, torch.randn(2, 3, 40, 45, device="cuda"))
+    assert score[:, 2, 3].eq(0).all() and index[:, 2, 3].eq(0).all() and not score.isnan().any()
+
+
+@pytest.mark.gpu
+def test_cuda_opcheck_cpp():
+    query, ref = torch.randn(2, 5, 6, 8, device="cuda"), torch.randn(2, 5, 7, 5, device="cuda")
+    torch.library.opcheck(torch.ops.dzsr.patch_match.default, (query, ref, 3, "float32", "cpp"))
