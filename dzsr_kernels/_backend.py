@@ -94,8 +94,10 @@ def requested_backend() -> str:
     return name
 
 
+@torch.compiler.assume_constant_result
 def resolve(op: str, device: torch.device) -> str:
-    """The backend that will run ``op`` on ``device`` now; raises if an explicit choice can't run."""
+    """The backend that will run ``op`` on ``device`` now; raises if an explicit choice can't run.
+    Under ``torch.compile`` the choice is made once, at trace time."""
     name = requested_backend()
     if name == "auto":
         for candidate in AUTO_PREFERENCE.get(device.type, ("reference",)):

@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "common.h"
@@ -267,10 +268,12 @@ void backward_input(const T* gout, const T* geom, const T* w, T* dx, const Geome
 // Channel-vectorised path for pure depthwise convolutions (one input and one output channel per
 // group, the AdaSTN case) on tensors small enough to copy: with channels last, the four corners of
 // a sample are contiguous C-vectors, so every inner loop runs over channels in SIMD registers.
-constexpr int64_t kChannelsLastMaxBytes = int64_t(16) << 20;
-
+// The copies cost memory, so large tensors take the planar path; the limit (16 MiB of x by default,
+// covering training batches) can be changed with DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES.
 bool use_channels_last(const Geometry& g, int64_t elem_size) {
-  return g.cin_g == 1 && g.cout_g == 1 && g.N * g.C * g.HW * elem_size <= kChannelsLastMaxBytes;
+  const char* env = std::getenv("DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES");
+  const int64_t limit = env ? std::atoll(env) : (int64_t(16) << 20);
+  return g.cin_g == 1 && g.cout_g == 1 && g.N * g.C * g.HW * elem_size <= limit;
 }
 
 at::Tensor to_channels_last(const at::Tensor& t) {  // (N, C, H, W) -> (N, HW, C)
@@ -393,7 +396,7 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool a
                                      bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
                                      outt.data_ptr<scalar_t>(), g);
     });
-    return outt.transpose(1, 2).reshape({g.N, g.C, g.H, g.W}).to(x_in.scalar_type());
+    return outt.transpose(1, 2).reshape({g.N, g.C, g.H, g.W}).contiguous().to(x_in.scalar_type());
   }
   auto out = new_output({g.N, g.Cout, g.H, g.W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu", [&] {
@@ -421,8 +424,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& go
                                       wt.data_ptr<scalar_t>(), dxt.data_ptr<scalar_t>(), dgeom.data_ptr<scalar_t>(),
                                       dwt.data_ptr<scalar_t>(), g);
     });
-    auto dx = dxt.transpose(1, 2).reshape({g.N, g.C, g.H, g.W});
-    auto dweight = dwt.t().reshape(weight.sizes());
+    auto dx = dxt.transpose(1, 2).reshape({g.N, g.C, g.H, g.W}).contiguous();
+    auto dweight = dwt.t().reshape(weight.sizes()).contiguous();
     return {dx.to(x_in.scalar_type()), dgeom.to(geom_in.scalar_type()), dweight.to(weight_in.scalar_type())};
   }
   auto dx = at::zeros_like(x);

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from .._checks import check_dim, check_match, check_same_device, check_tensor
+from .._checks import check_dim, check_match, check_same_device, check_tensor, compute_dtype
 from . import reference
 
 OP = "deform_conv2d"
@@ -81,7 +81,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, geom, weight = ctx.saved_tensors
     dx, dgeom, dweight = _packed_backward(grad_out.contiguous(), x, geom, ctx.affine, weight, ctx.groups, ctx.backend)
-    dbias = grad_out.sum((0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype) if ctx.has_bias else None
+    dbias = None
+    if ctx.has_bias:
+        dbias = grad_out.sum((0, 2, 3), dtype=compute_dtype(grad_out)).to(ctx.bias_dtype)
     return dx, dgeom, None, dweight, dbias, None, None
 
 
