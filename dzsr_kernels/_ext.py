@@ -10,6 +10,7 @@ A failed build leaves the backend unavailable; its reason names the compiler log
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import platform
 import threading
@@ -41,6 +42,10 @@ def sources(with_cuda: bool) -> list[str]:
 
 def build(with_cuda: bool, build_dir: str | None = None, verbose: bool = False) -> str:
     """JIT-build ``csrc/`` and load it into ``torch.ops.dzsr_C``; returns the build folder."""
+    if cuda_home() is not None:
+        os.environ.setdefault("CUDA_HOME", cuda_home())
+    if not with_cuda:  # its import warns that no CUDA runtime exists, which a CPU build doesn't need
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
     if with_cuda:
