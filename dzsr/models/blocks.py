@@ -1,0 +1,108 @@
+"""Small building blocks shared by the SelfDZSR networks.
+
+Images are NCHW float tensors in [0, 1]; features are NCHW with 64 channels unless stated.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# RGB mean the authors subtract before (and add after) every network (DIV2K mean, range 1).
+RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+def conv3x3(c_in: int, c_out: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """3x3 convolution with bias and 'same' padding (for stride 1)."""
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, groups=groups)
+
+
+class MeanShift(nn.Module):
+    """Per-channel affine x*w + b as a depthwise 1x1 conv (weight (3,1,1,1), bias (3,)).
+
+    ``sign=-1`` subtracts ``RGB_MEAN``, ``sign=+1`` adds it back. The weight and bias are frozen
+    parameters (requires_grad False) so that checkpoints and parameter counts match the authors'.
+    """
+
+    def __init__(self, sign: int = -1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3, 1, 1, 1), requires_grad=False)
+        self.bias = nn.Parameter(sign * torch.tensor(RGB_MEAN), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, groups=3)
+
+
+def space_to_depth(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """(N,C,H,W) -> (N, C*scale², H/scale, W/scale) in the authors' DownBlock channel order.
+
+    Output channel ``(dy*scale + dx)*C + c`` holds ``x[:, c, scale*i+dy, scale*j+dx]``, i.e. the
+    sub-pixel offset is the slow index and the colour channel the fast one (``nn.PixelUnshuffle``
+    uses the opposite order). H and W must be multiples of ``scale``.
+    """
+    n, c, h, w = x.shape
+    if h % scale or w % scale:
+        raise ValueError(f"space_to_depth needs H, W divisible by scale={scale}, got {h}x{w}")
+    x = x.reshape(n, c, h // scale, scale, w // scale, scale).permute(0, 3, 5, 1, 2, 4)
+    return x.reshape(n, c * scale * scale, h // scale, w // scale)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv2(relu(conv1(m))) with m = x * (1 + modulation(p)) when a predictor vector p is given.
+
+    p (N,64,1,1) comes from ``Predictor``; modulation is 1x1 convs 64 -> 4 -> ReLU -> 64.
+    """
+
+    def __init__(self, channels: int = 64, hidden: int = 4):
+        super().__init__()
+        self.conv1 = conv3x3(channels, channels)
+        self.conv2 = conv3x3(channels, channels)
+        self.modulation = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
+
+    def forward(self, x: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
+        m = x if p is None else x * (1 + self.modulation(p))
+        return x + self.conv2(F.relu(self.conv1(m)))
+
+
+class Predictor(nn.Module):
+    """Global degradation vector from (LR centre, reference) and the fused features.
+
+    lr (N,3,h,w) is bilinearly upsampled (align_corners=True) to ref's size (N,3,H,W); both are
+    mean-shifted, concatenated and embedded (3x3 conv 6->64, ReLU); the fused features
+    (N,64,H',W') are bilinearly resized to (H,W) and concatenated; then 3x3 conv 128->64 and four
+    stride-2 3x3 convs, each followed by ReLU, and a global average: returns (N,64,1,1).
+    """
+
+    def __init__(self, channels: int = 64):
+        super().__init__()
+        self.mean_shift = MeanShift()
+        self.head = conv3x3(6, channels)
+        self.body = nn.Sequential(
+            conv3x3(2 * channels, channels), nn.ReLU(),
+            *[m for _ in range(4) for m in (conv3x3(channels, channels, stride=2), nn.ReLU())],
+        )
+
+    def forward(self, lr: torch.Tensor, ref: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        size = ref.shape[-2:]
+        up_lr = F.interpolate(lr, size=size, mode="bilinear", align_corners=True)
+        h = F.relu(self.head(torch.cat([self.mean_shift(up_lr), self.mean_shift(ref)], 1)))
+        fused = F.interpolate(fused, size=size, mode="bilinear", align_corners=True)
+        return self.body(torch.cat([h, fused], 1)).mean((2, 3), keepdim=True)
+
+
+class PixelShuffleUpsampler(nn.Module):
+    """Upsample 64-channel features by ``scale`` (2, 3 or 4): per factor-2 (or the single factor-3)
+    stage a 3x3 conv 64 -> 64*f² and ``pixel_shuffle(f)``; no activation."""
+
+    def __init__(self, scale: int, channels: int = 64):
+        super().__init__()
+        factors = {2: [2], 3: [3], 4: [2, 2]}
+        if scale not in factors:
+            raise ValueError(f"scale must be 2, 3 or 4, got {scale!r}")
+        self.factors = factors[scale]
+        self.convs = nn.ModuleList(conv3x3(channels, channels * f * f) for f in self.factors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for f, conv in zip(self.factors, self.convs):
+            x = F.pixel_shuffle(conv(x), f)
+        return x

@@ -1,0 +1,55 @@
+"""Frozen matching feature extractor (the authors' distilled ``ContrasExtractorSep``).
+
+Two separate VGG16 trunks (conv1_1 .. conv3_1 with both max-pools removed, so full resolution;
+the output is conv3_1 before its ReLU) for the query (LR or pseudo-LR) and the reference. Input
+images in [0,1] are ImageNet-normalised; the 256-channel features are bilinearly resized by 1/4
+(align_corners=True, size floor(H/4) x floor(W/4)).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_TRUNK = (("conv1_1", 3, 64), ("conv1_2", 64, 64), ("conv2_1", 64, 128), ("conv2_2", 128, 128), ("conv3_1", 128, 256))
+
+
+class VGGTrunk(nn.Module):
+    """(N,3,H,W) in [0,1] -> (N,256,floor(H/4),floor(W/4))."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        for name, c_in, c_out in _TRUNK:
+            self.add_module(name, nn.Conv2d(c_in, c_out, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        for i, (name, _, _) in enumerate(_TRUNK):
+            x = getattr(self, name)(x)
+            if i < len(_TRUNK) - 1:
+                x = F.relu(x)
+        return F.interpolate(x, scale_factor=0.25, mode="bilinear", align_corners=True)
+
+
+class MatchingExtractor(nn.Module):
+    """``forward(query, ref) -> (query_features, ref_features)``, each (N,256,H/4,W/4).
+
+    Frozen: its parameters never require grad and ``train()`` keeps it in eval mode.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.query_trunk = VGGTrunk()
+        self.ref_trunk = VGGTrunk()
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "MatchingExtractor":
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, query: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.query_trunk(query), self.ref_trunk(ref)

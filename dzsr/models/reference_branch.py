@@ -1,0 +1,126 @@
+"""Reference branch of the restoration network (paper §3.4).
+
+1. Matching (no gradient): top-1 3x3 patch correlation between the extractor's query and reference
+   features (1/4 resolution), index -> flow -> the 9 shifted copies as an 18-channel offset field
+   (C2-Matching trick), upsampled x4 to the image grid (``dzsr_kernels.patch_match``,
+   ``match_flow``, ``flow_to_offsets``).
+2. Reference encoder on the reference image (same size as the LR, H and W multiples of 4), warped by
+   a depthwise 3x3 deformable conv with bias using those offsets.
+3. Paste: the space-to-depth of ``paste_ref`` (its HR-resolution footprint, (N,3,s*h,s*w)) is
+   embedded by a 3x3 conv and written into the warped features at ``paste_box`` (y0, y1, x0, x1 in
+   LR pixels, y1-y0 = h, x1-x0 = w). Each sample is pasted with probability ``paste_prob`` in training
+   and always in eval mode.
+4. A reference AdaSTN aligns the result to the guide features (never dropped).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import dzsr_kernels
+
+from .adastn import AdaSTN
+from .blocks import MeanShift, conv3x3, space_to_depth
+
+
+def matching_offsets(query_features: torch.Tensor, ref_features: torch.Tensor) -> torch.Tensor:
+    """Extractor features (N,C,h,w) each -> deformable-conv offsets (N,18,4h,4w) in image pixels."""
+    with torch.no_grad():
+        _, index = dzsr_kernels.patch_match(query_features, ref_features, patch_size=3)
+        flow = dzsr_kernels.match_flow(index, ref_features.shape[-2:])
+        return dzsr_kernels.flow_to_offsets(flow, scale=4).to(query_features.dtype)
+
+
+class FlowWarp(nn.Module):
+    """Depthwise 3x3 deformable conv with bias: ``forward(x (N,C,H,W), offsets (N,18,H,W))``,
+    offsets in torchvision's interleaved (dy, dx) layout (``dzsr_kernels.deform_conv2d``)."""
+
+    def __init__(self, channels: int = 64):
+        super().__init__()
+        init = nn.Conv2d(channels, channels, 3, groups=channels)  # PyTorch's default conv init
+        self.weight = nn.Parameter(init.weight.detach().clone())
+        self.bias = nn.Parameter(init.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return dzsr_kernels.deform_conv2d(x, offsets, self.weight, self.bias, groups=x.shape[1])
+
+
+class ReferenceEncoder(nn.Module):
+    """Image (N,3,H,W) -> features (N,64,H,W): mean shift, five 3x3 convs, ReLU after the first four."""
+
+    def __init__(self, channels: int = 64):
+        super().__init__()
+        self.mean_shift = MeanShift()
+        self.convs = nn.ModuleList([conv3x3(3, channels)] + [conv3x3(channels, channels) for _ in range(4)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mean_shift(x)
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i < len(self.convs) - 1:
+                x = F.relu(x)
+        return x
+
+
+class PasteHead(nn.Module):
+    """HR-resolution reference (N,3,s*h,s*w) -> (N,64,h,w): mean shift, space-to-depth, 3x3 conv."""
+
+    def __init__(self, scale: int, channels: int = 64):
+        super().__init__()
+        self.scale = scale
+        self.mean_shift = MeanShift()
+        self.conv = conv3x3(3 * scale * scale, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(space_to_depth(self.mean_shift(x), self.scale))
+
+
+def paste(features: torch.Tensor, patch: torch.Tensor, boxes: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Write patch[i] (64,h,w) into features[i] at boxes[i]=(y0,y1,x0,x1) where chosen[i]; differentiable."""
+    n, _, height, width = features.shape
+    h, w = patch.shape[-2:]
+    if boxes.shape != (n, 4):
+        raise ValueError(f"paste_box must be (N={n}, 4) as (y0, y1, x0, x1), got shape {tuple(boxes.shape)}")
+    rows = []
+    for i, (y0, y1, x0, x1) in enumerate(boxes.tolist()):
+        if (y1 - y0, x1 - x0) != (h, w) or y0 < 0 or x0 < 0 or y1 > height or x1 > width:
+            raise ValueError(
+                f"paste_box[{i}]=({y0},{y1},{x0},{x1}) must be a {h}x{w} box (paste_ref size / scale) "
+                f"inside the {height}x{width} LR"
+            )
+        if bool(chosen[i]):
+            row = features[i].clone()
+            row[:, y0:y1, x0:x1] = patch[i]
+            rows.append(row)
+        else:
+            rows.append(features[i])
+    return torch.stack(rows)
+
+
+class ReferenceBranch(nn.Module):
+    """``forward(ref, offsets, guide_features, paste_ref=None, paste_box=None)`` -> (N,64,H,W)."""
+
+    def __init__(self, scale: int, channels: int = 64, paste_prob: float = 0.3):
+        super().__init__()
+        if not 0.0 <= paste_prob <= 1.0:
+            raise ValueError(f"paste_prob must be in [0, 1], got {paste_prob}")
+        self.paste_prob = paste_prob
+        self.encoder = ReferenceEncoder(channels)
+        self.warp = FlowWarp(channels)
+        self.paste_head = PasteHead(scale, channels)
+        self.align = AdaSTN(channels, drop_prob=0.0)
+
+    def forward(self, ref, offsets, guide_features, paste_ref=None, paste_box=None):
+        feats = self.warp(self.encoder(ref), offsets)
+        if (paste_ref is None) != (paste_box is None):
+            raise ValueError("give both paste_ref and paste_box, or neither")
+        if paste_ref is not None:
+            n = feats.shape[0]
+            if self.training:
+                chosen = torch.rand(n, device=feats.device) < self.paste_prob
+            else:
+                chosen = torch.ones(n, dtype=torch.bool)
+            if bool(chosen.any()):
+                feats = paste(feats, self.paste_head(paste_ref), paste_box, chosen)
+        return self.align(feats, guide_features)
