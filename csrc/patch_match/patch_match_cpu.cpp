@@ -78,44 +78,53 @@ struct RefTileScale {
 
 constexpr int kLanes = 16;
 
+// One query patch against one reference tile: val[b] = gain[b] * (sum over the shifted S rows) + bias[b]
+// for b in [0, len); returns max val. kP > 0 fixes the patch size at compile time (the p = 3 the model
+// uses: the nine-row sum is fully unrolled and vectorised); kP = 0 reads p at run time.
+template <int kP>
+float shifted_row_max(const float* const* rows, int64_t p, int64_t len, const float* __restrict__ gain,
+                      const float* __restrict__ bias, float* __restrict__ val) {
+  const int64_t taps = kP > 0 ? kP * kP : p * p;
+  float lane_max[kLanes];
+  for (int j = 0; j < kLanes; ++j) lane_max[j] = -std::numeric_limits<float>::infinity();
+  int64_t b = 0;
+  for (; b + kLanes <= len; b += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      float s = rows[0][b + j];
+      for (int64_t k = 1; k < taps; ++k) s += rows[k][b + j];
+      const float v = s * gain[b + j] + bias[b + j];
+      val[b + j] = v;
+      lane_max[j] = lane_max[j] < v ? v : lane_max[j];
+    }
+  float m = -std::numeric_limits<float>::infinity();
+  for (; b < len; ++b) {
+    float s = rows[0][b];
+    for (int64_t k = 1; k < taps; ++k) s += rows[k][b];
+    val[b] = s * gain[b] + bias[b];
+    m = std::max(m, val[b]);
+  }
+  for (int j = 0; j < kLanes; ++j) m = std::max(m, lane_max[j]);
+  return m;
+}
+
 // Scans one (query tile, reference tile) pair given their similarity tile S (Pq x Pr): for each query
 // patch, val[b] = gain[b] * sum_d S[pixel(q)+d][b + shift(d)] + bias[b] over the flat layout, the
 // maximum, and the first b reaching it, offered to the running best with its global index.
 void scan_pair(const float* S, int64_t Pr, const Tile& qt, const Tile& rt, int64_t p, int64_t wpr,
                const RefTileScale& scale, float* val, Best* best) {
   const int64_t qpw = qt.w + p - 1, rpw = rt.w + p - 1, len = scale.len;
-  const float* gain = scale.gain.data();
-  const float* bias = scale.bias.data();
   std::vector<const float*> rows(p * p);
   for (int64_t ly = 0; ly < qt.h; ++ly) {
     for (int64_t lx = 0; lx < qt.w; ++lx) {
       for (int64_t dy = 0; dy < p; ++dy)
         for (int64_t dx = 0; dx < p; ++dx)
           rows[dy * p + dx] = S + ((ly + dy) * qpw + lx + dx) * Pr + dy * rpw + dx;
-      for (int64_t b = 0; b < len; ++b) val[b] = rows[0][b];
-      for (int64_t k = 1; k < p * p; ++k) {
-        const float* s = rows[k];
-        for (int64_t b = 0; b < len; ++b) val[b] += s[b];
-      }
-      float lane_max[kLanes];
-      for (int j = 0; j < kLanes; ++j) lane_max[j] = -std::numeric_limits<float>::infinity();
-      int64_t b = 0;
-      for (; b + kLanes <= len; b += kLanes)
-        for (int j = 0; j < kLanes; ++j) {
-          const float v = val[b + j] * gain[b + j] + bias[b + j];
-          val[b + j] = v;
-          lane_max[j] = lane_max[j] < v ? v : lane_max[j];
-        }
-      float m = -std::numeric_limits<float>::infinity();
-      for (; b < len; ++b) {
-        val[b] = val[b] * gain[b] + bias[b];
-        m = std::max(m, val[b]);
-      }
-      for (int j = 0; j < kLanes; ++j) m = std::max(m, lane_max[j]);
+      const float m = p == 3 ? shifted_row_max<3>(rows.data(), p, len, scale.gain.data(), scale.bias.data(), val)
+                             : shifted_row_max<0>(rows.data(), p, len, scale.gain.data(), scale.bias.data(), val);
       Best& bst = best[ly * qt.w + lx];
       if (!(m >= bst.val)) continue;
-      for (b = 0; b < len && val[b] != m; ++b) {
-      }
+      int64_t b = 0;
+      while (b < len && val[b] != m) ++b;
       if (b < len) bst.offer(m, (rt.y0 + b / rpw) * wpr + rt.x0 + b % rpw);
     }
   }

@@ -25,24 +25,25 @@ CHUNK_ELEMENTS = 1 << 24
 
 
 def normalise_pixels(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(N,C,H,W) -> (N,C,H,W) in ``dtype`` with each pixel's C-vector L2-normalised (zero stays zero)."""
-    return F.normalize(x.to(dtype), p=2.0, dim=1, eps=NORM_EPS)
+    """(N,C,H,W) -> pixel-major (N,H,W,C) contiguous copy in ``dtype``, each pixel's C-vector divided by
+    max(||x||, 1e-12) (``F.normalize``'s rule: a zero pixel stays zero). One buffer, normalised in place."""
+    u = x.permute(0, 2, 3, 1).to(dtype, memory_format=torch.contiguous_format, copy=True)
+    return u.div_(torch.linalg.vector_norm(u, dim=3, keepdim=True).clamp_min_(NORM_EPS))
 
 
 def inverse_patch_norms(u: torch.Tensor, p: int) -> torch.Tensor:
-    """Normalised pixels u (N,C,H,W) -> 1/|P| per patch (N, H-p+1, W-p+1), 0 where |P| = 0."""
-    sq = u.square().sum(1, keepdim=True)
-    norm = F.avg_pool2d(sq, p, stride=1, divisor_override=1).squeeze(1).sqrt()
+    """Normalised pixels u (N,H,W,C) -> 1/|P| per patch (N, H-p+1, W-p+1), 0 where |P| = 0."""
+    sq = torch.linalg.vector_norm(u, dim=3).square_().unsqueeze(1)
+    norm = F.avg_pool2d(sq, p, stride=1, divisor_override=1).squeeze(1).sqrt_()
     return torch.where(norm > 0, norm.reciprocal(), torch.zeros_like(norm))
 
 
 def prepare(query: torch.Tensor, ref: torch.Tensor, p: int, dtype: torch.dtype):
-    """Inputs of every kernel: pixel-major normalised maps (N,H,W,C) contiguous in ``dtype`` and the
-    inverse patch norms inv_q (N,Hq-p+1,Wq-p+1), inv_r (N,Hr-p+1,Wr-p+1)."""
-    uq = normalise_pixels(query, dtype)
-    ur = normalise_pixels(ref, dtype)
-    inv_q, inv_r = inverse_patch_norms(uq, p), inverse_patch_norms(ur, p)
-    return uq.permute(0, 2, 3, 1).contiguous(), ur.permute(0, 2, 3, 1).contiguous(), inv_q, inv_r
+    """Inputs of every kernel: pixel-major normalised maps uq (N,Hq,Wq,C), ur (N,Hr,Wr,C), contiguous
+    in ``dtype``, and the inverse patch norms inv_q (N,Hq-p+1,Wq-p+1), inv_r (N,Hr-p+1,Wr-p+1).
+    Extra memory: one copy of each map."""
+    uq, ur = normalise_pixels(query, dtype), normalise_pixels(ref, dtype)
+    return uq, ur, inverse_patch_norms(uq, p), inverse_patch_norms(ur, p)
 
 
 def match_prepared(uq: torch.Tensor, ur: torch.Tensor, inv_q: torch.Tensor, inv_r: torch.Tensor, p: int):

@@ -1,0 +1,116 @@
+"""Benchmark of top-1 patch matching (SPEC §1b, issue 3) against two baselines, same process, interleaved.
+
+Cases, per feature-map size HxW with C channels (query and reference of equal size, N=1):
+  * ``cpp`` / ``triton``: ``dzsr_kernels.patch_match`` on that backend (streaming, O(Nq+Nr) memory);
+  * ``conv2d``: chunked conv2d matching, C2-Matching style (the reference patches as conv filters,
+    chunks of ``reference.CHUNK_ELEMENTS`` correlation values): the ``reference`` backend;
+  * ``matmul``: a plain float32 matmul with the naive FLOP count 2·Nq·Nr·9C, as (Nq x 9C) @ (9C x B)
+    over ceil(Nr/B) column blocks into one output buffer: the speed limit of the naive formulation.
+"Equivalent GFLOP/s" is that naive count divided by the time. Peak memory: CPU, extra child-process
+RSS over building the inputs (harness); CUDA, max_memory_allocated beyond the inputs.
+
+    python -m benchmarks.bench_patch_match            # 64x64, 128x128, 172x278 at C=256
+    python -m benchmarks.bench_patch_match --quick    # small sizes, seconds
+    python -m benchmarks.bench_patch_match --device cuda --cases cpp,triton,conv2d,matmul
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from benchmarks import _harness
+
+MATMUL_BLOCK = 2048
+
+
+def naive_flops(h: int, w: int, c: int, p: int = 3) -> int:
+    return 2 * ((h - p + 1) * (w - p + 1)) ** 2 * p * p * c
+
+
+def _inputs(h, w, c, device):
+    gen = torch.Generator().manual_seed(0)
+    query = torch.randn(1, c, h, w, generator=gen).to(device)
+    ref = torch.randn(1, c, h, w, generator=gen).to(device)
+    return query, ref
+
+
+def op_case(backend: str, h: int, w: int, c: int, device: str = "cpu"):
+    """A thunk running dzsr_kernels.patch_match on ``backend`` (conv2d baseline: 'reference')."""
+    import dzsr_kernels
+
+    query, ref = _inputs(h, w, c, device)
+
+    def run():
+        with dzsr_kernels.use_backend(backend):
+            return dzsr_kernels.patch_match(query, ref)
+
+    return run
+
+
+def matmul_case(h: int, w: int, c: int, device: str = "cpu"):
+    """A thunk doing the naive FLOP count as float32 matmuls, column block by column block."""
+    nq = nr = (h - 2) * (w - 2)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(nq, 9 * c, generator=gen).to(device)
+    b = torch.randn(9 * c, MATMUL_BLOCK, generator=gen).to(device)
+    out = torch.empty(nq, MATMUL_BLOCK, device=device)
+    blocks = [min(MATMUL_BLOCK, nr - s) for s in range(0, nr, MATMUL_BLOCK)]
+
+    def run():
+        for cols in blocks:
+            torch.mm(a, b[:, :cols], out=out[:, :cols])
+        return out
+
+    return run
+
+
+CASES = {
+    "cpp": ("benchmarks.bench_patch_match:op_case", {"backend": "cpp"}),
+    "triton": ("benchmarks.bench_patch_match:op_case", {"backend": "triton"}),
+    "conv2d": ("benchmarks.bench_patch_match:op_case", {"backend": "reference"}),
+    "matmul": ("benchmarks.bench_patch_match:matmul_case", {}),
+}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (24x24, 40x40, 43x69, C=64)")
+    parser.add_argument("--sizes", default="64x64,128x128,172x278", help="comma-separated HxW feature sizes")
+    parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument("--cases", default="cpp,conv2d,matmul", help=f"comma-separated subset of {list(CASES)}")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    args = parser.parse_args(argv)
+    sizes = "24x24,40x40,43x69" if args.quick else args.sizes
+    channels = 64 if args.quick else args.channels
+    cases = args.cases.split(",")
+    print(_harness.machine_line())
+    rows = []
+    for size in sizes.split(","):
+        h, w = (int(s) for s in size.split("x"))
+        spec = {name: (CASES[name][0], {**CASES[name][1], "h": h, "w": w, "c": channels, "device": args.device})
+                for name in cases}
+        thunks = {name: _harness.build(*spec[name]) for name in cases}
+        times = _harness.time_interleaved(thunks, reps=args.reps, warmup=1, device=args.device)
+        flops = naive_flops(h, w, channels)
+        for name in cases:
+            if args.no_memory:
+                mem = "-"
+            elif args.device.startswith("cuda"):
+                mem = _harness.fmt_bytes(_harness.peak_cuda_memory(thunks[name]))
+            else:
+                mem = _harness.fmt_bytes(_harness.peak_cpu_memory(*spec[name]))
+            ratio = lambda base: f"{times[name] / times[base]:.2f}x" if base in times else "-"  # noqa: E731
+            rows.append([f"{h}x{w}x{channels}", name, _harness.fmt_time(times[name]),
+                         f"{flops / times[name] / 1e9:.0f}", mem, ratio("matmul"), ratio("conv2d")])
+        del thunks
+    print(f"naive FLOP count 2·Nq·Nr·9C; median of {args.reps} after 1 warm-up; time ratios (lower is faster)")
+    print(_harness.markdown_table(
+        ["map HxWxC", "case", "time", "equiv GFLOP/s", "peak extra memory", "time / matmul", "time / conv2d"], rows))
+
+
+if __name__ == "__main__":
+    main()
