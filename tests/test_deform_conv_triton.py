@@ -1,0 +1,100 @@
+"""Triton backend of the deformable convolution vs the reference: forward and every gradient, on
+CPU tensors under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU),
+so shapes stay tiny. The same comparisons on CUDA tensors live in test_deform_conv_cuda.py."""
+import os
+
+import pytest
+import torch
+
+import dzsr_kernels as dk
+from deform_conv_cases import SHAPES, check_against_reference, make_case, run
+from dzsr_kernels.deform_conv.op import _packed
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="CPU tensors run Triton only under TRITON_INTERPRET=1 (conftest sets it when there is no GPU)",
+)
+
+
+def test_triton_backend_available_under_interpreter():
+    """Guards the rest of this file: without the interpreter every test here would be meaningless."""
+    assert "triton" in dk.available_backends("cpu", "deform_conv2d")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_matches_reference_float64(shape, affine):
+    x, geom, weight, bias = make_case(*shape, affine=affine)
+    check_against_reference("triton", x, geom, weight, bias, shape[6])
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3]])
+@pytest.mark.parametrize("affine", [True, False])
+def test_matches_reference_float32(shape, affine):
+    x, geom, weight, bias = make_case(*shape, affine=affine, dtype=torch.float32)
+    check_against_reference("triton", x, geom, weight, bias, shape[6])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float(dtype):
+    x, geom, weight, bias = make_case(2, 4, 4, 5, 6, 3, 4, affine=True, dtype=dtype)
+    check_against_reference("triton", x, geom, weight, bias, 4)
+
+
+def test_without_bias():
+    x, geom, weight, _ = make_case(1, 4, 2, 5, 5, 3, 2, affine=True)
+    check_against_reference("triton", x, geom, weight, None, 2)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_non_contiguous_inputs(affine):
+    n, c, h, w, k = 2, 4, 6, 5, 3
+    x = torch.randn(n, h, w, c, dtype=torch.float64).permute(0, 3, 1, 2)  # channels-last view
+    weight = torch.randn(k, k, c // 2, c, dtype=torch.float64).permute(3, 2, 0, 1)  # (C_out, C/2, k, k)
+    if affine:
+        big = torch.randn(n, 8, h, w + 3, dtype=torch.float64)
+        big[:, :4] += torch.eye(2, dtype=torch.float64).reshape(1, 4, 1, 1)
+        geom = (big[:, :4, :, 1 : w + 1], big[:, 5:7, :, 2 : w + 2])
+    else:
+        geom = (2 * torch.randn(n, h, w, 2 * k * k, dtype=torch.float64).permute(0, 3, 1, 2),)
+    assert not x.is_contiguous() and not weight.is_contiguous() and not geom[0].is_contiguous()
+    check_against_reference("triton", x, geom, weight, torch.randn(c, dtype=torch.float64), 2)
+
+
+def test_far_outside_and_exact_borders():
+    """Positions far outside read zero; positions exactly on the image border and on integer grid
+    points follow the reference's four-corner rule (forward and gradients)."""
+    n, c, h, w, k = 1, 3, 5, 6, 3
+    x, _, weight, bias = make_case(n, c, c, h, w, k, c, affine=False)
+    offset = torch.zeros(n, 2 * k * k, h, w, dtype=torch.float64)
+    offset[:, 0::2] = torch.randint(-h - 1, h + 2, (n, k * k, h, w)).double()  # integer rows, some on borders
+    offset[:, 1::2] = torch.randint(-w - 1, w + 2, (n, k * k, h, w)).double()
+    offset[:, :4, :2] = 1e4  # far outside
+    offset[:, 4:6, 3:] = -7.5
+    check_against_reference("triton", x, (offset,), weight, bias, c)
+    out, _, _ = run("triton", x, (torch.full_like(offset, 1e4),), weight, None, c)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_gradcheck(affine):
+    x, geom, weight, bias = make_case(1, 2, 2, 3, 4, 3, 1, affine=affine, spread=0.7)
+    inputs = [t.requires_grad_() for t in (x, *geom, weight, bias)]
+
+    def fn(*args):
+        with dk.use_backend("triton"):
+            if affine:
+                return dk.affine_deform_conv2d(*args, groups=1)
+            return dk.deform_conv2d(*args, groups=1)
+
+    # fast_mode (random projections of the Jacobian): each interpreted kernel launch costs ~0.1 s
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_opcheck(affine):
+    k = 3
+    x, geom, weight, bias = make_case(1, 2, 2, 3, 4, k, 2, affine=affine)
+    packed = torch.cat(geom, 1) if affine else geom[0]
+    args = (x.requires_grad_(), packed.requires_grad_(), affine, weight.requires_grad_(), bias, 2, "triton")
+    torch.library.opcheck(_packed, args)
