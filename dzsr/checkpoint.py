@@ -182,7 +182,7 @@ def save_checkpoint(path, model: SelfDZSR, extra: dict | None = None) -> None:
     from . import __version__
 
     path = Path(path)
-    payload = {"format": FORMAT, "version": VERSION, "dzsr_version": __version__, "torch_version": torch.__version__,
+    payload = {"format": FORMAT, "version": VERSION, "dzsr_version": __version__, "torch_version": str(torch.__version__),
                "config": model_config(model), "state_dict": model.state_dict(), "extra": extra or {}}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

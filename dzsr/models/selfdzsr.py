@@ -90,6 +90,20 @@ def _check_image(name: str, x: torch.Tensor, like: torch.Tensor | None = None, s
         raise ValueError(f"{name} must be (N,3,{size[0]},{size[1]}), got {tuple(x.shape)}")
 
 
+def _check_paste_box(paste_box, paste_ref, scale: int, lr_size) -> None:
+    n, _, ph, pw = paste_ref.shape
+    if ph % scale or pw % scale:
+        raise ValueError(f"paste_ref height and width must be multiples of scale={scale}, got {tuple(paste_ref.shape)}")
+    h, w = ph // scale, pw // scale
+    if not isinstance(paste_box, torch.Tensor) or paste_box.shape != (n, 4) or paste_box.is_floating_point():
+        got = tuple(paste_box.shape) if isinstance(paste_box, torch.Tensor) else type(paste_box).__name__
+        raise ValueError(f"paste_box must be an integer tensor (N={n}, 4) of (y0, y1, x0, x1), got {got}")
+    for i, (y0, y1, x0, x1) in enumerate(paste_box.tolist()):
+        if (y1 - y0, x1 - x0) != (h, w) or y0 < 0 or x0 < 0 or y1 > lr_size[0] or x1 > lr_size[1]:
+            raise ValueError(f"paste_box[{i}]=({y0},{y1},{x0},{x1}) must be a {h}x{w} box (paste_ref size / scale) "
+                             f"inside the {lr_size[0]}x{lr_size[1]} LR")
+
+
 class SelfDZSR(nn.Module):
     """KernelGen + frozen matching extractor + restoration network, for scale 2, 3 or 4.
 
@@ -133,8 +147,11 @@ class SelfDZSR(nn.Module):
             _check_image("noise", noise, lr, (height, width))
             out.degraded, out.kernels = self.kernel_gen(gt, lr)
             guide = out.pseudo_lr = (out.degraded.detach() + noise).clamp(0, 1)
+        if (paste_ref is None) != (paste_box is None):
+            raise ValueError("give both paste_ref and paste_box, or neither")
         if paste_ref is not None:
             _check_image("paste_ref", paste_ref, lr)
+            _check_paste_box(paste_box, paste_ref, s, (height, width))
         predictor_lr, predictor_ref = self._predictor_inputs(lr, paste_ref, paste_box, predictor_lr, predictor_ref)
 
         lr_p, guide_p, ref_p = (_pad_to_multiple(t, FEATURE_STRIDE) for t in (lr, guide, ref))
@@ -150,9 +167,6 @@ class SelfDZSR(nn.Module):
             predictor_ref = paste_ref
         if predictor_lr is None and paste_box is not None:
             boxes = paste_box.tolist()
-            sizes = {(y1 - y0, x1 - x0) for y0, y1, x0, x1 in boxes}
-            if len(sizes) != 1:
-                raise ValueError(f"paste_box entries must share one size to crop predictor_lr, got {sorted(sizes)}")
             predictor_lr = torch.stack([lr[i, :, y0:y1, x0:x1] for i, (y0, y1, x0, x1) in enumerate(boxes)])
         if predictor_lr is None or predictor_ref is None:
             raise ValueError("give predictor_lr and predictor_ref (an LR crop and the reference of the same "
