@@ -115,6 +115,20 @@ def test_cpp_agrees_with_reference_on_larger_maps():
     assert (i_cpp == i_ref).float().mean() > 0.999
 
 
+def test_cpp_same_result_for_any_thread_count():
+    """The work split (reference-tile ranges per thread) changes with the thread count; the merged
+    result must not."""
+    query, ref = torch.randn(2, 8, 33, 35), torch.randn(2, 8, 64, 40)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = run("cpp", query, ref)
+    finally:
+        torch.set_num_threads(threads)
+    score, index = run("cpp", query, ref)
+    assert torch.equal(index, single[1]) and torch.equal(score, single[0])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_outputs_do_not_require_grad(backend):
     query, ref = torch.randn(1, 3, 5, 5, requires_grad=True), torch.randn(1, 3, 5, 5, requires_grad=True)

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -147,22 +148,25 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const a
   at::Tensor index = dzsr::new_output({N, hpq, wpq}, uq.options().dtype(at::kLong));
   const std::vector<Tile> qtiles = make_tiles(hpq, wpq), rtiles = make_tiles(hpr, wpr);
   const int64_t nq = static_cast<int64_t>(qtiles.size()), nr = static_cast<int64_t>(rtiles.size());
-  // Split the reference tiles into `splits` ranges so that there are enough work items for every thread;
-  // each item keeps its own running best, merged below in split order.
-  const int64_t want = 4 * at::get_num_threads();
+  // Work items are (sample, query tile, range of reference tiles): the reference tiles are split into
+  // `splits` ranges so that there are enough items to balance the threads, which take items from a
+  // shared counter. Each item keeps its own running best, merged below in split order.
+  const int64_t want = 8 * at::get_num_threads();
   const int64_t splits = std::min(nr, std::max<int64_t>(1, (want + N * nq - 1) / (N * nq)));
+  const int64_t items = N * nq * splits;
   const int64_t tile_patches = kTile * kTile;
-  std::vector<Best> partial(static_cast<size_t>(N * nq * splits * tile_patches));
+  std::vector<Best> partial(static_cast<size_t>(items * tile_patches));
 
   const float* uq_p = uq.data_ptr<float>();
   const float* ur_p = ur.data_ptr<float>();
   const float* inv_r_p = inv_r.data_ptr<float>();
   const int64_t max_pix = (kTile + p - 1) * (kTile + p - 1);
+  std::atomic<int64_t> next_item{0};
 
-  at::parallel_for(0, N * nq * splits, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     std::vector<float> qbuf(max_pix * C), rbuf(max_pix * C), sbuf(max_pix * max_pix), val(max_pix);
     RefTileScale scale;
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item; (item = next_item.fetch_add(1)) < items;) {
       const int64_t n = item / (nq * splits), qi = (item / splits) % nq, sp = item % splits;
       const Tile& qt = qtiles[qi];
       const int64_t Pq = (qt.h + p - 1) * (qt.w + p - 1);
