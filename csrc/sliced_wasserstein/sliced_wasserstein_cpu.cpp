@@ -25,8 +25,9 @@ namespace dzsr {
 namespace sw {
 namespace {
 
-// Bytes of projected rows (per side) or of float signs handled per GEMM block: 16 MiB unless the
-// environment sets DZSR_SW_BLOCK_BYTES (a tuning knob; the tests use it to force several blocks).
+// Bytes of projected rows (per side) handled per forward GEMM block: 16 MiB unless the
+// environment sets DZSR_SW_BLOCK_BYTES (a tuning knob; the tests use it to force several blocks
+// in the forward and several column chunks in the backward).
 int64_t block_bytes() {
   const char* env = std::getenv("DZSR_SW_BLOCK_BYTES");
   const int64_t bytes = env != nullptr ? std::atoll(env) : 0;
@@ -166,7 +167,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, 
 }
 
 // du (N, C, L) = proj_scaled^T (C, C') @ sign[n] (C', L) for every n, in proj_scaled's dtype.
-// Plain ATen ops, so the same kernel serves CPU and CUDA tensors.
+// Column chunks of the signs are converted to floats (at most block_bytes() / 8, 2 MiB by default,
+// at a time) and multiplied with the full C' inner dimension straight into their slice of du, so
+// each gradient element is written once. Plain ATen ops: the same kernel serves CPU and CUDA.
+
 at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
   TORCH_CHECK(sign.dim() == 3 && sign.scalar_type() == at::kChar, "sign must be int8 (N, C', L)");
   TORCH_CHECK(proj_scaled.dim() == 2 && proj_scaled.size(0) == sign.size(1), "proj_scaled must be (C', C)");
@@ -175,18 +179,14 @@ at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
   const auto dtype = proj_scaled.scalar_type();
   at::Tensor du = new_output({n_batch, channels, length}, proj_scaled.options());
   const at::Tensor mt = proj_scaled.t();
-  const int64_t block = direction_block(num_proj, length, proj_scaled.element_size());
+  const int64_t chunk = std::max<int64_t>(
+      1, std::min<int64_t>(length, block_bytes() / 8 / (num_proj * proj_scaled.element_size())));
   for (int64_t n = 0; n < n_batch; ++n) {
-    at::Tensor out = du.select(0, n);
-    for (int64_t k0 = 0; k0 < num_proj; k0 += block) {
-      const int64_t kb = std::min(block, num_proj - k0);
-      const at::Tensor g = sign.select(0, n).narrow(0, k0, kb).to(dtype);
-      const at::Tensor mb = mt.narrow(1, k0, kb);
-      if (k0 == 0) {
-        at::mm_out(out, mb, g);
-      } else {
-        out.addmm_(mb, g);
-      }
+    for (int64_t l0 = 0; l0 < length; l0 += chunk) {
+      const int64_t lc = std::min(chunk, length - l0);
+      const at::Tensor g = sign.select(0, n).narrow(1, l0, lc).to(dtype).contiguous();
+      at::Tensor out = du.select(0, n).narrow(1, l0, lc);
+      at::mm_out(out, mt, g);
     }
   }
   return du;

@@ -1,0 +1,98 @@
+"""Benchmark: sliced-Wasserstein loss forward+backward, time and peak memory per backend.
+
+Implementations (all compute the same loss with fresh C//2 directions per call):
+  reference  dzsr_kernels' PyTorch oracle (batched matmul, torch.sort, autograd);
+  authors    the authors' style: numpy projections copied to the device, torch.sort with int64
+             indices on both sides, L1 of the sorted rows, autograd keeping the whole graph;
+  cpp        the fused C++ kernel (CPU) / CUDA forward + ATen backward (GPU);
+  triton     GPU only.
+Time: interleaved median after a warm-up (benchmarks/_harness.py). Peak memory: CPU child-process
+RSS above a child that builds the same inputs; CUDA max_memory_allocated above the inputs.
+
+    python -m benchmarks.bench_sliced_wasserstein [--quick] [--device cuda] [--reps 5]
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks import _harness
+
+SHAPES = [(16, 256, 48, 48), (16, 512, 24, 24), (16, 512, 12, 12), (1, 256, 256, 256)]
+QUICK_SHAPES = [(2, 64, 24, 24), (1, 64, 64, 64)]
+CASE = "benchmarks.bench_sliced_wasserstein:make_case"
+
+
+def authors_style_loss(fake: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """The authors' SWD (models/losses.py), rewritten: numpy draw, copy, sort both with indices."""
+    n, c, h, w = true.shape
+    proj = torch.from_numpy(np.random.normal(size=(c // 2, c)).astype(np.float32)).to(true.device)
+    proj = F.normalize(proj, p=2, dim=1)
+    sorted_true, _ = torch.sort(proj @ true.view(n, c, -1), dim=2)
+    sorted_fake, _ = torch.sort(proj @ fake.view(n, c, -1), dim=2)
+    return F.l1_loss(sorted_true, sorted_fake)
+
+
+def make_case(shape, impl, device="cpu"):
+    """Inputs (u requires grad, v is the target) and a thunk running one forward+backward."""
+    import dzsr_kernels as dk
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    u = torch.randn(shape, device=device, generator=gen).requires_grad_()
+    v = torch.randn(shape, device=device, generator=gen)
+    if impl in ("cpp", "triton"):
+        from dzsr_kernels import _backend
+
+        reason = _backend.unavailable_reason(impl, torch.device(device).type, "sliced_wasserstein")
+        if reason is not None:  # also loads the extension, outside the measured op
+            raise RuntimeError(reason)
+
+    def run():
+        u.grad = None
+        if impl == "authors":
+            loss = authors_style_loss(u, v)
+        else:
+            with dk.use_backend(impl):
+                loss = dk.sliced_wasserstein_loss(u, v)
+        loss.backward()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    args = parser.parse_args()
+    impls = ["reference", "authors", "cpp"] + (["triton"] if args.device.startswith("cuda") else [])
+    print(_harness.machine_line())
+    print(f"forward+backward of the SW loss, C' = C//2, device {args.device}, median of {args.reps}\n")
+    rows = []
+    for shape in QUICK_SHAPES if args.quick else SHAPES:
+        kw = {name: {"shape": shape, "impl": name, "device": args.device} for name in impls}
+        thunks = {name: make_case(**kw[name]) for name in impls}
+        times = _harness.time_interleaved(thunks, reps=args.reps, device=args.device)
+        mems = {}
+        if not args.no_memory:
+            for name in impls:
+                if args.device.startswith("cuda"):
+                    mems[name] = _harness.peak_cuda_memory(thunks[name])
+                else:
+                    mems[name] = _harness.peak_cpu_memory(CASE, kw[name])
+        del thunks
+        for name in impls:
+            mem = (f"{_harness.fmt_bytes(mems[name])} ({mems[name] / max(mems['reference'], 1):.2f}x)"
+                   if mems else "-")
+            rows.append([str(shape), name, _harness.fmt_time(times[name]),
+                         f"{times['reference'] / times[name]:.2f}x", mem])
+    print(_harness.markdown_table(["shape (N,C,H,W)", "impl", "fwd+bwd", "speed-up vs reference",
+                                   "peak memory (vs reference)"], rows))
+
+
+if __name__ == "__main__":
+    main()
