@@ -1,0 +1,137 @@
+"""Deformable convolution on CUDA: (a) the CUDA sources build with nvcc wherever it exists, even
+without a GPU; (b) on a GPU, the ``cpp`` (CUDA C++) and ``triton`` backends equal the float64
+reference, forward and every gradient, float32/float64/float16/bfloat16, gradcheck and opcheck."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dzsr_kernels as dk
+from dzsr_kernels import _ext
+from deform_conv_cases import SHAPES, check_against_reference, make_case, run
+from dzsr_kernels.deform_conv.op import _packed
+
+ROOT = Path(__file__).resolve().parent.parent
+GPU_BACKENDS = ["cpp", "triton"]
+
+# Bigger than one block/tile in every kernel dimension: several channel blocks and pixel blocks,
+# partial tiles of the weight-gradient GEMM (C_out/groups = 72, C/groups = 40), the C/groups < 8
+# input-gradient path (grouped, k = 5) and a depthwise channel multiplier.
+GPU_SHAPES = SHAPES + [
+    (2, 64, 64, 33, 35, 3, 64),
+    (2, 40, 72, 17, 19, 3, 1),
+    (1, 12, 12, 20, 21, 5, 3),
+    (1, 16, 48, 23, 9, 3, 16),
+]
+
+BUILD_CHECK = """
+import sys, torch
+from dzsr_kernels import _ext
+_ext.build(with_cuda=True, build_dir=sys.argv[1])
+assert torch.ops.dzsr_C.has_cuda(), "built without DZSR_WITH_CUDA"
+for op in ("deform_conv2d_forward", "deform_conv2d_backward"):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("dzsr_C::" + op, "CUDA"), op + " has no CUDA kernel"
+print("ok")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_ext.cuda_home() is None, reason="nvcc not found (CUDA_HOME or /usr/local/cuda)")
+def test_cuda_sources_build_with_nvcc(tmp_path):
+    """JIT-builds all of csrc/ with its .cu files (the extension the cpp backend loads on a GPU
+    machine) in a child process, loads it and checks that the CUDA kernels are registered. Needs no
+    GPU: the architectures come from TORCH_CUDA_ARCH_LIST (default 9.0, the benchmark H100; set
+    "8.0;9.0" to check both)."""
+    env = {**os.environ, "CUDA_HOME": _ext.cuda_home(), "PYTHONPATH": str(ROOT)}
+    env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    env.setdefault("MAX_JOBS", "2")
+    proc = subprocess.run([sys.executable, "-c", BUILD_CHECK, str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
+    assert list(tmp_path.glob("*.so")), "no shared library produced"
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_backend_available_on_cuda(backend):
+    """Guards the GPU tests below: on a GPU machine both fast backends must be usable."""
+    assert backend in dk.available_backends("cuda", "deform_conv2d")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_reference(backend, shape, affine, dtype):
+    x, geom, weight, bias = make_case(*shape, affine=affine, dtype=dtype, device="cuda")
+    check_against_reference(backend, x, geom, weight, bias, shape[6])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [GPU_SHAPES[-4], GPU_SHAPES[-3]])
+def test_half_precision(backend, dtype, shape):
+    """Half inputs accumulate in float32; tolerance (deform_conv_cases.TOL) is a few units of the
+    half type's last place relative to the largest reference value."""
+    x, geom, weight, bias = make_case(*shape, affine=True, dtype=dtype, device="cuda", spread=0.5)
+    check_against_reference(backend, x, geom, weight, bias, shape[6])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_non_contiguous_and_no_bias(backend):
+    n, c, h, w, k = 2, 8, 13, 11, 3
+    x = torch.randn(n, h, w, c, dtype=torch.float64, device="cuda").permute(0, 3, 1, 2)
+    weight = torch.randn(k, k, 1, c, dtype=torch.float64, device="cuda").permute(3, 2, 0, 1)
+    big = torch.randn(n, 8, h, w + 3, dtype=torch.float64, device="cuda")
+    geom = (big[:, :4, :, 1 : w + 1], big[:, 5:7, :, 2 : w + 2])
+    assert not x.is_contiguous() and not weight.is_contiguous() and not geom[0].is_contiguous()
+    check_against_reference(backend, x, geom, weight, None, c)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_far_outside_and_exact_borders(backend):
+    n, c, h, w, k = 2, 6, 9, 10, 3
+    x, _, weight, bias = make_case(n, c, c, h, w, k, c, affine=False, device="cuda")
+    offset = torch.zeros(n, 2 * k * k, h, w, dtype=torch.float64, device="cuda")
+    offset[:, 0::2] = torch.randint(-h - 1, h + 2, (n, k * k, h, w), device="cuda").double()
+    offset[:, 1::2] = torch.randint(-w - 1, w + 2, (n, k * k, h, w), device="cuda").double()
+    offset[:, :4, :2] = 1e4
+    check_against_reference(backend, x, (offset,), weight, bias, c)
+    out, _, _ = run(backend, x, (torch.full_like(offset, -1e4),), weight, None, c)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("groups,c_out", [(2, 2), (1, 3)])
+def test_gradcheck(backend, affine, groups, c_out):
+    x, geom, weight, bias = make_case(1, 2, c_out, 4, 5, 3, groups, affine=affine, device="cuda", spread=0.7)
+    inputs = [t.requires_grad_() for t in (x, *geom, weight, bias)]
+
+    def fn(*args):
+        with dk.use_backend(backend):
+            if affine:
+                return dk.affine_deform_conv2d(*args, groups=groups)
+            return dk.deform_conv2d(*args, groups=groups)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("affine", [True, False])
+def test_opcheck(backend, affine):
+    x, geom, weight, bias = make_case(2, 4, 4, 5, 6, 3, 2, affine=affine, device="cuda")
+    packed = torch.cat(geom, 1) if affine else geom[0]
+    args = (x.requires_grad_(), packed.requires_grad_(), affine, weight.requires_grad_(), bias, 2, backend)
+    torch.library.opcheck(_packed, args)
