@@ -9,7 +9,7 @@ Implementations (all compute the same loss with fresh C//2 directions per call):
 Time: interleaved median after a warm-up (benchmarks/_harness.py). Peak memory: CPU child-process
 RSS above a child that builds the same inputs; CUDA max_memory_allocated above the inputs.
 
-    python -m benchmarks.bench_sliced_wasserstein [--quick] [--device cuda] [--reps 5]
+    python -m benchmarks.bench_sliced_wasserstein [--quick] [--device cuda] [--reps 5] [--shape N,C,H,W]
 """
 from __future__ import annotations
 
@@ -68,12 +68,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    parser.add_argument("--shape", action="append", default=None, metavar="N,C,H,W",
+                        help="run only this shape (repeatable)")
     args = parser.parse_args()
     impls = ["reference", "authors", "cpp"] + (["triton"] if args.device.startswith("cuda") else [])
     print(_harness.machine_line())
     print(f"forward+backward of the SW loss, C' = C//2, device {args.device}, median of {args.reps}\n")
     rows = []
-    for shape in QUICK_SHAPES if args.quick else SHAPES:
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shape:
+        shapes = [tuple(int(x) for x in text.split(",")) for text in args.shape]
+    for shape in shapes:
         kw = {name: {"shape": shape, "impl": name, "device": args.device} for name in impls}
         thunks = {name: make_case(**kw[name]) for name in impls}
         times = _harness.time_interleaved(thunks, reps=args.reps, device=args.device)

@@ -27,8 +27,8 @@ __global__ void sorted_compare_kernel(const scalar_t* __restrict__ su, const sca
                                       const int64_t* __restrict__ iu, const int64_t* __restrict__ iv,
                                       int8_t* __restrict__ sign_u, int8_t* __restrict__ sign_v,
                                       scalar_t* __restrict__ partial, int64_t length, int nchunks) {
-  const int64_t row = blockIdx.y;
-  const int chunk = blockIdx.x;
+  const int64_t row = blockIdx.x;
+  const int chunk = blockIdx.y;
   const int64_t base = row * length;
   const int64_t end = min(length, int64_t(chunk + 1) * kChunk);
   scalar_t acc = 0;
@@ -58,7 +58,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u,
   const c10::cuda::CUDAGuard guard(u.device());
   const int64_t n_batch = u.size(0), channels = u.size(1), length = u.size(2) * u.size(3);
   const int64_t num_proj = proj.size(0), rows = n_batch * num_proj;
-  TORCH_CHECK(rows <= 65535, "N * C' must be at most 65535 on CUDA");
   const auto dtype = proj.scalar_type();
   const auto opts = proj.options();
   const at::Tensor m = proj.contiguous();
@@ -75,9 +74,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u,
   at::Tensor sign_u = new_output({n_batch, num_proj, length}, opts.dtype(at::kChar));
   at::Tensor sign_v = need_v_sign ? new_output({n_batch, num_proj, length}, opts.dtype(at::kChar))
                                   : at::empty({0}, opts.dtype(at::kChar));
-  const int nchunks = static_cast<int>((length + kChunk - 1) / kChunk);
+  const int nchunks = static_cast<int>((length + kChunk - 1) / kChunk);  // grid.y: L up to 2^28
   at::Tensor partial = at::empty({rows, nchunks}, opts);
-  const dim3 grid(nchunks, static_cast<unsigned>(rows));
+  const dim3 grid(static_cast<unsigned>(rows), nchunks);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(dtype, "sliced_wasserstein_forward_cuda", [&] {
     sorted_compare_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
