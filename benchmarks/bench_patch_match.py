@@ -12,6 +12,12 @@ RSS over building the inputs (harness); CUDA, max_memory_allocated beyond the in
     python -m benchmarks.bench_patch_match            # 64x64, 128x128, 172x278 at C=256
     python -m benchmarks.bench_patch_match --quick    # small sizes, seconds
     python -m benchmarks.bench_patch_match --device cuda --cases cpp,triton,conv2d,matmul
+    python -m benchmarks.bench_patch_match --tf32-agreement [--device cuda]
+
+``--tf32-agreement`` reports how often ``precision="tf32"`` returns the float32 index, and the largest
+score difference, on random features and on smooth (spatially correlated, non-negative, VGG-like)
+ones. On CUDA it runs the Triton kernel both ways; on CPU it emulates TF32 by rounding the normalised
+pixels to 10 mantissa bits (what tensor cores do to the inputs) before the float32 reference.
 """
 from __future__ import annotations
 
@@ -66,6 +72,43 @@ def matmul_case(h: int, w: int, c: int, device: str = "cpu"):
     return run
 
 
+def _round_to_tf32(x: torch.Tensor) -> torch.Tensor:
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _feature_maps(kind: str, h: int, w: int, c: int, device: str, gen: torch.Generator):
+    x = torch.randn(2, c, h, w, generator=gen)
+    if kind == "smooth":
+        x = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2).relu()
+    return x[:1].to(device), x[1:].to(device)
+
+
+def tf32_agreement(h: int, w: int, c: int, device: str) -> list[list[str]]:
+    from dzsr_kernels.patch_match import reference
+
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for kind in ("random", "smooth"):
+        query, ref = _feature_maps(kind, h, w, c, device, gen)
+        if device.startswith("cuda"):
+            import dzsr_kernels
+
+            with dzsr_kernels.use_backend("triton"):
+                exact = dzsr_kernels.patch_match(query, ref)
+                fast = dzsr_kernels.patch_match(query, ref, precision="tf32")
+            how = "Triton tf32 vs float32"
+        else:
+            uq, ur, inv_q, inv_r = reference.prepare(query, ref, 3, torch.float32)
+            exact = reference.match_prepared(uq, ur, inv_q, inv_r, 3)
+            fast = reference.match_prepared(_round_to_tf32(uq), _round_to_tf32(ur), inv_q, inv_r, 3)
+            how = "CPU emulation (inputs rounded to tf32)"
+        agree = (exact[1] == fast[1]).double().mean().item()
+        diff = (exact[0] - fast[0]).abs().max().item()
+        rows.append([f"{h}x{w}x{c}", kind, how, f"{100 * agree:.2f}%", f"{diff:.1e}"])
+    return rows
+
+
 CASES = {
     "cpp": ("benchmarks.bench_patch_match:op_case", {"backend": "cpp"}),
     "triton": ("benchmarks.bench_patch_match:op_case", {"backend": "triton"}),
@@ -83,9 +126,16 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--tf32-agreement", action="store_true", help="measure the tf32 index agreement instead")
     args = parser.parse_args(argv)
     sizes = "24x24,40x40,43x69" if args.quick else args.sizes
     channels = 64 if args.quick else args.channels
+    if args.tf32_agreement:
+        h, w = (int(s) for s in sizes.split(",")[0].split("x"))
+        print(_harness.machine_line())
+        print(_harness.markdown_table(["map HxWxC", "features", "measured with", "index agreement", "max |score diff|"],
+                                      tf32_agreement(h, w, channels, args.device)))
+        return
     cases = args.cases.split(",")
     print(_harness.machine_line())
     rows = []
