@@ -135,3 +135,19 @@ def test_opcheck(backend, affine):
     packed = torch.cat(geom, 1) if affine else geom[0]
     args = (x.requires_grad_(), packed.requires_grad_(), affine, weight.requires_grad_(), bias, 2, backend)
     torch.library.opcheck(_packed, args)
+
+
+def test_gpu_benchmark_runs_or_says_it_needs_a_gpu():
+    """Without CUDA the GPU benchmark exits with a clear message; with CUDA its --quick run prints
+    the table for every implementation."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_deform_conv_gpu", "--quick", "--reps", "3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if torch.cuda.is_available():
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        for impl in ("cpp", "triton", "torchvision"):
+            assert f"| {impl} |" in proc.stdout
+        assert "copy bandwidth" in proc.stdout
+    else:
+        assert proc.returncode != 0
+        assert "needs a CUDA GPU" in proc.stderr

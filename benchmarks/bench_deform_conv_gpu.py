@@ -1,0 +1,139 @@
+"""Deformable convolution on a CUDA GPU: dzsr ``cpp`` (CUDA C++) and ``triton`` vs torchvision.
+
+torchvision is fed the offsets users build from A, b, (dy, dx) = A g + b - g (the authors' way),
+built inside its timed call. Times: CUDA events, median of interleaved repetitions after warm-up
+(the warm-up also compiles the Triton kernels). Peak memory: ``torch.cuda.max_memory_allocated``
+during one call beyond what was allocated before it; "extra" also subtracts the output and the
+gradients of x, A, b, weight. Bandwidth: the bytes any implementation must move (read x, A, b, write
+out; backward also reads grad_out, x, A, b and writes dx, dA, db) divided by the time, against the
+device's copy bandwidth measured in the same run (``dst.copy_(src)`` of 1 GiB: 2 GiB moved).
+
+    python -m benchmarks.bench_deform_conv_gpu [--quick] [--reps 20]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torchvision
+
+import dzsr_kernels as dk
+from benchmarks import _harness as H
+from benchmarks.bench_deform_conv import affine_offsets
+
+IMPLS = ("cpp", "triton", "torchvision")
+
+
+def make(impl: str, n: int, c: int, h: int, w: int, groups: int, backward: bool, dtype=torch.float32):
+    """Inputs on the GPU for one case and a thunk running it once (forward, or forward+backward)."""
+    torch.manual_seed(0)
+    dev = "cuda"
+    x = torch.randn(n, c, h, w, device=dev, dtype=dtype, requires_grad=backward)
+    A = (torch.eye(2, device=dev).reshape(1, 4, 1, 1) + 0.3 * torch.randn(n, 4, h, w, device=dev))
+    A = A.to(dtype).requires_grad_(backward)
+    b = torch.randn(n, 2, h, w, device=dev, dtype=dtype, requires_grad=backward)
+    weight = torch.randn(c, c // groups, 3, 3, device=dev, dtype=dtype, requires_grad=backward)
+    grad = torch.randn(n, c, h, w, device=dev, dtype=dtype)
+
+    def run_op():
+        if impl == "torchvision":
+            return torchvision.ops.deform_conv2d(x, affine_offsets(A, b), weight, padding=1)
+        with dk.use_backend(impl):
+            return dk.affine_deform_conv2d(x, A, b, weight, groups=groups)
+
+    def thunk():
+        out = run_op()
+        if backward:
+            out.backward(grad)
+            for t in (x, A, b, weight):
+                t.grad = None
+        return out
+
+    return thunk
+
+
+def essential_bytes(n, c, h, w, backward, elem=4):
+    """Bytes that must cross DRAM at least once: forward reads x, A, b and writes out; backward
+    reads grad_out, x, A, b and writes dx, dA, db (weights are negligible)."""
+    plane = n * h * w
+    fwd = plane * (c + 6 + c)
+    bwd = plane * (c + c + 6 + c + 6)
+    return elem * (fwd + (bwd if backward else 0))
+
+
+def output_and_grad_bytes(n, c, h, w, groups, backward, elem=4):
+    out = n * c * h * w
+    grads = (n * c * h * w + n * 6 * h * w + c * (c // groups) * 9) if backward else 0
+    return elem * (out + grads)
+
+
+def copy_bandwidth(reps: int = 10) -> float:
+    """Device copy bandwidth in bytes/s: median of ``dst.copy_(src)`` on 1 GiB (2 GiB moved)."""
+    src = torch.empty(2**28, dtype=torch.float32, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    t = H.time_interleaved({"copy": lambda: dst.copy_(src)}, reps=reps, warmup=2, device="cuda")["copy"]
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * 2**30 / t
+
+
+CASES = [  # label, (n, c, h, w, groups), backward
+    ("(16,64,48,48) depthwise fwd", (16, 64, 48, 48, 64), False),
+    ("(16,64,48,48) depthwise fwd+bwd", (16, 64, 48, 48, 64), True),
+    ("(16,64,48,48) dense fwd", (16, 64, 48, 48, 1), False),
+    ("(16,64,48,48) dense fwd+bwd", (16, 64, 48, 48, 1), True),
+    ("(1,64,512,512) depthwise fwd", (1, 64, 512, 512, 64), False),
+    ("(1,64,512,512) depthwise fwd+bwd", (1, 64, 512, 512, 64), True),
+    ("(1,64,1024,1024) depthwise fwd", (1, 64, 1024, 1024, 64), False),
+]
+QUICK = [
+    ("(2,16,24,24) depthwise fwd+bwd", (2, 16, 24, 24, 16), True),
+    ("(2,16,24,24) dense fwd+bwd", (2, 16, 24, 24, 1), True),
+    ("(1,16,128,128) depthwise fwd", (1, 16, 128, 128, 16), False),
+]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_deform_conv_gpu needs a CUDA GPU (torch.cuda.is_available() is False); "
+                 "the CPU benchmark is benchmarks/bench_deform_conv.py")
+    impls = [i for i in args.impls.split(",") if i]
+    unknown = [i for i in impls if i not in IMPLS]
+    if unknown:
+        sys.exit(f"unknown --impls {unknown}; choose from {IMPLS}")
+    for impl in impls:
+        if impl != "torchvision" and impl not in dk.available_backends("cuda", "deform_conv2d"):
+            reason = dk._backend.unavailable_reason(impl, "cuda", "deform_conv2d")
+            sys.exit(f"backend {impl!r} cannot run on CUDA here: {reason}")
+    copy_bw = copy_bandwidth()
+    rows = []
+    for label, (n, c, h, w, groups), backward in QUICK if args.quick else CASES:
+        thunks = {impl: make(impl, n, c, h, w, groups, backward) for impl in impls}
+        times = H.time_interleaved(thunks, reps=args.reps, warmup=3, device="cuda")
+        moved = essential_bytes(n, c, h, w, backward)
+        own = output_and_grad_bytes(n, c, h, w, groups, backward)
+        for impl in impls:
+            peak = H.peak_cuda_memory(thunks[impl])
+            bw = moved / times[impl]
+            speedup = f"{times['torchvision'] / times[impl]:.1f}x" if "torchvision" in times else ""
+            row = [label, impl, H.fmt_time(times[impl]), speedup, H.fmt_bytes(peak),
+                   H.fmt_bytes(max(0, peak - own)), f"{bw / 1e9:.0f} GB/s", f"{100 * bw / copy_bw:.0f}%"]
+            rows.append(row)
+            print(" | ".join(row), flush=True)
+        del thunks
+        torch.cuda.empty_cache()
+    print()
+    print(H.machine_line())
+    print(f"device copy bandwidth (1 GiB copy_): {copy_bw / 1e9:.0f} GB/s")
+    print(H.markdown_table(["case", "impl", "time", "vs torchvision", "peak CUDA mem", "beyond out+grads",
+                            "achieved bandwidth", "of copy bandwidth"], rows))
+
+
+if __name__ == "__main__":
+    main()
