@@ -99,11 +99,13 @@ def test_non_contiguous_inputs():
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-8)
 
 
-def test_several_direction_blocks(monkeypatch):
-    """A tiny block size forces the kernels through several GEMM blocks per sample."""
-    monkeypatch.setenv("DZSR_SW_BLOCK_BYTES", "128")  # 2 directions of L=7 doubles per block
-    u = torch.randn(2, 9, 1, 7, dtype=torch.float64)
-    v = torch.randn(2, 9, 1, 7, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("n", [1, 3])
+def test_several_direction_blocks(monkeypatch, n):
+    """A tiny block size forces the kernels through several GEMM blocks per sample (forward) and
+    several column chunks (backward), in both schedules (fewer samples than threads, or more)."""
+    monkeypatch.setenv("DZSR_SW_BLOCK_BYTES", "128")  # 1-2 directions of L=7 doubles per block
+    u = torch.randn(n, 9, 1, 7, dtype=torch.float64)
+    v = torch.randn(n, 9, 1, 7, dtype=torch.float64, requires_grad=True)
     proj = _proj(9, 5, torch.float64)
     loss, grads = _loss_and_grads(BACKEND, u, v, proj)
     ref_loss, ref_grads = _loss_and_grads("reference", u, v, proj)
@@ -255,3 +257,20 @@ def test_v_without_grad_gets_none_and_no_v_signs():
     with dk.use_backend(BACKEND):
         sliced_wasserstein_loss(u, v).backward()
     assert v.grad is None and u.grad is not None and torch.count_nonzero(u.grad) > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("v_grad", [False, True])
+def test_cuda_matches_reference(dtype, v_grad):
+    """The CUDA forward (and the shared ATen backward) of the cpp backend, on a GPU."""
+    shape = (3, 9, 13, 11)
+    u = _features(shape, dtype).cuda()
+    v = _features(shape, dtype, shift=0.3).cuda().requires_grad_(v_grad)
+    proj = _proj(9, 4, dtype).cuda()
+    loss, grads = _loss_and_grads(BACKEND, u, v, proj)
+    ref_loss, ref_grads = _loss_and_grads("reference", u, v, proj)
+    torch.testing.assert_close(loss, ref_loss, **_tolerances(dtype, 1.0))
+    scale = 1.0 / (shape[0] * 4 * shape[2] * shape[3])
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, **_tolerances(dtype, scale))

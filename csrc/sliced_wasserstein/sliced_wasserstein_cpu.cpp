@@ -1,13 +1,13 @@
 // Sliced-Wasserstein loss: fused CPU forward (projection GEMM, radix sorts, loss and sign scatter)
-// and the device-generic backward (one GEMM per sample on the stored int8 signs).
+// and the device-generic backward (GEMMs on the stored int8 signs).
 //
-// Forward, per sample n and block of directions (so the projected rows stay a few MiB even at
-// L = 65536): P_u = M_blk u_n and P_v = M_blk v_n by GEMM, then at::parallel_for over the block's
-// directions. Each row is radix-sorted on order-preserving integer keys: the target side without
-// indices unless v needs a gradient, the output side with a 32-bit permutation that lives only in
-// the thread's scratch. The pass over the sorted rows accumulates |a - b| (in double) and writes
-// sign(a - b) at the element's original position (sliced_wasserstein_math.h). Nothing of size
-// N*C'*L is kept but the int8 signs.
+// Forward, per (sample n, block of directions) task, the block sized so the projected rows stay a
+// few MiB even at L = 65536: P_u = M_blk u_n and P_v = M_blk v_n by GEMM, then each row is
+// radix-sorted on order-preserving integer keys: the target side without indices unless v needs
+// a gradient, the output side with a 32-bit permutation that lives only in the thread's scratch.
+// The pass over the sorted rows accumulates |a - b| (in double) and writes sign(a - b) at the
+// element's original position (sliced_wasserstein_math.h). Nothing of size N*C'*L is kept but
+// the int8 signs. Scheduling (at::parallel_for) is described at forward_cpu.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -123,13 +123,43 @@ void sort_compare_rows(const scalar_t* pu, const scalar_t* pv, int64_t begin, in
   }
 }
 
+// Projects the directions [k0, k0 + kb) of sample n by GEMM, then sorts and compares the rows,
+// either in a nested at::parallel_for over the rows or serially (when already inside one).
+template <typename scalar_t>
+void project_sort_compare(const at::Tensor& u, const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k0,
+                          int64_t kb, bool parallel_rows, int8_t* sign_u, int8_t* sign_v, double* row_sums) {
+  const int64_t channels = u.size(1), length = u.size(2) * u.size(3), num_proj = m.size(0);
+  const auto dtype = m.scalar_type();
+  const at::Tensor mb = m.narrow(0, k0, kb);
+  const at::Tensor pu = at::mm(mb, u.select(0, n).reshape({channels, length}).to(dtype)).contiguous();
+  const at::Tensor pv = at::mm(mb, v.select(0, n).reshape({channels, length}).to(dtype)).contiguous();
+  const int64_t row0 = n * num_proj + k0;
+  const scalar_t* pu_ptr = pu.data_ptr<scalar_t>();
+  const scalar_t* pv_ptr = pv.data_ptr<scalar_t>();
+  int8_t* su = sign_u + row0 * length;
+  int8_t* sv = sign_v != nullptr ? sign_v + row0 * length : nullptr;
+  double* sums = row_sums + row0;
+  if (parallel_rows) {
+    at::parallel_for(0, kb, 1, [&](int64_t begin, int64_t end) {
+      sort_compare_rows<scalar_t>(pu_ptr, pv_ptr, begin, end, length, su, sv, sums);
+    });
+  } else {
+    sort_compare_rows<scalar_t>(pu_ptr, pv_ptr, 0, kb, length, su, sv, sums);
+  }
+}
+
+// Two schedules. With at least as many samples as threads, one parallel region over (sample,
+// direction block) tasks, each running its GEMMs single-threaded (no barrier per sample, and
+// the per-thread projected blocks share the byte budget). With fewer samples (e.g. one
+// 256x256 map), blocks run one after the other with multi-threaded GEMMs and row-parallel sorts,
+// so only one block's rows are held at a time.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, const at::Tensor& v,
                                                            const at::Tensor& proj, bool need_v_sign) {
   TORCH_CHECK(u.dim() == 4 && v.sizes() == u.sizes(), "u and v must be (N, C, H, W) of one shape");
   TORCH_CHECK(proj.dim() == 2 && proj.size(1) == u.size(1), "proj must be (C', C)");
   TORCH_CHECK(proj.scalar_type() == at::kFloat || proj.scalar_type() == at::kDouble,
               "proj must be float32 or float64 (the compute dtype)");
-  const int64_t n_batch = u.size(0), channels = u.size(1), length = u.size(2) * u.size(3);
+  const int64_t n_batch = u.size(0), length = u.size(2) * u.size(3);
   const int64_t num_proj = proj.size(0);
   TORCH_CHECK(length < (int64_t(1) << 31), "H*W must fit a 32-bit index");
   const auto dtype = proj.scalar_type();
@@ -139,28 +169,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, 
   at::Tensor sign_v = need_v_sign ? new_output({n_batch, num_proj, length}, opts.dtype(at::kChar))
                                   : at::empty({0}, opts.dtype(at::kChar));
   at::Tensor row_sums = at::empty({n_batch * num_proj}, opts.dtype(at::kDouble));
-  const int64_t block = direction_block(num_proj, length, proj.element_size());
-  for (int64_t n = 0; n < n_batch; ++n) {
-    const at::Tensor un = u.select(0, n).reshape({channels, length}).to(dtype);
-    const at::Tensor vn = v.select(0, n).reshape({channels, length}).to(dtype);
-    for (int64_t k0 = 0; k0 < num_proj; k0 += block) {
-      const int64_t kb = std::min(block, num_proj - k0);
-      const at::Tensor mb = m.narrow(0, k0, kb);
-      const at::Tensor pu = at::mm(mb, un).contiguous();
-      const at::Tensor pv = at::mm(mb, vn).contiguous();
-      const int64_t row0 = n * num_proj + k0;
-      AT_DISPATCH_FLOATING_TYPES(dtype, "sliced_wasserstein_forward_cpu", [&] {
-        const scalar_t* pu_ptr = pu.data_ptr<scalar_t>();
-        const scalar_t* pv_ptr = pv.data_ptr<scalar_t>();
-        int8_t* su = sign_u.data_ptr<int8_t>() + row0 * length;
-        int8_t* sv = need_v_sign ? sign_v.data_ptr<int8_t>() + row0 * length : nullptr;
-        double* sums = row_sums.data_ptr<double>() + row0;
-        at::parallel_for(0, kb, 1, [&](int64_t begin, int64_t end) {
-          sort_compare_rows<scalar_t>(pu_ptr, pv_ptr, begin, end, length, su, sv, sums);
-        });
+  const int64_t threads = at::get_num_threads();
+  const bool sample_parallel = n_batch >= threads;
+  const int64_t block = direction_block(num_proj, length, proj.element_size() * (sample_parallel ? threads : 1));
+  const int64_t nblocks = (num_proj + block - 1) / block;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "sliced_wasserstein_forward_cpu", [&] {
+    int8_t* su = sign_u.data_ptr<int8_t>();
+    int8_t* sv = need_v_sign ? sign_v.data_ptr<int8_t>() : nullptr;
+    double* sums = row_sums.data_ptr<double>();
+    auto task = [&](int64_t t, bool parallel_rows) {
+      const int64_t n = t / nblocks, k0 = (t % nblocks) * block;
+      project_sort_compare<scalar_t>(u, v, m, n, k0, std::min(block, num_proj - k0), parallel_rows, su, sv, sums);
+    };
+    if (sample_parallel) {
+      at::parallel_for(0, n_batch * nblocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) task(t, false);
       });
+    } else {
+      for (int64_t t = 0; t < n_batch * nblocks; ++t) task(t, true);
     }
-  }
+  });
   const double count = static_cast<double>(n_batch * num_proj * length);
   at::Tensor loss = (row_sums.sum() / count).to(dtype);
   return {loss, sign_u, sign_v};
@@ -168,9 +196,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, 
 
 // du (N, C, L) = proj_scaled^T (C, C') @ sign[n] (C', L) for every n, in proj_scaled's dtype.
 // Column chunks of the signs are converted to floats (at most block_bytes() / 8, 2 MiB by default,
-// at a time) and multiplied with the full C' inner dimension straight into their slice of du, so
-// each gradient element is written once. Plain ATen ops: the same kernel serves CPU and CUDA.
-
+// per chunk) and multiplied with the full C' inner dimension straight into their slice of du, so
+// each gradient element is written once. Plain ATen ops, so the same kernel serves CUDA tensors
+// (chunks in sequence); on CPU the (sample, chunk) tasks form one parallel region, each GEMM
+// single-threaded.
 at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
   TORCH_CHECK(sign.dim() == 3 && sign.scalar_type() == at::kChar, "sign must be int8 (N, C', L)");
   TORCH_CHECK(proj_scaled.dim() == 2 && proj_scaled.size(0) == sign.size(1), "proj_scaled must be (C', C)");
@@ -181,13 +210,19 @@ at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
   const at::Tensor mt = proj_scaled.t();
   const int64_t chunk = std::max<int64_t>(
       1, std::min<int64_t>(length, block_bytes() / 8 / (num_proj * proj_scaled.element_size())));
-  for (int64_t n = 0; n < n_batch; ++n) {
-    for (int64_t l0 = 0; l0 < length; l0 += chunk) {
-      const int64_t lc = std::min(chunk, length - l0);
-      const at::Tensor g = sign.select(0, n).narrow(1, l0, lc).to(dtype).contiguous();
-      at::Tensor out = du.select(0, n).narrow(1, l0, lc);
-      at::mm_out(out, mt, g);
-    }
+  const int64_t nchunks = (length + chunk - 1) / chunk;
+  auto task = [&](int64_t t) {
+    const int64_t n = t / nchunks, l0 = (t % nchunks) * chunk, lc = std::min(chunk, length - l0);
+    const at::Tensor g = sign.select(0, n).narrow(1, l0, lc).to(dtype).contiguous();
+    at::Tensor out = du.select(0, n).narrow(1, l0, lc);
+    at::mm_out(out, mt, g);
+  };
+  if (sign.is_cpu()) {
+    at::parallel_for(0, n_batch * nchunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) task(t);
+    });
+  } else {
+    for (int64_t t = 0; t < n_batch * nchunks; ++t) task(t);
   }
   return du;
 }
