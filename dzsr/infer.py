@@ -1,0 +1,376 @@
+"""Seamless whole-image inference in exact halo tiles (``dzsr sr``).
+
+``super_resolve(model, lr, ref, paste_ref, paste_box, tile=...)`` returns exactly what the untiled
+``model(lr, ref, paste_ref=..., paste_box=...).sr`` returns (eval mode; equal up to float rounding,
+tested within 1e-5), with memory bounded by the tile size instead of the image size:
+
+Global, computed once for the whole (padded) image:
+  * matching: extractor features of LR and reference, ``patch_match``, offsets (N,18,H,W);
+  * the reference encoder's features (N,64,H,W) — the flow-guided warp reads them at the matched
+    positions, which may be anywhere, so each tile samples the whole map;
+  * the predictor's modulation vector, from the whole fused feature map.
+Tiled (``tile`` x ``tile`` LR pixels, each computed on a window grown by the exact receptive-field
+halo of its local stages and cropped back; zero padding only happens at true image borders):
+  * pass A (halo 6): head conv (1), P=0 LR AdaSTNs (0), warped reference features sampled from the
+    global map, reference AdaSTN offset estimator (3x3, 3x3, 5x5: 4) whose deformable taps again
+    sample the global (pasted) map, fusion conv (1) -> fused features and aligned LR features;
+  * pass B (halo 2·blocks+1): the 16 modulated residual blocks and the body tail, + LR features;
+  * pass C (halo 2): pixel-shuffle upsampler and tail, written into the HR output.
+Deformable taps of a tile are sampled with the reference bilinear sampler at absolute positions
+(``dzsr_kernels.deform_conv.reference``), in the same float order as the kernels.
+
+Inputs from files (``prepare_inputs``): the LR is the whole short-focus image, as the authors' test
+does (``--chop --full_res``: the whole LR image, the telephoto covering its centre 1/scale); the
+telephoto is aligned onto the short-focus focal-ratio centre crop with ``dzsr.data.prepare_pair``
+(DIS flow + colour match) and pasted there, and also serves, padded or cropped to the LR size, as
+the matching reference. ``region="centre"`` instead super-resolves only that centre crop (the
+training configuration, where the aligned telephoto is the ground truth).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dzsr_kernels.deform_conv.reference import bilinear_zero, tap_grid
+
+from .checkpoint import CheckpointMismatchError, load_checkpoint, load_official, unwrap_official
+from .data import prepare_pair, reference_box, to_float
+from .models import SelfDZSR, matching_offsets
+from .models.reference_branch import paste
+from .models.selfdzsr import FEATURE_STRIDE, MIN_LR_SIZE, _check_image, _check_paste_box, _pad_to_multiple
+
+DEFAULT_TILE = 384
+DEMO_CHECKPOINT = "demo_x4.pt"
+
+Box = tuple[int, int, int, int]
+
+
+# ----------------------------------------------------------------------------- tiles
+
+
+def split_tiles(height: int, width: int, tile: int) -> list[Box]:
+    """Cover ``height x width`` with ``ceil(H/tile) x ceil(W/tile)`` near-equal boxes (y0,y1,x0,x1)."""
+    if tile < 1:
+        raise ValueError(f"tile must be a positive number of LR pixels, got {tile}")
+
+    def cuts(n: int) -> list[int]:
+        parts = math.ceil(n / tile)
+        return [round(i * n / parts) for i in range(parts + 1)]
+
+    ys, xs = cuts(height), cuts(width)
+    return [(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
+
+
+def grow(box: Box, margin: int, height: int, width: int) -> Box:
+    """``box`` grown by ``margin`` on every side, clipped to the image."""
+    y0, y1, x0, x1 = box
+    return max(0, y0 - margin), min(height, y1 + margin), max(0, x0 - margin), min(width, x1 + margin)
+
+
+def _crop(t: torch.Tensor, box: Box, within: Box | None = None) -> torch.Tensor:
+    """``t[..., box]``; with ``within``, ``t`` holds the region ``within`` and box is absolute."""
+    y0, y1, x0, x1 = box
+    if within is not None:
+        y0, y1, x0, x1 = y0 - within[0], y1 - within[0], x0 - within[2], x1 - within[2]
+    return t[..., y0:y1, x0:x1]
+
+
+def upsampler_halo(model: SelfDZSR) -> int:
+    """LR-pixel halo of the upsampler + tail: each 3x3 conv at sub-pixel factor f reaches 1/f LR px."""
+    reach, factor = 0.0, 1
+    for f in model.restoration.upsampler.factors:
+        reach += 1 / factor
+        factor *= f
+    return math.ceil(reach + 1 / factor)
+
+
+# ----------------------------------------------------------------------------- tile sampling
+
+
+def _absolute_q(box: Box, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    y0, y1, x0, x1 = box
+    qy = torch.arange(y0, y1, device=device, dtype=dtype).view(1, 1, -1, 1)
+    qx = torch.arange(x0, x1, device=device, dtype=dtype).view(1, 1, 1, -1)
+    return qy, qx
+
+
+def sample_depthwise(source: torch.Tensor, py: torch.Tensor, px: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    """Depthwise deformable conv output at a tile: taps of channel c sample ``source`` (N,C,H,W, the
+    whole map) at absolute positions (py, px) (N,k²,h,w); weight (C,1,k,k). Returns (N,C,h,w)."""
+    cols = bilinear_zero(source, py, px)  # (N, C, k², h, w)
+    out = torch.einsum("ck,nckhw->nchw", weight.reshape(weight.shape[0], -1).to(cols.dtype), cols)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def warp_tile(features: torch.Tensor, offsets: torch.Tensor, box: Box, weight, bias) -> torch.Tensor:
+    """General-offset depthwise deformable conv (the flow warp) for the pixels of ``box``:
+    p_t(q) = q + g_t + offset_t(q) with q absolute; offsets (N,2k²,h,w) of the box."""
+    k = weight.shape[-1]
+    g = tap_grid(k, offsets.device, offsets.dtype)
+    qy, qx = _absolute_q(box, offsets.dtype, offsets.device)
+    py = qy + g[:, 0].view(1, -1, 1, 1) + offsets[:, 0::2]
+    px = qx + g[:, 1].view(1, -1, 1, 1) + offsets[:, 1::2]
+    return sample_depthwise(features, py, px, weight, bias)
+
+
+def affine_tile(features: torch.Tensor, A: torch.Tensor, b: torch.Tensor, box: Box, weight) -> torch.Tensor:
+    """AdaSTN deformable conv for the pixels of ``box``: p_t(q) = q + A(q) g_t + b(q), q absolute."""
+    k = weight.shape[-1]
+    g = tap_grid(k, A.device, A.dtype)
+    gy, gx = g[:, 0].view(1, -1, 1, 1), g[:, 1].view(1, -1, 1, 1)
+    qy, qx = _absolute_q(box, A.dtype, A.device)
+    py = qy + A[:, 0:1] * gy + A[:, 1:2] * gx + b[:, 0:1]
+    px = qx + A[:, 2:3] * gy + A[:, 3:4] * gx + b[:, 1:2]
+    return sample_depthwise(features, py, px, weight, None)
+
+
+# ----------------------------------------------------------------------------- the tiled forward
+
+
+def _check_eval(model: SelfDZSR) -> None:
+    if not isinstance(model, SelfDZSR):
+        raise TypeError(f"model must be a dzsr.models.SelfDZSR, got {type(model).__name__}")
+    if model.training:
+        raise ValueError("super_resolve needs the model in eval mode (call model.eval()): training mode draws "
+                         "random AdaSTN dropouts and pastes")
+
+
+@torch.no_grad()
+def super_resolve(model: SelfDZSR, lr: torch.Tensor, ref: torch.Tensor, paste_ref: torch.Tensor | None = None,
+                  paste_box: torch.Tensor | None = None, predictor_lr: torch.Tensor | None = None,
+                  predictor_ref: torch.Tensor | None = None, tile: int | None = DEFAULT_TILE) -> torch.Tensor:
+    """SR of ``lr`` (N,3,H,W) -> (N,3,sH,sW), arguments as ``SelfDZSR.forward`` (test mode).
+
+    tile: LR tile side for the local stages (module docstring); None runs the untiled forward.
+    """
+    _check_eval(model)
+    if tile is None:
+        return model(lr, ref, paste_ref=paste_ref, paste_box=paste_box, predictor_lr=predictor_lr,
+                     predictor_ref=predictor_ref).sr
+    _check_image("lr", lr)  # the untiled forward's checks, in its order
+    height, width = lr.shape[-2:]
+    if height < MIN_LR_SIZE or width < MIN_LR_SIZE:
+        raise ValueError(f"lr must be at least {MIN_LR_SIZE}x{MIN_LR_SIZE}, got {height}x{width}")
+    _check_image("ref", ref, lr, (height, width))
+    if (paste_ref is None) != (paste_box is None):
+        raise ValueError("give both paste_ref and paste_box, or neither")
+    if paste_ref is not None:
+        _check_image("paste_ref", paste_ref, lr)
+        _check_paste_box(paste_box, paste_ref, model.scale, (height, width))
+    predictor_lr, predictor_ref = model._predictor_inputs(lr, paste_ref, paste_box, predictor_lr, predictor_ref)
+
+    net, s = model.restoration, model.scale
+    lr_p, ref_p = _pad_to_multiple(lr, FEATURE_STRIDE), _pad_to_multiple(ref, FEATURE_STRIDE)
+    hp, wp = lr_p.shape[-2:]
+    tiles = split_tiles(hp, wp, tile)
+    branch = net.reference
+
+    offsets = matching_offsets(*model.extractor(lr_p, ref_p))
+    encoded = branch.encoder(ref_p)
+    feats = torch.empty_like(encoded)
+    for box in tiles:
+        _crop(feats, box)[...] = warp_tile(encoded, _crop(offsets, box), box, branch.warp.weight, branch.warp.bias)
+    del encoded, offsets
+    if paste_ref is not None:
+        chosen = torch.ones(lr.shape[0], dtype=torch.bool)
+        feats = paste(feats, branch.paste_head(paste_ref), paste_box, chosen)
+
+    fused, aligned = _pass_fuse(net, lr_p, feats, tiles)
+    del feats
+    p = net.predictor(predictor_lr, predictor_ref, fused)
+    body = _pass_body(net, fused, aligned, p, tiles)
+    del fused, aligned
+    out = _pass_upsample(model, body, tiles)
+    return out[..., : s * height, : s * width]
+
+
+def _pass_fuse(net, lr_p: torch.Tensor, feats: torch.Tensor, tiles: list[Box]):
+    """Pass A: fused features and P=0-aligned LR features, (N,64,H,W) each."""
+    hp, wp = lr_p.shape[-2:]
+    fused = lr_p.new_empty(feats.shape)
+    aligned = lr_p.new_empty(feats.shape)
+    ref_ada = net.reference.align
+    for box in tiles:
+        r1 = grow(box, 1, hp, wp)  # fusion conv input
+        r5 = grow(r1, 4, hp, wp)  # offset estimator input (3x3, 3x3, 5x5)
+        r6 = grow(r5, 1, hp, wp)  # head conv input
+        head = _crop(net.head(net.head_mean(_crop(lr_p, r6))), r5, r6)
+        h = _crop(head, r1, r5)
+        for ada in net.align:
+            h = ada(h, None, use_offsets=False)
+        A, b = ref_ada.offsets(_crop(feats, r5), head)
+        A, b = _crop(A, r1, r5), _crop(b, r1, r5)
+        r = F.leaky_relu(affine_tile(feats, A, b, r1, ref_ada.deform.weight), 0.2)
+        f = F.leaky_relu(net.fusion(torch.cat([h, r], 1)), 0.1)
+        _crop(fused, box)[...] = _crop(f, box, r1)
+        _crop(aligned, box)[...] = _crop(h, box, r1)
+    return fused, aligned
+
+
+def _pass_body(net, fused: torch.Tensor, aligned: torch.Tensor, p: torch.Tensor, tiles: list[Box]) -> torch.Tensor:
+    """Pass B: residual blocks (modulated by p) + body tail + aligned LR features, (N,64,H,W)."""
+    hp, wp = fused.shape[-2:]
+    halo = 2 * len(net.blocks) + 1
+    body = torch.empty_like(fused)
+    for box in tiles:
+        win = grow(box, halo, hp, wp)
+        res = _crop(fused, win)
+        for block in net.blocks:
+            res = block(res, p)
+        res = net.body_tail(res) + _crop(aligned, win)
+        _crop(body, box)[...] = _crop(res, box, win)
+    return body
+
+
+def _pass_upsample(model: SelfDZSR, body: torch.Tensor, tiles: list[Box]) -> torch.Tensor:
+    """Pass C: upsampler + tail per tile into the (N,3,sH,sW) output."""
+    net, s = model.restoration, model.scale
+    n, _, hp, wp = body.shape
+    halo = upsampler_halo(model)
+    out = body.new_empty(n, 3, s * hp, s * wp)
+    for box in tiles:
+        win = grow(box, halo, hp, wp)
+        sr = net.tail_mean(net.tail(net.upsampler(_crop(body, win))))
+        big = tuple(s * v for v in box)
+        _crop(out, big)[...] = _crop(sr, big, tuple(s * v for v in win))
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def demo_checkpoint_path() -> str:
+    from importlib import resources
+
+    return str(resources.files("dzsr.sample").joinpath(DEMO_CHECKPOINT))
+
+
+def _official_scale(sd: dict) -> int:
+    if any(k.startswith("up.1.") for k in sd):
+        return 4
+    up = sd.get("up.0.0.weight")
+    if up is None:
+        raise ValueError("not a SelfDZSR restoration (RefSR) state dict: no upsampler weights up.0.0.weight")
+    return 3 if up.shape[0] == 64 * 9 else 2
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, scale: int | None = None,
+               extractor: str | os.PathLike | None = None) -> SelfDZSR:
+    """A SelfDZSR in eval mode from our checkpoint, or from the authors' ``RefSR_model_*.pth`` plus
+    ``extractor`` (their ``Student_model_*.pth``). None loads the shipped demo checkpoint (x4).
+    ``scale``, when given, must match the checkpoint's."""
+    if checkpoint is None:
+        checkpoint = demo_checkpoint_path()
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"no checkpoint given and the demo checkpoint {checkpoint} is not installed: "
+                                    f"pass --ckpt")
+    checkpoint = os.fspath(checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
+    try:
+        obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise ValueError(f"cannot read checkpoint {checkpoint}: {str(err).splitlines()[0]}") from None
+    if isinstance(obj, dict) and obj.get("format") == "dzsr-checkpoint":
+        ckpt_scale = obj["config"]["scale"]
+        if scale is not None and scale != ckpt_scale:
+            raise ValueError(f"checkpoint {checkpoint} is for scale x{ckpt_scale}, not x{scale}")
+        model = SelfDZSR(**obj["config"])
+        partial = bool(obj.get("extra", {}).get("inference_only"))
+        try:
+            load_checkpoint(obj, model, strict=not partial)
+        except CheckpointMismatchError as err:
+            raise ValueError(str(err).splitlines()[0] + f" ({checkpoint})") from None
+        if partial:
+            missing = [k for k in model.state_dict() if k not in obj["state_dict"] and not k.startswith("kernel_gen.")]
+            if missing:
+                raise ValueError(f"inference checkpoint {checkpoint} lacks {len(missing)} weights, e.g. {missing[0]}")
+        return model.eval()
+    sd = unwrap_official(obj)
+    ckpt_scale = _official_scale(sd)
+    if scale is not None and scale != ckpt_scale:
+        raise ValueError(f"checkpoint {checkpoint} is for scale x{ckpt_scale}, not x{scale}")
+    if extractor is None:
+        raise ValueError(f"{checkpoint} is an authors' RefSR file: also give their extractor (Student_model_*.pth)")
+    model = SelfDZSR(ckpt_scale)
+    try:
+        load_official(model, restoration=sd, extractor=os.fspath(extractor))
+    except CheckpointMismatchError as err:
+        raise ValueError(str(err).splitlines()[0] + f" ({checkpoint})") from None
+    return model.eval()
+
+
+def save_inference_checkpoint(path: str | os.PathLike, model: SelfDZSR, half: bool = True, extra: dict | None = None) -> None:
+    """Write the networks inference needs (restoration + extractor; KernelGen only trains), in
+    float16 when ``half`` (loaded back into float32), in the ``dzsr.checkpoint`` format."""
+    import copy
+
+    from .checkpoint import save_checkpoint
+
+    slim = copy.deepcopy(model).cpu()
+    slim.kernel_gen = torch.nn.Identity()
+    if half:
+        slim.half()
+    save_checkpoint(path, slim, {**(extra or {}), "inference_only": True, "half": half})
+
+
+# ----------------------------------------------------------------------------- inputs from images
+
+
+def _fit(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop and/or edge-pad an HWC image to ``height x width``."""
+    h, w = img.shape[:2]
+    y0, x0 = max(0, (h - height) // 2), max(0, (w - width) // 2)
+    img = img[y0:y0 + min(h, height), x0:x0 + min(w, width)]
+    ph, pw = height - img.shape[0], width - img.shape[1]
+    return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="edge")
+
+
+def _tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)).unsqueeze(0)
+
+
+def prepare_inputs(short: np.ndarray, tele: np.ndarray, scale: int, region: str = "full", align: bool = True,
+                   focal_ratio: float | None = None) -> dict:
+    """Model inputs from a short-focus and a telephoto image (HWC, uint8/uint16/float).
+
+    region ``full``: lr = the whole short-focus image; the telephoto, aligned onto its focal-ratio
+    centre crop, is pasted there and (fitted to the LR size) is the matching reference.
+    region ``centre``: lr = that centre crop; ref/paste = the centre 1/scale of the aligned telephoto
+    (the dataset convention, where the aligned telephoto is the ground truth, returned as ``gt``).
+    align False: the telephoto already shows exactly the centre crop; it is only resized.
+    Returns tensors ``lr``, ``ref``, ``paste_ref``, ``paste_box`` (1,4) and ``box`` (the paste box).
+    """
+    if region not in ("full", "centre"):
+        raise ValueError(f"region must be 'full' or 'centre', got {region!r}")
+    short_f, tele_f = to_float(short), to_float(tele)
+    if align:
+        pair = prepare_pair(short_f, tele_f, scale, focal_ratio)
+        (cy0, cy1, cx0, cx1), t = pair["crop_box"], pair["trim"]
+        box, aligned, centre_lr = (cy0 + t, cy1 - t, cx0 + t, cx1 - t), pair["gt"], pair["lr"]
+    else:
+        from .data import central_box
+        from .data.prepare import _check_pair_geometry
+
+        box = central_box(short_f.shape[0], short_f.shape[1], focal_ratio or 1.0 / scale)
+        _check_pair_geometry(short_f.shape, tele_f.shape, box, scale)
+        size = (scale * (box[3] - box[2]), scale * (box[1] - box[0]))
+        aligned = np.clip(cv2.resize(tele_f, size, interpolation=cv2.INTER_AREA if tele_f.shape[1] > size[0]
+                                     else cv2.INTER_CUBIC), 0, 1)
+        centre_lr = short_f[box[0]:box[1], box[2]:box[3]]
+    if region == "centre":
+        h, w = centre_lr.shape[:2]
+        rbox = reference_box(h, w, scale)
+        y0, y1, x0, x1 = (scale * v for v in rbox)
+        ref = aligned[y0:y1, x0:x1]
+        return {"lr": _tensor(centre_lr), "ref": _tensor(_fit(ref, h, w)), "paste_ref": _tensor(ref),
+                "paste_box": torch.tensor([rbox]), "box": rbox, "gt": _tensor(aligned)}
+    h, w = short_f.shape[:2]
+    return {"lr": _tensor(short_f), "ref": _tensor(_fit(aligned, h, w)), "paste_ref": _tensor(aligned),
+            "paste_box": torch.tensor([box]), "box": box}

@@ -1,0 +1,146 @@
+"""Whole-image inference: exact halo tiling vs the untiled forward, inputs from images, checkpoints."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dzsr_kernels
+from dzsr.checkpoint import save_checkpoint, to_official
+from dzsr.infer import (grow, load_model, prepare_inputs, save_inference_checkpoint, split_tiles, super_resolve,
+                        upsampler_halo)
+from dzsr.models import SelfDZSR
+from dzsr.sample import load_sample
+
+
+def _small_model(scale: int = 4, blocks: int = 2) -> SelfDZSR:
+    """A SelfDZSR with fewer residual blocks (the tiler reads the count), so tests stay fast, and
+    non-trivial reference-AdaSTN geometry (its taps then land between pixels, far from the centre)."""
+    model = SelfDZSR(scale)
+    model.restoration.blocks = model.restoration.blocks[:blocks]
+    with torch.no_grad():
+        est = model.restoration.reference.align.offsets
+        est.to_translation.weight.mul_(30.0)
+        est.to_matrix.weight.mul_(10.0)
+    return model.eval()
+
+
+def _inputs(h: int, w: int, scale: int):
+    lr, ref = torch.rand(1, 3, h, w), torch.rand(1, 3, h, w)
+    bh, bw = h // scale, w // scale
+    y0, x0 = (h - bh) // 2, (w - bw) // 2
+    return lr, ref, torch.rand(1, 3, scale * bh, scale * bw), torch.tensor([[y0, y0 + bh, x0, x0 + bw]])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("scale,size,tile", [(4, (29, 38), 11), (2, (26, 33), 9)])
+def test_tiled_equals_untiled(backend, scale, size, tile):
+    if backend not in dzsr_kernels.available_backends("cpu"):
+        pytest.fail(f"backend {backend} unavailable on CPU")
+    model = _small_model(scale)
+    lr, ref, paste_ref, box = _inputs(*size, scale)  # sizes not multiples of 4
+    with dzsr_kernels.use_backend(backend):
+        whole = super_resolve(model, lr, ref, paste_ref, box, tile=None)
+        tiled = super_resolve(model, lr, ref, paste_ref, box, tile=tile)
+    assert tiled.shape == whole.shape == (1, 3, scale * size[0], scale * size[1])
+    assert len(split_tiles(-(-size[0] // 4) * 4, -(-size[1] // 4) * 4, tile)) >= 4
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+def test_tiled_equals_untiled_batch_without_paste():
+    model = _small_model(4)
+    lr, ref = torch.rand(2, 3, 20, 27), torch.rand(2, 3, 20, 27)
+    pl, pr = torch.rand(2, 3, 5, 6), torch.rand(2, 3, 20, 24)
+    whole = super_resolve(model, lr, ref, predictor_lr=pl, predictor_ref=pr, tile=None)
+    tiled = super_resolve(model, lr, ref, predictor_lr=pl, predictor_ref=pr, tile=10)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+def test_full_depth_model_halo_tiles_match():
+    """All 16 blocks (halo 33): tiles smaller than the halo still give the untiled output."""
+    model = SelfDZSR(4).eval()
+    lr, ref, paste_ref, box = _inputs(21, 18, 4)
+    whole = super_resolve(model, lr, ref, paste_ref, box, tile=None)
+    torch.testing.assert_close(super_resolve(model, lr, ref, paste_ref, box, tile=8), whole, atol=1e-5, rtol=0)
+
+
+def test_split_tiles_cover_exactly_once():
+    for h, w, t in [(688, 1112, 384), (13, 7, 5), (8, 8, 100)]:
+        cover = np.zeros((h, w), int)
+        for y0, y1, x0, x1 in split_tiles(h, w, t):
+            assert 0 < y1 - y0 <= t and 0 < x1 - x0 <= t
+            cover[y0:y1, x0:x1] += 1
+        assert (cover == 1).all()
+    assert grow((2, 5, 0, 3), 3, 6, 4) == (0, 6, 0, 4)
+    with pytest.raises(ValueError, match="tile"):
+        split_tiles(4, 4, 0)
+
+
+def test_upsampler_halo():
+    assert [upsampler_halo(SelfDZSR(s)) for s in (2, 3, 4)] == [2, 2, 2]
+
+
+def test_super_resolve_rejects_training_mode_and_bad_inputs():
+    model = _small_model()
+    lr, ref, paste_ref, box = _inputs(16, 16, 4)
+    with pytest.raises(ValueError, match="eval mode"):
+        super_resolve(model.train(), lr, ref, paste_ref, box)
+    model.eval()
+    with pytest.raises(ValueError, match="ref must be"):
+        super_resolve(model, lr, ref[..., :15], paste_ref, box)
+    with pytest.raises(ValueError, match="paste_box"):
+        super_resolve(model, lr, ref, paste_ref, box + 20)
+
+
+@pytest.mark.parametrize("region", ["full", "centre"])
+def test_prepare_inputs_from_the_sample(region):
+    s = load_sample("motorcycle", 4)
+    x = prepare_inputs(s["short"], s["tele"], 4, region)
+    h, w = x["lr"].shape[-2:]
+    if region == "full":
+        assert (h, w) == s["short"].shape[:2]
+    y0, y1, x0, x1 = x["box"]
+    assert x["ref"].shape[-2:] == (h, w)
+    assert x["paste_ref"].shape[-2:] == (4 * (y1 - y0), 4 * (x1 - x0))
+    assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w
+    assert x["paste_box"].tolist() == [list(x["box"])]
+    # the aligned telephoto matches the LR it is pasted over (same scene, colour-matched)
+    lr_box = x["lr"][0, :, y0:y1, x0:x1]
+    down = torch.nn.functional.avg_pool2d(x["paste_ref"], 4)[0]
+    assert (lr_box - down).abs().mean() < 0.06
+
+
+def test_prepare_inputs_rejects_inconsistent_scale():
+    s = load_sample("motorcycle", 4)
+    with pytest.raises(ValueError, match="inconsistent with scale"):
+        prepare_inputs(s["short"], s["tele"][:40, :60], 4)
+
+
+def test_checkpoints_ours_inference_only_and_authors(tmp_path):
+    model = SelfDZSR(2).eval()
+    save_checkpoint(tmp_path / "full.pt", model)
+    assert load_model(tmp_path / "full.pt").scale == 2
+    with pytest.raises(ValueError, match="scale x2, not x4"):
+        load_model(tmp_path / "full.pt", scale=4)
+
+    save_inference_checkpoint(tmp_path / "slim.pt", model)
+    slim = load_model(tmp_path / "slim.pt")
+    for k, v in slim.restoration.state_dict().items():
+        torch.testing.assert_close(v, model.restoration.state_dict()[k].half().float())
+
+    torch.save({"state_dict": to_official(model.restoration.state_dict(), "restoration", model.restoration)},
+               tmp_path / "RefSR_model_401.pth")
+    torch.save({"state_dict": to_official(model.extractor.state_dict(), "extractor", model.extractor)},
+               tmp_path / "Student_model_400.pth")
+    authors = load_model(tmp_path / "RefSR_model_401.pth", 2, tmp_path / "Student_model_400.pth")
+    for k, v in authors.restoration.state_dict().items():
+        assert torch.equal(v, model.restoration.state_dict()[k])
+    with pytest.raises(ValueError, match="Student"):
+        load_model(tmp_path / "RefSR_model_401.pth")
+    with pytest.raises(ValueError, match="scale x2, not x4"):
+        load_model(tmp_path / "RefSR_model_401.pth", 4, tmp_path / "Student_model_400.pth")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_model(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model(tmp_path / "missing.pt")
