@@ -19,10 +19,17 @@
 //                    sampled columns (pixel x ci) through shared memory, atomicAdd of the tile.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#ifdef DZSR_CUDA_EMULATION
+// Test-only build (tests/cuda_emulation/): the same kernels and host code run on CPU threads with
+// CPU tensors, so they can be checked against the reference on a machine without a GPU.
+#include "cuda_emulation.h"
+#else
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#endif
 
 #include "common.h"
 #include "deform_conv/deform_conv_math.h"
@@ -30,6 +37,23 @@
 namespace dzsr {
 namespace deform {
 namespace {
+
+#ifdef DZSR_CUDA_EMULATION
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CPU;
+#else
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CUDA;
+#endif
+
+// Launch `kernel` on grid x block threads on `stream` and check the launch.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
+#ifdef DZSR_CUDA_EMULATION
+  emulation::launch(kernel, grid, block, args...);
+#else
+  kernel<<<grid, block, 0, stream>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
 
 constexpr int kForwardThreads = 128;  // pixels per forward block
 constexpr int kGradPixels = 32;       // pixels per input-gradient block (one warp per channel block)
@@ -279,7 +303,9 @@ __global__ void __launch_bounds__(256) weight_grad_kernel(
 
 Shape check_inputs(const at::Tensor& x, const at::Tensor& geom, bool affine, const at::Tensor& weight, int64_t groups,
                    const char* op) {
-  TORCH_CHECK(x.is_cuda() && geom.is_cuda() && weight.is_cuda(), op, ": x, geom and weight must be CUDA tensors");
+  TORCH_CHECK(x.device().type() == kKernelDevice && geom.device().type() == kKernelDevice &&
+                  weight.device().type() == kKernelDevice,
+              op, ": x, geom and weight must be CUDA tensors");
   TORCH_CHECK(x.dim() == 4 && geom.dim() == 4 && weight.dim() == 4, op,
               ": x (N,C,H,W), geom (N,G,H,W) and weight (C_out,C/groups,k,k) must be 4-d");
   TORCH_CHECK(x.is_contiguous() && geom.is_contiguous() && weight.is_contiguous(), op,
@@ -307,7 +333,7 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& x, const at::Tensor& geo
                                       int64_t groups) {
   const Shape s = check_inputs(x, geom, affine, weight, groups, "deform_conv2d_forward");
   if (bias.has_value()) {
-    TORCH_CHECK(bias->is_cuda() && bias->is_contiguous() && bias->dim() == 1 && bias->size(0) == s.C_out &&
+    TORCH_CHECK(bias->device().type() == kKernelDevice && bias->is_contiguous() && bias->dim() == 1 && bias->size(0) == s.C_out &&
                     bias->scalar_type() == x.scalar_type(),
                 "deform_conv2d_forward: bias must be a contiguous CUDA (C_out,) tensor of x's dtype");
   }
@@ -320,21 +346,19 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& x, const at::Tensor& geo
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "deform_conv2d_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* bias_ptr = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
-    auto launch = [&](auto kernel, int channel_blocks) {
+    auto run = [&](auto kernel, int channel_blocks) {
       const dim3 grid(unsigned((s.HW() + kForwardThreads - 1) / kForwardThreads), unsigned(channel_blocks),
                       unsigned(s.N));
-      kernel<<<grid, kForwardThreads, 0, stream>>>(x.data_ptr<scalar_t>(), geom_acc.data_ptr<acc_t>(),
-                                                   weight.data_ptr<scalar_t>(), bias_ptr,
-                                                   out.data_ptr<scalar_t>(), s);
+      launch(kernel, grid, dim3(kForwardThreads), stream, x.data_ptr<scalar_t>(), geom_acc.data_ptr<acc_t>(),
+             weight.data_ptr<scalar_t>(), bias_ptr, out.data_ptr<scalar_t>(), s);
     };
     if (depthwise) {
-      launch(forward_kernel<scalar_t, acc_t, 8, true>, (s.C_out + 7) / 8);
+      run(forward_kernel<scalar_t, acc_t, 8, true>, (s.C_out + 7) / 8);
     } else if (s.c_out_g() >= 16) {
-      launch(forward_kernel<scalar_t, acc_t, 16, false>, s.groups * ((s.c_out_g() + 15) / 16));
+      run(forward_kernel<scalar_t, acc_t, 16, false>, s.groups * ((s.c_out_g() + 15) / 16));
     } else {
-      launch(forward_kernel<scalar_t, acc_t, 4, false>, s.groups * ((s.c_out_g() + 3) / 4));
+      run(forward_kernel<scalar_t, acc_t, 4, false>, s.groups * ((s.c_out_g() + 3) / 4));
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -344,7 +368,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(const
                                                                            const at::Tensor& geom, bool affine,
                                                                            const at::Tensor& weight, int64_t groups) {
   const Shape s = check_inputs(x, geom, affine, weight, groups, "deform_conv2d_backward");
-  TORCH_CHECK(grad_out.is_cuda() && grad_out.is_contiguous() && grad_out.scalar_type() == x.scalar_type() &&
+  TORCH_CHECK(grad_out.device().type() == kKernelDevice && grad_out.is_contiguous() && grad_out.scalar_type() == x.scalar_type() &&
                   grad_out.dim() == 4 && grad_out.size(0) == s.N && grad_out.size(1) == s.C_out &&
                   grad_out.size(2) == s.H && grad_out.size(3) == s.W,
               "deform_conv2d_backward: grad_out must be a contiguous CUDA (N, C_out, H, W) tensor of x's dtype");
@@ -362,20 +386,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(const
       using acc_t = at::opmath_type<scalar_t>;
       const dim3 grid(unsigned((s.HW() + kGradPixels - 1) / kGradPixels), unsigned(s.N));
       const dim3 block(kGradPixels, kGradBlocksY);
-      auto launch_input = [&](auto kernel) {
-        kernel<<<grid, block, 0, stream>>>(grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                           geom_acc.data_ptr<acc_t>(), weight.data_ptr<scalar_t>(),
-                                           dx.data_ptr<acc_t>(), dgeom.data_ptr<acc_t>(),
-                                           dweight.data_ptr<acc_t>(), s);
+      auto run_input = [&](auto kernel) {
+        launch(kernel, grid, block, stream, grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+               geom_acc.data_ptr<acc_t>(), weight.data_ptr<scalar_t>(), dx.data_ptr<acc_t>(),
+               dgeom.data_ptr<acc_t>(), dweight.data_ptr<acc_t>(), s);
       };
       if (depthwise) {
-        launch_input(input_grad_kernel<scalar_t, acc_t, 1, true>);
+        run_input(input_grad_kernel<scalar_t, acc_t, 1, true>);
       } else if (s.c_in_g() >= 8) {
-        launch_input(input_grad_kernel<scalar_t, acc_t, 8, false>);
+        run_input(input_grad_kernel<scalar_t, acc_t, 8, false>);
       } else {
-        launch_input(input_grad_kernel<scalar_t, acc_t, 2, false>);
+        run_input(input_grad_kernel<scalar_t, acc_t, 2, false>);
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (!depthwise) {
         const int64_t tiles = (s.HW() + kTile - 1) / kTile;
         const int64_t weight_blocks = int64_t(s.groups) * ((s.c_out_g() + kTile - 1) / kTile) *
@@ -388,10 +410,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(const
         const int tiles_per_chunk = int((tiles + chunks - 1) / chunks);
         const dim3 wgrid(unsigned((tiles + tiles_per_chunk - 1) / tiles_per_chunk), unsigned(weight_blocks),
                          unsigned(s.N));
-        weight_grad_kernel<scalar_t, acc_t><<<wgrid, 256, 0, stream>>>(
-            grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), geom_acc.data_ptr<acc_t>(),
-            dweight.data_ptr<acc_t>(), s, tiles_per_chunk);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch(weight_grad_kernel<scalar_t, acc_t>, wgrid, dim3(256), stream, grad_out.data_ptr<scalar_t>(),
+               x.data_ptr<scalar_t>(), geom_acc.data_ptr<acc_t>(), dweight.data_ptr<acc_t>(), s, tiles_per_chunk);
       }
     });
   }
@@ -403,7 +423,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(const
 }  // namespace deform
 }  // namespace dzsr
 
+#ifndef DZSR_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(dzsr_C, CUDA, m) {
   m.impl("deform_conv2d_forward", &dzsr::deform::deform_conv2d_forward_cuda);
   m.impl("deform_conv2d_backward", &dzsr::deform::deform_conv2d_backward_cuda);
 }
+#endif
