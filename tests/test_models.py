@@ -248,3 +248,23 @@ def test_kernel_gen_loss_and_objective_add_up():
     assert sw_calls == [out.sr.shape]
     with pytest.raises(ValueError, match="training forward"):
         SelfDZSRObjective()(type(out)(sr=out.sr), b["gt"], b["lr"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_cuda_backends_equal_reference_in_train_and_eval(backend):
+    model = SelfDZSR(4, drop_prob=0.5, paste_prob=0.5).cuda()
+    b = {k: v.cuda() if k != "paste_box" else v for k, v in batch(4, n=3, h=20, w=16).items()}
+    seed = int(torch.randint(0, 2**31, ()))
+    sr_ref, g_ref = _run(model, b, "reference", seed)
+    sr_fast, g_fast = _run(model, b, backend, seed)
+    torch.testing.assert_close(sr_fast, sr_ref, rtol=1e-4, atol=1e-5)
+    for gf, gr in zip(g_fast, g_ref):
+        torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-3 * gr.abs().max().item() + 1e-7)
+    model.eval()
+    with torch.no_grad():
+        outs = []
+        for name in ("reference", backend):
+            with dzsr_kernels.use_backend(name):
+                outs.append(model(b["lr"], b["ref"], paste_ref=b["paste_ref"], paste_box=b["paste_box"]).sr)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)

@@ -119,6 +119,12 @@ class SelfDZSR(nn.Module):
     - gt (N,3,sH,sW) and noise (N,3,H,W) (the data pipeline's degraded-minus-bicubic GT): when given,
       KernelGen degrades the GT and the guide is the pseudo-LR clamp(degraded.detach() + noise, 0, 1)
       (training); otherwise the guide is the LR (test).
+
+    With a ``dzsr.data.TrainPatches`` batch ``b`` (the authors' training inputs):
+    ``model(b["lr"], b["ref"], paste_ref=b["ref"], paste_box=b["ref_box"], gt=b["gt"], noise=b["noise"])``
+    (``predictor_lr`` then defaults to ``b["lr_ref"]``). At test, as the authors' central tile: ``lr`` and
+    a same-size reference window ``ref``, ``paste_ref`` the telephoto image covering ``paste_box``,
+    ``predictor_lr`` the LR crop under it and ``predictor_ref`` the telephoto image.
     """
 
     def __init__(self, scale: int = 4, drop_prob: float = 0.3, paste_prob: float = 0.3):
