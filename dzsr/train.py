@@ -219,10 +219,16 @@ def _save(path: str, model: SelfDZSR, config: dict, iteration: int, optimizers=N
 
 
 def train(config: dict, resume: str | bool | None = None, progress: bool = True) -> str:
-    """Run training as configured; returns the path of the final checkpoint (``out_dir/final.pt``).
+    """Run training as configured; returns the path of the final checkpoint (``out_dir/final.pt``,
+    or ``out_dir/last.pt`` when ``train.stop_at`` ends it early).
 
     resume: True (continue from ``out_dir/last.pt``) or a checkpoint path.
     """
+    return fit(config, resume, progress)[1]
+
+
+def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -> tuple[SelfDZSR, str]:
+    """``train`` that also returns this process's trained model (each DDP rank holds a replica)."""
     stage, t, log = config["stage"], config["train"], config["log"]
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -315,7 +321,7 @@ def train(config: dict, resume: str | bool | None = None, progress: bool = True)
         if d.main and iteration >= total:
             _save(final, model, config, iteration)
         _barrier()
-        return final if iteration >= total else os.path.join(out_dir, LAST)
+        return model, final if iteration >= total else os.path.join(out_dir, LAST)
     finally:
         if bar is not None:
             bar.close()
@@ -336,11 +342,11 @@ def _checkpoint(out_dir, model, config, iteration, optimizers, schedulers, d: Di
 def _log(writer, bar, log, iteration, loss, parts, visuals, optimizers) -> None:
     if bar is not None:
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     if writer is None:
         return
     if iteration % log["scalars_every"] == 0:
-        writer.add_scalar("loss/total", float(loss), iteration)
+        writer.add_scalar("loss/total", float(loss.detach()), iteration)
         for k, v in parts.items():
             writer.add_scalar(f"loss/{k}", float(v), iteration)
         for k, o in optimizers.items():

@@ -1,0 +1,148 @@
+"""Training: configs and overrides, exact resume, the degradation stage, TensorBoard, DDP on gloo."""
+from __future__ import annotations
+
+import glob
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from dzsr.checkpoint import load_checkpoint
+from dzsr.config import PRESETS, ConfigError, load_config
+from dzsr.train import EpochBatches, train
+
+
+def _tiny(out_dir, *extra):
+    """The sample preset shrunk to seconds: batch 2, 24px patches, 2 iterations per epoch."""
+    return load_config("sample_x4", [f"log.out_dir={out_dir}", "train.batch_size=2", "train.iters_per_epoch=2",
+                                     "train.epochs=2", "train.decay_every=1", "log.checkpoint_every=1",
+                                     "log.scalars_every=1", "log.images_every=2", *extra])
+
+
+def _weights(path):
+    model, ckpt = load_checkpoint(path)
+    return model.state_dict(), ckpt
+
+
+def test_presets_load_with_the_paper_settings():
+    for name in PRESETS:
+        c = load_config(name)
+        assert c["stage"] in ("joint", "kernel_gen")
+    nikon, fusion = load_config("nikon_x4"), load_config("camerafusion_x2")
+    for c, scale, drop in ((nikon, 4, 0.3), (fusion, 2, 0.45)):
+        t = c["train"]
+        assert (c["scale"], c["model"]["drop_prob"], c["data"]["patch_size"]) == (scale, drop, 48)
+        assert (t["batch_size"], t["epochs"], t["iters_per_epoch"], t["lr"], t["kernel_lr_factor"],
+                t["decay_every"], t["gamma"]) == (16, 401, 1000, 1e-4, 0.5, 200, 0.5)
+
+
+def test_overrides_and_their_errors(tmp_path):
+    c = load_config("sample_x4", ["train.lr=3e-4", "data.samples=[motorcycle]", "init.kernel_gen=/x.pth"])
+    assert c["train"]["lr"] == 3e-4 and c["init"]["kernel_gen"] == "/x.pth"
+    with pytest.raises(ConfigError, match="unknown key train.lrr"):
+        load_config("sample_x4", ["train.lrr=1"])
+    with pytest.raises(ConfigError, match="key.subkey=value"):
+        load_config("sample_x4", ["train.lr"])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("no_such_preset")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_epoch_batches_split_ranks_and_resume_position():
+    full = list(EpochBatches(12, 4, seed=3, epoch=1))
+    assert sorted(i for b in full for i in b) == list(range(12))
+    assert list(EpochBatches(12, 4, seed=3, epoch=1, start=2)) == full[2:]
+    r0, r1 = list(EpochBatches(12, 4, 3, 1, rank=0, world=2)), list(EpochBatches(12, 4, 3, 1, rank=1, world=2))
+    assert [sorted(a + b) for a, b in zip(r0, r1)] == [sorted(b) for b in full]
+    assert full != list(EpochBatches(12, 4, seed=3, epoch=2))
+
+
+def test_resume_continues_exactly(tmp_path):
+    """4 iterations straight == 3 iterations (across an epoch end and lr decay), stop, resume, 1 more."""
+    straight = train(_tiny(tmp_path / "a"), progress=False)
+    train(_tiny(tmp_path / "b", "train.stop_at=3"), progress=False)
+    _, ckpt3 = _weights(tmp_path / "b" / "last.pt")
+    assert ckpt3["extra"]["iteration"] == 3
+    resumed = train(_tiny(tmp_path / "b"), resume=True, progress=False)
+    (wa, ca), (wb, cb) = _weights(straight), _weights(resumed)
+    assert ca["extra"]["iteration"] == cb["extra"]["iteration"] == 4
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=0, msg=k)
+    events = glob.glob(str(tmp_path / "a" / "tb" / "events.*"))
+    assert events and os.path.getsize(events[0]) > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(events[0])
+    acc.Reload()
+    assert len(acc.Scalars("loss/total")) == 4 and acc.Images("train/bicubic_out_gt")
+    lrs = [e.value for e in acc.Scalars("lr/restoration")]
+    assert lrs[0] == pytest.approx(5e-4) and lrs[-1] == pytest.approx(1.25e-4)  # halved at each epoch end
+
+
+def test_resume_refuses_a_final_checkpoint(tmp_path):
+    final = train(_tiny(tmp_path / "a", "train.epochs=1", "train.iters_per_epoch=1"), progress=False)
+    with pytest.raises(ValueError, match="no optimizer state"):
+        train(_tiny(tmp_path / "a"), resume=final, progress=False)
+
+
+def test_kernel_gen_stage_trains_only_the_degradation_network(tmp_path):
+    c = _tiny(tmp_path / "k", "stage=kernel_gen", "train.epochs=1", "train.iters_per_epoch=1")
+    torch.manual_seed(0)
+    path = train(c, progress=False)
+    trained, _ = _weights(path)
+    fresh = load_checkpoint(tmp_path / "k" / "last.pt")[1]["extra"]
+    assert set(fresh["optimizers"]) == {"kernel_gen"}
+    from dzsr.train import build_model
+
+    torch.manual_seed(c["seed"])
+    init = build_model(c).state_dict()
+    changed = {k.split(".")[0] for k in trained if not torch.equal(trained[k], init[k])}
+    assert changed == {"kernel_gen"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from dzsr.train import fit
+
+    config = _tiny(out_dir, "train.epochs=1", "train.iters_per_epoch=2", "device=cpu")
+    model, _ = fit(config, progress=False)  # ranks start from different seeds; rank 0's weights are broadcast
+    torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _init_weights(out_dir):
+    from dzsr.train import build_model
+
+    config = _tiny(out_dir)
+    torch.manual_seed(config["seed"])  # rank 0's seed
+    return build_model(config).state_dict()
+
+
+def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path):
+    out = str(tmp_path / "ddp")
+    os.makedirs(out)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    model, ckpt = load_checkpoint(os.path.join(out, "final.pt"))
+    assert ckpt["extra"]["iteration"] == 2
+    r0, r1 = (torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
+    for k, v in model.state_dict().items():
+        assert torch.equal(r0[k], r1[k]), k
+        assert torch.equal(r0[k], v), k
+    assert any(not torch.equal(r0[k], v) for k, v in _init_weights(out).items())  # it trained
+    last = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert len(last["extra"]["rng"]) == 2  # both ranks' RNG states kept for resume
