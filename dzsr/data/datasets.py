@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -153,8 +152,9 @@ class TrainPatches(Dataset):
         (the authors' ``crop_coord``);
       * ``noise (3, P, P)``: the pseudo-LR noise map of ``gt`` (``degrade.noise_map``), made here so
         DataLoader workers compute it in parallel with training.
-    Call ``set_epoch`` before each epoch (as with ``DistributedSampler``) to get fresh samples; use
-    ``worker_init`` as the DataLoader's ``worker_init_fn``.
+    Call ``set_epoch`` before each epoch (as with ``DistributedSampler``) to get fresh samples. The
+    item path uses no OpenCV thread pool (only PNG/JPEG codecs), so forked DataLoader workers cannot
+    deadlock on a pool inherited from the parent (``cv2.setNumThreads`` in a worker can).
     """
 
     def __init__(self, source: DualZoomDataset, patch_size: int = 48, length: int = 16000, seed: int = 0):
@@ -192,9 +192,3 @@ class TrainPatches(Dataset):
             "ref": to_tensor(gt_p[gy0:gy1, gx0:gx1]), "lr_ref": to_tensor(lr_p[ry:ry + q, rx:rx + q]),
             "ref_box": torch.tensor(box, dtype=torch.int64), "name": self.source.names[image],
         }
-
-
-def worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one thread per worker for OpenCV and torch (no oversubscription)."""
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)

@@ -3,7 +3,7 @@
 Recipe (authors' data/degrade/degrade_kernel.py + models/refsr_model.py): three operations on the
 uint8 GT patch, in a uniformly random order, each followed by clipping to [0, 255] and storing as
 uint8:
-  * ``down``: ``cv2.resize`` by ``1/scale`` with ``INTER_LINEAR`` (output ``int(h/scale)``);
+  * ``down``: bilinear resize by ``1/scale`` as ``cv2.resize(..., INTER_LINEAR)`` does it (``bilinear_down``);
   * ``noise``: additive Gaussian noise, sigma an integer drawn uniformly from [5, 30] (of 255);
   * ``jpeg``: OpenCV JPEG round trip, quality an integer drawn uniformly from [60, 95].
 The noise map is ``degraded/255 - bicubic(gt)``, where ``bicubic`` is
@@ -49,22 +49,34 @@ def _to_u8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def bilinear_down(img: np.ndarray, scale: int) -> np.ndarray:
+    """``cv2.resize(img, (w//s, h//s), interpolation=INTER_LINEAR)`` for H, W multiples of ``s``, in
+    float64: output pixel i reads input position ``s*i + (s-1)/2``, i.e. the mean of the two (even
+    ``s``) or the one (odd ``s``) central rows/columns of each ``s x s`` block, with no antialiasing."""
+    h, w, c = img.shape
+    mid = [(scale - 1) // 2, scale // 2]
+    blocks = img.reshape(h // scale, scale, w // scale, scale, c)[:, mid][:, :, :, mid]
+    return blocks.astype(np.float64).mean(axis=(1, 3))
+
+
 def degrade(gt: np.ndarray, scale: int, params: Degradation, rng: np.random.Generator) -> np.ndarray:
-    """Apply ``params`` to a uint8 RGB HWC image; returns uint8 ``(h//scale, w//scale, 3)``."""
+    """Apply ``params`` to a uint8 RGB HWC image (H, W multiples of ``scale``); returns uint8
+    ``(H//scale, W//scale, 3)``. Uses no OpenCV thread pool (safe in forked DataLoader workers)."""
     if gt.dtype != np.uint8 or gt.ndim != 3 or gt.shape[2] != 3:
         raise ValueError(f"gt must be a uint8 (H, W, 3) array, got {gt.dtype} {gt.shape}")
+    if gt.shape[0] % scale or gt.shape[1] % scale:
+        raise ValueError(f"gt size {gt.shape[0]}x{gt.shape[1]} must be a multiple of the scale {scale}")
     img = gt
     for op in params.order:
         if op == "down":
-            h, w = img.shape[:2]
-            img = cv2.resize(img, (w // scale, h // scale), interpolation=cv2.INTER_LINEAR)
+            img = _to_u8(bilinear_down(img, scale))
         elif op == "noise":
             img = _to_u8(img + rng.normal(0.0, params.sigma, img.shape))
         elif op == "jpeg":
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, params.quality])
+            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, params.quality])
             if not ok:
                 raise RuntimeError("OpenCV JPEG encoding failed")
-            img = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            img = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
         else:
             raise ValueError(f"unknown degradation operation {op!r}, expected one of {OPERATIONS}")
     return img

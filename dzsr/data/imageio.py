@@ -32,12 +32,11 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: not a decodable image file")
     if img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"image {path} has unsupported sample type {img.dtype} (expected 8 or 16 bit)")
+    # Channel shuffles by slicing, not cv2.cvtColor: no OpenCV thread pool in DataLoader workers.
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.shape[2] in (3, 4):
+        img = img[:, :, 2::-1]
     else:
         raise ValueError(f"image {path} has {img.shape[2]} channels (expected 1, 3 or 4)")
     return np.ascontiguousarray(img)

@@ -50,12 +50,14 @@ class ColourFit:
 
 
 def fit_colour(source: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None,
-               ignore_fraction: float = 0.05) -> ColourFit:
+               ignore_fraction: float = 0.05, refits: int = 2) -> ColourFit:
     """Fit the colour change that maps ``source`` onto ``target`` (both float HWC, same size).
 
     Luma: least squares ``Y_target ~ a*Y_source + b`` over the valid pixels, ignoring the
-    ``ignore_fraction`` of them with the largest ``|Y_target - Y_source|`` (occlusions, residual
-    misalignment). Then per-channel gains ``g_c = (m_t[c]/m_t) / (m_s[c]/m_s)`` that give the source
+    ``ignore_fraction`` of them with the largest error (occlusions, residual misalignment). The
+    first fit ranks pixels by ``|Y_target - Y_source|`` (the authors' single pass); each of the
+    ``refits`` further fits ranks them by the residual of the previous fit, which finds the
+    outliers even when the brightness change is large. Then per-channel gains ``g_c = (m_t[c]/m_t) / (m_s[c]/m_s)`` that give the source
     the target's channel balance (``m[c]`` channel means, ``m`` the mean over channels, valid pixels).
     """
     if source.shape != target.shape:
@@ -66,10 +68,12 @@ def fit_colour(source: np.ndarray, target: np.ndarray, mask: np.ndarray | None =
     src = source.astype(np.float64)[valid]
     tgt = target.astype(np.float64)[valid]
     y_src, y_tgt = src @ _LUMA, tgt @ _LUMA
-    err = np.abs(y_tgt - y_src)
-    keep = err <= np.quantile(err, 1.0 - ignore_fraction)
-    design = np.stack([y_src[keep], np.ones(int(keep.sum()))], axis=1)
-    (a, b), *_ = np.linalg.lstsq(design, y_tgt[keep], rcond=None)
+    a, b = 1.0, 0.0
+    for _ in range(refits + 1):
+        err = np.abs(y_tgt - (a * y_src + b))
+        keep = err <= np.quantile(err, 1.0 - ignore_fraction)
+        design = np.stack([y_src[keep], np.ones(int(keep.sum()))], axis=1)
+        (a, b), *_ = np.linalg.lstsq(design, y_tgt[keep], rcond=None)
     matched = src + ((a - 1.0) * y_src + b)[:, None]
     m_src, m_tgt = matched.mean(axis=0), tgt.mean(axis=0)
     if np.any(m_src <= 0):
@@ -79,9 +83,9 @@ def fit_colour(source: np.ndarray, target: np.ndarray, mask: np.ndarray | None =
 
 
 def match_colour(source: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None,
-                 ignore_fraction: float = 0.05) -> tuple[np.ndarray, ColourFit]:
+                 ignore_fraction: float = 0.05, refits: int = 2) -> tuple[np.ndarray, ColourFit]:
     """``source`` colour-matched to ``target`` (float HWC in [0, 1], clipped) and the fit used."""
-    fit = fit_colour(source, target, mask, ignore_fraction)
+    fit = fit_colour(source, target, mask, ignore_fraction, refits)
     return np.clip(fit.apply(source), 0.0, 1.0), fit
 
 
