@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dzsr.data import (DualZoomDataset, ShortTeleFolder, TrainPatches, camerafusion, estimate_flow, fit_colour,
-                       match_colour, nikon, prepare_folder, prepare_pair, read_rgb, write_rgb)
+                       match_colour, nikon, prepare_folder, prepare_pair, read_rgb, worker_init, write_rgb)
 from dzsr.data.degrade import Degradation, bicubic_down, bilinear_down, degrade, noise_map
 from dzsr.data.prepare import smallest_valid_trim, warp_with_flow
 
@@ -304,7 +304,7 @@ def test_sampler_in_dataloader_workers_matches_main_process(tmp_path, rng):
     make_layout(tmp_path, "train", 4, [(14, 15)], rng)
     sampler = TrainPatches(DualZoomDataset(tmp_path, "train", 4), patch_size=12, length=8, seed=1)
     main = next(iter(DataLoader(sampler, batch_size=8, num_workers=0)))
-    workers = next(iter(DataLoader(sampler, batch_size=8, num_workers=2, timeout=60)))
+    workers = next(iter(DataLoader(sampler, batch_size=8, num_workers=2, worker_init_fn=worker_init, timeout=60)))
     for k in ("lr", "gt", "noise", "ref", "lr_ref", "ref_box"):
         assert torch.equal(main[k], workers[k]), k
 

@@ -192,3 +192,12 @@ class TrainPatches(Dataset):
             "ref": to_tensor(gt_p[gy0:gy1, gx0:gx1]), "lr_ref": to_tensor(lr_p[ry:ry + q, rx:rx + q]),
             "ref_box": torch.tensor(box, dtype=torch.int64), "name": self.source.names[image],
         }
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one torch thread per worker (no oversubscription).
+
+    It deliberately leaves OpenCV alone: ``cv2.setNumThreads`` in a forked worker can deadlock on the
+    thread pool inherited from the parent, and the sampler never uses that pool.
+    """
+    torch.set_num_threads(1)
