@@ -1,0 +1,82 @@
+"""Evaluate a folder of SR outputs against a folder of ground truths (``dzsr eval``).
+
+Each ground-truth image ``gt_dir/NAME.ext`` is paired with ``sr_dir/NAME.*`` (same file name, or
+the same name with another image extension). Rows hold ``name`` and the ``metrics.image_metrics``
+keys; ``summarize`` appends the mean row named ``mean``.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+from .data.imageio import is_image_file, read_rgb, to_float
+from .metrics import LPIPS, image_metrics
+
+COLUMNS = ("psnr", "ssim", "lpips", "psnr_corner", "ssim_corner", "lpips_corner")
+
+
+def _find_sr(sr_dir: str, gt_name: str) -> str:
+    exact = os.path.join(sr_dir, gt_name)
+    if os.path.isfile(exact):
+        return exact
+    stem = os.path.splitext(gt_name)[0]
+    for fname in sorted(os.listdir(sr_dir)):
+        if is_image_file(fname) and os.path.splitext(fname)[0] == stem:
+            return os.path.join(sr_dir, fname)
+    raise FileNotFoundError(f"no SR image for ground truth {gt_name} in {sr_dir} (expected {exact})")
+
+
+def evaluate_folder(sr_dir: str | os.PathLike, gt_dir: str | os.PathLike, scale: int,
+                    lpips: LPIPS | None = None) -> list[dict]:
+    """One row per ground-truth image: ``{"name", "psnr", "ssim", "psnr_corner", "ssim_corner"}``
+    (+ ``lpips``, ``lpips_corner`` when an LPIPS model is given), metrics on RGB in [0, 1]."""
+    sr_dir, gt_dir = os.fspath(sr_dir), os.fspath(gt_dir)
+    for d in (sr_dir, gt_dir):
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"folder not found: {d}")
+    gt_names = sorted(f for f in os.listdir(gt_dir) if is_image_file(f))
+    if not gt_names:
+        raise FileNotFoundError(f"no images in {gt_dir}")
+    rows = []
+    for name in gt_names:
+        sr_path = _find_sr(sr_dir, name)
+        sr, gt = read_rgb(sr_path), read_rgb(os.path.join(gt_dir, name))
+        if sr.shape != gt.shape:
+            raise ValueError(f"{sr_path} is {sr.shape[0]}x{sr.shape[1]} but its ground truth "
+                             f"{os.path.join(gt_dir, name)} is {gt.shape[0]}x{gt.shape[1]}")
+        rows.append({"name": name, **image_metrics(to_float(sr), to_float(gt), scale, lpips)})
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """``rows`` plus a final ``mean`` row (the per-image mean of each metric, PSNR included)."""
+    keys = [k for k in COLUMNS if k in rows[0]]
+    mean = {"name": "mean", **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
+    return [*rows, mean]
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    keys = ["name", *(k for k in COLUMNS if k in rows[0])]
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in keys})
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table: Full-Image then Corner-Image PSNR (dB, 2 d.p.), SSIM (4), LPIPS (3)."""
+    keys = [k for k in COLUMNS if k in rows[0]]
+    digits = {"psnr": 2, "ssim": 4, "lpips": 3}
+    heads = [("Full " if not k.endswith("corner") else "Corner ") + k.split("_")[0].upper() for k in keys]
+
+    def fmt(k: str, v: float) -> str:
+        return "inf" if math.isinf(v) else f"{v:.{digits[k.split('_')[0]]}f}"
+
+    lines = ["| image | " + " | ".join(heads) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += ["| " + r["name"] + " | " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)

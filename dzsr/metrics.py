@@ -1,0 +1,269 @@
+"""Image quality metrics of SPEC §3: PSNR, SSIM, LPIPS on the Full-Image and the Corner-Image.
+
+Images are RGB: numpy arrays are HWC ``(H, W, 3)`` (float in [0, 1], or uint8 divided by 255),
+tensors are CHW ``(3, H, W)`` or ``(1, 3, H, W)`` floats in [0, 1]. No border is shaved, no
+clipping or rounding is applied. PSNR and SSIM are computed in float64 numpy.
+
+Corner-Image (the authors' metrics.py ``crop_part``): with ``ch = H // s``, ``cw = W // s``,
+``y0 = (H - ch) // 2``, ``x0 = (W - cw) // 2``, the central region is rows ``[y0, y0+ch)`` x
+columns ``[x0, x0+cw)``; the corner image is the rest, split into four disjoint strips:
+``left`` all rows x ``[0, x0)``, ``right`` all rows x ``[x0+cw, W)``, ``top`` ``[0, y0)`` x
+``[x0, x0+cw)``, ``bottom`` ``[y0+ch, H)`` x ``[x0, x0+cw)``.
+Corner PSNR uses the area-weighted mean of the strips' MSE (i.e. the MSE over the corner pixels);
+corner SSIM and LPIPS are the area-weighted means of the per-strip values (the authors take the
+plain mean of the four strips; the two agree when the strips have equal areas).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+
+Box = tuple[int, int, int, int]
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+LPIPS_MIN_SIZE = 31  # smallest side AlexNet's five LPIPS stages accept
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+LPIPS_LIN_FILE = "lpips_v0.1_alex.pth"
+
+
+def _as_image(name: str, img) -> np.ndarray:
+    """numpy HWC (float in [0, 1] or uint8) / tensor CHW or 1CHW -> float64 numpy (H, W, 3)."""
+    if isinstance(img, torch.Tensor):
+        if img.dim() == 4 and img.shape[0] == 1:
+            img = img[0]
+        if img.dim() != 3 or img.shape[0] != 3:
+            raise ValueError(f"{name} must have shape (3, H, W) or (1, 3, H, W), got {tuple(img.shape)}")
+        if not img.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor in [0, 1], got {img.dtype}")
+        img = img.detach().cpu().to(torch.float64).numpy().transpose(1, 2, 0)
+    if not isinstance(img, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array (H, W, 3) or a tensor (3, H, W), got {type(img).__name__}")
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"{name} must be a numpy array of shape (H, W, 3), got {img.shape}")
+    if img.dtype == np.uint8:
+        return img.astype(np.float64) / 255.0
+    if not np.issubdtype(img.dtype, np.floating):
+        raise TypeError(f"{name} must be float in [0, 1] or uint8, got {img.dtype}")
+    return np.ascontiguousarray(img, dtype=np.float64)
+
+
+def _pair(sr, gt) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _as_image("sr", sr), _as_image("gt", gt)
+    if a.shape != b.shape:
+        raise ValueError(f"sr and gt must have the same shape, got {a.shape} and {b.shape} (HWC)")
+    return a, b
+
+
+def mse(sr, gt) -> float:
+    a, b = _pair(sr, gt)
+    return float(np.mean((a - b) ** 2))
+
+
+def psnr_from_mse(value: float, data_range: float = 1.0) -> float:
+    return math.inf if value == 0 else 10.0 * math.log10(data_range ** 2 / value)
+
+
+def psnr(sr, gt, data_range: float = 1.0) -> float:
+    """PSNR in dB over all pixels and channels."""
+    return psnr_from_mse(mse(sr, gt), data_range)
+
+
+def _gaussian_taps() -> np.ndarray:
+    r = SSIM_WINDOW // 2
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-(x ** 2) / (2 * SSIM_SIGMA ** 2))
+    return g / g.sum()
+
+
+def ssim(sr, gt, data_range: float = 1.0, sample_covariance: bool = False) -> float:
+    """Mean SSIM over channels, equal to ``skimage.metrics.structural_similarity(sr, gt,
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=sample_covariance, data_range=data_range,
+    channel_axis=-1)``: 11-tap Gaussian window, K1=0.01, K2=0.03, averaged over the pixels at least
+    5 pixels from the border (skimage crops that border, so the filter's padding never matters)."""
+    a, b = _pair(sr, gt)
+    if min(a.shape[:2]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {a.shape[:2]}")
+    g, r = _gaussian_taps(), SSIM_WINDOW // 2
+
+    def blur(t: np.ndarray) -> np.ndarray:
+        return cv2.sepFilter2D(t, cv2.CV_64F, g, g, borderType=cv2.BORDER_REFLECT)[r:-r, r:-r]
+
+    ux, uy, uxx, uyy, uxy = (blur(t) for t in (a, b, a * a, b * b, a * b))
+    n = SSIM_WINDOW ** 2
+    cov_norm = n / (n - 1) if sample_covariance else 1.0
+    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return float(s.mean(axis=(0, 1)).mean())
+
+
+def central_region(height: int, width: int, scale: int) -> Box:
+    """The central ``(H//s) x (W//s)`` box excluded from the Corner-Image."""
+    ch, cw = height // scale, width // scale
+    y0, x0 = (height - ch) // 2, (width - cw) // 2
+    return y0, y0 + ch, x0, x0 + cw
+
+
+def corner_strips(height: int, width: int, scale: int) -> dict[str, Box]:
+    """The four disjoint strips of the Corner-Image (module docstring), as ``(y0, y1, x0, x1)``."""
+    if scale < 2:
+        raise ValueError(f"Corner-Image needs scale >= 2, got {scale}")
+    y0, y1, x0, x1 = central_region(height, width, scale)
+    return {"left": (0, height, 0, x0), "right": (0, height, x1, width),
+            "top": (0, y0, x0, x1), "bottom": (y1, height, x0, x1)}
+
+
+def _area(box: Box) -> int:
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
+class AlexNetFeatures(nn.Module):
+    """torchvision's ``alexnet().features[:12]`` (same module indices, so its state dict loads),
+    returning the five ReLU outputs LPIPS compares (64, 192, 384, 256, 256 channels)."""
+
+    STAGE_ENDS = (2, 5, 8, 10, 12)
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs, start = [], 0
+        for end in self.STAGE_ENDS:
+            for layer in self.features[start:end]:
+                x = layer(x)
+            outs.append(x)
+            start = end
+        return outs
+
+
+class LPIPS(nn.Module):
+    """LPIPS v0.1 with the AlexNet backbone (Zhang et al. 2018), implemented here.
+
+    ``forward(x, y)`` takes ``(N, 3, H, W)`` images in [0, 1] (H, W >= 31) and returns the ``(N,)``
+    distances: inputs mapped to [-1, 1], shifted/scaled per channel, the five AlexNet ReLU stages
+    unit-normalised over channels, squared differences weighted by the non-negative 1x1 "lin"
+    layers, averaged over space and summed over stages. Built with random weights; use
+    ``from_pretrained`` for the published ones.
+    """
+
+    SHIFT = (-0.030, -0.088, -0.188)
+    SCALE = (0.458, 0.448, 0.450)
+    CHANNELS = (64, 192, 384, 256, 256)
+
+    def __init__(self):
+        super().__init__()
+        self.net = AlexNetFeatures()
+        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.CHANNELS)
+        for lin in self.lins:  # random but non-negative, like the trained weights: distances stay >= 0
+            nn.init.uniform_(lin.weight, 0.0, 2.0 / lin.in_channels)
+        self.register_buffer("shift", torch.tensor(self.SHIFT).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor(self.SCALE).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    def load_weights(self, alexnet_state: dict, lin_state: dict) -> "LPIPS":
+        """Load torchvision AlexNet weights (``features.*`` keys; others ignored) and the LPIPS lin
+        layers (the ``lpips`` package's ``linK.model.1.weight`` keys, or ``lins.K.weight``)."""
+        feats = {k: v for k, v in alexnet_state.items() if k.startswith("features.")}
+        self.net.load_state_dict(feats)
+        lins = {}
+        for k, v in lin_state.items():
+            found = re.fullmatch(r"lins?\.?(\d+)(?:\.model\.1)?\.weight", k)
+            if found is None:
+                raise ValueError(f"unexpected key {k!r} in the LPIPS lin weights (expected linK.model.1.weight)")
+            lins[f"{found.group(1)}.weight"] = v
+        self.lins.load_state_dict(lins)
+        return self
+
+    @classmethod
+    def from_pretrained(cls, alexnet_path: str | None = None, lin_path: str | None = None) -> "LPIPS":
+        """Published weights, offline. AlexNet: ``dzsr.pretrained.load_state_dict(ALEXNET_FILE,
+        alexnet_path)`` (a user path or the torch hub checkpoints folder). Lin layers: ``lin_path``,
+        else the installed ``lpips`` package's ``weights/v0.1/alex.pth``, else
+        ``<torch hub>/checkpoints/lpips_v0.1_alex.pth``. Missing files raise FileNotFoundError."""
+        from .pretrained import load_state_dict
+
+        alexnet = load_state_dict(ALEXNET_FILE, alexnet_path)
+        lin = torch.load(lpips_lin_path(lin_path), map_location="cpu", weights_only=True)
+        return cls().load_weights(alexnet, lin)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"LPIPS needs two (N, 3, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
+            raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, got {tuple(x.shape[-2:])}")
+        dtype = self.shift.dtype
+        fx = self.net(((x.to(dtype) * 2 - 1) - self.shift) / self.scale)
+        fy = self.net(((y.to(dtype) * 2 - 1) - self.shift) / self.scale)
+        total = 0
+        for a, b, lin in zip(fx, fy, self.lins):
+            a = a / (a.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+            b = b / (b.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+            total = total + lin((a - b) ** 2).mean(dim=(1, 2, 3))
+        return total
+
+
+def lpips_lin_path(path: str | None = None) -> str:
+    """Where the LPIPS v0.1 AlexNet lin weights are (see ``LPIPS.from_pretrained``)."""
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"LPIPS lin weights not found: {path}")
+        return path
+    tried = []
+    spec = importlib.util.find_spec("lpips")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = os.path.join(list(spec.submodule_search_locations)[0], "weights", "v0.1", "alex.pth")
+        if os.path.isfile(candidate):
+            return candidate
+        tried.append(candidate)
+    candidate = os.path.join(torch.hub.get_dir(), "checkpoints", LPIPS_LIN_FILE)
+    if os.path.isfile(candidate):
+        return candidate
+    tried.append(candidate)
+    raise FileNotFoundError(
+        f"LPIPS v0.1 AlexNet lin weights not found (tried {', '.join(tried)}): pass the path of the lpips "
+        f"package's weights/v0.1/alex.pth, `pip install lpips`, or copy it to {candidate}")
+
+
+def lpips_distance(model: LPIPS, sr, gt) -> float:
+    a, b = _pair(sr, gt)
+    dev = next(model.parameters()).device
+    x, y = (torch.from_numpy(t.transpose(2, 0, 1).copy()).unsqueeze(0).to(dev) for t in (a, b))
+    with torch.no_grad():
+        return float(model(x, y)[0])
+
+
+def image_metrics(sr, gt, scale: int, lpips: LPIPS | None = None) -> dict[str, float]:
+    """Full-Image and Corner-Image PSNR / SSIM (and LPIPS when a model is given) of one image.
+
+    Keys: ``psnr``, ``ssim``, ``psnr_corner``, ``ssim_corner`` (+ ``lpips``, ``lpips_corner``).
+    """
+    a, b = _pair(sr, gt)
+    strips = corner_strips(a.shape[0], a.shape[1], scale)
+    narrowest = min(min(y1 - y0, x1 - x0) for y0, y1, x0, x1 in strips.values())
+    need = LPIPS_MIN_SIZE if lpips is not None else SSIM_WINDOW
+    if narrowest < need:
+        raise ValueError(f"image {a.shape[0]}x{a.shape[1]} is too small for Corner-Image metrics at scale {scale}: "
+                         f"a corner strip is {narrowest} px wide, at least {need} needed")
+    out = {"psnr": psnr(a, b), "ssim": ssim(a, b)}
+    parts = [(a[y0:y1, x0:x1], b[y0:y1, x0:x1], _area((y0, y1, x0, x1))) for y0, y1, x0, x1 in strips.values()]
+    total = sum(area for *_, area in parts)
+    out["psnr_corner"] = psnr_from_mse(sum(mse(p, q) * area for p, q, area in parts) / total)
+    out["ssim_corner"] = sum(ssim(p, q) * area for p, q, area in parts) / total
+    if lpips is not None:
+        out["lpips"] = lpips_distance(lpips, a, b)
+        out["lpips_corner"] = sum(lpips_distance(lpips, p, q) * area for p, q, area in parts) / total
+    return out
