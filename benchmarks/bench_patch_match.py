@@ -138,11 +138,19 @@ def main(argv=None) -> None:
         return
     cases = args.cases.split(",")
     print(_harness.machine_line())
-    rows = []
+    specs = {}
     for size in sizes.split(","):
         h, w = (int(s) for s in size.split("x"))
-        spec = {name: (CASES[name][0], {**CASES[name][1], "h": h, "w": w, "c": channels, "device": args.device})
-                for name in cases}
+        specs[h, w] = {name: (CASES[name][0], {**CASES[name][1], "h": h, "w": w, "c": channels, "device": args.device})
+                       for name in cases}
+    # CPU memory first, while this process is small: a child's ru_maxrss starts from its parent's
+    # high-water mark (Linux keeps it across fork/exec), which would hide the children's own peaks.
+    cpu_memory = {}
+    if not args.no_memory and not args.device.startswith("cuda"):
+        cpu_memory = {(hw, name): _harness.peak_cpu_memory(*spec) for hw, group in specs.items()
+                      for name, spec in group.items()}
+    rows = []
+    for (h, w), spec in specs.items():
         thunks = {name: _harness.build(*spec[name]) for name in cases}
         times = _harness.time_interleaved(thunks, reps=args.reps, warmup=1, device=args.device)
         flops = naive_flops(h, w, channels)
@@ -152,7 +160,7 @@ def main(argv=None) -> None:
             elif args.device.startswith("cuda"):
                 mem = _harness.fmt_bytes(_harness.peak_cuda_memory(thunks[name]))
             else:
-                mem = _harness.fmt_bytes(_harness.peak_cpu_memory(*spec[name]))
+                mem = _harness.fmt_bytes(cpu_memory[(h, w), name])
             ratio = lambda base: f"{times[name] / times[base]:.2f}x" if base in times else "-"  # noqa: E731
             rows.append([f"{h}x{w}x{channels}", name, _harness.fmt_time(times[name]),
                          f"{flops / times[name] / 1e9:.0f}", mem, ratio("matmul"), ratio("conv2d")])
