@@ -2,6 +2,9 @@
 CPU tensors under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU),
 so shapes stay tiny. The same comparisons on CUDA tensors live in test_deform_conv_cuda.py."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +101,48 @@ def test_opcheck(affine):
     packed = torch.cat(geom, 1) if affine else geom[0]
     args = (x.requires_grad_(), packed.requires_grad_(), affine, weight.requires_grad_(), bias, 2, "triton")
     torch.library.opcheck(_packed, args)
+
+
+COMPILE_FOR_GPU = """
+import sys
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from dzsr_kernels.deform_conv import triton_kernel as tk
+
+def compile_kernel(fn, types, constexprs):
+    sig = {name: ("constexpr" if name in constexprs else types[name]) for name in fn.arg_names}
+    consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
+    triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", int(sys.argv[1]), 32))
+
+for dt, affine, depthwise in [("fp32", True, True), ("fp32", False, False), ("fp64", False, True), ("fp16", True, False)]:
+    ptr, acc_ptr, acc = "*" + dt, "*fp64" if dt == "fp64" else "*fp32", tl.float64 if dt == "fp64" else tl.float32
+    ints = lambda *names: {n: "i32" for n in names}
+    compile_kernel(tk._forward_kernel,
+                   dict(x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, bias_ptr=ptr, out_ptr=ptr,
+                        **ints("C", "C_out", "H", "W", "c_in_g", "c_out_g", "blocks_per_group")),
+                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, ACC=acc, BLOCK_C=16, BLOCK_P=tk.BLOCK_P))
+    compile_kernel(tk._input_grad_kernel,
+                   dict(go_ptr=ptr, x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, dx_ptr=acc_ptr, dgeom_ptr=ptr, dw_ptr=acc_ptr,
+                        **ints("C", "C_out", "H", "W", "groups", "c_in_g", "c_out_g")),
+                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, ACC=acc, BLOCK_C=16, BLOCK_P=tk.BLOCK_P))
+    compile_kernel(tk._weight_grad_kernel,
+                   dict(go_ptr=ptr, x_ptr=ptr, geom_ptr=ptr, dw_ptr=acc_ptr,
+                        **ints("N", "C", "C_out", "H", "W", "c_in_g", "c_out_g", "co_blocks", "ci_blocks", "chunk_pixels")),
+                   dict(K=3, AFFINE=affine, ACC=acc, BLOCK_CO=16, BLOCK_CI=16, BLOCK_P=tk.WEIGHT_BLOCK_P))
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_gpu():
+    """The interpreter does not apply the compiler's rules (e.g. constexpr reassignment, dtype
+    promotion in atomics): compile every kernel for sm_90 with Triton's bundled ptxas, in a child
+    process without TRITON_INTERPRET; needs no GPU."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_GPU, "90"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]

@@ -239,8 +239,8 @@ def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr
                         i11[None, :], m11[None, :], w11[None, :], y11[None, :], x11[None, :], ACC)
                     gpy += tl.sum(gy, axis=0)
                     gpx += tl.sum(gx, axis=0)
-        gy_: tl.constexpr = t // K - K // 2
-        gx_: tl.constexpr = t % K - K // 2
+        gy_ = t // K - K // 2
+        gx_ = t % K - K // 2
         if AFFINE:
             da0 += gpy * gy_
             da1 += gpy * gx_
