@@ -10,7 +10,9 @@ import csv
 import math
 import os
 
-from .data.imageio import is_image_file, read_rgb, to_float
+import numpy as np
+
+from .data.imageio import is_image_file, read_rgb
 from .metrics import LPIPS, image_metrics
 
 COLUMNS = ("psnr", "ssim", "lpips", "psnr_corner", "ssim_corner", "lpips_corner")
@@ -25,6 +27,11 @@ def _find_sr(sr_dir: str, gt_name: str) -> str:
         if is_image_file(fname) and os.path.splitext(fname)[0] == stem:
             return os.path.join(sr_dir, fname)
     raise FileNotFoundError(f"no SR image for ground truth {gt_name} in {sr_dir} (expected {exact})")
+
+
+def _as_float64(img: np.ndarray) -> np.ndarray:
+    """Stored 8- or 16-bit image -> float64 in [0, 1], exactly."""
+    return img.astype(np.float64) / float(np.iinfo(img.dtype).max)
 
 
 def evaluate_folder(sr_dir: str | os.PathLike, gt_dir: str | os.PathLike, scale: int,
@@ -45,7 +52,7 @@ def evaluate_folder(sr_dir: str | os.PathLike, gt_dir: str | os.PathLike, scale:
         if sr.shape != gt.shape:
             raise ValueError(f"{sr_path} is {sr.shape[0]}x{sr.shape[1]} but its ground truth "
                              f"{os.path.join(gt_dir, name)} is {gt.shape[0]}x{gt.shape[1]}")
-        rows.append({"name": name, **image_metrics(to_float(sr), to_float(gt), scale, lpips)})
+        rows.append({"name": name, **image_metrics(_as_float64(sr), _as_float64(gt), scale, lpips)})
     return rows
 
 
