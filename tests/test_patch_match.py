@@ -211,7 +211,8 @@ def test_flow_to_offsets_upsampling():
     offset = flow_to_offsets(flow, scale=4)
     assert offset.shape == (1, 18, 24, 32)
     interior = offset[:, :, 10:, 10:]  # upsampled rows/columns >= 10 interpolate only grid rows/columns >= 2
-    assert torch.allclose(interior[:, 0::2], torch.tensor(8.0)) and torch.allclose(interior[:, 1::2], torch.tensor(-4.0))
+    assert torch.allclose(interior[:, 0::2], torch.tensor(8.0))
+    assert torch.allclose(interior[:, 1::2], torch.tensor(-4.0))
     grid = flow_to_offsets(flow, scale=1)
     assert torch.equal(offset[:, :, ::23, ::31], 4 * grid[:, :, ::5, ::7])  # align_corners keeps the corners
 
