@@ -43,6 +43,8 @@ def test_colour_fit_recovers_luma_affine(rng):
     fit = fit_colour(source, target)
     assert fit.a == pytest.approx(a, abs=1e-5) and fit.b == pytest.approx(b, abs=1e-5)
     assert np.allclose(fit.gains, 1.0, atol=1e-5)
+    subset = fit_colour(source, target, max_pixels=97)  # fitted on every k-th pixel only
+    assert subset.a == pytest.approx(a, abs=1e-5) and subset.b == pytest.approx(b, abs=1e-5)
     matched, _ = match_colour(source, target)
     assert np.abs(matched - target).max() < 1e-5
 

@@ -42,31 +42,34 @@ class ColourFit:
 
     def apply(self, img: np.ndarray) -> np.ndarray:
         """Apply the fit to a float HWC image; no clipping."""
-        img = img.astype(np.float64)
-        luma = img @ _LUMA
+        img = img.astype(np.float32)
+        luma = img @ _LUMA.astype(np.float32)
         # With Cr, Cb fixed, changing Y by d adds d to all three of R, G, B.
-        out = img + ((self.a - 1.0) * luma + self.b)[..., None]
-        return (out * np.asarray(self.gains)).astype(np.float32)
+        out = img + ((self.a - 1.0) * luma + self.b).astype(np.float32)[..., None]
+        return out * np.asarray(self.gains, dtype=np.float32)
 
 
 def fit_colour(source: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None,
-               ignore_fraction: float = 0.05, refits: int = 2) -> ColourFit:
+               ignore_fraction: float = 0.05, refits: int = 2, max_pixels: int = 1 << 21) -> ColourFit:
     """Fit the colour change that maps ``source`` onto ``target`` (both float HWC, same size).
 
     Luma: least squares ``Y_target ~ a*Y_source + b`` over the valid pixels, ignoring the
     ``ignore_fraction`` of them with the largest error (occlusions, residual misalignment). The
     first fit ranks pixels by ``|Y_target - Y_source|`` (the authors' single pass); each of the
     ``refits`` further fits ranks them by the residual of the previous fit, which finds the
-    outliers even when the brightness change is large. Then per-channel gains ``g_c = (m_t[c]/m_t) / (m_s[c]/m_s)`` that give the source
+    outliers even when the brightness change is large. Images with more than ``max_pixels`` valid
+    pixels are fitted on every k-th of them. Then per-channel gains ``g_c = (m_t[c]/m_t) / (m_s[c]/m_s)`` that give the source
     the target's channel balance (``m[c]`` channel means, ``m`` the mean over channels, valid pixels).
     """
     if source.shape != target.shape:
         raise ValueError(f"source and target must have the same shape, got {source.shape} and {target.shape}")
     valid = np.ones(source.shape[:2], bool) if mask is None else mask.astype(bool)
-    if valid.sum() < 2:
+    index = np.flatnonzero(valid)
+    if index.size < 2:
         raise ValueError("colour fit needs at least 2 valid pixels")
-    src = source.astype(np.float64)[valid]
-    tgt = target.astype(np.float64)[valid]
+    index = index[::-(-index.size // max_pixels)]  # a regular subset bounds time and memory
+    src = source.reshape(-1, 3)[index].astype(np.float64)
+    tgt = target.reshape(-1, 3)[index].astype(np.float64)
     y_src, y_tgt = src @ _LUMA, tgt @ _LUMA
     a, b = 1.0, 0.0
     for _ in range(refits + 1):
