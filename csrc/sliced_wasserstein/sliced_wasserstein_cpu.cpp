@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
@@ -44,7 +45,7 @@ int64_t direction_block(int64_t num_proj, int64_t length, int64_t elem_size) {
 template <typename K>
 void radix_sort(K** keys, K** spare, int32_t** idx, int32_t** idx_spare, int64_t n) {
   constexpr int kPasses = sizeof(K);
-  std::vector<int64_t> hist(kPasses * 256, 0);
+  std::array<int64_t, kPasses * 256> hist{};
   const K* k0 = *keys;
   for (int64_t i = 0; i < n; ++i) {
     for (int p = 0; p < kPasses; ++p) ++hist[p * 256 + ((k0[i] >> (8 * p)) & 0xFF)];
@@ -76,22 +77,24 @@ void radix_sort(K** keys, K** spare, int32_t** idx, int32_t** idx_spare, int64_t
   }
 }
 
-// Thread-local buffers for one row of each side.
+// One thread's buffers, allocated up front by the calling thread (allocations inside the
+// parallel region would land in per-thread malloc arenas and stay resident): the projected rows
+// of a block (only where the thread projects its own blocks) and the radix-sort buffers of a row.
 template <typename K>
-struct RowScratch {
-  explicit RowScratch(int64_t n, bool with_v_index)
-      : ku(n), ku2(n), kv(n), kv2(n), iu(n), iu2(n), iv(with_v_index ? n : 0), iv2(with_v_index ? n : 0) {}
+struct Workspace {
+  Workspace(int64_t length, bool with_v_index)
+      : ku(length), ku2(length), kv(length), kv2(length), iu(length), iu2(length),
+        iv(with_v_index ? length : 0), iv2(with_v_index ? length : 0) {}
+  at::Tensor pu, pv;  // (block, L) in the compute dtype
   std::vector<K> ku, ku2, kv, kv2;
   std::vector<int32_t> iu, iu2, iv, iv2;
 };
 
 // Sorts the rows [begin, end) of the projected block and writes their |a-b| sums and signs.
-template <typename scalar_t>
+template <typename scalar_t, typename K>
 void sort_compare_rows(const scalar_t* pu, const scalar_t* pv, int64_t begin, int64_t end, int64_t length,
-                       int8_t* sign_u, int8_t* sign_v, double* row_sums) {
+                       int8_t* sign_u, int8_t* sign_v, double* row_sums, Workspace<K>& s) {
   using Key = RadixKey<scalar_t>;
-  using K = typename Key::Bits;
-  RowScratch<K> s(length, sign_v != nullptr);
   for (int64_t r = begin; r < end; ++r) {
     const scalar_t* a = pu + r * length;
     const scalar_t* b = pv + r * length;
@@ -123,43 +126,20 @@ void sort_compare_rows(const scalar_t* pu, const scalar_t* pv, int64_t begin, in
   }
 }
 
-// Projects the directions [k0, k0 + kb) of sample n by GEMM, then sorts and compares the rows,
-// either in a nested at::parallel_for over the rows or serially (when already inside one).
-template <typename scalar_t>
-void project_sort_compare(const at::Tensor& u, const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k0,
-                          int64_t kb, bool parallel_rows, int8_t* sign_u, int8_t* sign_v, double* row_sums) {
-  const int64_t channels = u.size(1), length = u.size(2) * u.size(3), num_proj = m.size(0);
-  const auto dtype = m.scalar_type();
-  const at::Tensor mb = m.narrow(0, k0, kb);
-  const at::Tensor pu = at::mm(mb, u.select(0, n).reshape({channels, length}).to(dtype)).contiguous();
-  const at::Tensor pv = at::mm(mb, v.select(0, n).reshape({channels, length}).to(dtype)).contiguous();
-  const int64_t row0 = n * num_proj + k0;
-  const scalar_t* pu_ptr = pu.data_ptr<scalar_t>();
-  const scalar_t* pv_ptr = pv.data_ptr<scalar_t>();
-  int8_t* su = sign_u + row0 * length;
-  int8_t* sv = sign_v != nullptr ? sign_v + row0 * length : nullptr;
-  double* sums = row_sums + row0;
-  if (parallel_rows) {
-    at::parallel_for(0, kb, 1, [&](int64_t begin, int64_t end) {
-      sort_compare_rows<scalar_t>(pu_ptr, pv_ptr, begin, end, length, su, sv, sums);
-    });
-  } else {
-    sort_compare_rows<scalar_t>(pu_ptr, pv_ptr, 0, kb, length, su, sv, sums);
-  }
-}
-
-// Two schedules. With at least as many samples as threads, one parallel region over (sample,
-// direction block) tasks, each running its GEMMs single-threaded (no barrier per sample, and
-// the per-thread projected blocks share the byte budget). With fewer samples (e.g. one
-// 256x256 map), blocks run one after the other with multi-threaded GEMMs and row-parallel sorts,
-// so only one block's rows are held at a time.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, const at::Tensor& v,
+// Two schedules of the (sample n, direction block) tasks:
+//  - N >= threads: one parallel region over the tasks; each thread projects into its own
+//    workspace with single-threaded GEMMs (no barrier per sample; the byte budget is shared);
+//  - fewer samples (e.g. one 256x256 map): tasks in sequence, multi-threaded GEMMs into one
+//    workspace, then a parallel region over the block's rows; one block is held at a time.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_in, const at::Tensor& v_in,
                                                            const at::Tensor& proj, bool need_v_sign) {
+  // Detached: the op is not traced, and autograd's thread-local state does not reach the workers.
+  const at::Tensor u = u_in.detach(), v = v_in.detach();
   TORCH_CHECK(u.dim() == 4 && v.sizes() == u.sizes(), "u and v must be (N, C, H, W) of one shape");
   TORCH_CHECK(proj.dim() == 2 && proj.size(1) == u.size(1), "proj must be (C', C)");
   TORCH_CHECK(proj.scalar_type() == at::kFloat || proj.scalar_type() == at::kDouble,
               "proj must be float32 or float64 (the compute dtype)");
-  const int64_t n_batch = u.size(0), length = u.size(2) * u.size(3);
+  const int64_t n_batch = u.size(0), channels = u.size(1), length = u.size(2) * u.size(3);
   const int64_t num_proj = proj.size(0);
   TORCH_CHECK(length < (int64_t(1) << 31), "H*W must fit a 32-bit index");
   const auto dtype = proj.scalar_type();
@@ -174,19 +154,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, 
   const int64_t block = direction_block(num_proj, length, proj.element_size() * (sample_parallel ? threads : 1));
   const int64_t nblocks = (num_proj + block - 1) / block;
   AT_DISPATCH_FLOATING_TYPES(dtype, "sliced_wasserstein_forward_cpu", [&] {
+    using K = typename RadixKey<scalar_t>::Bits;
+    std::vector<Workspace<K>> ws;
+    ws.reserve(threads);
+    for (int64_t t = 0; t < threads; ++t) {
+      ws.emplace_back(length, need_v_sign);
+      if (t == 0 || sample_parallel) {
+        ws.back().pu = at::empty({block, length}, opts);
+        ws.back().pv = at::empty({block, length}, opts);
+      }
+    }
     int8_t* su = sign_u.data_ptr<int8_t>();
     int8_t* sv = need_v_sign ? sign_v.data_ptr<int8_t>() : nullptr;
     double* sums = row_sums.data_ptr<double>();
-    auto task = [&](int64_t t, bool parallel_rows) {
-      const int64_t n = t / nblocks, k0 = (t % nblocks) * block;
-      project_sort_compare<scalar_t>(u, v, m, n, k0, std::min(block, num_proj - k0), parallel_rows, su, sv, sums);
+    // Projects task t's block into workspace w; returns (first row, rows).
+    auto project = [&](int64_t t, Workspace<K>& w) {
+      const int64_t n = t / nblocks, k0 = (t % nblocks) * block, kb = std::min(block, num_proj - k0);
+      const at::Tensor mb = m.narrow(0, k0, kb);
+      at::Tensor pu = w.pu.narrow(0, 0, kb), pv = w.pv.narrow(0, 0, kb);
+      at::mm_out(pu, mb, u.select(0, n).reshape({channels, length}).to(dtype));
+      at::mm_out(pv, mb, v.select(0, n).reshape({channels, length}).to(dtype));
+      return std::make_pair(n * num_proj + k0, kb);
+    };
+    auto compare = [&](Workspace<K>& w, int64_t row0, int64_t begin, int64_t end, Workspace<K>& s) {
+      sort_compare_rows<scalar_t, K>(w.pu.data_ptr<scalar_t>(), w.pv.data_ptr<scalar_t>(), begin, end, length,
+                                     su + row0 * length, sv != nullptr ? sv + row0 * length : nullptr,
+                                     sums + row0, s);
     };
     if (sample_parallel) {
       at::parallel_for(0, n_batch * nblocks, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) task(t, false);
+        Workspace<K>& w = ws[at::get_thread_num()];
+        for (int64_t t = begin; t < end; ++t) {
+          const auto [row0, kb] = project(t, w);
+          compare(w, row0, 0, kb, w);
+        }
       });
     } else {
-      for (int64_t t = 0; t < n_batch * nblocks; ++t) task(t, true);
+      for (int64_t t = 0; t < n_batch * nblocks; ++t) {
+        const auto [row0, kb] = project(t, ws[0]);
+        at::parallel_for(0, kb, 1, [&](int64_t begin, int64_t end) {
+          compare(ws[0], row0, begin, end, ws[at::get_thread_num()]);
+        });
+      }
     }
   });
   const double count = static_cast<double>(n_batch * num_proj * length);
@@ -205,24 +214,27 @@ at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
   TORCH_CHECK(proj_scaled.dim() == 2 && proj_scaled.size(0) == sign.size(1), "proj_scaled must be (C', C)");
   const int64_t n_batch = sign.size(0), num_proj = sign.size(1), length = sign.size(2);
   const int64_t channels = proj_scaled.size(1);
-  const auto dtype = proj_scaled.scalar_type();
   at::Tensor du = new_output({n_batch, channels, length}, proj_scaled.options());
-  const at::Tensor mt = proj_scaled.t();
+  const at::Tensor mt = proj_scaled.detach().t();  // see forward_cpu on detaching
   const int64_t chunk = std::max<int64_t>(
       1, std::min<int64_t>(length, block_bytes() / 8 / (num_proj * proj_scaled.element_size())));
   const int64_t nchunks = (length + chunk - 1) / chunk;
-  auto task = [&](int64_t t) {
+  // One float buffer per thread for a chunk of signs, allocated here (see Workspace).
+  const int64_t workers = sign.is_cpu() ? at::get_num_threads() : 1;
+  const at::Tensor gbuf = at::empty({workers, num_proj * chunk}, proj_scaled.options());
+  auto task = [&](int64_t t, int64_t worker) {
     const int64_t n = t / nchunks, l0 = (t % nchunks) * chunk, lc = std::min(chunk, length - l0);
-    const at::Tensor g = sign.select(0, n).narrow(1, l0, lc).to(dtype).contiguous();
+    at::Tensor g = gbuf.select(0, worker).narrow(0, 0, num_proj * lc).view({num_proj, lc});
+    g.copy_(sign.select(0, n).narrow(1, l0, lc));
     at::Tensor out = du.select(0, n).narrow(1, l0, lc);
     at::mm_out(out, mt, g);
   };
   if (sign.is_cpu()) {
     at::parallel_for(0, n_batch * nchunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) task(t);
+      for (int64_t t = begin; t < end; ++t) task(t, at::get_thread_num());
     });
   } else {
-    for (int64_t t = 0; t < n_batch * nchunks; ++t) task(t);
+    for (int64_t t = 0; t < n_batch * nchunks; ++t) task(t, 0);
   }
   return du;
 }

@@ -56,6 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u,
   TORCH_CHECK(proj.scalar_type() == at::kFloat || proj.scalar_type() == at::kDouble,
               "proj must be float32 or float64 (the compute dtype)");
   const c10::cuda::CUDAGuard guard(u.device());
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // inputs may require grad; the op is not traced
   const int64_t n_batch = u.size(0), channels = u.size(1), length = u.size(2) * u.size(3);
   const int64_t num_proj = proj.size(0), rows = n_batch * num_proj;
   const auto dtype = proj.scalar_type();
