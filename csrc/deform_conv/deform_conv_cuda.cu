@@ -8,9 +8,9 @@
 //
 // Kernels, one thread per (n, pixel) and a block of channels; the tap geometry is computed once per
 // (thread, tap) and reused for every channel of the block. Nothing of size C*k^2*H*W is stored.
-//   forward_kernel   out: depthwise (C/groups == 1) threads own CPT output channels of any groups;
-//                    grouped/dense threads own CPT output channels of one group and reuse each
-//                    sample for all of them (register blocking).
+//   depthwise_forward_kernel  out, C/groups == 1: a thread owns CPT output channels of any groups.
+//   grouped_forward_kernel    out otherwise: a thread owns CPT output channels of one group and feeds
+//                    each sample to all of them (register blocking; weights staged in shared memory).
 //   input_grad_kernel  dx by atomicAdd scatter of the column gradient, dgeom per pixel: the BY
 //                    channel-block threads of a pixel reduce their position gradients through shared
 //                    memory and one thread owns the pixel's dgeom (no atomics). Depthwise also
@@ -59,6 +59,7 @@ constexpr int kForwardThreads = 128;  // pixels per forward block
 constexpr int kGradPixels = 32;       // pixels per input-gradient block (one warp per channel block)
 constexpr int kGradBlocksY = 8;       // channel-block threads per pixel in the input-gradient kernel
 constexpr int kTile = 32;             // weight-gradient GEMM tile (co x ci x pixels)
+constexpr int kWeightChunk = 32;      // input channels whose weights the grouped forward stages at once
 
 struct Shape {
   int N, C, C_out, H, W, groups, k;
@@ -88,66 +89,91 @@ __device__ __forceinline__ Taps<acc_t> pixel_taps(const acc_t* geom_n, const Sha
   return taps;
 }
 
-// grid (ceil(HW / kForwardThreads), channel blocks, N). Depthwise: block b owns output channels
-// [b*CPT, b*CPT + CPT) across groups; otherwise block b = g * blocks_per_group + j owns output
-// channels [j*CPT, j*CPT + CPT) of group g.
-template <typename scalar_t, typename acc_t, int CPT, bool DEPTHWISE>
-__global__ void __launch_bounds__(kForwardThreads) forward_kernel(
+// Writes acc (+ bias) to out[n, co0 + j, p] for the block's n_co output channels.
+template <typename scalar_t, typename acc_t, int CPT>
+__device__ __forceinline__ void store_outputs(const acc_t (&acc)[CPT], const scalar_t* __restrict__ bias,
+                                              scalar_t* __restrict__ out, const Shape& s, int n, int co0, int n_co,
+                                              int64_t p) {
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    if (j < n_co) {
+      const acc_t b = bias == nullptr ? acc_t(0) : static_cast<acc_t>(bias[co0 + j]);
+      out[(int64_t(n) * s.C_out + co0 + j) * s.HW() + p] = static_cast<scalar_t>(acc[j] + b);
+    }
+  }
+}
+
+// Depthwise (C/groups == 1): grid (ceil(HW / kForwardThreads), ceil(C_out / CPT), N); block b owns
+// output channels [b*CPT, b*CPT + CPT), each reading its own input channel co / (C_out/groups).
+template <typename scalar_t, typename acc_t, int CPT>
+__global__ void __launch_bounds__(kForwardThreads) depthwise_forward_kernel(
     const scalar_t* __restrict__ x, const acc_t* __restrict__ geom, const scalar_t* __restrict__ weight,
     const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, Shape s) {
   const int64_t HW = s.HW();
   const int64_t p = int64_t(blockIdx.x) * kForwardThreads + threadIdx.x;
-  const int n = blockIdx.z;
-  const int c_in_g = s.c_in_g(), c_out_g = s.c_out_g(), KK = s.KK();
-  int co0, co_end;
-  if (DEPTHWISE) {
-    co0 = blockIdx.y * CPT;
-    co_end = min(co0 + CPT, s.C_out);
-  } else {
-    const int per_group = (c_out_g + CPT - 1) / CPT;
-    const int g = blockIdx.y / per_group;
-    co0 = g * c_out_g + (blockIdx.y % per_group) * CPT;
-    co_end = min(co0 + CPT, (g + 1) * c_out_g);
-  }
   if (p >= HW) return;
+  const int n = blockIdx.z, c_out_g = s.c_out_g(), KK = s.KK();
+  const int co0 = blockIdx.y * CPT, n_co = min(CPT, s.C_out - co0);
   const scalar_t* x_n = x + int64_t(n) * s.C * HW;
   const acc_t* geom_n = geom + int64_t(n) * s.G() * HW;
-
   acc_t acc[CPT];
 #pragma unroll
   for (int j = 0; j < CPT; ++j) acc[j] = acc_t(0);
-
   for (int t = 0; t < KK; ++t) {
     const Taps<acc_t> taps = pixel_taps(geom_n, s, p, t);
-    if (DEPTHWISE) {
 #pragma unroll
-      for (int j = 0; j < CPT; ++j) {
+    for (int j = 0; j < CPT; ++j) {
+      if (j < n_co) {
         const int co = co0 + j;
-        if (co < co_end) {
-          const acc_t v = sample<acc_t>(x_n + int64_t(co / c_out_g) * HW, taps);
-          acc[j] += static_cast<acc_t>(weight[int64_t(co) * KK + t]) * v;
-        }
-      }
-    } else {
-      const int ci_base = (co0 / c_out_g) * c_in_g;
-      for (int ci = 0; ci < c_in_g; ++ci) {
-        const acc_t v = sample<acc_t>(x_n + int64_t(ci_base + ci) * HW, taps);
-        const scalar_t* w = weight + (int64_t(co0) * c_in_g + ci) * KK + t;
-#pragma unroll
-        for (int j = 0; j < CPT; ++j) {
-          if (co0 + j < co_end) acc[j] += static_cast<acc_t>(w[int64_t(j) * c_in_g * KK]) * v;
-        }
+        acc[j] += static_cast<acc_t>(weight[int64_t(co) * KK + t]) * sample<acc_t>(x_n + int64_t(co / c_out_g) * HW, taps);
       }
     }
   }
+  store_outputs(acc, bias, out, s, n, co0, n_co, p);
+}
+
+// Grouped/dense: grid (ceil(HW / kForwardThreads), groups * blocks_per_group, N); block
+// b = g * blocks_per_group + j owns output channels [j*CPT, j*CPT + CPT) of group g, and each sample
+// of an input channel feeds all CPT of them. Per tap, the weights w[co, ci, t] of the block's
+// channels are staged in shared memory kWeightChunk input channels at a time ([ci][co], so a thread
+// reads them as vectors, all threads the same address).
+template <typename scalar_t, typename acc_t, int CPT>
+__global__ void __launch_bounds__(kForwardThreads) grouped_forward_kernel(
+    const scalar_t* __restrict__ x, const acc_t* __restrict__ geom, const scalar_t* __restrict__ weight,
+    const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, Shape s) {
+  __shared__ __align__(16) acc_t w_s[kWeightChunk][CPT];
+  const int64_t HW = s.HW();
+  const int64_t p = int64_t(blockIdx.x) * kForwardThreads + threadIdx.x;  // >= HW: stages weights only
+  const int n = blockIdx.z, c_in_g = s.c_in_g(), c_out_g = s.c_out_g(), KK = s.KK();
+  const int per_group = (c_out_g + CPT - 1) / CPT;
+  const int g = blockIdx.y / per_group;
+  const int co0 = g * c_out_g + (blockIdx.y % per_group) * CPT;
+  const int n_co = min(CPT, (g + 1) * c_out_g - co0);
+  const scalar_t* x_g = x + (int64_t(n) * s.C + int64_t(g) * c_in_g) * HW;
+  const acc_t* geom_n = geom + int64_t(n) * s.G() * HW;
+  acc_t acc[CPT];
 #pragma unroll
-  for (int j = 0; j < CPT; ++j) {
-    const int co = co0 + j;
-    if (co < co_end) {
-      const acc_t b = bias == nullptr ? acc_t(0) : static_cast<acc_t>(bias[co]);
-      out[(int64_t(n) * s.C_out + co) * HW + p] = static_cast<scalar_t>(acc[j] + b);
+  for (int j = 0; j < CPT; ++j) acc[j] = acc_t(0);
+  for (int t = 0; t < KK; ++t) {
+    const Taps<acc_t> taps = pixel_taps(geom_n, s, p, t);  // all-zero weights when p >= HW
+    for (int ci0 = 0; ci0 < c_in_g; ci0 += kWeightChunk) {
+      const int n_ci = min(kWeightChunk, c_in_g - ci0);
+      __syncthreads();  // the previous chunk has been read by every thread
+      for (int e = threadIdx.x; e < kWeightChunk * CPT; e += kForwardThreads) {
+        const int ci = e / CPT, j = e % CPT;
+        w_s[ci][j] = (ci < n_ci && j < n_co)
+                         ? static_cast<acc_t>(weight[(int64_t(co0 + j) * c_in_g + ci0 + ci) * KK + t])
+                         : acc_t(0);
+      }
+      __syncthreads();
+      for (int ci = 0; ci < n_ci; ++ci) {
+        const acc_t v = sample<acc_t>(x_g + int64_t(ci0 + ci) * HW, taps);
+#pragma unroll
+        for (int j = 0; j < CPT; ++j) acc[j] += w_s[ci][j] * v;
+      }
     }
   }
+  if (p < HW) store_outputs(acc, bias, out, s, n, co0, n_co, p);
 }
 
 template <typename acc_t>
@@ -353,11 +379,11 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& x, const at::Tensor& geo
              weight.data_ptr<scalar_t>(), bias_ptr, out.data_ptr<scalar_t>(), s);
     };
     if (depthwise) {
-      run(forward_kernel<scalar_t, acc_t, 8, true>, (s.C_out + 7) / 8);
-    } else if (s.c_out_g() >= 16) {
-      run(forward_kernel<scalar_t, acc_t, 16, false>, s.groups * ((s.c_out_g() + 15) / 16));
+      run(depthwise_forward_kernel<scalar_t, acc_t, 8>, (s.C_out + 7) / 8);
+    } else if (s.c_out_g() >= 32) {
+      run(grouped_forward_kernel<scalar_t, acc_t, 32>, s.groups * ((s.c_out_g() + 31) / 32));
     } else {
-      run(forward_kernel<scalar_t, acc_t, 4, false>, s.groups * ((s.c_out_g() + 3) / 4));
+      run(grouped_forward_kernel<scalar_t, acc_t, 8>, s.groups * ((s.c_out_g() + 7) / 8));
     }
   });
   return out;

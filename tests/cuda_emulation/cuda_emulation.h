@@ -23,6 +23,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
 #define C10_CUDA_CHECK(expr) (void)(expr)
 
