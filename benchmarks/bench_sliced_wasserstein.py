@@ -74,25 +74,26 @@ def main() -> None:
     impls = ["reference", "authors", "cpp"] + (["triton"] if args.device.startswith("cuda") else [])
     print(_harness.machine_line())
     print(f"forward+backward of the SW loss, C' = C//2, device {args.device}, median of {args.reps}\n")
-    rows = []
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shape:
         shapes = [tuple(int(x) for x in text.split(",")) for text in args.shape]
+    kwargs = {(shape, name): {"shape": shape, "impl": name, "device": args.device} for shape in shapes for name in impls}
+    # CPU memory first, while this process is small: a child's ru_maxrss starts from its parent's
+    # high-water mark (Linux keeps it across fork/exec), which would hide the children's own peaks.
+    mems = {}
+    if not args.no_memory and not args.device.startswith("cuda"):
+        mems = {key: _harness.peak_cpu_memory(CASE, kw) for key, kw in kwargs.items()}
+    rows = []
     for shape in shapes:
-        kw = {name: {"shape": shape, "impl": name, "device": args.device} for name in impls}
-        thunks = {name: make_case(**kw[name]) for name in impls}
+        thunks = {name: make_case(**kwargs[shape, name]) for name in impls}
         times = _harness.time_interleaved(thunks, reps=args.reps, device=args.device)
-        mems = {}
-        if not args.no_memory:
-            for name in impls:
-                if args.device.startswith("cuda"):
-                    mems[name] = _harness.peak_cuda_memory(thunks[name])
-                else:
-                    mems[name] = _harness.peak_cpu_memory(CASE, kw[name])
+        if not args.no_memory and args.device.startswith("cuda"):
+            mems.update({(shape, name): _harness.peak_cuda_memory(thunks[name]) for name in impls})
         del thunks
         for name in impls:
-            mem = (f"{_harness.fmt_bytes(mems[name])} ({mems[name] / max(mems['reference'], 1):.2f}x)"
-                   if mems else "-")
+            mem = "-"
+            if mems:
+                mem = f"{_harness.fmt_bytes(mems[shape, name])} ({mems[shape, name] / max(mems[shape, 'reference'], 1):.2f}x)"
             rows.append([str(shape), name, _harness.fmt_time(times[name]),
                          f"{times['reference'] / times[name]:.2f}x", mem])
     print(_harness.markdown_table(["shape (N,C,H,W)", "impl", "fwd+bwd", "speed-up vs reference",
