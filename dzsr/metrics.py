@@ -27,6 +27,7 @@ import torch.nn as nn
 
 Box = tuple[int, int, int, int]
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+SSIM_BAND_ROWS = 256
 LPIPS_MIN_SIZE = 31  # smallest side AlexNet's five LPIPS stages accept
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 LPIPS_LIN_FILE = "lpips_v0.1_alex.pth"
@@ -85,22 +86,33 @@ def ssim(sr, gt, data_range: float = 1.0, sample_covariance: bool = False) -> fl
     """Mean SSIM over channels, equal to ``skimage.metrics.structural_similarity(sr, gt,
     gaussian_weights=True, sigma=1.5, use_sample_covariance=sample_covariance, data_range=data_range,
     channel_axis=-1)``: 11-tap Gaussian window, K1=0.01, K2=0.03, averaged over the pixels at least
-    5 pixels from the border (skimage crops that border, so the filter's padding never matters)."""
+    5 pixels from the border (skimage crops that border, so the filter's padding never matters).
+    Computed per channel in bands of rows (exact: the window only reaches 5 rows), so memory stays
+    a few full-width rows, not a dozen full-image float64 maps."""
     a, b = _pair(sr, gt)
     if min(a.shape[:2]) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {a.shape[:2]}")
     g, r = _gaussian_taps(), SSIM_WINDOW // 2
+    n = SSIM_WINDOW ** 2
+    cov_norm = n / (n - 1) if sample_covariance else 1.0
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    rows_out, width_out = a.shape[0] - 2 * r, a.shape[1] - 2 * r
 
     def blur(t: np.ndarray) -> np.ndarray:
         return cv2.sepFilter2D(t, cv2.CV_64F, g, g, borderType=cv2.BORDER_REFLECT)[r:-r, r:-r]
 
-    ux, uy, uxx, uyy, uxy = (blur(t) for t in (a, b, a * a, b * b, a * b))
-    n = SSIM_WINDOW ** 2
-    cov_norm = n / (n - 1) if sample_covariance else 1.0
-    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return float(s.mean(axis=(0, 1)).mean())
+    means = []
+    for c in range(a.shape[2]):
+        total = 0.0
+        for y0 in range(0, rows_out, SSIM_BAND_ROWS):
+            y1 = min(y0 + SSIM_BAND_ROWS, rows_out) + 2 * r
+            x, y = np.ascontiguousarray(a[y0:y1, :, c]), np.ascontiguousarray(b[y0:y1, :, c])
+            ux, uy, uxx, uyy, uxy = (blur(t) for t in (x, y, x * x, y * y, x * y))
+            vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+            s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+            total += float(s.sum())
+        means.append(total / (rows_out * width_out))
+    return float(np.mean(means))
 
 
 def central_region(height: int, width: int, scale: int) -> Box:

@@ -38,6 +38,14 @@ def test_psnr_and_ssim_match_skimage(rng, shape):
         assert ssim(sr, gt, sample_covariance=sample_cov) == pytest.approx(expected, abs=1e-10)
 
 
+def test_ssim_row_bands_are_exact(rng, monkeypatch):
+    monkeypatch.setattr(metrics, "SSIM_BAND_ROWS", 7)  # many bands, a short last one
+    sr, gt = noisy_pair(rng, 61, 45)
+    expected = structural_similarity(sr, gt, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                     data_range=1.0, channel_axis=-1)
+    assert ssim(sr, gt) == pytest.approx(expected, abs=1e-12)
+
+
 def test_metrics_accept_tensors_non_contiguous_and_uint8(rng):
     sr, gt = noisy_pair(rng, 30, 40)
     expected_ssim, expected_psnr = ssim(sr, gt), psnr(sr, gt)
