@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 
 import cv2
@@ -50,6 +51,7 @@ def make_batch(lr_h: int, lr_w: int, batch: int = 16):
     write_rgb(os.path.join(root, "train_HR", "DSC_0001_x4.png"), gt)
     write_rgb(os.path.join(root, "train_LR", "DSC_0001_x1.png"), cv2.resize(gt, (lr_w, lr_h), interpolation=cv2.INTER_AREA))
     patches = TrainPatches(DualZoomDataset(root, "train", 4), patch_size=48, length=1 << 30, seed=0)
+    shutil.rmtree(root)  # the dataset holds the decoded images in memory
     state = {"next": 0}
 
     def run():
