@@ -350,6 +350,10 @@ def prepare_inputs(short: np.ndarray, tele: np.ndarray, scale: int, region: str 
     if region not in ("full", "centre"):
         raise ValueError(f"region must be 'full' or 'centre', got {region!r}")
     short_f, tele_f = to_float(short), to_float(tele)
+    need = max(MIN_LR_SIZE, 12) * scale  # the focal-ratio crop must be >= 12 px for the model and DIS flow
+    if min(short_f.shape[:2]) < need:
+        raise ValueError(f"short-focus image is {short_f.shape[0]}x{short_f.shape[1]}: at least {need}x{need} is "
+                         f"needed at x{scale} (its 1/{scale} centre crop must be 12 px or more)")
     if align:
         pair = prepare_pair(short_f, tele_f, scale, focal_ratio)
         (cy0, cy1, cx0, cx1), t = pair["crop_box"], pair["trim"]

@@ -1,0 +1,94 @@
+"""Benchmark: whole-image x4 inference (``dzsr.infer.super_resolve``), the size of the authors'
+real Nikon test image: LR 687x1111 (not a multiple of 4) -> SR 2748x4444, random weights and images,
+the reference pasted over the central 1/4 box (as ``dzsr sr`` does).
+
+Cases: ops backend ``cpp`` (fast) vs ``reference`` (pure-PyTorch oracles), each tiled with the
+default tile (``dzsr.infer.DEFAULT_TILE``) and untiled. Time: interleaved median after a warm-up
+(benchmarks/_harness.py). Peak memory: child-process RSS above a child that builds the same model
+and inputs (SPEC §4). The last column is max |tiled - untiled| of the SR output per backend.
+
+    python -m benchmarks.bench_inference [--quick] [--reps 1] [--no-memory] [--backends cpp reference]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks import _harness as H
+
+CASE = "benchmarks.bench_inference:make"
+FULL = {"height": 687, "width": 1111}
+QUICK = {"height": 29, "width": 37}
+QUICK_TILE = 20  # 2x2 tiles
+
+
+def make(backend: str, tile: int | None, height: int, width: int, scale: int = 4, threads: int = 0, sink=None):
+    """Model, inputs and a thunk running one whole-image SR (returns the output)."""
+    import dzsr_kernels
+    from dzsr.infer import super_resolve
+    from dzsr.models import SelfDZSR
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = SelfDZSR(scale).eval()
+    gen = torch.Generator().manual_seed(1)
+    lr, ref = torch.rand(1, 3, height, width, generator=gen), torch.rand(1, 3, height, width, generator=gen)
+    bh, bw = height // scale, width // scale
+    y0, x0 = (height - bh) // 2, (width - bw) // 2
+    paste_ref = torch.rand(1, 3, scale * bh, scale * bw, generator=gen)
+    box = torch.tensor([[y0, y0 + bh, x0, x0 + bw]])
+    with dzsr_kernels.use_backend(backend):  # load the kernels outside the measurement
+        small = torch.rand(1, 3, 16, 16)
+        super_resolve(model, small, small, tile=None, predictor_lr=small, predictor_ref=small)
+
+    def thunk():
+        with dzsr_kernels.use_backend(backend):
+            out = super_resolve(model, lr, ref, paste_ref, box, tile=tile)
+        if sink is not None:
+            sink[(backend, tile)] = out
+        return out
+
+    return thunk
+
+
+def main():
+    from dzsr.infer import DEFAULT_TILE
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: LR {QUICK['height']}x{QUICK['width']}, tile {QUICK_TILE}, no memory children")
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--backends", nargs="+", default=["cpp", "reference"])
+    args = parser.parse_args()
+    size = QUICK if args.quick else FULL
+    tile = QUICK_TILE if args.quick else args.tile
+    outputs: dict = {}
+    cases = {(b, t): make(b, t, **size, sink=outputs) for b in args.backends for t in (tile, None)}
+    times = H.time_interleaved({k: v for k, v in cases.items()}, reps=args.reps, warmup=1 if args.quick else 0)
+    rows = []
+    for (backend, t), seconds in times.items():
+        mem = ""
+        if not (args.no_memory or args.quick):
+            kw = {"backend": backend, "tile": t, **size, "threads": torch.get_num_threads()}
+            mem = H.fmt_bytes(H.peak_cpu_memory(CASE, kw))
+        diff = (outputs[(backend, tile)] - outputs[(backend, None)]).abs().max().item()
+        rows.append([backend, f"tile {t}" if t else "untiled", H.fmt_time(seconds), mem, f"{diff:.1e}"])
+        print(" | ".join(rows[-1]), flush=True)
+    base = times.get(("reference", None))
+    if base:
+        for row, seconds in zip(rows, times.values()):
+            row.insert(3, f"{base / seconds:.2f}x")
+    print()
+    print(H.machine_line())
+    print(f"x4 whole-image inference, LR {size['height']}x{size['width']} -> SR {4 * size['height']}x{4 * size['width']}")
+    header = ["ops", "tiling", "time"] + (["vs reference untiled"] if base else []) + ["peak RSS added",
+                                                                                       "max |tiled - untiled|"]
+    print(H.markdown_table(header, rows))
+
+
+if __name__ == "__main__":
+    main()

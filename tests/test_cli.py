@@ -1,0 +1,114 @@
+"""The dzsr command line: each command runs, and bad input ends in one error line, exit status 2."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dzsr.checkpoint import save_checkpoint
+from dzsr.cli import EXIT_ERROR, main
+from dzsr.data import read_rgb, write_rgb
+from dzsr.infer import save_inference_checkpoint
+from dzsr.models import SelfDZSR
+from dzsr.sample import write_sample
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    paths = write_sample("motorcycle", 4, root / "sample")
+    torch.manual_seed(0)
+    save_inference_checkpoint(root / "x4.pt", SelfDZSR(4))
+    save_checkpoint(root / "x2.pt", SelfDZSR(2))
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    return {"root": root, **paths}
+
+
+def _fails(capsys, argv, *fragments):
+    assert main(argv) == EXIT_ERROR
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"dzsr {argv[0]}: error: "), err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in err, (f, err)
+    return err
+
+
+def test_sr_writes_the_whole_image(files, tmp_path):
+    out = tmp_path / "sr.png"
+    assert main(["sr", "--short", files["short"], "--tele", files["tele"], "--out", str(out), "--ckpt",
+                 str(files["root"] / "x4.pt"), "--scale", "4", "--tile", "64"]) == 0
+    short = read_rgb(files["short"])
+    assert read_rgb(out).shape == (4 * short.shape[0], 4 * short.shape[1], 3)
+
+
+def test_sr_errors(files, capsys, tmp_path):
+    root, out = files["root"], str(tmp_path / "o.png")
+    ck = ["--ckpt", str(root / "x4.pt")]
+    _fails(capsys, ["sr", "--short", str(root / "nope.png"), "--tele", files["tele"], "--out", out, *ck], "nope.png",
+           "not found")
+    _fails(capsys, ["sr", "--short", str(root / "broken.png"), "--tele", files["tele"], "--out", out, *ck],
+           "broken.png", "cannot read")
+    _fails(capsys, ["sr", "--short", files["short"], "--tele", files["tele"], "--out", out, "--ckpt",
+                    str(root / "x2.pt"), "--scale", "4"], "scale x2, not x4")
+    _fails(capsys, ["sr", "--short", files["short"], "--tele", files["tele"], "--out", out, "--ckpt",
+                    str(root / "missing.pt")], "missing.pt")
+    _fails(capsys, ["sr", "--short", files["short"], "--tele", files["tele"], "--out", out, "--ckpt",
+                    str(root / "broken.png")], "cannot read checkpoint")
+    small_tele = tmp_path / "tele_small.png"
+    write_rgb(small_tele, read_rgb(files["tele"])[:30, :45])
+    _fails(capsys, ["sr", "--short", files["short"], "--tele", str(small_tele), "--out", out, *ck],
+           "inconsistent with scale 4")
+    tiny = tmp_path / "tiny.png"
+    write_rgb(tiny, np.zeros((6, 6, 3), np.uint8))
+    _fails(capsys, ["sr", "--short", str(tiny), "--tele", str(tiny), "--out", out, *ck])
+
+
+def test_train_errors(capsys, tmp_path):
+    _fails(capsys, ["train", "--config", str(tmp_path / "none.yaml")], "none.yaml")
+    _fails(capsys, ["train", "--config", "sample_x4", "train.lrr=1"], "unknown key train.lrr")
+    _fails(capsys, ["train", "--config", "nikon_x4", f"log.out_dir={tmp_path}"], "data.root is required")
+    _fails(capsys, ["train", "--config", "nikon_x4", f"log.out_dir={tmp_path}", f"data.root={tmp_path}/x"],
+           "folder not found")
+    _fails(capsys, ["train", "--config", "sample_x4", f"log.out_dir={tmp_path}", "--resume"], "last.pt")
+
+
+def test_prepare_and_eval(files, capsys, tmp_path):
+    src = tmp_path / "raw"
+    for sub in ("short", "tele"):
+        os.makedirs(src / sub)
+        write_rgb(src / sub / "moto.png", read_rgb(files[sub]))
+    assert main(["prepare", "--src", str(src), "--dst", str(tmp_path / "ds"), "--scale", "4", "--split", "test"]) == 0
+    assert os.path.isfile(tmp_path / "ds" / "test_LR" / "moto_x1.png")
+    hr = read_rgb(tmp_path / "ds" / "test_HR" / "moto_x4.png")
+    os.makedirs(tmp_path / "sr")
+    write_rgb(tmp_path / "sr" / "moto_x4.png", np.clip(hr.astype(int) + 3, 0, 255).astype(np.uint8))
+    capsys.readouterr()
+    csv = tmp_path / "m.csv"
+    assert main(["eval", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "ds" / "test_HR"), "--scale", "4",
+                 "--csv", str(csv)]) == 0
+    table = capsys.readouterr().out
+    assert "Corner PSNR" in table and "| mean |" in table
+    assert csv.read_text().startswith("name,psnr,ssim")
+    _fails(capsys, ["prepare", "--src", str(tmp_path / "none"), "--dst", str(tmp_path / "d2"), "--scale", "4"],
+           "folder not found")
+    _fails(capsys, ["eval", "--sr", str(tmp_path / "none"), "--gt", str(tmp_path / "sr"), "--scale", "4"],
+           "folder not found")
+    _fails(capsys, ["eval", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "ds" / "test_HR"), "--scale", "4",
+                    "--lpips", "--alexnet", str(tmp_path / "alexnet.pth")], "alexnet.pth")
+
+
+def test_demo_errors_without_checkpoint(capsys, tmp_path):
+    _fails(capsys, ["demo", "--out", str(tmp_path), "--ckpt", str(tmp_path / "none.pt")], "none.pt")
+
+
+def test_no_traceback_from_the_installed_command(files, tmp_path):
+    """The real process: one line on stderr, exit status 2."""
+    proc = subprocess.run([sys.executable, "-m", "dzsr.cli", "sr", "--short", str(tmp_path / "a.png"), "--tele",
+                           files["tele"], "--out", str(tmp_path / "o.png")], capture_output=True, text=True)
+    assert proc.returncode == EXIT_ERROR
+    assert proc.stderr.strip().splitlines() == [f"dzsr sr: error: image file not found: {tmp_path / 'a.png'}"]
