@@ -8,12 +8,22 @@
 // a 4x4 micro-tile. The block maximum of each query row is reduced across the 16 threads sharing the
 // row with warp shuffles, comparing (value, then smaller index).
 #include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+
+#ifdef DZSR_CUDA_EMULATION
+// Test-only build (tests/cuda_emulation/patch_match_emulated.cpp): the same kernel and host code run
+// on CPU threads with CPU tensors, so they can be checked against the reference without a GPU.
+#include "cuda_emulation.h"
+#else
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
-
-#include <cstdint>
+#endif
 
 #include "common.h"
 
@@ -25,7 +35,14 @@ constexpr int kChunk = 16;     // channels staged per step
 constexpr int kThreads = 256;  // 16 x 16 threads, each a 4 x 4 micro-tile
 constexpr int kMicro = 4;
 
-__device__ __forceinline__ bool better(float v, int64_t i, float bv, int64_t bi) {
+#ifdef DZSR_CUDA_EMULATION
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CPU;
+#else
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CUDA;
+#endif
+
+// Larger value first, then the smaller index. Indices are int (Nr < 2^31), INT_MAX meaning "none".
+__device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
@@ -42,7 +59,7 @@ __global__ void __launch_bounds__(kThreads) patch_match_kernel(
   const float* ur_n = ur + static_cast<int64_t>(n) * Hr * Wr * C;
 
   float best[kMicro];
-  int64_t best_idx[kMicro];
+  int best_idx[kMicro];
   for (int i = 0; i < kMicro; ++i) {
     best[i] = -INFINITY;
     best_idx[i] = 0;
@@ -86,7 +103,7 @@ __global__ void __launch_bounds__(kThreads) patch_match_kernel(
 #pragma unroll
     for (int i = 0; i < kMicro; ++i) {
       float bv = -INFINITY;
-      int64_t bi = INT64_MAX;
+      int bi = INT_MAX;
 #pragma unroll
       for (int j = 0; j < kMicro; ++j) {
         const int r = r0 + tx + 16 * j;
@@ -101,13 +118,13 @@ __global__ void __launch_bounds__(kThreads) patch_match_kernel(
 #pragma unroll
       for (int off = 8; off > 0; off >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
-        const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, off);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, off);
         if (better(ov, oi, bv, bi)) {
           bv = ov;
           bi = oi;
         }
       }
-      if (bi != INT64_MAX && bv > best[i]) {  // blocks arrive in increasing r: strict > keeps ties
+      if (bi != INT_MAX && bv > best[i]) {  // blocks arrive in increasing r: strict > keeps ties
         best[i] = bv;
         best_idx[i] = bi;
       }
@@ -130,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cuda(const at::Tensor& uq, const 
   TORCH_CHECK(uq.dim() == 4 && ur.dim() == 4 && uq.size(0) == ur.size(0) && uq.size(3) == ur.size(3),
               "patch_match: uq (N,Hq,Wq,C) and ur (N,Hr,Wr,C) must agree in N and C");
   for (const auto* t : {&uq, &ur, &inv_q, &inv_r})
-    TORCH_CHECK(t->is_cuda() && t->scalar_type() == at::kFloat && t->is_contiguous(),
+    TORCH_CHECK(t->device().type() == kKernelDevice && t->scalar_type() == at::kFloat && t->is_contiguous(),
                 "patch_match: inputs must be contiguous float32 CUDA tensors");
   const int64_t N = uq.size(0), Hq = uq.size(1), Wq = uq.size(2), C = uq.size(3), Hr = ur.size(1), Wr = ur.size(2);
   const int64_t hpq = Hq - p + 1, wpq = Wq - p + 1, hpr = Hr - p + 1, wpr = Wr - p + 1;
@@ -144,15 +161,23 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cuda(const at::Tensor& uq, const 
   at::Tensor index = dzsr::new_output({N, hpq, wpq}, uq.options().dtype(at::kLong));
   const int nq = static_cast<int>(hpq * wpq), nr = static_cast<int>(hpr * wpr);
   const dim3 grid((nq + kBlockQ - 1) / kBlockQ, static_cast<unsigned>(N));
-  patch_match_kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  const auto args = std::make_tuple(
       uq.data_ptr<float>(), ur.data_ptr<float>(), inv_q.data_ptr<float>(), inv_r.data_ptr<float>(),
       score.data_ptr<float>(), index.data_ptr<int64_t>(), static_cast<int>(p), static_cast<int>(C),
       static_cast<int>(Hq), static_cast<int>(Wq), static_cast<int>(Hr), static_cast<int>(Wr), static_cast<int>(wpq),
       static_cast<int>(wpr), nq, nr);
+#ifdef DZSR_CUDA_EMULATION
+  std::apply([&](auto... a) { dzsr::deform::emulation::launch(patch_match_kernel, grid, dim3(kThreads), a...); }, args);
+#else
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  std::apply([&](auto... a) { patch_match_kernel<<<grid, kThreads, 0, stream>>>(a...); }, args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
   return {score, index};
 }
 
 }  // namespace
 
+#ifndef DZSR_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(dzsr_C, CUDA, m) { m.impl("patch_match", &patch_match_cuda); }
+#endif
