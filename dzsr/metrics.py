@@ -228,6 +228,14 @@ class LPIPS(nn.Module):
         return total
 
 
+def installed_lpips_dir() -> str | None:
+    """Folder of the installed ``lpips`` package (found without importing it), or None."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
 def lpips_lin_path(path: str | None = None) -> str:
     """Where the LPIPS v0.1 AlexNet lin weights are (see ``LPIPS.from_pretrained``)."""
     if path is not None:
@@ -235,9 +243,9 @@ def lpips_lin_path(path: str | None = None) -> str:
             raise FileNotFoundError(f"LPIPS lin weights not found: {path}")
         return path
     tried = []
-    spec = importlib.util.find_spec("lpips")
-    if spec is not None and spec.submodule_search_locations:
-        candidate = os.path.join(list(spec.submodule_search_locations)[0], "weights", "v0.1", "alex.pth")
+    package = installed_lpips_dir()
+    if package is not None:
+        candidate = os.path.join(package, "weights", "v0.1", "alex.pth")
         if os.path.isfile(candidate):
             return candidate
         tried.append(candidate)

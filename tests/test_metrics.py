@@ -184,7 +184,7 @@ def test_image_metrics_with_lpips_on_strips(rng):
 
 def test_missing_weights_give_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(metrics.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(metrics, "installed_lpips_dir", lambda: None)
     with pytest.raises(FileNotFoundError, match=r"alexnet-owt-7be5be79\.pth not found in .*hub/checkpoints"):
         LPIPS.from_pretrained()
     with pytest.raises(FileNotFoundError, match="nope.pth"):
@@ -204,9 +204,8 @@ def test_from_pretrained_loads_hub_and_package_files(tmp_path, monkeypatch):
     lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(LPIPS.CHANNELS)}
     package = tmp_path / "site" / "lpips"  # a stand-in for the installed `lpips` package
     (package / "weights" / "v0.1").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
     torch.save(lin, package / "weights" / "v0.1" / "alex.pth")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(metrics, "installed_lpips_dir", lambda: str(package))
     assert lpips_lin_path() == str(package / "weights" / "v0.1" / "alex.pth")
     model = LPIPS.from_pretrained()
     assert torch.equal(model.net.features[3].weight, alex["features.3.weight"])
