@@ -174,7 +174,9 @@ def test_prepare_folder_writes_the_training_layout(tmp_path, rng):
     assert [r["name"] for r in records] == ["P1"]
     ds = DualZoomDataset(tmp_path / "prep", "train", 4)
     assert ds.names == ["P1_x4.png"] and tuple(ds[0]["gt"].shape[1:]) == (4 * ds.lr_sizes[0][0], 4 * ds.lr_sizes[0][1])
-    assert len(ShortTeleFolder(tmp_path / "raw")) == 1
+    raw = ShortTeleFolder(tmp_path / "raw")
+    assert len(raw) == 1 and raw[0]["name"] == "P1"
+    assert raw[0]["short"].shape == (3, *short.shape[:2]) and raw[0]["tele"].shape == (3, *tele.shape[:2])
     os.remove(tmp_path / "raw" / "tele" / "P1.jpg")
     with pytest.raises(FileNotFoundError, match="without a partner.*P1"):
         ShortTeleFolder(tmp_path / "raw")
@@ -356,3 +358,15 @@ def test_bilinear_down_matches_opencv(rng, scale):
     assert np.allclose(ours, theirs, atol=1e-9)
     with pytest.raises(ValueError, match="multiple of the scale"):
         degrade(img[:-1], scale, Degradation(("down",), 5, 90), rng)
+
+
+def test_read_rgb_channels_and_depth(tmp_path, rng):
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.dstack([rgb[..., ::-1], np.full((5, 7), 9, np.uint8)]))
+    cv2.imwrite(str(tmp_path / "gray.png"), rgb[..., 0])
+    deep = rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep[..., ::-1])
+    assert np.array_equal(read_rgb(tmp_path / "rgba.png"), rgb)
+    assert np.array_equal(read_rgb(tmp_path / "gray.png"), np.repeat(rgb[..., :1], 3, axis=2))
+    got = read_rgb(tmp_path / "deep.png")
+    assert got.dtype == np.uint16 and np.array_equal(got, deep)

@@ -20,26 +20,21 @@ def is_image_file(name: str) -> bool:
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an RGB HWC array (uint8 or uint16; gray is repeated, alpha dropped).
+    """Read an image file as an RGB HWC array (uint8 or uint16): gray is repeated, alpha dropped,
+    the EXIF orientation applied (phone and camera JPEGs).
 
     Raises FileNotFoundError if the file does not exist and ValueError if it cannot be decoded.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if img is None:
         raise ValueError(f"cannot read image {path}: not a decodable image file")
     if img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"image {path} has unsupported sample type {img.dtype} (expected 8 or 16 bit)")
-    # Channel shuffles by slicing, not cv2.cvtColor: no OpenCV thread pool in DataLoader workers.
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.shape[2] in (3, 4):
-        img = img[:, :, 2::-1]
-    else:
-        raise ValueError(f"image {path} has {img.shape[2]} channels (expected 1, 3 or 4)")
-    return np.ascontiguousarray(img)
+    # BGR -> RGB by slicing, not cv2.cvtColor: no OpenCV thread pool in DataLoader workers.
+    return np.ascontiguousarray(img[:, :, ::-1])
 
 
 def to_float(img: np.ndarray) -> np.ndarray:
