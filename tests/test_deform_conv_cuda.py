@@ -72,8 +72,11 @@ def emulated_ops(tmp_path_factory):
     return torch.ops.dzsr_cuda_emu
 
 
-EMULATED_SHAPES = SHAPES + [(1, 40, 72, 9, 11, 3, 1), (1, 12, 12, 8, 9, 5, 3), (2, 16, 48, 7, 9, 3, 16),
-                            (1, 64, 64, 9, 40, 3, 64)]
+# Beyond SHAPES: several passes of the input gradient's channel loop (C/groups = 20 and 72), partial
+# staged-weight chunks (C_out/groups = 72, C/groups = 40), k = 5 grouped, depthwise multiplier, many
+# pixel and channel blocks.
+EMULATED_SHAPES = SHAPES + [(1, 20, 6, 5, 7, 3, 1), (1, 72, 8, 4, 5, 3, 1), (1, 40, 72, 9, 11, 3, 1),
+                            (1, 12, 12, 8, 9, 5, 3), (2, 16, 48, 7, 9, 3, 16), (1, 64, 64, 9, 40, 3, 64)]
 EMULATED_CASES = (
     [(shape, affine, torch.float64) for shape in EMULATED_SHAPES for affine in (True, False)]
     + [(shape, True, dtype) for shape in EMULATED_SHAPES[-4:-1] for dtype in (torch.float32, torch.float16)]

@@ -12,9 +12,10 @@
 //   grouped_forward_kernel    out otherwise: a thread owns CPT output channels of one group and feeds
 //                    each sample to all of them (register blocking; weights staged in shared memory).
 //   input_grad_kernel  dx by atomicAdd scatter of the column gradient, dgeom per pixel: the BY
-//                    channel-block threads of a pixel reduce their position gradients through shared
+//                    channel threads of a pixel reduce their position gradients through shared
 //                    memory and one thread owns the pixel's dgeom (no atomics). Depthwise also
-//                    reduces dweight here (warp shuffle, one atomicAdd per warp and weight).
+//                    reduces dweight here (warp shuffle, one atomicAdd per warp and weight); grouped
+//                    stages the weights in shared memory.
 //   weight_grad_kernel dweight of grouped/dense convs: a split-K tiled GEMM go (co x pixel) times
 //                    sampled columns (pixel x ci) through shared memory, atomicAdd of the tile.
 #include <ATen/ATen.h>
@@ -60,6 +61,7 @@ constexpr int kGradPixels = 32;       // pixels per input-gradient block (one wa
 constexpr int kGradBlocksY = 8;       // channel-block threads per pixel in the input-gradient kernel
 constexpr int kTile = 32;             // weight-gradient GEMM tile (co x ci x pixels)
 constexpr int kWeightChunk = 32;      // input channels whose weights the grouped forward stages at once
+constexpr int kGradCoChunk = 32;      // output channels whose weights the grouped input gradient stages
 
 struct Shape {
   int N, C, C_out, H, W, groups, k;
@@ -183,67 +185,97 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
   return v;
 }
 
-// grid (ceil(HW / kGradPixels), N), block (kGradPixels, kGradBlocksY). Thread (tx, ty) handles pixel
-// tx of the block and the input-channel blocks ty, ty + BY, ... (block b = g * blocks_per_group + j:
-// channels [j*CPT, j*CPT + CPT) of group g). Per tap it forms the column gradient
-// dcol[ci] = sum_co w[co, ci, t] * go[co, p], scatters dcol * corner weight into dx, and sums
-// dcol * dsample/dposition; the BY partial sums of a pixel meet in shared memory and thread ty == 0
-// adds the pixel's geometry gradient. FUSE_DWEIGHT (C/groups == 1, CPT == 1): dweight[co, 0, t] +=
-// sum over the warp's pixels of go[co, p] * sample, one atomicAdd per warp.
-template <typename scalar_t, typename acc_t, int CPT, bool FUSE_DWEIGHT>
+// Column gradient of input channel c at one tap: scatters dcol * corner weight into dx (atomics) and
+// adds dcol * d(sample)/d(position) to (gpy, gpx); returns the sample value.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t scatter_column_grad(const scalar_t* __restrict__ x_plane, acc_t* __restrict__ dx_plane,
+                                                     const Taps<acc_t>& taps, acc_t dcol, acc_t& gpy, acc_t& gpx) {
+  acc_t v, dvy, dvx;
+  sample_with_grad<acc_t>(x_plane, taps, v, dvy, dvx);
+  gpy += dcol * dvy;
+  gpx += dcol * dvx;
+#pragma unroll
+  for (int corner = 0; corner < 4; ++corner) {
+    if (taps.w[corner] != acc_t(0)) atomicAdd(dx_plane + taps.idx[corner], dcol * taps.w[corner]);
+  }
+  return v;
+}
+
+// grid (ceil(HW / kGradPixels), N), block (kGradPixels, kGradBlocksY): thread (tx, ty) handles pixel
+// tx of the block and, per tap, a share of the input channels; the column gradient of input channel
+// ci is dcol[ci] = sum_co w[co, ci, t] * go[co, p] over the output channels of its group. The BY
+// position-gradient partial sums of a pixel meet in shared memory and thread ty == 0 adds the
+// pixel's geometry gradient, so dgeom needs no atomics.
+//   DEPTHWISE (C/groups == 1, CPT == 1): thread ty takes channels ty, ty + BY, ...; it also reduces
+//     dweight[co, 0, t] += sum over the warp's pixels of go[co, p] * sample (one atomicAdd per warp).
+//   otherwise: for each group, passes of BY * CPT input channels (thread ty takes CPT of them, maybe
+//     none in the last pass); the weights of the pass are staged in shared memory kGradCoChunk
+//     output channels at a time ([co][ci], each thread reading its CPT entries as vectors).
+template <typename scalar_t, typename acc_t, int CPT, bool DEPTHWISE>
 __global__ void __launch_bounds__(kGradPixels* kGradBlocksY) input_grad_kernel(
     const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x, const acc_t* __restrict__ geom,
     const scalar_t* __restrict__ weight, acc_t* __restrict__ dx, acc_t* __restrict__ dgeom,
     acc_t* __restrict__ dweight, Shape s) {
+  constexpr int kPassChannels = kGradBlocksY * CPT;
   __shared__ acc_t part[2][kGradBlocksY][kGradPixels];
+  __shared__ __align__(16) acc_t w_s[DEPTHWISE ? 1 : kGradCoChunk][kPassChannels];
   const int64_t HW = s.HW();
-  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kGradPixels + tx;
   const int64_t p = int64_t(blockIdx.x) * kGradPixels + tx;
   const bool valid = p < HW;
   const int n = blockIdx.y;
   const int c_in_g = s.c_in_g(), c_out_g = s.c_out_g(), KK = s.KK();
-  const int per_group = (c_in_g + CPT - 1) / CPT;
-  const int n_blocks = s.groups * per_group;
   const scalar_t* x_n = x + int64_t(n) * s.C * HW;
   const scalar_t* go_n = grad_out + int64_t(n) * s.C_out * HW;
   const acc_t* geom_n = geom + int64_t(n) * s.G() * HW;
   acc_t* dx_n = dx + int64_t(n) * s.C * HW;
   acc_t* dgeom_n = dgeom + int64_t(n) * s.G() * HW;
+  auto grad_out_at = [&](int co) { return valid ? static_cast<acc_t>(go_n[int64_t(co) * HW + p]) : acc_t(0); };
 
   for (int t = 0; t < KK; ++t) {
     const Taps<acc_t> taps = pixel_taps(geom_n, s, p, t);
     acc_t gpy = acc_t(0), gpx = acc_t(0);
-    for (int b = ty; b < n_blocks; b += kGradBlocksY) {  // uniform across the warp
-      const int g = b / per_group;
-      const int ci0 = (b % per_group) * CPT;
-      acc_t dcol[CPT];
-#pragma unroll
-      for (int j = 0; j < CPT; ++j) dcol[j] = acc_t(0);
-      for (int co = g * c_out_g; co < (g + 1) * c_out_g; ++co) {
-        const acc_t go = valid ? static_cast<acc_t>(go_n[int64_t(co) * HW + p]) : acc_t(0);
-        const scalar_t* w = weight + (int64_t(co) * c_in_g + ci0) * KK + t;
-#pragma unroll
-        for (int j = 0; j < CPT; ++j) {
-          if (ci0 + j < c_in_g) dcol[j] += static_cast<acc_t>(w[int64_t(j) * KK]) * go;
+    if (DEPTHWISE) {
+      for (int c = ty; c < s.C; c += kGradBlocksY) {  // uniform across the warp
+        acc_t dcol = acc_t(0);
+        for (int co = c * c_out_g; co < (c + 1) * c_out_g; ++co)
+          dcol += static_cast<acc_t>(weight[int64_t(co) * KK + t]) * grad_out_at(co);
+        const acc_t v = scatter_column_grad(x_n + int64_t(c) * HW, dx_n + int64_t(c) * HW, taps, dcol, gpy, gpx);
+        for (int co = c * c_out_g; co < (c + 1) * c_out_g; ++co) {
+          const acc_t sum = warp_sum(grad_out_at(co) * v);
+          if (tx == 0) atomicAdd(dweight + int64_t(co) * KK + t, sum);
         }
       }
+    } else {
+      for (int g = 0; g < s.groups; ++g) {
+        for (int pass = 0; pass < c_in_g; pass += kPassChannels) {
+          const int ci0 = pass + ty * CPT;  // this thread's first input channel in the group
+          acc_t dcol[CPT];
 #pragma unroll
-      for (int j = 0; j < CPT; ++j) {
-        if (ci0 + j >= c_in_g) continue;
-        const int64_t c = int64_t(g) * c_in_g + ci0 + j;
-        acc_t v, dvy, dvx;
-        sample_with_grad<acc_t>(x_n + c * HW, taps, v, dvy, dvx);
-        gpy += dcol[j] * dvy;
-        gpx += dcol[j] * dvx;
+          for (int j = 0; j < CPT; ++j) dcol[j] = acc_t(0);
+          for (int co_base = 0; co_base < c_out_g; co_base += kGradCoChunk) {
+            const int n_co = min(kGradCoChunk, c_out_g - co_base);
+            __syncthreads();  // the previous chunk has been read by every thread
+            for (int e = tid; e < kGradCoChunk * kPassChannels; e += kGradPixels * kGradBlocksY) {
+              const int co = e / kPassChannels, ci = pass + e % kPassChannels;
+              w_s[co][e % kPassChannels] =
+                  (co < n_co && ci < c_in_g)
+                      ? static_cast<acc_t>(weight[((int64_t(g) * c_out_g + co_base + co) * c_in_g + ci) * KK + t])
+                      : acc_t(0);
+            }
+            __syncthreads();
+            for (int co = 0; co < n_co; ++co) {
+              const acc_t go = grad_out_at(g * c_out_g + co_base + co);
 #pragma unroll
-        for (int corner = 0; corner < 4; ++corner) {
-          if (taps.w[corner] != acc_t(0)) atomicAdd(dx_n + c * HW + taps.idx[corner], dcol[j] * taps.w[corner]);
-        }
-        if (FUSE_DWEIGHT) {
-          for (int co = g * c_out_g; co < (g + 1) * c_out_g; ++co) {
-            const acc_t go = valid ? static_cast<acc_t>(go_n[int64_t(co) * HW + p]) : acc_t(0);
-            const acc_t sum = warp_sum(go * v);
-            if (tx == 0) atomicAdd(dweight + int64_t(co) * KK + t, sum);
+              for (int j = 0; j < CPT; ++j) dcol[j] += w_s[co][ty * CPT + j] * go;
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < CPT; ++j) {
+            if (ci0 + j < c_in_g) {
+              const int64_t c = int64_t(g) * c_in_g + ci0 + j;
+              scatter_column_grad(x_n + c * HW, dx_n + c * HW, taps, dcol[j], gpy, gpx);
+            }
           }
         }
       }
@@ -349,6 +381,7 @@ Shape check_inputs(const at::Tensor& x, const at::Tensor& geom, bool affine, con
   TORCH_CHECK(geom.size(0) == s.N && geom.size(1) == s.G() && geom.size(2) == s.H && geom.size(3) == s.W, op,
               ": geom must be (N, ", s.G(), ", H, W), got ", geom.sizes());
   TORCH_CHECK(s.HW() < (int64_t(1) << 31), op, ": H*W must be below 2^31");
+  TORCH_CHECK(s.N <= 65535, op, ": the CUDA kernels take at most 65535 samples per call, got N=", s.N);
   return s;
 }
 
@@ -419,16 +452,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(const
       };
       if (depthwise) {
         run_input(input_grad_kernel<scalar_t, acc_t, 1, true>);
-      } else if (s.c_in_g() >= 8) {
+      } else if (s.c_in_g() >= 32) {
         run_input(input_grad_kernel<scalar_t, acc_t, 8, false>);
       } else {
-        run_input(input_grad_kernel<scalar_t, acc_t, 2, false>);
+        run_input(input_grad_kernel<scalar_t, acc_t, 1, false>);
       }
       if (!depthwise) {
         const int64_t tiles = (s.HW() + kTile - 1) / kTile;
         const int64_t weight_blocks = int64_t(s.groups) * ((s.c_out_g() + kTile - 1) / kTile) *
                                       ((s.c_in_g() + kTile - 1) / kTile) * s.KK();
         // Enough blocks to fill the device a few times over; each sums tiles_per_chunk pixel tiles.
+        TORCH_CHECK(weight_blocks <= 65535, "deform_conv2d_backward: groups * k^2 * weight tiles = ", weight_blocks,
+                    " exceeds the CUDA grid limit 65535");
         int sms = 0;
         C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
         const int64_t target = 8 * int64_t(sms);
