@@ -258,3 +258,20 @@ def test_evaluate_folder_errors(tmp_path, rng):
 def test_mse_helper(rng):
     a, b = noisy_pair(rng, 12, 13)
     assert mse(a, b) == pytest.approx(np.mean((a - b) ** 2))
+
+
+def test_pretrained_load_state_dict_paths(tmp_path, monkeypatch):
+    from dzsr.pretrained import load_state_dict
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    state = {"w": torch.arange(3.0)}
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / "a.pth")
+    torch.save({"state_dict": state}, tmp_path / "b.pth")
+    assert torch.equal(load_state_dict("a.pth")["w"], state["w"])  # hub cache
+    assert torch.equal(load_state_dict("b.pth", tmp_path / "b.pth")["w"], state["w"])  # file, unwrapped
+    assert torch.equal(load_state_dict("b.pth", tmp_path)["w"], state["w"])  # folder holding it
+    with pytest.raises(FileNotFoundError, match=r"c\.pth not found in .*hub/checkpoints"):
+        load_state_dict("c.pth")
+    with pytest.raises(FileNotFoundError, match=r"c\.pth not found: .*nowhere/c\.pth does not exist"):
+        load_state_dict("c.pth", tmp_path / "nowhere" / "c.pth")
