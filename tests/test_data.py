@@ -162,8 +162,10 @@ def test_prepare_pair_rejects_inconsistent_inputs(rng):
         prepare_pair(short[..., 0], tele, 4)
     with pytest.raises(TypeError, match="tele must be a numpy array"):
         prepare_pair(short, torch.from_numpy(tele), 4)
-    with pytest.raises(ValueError, match="too little valid area"):
+    with pytest.raises(ValueError, match="too little valid area.*trim of 20 LR pixels"):
         prepare_pair(short, tele, 4, trim=20)
+    with pytest.raises(ValueError, match="scale must be a positive int"):
+        prepare_pair(short, tele, 2.5)
 
 
 def test_prepare_folder_writes_the_training_layout(tmp_path, rng):

@@ -179,8 +179,9 @@ def prepare_pair(short: np.ndarray, tele: np.ndarray, scale: int, focal_ratio: f
     """
     check_rgb("short", short)
     check_rgb("tele", tele)
-    if not isinstance(scale, int) or scale < 1:
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
         raise ValueError(f"scale must be a positive int, got {scale!r}")
+    scale = int(scale)
     short_f, tele_f = to_float(short), to_float(tele)
     crop_box = central_box(short_f.shape[0], short_f.shape[1], focal_ratio or 1.0 / scale)
     _check_pair_geometry(short_f.shape, tele_f.shape, crop_box, scale)
@@ -196,7 +197,8 @@ def prepare_pair(short: np.ndarray, tele: np.ndarray, scale: int, focal_ratio: f
     t = smallest_valid_trim(valid, scale) if trim is None else int(trim)
     if t < 0 or 4 * t > min(h, w):
         raise ValueError(
-            f"alignment leaves too little valid area: a border trim of {t} LR pixels is needed on a {h}x{w} crop "
+            f"alignment leaves too little valid area: a border trim of {t} LR pixels (of a {h}x{w} crop) would be "
+            f"{'needed' if trim is None else 'applied'}; at most {min(h, w) // 4} is allowed "
             f"(does the telephoto show the centre of the short-focus image?)")
     lr = lr[t:h - t, t:w - t]
     hs, ws = lr.shape[:2]
