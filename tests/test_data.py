@@ -116,10 +116,10 @@ def test_warp_with_flow_mask_and_upsampled_flow():
         warp_with_flow(img[:7], flow, scale=2)
 
 
-def make_shifted_capture(rng, shift_hr=(8, -12), h=48, w=64, s=4):
+def make_shifted_capture(rng, shift_hr=(8, -12), h=48, w=64, s=4, margin=32):
     """A scene, a short-focus image whose centre 1/s crop is the scene at LR, and a tele = scene shifted."""
-    big = smooth_texture(rng, s * h + 64, s * w + 64, blur=3.0)
-    y0, x0 = 32, 32
+    big = smooth_texture(rng, s * h + 2 * margin, s * w + 2 * margin, blur=3.0)
+    y0, x0 = margin, margin
     scene = big[y0:y0 + s * h, x0:x0 + s * w]
     tele = big[y0 - shift_hr[0]:y0 - shift_hr[0] + s * h, x0 - shift_hr[1]:x0 - shift_hr[1] + s * w]
     lr = cv2.resize(scene, (w, h), interpolation=cv2.INTER_AREA)
@@ -166,6 +166,15 @@ def test_prepare_pair_rejects_inconsistent_inputs(rng):
         prepare_pair(short, tele, 4, trim=20)
     with pytest.raises(ValueError, match="scale must be a positive int"):
         prepare_pair(short, tele, 2.5)
+
+def test_prepare_pair_rejects_a_flow_leaving_too_little_overlap(rng, monkeypatch):
+    import dzsr.data.prepare as prepare
+
+    short, tele, _, _ = make_shifted_capture(rng)
+    big_shift = lambda target, moving: np.full((*target.shape[:2], 2), 13.0, np.float32)  # noqa: E731
+    monkeypatch.setattr(prepare, "estimate_flow", big_shift)  # 13 LR px: needs a trim > 48 // 4
+    with pytest.raises(ValueError, match="too little valid area.*trim of 13 LR pixels .* needed; at most 12"):
+        prepare_pair(short, tele, 4)
 
 
 def test_prepare_folder_writes_the_training_layout(tmp_path, rng):
