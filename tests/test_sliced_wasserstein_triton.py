@@ -1,6 +1,11 @@
 """Sliced-Wasserstein ``triton`` backend against the reference: tiny shapes, so it runs under the
 Triton interpreter on CPU (conftest sets TRITON_INTERPRET=1 without a GPU) and natively on a GPU.
 Tolerances as in test_sliced_wasserstein.py (float64 1e-12, float32 1e-5 / 1e-6 of the gradient scale)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -54,3 +59,42 @@ def test_triton_opcheck():
     sign = torch.randint(-1, 2, (1, 2, 9), dtype=torch.int8, device=DEVICE)
     torch.library.opcheck(sw_op._backward_op, (sign, proj * 0.1, "triton"),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+COMPILE_FOR_GPU = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from dzsr_kernels.sliced_wasserstein import triton_kernel as tk
+
+def compile_kernel(fn, types, constexprs):
+    sig = {name: ("constexpr" if name in constexprs else types[name]) for name in fn.arg_names}
+    consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
+    triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", int(sys.argv[1]), 32))
+
+for dt in ("fp32", "fp64"):
+    for has_v in (False, True):
+        compile_kernel(tk._sorted_compare_kernel,
+                       dict(su_ptr="*" + dt, sv_ptr="*" + dt, iu_ptr="*i64", iv_ptr="*i64", sign_u_ptr="*i8",
+                            sign_v_ptr="*i8", partial_ptr="*" + dt, length="i32", nblocks="i32"),
+                       dict(HAS_V=has_v, BLOCK=tk.SCATTER_BLOCK))
+    fp64 = dt == "fp64"
+    bm, bn, bk = (16, 32, 16) if fp64 else (64, 64, 32)
+    compile_kernel(tk._sign_gemm_kernel,
+                   dict(m_ptr="*" + dt, sign_ptr="*i8", out_ptr="*" + dt, channels="i32", num_proj="i32", length="i32"),
+                   dict(IS_FP64=fp64, BM=bm, BN=bn, BK=bk))
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_gpu():
+    """The interpreter does not apply the GPU compiler's rules: compile both kernels for sm_90 in a
+    child process without TRITON_INTERPRET (needs no GPU)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_GPU, "90"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
