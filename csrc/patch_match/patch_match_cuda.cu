@@ -1,12 +1,14 @@
-// Top-1 patch matching on CUDA: one block owns kBlockQ query patches of one sample and streams over
-// the reference patches in blocks of kBlockR with a running max/argmax (memory O(Nq + Nr)).
+// Top-1 patch matching on CUDA, shift-decomposed like the CPU kernel: one block owns a tile of query
+// patches of one sample and streams over tiles of reference patches with a running max/argmax in
+// registers (memory O(Nq + Nr)).
 //
 // Same inputs and formula as patch_match_cpu.cpp (see there): val(q, r) = <P_q, P_r> * inv_r[r],
-// ties to the smallest r, score = best * inv_q[q]. The kBlockQ x kBlockR block of patch dot products
-// is a sum of p² shifted pixel GEMMs over C, computed in exact float32 FMA (no TF32): for each shift
-// and channel chunk the gathered pixel rows are staged in shared memory and every thread accumulates
-// a 4x4 micro-tile. The block maximum of each query row is reduced across the 16 threads sharing the
-// row with warp shuffles, comparing (value, then smaller index).
+// ties to the smallest r, score = best * inv_q[q]. Per (query tile, reference tile) the block computes
+// the per-pixel similarity tile S = Uq_tile · Ur_tileᵀ over the 8x16 query and 8x8 reference pixel
+// tiles (exact float32 FMA, channels staged through shared memory, a 4x8 micro-tile per thread), keeps
+// S in shared memory, and each thread owning a query patch sums the p² shifted entries of S for every
+// reference patch of the tile. For p = 3 that is 128·64 pixel dot products for 84·36 patch pairs,
+// 3.3x fewer multiply-adds than p²C-long patch dot products.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -29,11 +31,13 @@
 
 namespace {
 
-constexpr int kBlockQ = 64;
-constexpr int kBlockR = 64;
-constexpr int kChunk = 16;     // channels staged per step
-constexpr int kThreads = 256;  // 16 x 16 threads, each a 4 x 4 micro-tile
-constexpr int kMicro = 4;
+constexpr int kQPixH = 8, kQPixW = 16;  // query pixel tile: (8-p+1) x (16-p+1) patches
+constexpr int kRPixH = 8, kRPixW = 8;   // reference pixel tile: (8-p+1) x (8-p+1) patches
+constexpr int kQPix = kQPixH * kQPixW, kRPix = kRPixH * kRPixW;
+constexpr int kMaxPatch = 7;            // largest odd patch that leaves a patch in every tile
+constexpr int kChunk = 16;              // channels staged per step
+constexpr int kThreads = 256;           // 32 x 8 threads, each a 4 x 8 micro-tile of S
+constexpr int kMicroQ = kQPix / 32, kMicroR = kRPix / 8;
 
 #ifdef DZSR_CUDA_EMULATION
 constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CPU;
@@ -46,99 +50,88 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
+// Stages channels [c0, c0 + kChunk) of the pixel tile at (y0, x0) (tile width tw, kPix pixels) of map
+// u (H, W, C) as dst[channel][pixel]; pixels outside the map read zero.
+template <int kPix, int kTileW>
+__device__ __forceinline__ void stage(const float* __restrict__ u, int H, int W, int C, int y0, int x0, int c0,
+                                      float (*dst)[kPix]) {
+  for (int e = threadIdx.x; e < kPix * kChunk; e += kThreads) {
+    const int pix = e / kChunk, ch = e % kChunk;
+    const int y = y0 + pix / kTileW, x = x0 + pix % kTileW, c = c0 + ch;
+    dst[ch][pix] = (y < H && x < W && c < C) ? u[(static_cast<int64_t>(y) * W + x) * C + c] : 0.f;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) patch_match_kernel(
     const float* __restrict__ uq, const float* __restrict__ ur, const float* __restrict__ inv_q,
     const float* __restrict__ inv_r, float* __restrict__ score, int64_t* __restrict__ index, int p, int C, int Hq,
-    int Wq, int Hr, int Wr, int wpq, int wpr, int nq, int nr) {
-  __shared__ float qs[kChunk][kBlockQ + 1];
-  __shared__ float rs[kChunk][kBlockR + 1];
-  const int n = blockIdx.y;
-  const int q0 = blockIdx.x * kBlockQ;
-  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+    int Wq, int Hr, int Wr, int hpq, int wpq, int hpr, int wpr) {
+  __shared__ float qs[kChunk][kQPix];
+  __shared__ float rs[kChunk][kRPix];
+  __shared__ float S[kQPix][kRPix + 1];
+  const int n = blockIdx.y, tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
   const float* uq_n = uq + static_cast<int64_t>(n) * Hq * Wq * C;
   const float* ur_n = ur + static_cast<int64_t>(n) * Hr * Wr * C;
+  const int inv_r_base = n * hpr * wpr;
+  // Patch tiles and this block's query tile.
+  const int qh = kQPixH - p + 1, qw = kQPixW - p + 1, rh = kRPixH - p + 1, rw = kRPixW - p + 1;
+  const int q_tiles_x = (wpq + qw - 1) / qw;
+  const int qy0 = (blockIdx.x / q_tiles_x) * qh, qx0 = (blockIdx.x % q_tiles_x) * qw;
+  const int r_tiles_x = (wpr + rw - 1) / rw, r_tiles = ((hpr + rh - 1) / rh) * r_tiles_x;
+  // The thread owning query patch `tid` of the tile (if any) keeps its running best.
+  const int ly = tid / qw, lx = tid % qw;
+  const bool owns = tid < qh * qw && qy0 + ly < hpq && qx0 + lx < wpq;
+  float best = -INFINITY;
+  int best_idx = INT_MAX;
 
-  float best[kMicro];
-  int best_idx[kMicro];
-  for (int i = 0; i < kMicro; ++i) {
-    best[i] = -INFINITY;
-    best_idx[i] = 0;
-  }
-
-  for (int r0 = 0; r0 < nr; r0 += kBlockR) {
-    float acc[kMicro][kMicro] = {};
-    for (int d = 0; d < p * p; ++d) {
-      const int dy = d / p, dx = d % p;
-      for (int c0 = 0; c0 < C; c0 += kChunk) {
-        // Stage kBlockQ (resp. kBlockR) gathered pixel rows x kChunk channels, channel-fastest reads.
-        for (int e = tid; e < kBlockQ * kChunk; e += kThreads) {
-          const int row = e / kChunk, ch = e % kChunk, q = q0 + row, c = c0 + ch;
-          float v = 0.f;
-          if (q < nq && c < C) v = uq_n[(static_cast<int64_t>(q / wpq + dy) * Wq + q % wpq + dx) * C + c];
-          qs[ch][row] = v;
-        }
-        for (int e = tid; e < kBlockR * kChunk; e += kThreads) {
-          const int row = e / kChunk, ch = e % kChunk, r = r0 + row, c = c0 + ch;
-          float v = 0.f;
-          if (r < nr && c < C) v = ur_n[(static_cast<int64_t>(r / wpr + dy) * Wr + r % wpr + dx) * C + c];
-          rs[ch][row] = v;
-        }
-        __syncthreads();
+  for (int rt = 0; rt < r_tiles; ++rt) {
+    const int ry0 = (rt / r_tiles_x) * rh, rx0 = (rt % r_tiles_x) * rw;
+    float acc[kMicroQ][kMicroR] = {};
+    for (int c0 = 0; c0 < C; c0 += kChunk) {
+      stage<kQPix, kQPixW>(uq_n, Hq, Wq, C, qy0, qx0, c0, qs);
+      stage<kRPix, kRPixW>(ur_n, Hr, Wr, C, ry0, rx0, c0, rs);
+      __syncthreads();
 #pragma unroll
-        for (int k = 0; k < kChunk; ++k) {
-          float a[kMicro], b[kMicro];
+      for (int k = 0; k < kChunk; ++k) {
+        float a[kMicroQ], b[kMicroR];
 #pragma unroll
-          for (int i = 0; i < kMicro; ++i) a[i] = qs[k][ty * kMicro + i];
+        for (int i = 0; i < kMicroQ; ++i) a[i] = qs[k][ty + 32 * i];
 #pragma unroll
-          for (int j = 0; j < kMicro; ++j) b[j] = rs[k][tx + 16 * j];
+        for (int j = 0; j < kMicroR; ++j) b[j] = rs[k][tx + 8 * j];
 #pragma unroll
-          for (int i = 0; i < kMicro; ++i)
+        for (int i = 0; i < kMicroQ; ++i)
 #pragma unroll
-            for (int j = 0; j < kMicro; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
-        __syncthreads();
+          for (int j = 0; j < kMicroR; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
       }
+      __syncthreads();
     }
-    // Block maximum per query row: own 4 columns (increasing r), then the 16 threads of the row.
 #pragma unroll
-    for (int i = 0; i < kMicro; ++i) {
-      float bv = -INFINITY;
-      int bi = INT_MAX;
+    for (int i = 0; i < kMicroQ; ++i)
 #pragma unroll
-      for (int j = 0; j < kMicro; ++j) {
-        const int r = r0 + tx + 16 * j;
-        if (r < nr) {
-          const float v = acc[i][j] * inv_r[static_cast<int64_t>(n) * nr + r];
-          if (better(v, r, bv, bi)) {
-            bv = v;
-            bi = r;
+      for (int j = 0; j < kMicroR; ++j) S[ty + 32 * i][tx + 8 * j] = acc[i][j];
+    __syncthreads();
+    if (owns) {
+      // Reference patches in row-major order of the tile, i.e. increasing global index.
+      for (int ry = 0; ry < rh && ry0 + ry < hpr; ++ry) {
+        for (int rx = 0; rx < rw && rx0 + rx < wpr; ++rx) {
+          float sum = 0.f;
+          for (int dy = 0; dy < p; ++dy)
+            for (int dx = 0; dx < p; ++dx) sum += S[(ly + dy) * kQPixW + lx + dx][(ry + dy) * kRPixW + rx + dx];
+          const int r = (ry0 + ry) * wpr + rx0 + rx;
+          const float v = sum * inv_r[inv_r_base + r];
+          if (better(v, r, best, best_idx)) {
+            best = v;
+            best_idx = r;
           }
         }
       }
-#pragma unroll
-      for (int off = 8; off > 0; off >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, off);
-        if (better(ov, oi, bv, bi)) {
-          bv = ov;
-          bi = oi;
-        }
-      }
-      if (bi != INT_MAX && bv > best[i]) {  // blocks arrive in increasing r: strict > keeps ties
-        best[i] = bv;
-        best_idx[i] = bi;
-      }
     }
+    __syncthreads();  // S is rewritten by the next tile
   }
-  if (tx == 0) {
-    for (int i = 0; i < kMicro; ++i) {
-      const int q = q0 + ty * kMicro + i;
-      if (q < nq) {
-        const int64_t o = static_cast<int64_t>(n) * nq + q;
-        score[o] = best[i] * inv_q[o];
-        index[o] = best_idx[i];
-      }
-    }
+  if (owns) {
+    const int64_t o = (static_cast<int64_t>(n) * hpq + qy0 + ly) * wpq + qx0 + lx;
+    score[o] = best * inv_q[o];
+    index[o] = best_idx;
   }
 }
 
@@ -154,18 +147,19 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cuda(const at::Tensor& uq, const 
   TORCH_CHECK(p >= 1 && hpq >= 1 && wpq >= 1 && hpr >= 1 && wpr >= 1, "patch_match: maps smaller than the patch");
   TORCH_CHECK(inv_q.sizes() == at::IntArrayRef({N, hpq, wpq}) && inv_r.sizes() == at::IntArrayRef({N, hpr, wpr}),
               "patch_match: inv_q/inv_r must be (N, H-p+1, W-p+1)");
-  TORCH_CHECK(Hq * Wq * C < (int64_t{1} << 31) && Hr * Wr * C < (int64_t{1} << 31) && N < 65536,
-              "patch_match: a sample's map must have fewer than 2^31 elements and N < 65536");
+  TORCH_CHECK(N * hpr * wpr < (int64_t{1} << 31) && N * hpq * wpq < (int64_t{1} << 31) && N < 65536,
+              "patch_match: the CUDA kernel needs N * patches < 2^31 and N < 65536");
   const c10::cuda::CUDAGuard guard(uq.device());
   at::Tensor score = dzsr::new_output({N, hpq, wpq}, uq.options());
   at::Tensor index = dzsr::new_output({N, hpq, wpq}, uq.options().dtype(at::kLong));
-  const int nq = static_cast<int>(hpq * wpq), nr = static_cast<int>(hpr * wpr);
-  const dim3 grid((nq + kBlockQ - 1) / kBlockQ, static_cast<unsigned>(N));
+  TORCH_CHECK(p <= kMaxPatch, "patch_match: the CUDA kernel supports patch_size <= ", kMaxPatch, ", got ", p);
+  const int64_t q_tiles = ((hpq + kQPixH - p) / (kQPixH - p + 1)) * ((wpq + kQPixW - p) / (kQPixW - p + 1));
+  const dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(N));
   const auto args = std::make_tuple(
       uq.data_ptr<float>(), ur.data_ptr<float>(), inv_q.data_ptr<float>(), inv_r.data_ptr<float>(),
       score.data_ptr<float>(), index.data_ptr<int64_t>(), static_cast<int>(p), static_cast<int>(C),
-      static_cast<int>(Hq), static_cast<int>(Wq), static_cast<int>(Hr), static_cast<int>(Wr), static_cast<int>(wpq),
-      static_cast<int>(wpr), nq, nr);
+      static_cast<int>(Hq), static_cast<int>(Wq), static_cast<int>(Hr), static_cast<int>(Wr), static_cast<int>(hpq),
+      static_cast<int>(wpq), static_cast<int>(hpr), static_cast<int>(wpr));
 #ifdef DZSR_CUDA_EMULATION
   std::apply([&](auto... a) { dzsr::deform::emulation::launch(patch_match_kernel, grid, dim3(kThreads), a...); }, args);
 #else
