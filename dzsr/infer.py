@@ -102,9 +102,14 @@ def _absolute_q(box: Box, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
 def sample_depthwise(source: torch.Tensor, py: torch.Tensor, px: torch.Tensor, weight: torch.Tensor,
                      bias: torch.Tensor | None) -> torch.Tensor:
     """Depthwise deformable conv output at a tile: taps of channel c sample ``source`` (N,C,H,W, the
-    whole map) at absolute positions (py, px) (N,k²,h,w); weight (C,1,k,k). Returns (N,C,h,w)."""
-    cols = bilinear_zero(source, py, px)  # (N, C, k², h, w)
-    out = torch.einsum("ck,nckhw->nchw", weight.reshape(weight.shape[0], -1).to(cols.dtype), cols)
+    whole map) at absolute positions (py, px) (N,k²,h,w); weight (C,1,k,k). Returns (N,C,h,w).
+    One tap at a time, so the transient memory is one (N,C,h,w) sample, not k² of them."""
+    taps = weight.reshape(weight.shape[0], -1)
+    out = None
+    for t in range(py.shape[1]):
+        sampled = bilinear_zero(source, py[:, t:t + 1], px[:, t:t + 1])[:, :, 0]  # (N, C, h, w)
+        term = sampled * taps[:, t].to(sampled.dtype).view(1, -1, 1, 1)
+        out = term if out is None else out + term
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 

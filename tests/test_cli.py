@@ -112,3 +112,15 @@ def test_no_traceback_from_the_installed_command(files, tmp_path):
                            files["tele"], "--out", str(tmp_path / "o.png")], capture_output=True, text=True)
     assert proc.returncode == EXIT_ERROR
     assert proc.stderr.strip().splitlines() == [f"dzsr sr: error: image file not found: {tmp_path / 'a.png'}"]
+
+
+@pytest.mark.slow
+def test_demo_with_the_shipped_checkpoint(capsys, tmp_path):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    for method in ("bicubic", "no reference", "SelfDZSR"):
+        assert f"motorcycle / {method}" in table
+    side = read_rgb(tmp_path / "side_by_side.png")
+    sr = read_rgb(tmp_path / "sr.png")
+    assert sr.shape == (500, 740, 3) and side.shape == (500, 4 * 740 + 3 * 4, 3)
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 4
