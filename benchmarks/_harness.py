@@ -2,8 +2,11 @@
 
 Time: cases run interleaved in one process after a warm-up; the median of the repetitions is
 reported (CUDA: synchronised, CUDA events). Peak CPU memory: each case runs in a fresh child
-process that reads ``ru_maxrss`` at the end; a second child builds the same inputs and imports the
-same modules but skips the op, and the difference is reported.
+process that reads its peak RSS at the end; a second child builds the same inputs and imports the
+same modules but skips the op, and the difference is reported. The peak is ``VmHWM`` of
+``/proc/self/status``, which is ``ru_maxrss`` without its inheritance: Linux carries a parent's
+high-water mark into ``ru_maxrss`` of a child it spawns, so a large benchmark parent would hide the
+child's own peak.
 
 A case is named by ``"module:function"`` plus JSON-able keyword arguments; the function builds the
 inputs and returns a zero-argument callable that runs the op once.
@@ -59,12 +62,24 @@ def time_interleaved(thunks: dict[str, Callable[[], object]], reps: int = 5, war
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak resident set size in KiB (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _child_rss(case: str, kwargs: dict, run: bool, env: dict | None = None) -> int:
     code = (
-        "import json,resource,sys;from benchmarks._harness import build;"
+        "import json,sys;from benchmarks._harness import build,peak_rss_kib;"
         f"fn=build({case!r}, json.loads(sys.argv[1]));"
         + ("fn();" if run else "")
-        + "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        + "print(peak_rss_kib())"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], cwd=root, capture_output=True,
