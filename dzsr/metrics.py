@@ -136,8 +136,9 @@ def _area(box: Box) -> int:
 
 
 class AlexNetFeatures(nn.Module):
-    """torchvision's ``alexnet().features[:12]`` (same module indices, so its state dict loads),
-    returning the five ReLU outputs LPIPS compares (64, 192, 384, 256, 256 channels)."""
+    """torchvision's ``alexnet().features[:12]`` (same module indices, so its state dict loads);
+    LPIPS compares the outputs of its five ReLU stages, ``features[:2]``, ``[2:5]``, ``[5:8]``,
+    ``[8:10]``, ``[10:12]`` (64, 192, 384, 256, 256 channels)."""
 
     STAGE_ENDS = (2, 5, 8, 10, 12)
 
@@ -151,14 +152,9 @@ class AlexNetFeatures(nn.Module):
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
         )
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs, start = [], 0
-        for end in self.STAGE_ENDS:
-            for layer in self.features[start:end]:
-                x = layer(x)
-            outs.append(x)
-            start = end
-        return outs
+    def stages(self) -> list[nn.Sequential]:
+        starts = (0, *self.STAGE_ENDS[:-1])
+        return [self.features[a:b] for a, b in zip(starts, self.STAGE_ENDS)]
 
 
 class LPIPS(nn.Module):
@@ -218,13 +214,16 @@ class LPIPS(nn.Module):
         if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
             raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, got {tuple(x.shape[-2:])}")
         dtype = self.shift.dtype
-        fx = self.net(((x.to(dtype) * 2 - 1) - self.shift) / self.scale)
-        fy = self.net(((y.to(dtype) * 2 - 1) - self.shift) / self.scale)
+        fx = ((x.to(dtype) * 2 - 1) - self.shift) / self.scale
+        fy = ((y.to(dtype) * 2 - 1) - self.shift) / self.scale
         total = 0
-        for a, b, lin in zip(fx, fy, self.lins):
-            a = a / (a.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
-            b = b / (b.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
-            total = total + lin((a - b) ** 2).mean(dim=(1, 2, 3))
+        # Stage by stage, so only one stage's activations are alive (bounded memory on full images).
+        for stage, lin in zip(self.net.stages(), self.lins):
+            fx, fy = stage(fx), stage(fy)
+            a = fx / (fx.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+            b = fy / (fy.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+            total = total + lin((a - b).pow_(2)).mean(dim=(1, 2, 3))
+            del a, b
         return total
 
 
@@ -261,7 +260,8 @@ def lpips_lin_path(path: str | None = None) -> str:
 def lpips_distance(model: LPIPS, sr, gt) -> float:
     a, b = _pair(sr, gt)
     dev = next(model.parameters()).device
-    x, y = (torch.from_numpy(t.transpose(2, 0, 1).copy()).unsqueeze(0).to(dev) for t in (a, b))
+    dtype = model.shift.dtype
+    x, y = (torch.from_numpy(t).permute(2, 0, 1).unsqueeze(0).to(dev, dtype) for t in (a, b))
     with torch.no_grad():
         return float(model(x, y)[0])
 
