@@ -77,7 +77,8 @@ def main() -> None:
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shape:
         shapes = [tuple(int(x) for x in text.split(",")) for text in args.shape]
-    kwargs = {(shape, name): {"shape": shape, "impl": name, "device": args.device} for shape in shapes for name in impls}
+    kwargs = {(shape, name): {"shape": shape, "impl": name, "device": args.device}
+              for shape in shapes for name in impls}
     # CPU memory first, while this process is small: a child's ru_maxrss starts from its parent's
     # high-water mark (Linux keeps it across fork/exec), which would hide the children's own peaks.
     mems = {}
@@ -93,7 +94,8 @@ def main() -> None:
         for name in impls:
             mem = "-"
             if mems:
-                mem = f"{_harness.fmt_bytes(mems[shape, name])} ({mems[shape, name] / max(mems[shape, 'reference'], 1):.2f}x)"
+                ratio = mems[shape, name] / max(mems[shape, "reference"], 1)
+                mem = f"{_harness.fmt_bytes(mems[shape, name])} ({ratio:.2f}x)"
             rows.append([str(shape), name, _harness.fmt_time(times[name]),
                          f"{times['reference'] / times[name]:.2f}x", mem])
     print(_harness.markdown_table(["shape (N,C,H,W)", "impl", "fwd+bwd", "speed-up vs reference",

@@ -28,7 +28,8 @@ def test_formula_matches_authors_weighting():
     out, tgt = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     got = loss_fn(out, tgt, generator=torch.Generator().manual_seed(5))
     feats = loss_fn.vgg.features
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     g = torch.Generator().manual_seed(5)
     expected = 0.0
     for idx, weight in ((13, 1.0), (22, 1.0), (31, 2.0)):
