@@ -6,6 +6,7 @@ with one ``dzsr <command>: error: ...`` line on stderr and exit status 2, withou
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXIT_ERROR = 2
@@ -35,7 +36,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     resume = True if args.resume == "" else args.resume  # bare --resume: OUT_DIR/last.pt
     path = train(config, resume=resume, progress=not args.no_progress)
-    print(f"checkpoint: {path}")
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(f"checkpoint: {path}")
     return 0
 
 
