@@ -14,7 +14,8 @@ halo of its local stages and cropped back; zero padding only happens at true ima
   * pass A (halo 6): head conv (1), P=0 LR AdaSTNs (0), warped reference features sampled from the
     global map, reference AdaSTN offset estimator (3x3, 3x3, 5x5: 4) whose deformable taps again
     sample the global (pasted) map, fusion conv (1) -> fused features and aligned LR features;
-  * pass B (halo 2·blocks+1): the 16 modulated residual blocks and the body tail, + LR features;
+  * pass B (halo 2·blocks+1, on tiles ``BODY_TILE_FACTOR`` x larger: its per-pixel memory is small
+    and its halo large): the 16 modulated residual blocks and the body tail, + LR features;
   * pass C (halo 2): pixel-shuffle upsampler and tail, written into the HR output.
 Deformable taps of a tile are sampled with the reference bilinear sampler at absolute positions
 (``dzsr_kernels.deform_conv.reference``), in the same float order as the kernels.
@@ -45,6 +46,7 @@ from .models.reference_branch import paste
 from .models.selfdzsr import FEATURE_STRIDE, MIN_LR_SIZE, _check_image, _check_paste_box, _pad_to_multiple
 
 DEFAULT_TILE = 384
+BODY_TILE_FACTOR = 2  # pass B: small memory per pixel (64 channels), large halo -> larger tiles
 DEMO_CHECKPOINT = "demo_x4.pt"
 
 Box = tuple[int, int, int, int]
@@ -189,7 +191,7 @@ def super_resolve(model: SelfDZSR, lr: torch.Tensor, ref: torch.Tensor, paste_re
     fused, aligned = _pass_fuse(net, lr_p, feats, tiles)
     del feats
     p = net.predictor(predictor_lr, predictor_ref, fused)
-    body = _pass_body(net, fused, aligned, p, tiles)
+    body = _pass_body(net, fused, aligned, p, split_tiles(hp, wp, BODY_TILE_FACTOR * tile))
     del fused, aligned
     out = _pass_upsample(model, body, tiles)
     return out[..., : s * height, : s * width]
