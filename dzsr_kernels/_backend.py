@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import os
 from typing import Iterator
 
@@ -124,3 +125,11 @@ def backend_table(ops: list[str] | None = None) -> dict[str, dict[str, str]]:
                 _selected.reset(token)
     return table
 
+
+
+def kernel_module(package: str, backend: str):
+    """The module holding an op's ``backend`` kernels: ``<package>.cpp_kernel`` or ``.triton_kernel``
+    (imported on first use, so Triton is only imported when asked for)."""
+    if backend not in ("cpp", "triton"):
+        raise ValueError(f"no kernel module for backend {backend!r} (the reference runs without one)")
+    return importlib.import_module(f"{package}.{backend}_kernel")

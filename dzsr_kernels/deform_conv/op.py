@@ -24,15 +24,7 @@ _backend.register_op(OP, {"reference", "cpp", "triton"})
 
 
 def _kernels(backend: str):
-    if backend == "cpp":
-        from . import cpp_kernel
-
-        return cpp_kernel
-    if backend == "triton":
-        from . import triton_kernel
-
-        return triton_kernel
-    raise ValueError(f"no packed deform-conv kernel for backend {backend!r}")
+    return _backend.kernel_module(__package__, backend)
 
 
 @torch.library.custom_op("dzsr::deform_conv2d_packed", mutates_args=())

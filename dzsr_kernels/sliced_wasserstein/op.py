@@ -33,15 +33,7 @@ UNIT_NORM_TOL = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 1e-4,
 
 
 def _kernels(backend: str):
-    if backend == "cpp":
-        from . import cpp_kernel
-
-        return cpp_kernel
-    if backend == "triton":
-        from . import triton_kernel
-
-        return triton_kernel
-    raise ValueError(f"no sliced-Wasserstein kernel for backend {backend!r}")
+    return _backend.kernel_module(__package__, backend)
 
 
 @torch.library.custom_op("dzsr::sliced_wasserstein_forward", mutates_args=())
