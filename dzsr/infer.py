@@ -2,23 +2,26 @@
 
 ``super_resolve(model, lr, ref, paste_ref, paste_box, tile=...)`` returns exactly what the untiled
 ``model(lr, ref, paste_ref=..., paste_box=...).sr`` returns (eval mode; equal up to float rounding,
-tested within 1e-5), with memory bounded by the tile size instead of the image size:
+tested within 1e-5), while the large intermediates (the upsampler's 256-channel maps at 2x and 4x
+resolution, the convolution stages' activations) are bounded by the tile size; what stays global is
+a few 64-channel maps at LR resolution, the extractor's features and the output:
 
 Global, computed once for the whole (padded) image:
   * matching: extractor features of LR and reference, ``patch_match``, offsets (N,18,H,W);
-  * the reference encoder's features (N,64,H,W) — the flow-guided warp reads them at the matched
-    positions, which may be anywhere, so each tile samples the whole map;
+  * the two deformable convolutions, with the selected ops backend: the flow warp of the reference
+    encoder's features (its taps read the matched positions, which may be anywhere in the reference)
+    and the reference AdaSTN (taps at q + A g + b). The fast kernels need no buffer beyond their
+    output, so each costs one (N,64,H,W) map, like the other global maps;
   * the predictor's modulation vector, from the whole fused feature map.
 Tiled (``tile`` x ``tile`` LR pixels, each computed on a window grown by the exact receptive-field
 halo of its local stages and cropped back; zero padding only happens at true image borders):
-  * pass A (halo 6): head conv (1), P=0 LR AdaSTNs (0), warped reference features sampled from the
-    global map, reference AdaSTN offset estimator (3x3, 3x3, 5x5: 4) whose deformable taps again
-    sample the global (pasted) map, fusion conv (1) -> fused features and aligned LR features;
+  * pass A1 (halo 5): head conv (1) and the reference AdaSTN's offset estimator (3x3, 3x3, 5x5: 4)
+    -> its (A, b) (N,6,H,W);
+  * pass A2 (halo 2): head conv, P=0 LR AdaSTNs (pointwise), fusion conv (1) -> fused features and
+    aligned LR features;
   * pass B (halo 2·blocks+1, on tiles ``BODY_TILE_FACTOR`` x larger: its per-pixel memory is small
     and its halo large): the 16 modulated residual blocks and the body tail, + LR features;
   * pass C (halo 2): pixel-shuffle upsampler and tail, written into the HR output.
-Deformable taps of a tile are sampled with the reference bilinear sampler at absolute positions
-(``dzsr_kernels.deform_conv.reference``), in the same float order as the kernels.
 
 Inputs from files (``prepare_inputs``): the LR is the whole short-focus image, as the authors' test
 does (``--chop --full_res``: the whole LR image, the telephoto covering its centre 1/scale); the
@@ -36,8 +39,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from dzsr_kernels.deform_conv.reference import bilinear_zero, tap_grid
 
 from .checkpoint import CheckpointMismatchError, load_checkpoint, load_official, unwrap_official
 from .data import prepare_pair, reference_box, to_float
@@ -91,52 +92,6 @@ def upsampler_halo(model: SelfDZSR) -> int:
     return math.ceil(reach + 1 / factor)
 
 
-# ----------------------------------------------------------------------------- tile sampling
-
-
-def _absolute_q(box: Box, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    y0, y1, x0, x1 = box
-    qy = torch.arange(y0, y1, device=device, dtype=dtype).view(1, 1, -1, 1)
-    qx = torch.arange(x0, x1, device=device, dtype=dtype).view(1, 1, 1, -1)
-    return qy, qx
-
-
-def sample_depthwise(source: torch.Tensor, py: torch.Tensor, px: torch.Tensor, weight: torch.Tensor,
-                     bias: torch.Tensor | None) -> torch.Tensor:
-    """Depthwise deformable conv output at a tile: taps of channel c sample ``source`` (N,C,H,W, the
-    whole map) at absolute positions (py, px) (N,k²,h,w); weight (C,1,k,k). Returns (N,C,h,w).
-    One tap at a time, so the transient memory is one (N,C,h,w) sample, not k² of them."""
-    taps = weight.reshape(weight.shape[0], -1)
-    out = None
-    for t in range(py.shape[1]):
-        sampled = bilinear_zero(source, py[:, t:t + 1], px[:, t:t + 1])[:, :, 0]  # (N, C, h, w)
-        term = sampled * taps[:, t].to(sampled.dtype).view(1, -1, 1, 1)
-        out = term if out is None else out + term
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
-
-
-def warp_tile(features: torch.Tensor, offsets: torch.Tensor, box: Box, weight, bias) -> torch.Tensor:
-    """General-offset depthwise deformable conv (the flow warp) for the pixels of ``box``:
-    p_t(q) = q + g_t + offset_t(q) with q absolute; offsets (N,2k²,h,w) of the box."""
-    k = weight.shape[-1]
-    g = tap_grid(k, offsets.device, offsets.dtype)
-    qy, qx = _absolute_q(box, offsets.dtype, offsets.device)
-    py = qy + g[:, 0].view(1, -1, 1, 1) + offsets[:, 0::2]
-    px = qx + g[:, 1].view(1, -1, 1, 1) + offsets[:, 1::2]
-    return sample_depthwise(features, py, px, weight, bias)
-
-
-def affine_tile(features: torch.Tensor, A: torch.Tensor, b: torch.Tensor, box: Box, weight) -> torch.Tensor:
-    """AdaSTN deformable conv for the pixels of ``box``: p_t(q) = q + A(q) g_t + b(q), q absolute."""
-    k = weight.shape[-1]
-    g = tap_grid(k, A.device, A.dtype)
-    gy, gx = g[:, 0].view(1, -1, 1, 1), g[:, 1].view(1, -1, 1, 1)
-    qy, qx = _absolute_q(box, A.dtype, A.device)
-    py = qy + A[:, 0:1] * gy + A[:, 1:2] * gx + b[:, 0:1]
-    px = qx + A[:, 2:3] * gy + A[:, 3:4] * gx + b[:, 1:2]
-    return sample_depthwise(features, py, px, weight, None)
-
-
 # ----------------------------------------------------------------------------- the tiled forward
 
 
@@ -179,17 +134,16 @@ def super_resolve(model: SelfDZSR, lr: torch.Tensor, ref: torch.Tensor, paste_re
     branch = net.reference
 
     offsets = matching_offsets(*model.extractor(lr_p, ref_p))
-    encoded = branch.encoder(ref_p)
-    feats = torch.empty_like(encoded)
-    for box in tiles:
-        _crop(feats, box)[...] = warp_tile(encoded, _crop(offsets, box), box, branch.warp.weight, branch.warp.bias)
-    del encoded, offsets
+    feats = branch.warp(branch.encoder(ref_p), offsets)
+    del offsets
     if paste_ref is not None:
-        chosen = torch.ones(lr.shape[0], dtype=torch.bool)
-        feats = paste(feats, branch.paste_head(paste_ref), paste_box, chosen)
-
-    fused, aligned = _pass_fuse(net, lr_p, feats, tiles)
-    del feats
+        feats = paste(feats, branch.paste_head(paste_ref), paste_box, torch.ones(lr.shape[0], dtype=torch.bool))
+    geometry = _pass_geometry(net, lr_p, feats, tiles)
+    ref_ada = branch.align
+    r = F.leaky_relu(ref_ada.deform(feats, geometry[:, :4], geometry[:, 4:]), 0.2)
+    del feats, geometry
+    fused, aligned = _pass_fuse(net, lr_p, r, tiles)
+    del r
     p = net.predictor(predictor_lr, predictor_ref, fused)
     body = _pass_body(net, fused, aligned, p, split_tiles(hp, wp, BODY_TILE_FACTOR * tile))
     del fused, aligned
@@ -197,26 +151,38 @@ def super_resolve(model: SelfDZSR, lr: torch.Tensor, ref: torch.Tensor, paste_re
     return out[..., : s * height, : s * width]
 
 
-def _pass_fuse(net, lr_p: torch.Tensor, feats: torch.Tensor, tiles: list[Box]):
-    """Pass A: fused features and P=0-aligned LR features, (N,64,H,W) each."""
+def _head(net, lr_p: torch.Tensor, box: Box) -> torch.Tensor:
+    """Head features (mean shift + 3x3 conv) exact on ``box``, from the LR grown by 1."""
     hp, wp = lr_p.shape[-2:]
-    fused = lr_p.new_empty(feats.shape)
-    aligned = lr_p.new_empty(feats.shape)
-    ref_ada = net.reference.align
+    win = grow(box, 1, hp, wp)
+    return _crop(net.head(net.head_mean(_crop(lr_p, win))), box, win)
+
+
+def _pass_geometry(net, lr_p: torch.Tensor, feats: torch.Tensor, tiles: list[Box]) -> torch.Tensor:
+    """Pass A1: the reference AdaSTN's (A, b) as (N,6,H,W), from the pasted reference features and
+    the head features (its estimator: 3x3, 3x3, 5x5 convs, halo 4)."""
+    hp, wp = lr_p.shape[-2:]
+    geometry = feats.new_empty(feats.shape[0], 6, hp, wp)
+    estimator = net.reference.align.offsets
     for box in tiles:
-        r1 = grow(box, 1, hp, wp)  # fusion conv input
-        r5 = grow(r1, 4, hp, wp)  # offset estimator input (3x3, 3x3, 5x5)
-        r6 = grow(r5, 1, hp, wp)  # head conv input
-        head = _crop(net.head(net.head_mean(_crop(lr_p, r6))), r5, r6)
-        h = _crop(head, r1, r5)
+        win = grow(box, 4, hp, wp)
+        A, b = estimator(_crop(feats, win), _head(net, lr_p, win))
+        _crop(geometry, box)[...] = _crop(torch.cat([A, b], 1), box, win)
+    return geometry
+
+
+def _pass_fuse(net, lr_p: torch.Tensor, r: torch.Tensor, tiles: list[Box]):
+    """Pass A2: fused features and P=0-aligned LR features, (N,64,H,W) each (fusion conv, halo 1)."""
+    hp, wp = lr_p.shape[-2:]
+    fused, aligned = torch.empty_like(r), torch.empty_like(r)
+    for box in tiles:
+        win = grow(box, 1, hp, wp)
+        h = _head(net, lr_p, win)
         for ada in net.align:
             h = ada(h, None, use_offsets=False)
-        A, b = ref_ada.offsets(_crop(feats, r5), head)
-        A, b = _crop(A, r1, r5), _crop(b, r1, r5)
-        r = F.leaky_relu(affine_tile(feats, A, b, r1, ref_ada.deform.weight), 0.2)
-        f = F.leaky_relu(net.fusion(torch.cat([h, r], 1)), 0.1)
-        _crop(fused, box)[...] = _crop(f, box, r1)
-        _crop(aligned, box)[...] = _crop(h, box, r1)
+        f = F.leaky_relu(net.fusion(torch.cat([h, _crop(r, win)], 1)), 0.1)
+        _crop(fused, box)[...] = _crop(f, box, win)
+        _crop(aligned, box)[...] = _crop(h, box, win)
     return fused, aligned
 
 
