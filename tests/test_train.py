@@ -146,3 +146,15 @@ def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert any(not torch.equal(r0[k], v) for k, v in _init_weights(out).items())  # it trained
     last = torch.load(os.path.join(out, "last.pt"), weights_only=True)
     assert len(last["extra"]["rng"]) == 2  # both ranks' RNG states kept for resume
+
+
+def test_prepared_folder_trains(tmp_path):
+    """`dzsr prepare` output (data.kind=folder) feeds training."""
+    from dzsr.train import prepare_sample_data
+
+    prepare_sample_data(str(tmp_path / "data"), ["motorcycle"], 4)
+    path = train(_tiny(tmp_path / "f", "data.kind=folder", f"data.root={tmp_path / 'data'}", "train.epochs=1",
+                       "train.iters_per_epoch=1"), progress=False)
+    assert load_checkpoint(path)[1]["extra"]["iteration"] == 1
+    with pytest.raises(ValueError, match="held-out"):
+        prepare_sample_data(str(tmp_path / "x"), ["astronaut"], 4)
