@@ -80,7 +80,8 @@ def _run(model, b, backend, seed):
     with dzsr_kernels.use_backend(backend):
         out = model(**b)
         loss = out.sr.square().mean() + out.degraded.abs().mean()
-        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+        # With every sample's offsets dropped (P=0) an offset estimator is unused: its grads are None.
+        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
     return out.sr.detach(), grads
 
 
@@ -94,8 +95,10 @@ def test_fast_backend_equals_reference_in_train_mode(backend, scale):
     sr_ref, g_ref = _run(model, b, "reference", seed)
     sr_fast, g_fast = _run(model, b, backend, seed)
     torch.testing.assert_close(sr_fast, sr_ref, rtol=1e-4, atol=1e-5)
+    assert [g is None for g in g_fast] == [g is None for g in g_ref]  # same seed, same drop/paste draws
     for gf, gr in zip(g_fast, g_ref):
-        torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-3 * gr.abs().max().item() + 1e-7)
+        if gr is not None:
+            torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-3 * gr.abs().max().item() + 1e-7)
 
 
 @pytest.mark.skipif(not FAST, reason="no fast CPU backend (C++ extension) could be built here")
@@ -259,8 +262,10 @@ def test_cuda_backends_equal_reference_in_train_and_eval(backend):
     sr_ref, g_ref = _run(model, b, "reference", seed)
     sr_fast, g_fast = _run(model, b, backend, seed)
     torch.testing.assert_close(sr_fast, sr_ref, rtol=1e-4, atol=1e-5)
+    assert [g is None for g in g_fast] == [g is None for g in g_ref]  # same seed, same drop/paste draws
     for gf, gr in zip(g_fast, g_ref):
-        torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-3 * gr.abs().max().item() + 1e-7)
+        if gr is not None:
+            torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-3 * gr.abs().max().item() + 1e-7)
     model.eval()
     with torch.no_grad():
         outs = []
