@@ -41,16 +41,47 @@ FINAL = "final.pt"
 # ----------------------------------------------------------------------------- data
 
 
-def prepare_sample_data(root: str, names: list[str], scale: int) -> str:
-    """Write bundled samples as prepared training pairs ``root/train_{LR,HR}`` (self-supervised: the
-    short-focus centre crop and the aligned telephoto, ``prepare_pair``). Returns ``root``."""
+def photo_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic (short, tele) capture of a photograph bundled with scikit-image, made with the
+    recipe of the held-out samples (``dzsr.sample.builder``): short = 4x box-down, tele = the
+    centre 1/scale of the known-similarity view at ``scale``/4 resolution."""
+    from importlib import resources
+
+    import cv2
+
+    from .data import central_box
+    from .sample.builder import _box_down, _similarity_view
+
+    path = resources.files("skimage.data").joinpath(filename)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.photos: {filename} is not among scikit-image's bundled photographs")
+    img = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"data.photos: cannot decode scikit-image's {filename}")
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4]
+    gt = _box_down(img, 4 // scale)
+    y0, y1, x0, x1 = central_box(gt.shape[0], gt.shape[1], 1.0 / scale)
+    return _box_down(img, 4), np.ascontiguousarray(_similarity_view(gt)[y0:y1, x0:x1])
+
+
+def prepare_sample_data(root: str, names: list[str], scale: int, photos: list[str] = ()) -> str:
+    """Write bundled samples (``names``) and synthetic captures of other bundled photographs
+    (``photos``, file names in skimage/data) as prepared training pairs ``root/train_{LR,HR}``:
+    self-supervised, the short-focus centre crop and the aligned telephoto (``prepare_pair``)."""
     from .sample import HELD_OUT, load_sample
 
+    pairs = []
     for name in names:
         if name in HELD_OUT:
             raise ValueError(f"data.samples: {name} is a held-out photograph, not for training")
         sample = load_sample(name, scale)
-        pair = prepare_pair(sample["short"], sample["tele"], scale)
+        pairs.append((name, sample["short"], sample["tele"]))
+    for filename in photos:
+        if os.path.splitext(filename)[0] in HELD_OUT:
+            raise ValueError(f"data.photos: {filename} is a held-out photograph, not for training")
+        pairs.append((os.path.splitext(filename)[0], *photo_pair(filename, scale)))
+    for name, short, tele in pairs:
+        pair = prepare_pair(short, tele, scale)
         write_rgb(os.path.join(root, "train_LR", f"{name}_x1.png"), pair["lr"])
         write_rgb(os.path.join(root, "train_HR", f"{name}_x{scale}.png"), pair["gt"])
     return root
@@ -62,7 +93,7 @@ def build_source(config: dict, rank: int) -> DualZoomDataset:
     if kind == "sample":
         root = os.path.join(config["log"]["out_dir"], "sample_data")
         if rank == 0:
-            prepare_sample_data(root, list(data["samples"]), scale)
+            prepare_sample_data(root, list(data["samples"]), scale, list(data.get("photos") or []))
         _barrier()
         return DualZoomDataset(root, "train", scale)
     if kind not in ("nikon", "camerafusion", "folder"):

@@ -152,9 +152,14 @@ def test_prepared_folder_trains(tmp_path):
     """`dzsr prepare` output (data.kind=folder) feeds training."""
     from dzsr.train import prepare_sample_data
 
-    prepare_sample_data(str(tmp_path / "data"), ["motorcycle"], 4)
+    prepare_sample_data(str(tmp_path / "data"), ["motorcycle"], 4, ["ihc.png"])
+    assert sorted(os.listdir(tmp_path / "data" / "train_LR")) == ["ihc_x1.png", "motorcycle_x1.png"]
     path = train(_tiny(tmp_path / "f", "data.kind=folder", f"data.root={tmp_path / 'data'}", "train.epochs=1",
                        "train.iters_per_epoch=1"), progress=False)
     assert load_checkpoint(path)[1]["extra"]["iteration"] == 1
     with pytest.raises(ValueError, match="held-out"):
         prepare_sample_data(str(tmp_path / "x"), ["astronaut"], 4)
+    with pytest.raises(ValueError, match="held-out"):
+        prepare_sample_data(str(tmp_path / "x"), [], 4, ["coffee.png"])
+    with pytest.raises(FileNotFoundError, match="bundled"):
+        prepare_sample_data(str(tmp_path / "x"), [], 4, ["no_such.png"])
