@@ -28,16 +28,19 @@ def affine_offsets(A, b, k=3):
     return torch.stack([dy, dx], 2).flatten(1, 2)
 
 
-def make(impl: str, n: int, c: int, h: int, w: int, groups: int, backward: bool, threads: int = 0):
-    """Inputs for one case and a thunk running it once (impl: torchvision, cpp, reference, p0, conv1x1)."""
+def make(impl: str, n: int, c: int, h: int, w: int, groups: int, backward: bool, threads: int = 0,
+         device: str = "cpu"):
+    """Inputs for one case and a thunk running it once (impl: torchvision, cpp, triton, reference,
+    p0, conv1x1); the thunk returns the output."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    x = torch.randn(n, c, h, w, requires_grad=backward)
-    A = (torch.eye(2).reshape(1, 4, 1, 1) + 0.3 * torch.randn(n, 4, h, w)).requires_grad_(backward)
-    b = torch.randn(n, 2, h, w).requires_grad_(backward)
-    weight = torch.randn(c, c // groups, 3, 3, requires_grad=backward)
-    grad = torch.randn(n, c, h, w)
+    x = torch.randn(n, c, h, w, device=device, requires_grad=backward)
+    A = (torch.eye(2, device=device).reshape(1, 4, 1, 1) + 0.3 * torch.randn(n, 4, h, w, device=device))
+    A.requires_grad_(backward)
+    b = torch.randn(n, 2, h, w, device=device).requires_grad_(backward)
+    weight = torch.randn(c, c // groups, 3, 3, device=device, requires_grad=backward)
+    grad = torch.randn(n, c, h, w, device=device)
 
     def run_op():
         if impl == "torchvision":
@@ -55,6 +58,7 @@ def make(impl: str, n: int, c: int, h: int, w: int, groups: int, backward: bool,
             out.backward(grad)
             for t in (x, A, b, weight):
                 t.grad = None
+        return out
 
     return thunk
 

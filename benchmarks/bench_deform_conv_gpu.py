@@ -16,41 +16,12 @@ import argparse
 import sys
 
 import torch
-import torchvision
 
 import dzsr_kernels as dk
 from benchmarks import _harness as H
-from benchmarks.bench_deform_conv import affine_offsets
+from benchmarks.bench_deform_conv import make, output_and_grad_bytes
 
 IMPLS = ("cpp", "triton", "torchvision")
-
-
-def make(impl: str, n: int, c: int, h: int, w: int, groups: int, backward: bool, dtype=torch.float32):
-    """Inputs on the GPU for one case and a thunk running it once (forward, or forward+backward)."""
-    torch.manual_seed(0)
-    dev = "cuda"
-    x = torch.randn(n, c, h, w, device=dev, dtype=dtype, requires_grad=backward)
-    A = (torch.eye(2, device=dev).reshape(1, 4, 1, 1) + 0.3 * torch.randn(n, 4, h, w, device=dev))
-    A = A.to(dtype).requires_grad_(backward)
-    b = torch.randn(n, 2, h, w, device=dev, dtype=dtype, requires_grad=backward)
-    weight = torch.randn(c, c // groups, 3, 3, device=dev, dtype=dtype, requires_grad=backward)
-    grad = torch.randn(n, c, h, w, device=dev, dtype=dtype)
-
-    def run_op():
-        if impl == "torchvision":
-            return torchvision.ops.deform_conv2d(x, affine_offsets(A, b), weight, padding=1)
-        with dk.use_backend(impl):
-            return dk.affine_deform_conv2d(x, A, b, weight, groups=groups)
-
-    def thunk():
-        out = run_op()
-        if backward:
-            out.backward(grad)
-            for t in (x, A, b, weight):
-                t.grad = None
-        return out
-
-    return thunk
 
 
 def essential_bytes(n, c, h, w, backward, elem=4):
@@ -60,12 +31,6 @@ def essential_bytes(n, c, h, w, backward, elem=4):
     fwd = plane * (c + 6 + c)
     bwd = plane * (c + c + 6 + c + 6)
     return elem * (fwd + (bwd if backward else 0))
-
-
-def output_and_grad_bytes(n, c, h, w, groups, backward, elem=4):
-    out = n * c * h * w
-    grads = (n * c * h * w + n * 6 * h * w + c * (c // groups) * 9) if backward else 0
-    return elem * (out + grads)
 
 
 def copy_bandwidth(reps: int = 10) -> float:
@@ -114,7 +79,7 @@ def main():
     copy_bw = copy_bandwidth()
     rows = []
     for label, (n, c, h, w, groups), backward in QUICK if args.quick else CASES:
-        thunks = {impl: make(impl, n, c, h, w, groups, backward) for impl in impls}
+        thunks = {impl: make(impl, n, c, h, w, groups, backward, device="cuda") for impl in impls}
         times = H.time_interleaved(thunks, reps=args.reps, warmup=3, device="cuda")
         moved = essential_bytes(n, c, h, w, backward)
         own = output_and_grad_bytes(n, c, h, w, groups, backward)

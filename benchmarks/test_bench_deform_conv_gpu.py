@@ -11,7 +11,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("groups", [64, 1], ids=["depthwise", "dense"])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_deform_conv_gpu_forward_backward(benchmark, impl, groups):
-    thunk = make(impl, 4, 64, 48, 48, groups, backward=True)
+    thunk = make(impl, 4, 64, 48, 48, groups, backward=True, device="cuda")
     thunk()  # compile (Triton) and warm up outside the timing
 
     def synced():
