@@ -41,6 +41,7 @@ def make_case(n, c, c_out, h, w, k, groups, dtype=torch.float64, spread=1.5, bia
 
 SHAPES = [  # n, c, c_out, h, w, k, groups
     (2, 6, 6, 7, 9, 3, 6),  # depthwise
+    (2, 20, 20, 5, 7, 3, 20),  # depthwise, three channel slices (8, 8, 4) under a 1-byte budget
     (3, 4, 8, 5, 11, 3, 4),  # depthwise with channel multiplier 2
     (2, 4, 6, 8, 7, 3, 1),  # dense
     (1, 6, 9, 6, 6, 3, 3),  # grouped
@@ -104,10 +105,12 @@ def run_both(backend, affine, x, A, b, wgt, bs, groups):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("planar", [False, True])
-def test_fast_matches_reference(backend, shape, affine, dtype, planar, monkeypatch):
-    if planar:  # force the planar depthwise path (normally only for tensors over 16 MiB)
-        monkeypatch.setenv("DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES", "0")
+@pytest.mark.parametrize("cl_budget", [None, "0", "1"], ids=["default", "planar", "8-channel-slices"])
+def test_fast_matches_reference(backend, shape, affine, dtype, cl_budget, monkeypatch):
+    """cl_budget selects the depthwise CPU path: default (channels-last), planar kernels, or
+    channels-last copies made 8 channels at a time (the path of large images)."""
+    if cl_budget is not None:
+        monkeypatch.setenv("DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES", cl_budget)
     case = make_case(*shape, dtype=dtype)
     (out, grads), (ref, ref_grads) = run_both(backend, affine, *case, groups=shape[6])
     tol = TOL[dtype]

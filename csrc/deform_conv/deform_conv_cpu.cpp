@@ -266,14 +266,24 @@ void backward_input(const T* gout, const T* geom, const T* w, T* dx, const Geome
 }
 
 // Channel-vectorised path for pure depthwise convolutions (one input and one output channel per
-// group, the AdaSTN case) on tensors small enough to copy: with channels last, the four corners of
-// a sample are contiguous C-vectors, so every inner loop runs over channels in SIMD registers.
-// The copies cost memory, so large tensors take the planar path; the limit (16 MiB of x by default,
-// covering training batches) can be changed with DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES.
-bool use_channels_last(const Geometry& g, int64_t elem_size) {
+// group, the AdaSTN case): with channels last, the four corners of a sample are contiguous
+// C-vectors, so every inner loop runs over channels in SIMD registers. The channels-last copies are
+// made one slice of channels at a time, each slice at most 16 MiB of x (at least 8 channels), so
+// large images cost bounded extra memory; DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES changes that budget
+// and 0 selects the planar kernels instead.
+int64_t channels_last_slice(const Geometry& g, int64_t elem_size) {
+  if (g.cin_g != 1 || g.cout_g != 1) return 0;
   const char* env = std::getenv("DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES");
-  const int64_t limit = env ? std::atoll(env) : (int64_t(16) << 20);
-  return g.cin_g == 1 && g.cout_g == 1 && g.N * g.C * g.HW * elem_size <= limit;
+  const int64_t budget = env ? std::atoll(env) : (int64_t(16) << 20);
+  if (budget <= 0) return 0;
+  const int64_t fit = budget / std::max<int64_t>(1, g.N * g.HW * elem_size);
+  return std::min(g.C, std::max<int64_t>(8, fit / 8 * 8));
+}
+
+// The geometry of channels [c0, c0 + width) of a pure depthwise convolution.
+Geometry channel_slice(Geometry g, int64_t width) {
+  g.C = g.Cout = g.groups = width;
+  return g;
 }
 
 at::Tensor to_channels_last(const at::Tensor& t) {  // (N, C, H, W) -> (N, HW, C)
@@ -307,7 +317,7 @@ void depthwise_cl_forward(const T* xt, const T* geom, const T* wt, const T* bias
 
 template <typename T>
 void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* wt, T* dxt, T* dgeom, T* dwt,
-                           const Geometry& g) {
+                           const Geometry& g, bool accumulate_dgeom) {
   const int64_t nblocks = (g.HW + kBlock - 1) / kBlock, C = g.C, wsize = g.K * C;
   const int nthreads = at::get_num_threads();
   std::vector<T> dw_local(static_cast<size_t>(nthreads) * wsize, T(0));
@@ -341,7 +351,7 @@ void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* 
           accumulate_geom_grad(gg.data(), 1, 0, g.affine, t, static_cast<int>(g.k), gpy, gpx);
         }
         T* dgn = dgeom + n * g.geom_ch * g.HW + p0 + i;
-        for (int64_t ch = 0; ch < g.geom_ch; ++ch) dgn[ch * g.HW] = gg[ch];
+        for (int64_t ch = 0; ch < g.geom_ch; ++ch) dgn[ch * g.HW] = (accumulate_dgeom ? dgn[ch * g.HW] : T(0)) + gg[ch];
       }
     }
   });
@@ -349,7 +359,7 @@ void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* 
   for (int th = 0; th < nthreads; ++th)
     for (int64_t j = 0; j < wsize; ++j) dwt[j] += dw_local[th * wsize + j];
   // Pass 2: scatter into dx; a task owns a channel slice of one sample.
-  const int64_t slices = std::clamp<int64_t>((4 * nthreads + g.N - 1) / g.N, 1, (C + 15) / 16);
+  const int64_t slices = std::clamp<int64_t>((4 * nthreads + g.N - 1) / g.N, 1, (C + 7) / 8);
   const int64_t cs = (C + slices - 1) / slices;
   at::parallel_for(0, g.N * slices, 1, [&](int64_t b0, int64_t b1) {
     std::vector<Taps<T>> taps(kBlock * g.K);
@@ -388,15 +398,21 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool a
   at::Tensor bias;
   if (bias_in.has_value()) bias = bias_in->to(ct).contiguous();
   const Geometry g = make_geometry(x, geom, affine, weight, groups);
-  if (use_channels_last(g, x.element_size())) {
-    auto xt = to_channels_last(x), wt = weight.reshape({g.C, g.K}).t().contiguous();
-    auto outt = new_output({g.N, g.HW, g.C}, x.options());
-    AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu_cl", [&] {
-      depthwise_cl_forward<scalar_t>(xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
-                                     bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
-                                     outt.data_ptr<scalar_t>(), g);
-    });
-    return outt.transpose(1, 2).reshape({g.N, g.C, g.H, g.W}).contiguous().to(x_in.scalar_type());
+  if (const int64_t width = channels_last_slice(g, x.element_size())) {
+    auto out = new_output({g.N, g.C, g.H, g.W}, x.options());
+    for (int64_t c0 = 0; c0 < g.C; c0 += width) {
+      const Geometry gs = channel_slice(g, std::min(width, g.C - c0));
+      auto xt = to_channels_last(x.narrow(1, c0, gs.C));
+      auto wt = weight.narrow(0, c0, gs.C).reshape({gs.C, g.K}).t().contiguous();
+      auto outt = new_output({g.N, g.HW, gs.C}, x.options());
+      AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu_cl", [&] {
+        depthwise_cl_forward<scalar_t>(xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+                                       bias.defined() ? bias.data_ptr<scalar_t>() + c0 : nullptr,
+                                       outt.data_ptr<scalar_t>(), gs);
+      });
+      out.narrow(1, c0, gs.C).copy_(outt.transpose(1, 2).reshape({g.N, gs.C, g.H, g.W}));
+    }
+    return out.to(x_in.scalar_type());
   }
   auto out = new_output({g.N, g.Cout, g.H, g.W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu", [&] {
@@ -415,17 +431,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& go
   const Geometry g = make_geometry(x, geom, affine, weight, groups);
   TORCH_CHECK(gout.sizes() == at::IntArrayRef({g.N, g.Cout, g.H, g.W}), "deform_conv2d: grad_out has the wrong shape");
   auto dgeom = new_output(geom.sizes(), geom.options());
-  if (use_channels_last(g, x.element_size())) {
-    auto xt = to_channels_last(x), goutt = to_channels_last(gout), wt = weight.reshape({g.C, g.K}).t().contiguous();
-    auto dxt = at::zeros_like(xt);
-    auto dwt = new_output({g.K, g.C}, x.options());
-    AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_backward_cpu_cl", [&] {
-      depthwise_cl_backward<scalar_t>(goutt.data_ptr<scalar_t>(), xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(),
-                                      wt.data_ptr<scalar_t>(), dxt.data_ptr<scalar_t>(), dgeom.data_ptr<scalar_t>(),
-                                      dwt.data_ptr<scalar_t>(), g);
-    });
-    auto dx = dxt.transpose(1, 2).reshape({g.N, g.C, g.H, g.W}).contiguous();
-    auto dweight = dwt.t().reshape(weight.sizes()).contiguous();
+  if (const int64_t width = channels_last_slice(g, x.element_size())) {
+    auto dx = new_output(x.sizes(), x.options());
+    auto dweight = new_output(weight.sizes(), weight.options());
+    for (int64_t c0 = 0; c0 < g.C; c0 += width) {
+      const Geometry gs = channel_slice(g, std::min(width, g.C - c0));
+      auto xt = to_channels_last(x.narrow(1, c0, gs.C)), goutt = to_channels_last(gout.narrow(1, c0, gs.C));
+      auto wt = weight.narrow(0, c0, gs.C).reshape({gs.C, g.K}).t().contiguous();
+      auto dxt = at::zeros_like(xt);
+      auto dwt = new_output({g.K, gs.C}, x.options());
+      AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_backward_cpu_cl", [&] {
+        depthwise_cl_backward<scalar_t>(goutt.data_ptr<scalar_t>(), xt.data_ptr<scalar_t>(),
+                                        geom.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), dxt.data_ptr<scalar_t>(),
+                                        dgeom.data_ptr<scalar_t>(), dwt.data_ptr<scalar_t>(), gs, c0 > 0);
+      });
+      dx.narrow(1, c0, gs.C).copy_(dxt.transpose(1, 2).reshape({g.N, gs.C, g.H, g.W}));
+      dweight.narrow(0, c0, gs.C).copy_(dwt.t().reshape({gs.C, 1, g.k, g.k}));
+    }
     return {dx.to(x_in.scalar_type()), dgeom.to(geom_in.scalar_type()), dweight.to(weight_in.scalar_type())};
   }
   auto dx = at::zeros_like(x);
