@@ -286,8 +286,25 @@ Geometry channel_slice(Geometry g, int64_t width) {
   return g;
 }
 
-at::Tensor to_channels_last(const at::Tensor& t) {  // (N, C, H, W) -> (N, HW, C)
-  return t.flatten(2).transpose(1, 2).contiguous();
+// Channels-last slice buffers, allocated once per call at the widest slice and reused for every
+// slice (fresh 16 MiB allocations per slice would grow the heap, not the working set).
+struct SliceBuffer {
+  at::Tensor storage;
+  SliceBuffer(const Geometry& g, int64_t width, const at::TensorOptions& o) : storage(at::empty({g.N * g.HW * width}, o)) {}
+  // A contiguous (N, HW, width) view of the first N*HW*width elements.
+  at::Tensor view(const Geometry& g, int64_t width) const {
+    return storage.narrow(0, 0, g.N * g.HW * width).view({g.N, g.HW, width});
+  }
+  // (N, width, H, W) planes -> this buffer as (N, HW, width).
+  at::Tensor load(const Geometry& g, const at::Tensor& planes) const {
+    auto v = view(g, planes.size(1));
+    v.copy_(planes.flatten(2).transpose(1, 2));
+    return v;
+  }
+};
+
+void store_planes(const at::Tensor& slice, at::Tensor planes) {  // (N, HW, width) -> (N, width, H, W)
+  planes.copy_(slice.transpose(1, 2).view({planes.size(0), planes.size(1), planes.size(2), planes.size(3)}));
 }
 
 template <typename T>
@@ -400,17 +417,18 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool a
   const Geometry g = make_geometry(x, geom, affine, weight, groups);
   if (const int64_t width = channels_last_slice(g, x.element_size())) {
     auto out = new_output({g.N, g.C, g.H, g.W}, x.options());
+    const SliceBuffer xbuf(g, width, x.options()), obuf(g, width, x.options());
     for (int64_t c0 = 0; c0 < g.C; c0 += width) {
       const Geometry gs = channel_slice(g, std::min(width, g.C - c0));
-      auto xt = to_channels_last(x.narrow(1, c0, gs.C));
+      auto xt = xbuf.load(g, x.narrow(1, c0, gs.C)), outt = obuf.view(g, gs.C);
       auto wt = weight.narrow(0, c0, gs.C).reshape({gs.C, g.K}).t().contiguous();
-      auto outt = new_output({g.N, g.HW, gs.C}, x.options());
+      if (poison_outputs()) outt.fill_(NAN);
       AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu_cl", [&] {
         depthwise_cl_forward<scalar_t>(xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
                                        bias.defined() ? bias.data_ptr<scalar_t>() + c0 : nullptr,
                                        outt.data_ptr<scalar_t>(), gs);
       });
-      out.narrow(1, c0, gs.C).copy_(outt.transpose(1, 2).reshape({g.N, gs.C, g.H, g.W}));
+      store_planes(outt, out.narrow(1, c0, gs.C));
     }
     return out.to(x_in.scalar_type());
   }
@@ -434,18 +452,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& go
   if (const int64_t width = channels_last_slice(g, x.element_size())) {
     auto dx = new_output(x.sizes(), x.options());
     auto dweight = new_output(weight.sizes(), weight.options());
+    const SliceBuffer xbuf(g, width, x.options()), gbuf(g, width, x.options()), dxbuf(g, width, x.options());
     for (int64_t c0 = 0; c0 < g.C; c0 += width) {
       const Geometry gs = channel_slice(g, std::min(width, g.C - c0));
-      auto xt = to_channels_last(x.narrow(1, c0, gs.C)), goutt = to_channels_last(gout.narrow(1, c0, gs.C));
+      auto xt = xbuf.load(g, x.narrow(1, c0, gs.C)), goutt = gbuf.load(g, gout.narrow(1, c0, gs.C));
       auto wt = weight.narrow(0, c0, gs.C).reshape({gs.C, g.K}).t().contiguous();
-      auto dxt = at::zeros_like(xt);
+      auto dxt = dxbuf.view(g, gs.C).zero_();
       auto dwt = new_output({g.K, gs.C}, x.options());
       AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_backward_cpu_cl", [&] {
         depthwise_cl_backward<scalar_t>(goutt.data_ptr<scalar_t>(), xt.data_ptr<scalar_t>(),
                                         geom.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), dxt.data_ptr<scalar_t>(),
                                         dgeom.data_ptr<scalar_t>(), dwt.data_ptr<scalar_t>(), gs, c0 > 0);
       });
-      dx.narrow(1, c0, gs.C).copy_(dxt.transpose(1, 2).reshape({g.N, gs.C, g.H, g.W}));
+      store_planes(dxt, dx.narrow(1, c0, gs.C));
       dweight.narrow(0, c0, gs.C).copy_(dwt.t().reshape({gs.C, 1, g.k, g.k}));
     }
     return {dx.to(x_in.scalar_type()), dgeom.to(geom_in.scalar_type()), dweight.to(weight_in.scalar_type())};
