@@ -72,28 +72,9 @@ DZSR_HD void bilinear_taps(T py, T px, int H, int W, Taps<T>& s) {
   }
 }
 
-template <typename T>
-DZSR_HD T sample(const T* plane, const Taps<T>& s) {
-  return s.w[0] * plane[s.idx[0]] + s.w[1] * plane[s.idx[1]] + s.w[2] * plane[s.idx[2]] + s.w[3] * plane[s.idx[3]];
-}
-
-// Value and position derivatives of one sample, sharing the four corner reads.
-template <typename T>
-DZSR_HD void sample_with_grad(const T* plane, const Taps<T>& s, T& v, T& dvy, T& dvx) {
-  v = T(0);
-  dvy = T(0);
-  dvx = T(0);
-#pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    const T p = plane[s.idx[c]];
-    v += s.w[c] * p;
-    dvy += s.wy[c] * p;
-    dvx += s.wx[c] * p;
-  }
-}
-
-// Mixed-precision variants: the plane is stored as S (e.g. half) and read into the accumulation
-// type T of the taps (float), so half inputs are sampled without a float copy of the input.
+// One sample, and its value with the position derivatives sharing the four corner reads. The plane
+// is stored as S and read into the accumulation type T of the taps: S = T for float/double, S = half
+// with T = float on CUDA, so half inputs are sampled without a float copy of the input.
 template <typename T, typename S>
 DZSR_HD T sample(const S* plane, const Taps<T>& s) {
   T v = T(0);
