@@ -2,14 +2,12 @@
 CPU tensors under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU),
 so shapes stay tiny. The same comparisons on CUDA tensors live in test_deform_conv_cuda.py."""
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import dzsr_kernels as dk
+from triton_compile import compile_for_gpu
 from deform_conv_cases import SHAPES, check_against_reference, make_case, run
 from dzsr_kernels.deform_conv.op import _packed
 
@@ -140,9 +138,4 @@ def test_kernels_compile_for_gpu():
     """The interpreter does not apply the compiler's rules (e.g. constexpr reassignment, dtype
     promotion in atomics): compile every kernel for sm_90 with Triton's bundled ptxas, in a child
     process without TRITON_INTERPRET; needs no GPU."""
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(root)
-    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_GPU, "90"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
+    compile_for_gpu(COMPILE_FOR_GPU)

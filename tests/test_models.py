@@ -85,6 +85,17 @@ def _run(model, b, backend, seed):
     return out.sr.detach(), grads
 
 
+def _assert_backend_equals_reference(model, b, backend, seed):
+    """Same seed (so the same drop/paste draws): outputs and parameter gradients agree."""
+    sr_ref, g_ref = _run(model, b, "reference", seed)
+    sr_fast, g_fast = _run(model, b, backend, seed)
+    torch.testing.assert_close(sr_fast, sr_ref, rtol=1e-4, atol=1e-5)
+    assert [g is None for g in g_fast] == [g is None for g in g_ref]
+    for gf, gr in zip(g_fast, g_ref):
+        if gr is not None:
+            torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-3 * gr.abs().max().item() + 1e-7)
+
+
 @pytest.mark.skipif(not FAST, reason="no fast CPU backend (C++ extension) could be built here")
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("scale", [2, 4])
@@ -92,13 +103,7 @@ def test_fast_backend_equals_reference_in_train_mode(backend, scale):
     model = SelfDZSR(scale, drop_prob=0.5, paste_prob=0.5)
     b = batch(scale, n=3, h=16, w=12)
     seed = int(torch.randint(0, 2**31, ()))
-    sr_ref, g_ref = _run(model, b, "reference", seed)
-    sr_fast, g_fast = _run(model, b, backend, seed)
-    torch.testing.assert_close(sr_fast, sr_ref, rtol=1e-4, atol=1e-5)
-    assert [g is None for g in g_fast] == [g is None for g in g_ref]  # same seed, same drop/paste draws
-    for gf, gr in zip(g_fast, g_ref):
-        if gr is not None:
-            torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-3 * gr.abs().max().item() + 1e-7)
+    _assert_backend_equals_reference(model, b, backend, seed)
 
 
 @pytest.mark.skipif(not FAST, reason="no fast CPU backend (C++ extension) could be built here")
@@ -259,13 +264,7 @@ def test_cuda_backends_equal_reference_in_train_and_eval(backend):
     model = SelfDZSR(4, drop_prob=0.5, paste_prob=0.5).cuda()
     b = {k: v.cuda() if k != "paste_box" else v for k, v in batch(4, n=3, h=20, w=16).items()}
     seed = int(torch.randint(0, 2**31, ()))
-    sr_ref, g_ref = _run(model, b, "reference", seed)
-    sr_fast, g_fast = _run(model, b, backend, seed)
-    torch.testing.assert_close(sr_fast, sr_ref, rtol=1e-4, atol=1e-5)
-    assert [g is None for g in g_fast] == [g is None for g in g_ref]  # same seed, same drop/paste draws
-    for gf, gr in zip(g_fast, g_ref):
-        if gr is not None:
-            torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-3 * gr.abs().max().item() + 1e-7)
+    _assert_backend_equals_reference(model, b, backend, seed)
     model.eval()
     with torch.no_grad():
         outs = []

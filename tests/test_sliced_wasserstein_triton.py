@@ -1,15 +1,12 @@
 """Sliced-Wasserstein ``triton`` backend against the reference: tiny shapes, so it runs under the
 Triton interpreter on CPU (conftest sets TRITON_INTERPRET=1 without a GPU) and natively on a GPU.
 Tolerances as in test_sliced_wasserstein.py (float64 1e-12, float32 1e-5 / 1e-6 of the gradient scale)."""
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import dzsr_kernels as dk
+from triton_compile import compile_for_gpu
 from dzsr_kernels.sliced_wasserstein import draw_projections, sliced_wasserstein_loss
 from dzsr_kernels.sliced_wasserstein import op as sw_op
 
@@ -92,9 +89,4 @@ print("ok")
 def test_kernels_compile_for_gpu():
     """The interpreter does not apply the GPU compiler's rules: compile both kernels for sm_90 in a
     child process without TRITON_INTERPRET (needs no GPU)."""
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(root)
-    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_GPU, "90"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
+    compile_for_gpu(COMPILE_FOR_GPU)
