@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import load_checkpoint, load_official, save_checkpoint
 from .data import DualZoomDataset, TrainPatches, prepare_pair, worker_init, write_rgb
+from .data.degrade import QUALITY_RANGE, SIGMA_RANGE
 from .losses import SelfDZSRObjective, SWLoss, kernel_gen_loss
 from .models import SelfDZSR
 
@@ -41,16 +42,11 @@ FINAL = "final.pt"
 # ----------------------------------------------------------------------------- data
 
 
-def photo_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic (short, tele) capture of a photograph bundled with scikit-image, made with the
-    recipe of the held-out samples (``dzsr.sample.builder``): short = 4x box-down, tele = the
-    centre 1/scale of the known-similarity view at ``scale``/4 resolution."""
+def _bundled_photo(filename: str) -> np.ndarray:
+    """A photograph shipped in skimage/data as uint8 RGB, cropped to a multiple of 4 pixels."""
     from importlib import resources
 
     import cv2
-
-    from .data import central_box
-    from .sample.builder import _box_down, _similarity_view
 
     path = resources.files("skimage.data").joinpath(filename)
     if not path.is_file():
@@ -58,30 +54,61 @@ def photo_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
     img = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"data.photos: cannot decode scikit-image's {filename}")
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4]
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4]
+
+
+def photo_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic (short, tele) capture of a photograph bundled with scikit-image, made with the
+    recipe of the held-out samples (``dzsr.sample.builder``): short = 4x box-down, tele = the
+    centre 1/scale of the known-similarity view at ``scale``/4 resolution."""
+    from .data import central_box
+    from .sample.builder import _box_down, _similarity_view
+
+    img = _bundled_photo(filename)
     gt = _box_down(img, 4 // scale)
     y0, y1, x0, x1 = central_box(gt.shape[0], gt.shape[1], 1.0 / scale)
     return _box_down(img, 4), np.ascontiguousarray(_similarity_view(gt)[y0:y1, x0:x1])
 
 
-def prepare_sample_data(root: str, names: list[str], scale: int, photos: list[str] = ()) -> str:
-    """Write bundled samples (``names``) and synthetic captures of other bundled photographs
-    (``photos``, file names in skimage/data) as prepared training pairs ``root/train_{LR,HR}``:
-    self-supervised, the short-focus centre crop and the aligned telephoto (``prepare_pair``)."""
+def photo_frame_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """A whole-frame (LR, GT) pair of a bundled photograph, aligned by construction: LR = 4x
+    box-down (the bundled sample's short-focus degradation), GT = the ``4/scale`` box-down."""
+    from .sample.builder import _box_down
+
+    img = _bundled_photo(filename)
+    return _box_down(img, 4), _box_down(img, 4 // scale)
+
+
+PHOTOS_AS = ("capture", "frame")
+
+
+def prepare_sample_data(root: str, names: list[str], scale: int, photos: list[str] = (),
+                        photos_as: str = "capture") -> str:
+    """Write training pairs ``root/train_{LR,HR}`` from the bundled samples ``names`` (self-supervised:
+    the short-focus centre crop and the aligned telephoto, ``prepare_pair``) and from other bundled
+    photographs ``photos`` (file names in skimage/data), either as synthetic captures prepared the
+    same way (``photos_as="capture"``) or as whole-frame pairs (``"frame"``, ``photo_frame_pair``:
+    every pixel has exact ground truth, far more data than the telephoto's quarter field of view)."""
     from .sample import HELD_OUT, load_sample
 
+    if photos_as not in PHOTOS_AS:
+        raise ValueError(f"data.photos_as must be one of {', '.join(PHOTOS_AS)}, got {photos_as!r}")
     pairs = []
     for name in names:
         if name in HELD_OUT:
             raise ValueError(f"data.samples: {name} is a held-out photograph, not for training")
         sample = load_sample(name, scale)
-        pairs.append((name, sample["short"], sample["tele"]))
+        pairs.append((name, prepare_pair(sample["short"], sample["tele"], scale)))
     for filename in photos:
-        if os.path.splitext(filename)[0] in HELD_OUT:
-            raise ValueError(f"data.photos: {filename} is a held-out photograph, not for training")
-        pairs.append((os.path.splitext(filename)[0], *photo_pair(filename, scale)))
-    for name, short, tele in pairs:
-        pair = prepare_pair(short, tele, scale)
+        name = os.path.splitext(filename)[0]
+        if name in HELD_OUT or name.startswith("motorcycle"):
+            raise ValueError(f"data.photos: {filename} is a held-out or demo photograph, not for training")
+        if photos_as == "frame":
+            lr, gt = photo_frame_pair(filename, scale)
+            pairs.append((name, {"lr": lr, "gt": gt}))
+        else:
+            pairs.append((name, prepare_pair(*photo_pair(filename, scale), scale)))
+    for name, pair in pairs:
         write_rgb(os.path.join(root, "train_LR", f"{name}_x1.png"), pair["lr"])
         write_rgb(os.path.join(root, "train_HR", f"{name}_x{scale}.png"), pair["gt"])
     return root
@@ -93,7 +120,8 @@ def build_source(config: dict, rank: int) -> DualZoomDataset:
     if kind == "sample":
         root = os.path.join(config["log"]["out_dir"], "sample_data")
         if rank == 0:
-            prepare_sample_data(root, list(data["samples"]), scale, list(data.get("photos") or []))
+            prepare_sample_data(root, list(data["samples"] or []), scale, list(data.get("photos") or []),
+                                data.get("photos_as", "capture"))
         _barrier()
         return DualZoomDataset(root, "train", scale)
     if kind not in ("nikon", "camerafusion", "folder"):
@@ -284,7 +312,10 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
             dist.broadcast(tensor, 0)
     source = build_source(config, d.rank)
     total = t["epochs"] * t["iters_per_epoch"]
-    patches = TrainPatches(source, config["data"]["patch_size"], t["iters_per_epoch"] * t["batch_size"], seed)
+    data = config["data"]
+    patches = TrainPatches(source, data["patch_size"], t["iters_per_epoch"] * t["batch_size"], seed,
+                           data.get("noise_sigma", SIGMA_RANGE), data.get("jpeg_quality", QUALITY_RANGE),
+                           data.get("noise_map", True))
     optimizers, schedulers = build_optimizers(model, config)
 
     iteration = 0

@@ -339,6 +339,36 @@ def test_degradation_draws_follow_the_recipe(rng):
     assert min(d.quality for d in draws) == 60 and max(d.quality for d in draws) == 95
 
 
+def test_degradation_ranges_are_configurable_and_none_drops_the_step(rng):
+    draws = [Degradation.sample(rng, (0, 2), None) for _ in range(100)]
+    assert {d.order for d in draws} == set(itertools.permutations(("down", "noise")))
+    assert {d.sigma for d in draws} == {0, 1, 2}
+    clean = Degradation.sample(rng, None, None)
+    assert clean.order == ("down",)
+    gt = np.rint(smooth_texture(rng, 48, 40) * 255).astype(np.uint8)
+    expected = np.rint(bilinear_down(gt, 4)).astype(np.uint8)
+    assert np.array_equal(degrade(gt, 4, clean, rng), expected)
+
+
+@pytest.mark.parametrize("bad", [[5], [30, 5], [5.0, 30], "5,30", [-1, 3], [True, 3]])
+def test_degradation_ranges_are_checked(bad):
+    with pytest.raises(ValueError, match="data.noise_sigma must be null or"):
+        Degradation.check_ranges(bad, None)
+    with pytest.raises(ValueError, match="data.jpeg_quality must be null or"):
+        Degradation.check_ranges(None, [0, 90] if bad == [-1, 3] else bad)
+
+
+def test_sampler_without_noise_and_jpeg_gives_the_downsampler_difference(tmp_path, rng):
+    make_layout(tmp_path, "train", 4, [(13, 14)], rng)
+    sampler = TrainPatches(DualZoomDataset(tmp_path, "train", 4), patch_size=12, length=4, seed=2,
+                           noise_sigma=None, jpeg_quality=None)
+    item = sampler[1]
+    gt = to_u8(item["gt"])
+    bic = bicubic_down(item["gt"], 4)
+    down = torch.from_numpy(np.rint(bilinear_down(gt, 4)).transpose(2, 0, 1) / 255.0).float()
+    assert torch.allclose(item["noise"] + bic, down, atol=1e-6)
+
+
 def test_noise_map_of_gaussian_step_has_the_drawn_sigma(rng):
     gt = np.full((192, 192, 3), 128, np.uint8)
     params = Degradation(order=("down", "noise"), sigma=int(rng.integers(5, 31)), quality=95)

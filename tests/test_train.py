@@ -5,6 +5,7 @@ import glob
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -15,8 +16,9 @@ from dzsr.train import EpochBatches, train
 
 
 def _tiny(out_dir, *extra):
-    """The sample preset shrunk to seconds: batch 2, 24px patches, 2 iterations per epoch."""
-    return load_config("sample_x4", [f"log.out_dir={out_dir}", "train.batch_size=2", "train.iters_per_epoch=2",
+    """The sample preset shrunk to seconds: two photographs, batch 2, 24px patches, 2 iterations per epoch."""
+    return load_config("sample_x4", [f"log.out_dir={out_dir}", "data.photos=[camera.png, ihc.png]",
+                                     "data.patch_size=24", "train.batch_size=2", "train.iters_per_epoch=2",
                                      "train.epochs=2", "train.decay_every=1", "log.checkpoint_every=1",
                                      "log.scalars_every=1", "log.images_every=2", *extra])
 
@@ -161,5 +163,25 @@ def test_prepared_folder_trains(tmp_path):
         prepare_sample_data(str(tmp_path / "x"), ["astronaut"], 4)
     with pytest.raises(ValueError, match="held-out"):
         prepare_sample_data(str(tmp_path / "x"), [], 4, ["coffee.png"])
+    with pytest.raises(ValueError, match="demo photograph"):
+        prepare_sample_data(str(tmp_path / "x"), [], 4, ["motorcycle_right.png"])
     with pytest.raises(FileNotFoundError, match="bundled"):
         prepare_sample_data(str(tmp_path / "x"), [], 4, ["no_such.png"])
+    with pytest.raises(ValueError, match="data.photos_as must be one of capture, frame"):
+        prepare_sample_data(str(tmp_path / "x"), [], 4, ["ihc.png"], "tiles")
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_frame_pairs_are_whole_aligned_photographs(tmp_path, scale):
+    """photos_as=frame: LR is exactly the 4x box-down of the photograph, GT its (4/scale) box-down."""
+    from dzsr.data import read_rgb
+    from dzsr.train import prepare_sample_data
+
+    root = tmp_path / "d"
+    prepare_sample_data(str(root), [], scale, ["camera.png", "ihc.png"], "frame")
+    for name in ("camera", "ihc"):
+        lr = read_rgb(str(root / "train_LR" / f"{name}_x1.png")).astype(np.float64)
+        gt = read_rgb(str(root / "train_HR" / f"{name}_x{scale}.png")).astype(np.float64)
+        assert lr.shape[:2] == (128, 128) and gt.shape[:2] == (128 * scale, 128 * scale)
+        box = gt.reshape(128, scale, 128, scale, 3).mean(axis=(1, 3))
+        assert np.abs(box - lr).max() <= (0.5 if scale == 4 else 1.0) + 1e-9  # up to rounding of LR (and GT at x2)

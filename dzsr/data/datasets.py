@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .crops import reference_box, scale_box
-from .degrade import noise_map
+from .degrade import QUALITY_RANGE, SIGMA_RANGE, Degradation, noise_map
 from .imageio import is_image_file, read_rgb, to_tensor, to_uint8
 from .prepare import list_short_tele_pairs
 
@@ -150,14 +150,23 @@ class TrainPatches(Dataset):
         reference is cut from the GT patch, as the authors do): ``ref (3, s*q, s*q)`` the GT there,
         ``lr_ref (3, q, q)`` the LR there, ``ref_box`` int64 ``[y0, y1, x0, x1]`` in LR-patch pixels
         (the authors' ``crop_coord``);
-      * ``noise (3, P, P)``: the pseudo-LR noise map of ``gt`` (``degrade.noise_map``), made here so
-        DataLoader workers compute it in parallel with training.
+      * ``noise (3, P, P)``: the pseudo-LR noise map of ``gt`` (``degrade.noise_map``, noise sigma and
+        JPEG quality drawn from ``noise_sigma`` and ``jpeg_quality``, ``None`` to leave that step
+        out; the authors' ranges by default), made here so DataLoader workers compute it in
+        parallel with training; all zeros with ``noise=False`` (pseudo-LR = KernelGen output alone,
+        for clean data of a known degradation such as the bundled sample).
     Call ``set_epoch`` before each epoch (as with ``DistributedSampler``) to get fresh samples. The
     item path uses no OpenCV thread pool (only PNG/JPEG codecs), so forked DataLoader workers cannot
     deadlock on a pool inherited from the parent (``cv2.setNumThreads`` in a worker can).
     """
 
-    def __init__(self, source: DualZoomDataset, patch_size: int = 48, length: int = 16000, seed: int = 0):
+    def __init__(self, source: DualZoomDataset, patch_size: int = 48, length: int = 16000, seed: int = 0,
+                 noise_sigma: tuple[int, int] | None = SIGMA_RANGE, jpeg_quality: tuple[int, int] | None = QUALITY_RANGE,
+                 noise: bool = True):
+        self.noise_sigma, self.jpeg_quality = Degradation.check_ranges(noise_sigma, jpeg_quality)
+        if not isinstance(noise, bool):
+            raise TypeError(f"data.noise_map must be true or false, got {noise!r}")
+        self.noise = noise
         if patch_size < source.scale:
             raise ValueError(f"patch_size must be at least the scale {source.scale}, got {patch_size}")
         for name, (h, w) in zip(source.names, source.lr_sizes):
@@ -186,9 +195,13 @@ class TrainPatches(Dataset):
         ry, rx = (int(v) for v in rng.integers(0, p - q, size=2, endpoint=True))
         box = (ry, ry + q, rx, rx + q)
         gy0, gy1, gx0, gx1 = scale_box(box, s)
-        gt_u8 = gt_p if gt_p.dtype == np.uint8 else to_uint8(gt_p.astype(np.float32) / 65535.0)
+        if self.noise:
+            gt_u8 = gt_p if gt_p.dtype == np.uint8 else to_uint8(gt_p.astype(np.float32) / 65535.0)
+            noise = noise_map(gt_u8, s, rng, Degradation.sample(rng, self.noise_sigma, self.jpeg_quality))
+        else:
+            noise = torch.zeros(3, p, p)
         return {
-            "lr": to_tensor(lr_p), "gt": to_tensor(gt_p), "noise": noise_map(gt_u8, s, rng),
+            "lr": to_tensor(lr_p), "gt": to_tensor(gt_p), "noise": noise,
             "ref": to_tensor(gt_p[gy0:gy1, gx0:gx1]), "lr_ref": to_tensor(lr_p[ry:ry + q, rx:rx + q]),
             "ref_box": torch.tensor(box, dtype=torch.int64), "name": self.source.names[image],
         }

@@ -6,6 +6,9 @@ uint8:
   * ``down``: bilinear resize by ``1/scale`` as ``cv2.resize(..., INTER_LINEAR)`` does it (``bilinear_down``);
   * ``noise``: additive Gaussian noise, sigma an integer drawn uniformly from [5, 30] (of 255);
   * ``jpeg``: OpenCV JPEG round trip, quality an integer drawn uniformly from [60, 95].
+Those ranges are the authors' (real captures). ``Degradation.sample`` takes others, and ``None``
+drops that operation, for data whose short-focus images are cleaner (``data.noise_sigma`` and
+``data.jpeg_quality`` in a training config; the bundled sample's are clean 8-bit box averages).
 The noise map is ``degraded/255 - bicubic(gt)``, where ``bicubic`` is
 ``F.interpolate(gt, scale_factor=1/scale, mode="bicubic", align_corners=True)`` on the float GT in
 [0, 1], as in the authors' model. Pseudo-LR = KernelGen(gt).detach() + noise map, clamped to [0, 1].
@@ -38,11 +41,37 @@ class Degradation:
     quality: int
 
     @staticmethod
-    def sample(rng: np.random.Generator) -> "Degradation":
+    def sample(rng: np.random.Generator, sigma_range: tuple[int, int] | None = SIGMA_RANGE,
+               quality_range: tuple[int, int] | None = QUALITY_RANGE) -> "Degradation":
+        """A random order of the operations, sigma and quality uniform integers in the inclusive
+        ranges; a ``None`` range leaves that operation out of the order."""
         order = tuple(OPERATIONS[i] for i in rng.permutation(len(OPERATIONS)))
-        sigma = int(rng.integers(SIGMA_RANGE[0], SIGMA_RANGE[1], endpoint=True))
-        quality = int(rng.integers(QUALITY_RANGE[0], QUALITY_RANGE[1], endpoint=True))
+        sigma = quality = 0
+        if sigma_range is None:
+            order = tuple(op for op in order if op != "noise")
+        else:
+            sigma = int(rng.integers(sigma_range[0], sigma_range[1], endpoint=True))
+        if quality_range is None:
+            order = tuple(op for op in order if op != "jpeg")
+        else:
+            quality = int(rng.integers(quality_range[0], quality_range[1], endpoint=True))
         return Degradation(order, sigma, quality)
+
+    @staticmethod
+    def check_ranges(sigma_range, quality_range) -> tuple:
+        """Validated ``(sigma_range, quality_range)`` as int tuples or ``None`` (config values)."""
+        out = []
+        for name, value, lo, hi in (("noise_sigma", sigma_range, 0, 255), ("jpeg_quality", quality_range, 1, 100)):
+            if value is None:
+                out.append(None)
+                continue
+            if (not isinstance(value, (list, tuple)) or len(value) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                    or not lo <= value[0] <= value[1] <= hi):
+                raise ValueError(f"data.{name} must be null or [low, high] integers with {lo} <= low <= high <= {hi}, "
+                                 f"got {value!r}")
+            out.append((int(value[0]), int(value[1])))
+        return tuple(out)
 
 
 def _to_u8(img: np.ndarray) -> np.ndarray:
@@ -93,7 +122,8 @@ def bicubic_down(gt: torch.Tensor, scale: int) -> torch.Tensor:
 
 def noise_map(gt: np.ndarray, scale: int, rng: np.random.Generator,
               params: Degradation | None = None) -> torch.Tensor:
-    """Noise map ``(3, H//scale, W//scale)`` float32 for a uint8 RGB HWC GT patch (signed values)."""
+    """Noise map ``(3, H//scale, W//scale)`` float32 for a uint8 RGB HWC GT patch (signed values);
+    ``params`` defaults to a draw with the authors' ranges."""
     params = Degradation.sample(rng) if params is None else params
     degraded = torch.from_numpy(degrade(gt, scale, params, rng).transpose(2, 0, 1).astype(np.float32) / 255.0)
     gt_t = torch.from_numpy(gt.transpose(2, 0, 1).astype(np.float32) / 255.0)
