@@ -2,7 +2,8 @@
 
 Cases (x4 unless --scale; random weights, VGG-19 of the SW loss random too):
   train   one training iteration: KernelGen + extractor + restoration forward, L1 + SW loss
-          (``SWLoss(weights=None)``; ``--loss l1``: L1 only) + KernelGen loss, backward, Adam step
+          (``SWLoss(weights=None)``; ``--loss l1``: L1 only; ``--vgg-dtype bfloat16``: the SW loss's
+          VGG stack under bfloat16 autocast, for every backend) + KernelGen loss, backward, Adam step
           of both networks;
           batch 16, LR 48x48 (the authors' setting), reference 48x48 pasted at a 12x12 box;
   infer   one inference forward (eval, no grad) at LR 256x256 with a 256x256 reference window
@@ -13,7 +14,7 @@ Backends: ``reference`` (pure-PyTorch oracles of every dzsr_kernels op) and the 
 model and inputs; CUDA max_memory_allocated.
 
     python -m benchmarks.bench_model [--quick] [--device cuda] [--reps 3] [--no-memory] [--cases train infer]
-                                     [--loss l1sw|l1]
+                                     [--loss l1sw|l1] [--vgg-dtype float32|bfloat16]
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def make_inputs(batch: int, size: int, scale: int, device: str, training: bool) 
     return inputs
 
 
-def make_case(case: str, backend: str, batch: int, size: int, scale: int = 4, device: str = "cpu", sw: bool = True):
+def make_case(case: str, backend: str, batch: int, size: int, scale: int = 4, device: str = "cpu", sw: bool = True,
+              vgg_dtype: str = "float32"):
     """Model, inputs (and loss/optimizer for ``train``) and a thunk running one iteration/forward."""
     import dzsr_kernels as dk
     from dzsr.losses import SelfDZSRObjective, SWLoss
@@ -65,7 +67,7 @@ def make_case(case: str, backend: str, batch: int, size: int, scale: int = 4, de
                 return model(**inputs).sr
         return infer
 
-    objective = SelfDZSRObjective(sw_loss=SWLoss(weights=None).to(device) if sw else None)
+    objective = SelfDZSRObjective(sw_loss=SWLoss(weights=None, vgg_dtype=getattr(torch, vgg_dtype)).to(device) if sw else None)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def train_step():
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--loss", choices=["l1sw", "l1"], default="l1sw",
                         help="training loss: L1+SW (VGG-19 features, the default) or L1 only")
+    parser.add_argument("--vgg-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="precision of the SW loss's VGG-19 feature stack (SWLoss(vgg_dtype=...))")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     backends = ["reference", "cpp"] + (["triton"] if cuda else [])
@@ -102,6 +106,7 @@ def main() -> None:
         if case == "train":
             for b in backends:
                 kw[b]["sw"] = args.loss == "l1sw"
+                kw[b]["vgg_dtype"] = args.vgg_dtype
         mems = {}
         if not args.no_memory and not cuda:
             # before this process grows: a spawned child's ru_maxrss starts from its parent's RSS
@@ -111,7 +116,7 @@ def main() -> None:
         if not args.no_memory and cuda:
             mems = {b: _harness.peak_cuda_memory(thunks[b]) for b in backends}
         del thunks
-        loss = "L1+SW" if args.loss == "l1sw" else "L1"
+        loss = "L1" if args.loss == "l1" else "L1+SW" + (" (bf16 VGG)" if args.vgg_dtype == "bfloat16" else "")
         what = (f"train iter, batch {sizes[case]['batch']}, LR {sizes[case]['size']}², {loss}" if case == "train"
                 else f"inference, LR {sizes[case]['size']}²")
         for b in backends:

@@ -334,7 +334,12 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
             raise ValueError(f"{path} was written by {len(rngs)} processes; resume with the same number, not {d.world}")
 
     model.to(device).train()
-    sw = SWLoss(t.get("sw_weights") or "default") if stage == "joint" and t["loss"] == "l1sw" else None
+    sw = None
+    if stage == "joint" and t["loss"] == "l1sw":
+        precision = t.get("sw_precision") or "float32"
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"train.sw_precision must be float32 or bfloat16, got {precision!r}")
+        sw = SWLoss(t.get("sw_weights") or "default", vgg_dtype=getattr(torch, precision))
     if stage == "joint" and t["loss"] not in ("l1", "l1sw"):
         raise ValueError(f"train.loss must be l1 or l1sw, got {t['loss']!r}")
     step = TrainStep(model, stage, SelfDZSRObjective(sw)).to(device)

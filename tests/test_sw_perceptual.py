@@ -1,4 +1,6 @@
 """SWLoss (VGG-19 sliced-Wasserstein perceptual loss) and offline weight loading."""
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -45,6 +47,38 @@ def test_layers_match_torchvision_vgg19():
     ours = VGG19Features(("relu5_2",), weights=None).features
     assert [type(m) for m in ours] == [type(m) for m in tv[:32]]
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in tv[:32].state_dict().items()}
+
+
+def test_vgg_runs_channels_last_and_returns_contiguous_maps():
+    vgg = VGG19Features(("relu3_2", "relu5_2"), weights=None)
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in vgg.features if isinstance(m, torch.nn.Conv2d))
+    images = torch.rand(2, 3, 28, 40).transpose(2, 3)  # non-contiguous input
+    got = vgg(images)
+    plain = copy.deepcopy(vgg.features).to(memory_format=torch.contiguous_format)
+    x = (images - vgg.mean) / vgg.std
+    for idx, name in ((13, "relu3_2"), (31, "relu5_2")):
+        assert got[name].is_contiguous()
+        torch.testing.assert_close(got[name], plain[: idx + 1](x), rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_vgg_is_close_to_float32_and_backprops():
+    out = torch.rand(2, 3, 48, 40, requires_grad=True)
+    tgt = torch.rand(2, 3, 48, 40)
+    ref_fn = SWLoss(weights=None)
+    fast_fn = SWLoss(weights=None, vgg_dtype=torch.bfloat16)
+    fast_fn.load_state_dict(ref_fn.state_dict())
+    ref = ref_fn(out, tgt, generator=torch.Generator().manual_seed(3))
+    fast = fast_fn(out, tgt, generator=torch.Generator().manual_seed(3))
+    assert fast.dtype == torch.float32 and ref.dtype == torch.float32
+    torch.testing.assert_close(fast, ref, rtol=0.05, atol=0)  # bfloat16 features: ~3 significant digits
+    (g_ref,) = torch.autograd.grad(ref, out)
+    (g_fast,) = torch.autograd.grad(fast, out)
+    assert torch.isfinite(g_fast).all()
+    cos = torch.nn.functional.cosine_similarity(g_fast.flatten(), g_ref.flatten(), dim=0)
+    assert cos > 0.9
+    with pytest.raises(TypeError, match="vgg_dtype must be"):
+        SWLoss(weights=None, vgg_dtype=torch.int8)
 
 
 def test_backends_agree_on_swloss():

@@ -185,3 +185,8 @@ def test_frame_pairs_are_whole_aligned_photographs(tmp_path, scale):
         assert lr.shape[:2] == (128, 128) and gt.shape[:2] == (128 * scale, 128 * scale)
         box = gt.reshape(128, scale, 128, scale, 3).mean(axis=(1, 3))
         assert np.abs(box - lr).max() <= (0.5 if scale == 4 else 1.0) + 1e-9  # up to rounding of LR (and GT at x2)
+
+
+def test_bad_sw_precision_is_named(tmp_path):
+    with pytest.raises(ValueError, match="train.sw_precision must be float32 or bfloat16, got 'half'"):
+        train(_tiny(tmp_path / "p", "train.loss=l1sw", "train.sw_precision=half"), progress=False)
