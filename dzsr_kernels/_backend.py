@@ -23,9 +23,15 @@ BACKENDS = ("reference", "cpp", "triton")
 
 # Preference order used by ``auto`` per device type. CPU: the C++ kernels are measured faster than
 # the reference for every op (BENCHMARKS.md); the Triton interpreter is a test vehicle, never auto.
+# device -> op -> backends in order of preference ("*": every other op). CPU: cpp beats the
+# reference everywhere (BENCHMARKS.md, 2-core CPU). CUDA, measured on an H200 (BENCHMARKS.md): cpp
+# is the fastest deformable convolution; for patch matching and the SW loss PyTorch's own kernels
+# (the reference: cuDNN conv2d, TF32 by default; torch.sort) beat ours at every measured size.
 AUTO_PREFERENCE = {
-    "cpu": ("cpp", "reference"),
-    "cuda": ("cpp", "triton", "reference"),
+    "cpu": {"*": ("cpp", "reference")},
+    "cuda": {"*": ("cpp", "triton", "reference"),
+             "patch_match": ("reference", "cpp", "triton"),
+             "sliced_wasserstein": ("reference", "triton", "cpp")},
 }
 
 _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("dzsr_backend", default=None)
@@ -101,7 +107,8 @@ def resolve(op: str, device: torch.device) -> str:
     Under ``torch.compile`` the choice is made once, at trace time."""
     name = requested_backend()
     if name == "auto":
-        for candidate in AUTO_PREFERENCE.get(device.type, ("reference",)):
+        order = AUTO_PREFERENCE.get(device.type, {})
+        for candidate in order.get(op, order.get("*", ("reference",))):
             if unavailable_reason(candidate, device.type, op) is None:
                 return candidate
         return "reference"
