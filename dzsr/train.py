@@ -315,7 +315,7 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
     data = config["data"]
     patches = TrainPatches(source, data["patch_size"], t["iters_per_epoch"] * t["batch_size"], seed,
                            data.get("noise_sigma", SIGMA_RANGE), data.get("jpeg_quality", QUALITY_RANGE),
-                           data.get("noise_map", True))
+                           data.get("noise_map", True), data.get("channel_shuffle", False))
     optimizers, schedulers = build_optimizers(model, config)
 
     iteration = 0

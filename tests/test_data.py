@@ -324,6 +324,24 @@ def test_sampler_in_dataloader_workers_matches_main_process(tmp_path, rng):
         assert torch.equal(main[k], workers[k]), k
 
 
+def test_sampler_channel_shuffle_permutes_lr_and_gt_together(tmp_path, rng):
+    make_layout(tmp_path, "train", 4, [(14, 15)], rng)
+    ds = DualZoomDataset(tmp_path, "train", 4)
+    plain = TrainPatches(ds, patch_size=12, length=24, seed=5)
+    shuffled = TrainPatches(ds, patch_size=12, length=24, seed=5, channel_shuffle=True)
+    perms = set()
+    for i in range(24):
+        a, b = plain[i], shuffled[i]
+        lr_a, lr_b, gt_b = to_u8(a["lr"]), to_u8(b["lr"]), to_u8(b["gt"])
+        assert np.array_equal(box_down(gt_b, 4), lr_b)  # same permutation on both
+        found = [p for p in itertools.permutations(range(3)) if np.array_equal(lr_a[..., list(p)], lr_b)]
+        assert found, i  # the same crop and flips, channels permuted
+        perms.add(found[0])
+    assert len(perms) >= 3
+    with pytest.raises(TypeError, match="data.channel_shuffle must be true or false"):
+        TrainPatches(ds, patch_size=12, channel_shuffle="yes")
+
+
 def test_sampler_rejects_small_images(tmp_path, rng):
     make_layout(tmp_path, "train", 4, [(10, 30)], rng)
     with pytest.raises(ValueError, match="10x30, smaller than the 12x12 patch"):

@@ -145,7 +145,9 @@ class TrainPatches(Dataset):
     Item ``index`` uses image ``index % len(source)`` and a generator seeded by
     ``(seed, epoch, index)``, so a sample does not depend on worker count or order (exact resume):
       * ``lr (3, P, P)`` random LR patch; ``gt (3, sP, sP)`` the HR patch above it;
-      * the same random horizontal flip, vertical flip and transpose (each with p=0.5) on both;
+      * the same random horizontal flip, vertical flip and transpose (each with p=0.5) on both, and
+        with ``channel_shuffle`` the same random permutation of the RGB channels (an augmentation
+        against colour bias, e.g. from greyscale-heavy training sets; off by default);
       * reference: a random ``q x q`` box inside the LR patch, ``q = P // s`` (self-supervised: the
         reference is cut from the GT patch, as the authors do): ``ref (3, s*q, s*q)`` the GT there,
         ``lr_ref (3, q, q)`` the LR there, ``ref_box`` int64 ``[y0, y1, x0, x1]`` in LR-patch pixels
@@ -162,8 +164,11 @@ class TrainPatches(Dataset):
 
     def __init__(self, source: DualZoomDataset, patch_size: int = 48, length: int = 16000, seed: int = 0,
                  noise_sigma: tuple[int, int] | None = SIGMA_RANGE, jpeg_quality: tuple[int, int] | None = QUALITY_RANGE,
-                 noise: bool = True):
+                 noise: bool = True, channel_shuffle: bool = False):
         self.noise_sigma, self.jpeg_quality = Degradation.check_ranges(noise_sigma, jpeg_quality)
+        if not isinstance(channel_shuffle, bool):
+            raise TypeError(f"data.channel_shuffle must be true or false, got {channel_shuffle!r}")
+        self.channel_shuffle = channel_shuffle
         if not isinstance(noise, bool):
             raise TypeError(f"data.noise_map must be true or false, got {noise!r}")
         self.noise = noise
@@ -191,6 +196,9 @@ class TrainPatches(Dataset):
         flips = rng.random(3) < 0.5
         lr_p = _augment(lr[y:y + p, x:x + p], *flips)
         gt_p = _augment(gt[s * y:s * (y + p), s * x:s * (x + p)], *flips)
+        if self.channel_shuffle:
+            perm = rng.permutation(3)
+            lr_p, gt_p = np.ascontiguousarray(lr_p[..., perm]), np.ascontiguousarray(gt_p[..., perm])
         q = p // s
         ry, rx = (int(v) for v in rng.integers(0, p - q, size=2, endpoint=True))
         box = (ry, ry + q, rx, rx + q)
