@@ -56,6 +56,25 @@ def _cell(py, px, H, W):
 
 
 @triton.jit
+def _bilinear(py, px, H, W):
+    """The four corners (0,0), (0,1), (1,0), (1,1) of each sampling position, each as (flat index,
+    validity, weight, d weight/dy, d weight/dx): 20 values."""
+    iy, ix, ly, lx, vy0, vy1, vx0, vx1 = _cell(py, px, H, W)
+    i00, m00, w00, y00, x00 = _corner(iy, ix, ly, lx, vy0, vx0, 0, 0, W)
+    i01, m01, w01, y01, x01 = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W)
+    i10, m10, w10, y10, x10 = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W)
+    i11, m11, w11, y11, x11 = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W)
+    return i00, m00, w00, y00, x00, i01, m01, w01, y01, x01, i10, m10, w10, y10, x10, i11, m11, w11, y11, x11
+
+
+@triton.jit
+def _pixel_block(p0, HW, W, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """Pixels p0 .. p0 + BLOCK_P - 1 of an H x W image: flat index, in-image mask, row, column."""
+    p = p0 + tl.arange(0, BLOCK_P)
+    return p, p < HW, (p // W).to(ACC), (p % W).to(ACC)
+
+
+@triton.jit
 def _load_affine(geom_n, p, pmask, HW, AFFINE: tl.constexpr, ACC: tl.constexpr):
     """Per-pixel A0..A3, by, bx (affine mode); zeros, unused, in general mode."""
     if not AFFINE:
@@ -72,10 +91,10 @@ def _load_affine(geom_n, p, pmask, HW, AFFINE: tl.constexpr, ACC: tl.constexpr):
 
 @triton.jit
 def _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx,
-              t: tl.constexpr, K: tl.constexpr, AFFINE: tl.constexpr, ACC: tl.constexpr):
+              t, K: tl.constexpr, AFFINE: tl.constexpr, ACC: tl.constexpr):
     """Absolute sampling position of tap t for the pixels p (affine: from the preloaded A, b)."""
-    gy: tl.constexpr = t // K - K // 2
-    gx: tl.constexpr = t % K - K // 2
+    gy = t // K - K // 2
+    gx = t % K - K // 2
     if AFFINE:
         py = qy + a0 * gy + a1 * gx + by
         px = qx + a2 * gy + a3 * gx + bx
@@ -102,10 +121,7 @@ def _forward_kernel(x_ptr, geom_ptr, w_ptr, bias_ptr, out_ptr,
     HW = H * W
     G: tl.constexpr = 6 if AFFINE else 2 * K * K
     KK: tl.constexpr = K * K
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < HW
-    qy = (p // W).to(ACC)
-    qx = (p % W).to(ACC)
+    p, pmask, qy, qx = _pixel_block(pid_p * BLOCK_P, HW, W, BLOCK_P, ACC)
     if DEPTHWISE:
         co = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = co < C_out
@@ -120,11 +136,7 @@ def _forward_kernel(x_ptr, geom_ptr, w_ptr, bias_ptr, out_ptr,
     acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
     for t in tl.static_range(KK):
         py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
-        iy, ix, ly, lx, vy0, vy1, vx0, vx1 = _cell(py, px, H, W)
-        i00, m00, w00, _, _ = _corner(iy, ix, ly, lx, vy0, vx0, 0, 0, W)
-        i01, m01, w01, _, _ = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W)
-        i10, m10, w10, _, _ = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W)
-        i11, m11, w11, _, _ = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W)
+        i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = _bilinear(py, px, H, W)
         if DEPTHWISE:
             plane = x_n + ((co // c_out_g).to(tl.int64) * HW)[:, None]
             m = cmask[:, None] & pmask[None, :]
@@ -176,10 +188,7 @@ def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr
     HW = H * W
     G: tl.constexpr = 6 if AFFINE else 2 * K * K
     KK: tl.constexpr = K * K
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < HW
-    qy = (p // W).to(ACC)
-    qx = (p % W).to(ACC)
+    p, pmask, qy, qx = _pixel_block(pid_p * BLOCK_P, HW, W, BLOCK_P, ACC)
     x_n = x_ptr + n * C * HW
     dx_n = dx_ptr + n * C * HW
     go_n = go_ptr + n * C_out * HW
@@ -194,11 +203,8 @@ def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr
     dbx = tl.zeros((BLOCK_P,), dtype=ACC)
     for t in tl.static_range(KK):
         py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
-        iy, ix, ly, lx, vy0, vy1, vx0, vx1 = _cell(py, px, H, W)
-        i00, m00, w00, y00, x00 = _corner(iy, ix, ly, lx, vy0, vx0, 0, 0, W)
-        i01, m01, w01, y01, x01 = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W)
-        i10, m10, w10, y10, x10 = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W)
-        i11, m11, w11, y11, x11 = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W)
+        (i00, m00, w00, y00, x00, i01, m01, w01, y01, x01,
+         i10, m10, w10, y10, x10, i11, m11, w11, y11, x11) = _bilinear(py, px, H, W)
         gpy = tl.zeros((BLOCK_P,), dtype=ACC)
         gpx = tl.zeros((BLOCK_P,), dtype=ACC)
         if DEPTHWISE:
@@ -289,26 +295,12 @@ def _weight_grad_kernel(go_ptr, x_ptr, geom_ptr, dw_ptr, N, C, C_out, H, W, c_in
     go_rows = go_ptr + (n * C_out + co.to(tl.int64))[:, None] * HW
     x_rows = x_ptr + (n * C + ci.to(tl.int64))[:, None] * HW
     geom_n = geom_ptr + n * G * HW
-    gy = t // K - K // 2
-    gx = t % K - K // 2
     acc = tl.zeros((BLOCK_CO, BLOCK_CI), dtype=ACC)
     for p0 in range(p_begin, tl.minimum(p_begin + chunk_pixels, HW), BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        pmask = p < HW
-        qy = (p // W).to(ACC)
-        qx = (p % W).to(ACC)
-        if AFFINE:
-            a0, a1, a2, a3, by, bx = _load_affine(geom_n, p, pmask, HW, True, ACC)
-            py = qy + a0 * gy + a1 * gx + by
-            px = qx + a2 * gy + a3 * gx + bx
-        else:
-            py = qy + gy + tl.load(geom_n + (2 * t) * HW + p, mask=pmask, other=0.0).to(ACC)
-            px = qx + gx + tl.load(geom_n + (2 * t + 1) * HW + p, mask=pmask, other=0.0).to(ACC)
-        iy, ix, ly, lx, vy0, vy1, vx0, vx1 = _cell(py, px, H, W)
-        i00, m00, w00, _, _ = _corner(iy, ix, ly, lx, vy0, vx0, 0, 0, W)
-        i01, m01, w01, _, _ = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W)
-        i10, m10, w10, _, _ = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W)
-        i11, m11, w11, _, _ = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W)
+        p, pmask, qy, qx = _pixel_block(p0, HW, W, BLOCK_P, ACC)
+        a0, a1, a2, a3, by, bx = _load_affine(geom_n, p, pmask, HW, AFFINE, ACC)
+        py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
+        i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = _bilinear(py, px, H, W)
         m = cimask[:, None] & pmask[None, :]
         cols = (_gather(x_rows, i00[None, :], m00[None, :], m, w00[None, :], ACC)
                 + _gather(x_rows, i01[None, :], m01[None, :], m, w01[None, :], ACC)
