@@ -30,40 +30,30 @@ DZSR_SW_HD int8_t sign_of(T d) {
 // Order-preserving map of IEEE floats onto unsigned integers (negative values have all bits
 // flipped, non-negative ones only the sign bit), so an unsigned radix sort sorts the floats
 // ascending. -0.0 sorts just before +0.0, which changes no sorted value.
+template <typename F, typename B>
+struct RadixKeyOf {
+  static_assert(sizeof(F) == sizeof(B), "key and float must have the same width");
+  using Bits = B;
+  static constexpr Bits kSign = Bits(1) << (8 * sizeof(Bits) - 1);
+  static inline Bits encode(F x) {
+    Bits b;
+    std::memcpy(&b, &x, sizeof(b));
+    return b ^ ((b & kSign) ? ~Bits(0) : kSign);
+  }
+  static inline F decode(Bits k) {
+    Bits b = k ^ ((k & kSign) ? kSign : ~Bits(0));
+    F x;
+    std::memcpy(&x, &b, sizeof(x));
+    return x;
+  }
+};
+
 template <typename F>
 struct RadixKey;
-
 template <>
-struct RadixKey<float> {
-  using Bits = uint32_t;
-  static inline Bits encode(float x) {
-    Bits b;
-    std::memcpy(&b, &x, sizeof(b));
-    return b ^ ((b >> 31) ? 0xFFFFFFFFu : 0x80000000u);
-  }
-  static inline float decode(Bits k) {
-    Bits b = k ^ ((k >> 31) ? 0x80000000u : 0xFFFFFFFFu);
-    float x;
-    std::memcpy(&x, &b, sizeof(x));
-    return x;
-  }
-};
-
+struct RadixKey<float> : RadixKeyOf<float, uint32_t> {};
 template <>
-struct RadixKey<double> {
-  using Bits = uint64_t;
-  static inline Bits encode(double x) {
-    Bits b;
-    std::memcpy(&b, &x, sizeof(b));
-    return b ^ ((b >> 63) ? ~Bits(0) : (Bits(1) << 63));
-  }
-  static inline double decode(Bits k) {
-    Bits b = k ^ ((k >> 63) ? (Bits(1) << 63) : ~Bits(0));
-    double x;
-    std::memcpy(&x, &b, sizeof(x));
-    return x;
-  }
-};
+struct RadixKey<double> : RadixKeyOf<double, uint64_t> {};
 
 }  // namespace sw
 }  // namespace dzsr
