@@ -43,18 +43,13 @@ FINAL = "final.pt"
 
 
 def _bundled_photo(filename: str) -> np.ndarray:
-    """A photograph shipped in skimage/data as uint8 RGB, cropped to a multiple of 4 pixels."""
-    from importlib import resources
+    """``dzsr.sample.builder.bundled_photo``, with its errors naming the config key."""
+    from .sample.builder import bundled_photo
 
-    import cv2
-
-    path = resources.files("skimage.data").joinpath(filename)
-    if not path.is_file():
-        raise FileNotFoundError(f"data.photos: {filename} is not among scikit-image's bundled photographs")
-    img = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"data.photos: cannot decode scikit-image's {filename}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4]
+    try:
+        return bundled_photo(filename)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"data.photos: {err}") from None
 
 
 def photo_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:

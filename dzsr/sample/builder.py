@@ -49,14 +49,22 @@ _FILES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chel
           "motorcycle": "motorcycle_left.png", "motorcycle_right": "motorcycle_right.png"}
 
 
-def _photo(key: str) -> np.ndarray:
-    """A bundled skimage photograph as uint8 RGB, cropped to a multiple of 4 pixels."""
-    data = resources.files("skimage.data").joinpath(_FILES[key]).read_bytes()
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+def bundled_photo(filename: str) -> np.ndarray:
+    """A photograph shipped in skimage/data as uint8 RGB, cropped at the bottom/right to a multiple
+    of 4 pixels. Raises FileNotFoundError if scikit-image has no such file, ValueError if it cannot
+    be decoded."""
+    path = resources.files("skimage.data").joinpath(filename)
+    if not path.is_file():
+        raise FileNotFoundError(f"{filename} is not among scikit-image's bundled photographs")
+    img = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise RuntimeError(f"cannot decode skimage's bundled {_FILES[key]}")
+        raise ValueError(f"cannot decode scikit-image's bundled {filename}")
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return img[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4]
+
+
+def _photo(key: str) -> np.ndarray:
+    return bundled_photo(_FILES[key])
 
 
 def _box_down(img: np.ndarray, factor: int) -> np.ndarray:
