@@ -32,7 +32,9 @@ from .checkpoint import load_checkpoint, load_official, save_checkpoint
 from .data import DualZoomDataset, TrainPatches, prepare_pair, worker_init, write_rgb
 from .data.degrade import QUALITY_RANGE, SIGMA_RANGE
 from .losses import SelfDZSRObjective, SWLoss, kernel_gen_loss
-from .models import SelfDZSR
+from .config import ConfigError
+from .models import RestorationNet, SelfDZSR
+from .models.bicubic_init import init_bicubic_
 
 STAGES = ("kernel_gen", "joint")
 LAST = "last.pt"
@@ -176,6 +178,11 @@ def build_model(config: dict) -> SelfDZSR:
     if init.get("checkpoint"):
         load_checkpoint(init["checkpoint"], model)
     load_official(model, kernel_gen=init.get("kernel_gen"), extractor=init.get("extractor"))
+    bicubic = init.get("bicubic", False)
+    if not isinstance(bicubic, bool):
+        raise ConfigError(f"init.bicubic must be true or false, got {bicubic!r}")
+    if bicubic:  # a fresh restoration network that starts as bicubic upsampling (KernelGen, extractor kept)
+        model.restoration = init_bicubic_(RestorationNet(config["scale"], m["drop_prob"], m["paste_prob"]))
     return model
 
 
