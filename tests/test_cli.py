@@ -124,3 +124,17 @@ def test_demo_with_the_shipped_checkpoint(capsys, tmp_path):
     sr = read_rgb(tmp_path / "sr.png")
     assert sr.shape == (500, 740, 3) and side.shape == (500, 4 * 740 + 3 * 4, 3)
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 4
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_beats_its_baselines_on_held_out_photographs(tmp_path):
+    """What README and demo_x4.txt claim of the shipped checkpoint: on every held-out photograph it
+    beats bicubic (Full- and Corner-Image) and the no-reference network (Full-Image)."""
+    from dzsr.demo import run_demo
+    from dzsr.sample import HELD_OUT
+
+    rows = {r["name"]: r for r in run_demo(tmp_path, held_out=True)}
+    for name in HELD_OUT:
+        ours, bic, plain = (rows[f"{name} / {m}"] for m in ("SelfDZSR", "bicubic", "no reference"))
+        assert ours["psnr"] > bic["psnr"] and ours["psnr_corner"] > bic["psnr_corner"], name
+        assert ours["psnr"] > plain["psnr"], name
