@@ -26,6 +26,7 @@ within a few pixels of the border.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn as nn
@@ -61,9 +62,7 @@ def _bicubic_1d(x: torch.Tensor, scale: int) -> torch.Tensor:
 def _fit_1d(factors: tuple[int, ...]) -> tuple[list[torch.Tensor], float]:
     """Weights of the 1-D chain (stage convs (K_out*f, K_in, 3), tail (1, K, 3)) fitted to bicubic
     upsampling, and the interior RMS error on unit-variance white noise."""
-    scale = 1
-    for f in factors:
-        scale *= f
+    scale = math.prod(factors)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 1, 40, generator=gen, dtype=torch.float64)
     target = _bicubic_1d(x, scale)
@@ -101,9 +100,22 @@ def _factors(scale: int) -> list[int]:
     return PixelShuffleUpsampler(scale, 1).factors
 
 
-def _outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """2-D 3x3 kernel from two 3-tap 1-D kernels."""
-    return a[:, None] * b[None, :]
+def _separable_2d(w1d: torch.Tensor, f: int) -> torch.Tensor:
+    """2-D weights (K*K*f*f, K_in*K_in, 3, 3) of a 1-D stage (K*f, K_in, 3): output (ky, kx, py, px)
+    reads input (iy, ix) with the outer product of the two 1-D 3-tap kernels (``pixel_shuffle`` order)."""
+    k, k_in = w1d.shape[0] // f, w1d.shape[1]
+    a = w1d.reshape(k, f, k_in, 3)
+    return torch.einsum("apiu,bqjv->abpqijuv", a, a).reshape(k * k * f * f, k_in * k_in, 3, 3)
+
+
+def _set_per_colour(conv: nn.Conv2d, block: torch.Tensor) -> None:
+    """Colour c's block (O, I, 3, 3) at output rows c*O.., input columns c*I..; zero elsewhere in
+    those 3*O rows and zero bias (the other rows keep their initialisation)."""
+    o, i = block.shape[:2]
+    conv.weight[: 3 * o].zero_()
+    conv.bias[: 3 * o].zero_()
+    for c in range(3):
+        conv.weight[c * o:(c + 1) * o, c * i:(c + 1) * i] = block.to(conv.weight.dtype)
 
 
 @torch.no_grad()
@@ -112,8 +124,6 @@ def init_bicubic_(net: nn.Module) -> nn.Module:
     Needs 64 features (the authors' width) and the 3 LR AdaSTNs."""
     factors = net.upsampler.factors
     weights_1d, _ = _fit_1d(tuple(factors))
-    dtype = net.head.weight.dtype
-    channels = _stage_channels(factors)
 
     net.head.weight[: 6].zero_()
     net.head.bias[: 6].zero_()
@@ -129,34 +139,11 @@ def init_bicubic_(net: nn.Module) -> nn.Module:
     net.body_tail.weight.zero_()
     net.body_tail.bias.zero_()
 
-    # 2-D stage s: colour c's features are the K x K products (ky, kx) of the 1-D channels, at
-    # post-shuffle indices c*K*K + ky*K + kx (the input of stage 0 is the +/- pair of the head).
-    k_in = None
-    for stage, (f, conv) in enumerate(zip(factors, net.upsampler.convs)):
-        w1d, k = weights_1d[stage], channels[stage]
-        conv.weight[: 3 * k * k * f * f].zero_()
-        conv.bias[: 3 * k * k * f * f].zero_()
-        for c in range(3):
-            for ky in range(k):
-                for kx in range(k):
-                    for py in range(f):
-                        for px in range(f):
-                            out = ((c * k * k + ky * k + kx) * f + py) * f + px
-                            if k_in is None:  # read u - v of the head pair
-                                kernel = _outer(w1d[ky * f + py, 0], w1d[kx * f + px, 0]).to(dtype) / PAIR_GAIN
-                                conv.weight[out, 2 * c] = kernel
-                                conv.weight[out, 2 * c + 1] = -kernel
-                                continue
-                            for iy in range(k_in):
-                                for ix in range(k_in):
-                                    conv.weight[out, c * k_in * k_in + iy * k_in + ix] = _outer(
-                                        w1d[ky * f + py, iy], w1d[kx * f + px, ix]).to(dtype)
-        k_in = k
-    tail = weights_1d[-1]
-    net.tail.weight.zero_()
-    net.tail.bias.zero_()
-    for c in range(3):
-        for iy in range(k_in):
-            for ix in range(k_in):
-                net.tail.weight[c, c * k_in * k_in + iy * k_in + ix] = _outer(tail[0, iy], tail[0, ix]).to(dtype)
+    # colour c's features after stage s are the K x K products of the 1-D channels; stage 0 reads
+    # u - v of the head pair (inputs 2c, 2c+1)
+    first = _separable_2d(weights_1d[0], factors[0]).to(net.head.weight.dtype) / PAIR_GAIN
+    _set_per_colour(net.upsampler.convs[0], torch.cat([first, -first], 1))
+    for f, conv, w1d in zip(factors[1:], net.upsampler.convs[1:], weights_1d[1:-1]):
+        _set_per_colour(conv, _separable_2d(w1d, f))
+    _set_per_colour(net.tail, _separable_2d(weights_1d[-1], 1))
     return net
