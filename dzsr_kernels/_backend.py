@@ -21,12 +21,11 @@ import torch
 
 BACKENDS = ("reference", "cpp", "triton")
 
-# Preference order used by ``auto`` per device type. CPU: the C++ kernels are measured faster than
-# the reference for every op (BENCHMARKS.md); the Triton interpreter is a test vehicle, never auto.
-# device -> op -> backends in order of preference ("*": every other op). CPU: cpp beats the
-# reference everywhere (BENCHMARKS.md, 2-core CPU). CUDA, measured on an H200 (BENCHMARKS.md): cpp
-# is the fastest deformable convolution; for patch matching and the SW loss PyTorch's own kernels
-# (the reference: cuDNN conv2d, TF32 by default; torch.sort) beat ours at every measured size.
+# Preference order used by ``auto``: device -> op -> backends in order ("*": every other op). CPU:
+# cpp beats the reference everywhere (BENCHMARKS.md, 2-core CPU); the Triton interpreter is a test
+# vehicle, never auto. CUDA, measured on an H200 (BENCHMARKS.md): cpp is the fastest deformable
+# convolution; for patch matching and the SW loss PyTorch's own kernels (the reference: cuDNN
+# conv2d, TF32 by default; torch.sort) beat ours at every measured size.
 AUTO_PREFERENCE = {
     "cpu": {"*": ("cpp", "reference")},
     "cuda": {"*": ("cpp", "triton", "reference"),
