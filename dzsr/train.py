@@ -77,19 +77,33 @@ def photo_frame_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]
 
 
 PHOTOS_AS = ("capture", "frame")
+SYNTHETIC_SIZE = 512  # side of a dead-leaves picture at the resolution of the bundled photographs (4x LR)
+
+
+def synthetic_frame_pair(index: int, seed: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-frame (LR, GT) pair ``index`` of the dead-leaves pictures (``dzsr.data.dead_leaves``)
+    drawn with ``(seed, index)``, degraded like ``photo_frame_pair``."""
+    from .data.dead_leaves import dead_leaves
+    from .sample.builder import _box_down
+
+    img = dead_leaves(SYNTHETIC_SIZE, np.random.default_rng([seed, index]))
+    return _box_down(img, 4), _box_down(img, 4 // scale)
 
 
 def prepare_sample_data(root: str, names: list[str], scale: int, photos: list[str] = (),
-                        photos_as: str = "capture") -> str:
+                        photos_as: str = "capture", synthetic: int = 0, seed: int = 0) -> str:
     """Write training pairs ``root/train_{LR,HR}`` from the bundled samples ``names`` (self-supervised:
     the short-focus centre crop and the aligned telephoto, ``prepare_pair``) and from other bundled
     photographs ``photos`` (file names in skimage/data), either as synthetic captures prepared the
     same way (``photos_as="capture"``) or as whole-frame pairs (``"frame"``, ``photo_frame_pair``:
-    every pixel has exact ground truth, far more data than the telephoto's quarter field of view)."""
+    every pixel has exact ground truth, far more data than the telephoto's quarter field of view),
+    plus ``synthetic`` dead-leaves whole-frame pairs (``synthetic_frame_pair``, seeded by ``seed``)."""
     from .sample import HELD_OUT, load_sample
 
     if photos_as not in PHOTOS_AS:
         raise ValueError(f"data.photos_as must be one of {', '.join(PHOTOS_AS)}, got {photos_as!r}")
+    if isinstance(synthetic, bool) or not isinstance(synthetic, int) or synthetic < 0:
+        raise ValueError(f"data.synthetic must be a number of dead-leaves pictures (an integer >= 0), got {synthetic!r}")
     pairs = []
     for name in names:
         if name in HELD_OUT:
@@ -105,6 +119,11 @@ def prepare_sample_data(root: str, names: list[str], scale: int, photos: list[st
             pairs.append((name, {"lr": lr, "gt": gt}))
         else:
             pairs.append((name, prepare_pair(*photo_pair(filename, scale), scale)))
+    for index in range(synthetic):
+        lr, gt = synthetic_frame_pair(index, seed, scale)
+        pairs.append((f"dead_leaves_{index:03d}", {"lr": lr, "gt": gt}))
+    if not pairs:
+        raise ValueError("data.kind=sample has no training images: give data.samples, data.photos or data.synthetic")
     for name, pair in pairs:
         write_rgb(os.path.join(root, "train_LR", f"{name}_x1.png"), pair["lr"])
         write_rgb(os.path.join(root, "train_HR", f"{name}_x{scale}.png"), pair["gt"])
@@ -118,7 +137,7 @@ def build_source(config: dict, rank: int) -> DualZoomDataset:
         root = os.path.join(config["log"]["out_dir"], "sample_data")
         if rank == 0:
             prepare_sample_data(root, list(data["samples"] or []), scale, list(data.get("photos") or []),
-                                data.get("photos_as", "capture"))
+                                data.get("photos_as", "capture"), data.get("synthetic", 0), int(config["seed"]))
         _barrier()
         return DualZoomDataset(root, "train", scale)
     if kind not in ("nikon", "camerafusion", "folder"):
