@@ -103,7 +103,8 @@ def prepare_sample_data(root: str, names: list[str], scale: int, photos: list[st
     if photos_as not in PHOTOS_AS:
         raise ValueError(f"data.photos_as must be one of {', '.join(PHOTOS_AS)}, got {photos_as!r}")
     if isinstance(synthetic, bool) or not isinstance(synthetic, int) or synthetic < 0:
-        raise ValueError(f"data.synthetic must be a number of dead-leaves pictures (an integer >= 0), got {synthetic!r}")
+        raise ValueError(f"data.synthetic must be a number of dead-leaves pictures (an integer >= 0), "
+                         f"got {synthetic!r}")
     pairs = []
     for name in names:
         if name in HELD_OUT:
@@ -124,9 +125,16 @@ def prepare_sample_data(root: str, names: list[str], scale: int, photos: list[st
         pairs.append((f"dead_leaves_{index:03d}", {"lr": lr, "gt": gt}))
     if not pairs:
         raise ValueError("data.kind=sample has no training images: give data.samples, data.photos or data.synthetic")
+    written = set()
     for name, pair in pairs:
-        write_rgb(os.path.join(root, "train_LR", f"{name}_x1.png"), pair["lr"])
-        write_rgb(os.path.join(root, "train_HR", f"{name}_x{scale}.png"), pair["gt"])
+        for folder, file, img in (("train_LR", f"{name}_x1.png", pair["lr"]),
+                                  ("train_HR", f"{name}_x{scale}.png", pair["gt"])):
+            write_rgb(os.path.join(root, folder, file), img)
+            written.add(os.path.join(folder, file))
+    for folder in ("train_LR", "train_HR"):  # a pair left by an earlier run with other data keys
+        for file in os.listdir(os.path.join(root, folder)):
+            if file.endswith(".png") and os.path.join(folder, file) not in written:
+                os.remove(os.path.join(root, folder, file))
     return root
 
 

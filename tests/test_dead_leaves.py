@@ -1,6 +1,8 @@
 """Synthetic dead-leaves training pictures (dzsr.data.dead_leaves) and their place in the sample data."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,12 @@ def test_bad_synthetic_count_is_named(tmp_path, bad):
 def test_no_training_images_is_named(tmp_path):
     with pytest.raises(ValueError, match="no training images: give data.samples, data.photos or data.synthetic"):
         prepare_sample_data(str(tmp_path / "d"), [], 4, [], "frame")
+
+
+def test_rewriting_the_sample_data_drops_pairs_of_earlier_settings(tmp_path):
+    """The training set is what the data keys say, also in an out_dir reused with fewer pictures."""
+    root = tmp_path / "d"
+    prepare_sample_data(str(root), [], 4, ["camera.png"], "frame", synthetic=3)
+    prepare_sample_data(str(root), [], 4, [], "frame", synthetic=1)
+    assert sorted(os.listdir(root / "train_LR")) == ["dead_leaves_000_x1.png"]
+    assert sorted(os.listdir(root / "train_HR")) == ["dead_leaves_000_x4.png"]
