@@ -67,13 +67,17 @@ def photo_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
     return _box_down(img, 4), np.ascontiguousarray(_similarity_view(gt)[y0:y1, x0:x1])
 
 
-def photo_frame_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """A whole-frame (LR, GT) pair of a bundled photograph, aligned by construction: LR = 4x
+def _frame_pair(img: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-frame (LR, GT) of a picture at 4x LR resolution, aligned by construction: LR = 4x
     box-down (the bundled sample's short-focus degradation), GT = the ``4/scale`` box-down."""
     from .sample.builder import _box_down
 
-    img = _bundled_photo(filename)
     return _box_down(img, 4), _box_down(img, 4 // scale)
+
+
+def photo_frame_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_frame_pair`` of a bundled photograph."""
+    return _frame_pair(_bundled_photo(filename), scale)
 
 
 PHOTOS_AS = ("capture", "frame")
@@ -81,13 +85,10 @@ SYNTHETIC_SIZE = 512  # side of a dead-leaves picture at the resolution of the b
 
 
 def synthetic_frame_pair(index: int, seed: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-frame (LR, GT) pair ``index`` of the dead-leaves pictures (``dzsr.data.dead_leaves``)
-    drawn with ``(seed, index)``, degraded like ``photo_frame_pair``."""
+    """``_frame_pair`` of dead-leaves picture ``index`` (``dzsr.data.dead_leaves``), drawn with ``(seed, index)``."""
     from .data.dead_leaves import dead_leaves
-    from .sample.builder import _box_down
 
-    img = dead_leaves(SYNTHETIC_SIZE, np.random.default_rng([seed, index]))
-    return _box_down(img, 4), _box_down(img, 4 // scale)
+    return _frame_pair(dead_leaves(SYNTHETIC_SIZE, np.random.default_rng([seed, index])), scale)
 
 
 def prepare_sample_data(root: str, names: list[str], scale: int, photos: list[str] = (),
@@ -202,12 +203,12 @@ def build_model(config: dict) -> SelfDZSR:
     m = config["model"]
     model = SelfDZSR(config["scale"], drop_prob=m["drop_prob"], paste_prob=m["paste_prob"])
     init = config.get("init") or {}
-    if init.get("checkpoint"):
-        load_checkpoint(init["checkpoint"], model)
-    load_official(model, kernel_gen=init.get("kernel_gen"), extractor=init.get("extractor"))
     bicubic = init.get("bicubic", False)
     if not isinstance(bicubic, bool):
         raise ConfigError(f"init.bicubic must be true or false, got {bicubic!r}")
+    if init.get("checkpoint"):
+        load_checkpoint(init["checkpoint"], model)
+    load_official(model, kernel_gen=init.get("kernel_gen"), extractor=init.get("extractor"))
     if bicubic:  # a fresh restoration network that starts as bicubic upsampling (KernelGen, extractor kept)
         model.restoration = init_bicubic_(RestorationNet(config["scale"], m["drop_prob"], m["paste_prob"]))
     return model

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .blocks import upsample_factors
+
 LEAKY_SLOPE, N_ALIGN = 0.2, 3
 PAIR_GAIN = 1.0 + LEAKY_SLOPE ** N_ALIGN  # u - v = PAIR_GAIN * x after the three LR AdaSTNs
 
@@ -91,13 +93,7 @@ def _fit_1d(factors: tuple[int, ...]) -> tuple[list[torch.Tensor], float]:
 
 def bicubic_fit_error(scale: int) -> float:
     """Interior RMS difference (unit-variance input) between the fitted upsampler chain and bicubic."""
-    return _fit_1d(tuple(_factors(scale)))[1]
-
-
-def _factors(scale: int) -> list[int]:
-    from .blocks import PixelShuffleUpsampler
-
-    return PixelShuffleUpsampler(scale, 1).factors
+    return _fit_1d(tuple(upsample_factors(scale)))[1]
 
 
 def _separable_2d(w1d: torch.Tensor, f: int) -> torch.Tensor:

@@ -90,16 +90,23 @@ class Predictor(nn.Module):
         return self.body(torch.cat([h, fused], 1)).mean((2, 3), keepdim=True)
 
 
+UPSAMPLE_FACTORS = {2: (2,), 3: (3,), 4: (2, 2)}  # scale -> pixel-shuffle factor of each stage
+
+
+def upsample_factors(scale: int) -> list[int]:
+    """The pixel-shuffle factors of ``PixelShuffleUpsampler(scale)``'s stages."""
+    if scale not in UPSAMPLE_FACTORS:
+        raise ValueError(f"scale must be 2, 3 or 4, got {scale!r}")
+    return list(UPSAMPLE_FACTORS[scale])
+
+
 class PixelShuffleUpsampler(nn.Module):
     """Upsample 64-channel features by ``scale`` (2, 3 or 4): per factor-2 (or the single factor-3)
     stage a 3x3 conv 64 -> 64*f² and ``pixel_shuffle(f)``; no activation."""
 
     def __init__(self, scale: int, channels: int = 64):
         super().__init__()
-        factors = {2: [2], 3: [3], 4: [2, 2]}
-        if scale not in factors:
-            raise ValueError(f"scale must be 2, 3 or 4, got {scale!r}")
-        self.factors = factors[scale]
+        self.factors = upsample_factors(scale)
         self.convs = nn.ModuleList(conv3x3(channels, channels * f * f) for f in self.factors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
