@@ -9,6 +9,19 @@ if not torch.cuda.is_available():
 os.environ.setdefault("DZSR_POISON", "1")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Property-based fuzz tests (tests/test_fuzz_*.py): a bounded number of examples, no per-example
+# deadline (the first example of a backend may JIT-build or compile), random by default like the
+# rest of the suite. DZSR_FUZZ_EXAMPLES raises the count for a longer local run.
+settings.register_profile(
+    "dzsr",
+    max_examples=int(os.environ.get("DZSR_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    print_blob=True,
+)
+settings.load_profile("dzsr")
 
 
 @pytest.fixture(autouse=True)
