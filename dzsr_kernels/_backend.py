@@ -8,6 +8,12 @@ Selection, strongest first:
   2. the ``DZSR_KERNELS_BACKEND`` environment variable;
   3. ``auto``: the first available entry of the op's preference list for the tensors' device
      (see ``AUTO_PREFERENCE``; the README explains the measurements behind it).
+
+Under ``torch.compile`` the backend is resolved once, when Dynamo traces the call, and is part of the
+compiled graph: enter ``use_backend`` (or set the variable) *around* the first call of the compiled
+function. Changing the selection later does not recompile (no guard watches it); call
+``torch.compiler.reset()`` or compile again. ``use_backend`` cannot be entered *inside* a compiled
+region: Dynamo does not trace ``ContextVar.set`` (a graph break, an error under ``fullgraph=True``).
 """
 from __future__ import annotations
 

@@ -1,20 +1,38 @@
 """Loading the C++/CUDA kernels of ``csrc/`` (the ``cpp`` backend).
 
 Order: a prebuilt ``dzsr_kernels/_C*.so`` (``DZSR_BUILD_EXT=1 pip install .``), else a ninja JIT
-build of ``csrc/`` on first use, cached under ``$DZSR_CACHE_DIR`` (default ``~/.cache/dzsr``) in a
-folder keyed by the torch version and the CUDA setting (ninja rebuilds what changed). CUDA sources are
-compiled when torch sees a GPU and nvcc is found (``CUDA_HOME``, default ``/usr/local/cuda``).
-``DZSR_NO_JIT=1`` disables the JIT build. The kernels register themselves as ``torch.ops.dzsr_C.*``.
-A failed build leaves the backend unavailable; its reason names the compiler log.
+build of ``csrc/`` on first use, cached under ``$DZSR_CACHE_DIR`` (default ``~/.cache/dzsr``). CUDA
+sources are compiled when torch sees a GPU and nvcc is found (``CUDA_HOME``, default
+``/usr/local/cuda``). ``DZSR_NO_JIT=1`` disables the JIT build. The kernels register themselves as
+``torch.ops.dzsr_C.*``. A failed build leaves the backend unavailable; its reason names the compiler log.
+
+Build cache. Each build has its own folder, named by the torch version, CPU/CUDA and machine, plus a
+hash of everything that determines the binary: the bytes and relative paths of every file under
+``csrc/``, the compiler flags, the CUDA toolkit path, the torch/CUDA/Python versions. Two checkouts or
+two dzsr versions on one machine therefore never share or overwrite a build, and an edited source
+gets a fresh folder. Old folders are never deleted automatically (another checkout may use them);
+``rm -r ~/.cache/dzsr`` is always safe.
+
+Concurrent and killed builds. Every build holds an exclusive ``fcntl`` lock on ``dzsr-build.lock`` in
+its folder; the kernel releases it when the process dies. A second process waits for it (saying so once
+on stderr, for at most ``DZSR_BUILD_WAIT`` seconds, default 1800, then the backend is unavailable with
+that reason). Holding the lock, a leftover ``lock`` file of torch's own builder can only come from a
+killed build: it is removed, with a message, instead of making torch wait for it forever.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
+import hashlib
 import logging
 import os
 import platform
+import sys
 import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -40,6 +58,51 @@ def sources(with_cuda: bool) -> list[str]:
     return sorted(found)
 
 
+def build_key(with_cuda: bool, csrc_dir: Path = CSRC_DIR) -> str:
+    """The cache folder name of a build: readable tag + 16 hex digits of the hash described above."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in csrc_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(csrc_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    settings = (EXTRA_CFLAGS, EXTRA_CUDA_CFLAGS, with_cuda, cuda_home() if with_cuda else None,
+                torch.__version__, torch.version.cuda, sys.version_info[:2], platform.machine())
+    digest.update(repr(settings).encode())
+    tag = f"torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}-{platform.machine()}".replace("+", "_")
+    return f"{tag}-{digest.hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def build_lock(build_dir: str, wait_s: float | None = None) -> Iterator[None]:
+    """Hold the exclusive build lock of ``build_dir`` (see the module docstring); raises TimeoutError
+    after ``wait_s`` seconds (default ``$DZSR_BUILD_WAIT`` or 1800) if another process keeps it."""
+    wait_s = float(os.environ.get("DZSR_BUILD_WAIT", 1800)) if wait_s is None else wait_s
+    with open(Path(build_dir) / "dzsr-build.lock", "a+") as handle:
+        deadline, told = time.monotonic() + wait_s, False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"another process has been building the C++ kernels in {build_dir} for over "
+                        f"{wait_s:.0f} s (DZSR_BUILD_WAIT); kill it or delete that folder"
+                    ) from None
+                if not told:
+                    print(f"dzsr: waiting for another process building the C++ kernels in {build_dir}",
+                          file=sys.stderr)
+                    told = True
+                time.sleep(0.2)
+        try:
+            stale = Path(build_dir) / "lock"  # torch.utils.cpp_extension's FileBaton
+            if stale.exists():
+                print(f"dzsr: removing {stale}, left by a killed build; rebuilding", file=sys.stderr)
+                stale.unlink()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build(with_cuda: bool, build_dir: str | None = None, verbose: bool = False) -> str:
     """JIT-build ``csrc/`` and load it into ``torch.ops.dzsr_C``; returns the build folder."""
     if cuda_home() is not None:
@@ -55,28 +118,35 @@ def build(with_cuda: bool, build_dir: str | None = None, verbose: bool = False) 
         os.environ["CUDA_HOME"] = home
         cpp_extension.CUDA_HOME = home
     files = sources(with_cuda)
-    tag = f"torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}-{platform.machine()}"
     cache = Path(os.environ.get("DZSR_CACHE_DIR", Path.home() / ".cache" / "dzsr"))
-    build_dir = build_dir or str(cache / tag.replace("+", "_"))
+    build_dir = build_dir or str(cache / build_key(with_cuda))
     os.makedirs(build_dir, exist_ok=True)
     log = Path(build_dir) / "build.log"
     try:
-        cpp_extension.load(
-            name="dzsr_kernels_C",
-            sources=files,
-            extra_cflags=EXTRA_CFLAGS + (["-DDZSR_WITH_CUDA"] if with_cuda else []),
-            extra_cuda_cflags=EXTRA_CUDA_CFLAGS,
-            extra_ldflags=["-fopenmp"],
-            extra_include_paths=[str(CSRC_DIR)],
-            build_directory=build_dir,
-            with_cuda=with_cuda,
-            is_python_module=False,
-            verbose=verbose,
-        )
+        with build_lock(build_dir):
+            _load_sources(cpp_extension, files, with_cuda, build_dir, verbose)
+    except TimeoutError as exc:
+        raise RuntimeError(str(exc)) from exc
     except Exception as exc:
         log.write_text(f"{type(exc).__name__}: {exc}\n")
         raise RuntimeError(f"building csrc/ failed; compiler log: {log}") from exc
     return build_dir
+
+
+def _load_sources(cpp_extension, files: list[str], with_cuda: bool, build_dir: str, verbose: bool) -> None:
+    """Compile (ninja rebuilds what changed) and load ``files`` as ``torch.ops.dzsr_C``."""
+    cpp_extension.load(
+        name="dzsr_kernels_C",
+        sources=files,
+        extra_cflags=EXTRA_CFLAGS + (["-DDZSR_WITH_CUDA"] if with_cuda else []),
+        extra_cuda_cflags=EXTRA_CUDA_CFLAGS,
+        extra_ldflags=["-fopenmp"],
+        extra_include_paths=[str(CSRC_DIR)],
+        build_directory=build_dir,
+        with_cuda=with_cuda,
+        is_python_module=False,
+        verbose=verbose,
+    )
 
 
 def _load() -> str | None:

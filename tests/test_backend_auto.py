@@ -1,6 +1,8 @@
 """``auto`` backend choice: the per-device, per-op preference lists (measured orders, README)."""
+import pytest
 import torch
 
+import dzsr_kernels as dk
 from dzsr_kernels import _backend
 
 
@@ -21,3 +23,51 @@ def test_auto_skips_unavailable_backends(monkeypatch):
                         lambda name, device, op: None if name in ("triton", "reference") else "not built")
     assert _backend.resolve("deform_conv2d", torch.device("cuda")) == "triton"
     assert _backend.resolve("deform_conv2d", torch.device("cpu")) == "reference"
+
+
+
+def _compiled_deform_conv():
+    x, A, b, w = torch.randn(1, 2, 5, 5), torch.randn(1, 4, 5, 5), torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3)
+    return x, (lambda x: dk.affine_deform_conv2d(x, A, b, w, groups=2))
+
+
+def test_backend_under_compile_is_chosen_at_trace_time(monkeypatch):
+    """The documented rule (_backend's docstring): the selection active at the first compiled call is
+    baked in; after torch.compiler.reset() a new selection takes effect."""
+    resolved = []
+    real_resolve = _backend.resolve
+
+    def spy(op, device):
+        resolved.append(real_resolve(op, device))
+        return resolved[-1]
+
+    monkeypatch.setattr(_backend, "resolve", torch.compiler.assume_constant_result(spy))
+    x, fn = _compiled_deform_conv()
+    other = "cpp" if "cpp" in dk.available_backends("cpu") else "triton"
+    torch.compiler.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    with dk.use_backend("reference"):
+        compiled(x)
+    assert resolved == ["reference"]
+    with dk.use_backend(other):
+        compiled(x)
+    assert resolved == ["reference"]  # the cached graph keeps its backend
+    torch.compiler.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    with dk.use_backend(other):
+        compiled(x)
+    assert resolved == ["reference", other]
+    torch.compiler.reset()
+
+
+def test_use_backend_inside_a_fullgraph_compiled_region_is_refused():
+    x, fn = _compiled_deform_conv()
+
+    def inside(x):
+        with dk.use_backend("reference"):
+            return fn(x)
+
+    torch.compiler.reset()
+    with pytest.raises(Exception, match="ContextVar"):
+        torch.compile(inside, fullgraph=True)(x)
+    torch.compiler.reset()
