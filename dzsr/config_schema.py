@@ -18,8 +18,8 @@ raw mapping (as YAML read it) into a complete, normalised config, or lists what 
   * null only where the table says "or null".
 Cross-key conditions the training code checks when it runs (``data.root`` needed by the dataset
 kinds that read one, ``data.patch_size`` >= ``scale``, ``train.batch_size`` divisible by the DDP
-processes, the names in ``data.samples`` / ``data.photos``) are left to it: each already raises one
-error naming the key.
+processes, the names in ``data.samples`` / ``data.photos`` being bundled ones) are left to it: each
+raises one clear error (a ``ValueError``, one CLI line) when the run starts.
 
 Resume (``resume_changes``): ``dzsr train --resume`` continues exactly only when everything that
 shapes the networks, the data stream, the optimisation or the random draws is as trained. Keys that
