@@ -13,7 +13,9 @@ the networks, both optimizers and schedulers, the iteration and every rank's tor
 RNG states. Samples are a pure function of (seed, epoch, index) (``TrainPatches``) and the order of
 indices of an epoch is a seeded permutation, so the data position is restored by skipping to the
 iteration's place in its epoch (no data is re-read). Training N, stopping (``train.stop_at``),
-resuming and training N more gives the same weights as training 2N.
+resuming and training N more gives the same weights as training 2N. Before anything is built,
+a resume checks the checkpoint's config against the new one and refuses changes that would break
+that (batch size, data, seeds, model, loss, optimiser: ``dzsr.config_schema`` lists which keys may change).
 """
 from __future__ import annotations
 
@@ -30,13 +32,11 @@ from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import load_checkpoint, load_official, save_checkpoint
 from .data import DualZoomDataset, TrainPatches, prepare_pair, worker_init, write_rgb
-from .data.degrade import QUALITY_RANGE, SIGMA_RANGE
 from .losses import SelfDZSRObjective, SWLoss, kernel_gen_loss
-from .config import ConfigError
+from .config_schema import check_resume, validate_config
 from .models import RestorationNet, SelfDZSR
 from .models.bicubic_init import init_bicubic_
 
-STAGES = ("kernel_gen", "joint")
 LAST = "last.pt"
 FINAL = "final.pt"
 
@@ -145,16 +145,14 @@ def build_source(config: dict, rank: int) -> DualZoomDataset:
     if kind == "sample":
         root = os.path.join(config["log"]["out_dir"], "sample_data")
         if rank == 0:
-            prepare_sample_data(root, list(data["samples"] or []), scale, list(data.get("photos") or []),
-                                data.get("photos_as", "capture"), data.get("synthetic", 0), int(config["seed"]))
+            prepare_sample_data(root, data["samples"], scale, data["photos"], data["photos_as"], data["synthetic"],
+                                config["seed"])
         _barrier()
         return DualZoomDataset(root, "train", scale)
-    if kind not in ("nikon", "camerafusion", "folder"):
-        raise ValueError(f"data.kind must be nikon, camerafusion, folder or sample, got {kind!r}")
-    if not data.get("root"):
+    if not data["root"]:
         raise ValueError(f"data.root is required for data.kind={kind} (e.g. data.root=/path/to/dataset)")
     subdir = {"nikon": "Nikon", "camerafusion": "CameraFusion"}.get(kind)
-    return DualZoomDataset(data["root"], data.get("split", "train"), scale, subdir=subdir)
+    return DualZoomDataset(data["root"], data["split"], scale, subdir=subdir)
 
 
 class EpochBatches(Sampler):
@@ -202,14 +200,11 @@ class TrainStep(nn.Module):
 def build_model(config: dict) -> SelfDZSR:
     m = config["model"]
     model = SelfDZSR(config["scale"], drop_prob=m["drop_prob"], paste_prob=m["paste_prob"])
-    init = config.get("init") or {}
-    bicubic = init.get("bicubic", False)
-    if not isinstance(bicubic, bool):
-        raise ConfigError(f"init.bicubic must be true or false, got {bicubic!r}")
-    if init.get("checkpoint"):
+    init = config["init"]
+    if init["checkpoint"]:
         load_checkpoint(init["checkpoint"], model)
-    load_official(model, kernel_gen=init.get("kernel_gen"), extractor=init.get("extractor"))
-    if bicubic:  # a fresh restoration network that starts as bicubic upsampling (KernelGen, extractor kept)
+    load_official(model, kernel_gen=init["kernel_gen"], extractor=init["extractor"])
+    if init["bicubic"]:  # a fresh restoration network that starts as bicubic upsampling (KernelGen, extractor kept)
         model.restoration = init_bicubic_(RestorationNet(config["scale"], m["drop_prob"], m["paste_prob"]))
     return model
 
@@ -318,10 +313,12 @@ def train(config: dict, resume: str | bool | None = None, progress: bool = True)
 
 def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -> tuple[SelfDZSR, str]:
     """``train`` that also returns this process's trained model (each DDP rank holds a replica)."""
+    config = validate_config(config)  # a no-op on load_config's result; completes a hand-made dict
     stage, t, log = config["stage"], config["train"], config["log"]
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    want = config.get("device", "auto")
+    resume_path = (os.path.join(log["out_dir"], LAST) if resume is True else resume) if resume else None
+    if resume_path:  # before anything is built or written
+        _check_resumable(resume_path, config)
+    want = config["device"]
     device = torch.device("cuda" if want == "auto" and torch.cuda.is_available() else ("cpu" if want == "auto" else want))
     d = init_distributed(device)
     if device.type == "cuda" and d.world > 1:
@@ -332,7 +329,7 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
     out_dir = log["out_dir"]
     os.makedirs(out_dir, exist_ok=True)
 
-    seed = int(config["seed"])
+    seed = config["seed"]
     torch.manual_seed(seed + d.rank)
     np.random.seed(seed + d.rank)
     random.seed(seed + d.rank)
@@ -344,17 +341,14 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
     total = t["epochs"] * t["iters_per_epoch"]
     data = config["data"]
     patches = TrainPatches(source, data["patch_size"], t["iters_per_epoch"] * t["batch_size"], seed,
-                           data.get("noise_sigma", SIGMA_RANGE), data.get("jpeg_quality", QUALITY_RANGE),
-                           data.get("noise_map", True), data.get("channel_shuffle", False))
+                           data["noise_sigma"], data["jpeg_quality"], data["noise_map"], data["channel_shuffle"])
     optimizers, schedulers = build_optimizers(model, config)
 
     iteration = 0
     if resume:
-        path = os.path.join(out_dir, LAST) if resume is True else resume
+        path = resume_path
         _, ckpt = load_checkpoint(path, model)
         extra = ckpt["extra"]
-        if "optimizers" not in extra:
-            raise ValueError(f"{path} has no optimizer state: it is a final checkpoint, not one to resume from")
         for k, o in optimizers.items():
             o.load_state_dict(extra["optimizers"][k])
             schedulers[k].load_state_dict(extra["schedulers"][k])
@@ -366,12 +360,7 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
     model.to(device).train()
     sw = None
     if stage == "joint" and t["loss"] == "l1sw":
-        precision = t.get("sw_precision") or "float32"
-        if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"train.sw_precision must be float32 or bfloat16, got {precision!r}")
-        sw = SWLoss(t.get("sw_weights") or "default", vgg_dtype=getattr(torch, precision))
-    if stage == "joint" and t["loss"] not in ("l1", "l1sw"):
-        raise ValueError(f"train.loss must be l1 or l1sw, got {t['loss']!r}")
+        sw = SWLoss(t["sw_weights"] or "default", vgg_dtype=getattr(torch, t["sw_precision"]))
     step = TrainStep(model, stage, SelfDZSRObjective(sw)).to(device)
     if d.world > 1:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
@@ -381,13 +370,13 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=iteration)
-    stop = min(total, t.get("stop_at") or total)
+    stop = min(total, t["stop_at"] or total)
     bar = None
     if d.main and progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=stop, initial=iteration, desc=f"{config.get('name', 'train')} [{stage}]", dynamic_ncols=True)
-    workers = int(config["data"].get("workers", 0))
+        bar = tqdm(total=stop, initial=iteration, desc=f"{config['name']} [{stage}]", dynamic_ncols=True)
+    workers = data["workers"]
     if resume:  # restored last: building the loss and wrappers above may draw random numbers
         set_rng_state(rngs[d.rank])
     try:
@@ -426,11 +415,20 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
             writer.close()
 
 
+def _check_resumable(path: str, config: dict) -> None:
+    """Refuse to resume from ``path`` unless it holds optimizer state and was trained with a config
+    that ``config`` continues exactly (``dzsr.config_schema.check_resume``)."""
+    extra = load_checkpoint(path)[1]["extra"]
+    if "optimizers" not in extra:
+        raise ValueError(f"{path} has no optimizer state: it is a final checkpoint, not one to resume from")
+    check_resume(extra.get("train_config"), config, path)
+
+
 def _checkpoint(out_dir, model, config, iteration, optimizers, schedulers, d: Dist, log) -> None:
     rng = _gather_rng(d)
     if d.main:
         _save(os.path.join(out_dir, LAST), model, config, iteration, optimizers, schedulers, rng)
-        keep = log.get("keep_every") or 0
+        keep = log["keep_every"]
         if keep and iteration % keep == 0:
             _save(os.path.join(out_dir, f"iter_{iteration:07d}.pt"), model, config, iteration, optimizers, schedulers, rng)
     _barrier()

@@ -92,6 +92,26 @@ def test_resume_refuses_a_final_checkpoint(tmp_path):
         train(_tiny(tmp_path / "a"), resume=final, progress=False)
 
 
+def test_resume_refuses_breaking_changes_and_allows_safe_ones(tmp_path):
+    """A changed batch size (or seed) is refused before anything is written, naming each key with its old
+    and new value and the keys that may change; changed resume-safe keys (and the lr written as a string)
+    continue the run to its end."""
+    train(_tiny(tmp_path / "r", "train.stop_at=1"), progress=False)
+    last = tmp_path / "r" / "last.pt"
+    before = last.stat().st_mtime_ns
+    with pytest.raises(ConfigError) as err:
+        train(_tiny(tmp_path / "r", "train.batch_size=4", "seed=3"), resume=True, progress=False)
+    msg = str(err.value)
+    assert msg.startswith(f"cannot resume {last} exactly: seed: 0 -> 3; train.batch_size: 2 -> 4 (as trained -> now)")
+    assert "keys that may change on resume: name, device, data.workers" in msg and "train.epochs" in msg
+    assert last.stat().st_mtime_ns == before and _weights(last)[1]["extra"]["iteration"] == 1
+    resumed = train(_tiny(tmp_path / "fork", "train.epochs=1", "log.scalars_every=2", "name=more", "device=cpu",
+                          "init.bicubic=false", "train.lr='5e-4'"), resume=str(last), progress=False)
+    assert resumed == str(tmp_path / "fork" / "final.pt")
+    ckpt = _weights(resumed)[1]
+    assert ckpt["extra"]["iteration"] == 2 and ckpt["extra"]["train_config"]["name"] == "more"
+
+
 def test_kernel_gen_stage_trains_only_the_degradation_network(tmp_path):
     c = _tiny(tmp_path / "k", "stage=kernel_gen", "train.epochs=1", "train.iters_per_epoch=1")
     torch.manual_seed(0)
