@@ -214,8 +214,11 @@ def save_checkpoint(path, model: SelfDZSR, extra: dict | None = None) -> None:
 
 
 def check_payload(ckpt: Mapping, path) -> None:
-    """``ckpt`` (a file's contents with ``format == FORMAT``) holds a usable ``config`` and
-    ``state_dict``; raises ValueError naming ``path`` otherwise."""
+    """``ckpt`` (a file's contents with ``format == FORMAT``) has a version this dzsr reads and a usable
+    ``config`` and ``state_dict``; raises ValueError naming ``path`` otherwise."""
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise ValueError(f"{path} has checkpoint version {version!r}; this dzsr reads up to {VERSION}")
     config, sd = ckpt.get("config"), ckpt.get("state_dict")
     if (not isinstance(config, Mapping) or set(config) - {"scale", "drop_prob", "paste_prob"}
             or config.get("scale") not in (2, 3, 4)):
@@ -233,8 +236,6 @@ def load_checkpoint(path, model: SelfDZSR | None = None, strict: bool = True) ->
     ckpt = _read(path)
     if not isinstance(ckpt, Mapping) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a dzsr checkpoint (for the authors' files use load_official)")
-    if ckpt.get("version", 0) > VERSION:
-        raise ValueError(f"{path} has checkpoint version {ckpt['version']}; this dzsr reads up to {VERSION}")
     check_payload(ckpt, path)
     if model is None:
         model = SelfDZSR(**ckpt["config"])

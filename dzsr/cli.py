@@ -317,7 +317,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # named after the command, not the top-level parser
+            raise _UsageError(f"dzsr {args.command}: error: unrecognized arguments: {' '.join(extra)}")
     except _UsageError as err:
         print(err, file=sys.stderr)
         return EXIT_ERROR

@@ -325,8 +325,12 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def _check_out_dir(out_dir: str, resume, overwrite: bool) -> None:
-    """``out_dir`` is usable, and holds no checkpoint a fresh run would replace (module docstring)."""
+    """``out_dir`` is usable, the checkpoint to resume from exists, and a fresh run would replace
+    no checkpoint (module docstring)."""
     check_folder(out_dir, "log.out_dir")
+    path = os.path.join(out_dir, LAST) if resume is True else resume
+    if path and not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: checkpoint file not found: {path}")
     if resume or overwrite:
         return
     found = [f for f in (LAST, FINAL) if os.path.isfile(os.path.join(out_dir, f))]
