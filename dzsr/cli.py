@@ -105,14 +105,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train from a YAML config (or preset name) with key=value overrides; --resume continues exactly."""
+    import torch
+
     from .config import load_config
     from .train import train
 
     config = load_config(args.config, args.overrides)
     want = config.get("device", "auto")
     device = check_device(want, "config key device") if want != "auto" else None
-    import torch
-
     check_backend(None, device.type if device else "cuda" if torch.cuda.is_available() else "cpu")
     resume = True if args.resume == "" else args.resume  # bare --resume: OUT_DIR/last.pt
     path = train(config, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
