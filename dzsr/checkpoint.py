@@ -9,18 +9,24 @@ here: it is checked on the way in and recreated on the way out.
 
 Our own checkpoints are one file: ``{"format": "dzsr-checkpoint", "version": 1, "dzsr_version",
 "torch_version", "config": {"scale", "drop_prob", "paste_prob"}, "state_dict", "extra"}``, written
-atomically (temporary file in the same folder, fsync, ``os.replace``).
+atomically with ``dzsr.outputs.atomic_write`` (temporary file in the same folder, fsync,
+``os.replace``; the old file is intact after any failure).
+
+Reading (``read_file``, used for every checkpoint and weights file): a missing path is a
+``FileNotFoundError``; an empty, truncated, corrupt or non-PyTorch file, or one that needs more
+than weights-only unpickling, is one ``ValueError`` "cannot read checkpoint PATH: ..." (never
+torch's advice to load untrusted files with ``weights_only=False``).
 """
 from __future__ import annotations
 
 import os
-import tempfile
+import warnings
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
 from .models import SelfDZSR
+from .outputs import atomic_write
 
 NETWORKS = ("restoration", "kernel_gen", "extractor")
 FORMAT = "dzsr-checkpoint"
@@ -101,8 +107,10 @@ def unwrap_official(obj) -> dict[str, torch.Tensor]:
     """The authors' file contents -> a flat state dict (drops the ``state_dict`` wrapper and ``module.``)."""
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"expected a state dict (or {{'state_dict': ...}}), got {type(obj).__name__}")
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in obj.items()):
+        what = type(obj).__name__ if not isinstance(obj, Mapping) else "a dict with other entries than named tensors"
+        raise ValueError(f"expected a state dict (or {{'state_dict': ...}}) of named tensors, got {what}")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
@@ -148,13 +156,32 @@ def to_official(state_dict: Mapping[str, torch.Tensor], network: str, module: to
     return out
 
 
+def read_file(path, what: str = "checkpoint"):
+    """``torch.load`` (weights only, on the CPU) of the file ``path``, with the errors of the module
+    docstring; ``what`` names the file in them (e.g. "checkpoint", "pretrained weights")."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"cannot read {what} {path}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():  # e.g. torch's pickle-protocol notes: the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every unpickling / archive failure means "not a checkpoint"
+        if isinstance(err, RuntimeError) and "zip archive" in str(err):
+            why = "a truncated or damaged PyTorch file"
+        elif "Unsupported global" in str(err):
+            why = "it holds Python objects other than tensors and plain containers, which dzsr does not load"
+        else:
+            why = "not a PyTorch checkpoint file (or a damaged one)"
+        raise ValueError(f"cannot read {what} {path}: {why}") from None
+
+
 def _read(source) -> Mapping:
-    if isinstance(source, Mapping):
-        return source
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return source if isinstance(source, Mapping) else read_file(source)
 
 
 def load_official(model: SelfDZSR, restoration=None, kernel_gen=None, extractor=None, strict: bool = True) -> SelfDZSR:
@@ -181,26 +208,26 @@ def save_checkpoint(path, model: SelfDZSR, extra: dict | None = None) -> None:
     and iteration) to ``path`` atomically: a reader sees the old file or the complete new one."""
     from . import __version__
 
-    path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, "dzsr_version": __version__, "torch_version": str(torch.__version__),
                "config": model_config(model), "state_dict": model.state_dict(), "extra": extra or {}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def check_payload(ckpt: Mapping, path) -> None:
+    """``ckpt`` (a file's contents with ``format == FORMAT``) has a version this dzsr reads and a usable
+    ``config`` and ``state_dict``; raises ValueError naming ``path`` otherwise."""
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise ValueError(f"{path} has checkpoint version {version!r}; this dzsr reads up to {VERSION}")
+    config, sd = ckpt.get("config"), ckpt.get("state_dict")
+    if (not isinstance(config, Mapping) or set(config) - {"scale", "drop_prob", "paste_prob"}
+            or config.get("scale") not in (2, 3, 4)):
+        raise ValueError(f"{path} is a damaged dzsr checkpoint: its config must hold scale 2, 3 or 4 "
+                         f"(and drop_prob, paste_prob), got {config!r}")
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} is a damaged dzsr checkpoint: its state_dict must map names to tensors")
+    if not isinstance(ckpt.get("extra", {}), Mapping):
+        raise ValueError(f"{path} is a damaged dzsr checkpoint: its extra must be a dict")
 
 
 def load_checkpoint(path, model: SelfDZSR | None = None, strict: bool = True) -> tuple[SelfDZSR, dict]:
@@ -209,8 +236,7 @@ def load_checkpoint(path, model: SelfDZSR | None = None, strict: bool = True) ->
     ckpt = _read(path)
     if not isinstance(ckpt, Mapping) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a dzsr checkpoint (for the authors' files use load_official)")
-    if ckpt.get("version", 0) > VERSION:
-        raise ValueError(f"{path} has checkpoint version {ckpt['version']}; this dzsr reads up to {VERSION}")
+    check_payload(ckpt, path)
     if model is None:
         model = SelfDZSR(**ckpt["config"])
     expected = model.state_dict()
@@ -222,5 +248,5 @@ def load_checkpoint(path, model: SelfDZSR | None = None, strict: bool = True) ->
     return model, ckpt
 
 
-__all__ = ["CheckpointMismatchError", "NETWORKS", "convert_official", "load_checkpoint",
-           "load_official", "official_key_map", "save_checkpoint", "to_official", "unwrap_official"]
+__all__ = ["CheckpointMismatchError", "NETWORKS", "check_payload", "convert_official", "load_checkpoint",
+           "load_official", "official_key_map", "read_file", "save_checkpoint", "to_official", "unwrap_official"]

@@ -1,15 +1,88 @@
 """The ``dzsr`` command line: info, train, sr, prepare, eval, demo.
 
-Expected failures (missing or unreadable files, inconsistent sizes or scales, bad configs) end
-with one ``dzsr <command>: error: ...`` line on stderr and exit status 2, without a traceback.
+Bad input ends with exactly one ``dzsr <command>: error: ...`` line on stderr, naming the argument or
+file, and exit status 2, without a traceback: bad arguments (argparse's usage block is left out),
+missing, unreadable, empty, truncated or undecodable images and checkpoints, inconsistent sizes or
+scales, bad configs and YAML, operating-system errors (read-only folder, full disk, a file where a
+folder should be), OpenCV errors, and a kernel backend or device that cannot run here. Ctrl-C ends
+with one ``dzsr <command>: interrupted ...`` line and exit status 130 (``dzsr train`` first writes a
+checkpoint of the iteration it reached, see ``dzsr.train``).
+
+Outputs are checked before any work and written atomically (``dzsr.outputs``): ``sr --out`` must
+have a writable image extension, be no folder and not be one of the command's inputs
+(``--short``, ``--tele``, ``--ckpt``, ``--extractor``; symlinks and hard links included);
+``eval --csv`` must end in ``.csv``; ``demo --out`` and ``prepare --dst`` must be usable folders;
+``train`` refuses an ``log.out_dir`` that already holds a checkpoint unless ``--resume`` or
+``--overwrite`` is given.
+
+Kernel backend: ``sr --backend NAME`` selects it for the run; without it, and for every other
+command, the environment variable ``DZSR_KERNELS_BACKEND`` selects it (``auto`` when unset). Every
+command refuses an unknown name in either, and ``sr``, ``train`` and ``demo`` refuse, before any
+work, a backend or ``--device`` (train: the config's ``device``) that cannot run on this machine.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+BACKEND_VARIABLE = "DZSR_KERNELS_BACKEND"
+
+
+class _UsageError(Exception):
+    """A command-line syntax error, already formatted as ``dzsr <command>: error: ...``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line: no usage block
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+def check_device(spec: str, what: str):
+    """``torch.device(spec)`` if it is a CPU or an existing CUDA device here; else ValueError naming ``what``."""
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{what} must be cpu, cuda or cuda:N, got {spec!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what} {spec}: CUDA is not available on this machine (no GPU, or a CPU-only PyTorch)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{what} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _env_backend() -> str | None:
+    """``DZSR_KERNELS_BACKEND`` when set (checked), else None."""
+    from dzsr_kernels._backend import BACKENDS
+
+    name = os.environ.get(BACKEND_VARIABLE)
+    if name is not None and name != "auto" and name not in BACKENDS:
+        raise ValueError(f"environment variable {BACKEND_VARIABLE} must be one of auto, {', '.join(BACKENDS)}; "
+                         f"got {name!r}")
+    return name
+
+
+def check_backend(flag: str | None, device_type: str) -> str | None:
+    """The backend ``flag`` (``--backend``), else ``DZSR_KERNELS_BACKEND``, checked to run on
+    ``device_type``; returns ``flag`` (None: leave the selection to the environment or auto)."""
+    from dzsr_kernels import available_backends
+    from dzsr_kernels._backend import BACKENDS, unavailable_reason
+
+    env = _env_backend()
+    if flag is not None and flag != "auto" and flag not in BACKENDS:
+        raise ValueError(f"--backend must be one of auto, {', '.join(BACKENDS)}; got {flag!r}")
+    name, source = (flag, "--backend") if flag is not None else (env or "auto", BACKEND_VARIABLE)
+    if name != "auto" and name not in available_backends(device_type):
+        raise ValueError(f"{source} {name}: cannot run on {device_type}: {unavailable_reason(name, device_type)}")
+    return flag
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -25,23 +98,32 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"backends available on {device}: {', '.join(dzsr_kernels.available_backends(device))}")
     for op, choice in dzsr_kernels.backend_table().items():
         print(f"  {op:<22} auto -> " + ", ".join(f"{dev}: {b}" for dev, b in choice.items()))
+    env = _env_backend()
+    print(f"{BACKEND_VARIABLE}: " + (f"{env} (every command runs on it)" if env else "unset (auto)"))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train from a YAML config (or preset name) with key=value overrides; --resume continues exactly."""
+    import torch
+
     from .config import load_config
     from .train import train
 
     config = load_config(args.config, args.overrides)
+    want = config.get("device", "auto")
+    device = check_device(want, "config key device") if want != "auto" else None
+    check_backend(None, device.type if device else "cuda" if torch.cuda.is_available() else "cpu")
     resume = True if args.resume == "" else args.resume  # bare --resume: OUT_DIR/last.pt
-    path = train(config, resume=resume, progress=not args.no_progress)
+    path = train(config, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(f"checkpoint: {path}")
     return 0
 
 
 def _tile(args: argparse.Namespace):
+    if args.tile < 0:
+        raise ValueError(f"--tile must be 0 (untiled) or a positive number of LR pixels, got {args.tile}")
     return None if args.tile == 0 else args.tile
 
 
@@ -53,21 +135,24 @@ def _read_pair(short: str, tele: str):
 
 def cmd_sr(args: argparse.Namespace) -> int:
     """Super-resolve a whole short-focus image with its telephoto as the reference."""
-    import torch
-
     import dzsr_kernels
 
     from .data import to_hwc, write_rgb
+    from .data.imageio import writable_extensions
     from .infer import load_model, prepare_inputs, super_resolve
+    from .outputs import check_output
 
+    device = check_device(args.device, "--device")
+    backend = check_backend(args.backend, device.type)
+    check_output(args.out, "--out", writable_extensions(), inputs=(args.short, args.tele, args.ckpt, args.extractor))
+    tile = _tile(args)
     short, tele = _read_pair(args.short, args.tele)
     model = load_model(args.ckpt, args.scale, args.extractor)
     inputs = prepare_inputs(short, tele, model.scale, args.region, not args.no_align, args.focal_ratio)
-    device = torch.device(args.device)
     model.to(device)
-    with dzsr_kernels.use_backend(args.backend):
+    with dzsr_kernels.use_backend(backend) if backend else contextlib.nullcontext():
         sr = super_resolve(model, inputs["lr"].to(device), inputs["ref"].to(device), inputs["paste_ref"].to(device),
-                           inputs["paste_box"], tile=_tile(args))
+                           inputs["paste_box"], tile=tile)
     write_rgb(args.out, to_hwc(sr[0].clamp(0, 1)))
     print(f"wrote {args.out} ({sr.shape[-2]}x{sr.shape[-1]}, x{model.scale})")
     return 0
@@ -76,7 +161,11 @@ def cmd_sr(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Align raw captures SRC/short/NAME + SRC/tele/NAME into DST/{split}_LR, DST/{split}_HR."""
     from .data import prepare_folder
+    from .outputs import check_folder
 
+    if not args.split or os.path.basename(args.split) != args.split or args.split in (".", ".."):
+        raise ValueError(f"--split must be a plain name such as train or test, got {args.split!r}")
+    check_folder(args.dst, "--dst")
     records = prepare_folder(args.src, args.dst, args.scale, args.split, args.focal_ratio)
     for r in records:
         print(f"{r['name']}: LR {r['lr_size'][0]}x{r['lr_size'][1]}, trim {r['trim']}")
@@ -95,7 +184,10 @@ def _lpips(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     """PSNR / SSIM (/ LPIPS) on the Full-Image and Corner-Image of SR outputs against ground truths."""
     from .evaluate import evaluate_folder, format_table, summarize, write_csv
+    from .outputs import check_output
 
+    if args.csv is not None:
+        check_output(args.csv, "--csv", (".csv",))
     rows = summarize(evaluate_folder(args.sr, args.gt, args.scale, _lpips(args)))
     print(format_table(rows))
     if args.csv:
@@ -106,8 +198,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the shipped checkpoint on the bundled sample: SR image, side-by-side PNG, metrics table."""
-    from .demo import run_demo
+    from .demo import check_outputs, run_demo
 
+    check_backend(None, "cpu")
+    check_outputs(args.out, (args.ckpt, args.alexnet, args.lpips_lin))
     run_demo(args.out, args.ckpt, tile=_tile(args), held_out=args.held_out, lpips=_lpips(args))
     return 0
 
@@ -126,15 +220,19 @@ def _add_lpips(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dzsr", description="SelfDZSR dual-zoom super-resolution")
+    parser = _Parser(prog="dzsr", description="SelfDZSR dual-zoom super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help=cmd_info.__doc__).set_defaults(func=cmd_info)
 
     p = sub.add_parser("train", help=cmd_train.__doc__)
     p.add_argument("--config", required=True, help="YAML file or preset: nikon_x4, camerafusion_x2, sample_x4")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=2e-4 data.root=DIR")
-    p.add_argument("--resume", nargs="?", const="", default=None,
-                   help="continue from OUT_DIR/last.pt, or from the given checkpoint")
+    once = p.add_mutually_exclusive_group()
+    once.add_argument("--resume", nargs="?", const="", default=None,
+                      help="continue from OUT_DIR/last.pt, or from the given checkpoint")
+    once.add_argument("--overwrite", action="store_true",
+                      help="start afresh in an OUT_DIR that already holds checkpoints (they are replaced as the new "
+                           "run writes its own)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=cmd_train)
 
@@ -149,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full: the whole short-focus image (default); centre: its focal-ratio centre crop")
     p.add_argument("--no-align", action="store_true", help="the telephoto is already aligned to the centre crop")
     p.add_argument("--focal-ratio", type=float, help="short/tele focal-length ratio (default 1/scale)")
-    p.add_argument("--backend", default="auto", help="kernel backend: auto, cpp, triton or reference")
+    p.add_argument("--backend", help=f"kernel backend: auto, cpp, triton or reference (default: ${BACKEND_VARIABLE}, "
+                                     "else auto)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     _add_tile(p)
     p.set_defaults(func=cmd_sr)
@@ -181,21 +280,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(err: BaseException) -> str:
-    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    from .outputs import reason
+
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {reason(err)}"
+    else:
+        text = str(err)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__
+
+
+@contextlib.contextmanager
+def _quiet_opencv():
+    """OpenCV logs decoder complaints on stderr; the error line says what matters."""
+    import cv2
+
+    log = cv2.utils.logging
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        log.setLogLevel(level)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Exception classes that bad input raises (anything else is a bug and keeps its traceback)."""
+    import cv2
+    import yaml
+
+    from dzsr_kernels import BackendUnavailableError
+
+    from .checkpoint import CheckpointMismatchError
+
+    return OSError, ValueError, CheckpointMismatchError, BackendUnavailableError, cv2.error, yaml.YAMLError
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointMismatchError
-
     try:
-        return args.func(args)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, CheckpointMismatchError) as err:
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # named after the command, not the top-level parser
+            raise _UsageError(f"dzsr {args.command}: error: unrecognized arguments: {' '.join(extra)}")
+    except _UsageError as err:
+        print(err, file=sys.stderr)
+        return EXIT_ERROR
+    expected = _expected_errors()
+    try:
+        with _quiet_opencv():
+            _env_backend()
+            return args.func(args)
+    except expected as err:
         print(f"dzsr {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"dzsr {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"dzsr {args.command}: interrupted" + (f": {_one_line(err)}" if str(err) else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

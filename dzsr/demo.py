@@ -8,7 +8,8 @@ Metrics (``dzsr.metrics.image_metrics``) are on the clamped float output, Full-I
 Corner-Image (the corners are where the telephoto does not reach).
 
 Writes ``OUT/sr.png``, ``OUT/side_by_side.png`` (bicubic | ours | reference placed in its footprint
-over a dimmed bicubic | ground truth), ``OUT/metrics.csv`` and prints the table.
+over a dimmed bicubic | ground truth), ``OUT/metrics.csv`` and prints the table. The folder and the
+three paths are checked before any work (``check_outputs``) and each file is written atomically.
 """
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from .data import to_hwc, to_tensor, write_rgb
 from .evaluate import format_table, write_csv
 from .infer import DEFAULT_TILE, load_model, prepare_inputs, super_resolve
 from .metrics import image_metrics
+from .outputs import check_folder, check_output
 from .sample import DEMO, HELD_OUT, load_sample
 
 SCALE = 4
 METHODS = ("bicubic", "no reference", "SelfDZSR")
+OUTPUTS = ("sr.png", "side_by_side.png", "metrics.csv")
 
 
 class _ZeroReference(nn.Module):
@@ -66,11 +69,19 @@ def reference_panel(bic: np.ndarray, paste_ref: np.ndarray, box, scale: int) -> 
     return canvas
 
 
+def check_outputs(out_dir: str | os.PathLike, inputs=()) -> None:
+    """``out_dir`` can hold the demo's files, none of which is one of the files ``inputs``."""
+    check_folder(out_dir, "--out")
+    for name in OUTPUTS:
+        check_output(os.path.join(os.fspath(out_dir), name), "--out", inputs=inputs)
+
+
 def run_demo(out_dir: str | os.PathLike, checkpoint=None, tile: int | None = DEFAULT_TILE, held_out: bool = False,
              lpips=None) -> list[dict]:
     """Run the demo (module docstring); returns the metric rows."""
-    model = load_model(checkpoint, SCALE)
     out_dir = os.fspath(out_dir)
+    check_outputs(out_dir, (checkpoint,))
+    model = load_model(checkpoint, SCALE)
     rows = []
     for name in (DEMO, *HELD_OUT) if held_out else (DEMO,):
         sample = load_sample(name, SCALE)
@@ -84,11 +95,11 @@ def run_demo(out_dir: str | os.PathLike, checkpoint=None, tile: int | None = DEF
             rows.append({"name": f"{name} / {method}", **image_metrics(img[0], gt, SCALE, lpips)})
         if name == DEMO:
             bic_np, sr_np = to_hwc(bic[0]), to_hwc(sr[0])
-            write_rgb(os.path.join(out_dir, "sr.png"), sr_np)
+            write_rgb(os.path.join(out_dir, OUTPUTS[0]), sr_np)
             ref_np = reference_panel(bic_np, to_hwc(x["paste_ref"][0]), x["box"], SCALE)
-            write_rgb(os.path.join(out_dir, "side_by_side.png"),
+            write_rgb(os.path.join(out_dir, OUTPUTS[1]),
                       side_by_side([bic_np, sr_np, ref_np, sample["gt"].astype(np.float32) / 255.0]))
     print(format_table(rows))
-    write_csv(rows, os.path.join(out_dir, "metrics.csv"))
+    write_csv(rows, os.path.join(out_dir, OUTPUTS[2]))
     print(f"wrote {os.path.join(out_dir, 'sr.png')}, side_by_side.png and metrics.csv in {out_dir}")
     return rows

@@ -2,11 +2,13 @@
 
 Each ground-truth image ``gt_dir/NAME.ext`` is paired with ``sr_dir/NAME.*`` (same file name, or
 the same name with another image extension). Rows hold ``name`` and the ``metrics.image_metrics``
-keys; ``summarize`` appends the mean row named ``mean``.
+keys; ``summarize`` appends the mean row named ``mean``. ``write_csv`` replaces an existing file only
+with a complete new one.
 """
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from .data.imageio import is_image_file, read_rgb
 from .metrics import LPIPS, image_metrics
+from .outputs import write_bytes
 
 COLUMNS = ("psnr", "ssim", "lpips", "psnr_corner", "ssim_corner", "lpips_corner")
 
@@ -64,15 +67,14 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Write ``rows`` (name + metric columns) as CSV atomically (``dzsr.outputs.atomic_write``)."""
     keys = ["name", *(k for k in COLUMNS if k in rows[0])]
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row[k] for k in keys})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in keys})
+    write_bytes(path, text.getvalue().encode())
 
 
 def format_table(rows: list[dict]) -> str:

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointMismatchError, load_checkpoint, load_official, unwrap_official
+from .checkpoint import (CheckpointMismatchError, check_payload, load_checkpoint, load_official, read_file,
+                         unwrap_official)
 from .data import prepare_pair, reference_box, to_float
 from .models import SelfDZSR, matching_offsets
 from .models.reference_branch import paste
@@ -244,13 +245,9 @@ def load_model(checkpoint: str | os.PathLike | None = None, scale: int | None = 
             raise FileNotFoundError(f"no checkpoint given and the demo checkpoint {checkpoint} is not installed: "
                                     f"pass --ckpt")
     checkpoint = os.fspath(checkpoint)
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
-    try:
-        obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"cannot read checkpoint {checkpoint}: {str(err).splitlines()[0]}") from None
+    obj = read_file(checkpoint)
     if isinstance(obj, dict) and obj.get("format") == "dzsr-checkpoint":
+        check_payload(obj, checkpoint)
         ckpt_scale = obj["config"]["scale"]
         if scale is not None and scale != ckpt_scale:
             raise ValueError(f"checkpoint {checkpoint} is for scale x{ckpt_scale}, not x{scale}")

@@ -5,12 +5,15 @@ import os
 
 import torch
 
+from .checkpoint import read_file
+
 
 def load_state_dict(filename: str, path: str | os.PathLike | None = None) -> dict:
     """Load the state dict ``filename`` from ``path`` or ``<torch.hub.get_dir()>/checkpoints/<filename>``.
 
     A file holding ``{"state_dict": ...}`` is unwrapped. Raises FileNotFoundError naming the file and
-    the folder it was looked for in.
+    the folder it was looked for in, ValueError for a file that is not readable weights
+    (``dzsr.checkpoint.read_file``).
     """
     if path is not None:
         path = os.fspath(path)
@@ -24,7 +27,7 @@ def load_state_dict(filename: str, path: str | os.PathLike | None = None) -> dic
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"pretrained weights {filename} not found in {folder}: download it there or pass its path")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_file(path, "pretrained weights")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     return state

@@ -16,11 +16,23 @@ iteration's place in its epoch (no data is re-read). Training N, stopping (``tra
 resuming and training N more gives the same weights as training 2N. Before anything is built,
 a resume checks the checkpoint's config against the new one and refuses changes that would break
 that (batch size, data, seeds, model, loss, optimiser: ``dzsr.config_schema`` lists which keys may change).
+
+Nothing is lost: ``out_dir`` is checked before any work (a folder, or creatable, and writable); a
+run without ``resume`` refuses an ``out_dir`` that already holds ``last.pt``, ``final.pt`` or
+``iter_*.pt`` unless ``overwrite`` is given (then those files are replaced as the new run writes its
+own; others stay). Ctrl-C (SIGINT) in the training loop finishes the current iteration, writes
+``last.pt`` for it (the same file a ``checkpoint_every`` save there would write, so resuming from
+it continues exactly) and raises ``TrainingInterrupted`` (a ``KeyboardInterrupt``); a second Ctrl-C
+interrupts at once, leaving the last checkpoint written. Under DDP the ranks agree on stopping
+(one tiny all-reduce per iteration) so they stop at the same iteration.
 """
 from __future__ import annotations
 
+import glob
 import os
 import random
+import signal
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +48,7 @@ from .losses import SelfDZSRObjective, SWLoss, kernel_gen_loss
 from .config_schema import check_resume, validate_config
 from .models import RestorationNet, SelfDZSR
 from .models.bicubic_init import init_bicubic_
+from .outputs import OutputError, check_folder
 
 LAST = "last.pt"
 FINAL = "final.pt"
@@ -302,16 +315,65 @@ def _save(path: str, model: SelfDZSR, config: dict, iteration: int, optimizers=N
     save_checkpoint(path, model, extra)
 
 
-def train(config: dict, resume: str | bool | None = None, progress: bool = True) -> str:
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended training after the checkpoint of the iteration reached was written."""
+
+
+def _check_out_dir(out_dir: str, resume, overwrite: bool) -> None:
+    """``out_dir`` is usable, the checkpoint to resume from exists, and a fresh run would replace
+    no checkpoint (module docstring)."""
+    check_folder(out_dir, "log.out_dir")
+    path = os.path.join(out_dir, LAST) if resume is True else resume
+    if path and not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: checkpoint file not found: {path}")
+    if resume or overwrite:
+        return
+    found = [f for f in (LAST, FINAL) if os.path.isfile(os.path.join(out_dir, f))]
+    found += sorted(os.path.basename(f) for f in glob.glob(os.path.join(glob.escape(out_dir), "iter_*.pt")))
+    if found:
+        raise OutputError(f"log.out_dir {out_dir} already holds checkpoints ({', '.join(found)}): continue them "
+                          f"with --resume, replace them with --overwrite, or choose another log.out_dir")
+
+
+def _defer_sigint():
+    """Make the first SIGINT only set a flag (then the previous handler is back, so a second one
+    interrupts at once). Returns (``interrupted()``, ``restore()``); no deferral outside the main
+    thread or when SIGINT is ignored."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+        return (lambda: False), (lambda: None)
+    previous = signal.default_int_handler if previous is None else previous
+    hit = []
+
+    def handler(signum, frame):
+        hit.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    return (lambda: bool(hit)), (lambda: signal.signal(signal.SIGINT, previous))
+
+
+def _agree(flag: bool, d: "Dist", device: torch.device) -> bool:
+    """``flag`` on any rank (every rank gets the same answer)."""
+    if d.world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def train(config: dict, resume: str | bool | None = None, progress: bool = True, overwrite: bool = False) -> str:
     """Run training as configured; returns the path of the final checkpoint (``out_dir/final.pt``,
     or ``out_dir/last.pt`` when ``train.stop_at`` ends it early).
 
-    resume: True (continue from ``out_dir/last.pt``) or a checkpoint path.
+    resume: True (continue from ``out_dir/last.pt``) or a checkpoint path. overwrite: start afresh
+    even if ``out_dir`` holds checkpoints (module docstring).
     """
-    return fit(config, resume, progress)[1]
+    return fit(config, resume, progress, overwrite)[1]
 
 
-def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -> tuple[SelfDZSR, str]:
+def fit(config: dict, resume: str | bool | None = None, progress: bool = True,
+        overwrite: bool = False) -> tuple[SelfDZSR, str]:
     """``train`` that also returns this process's trained model (each DDP rank holds a replica)."""
     config = validate_config(config)  # a no-op on load_config's result; completes a hand-made dict
     stage, t, log = config["stage"], config["train"], config["log"]
@@ -327,6 +389,7 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
     if t["batch_size"] % d.world:
         raise ValueError(f"train.batch_size={t['batch_size']} must be divisible by the {d.world} processes")
     out_dir = log["out_dir"]
+    _check_out_dir(out_dir, resume, overwrite)
     os.makedirs(out_dir, exist_ok=True)
 
     seed = config["seed"]
@@ -379,6 +442,7 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
     workers = data["workers"]
     if resume:  # restored last: building the loss and wrappers above may draw random numbers
         set_rng_state(rngs[d.rank])
+    interrupted, restore_sigint = _defer_sigint()
     try:
         while iteration < stop:
             epoch, start = divmod(iteration, t["iters_per_epoch"])
@@ -399,8 +463,14 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
                     for s in schedulers.values():
                         s.step()
                 _log(writer, bar, log, iteration, loss, parts, visuals, optimizers)
-                if iteration % log["checkpoint_every"] == 0 or iteration == stop:
+                saved = iteration % log["checkpoint_every"] == 0 or iteration == stop
+                if saved:
                     _checkpoint(out_dir, model, config, iteration, optimizers, schedulers, d, log)
+                if _agree(interrupted(), d, device):
+                    if not saved:
+                        _checkpoint(out_dir, model, config, iteration, optimizers, schedulers, d, log)
+                    raise TrainingInterrupted(f"at iteration {iteration} of {stop}; wrote {os.path.join(out_dir, LAST)}"
+                                              f" (continue with --resume)")
                 if iteration >= stop:
                     break
         final = os.path.join(out_dir, FINAL)
@@ -409,6 +479,7 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True) -
         _barrier()
         return model, final if iteration >= total else os.path.join(out_dir, LAST)
     finally:
+        restore_sigint()
         if bar is not None:
             bar.close()
         if writer is not None:

@@ -158,3 +158,24 @@ def test_shipped_checkpoint_gives_its_documented_numbers(tmp_path):
         measured = [rows[f"{name} / {m}"][k] for m in ("bicubic", "no reference", "SelfDZSR")
                     for k in ("psnr", "psnr_corner")]
         assert measured == pytest.approx(values, abs=0.006), name  # the table rounds to 0.01 dB
+
+
+def test_sr_honours_the_backend_variable(files, tmp_path, monkeypatch):
+    """Without --backend, DZSR_KERNELS_BACKEND selects the kernels (it used to be overridden by auto)."""
+    import dzsr_kernels._backend as backend
+
+    chosen = []
+    real = backend.resolve
+
+    def spy(op, device):
+        chosen.append(real(op, device))
+        return chosen[-1]
+
+    monkeypatch.setattr(backend, "resolve", spy)
+    monkeypatch.setenv("DZSR_KERNELS_BACKEND", "reference")
+    out = tmp_path / "sr.png"
+    out.write_bytes(b"an older result")
+    assert main(["sr", "--short", files["short"], "--tele", files["tele"], "--out", str(out), "--ckpt",
+                 str(files["root"] / "x4.pt"), "--tile", "0"]) == 0
+    assert chosen and set(chosen) == {"reference"}
+    assert read_rgb(out).shape[2] == 3 and os.listdir(tmp_path) == ["sr.png"]  # replaced whole, no temporary
