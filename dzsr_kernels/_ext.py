@@ -16,8 +16,10 @@ gets a fresh folder. Old folders are never deleted automatically (another checko
 Concurrent and killed builds. Every build holds an exclusive ``fcntl`` lock on ``dzsr-build.lock`` in
 its folder; the kernel releases it when the process dies. A second process waits for it (saying so once
 on stderr, for at most ``DZSR_BUILD_WAIT`` seconds, default 1800, then the backend is unavailable with
-that reason). Holding the lock, a leftover ``lock`` file of torch's own builder can only come from a
-killed build: it is removed, with a message, instead of making torch wait for it forever.
+that reason). Holding it, a leftover ``lock`` file of torch's own builder can only come from a killed
+build; with the torch versions whose lock blocks while that file exists (``FileBaton``, before 2.14)
+it is removed, with a message, instead of making torch wait for it forever (torch 2.14 locks that file
+with the OS, so its leftover is harmless and left alone).
 """
 from __future__ import annotations
 
@@ -94,13 +96,22 @@ def build_lock(build_dir: str, wait_s: float | None = None) -> Iterator[None]:
                     told = True
                 time.sleep(0.2)
         try:
-            stale = Path(build_dir) / "lock"  # torch.utils.cpp_extension's FileBaton
-            if stale.exists():
+            stale = Path(build_dir) / "lock"  # torch.utils.cpp_extension's own lock file
+            if stale.exists() and _torch_lock_blocks_by_existence():
                 print(f"dzsr: removing {stale}, left by a killed build; rebuilding", file=sys.stderr)
                 stale.unlink()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _torch_lock_blocks_by_existence() -> bool:
+    """True for torch builds whose JIT lock (``FileBaton``) blocks while its file exists, so a killed
+    build deadlocks every later one; torch >= 2.14 holds an OS lock on that file instead (released
+    when the holder dies) and its leftover file is harmless."""
+    from torch.utils import cpp_extension
+
+    return not hasattr(cpp_extension, "FileLock")
 
 
 def build(with_cuda: bool, build_dir: str | None = None, verbose: bool = False) -> str:

@@ -39,11 +39,25 @@ def test_key_depends_on_new_files_flags_and_cuda(csrc_copy, monkeypatch):
     assert _ext.build_key(False, csrc_copy) != key
 
 
-def test_stale_torch_lock_is_removed_with_a_message(tmp_path, capsys):
+@pytest.fixture
+def existence_lock(monkeypatch):
+    """Behave as with a torch whose JIT lock file blocks by its mere existence (before 2.14)."""
+    monkeypatch.setattr(_ext, "_torch_lock_blocks_by_existence", lambda: True)
+
+
+def test_stale_torch_lock_is_removed_with_a_message(tmp_path, capsys, existence_lock):
     (tmp_path / "lock").write_text("")
     with _ext.build_lock(str(tmp_path), wait_s=1):
         assert not (tmp_path / "lock").exists()
     assert "left by a killed build" in capsys.readouterr().err
+
+
+def test_os_locked_torch_lock_file_is_left_alone_silently(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(_ext, "_torch_lock_blocks_by_existence", lambda: False)
+    (tmp_path / "lock").write_text("")
+    with _ext.build_lock(str(tmp_path), wait_s=1):
+        assert (tmp_path / "lock").exists()
+    assert capsys.readouterr().err == ""
 
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
@@ -71,7 +85,7 @@ def test_live_builder_makes_us_wait_then_time_out_clearly(tmp_path, capsys):
         holder.wait()
 
 
-def test_lock_of_a_killed_builder_is_free_at_once(tmp_path):
+def test_lock_of_a_killed_builder_is_free_at_once(tmp_path, existence_lock):
     holder = _hold_lock(tmp_path)
     holder.kill()
     holder.wait()
@@ -85,9 +99,13 @@ def test_lock_of_a_killed_builder_is_free_at_once(tmp_path):
 
 def test_build_after_a_killed_build_does_not_hang(tmp_path):
     """A leftover torch lock file in the very folder a build will use: the build proceeds (here to a
-    compiler failure, CXX=/bin/false, to stay fast) instead of waiting forever."""
+    compiler failure, CXX=/bin/false, to stay fast) instead of waiting forever, with this torch's own
+    lock and with an existence-blocking one."""
     code = (
         "from dzsr_kernels import _ext\n"
+        "import sys\n"
+        "if sys.argv[1] == 'old':\n"
+        "    _ext._torch_lock_blocks_by_existence = lambda: True\n"
         "import os\n"
         "d = os.path.join(os.environ['DZSR_CACHE_DIR'], _ext.build_key(False))\n"
         "os.makedirs(d); open(os.path.join(d, 'lock'), 'w').close()\n"
@@ -95,7 +113,11 @@ def test_build_after_a_killed_build_does_not_hang(tmp_path):
     )
     env = {**os.environ, "DZSR_CACHE_DIR": str(tmp_path), "CXX": "/bin/false", "MAX_JOBS": "1",
            "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "compiler log:" in out.stdout
-    assert "left by a killed build" in out.stderr
+    for torch_lock in ("new", "old"):
+        cache = tmp_path / torch_lock
+        env["DZSR_CACHE_DIR"] = str(cache)
+        out = subprocess.run([sys.executable, "-c", code, torch_lock], capture_output=True, text=True, env=env,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert "compiler log:" in out.stdout
+        assert ("left by a killed build" in out.stderr) == (torch_lock == "old")
