@@ -378,7 +378,9 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True,
     config = validate_config(config)  # a no-op on load_config's result; completes a hand-made dict
     stage, t, log = config["stage"], config["train"], config["log"]
     resume_path = (os.path.join(log["out_dir"], LAST) if resume is True else resume) if resume else None
-    if resume_path:  # before anything is built or written
+    out_dir = log["out_dir"]
+    _check_out_dir(out_dir, resume, overwrite)  # before anything is built or written
+    if resume_path:
         _check_resumable(resume_path, config)
     want = config["device"]
     device = torch.device("cuda" if want == "auto" and torch.cuda.is_available() else ("cpu" if want == "auto" else want))
@@ -388,8 +390,6 @@ def fit(config: dict, resume: str | bool | None = None, progress: bool = True,
         torch.cuda.set_device(device)
     if t["batch_size"] % d.world:
         raise ValueError(f"train.batch_size={t['batch_size']} must be divisible by the {d.world} processes")
-    out_dir = log["out_dir"]
-    _check_out_dir(out_dir, resume, overwrite)
     os.makedirs(out_dir, exist_ok=True)
 
     seed = config["seed"]
