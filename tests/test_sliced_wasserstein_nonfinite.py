@@ -9,53 +9,9 @@ import torch
 import dzsr_kernels as dk
 from dzsr_kernels.sliced_wasserstein import draw_projections, sliced_wasserstein_loss
 from dzsr_kernels.sliced_wasserstein import op as sw_op
-from sliced_wasserstein_oracle import check_backend, loss_and_grads, require_backend
+from sliced_wasserstein_oracle import CASES, INF, NAN, check_backend, loss_and_grads, nonfinite_case, require_backend
 
-NAN, INF = float("nan"), float("inf")
 FAST_BACKENDS = ["cpp", "triton"]
-SCALE = {"huge": {torch.float32: 1e30, torch.float64: 1e300}, "tiny": {torch.float32: 1e-30, torch.float64: 1e-300}}
-
-
-def nonfinite_case(name: str, dtype: torch.dtype):
-    """(u, v, proj) of shape (2, 3, 2, 3) with C' = 2, and one kind of special value."""
-    u = torch.randn(2, 3, 2, 3, dtype=dtype)
-    v = torch.randn(2, 3, 2, 3, dtype=dtype) + 0.3
-    proj = draw_projections(3, 2, dtype=dtype)
-    fu, fv = u.view(2, 3, 6), v.view(2, 3, 6)
-    if name == "u_nan":
-        fu[0, 1, 4] = NAN
-    elif name == "u_negative_nan":  # sign bit set, as x86 makes for inf - inf or 0 * inf
-        fu[0, 1, 4] = -NAN
-        fu[1, 0, 0] = -NAN
-    elif name == "v_nan":
-        fv[1, 0, 2] = NAN
-    elif name == "u_inf_v_negative_inf":
-        fu[0, 2, 1] = INF
-        fv[1, 1, 5] = -INF
-    elif name == "inf_against_inf":  # the same infinity lands in the same slot of u and v
-        fu[0, 0, 3] = INF
-        fv[0, 0, 1] = INF
-    elif name == "opposite_infs_in_a_column":  # NaN where M[k, 0] M[k, 1] > 0, else an infinity
-        fu[0, 0, 3], fu[0, 1, 3] = INF, -INF
-    elif name == "zero_weight_times_inf":  # axis directions: 0 * inf = NaN in the other direction
-        proj = torch.eye(3, dtype=dtype)[:2]
-        fu[0, 2, 0] = INF
-        fu[1, 0, 0] = INF
-        fv[1, 1, 2] = -INF
-    elif name == "all_nan":
-        u.fill_(NAN)
-    elif name == "signed_zeros":
-        u = torch.zeros_like(u) * torch.randn_like(u).sign()
-        v = torch.zeros_like(v) * torch.randn_like(v).sign()
-    elif name in SCALE:
-        u, v = u * SCALE[name][dtype], v * SCALE[name][dtype]
-    else:
-        raise ValueError(name)
-    return u, v, proj
-
-
-CASES = ["u_nan", "u_negative_nan", "v_nan", "u_inf_v_negative_inf", "inf_against_inf", "opposite_infs_in_a_column",
-         "zero_weight_times_inf", "all_nan", "signed_zeros", "huge", "tiny"]
 
 
 def test_reference_rules():
