@@ -180,3 +180,15 @@ def nonfinite_case(name: str, dtype: torch.dtype):
 
 CASES = ["u_nan", "u_negative_nan", "v_nan", "u_inf_v_negative_inf", "inf_against_inf", "opposite_infs_in_a_column",
          "zero_weight_times_inf", "all_nan", "signed_zeros", "huge", "tiny"]
+
+
+LAYOUTS = ["contiguous", "transposed", "channels_last"]
+
+
+def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """x's values with the given memory layout (the last two for x of C, H, W > 1 not contiguous)."""
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":
+        return x.transpose(2, 3).contiguous().transpose(2, 3)
+    return x.contiguous()

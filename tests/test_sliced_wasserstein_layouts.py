@@ -10,18 +10,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import dzsr_kernels as dk
 from dzsr_kernels.sliced_wasserstein import draw_projections, sliced_wasserstein_loss
 from dzsr_kernels.sliced_wasserstein import op as sw_op
-from sliced_wasserstein_oracle import require_backend
-
-LAYOUTS = ["contiguous", "transposed", "channels_last"]
-
-
-def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """x's values with the given memory layout (the last two for x of C, H, W > 1 not contiguous)."""
-    if layout == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "transposed":
-        return x.transpose(2, 3).contiguous().transpose(2, 3)
-    return x.contiguous()
+from sliced_wasserstein_oracle import LAYOUTS, require_backend, with_layout
 
 
 def _meta(t: torch.Tensor):
