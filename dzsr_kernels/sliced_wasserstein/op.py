@@ -79,7 +79,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _grad_sign_u, _grad_sign_v):
     proj, sign_u, sign_v = ctx.saved_tensors
-    count = sign_u.numel()
+    count = max(sign_u.numel(), 1)  # 0 only for empty inputs, whose gradients have no element to scale
     proj_scaled = proj * (grad_loss.to(proj.dtype) / count)
     (u_shape, u_dtype), (v_shape, v_dtype) = ctx.u_meta, ctx.v_meta
     du = _backward_op(sign_u, proj_scaled, ctx.backend).view(u_shape).to(u_dtype) if ctx.needs_input_grad[0] else None
