@@ -13,8 +13,9 @@ float32 accuracy); float64 reduces with elementwise products instead of ``tl.dot
 
 Non-finite values and empty inputs as reference.py: torch.sort puts every NaN last, and the kernel's
 sign (d > 0) - (d < 0) is torch's sign (0 for d = 0 and for NaN d), so a NaN difference makes the
-loss NaN and contributes no gradient. Empty grids (N, C', L or C = 0) launch nothing: the loss is
-then 0 / 0 = NaN and the outputs are empty (or, for C' = 0, a zero gradient).
+loss NaN and contributes no gradient. A grid with a zero dimension is not launched: with
+N*C'*L = 0 the loss is 0 / 0 = NaN and the signs are empty, with C = 0 the gradient is empty; with
+C' = 0 (op level only) the backward still runs and writes zeros.
 """
 from __future__ import annotations
 
