@@ -13,8 +13,6 @@ shapes and dtypes must raise the one documented error.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -23,9 +21,9 @@ from hypothesis import strategies as st
 import dzsr_kernels as dk
 from dzsr_kernels._checks import compute_dtype
 from dzsr_kernels.sliced_wasserstein import draw_projections, sliced_wasserstein_loss
-from sliced_wasserstein_oracle import LAYOUTS, check_backend, check_forward_outputs, loss_and_grads, with_layout
+from sliced_wasserstein_oracle import (LAYOUTS, check_backend, check_forward_outputs, emulated_cuda_forward, loss_and_grads,
+                                       with_layout)
 
-HERE = Path(__file__).resolve().parent
 NAN, INF = float("nan"), float("inf")
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 SPECIALS = [NAN, -NAN, INF, -INF, 0.0, -0.0]
@@ -109,14 +107,8 @@ def test_fuzz_reference_rules(case):
 
 
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    from torch.utils.cpp_extension import load
-
-    load(name="dzsr_sw_cuda_emu", sources=[str(HERE / "cuda_emulation" / "sliced_wasserstein_emulated.cpp")],
-         extra_cflags=["-O1", "-pthread"], extra_ldflags=["-pthread"],
-         extra_include_paths=[str(HERE.parent / "csrc"), str(HERE / "cuda_emulation")], is_python_module=False,
-         build_directory=str(tmp_path_factory.mktemp("sw_cuda_emulation")))
-    return torch.ops.dzsr_sw_cuda_emu.sliced_wasserstein_forward
+def emulated():
+    return emulated_cuda_forward()
 
 
 @settings(max_examples=FEW)

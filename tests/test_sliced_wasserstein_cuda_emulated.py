@@ -5,26 +5,17 @@ reference: random shapes (several row chunks), NaN / inf / signed zeros / extrem
 empty inputs. The backward is the device-generic ATen GEMM the cpp tests cover."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from dzsr_kernels.sliced_wasserstein import draw_projections
-from sliced_wasserstein_oracle import CASES, check_forward_outputs, nonfinite_case
+from sliced_wasserstein_oracle import CASES, check_forward_outputs, emulated_cuda_forward, nonfinite_case
 
-HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    from torch.utils.cpp_extension import load
-
-    load(name="dzsr_sw_cuda_emu", sources=[str(HERE / "cuda_emulation" / "sliced_wasserstein_emulated.cpp")],
-         extra_cflags=["-O1", "-pthread"], extra_ldflags=["-pthread"],
-         extra_include_paths=[str(HERE.parent / "csrc"), str(HERE / "cuda_emulation")], is_python_module=False,
-         build_directory=str(tmp_path_factory.mktemp("sw_cuda_emulation")))
-    return torch.ops.dzsr_sw_cuda_emu.sliced_wasserstein_forward
+def emulated():
+    return emulated_cuda_forward()
 
 
 @pytest.mark.slow
