@@ -202,51 +202,63 @@ def test_default_projection_is_fresh_and_unit_norm():
         assert sliced_wasserstein_loss(u, v).item() != sliced_wasserstein_loss(u, v).item()
 
 
-def test_proj_validation():
+NAN, INF = float("nan"), float("inf")
+_EYE2 = torch.eye(4)[:2]
+
+# (id, arguments replacing the valid ones, exception, message): every one a distinct mistake; the
+# message names the argument and what was expected.
+BAD_INPUTS = [
+    ("u_numpy", dict(u=np.zeros((2, 4, 3, 3))), TypeError, r"u must be a torch.Tensor of shape \(N, C, H, W\)"),
+    ("v_list", dict(v=[[0.0]]), TypeError, "v must be a torch.Tensor"),
+    ("u_3_dims", dict(u=torch.randn(4, 3, 3)), ValueError, r"u must have shape \(N, C, H, W\) \(4 dims\)"),
+    ("v_5_dims", dict(v=torch.randn(2, 4, 3, 3, 1)), ValueError, r"v must have shape \(N, C, H, W\) \(4 dims\)"),
+    ("u_int", dict(u=torch.ones(2, 4, 3, 3, dtype=torch.int32)), TypeError, "u must be a floating tensor"),
+    ("v_bool", dict(v=torch.ones(2, 4, 3, 3, dtype=torch.bool)), TypeError, "v must be a floating tensor"),
+    ("u_complex", dict(u=torch.randn(2, 4, 3, 3, dtype=torch.complex64)), TypeError, "u must be a floating tensor"),
+    ("u_sparse", dict(u=torch.randn(2, 4, 3, 3).to_sparse()), TypeError, "u must be a dense"),
+    ("v_other_size", dict(v=torch.randn(2, 4, 3, 4)), ValueError, "v must have the shape of u"),
+    ("v_other_channels", dict(v=torch.randn(2, 5, 3, 3)), ValueError, "v must have the shape of u"),
+    ("mixed_dtypes", dict(v=torch.randn(2, 4, 3, 3, dtype=torch.float64)), TypeError, "u and v must share one dtype"),
+    ("v_other_device", dict(v=torch.randn(2, 4, 3, 3, device="meta")), ValueError, "all tensors must be on one device"),
+    ("proj_list", dict(proj=[[1.0, 0.0, 0.0, 0.0]]), TypeError, "proj must be a torch.Tensor"),
+    ("proj_1_dim", dict(proj=torch.randn(4)), ValueError, r"proj must have shape \(C', C=4\) \(2 dims\)"),
+    ("proj_other_channels", dict(proj=torch.eye(5)[:2]), ValueError, r"proj must have shape \(C', C=4\) with size 4"),
+    ("proj_no_rows", dict(proj=torch.empty(0, 4)), ValueError, "proj must have at least one row"),
+    ("proj_int", dict(proj=torch.eye(4, dtype=torch.int64)), TypeError, "proj must be a floating tensor"),
+    ("proj_sparse", dict(proj=_EYE2.to_sparse()), TypeError, "proj must be a dense"),
+    ("proj_nan", dict(proj=torch.tensor([[NAN, 0.0, 0.0, 1.0]])), ValueError, "proj must be finite"),
+    ("proj_inf", dict(proj=torch.tensor([[INF, 0.0, 0.0, 0.0]])), ValueError, "proj must be finite"),
+    ("proj_not_unit", dict(proj=_EYE2 * 1.1), ValueError, "proj rows must have unit L2 norm"),
+    ("proj_other_device", dict(proj=torch.empty(2, 4, device="meta")), ValueError, "proj must be on the device of u"),
+    ("proj_and_generator", dict(proj=_EYE2, generator=torch.Generator()), ValueError, "give proj or generator"),
+    ("num_proj_disagrees", dict(proj=_EYE2, num_proj=3), ValueError, "num_proj=3 disagrees"),
+    ("num_proj_zero", dict(num_proj=0), ValueError, "num_proj must be a positive int"),
+    ("num_proj_negative", dict(num_proj=-2), ValueError, "num_proj must be a positive int"),
+    ("num_proj_float", dict(num_proj=2.0), TypeError, "num_proj must be a positive int or None, got float"),
+    ("num_proj_bool", dict(num_proj=True), TypeError, "num_proj must be a positive int or None, got bool"),
+    ("num_proj_str_with_proj", dict(proj=_EYE2, num_proj="2"), TypeError, "num_proj must be a positive int or None"),
+    ("generator_int", dict(generator=7), TypeError, "generator must be a torch.Generator"),
+]
+
+
+@pytest.mark.parametrize("case, bad, error, match", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_inputs(case, bad, error, match):
+    """Each mistake raises one clear error (TypeError for a type or dtype, ValueError for a shape,
+    device or value) naming the argument, before any backend runs."""
+    args = {"u": torch.randn(2, 4, 3, 3), "v": torch.randn(2, 4, 3, 3), **bad}
+    with dk.use_backend(BACKEND), pytest.raises(error, match=match):
+        sliced_wasserstein_loss(**args)
+
+
+def test_valid_edge_arguments_are_accepted():
+    """The counterparts of the bad inputs that are valid: unit rows up to float32 rounding, a float64
+    proj for float32 features, C = 0 with a (C', 0) proj (R^0 has no unit vectors)."""
     u, v = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3)
-    good = _proj(4, 2)
-    with pytest.raises(ValueError, match="unit L2 norm"):
-        sliced_wasserstein_loss(u, v, proj=good * 1.1)
-    with pytest.raises(ValueError, match=r"proj must have shape \(C', C=4\)"):
-        sliced_wasserstein_loss(u, v, proj=torch.randn(2, 5))
-    with pytest.raises(ValueError, match="2 dims"):
-        sliced_wasserstein_loss(u, v, proj=torch.randn(4))
-    with pytest.raises(ValueError, match="finite"):
-        sliced_wasserstein_loss(u, v, proj=torch.tensor([[float("nan"), 0, 0, 1.0]]))
-    with pytest.raises(TypeError, match="floating"):
-        sliced_wasserstein_loss(u, v, proj=torch.eye(4, dtype=torch.int64))
-    with pytest.raises(ValueError, match="at least one row"):
-        sliced_wasserstein_loss(u, v, proj=torch.empty(0, 4))
-    with pytest.raises(ValueError, match="not both"):
-        sliced_wasserstein_loss(u, v, proj=good, generator=torch.Generator())
-    with pytest.raises(ValueError, match="num_proj=3 disagrees"):
-        sliced_wasserstein_loss(u, v, proj=good, num_proj=3)
-    with pytest.raises(ValueError, match="num_proj must be a positive int"):
-        sliced_wasserstein_loss(u, v, num_proj=0)
-    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
-        sliced_wasserstein_loss(u, v, generator=7)
-    # rows that are unit norm up to float32 rounding are accepted
-    sliced_wasserstein_loss(u, v, proj=good)
-
-
-def test_bad_inputs():
-    u = torch.randn(2, 4, 3, 3)
-    with pytest.raises(ValueError, match=r"v must have the shape of u"):
-        sliced_wasserstein_loss(u, torch.randn(2, 4, 3, 4))
-    with pytest.raises(ValueError, match=r"u must have shape \(N, C, H, W\) \(4 dims\)"):
-        sliced_wasserstein_loss(torch.randn(4, 3, 3), torch.randn(4, 3, 3))
-    with pytest.raises(TypeError, match="u must be a floating tensor"):
-        sliced_wasserstein_loss(torch.ones(2, 4, 3, 3, dtype=torch.int32), u)
-    with pytest.raises(TypeError, match="u must be a torch.Tensor"):
-        sliced_wasserstein_loss(np.zeros((2, 4, 3, 3)), u)
-    with pytest.raises(TypeError, match="share one dtype"):
-        sliced_wasserstein_loss(u, u.double())
-    with pytest.raises(ValueError, match="one device"):
-        sliced_wasserstein_loss(u, torch.randn(2, 4, 3, 3, device="meta"))
-    with pytest.raises(ValueError, match="non-empty"):
-        sliced_wasserstein_loss(torch.randn(2, 4, 0, 3), torch.randn(2, 4, 0, 3))
-    with pytest.raises(ValueError, match="device of u"):
-        sliced_wasserstein_loss(u, u, proj=torch.empty(2, 4, device="meta"))
+    with dk.use_backend(BACKEND):
+        sliced_wasserstein_loss(u, v, proj=_proj(4, 2))
+        sliced_wasserstein_loss(u, v, proj=_proj(4, 2, torch.float64))
+        loss = sliced_wasserstein_loss(torch.randn(2, 0, 3, 3), torch.randn(2, 0, 3, 3), proj=torch.empty(3, 0))
+    assert loss.item() == 0.0
 
 
 def test_v_without_grad_gets_none_and_no_v_signs():

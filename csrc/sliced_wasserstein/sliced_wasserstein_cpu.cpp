@@ -41,9 +41,11 @@ int64_t direction_block(int64_t num_proj, int64_t length, int64_t elem_size) {
 
 // LSD radix sort, 8 bits per pass, of keys[0, n) (ping-ponging with spare), carrying the int32
 // permutation along when idx is not null. Passes in which every key has the same byte are
-// skipped. On return *keys / *idx point at the buffers holding the sorted result.
+// skipped. On return *keys / *idx point at the buffers holding the sorted result. The sort is
+// stable: equal keys (ties, -0.0 and +0.0, every NaN) keep their input order.
 template <typename K>
 void radix_sort(K** keys, K** spare, int32_t** idx, int32_t** idx_spare, int64_t n) {
+  if (n == 0) return;
   constexpr int kPasses = sizeof(K);
   std::array<int64_t, kPasses * 256> hist{};
   const K* k0 = *keys;
@@ -118,7 +120,7 @@ void sort_compare_rows(const scalar_t* pu, const scalar_t* pv, int64_t begin, in
     for (int64_t i = 0; i < length; ++i) {
       const scalar_t d = Key::decode(ku[i]) - Key::decode(kv[i]);
       acc += std::abs(static_cast<double>(d));
-      const int8_t g = sign_of(d);
+      const int8_t g = Key::sign_of_difference(ku[i], kv[i]);
       su[iu[i]] = g;
       if (sv != nullptr) sv[iv[i]] = static_cast<int8_t>(-g);
     }
@@ -217,7 +219,7 @@ at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
   at::Tensor du = new_output({n_batch, channels, length}, proj_scaled.options());
   const at::Tensor mt = proj_scaled.detach().t();  // see forward_cpu on detaching
   const int64_t chunk = std::max<int64_t>(
-      1, std::min<int64_t>(length, block_bytes() / 8 / (num_proj * proj_scaled.element_size())));
+      1, std::min<int64_t>(length, block_bytes() / 8 / std::max<int64_t>(1, num_proj * proj_scaled.element_size())));
   const int64_t nchunks = (length + chunk - 1) / chunk;
   // One float buffer per thread for a chunk of signs, allocated here (see Workspace).
   const int64_t workers = sign.is_cpu() ? at::get_num_threads() : 1;

@@ -6,12 +6,17 @@ dispatches to a backend. The ``reference`` backend runs the differentiable PyTor
 backend name as an argument:
 
   ``dzsr::sliced_wasserstein_forward(u, v, proj, need_v_sign, backend) -> (loss, sign_u, sign_v)``
-      loss: 0-dim, compute dtype (float32, or float64 for float64 inputs);
+      loss: 0-dim, compute dtype (float32, or float64 for float64 inputs); NaN when N*C'*H*W = 0;
       sign_u: int8 (N, C', H*W), sign(sorted difference) scattered back to each element's
-      unsorted position (the loss's subgradient up to the factor 1/(N C' H W));
+      unsorted position (the loss's subgradient up to the factor 1/(N C' H W)); 0 where the
+      difference is 0 or NaN (torch's sign, see reference.py);
       sign_v: the same for v (negated) when ``need_v_sign``, else an empty (0,) int8 tensor.
   ``dzsr::sliced_wasserstein_backward(sign, proj_scaled, backend) -> (N, C, H*W)``
       proj_scaled^T @ sign[n] per sample, in proj_scaled's dtype.
+Output layout rule: every output of both ops (and of every backend's kernels) is a new contiguous
+tensor, whatever the strides of u and v (contiguous, non-contiguous views, channels-last); the
+fakes below allocate exactly these sizes, strides and dtypes. The gradients du, dv are views of
+the backward's output: contiguous (N, C, H, W).
 
 Backend kernel interface (``cpp`` and ``triton`` modules): ``forward(u, v, proj, need_v_sign)`` and
 ``backward(sign, proj_scaled)`` with the shapes above; u, v arrive as (N, C, H, W) and proj in the
@@ -74,7 +79,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _grad_sign_u, _grad_sign_v):
     proj, sign_u, sign_v = ctx.saved_tensors
-    count = sign_u.numel()
+    count = max(sign_u.numel(), 1)  # 0 only for empty inputs, whose gradients have no element to scale
     proj_scaled = proj * (grad_loss.to(proj.dtype) / count)
     (u_shape, u_dtype), (v_shape, v_dtype) = ctx.u_meta, ctx.v_meta
     du = _backward_op(sign_u, proj_scaled, ctx.backend).view(u_shape).to(u_dtype) if ctx.needs_input_grad[0] else None
@@ -89,27 +94,37 @@ def _backward(ctx, grad_loss, _grad_sign_u, _grad_sign_v):
 _forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _check_dense(name: str, t: torch.Tensor) -> None:
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+
+
 def _validate(u, v) -> None:
     check_tensor("u", u, 4, "(N, C, H, W)")
     check_tensor("v", v, 4, "(N, C, H, W)")
+    _check_dense("u", u)
+    _check_dense("v", v)
     if u.shape != v.shape:
         raise ValueError(f"v must have the shape of u (N, C, H, W) = {tuple(u.shape)}, got {tuple(v.shape)}")
     if u.dtype != v.dtype:
         raise TypeError(f"u and v must share one dtype, got u {u.dtype} and v {v.dtype}")
-    if u.numel() == 0:
-        raise ValueError(f"u and v must be non-empty (N, C, H, W >= 1), got shape {tuple(u.shape)}")
     check_same_device(u=u, v=v)
 
 
 def _validate_proj(proj, channels: int, device: torch.device) -> None:
     check_tensor("proj", proj, 2, f"(C', C={channels})")
+    _check_dense("proj", proj)
     check_dim("proj", proj, 1, channels, f"(C', C={channels})")
     if proj.shape[0] < 1:
         raise ValueError(f"proj must have at least one row (C' >= 1), got shape {tuple(proj.shape)}")
     if proj.device != device:
         raise ValueError(f"proj must be on the device of u ({device}), got {proj.device}")
+    if torch.compiler.is_compiling():  # the value checks below read the data: eager only
+        return
     if not bool(torch.isfinite(proj).all()):
         raise ValueError("proj must be finite (no NaN or inf entries)")
+    if channels == 0:  # R^0 has no unit vectors: every (C', 0) proj projects to 0
+        return
     norms = torch.linalg.vector_norm(proj.to(torch.float64), dim=1)
     worst = float((norms - 1).abs().max())
     if worst > UNIT_NORM_TOL[proj.dtype]:
@@ -119,8 +134,19 @@ def _validate_proj(proj, channels: int, device: torch.device) -> None:
         )
 
 
+def _check_num_proj_and_generator(num_proj, generator) -> None:
+    if num_proj is not None:
+        if not isinstance(num_proj, int) or isinstance(num_proj, bool):
+            raise TypeError(f"num_proj must be a positive int or None, got {type(num_proj).__name__}")
+        if num_proj < 1:
+            raise ValueError(f"num_proj must be a positive int, got {num_proj!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
 def _resolve_proj(u, proj, num_proj, generator) -> torch.Tensor:
     channels, dtype = u.shape[1], compute_dtype(u)
+    _check_num_proj_and_generator(num_proj, generator)
     if proj is not None:
         if generator is not None:
             raise ValueError("give proj or generator, not both (generator only draws proj)")
@@ -130,10 +156,6 @@ def _resolve_proj(u, proj, num_proj, generator) -> torch.Tensor:
         return proj.to(dtype)
     if num_proj is None:
         num_proj = reference.default_num_proj(channels)
-    if not isinstance(num_proj, int) or isinstance(num_proj, bool) or num_proj < 1:
-        raise ValueError(f"num_proj must be a positive int, got {num_proj!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     return reference.draw_projections(channels, num_proj, generator, u.device, dtype)
 
 
@@ -155,6 +177,14 @@ def sliced_wasserstein_loss(
     the sort permutation; among tied values any assignment of the tied slots is a valid
     subgradient, and backends may pick different ones. Half inputs compute in float32; the loss
     has u's dtype.
+
+    NaN and inf in u or v follow reference.py exactly on every backend (NaN sorts last, the loss is
+    NaN where a sorted difference is NaN, such slots get a zero gradient, so gradients stay finite).
+    Empty inputs are valid: N = 0 or H*W = 0 give a NaN loss (the mean of nothing) and empty
+    gradients; C = 0 gives a zero loss (every projection is 0), empty gradients, and any (C', 0)
+    proj is accepted (R^0 has no unit vectors). Errors: TypeError for a wrong type or dtype,
+    ValueError for a wrong shape, device or value, each naming the argument. Under
+    ``torch.compile`` a given proj's values (finite, unit rows) are not checked: that needs its data.
     """
     _validate(u, v)
     m = _resolve_proj(u, proj, num_proj, generator)

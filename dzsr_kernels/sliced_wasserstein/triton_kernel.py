@@ -10,6 +10,12 @@ two) or 256² (too long for one program); torch's segmented radix sort is used i
 Backward: a Triton GEMM du[n] = proj_scaled^T @ sign[n] that reads the int8 signs directly, so no
 float copy of the (N, C', L) signs is made. float32 uses IEEE products (no TF32: the gradient keeps
 float32 accuracy); float64 reduces with elementwise products instead of ``tl.dot``.
+
+Non-finite values and empty inputs as reference.py: torch.sort puts every NaN last, and the kernel's
+sign (d > 0) - (d < 0) is torch's sign (0 for d = 0 and for NaN d), so a NaN difference makes the
+loss NaN and contributes no gradient. A grid with a zero dimension is not launched: with
+N*C'*L = 0 the loss is 0 / 0 = NaN and the signs are empty, with C = 0 the gradient is empty; with
+C' = 0 (op level only) the backward still runs and writes zeros.
 """
 from __future__ import annotations
 
@@ -78,8 +84,9 @@ def forward(u, v, proj, need_v_sign):
     sign_u = new_output((n, num_proj, length), torch.int8, u.device)
     sign_v = new_output((n, num_proj, length) if need_v_sign else (0,), torch.int8, u.device)
     partial = new_output((rows, nblocks), proj.dtype, u.device)
-    _sorted_compare_kernel[(rows, nblocks)](su, sv, iu, iv, sign_u, sign_v if need_v_sign else sign_u, partial,
-                                            length, nblocks, HAS_V=need_v_sign, BLOCK=SCATTER_BLOCK)
+    if rows * nblocks > 0:
+        _sorted_compare_kernel[(rows, nblocks)](su, sv, iu, iv, sign_u, sign_v if need_v_sign else sign_u, partial,
+                                                length, nblocks, HAS_V=need_v_sign, BLOCK=SCATTER_BLOCK)
     loss = partial.sum(dtype=torch.float64) / (rows * length)
     return loss.to(proj.dtype), sign_u, sign_v
 
@@ -91,6 +98,7 @@ def backward(sign, proj_scaled):
     bm, bn, bk = (16, 32, 16) if is_fp64 else (64, 64, 32)
     out = new_output((n, channels, length), proj_scaled.dtype, sign.device)
     grid = (triton.cdiv(channels, bm), triton.cdiv(length, bn), n)
-    _sign_gemm_kernel[grid](proj_scaled.contiguous(), sign.contiguous(), out, channels, num_proj, length,
-                            IS_FP64=is_fp64, BM=bm, BN=bn, BK=bk)
+    if out.numel() > 0:
+        _sign_gemm_kernel[grid](proj_scaled.contiguous(), sign.contiguous(), out, channels, num_proj, length,
+                                IS_FP64=is_fp64, BM=bm, BN=bn, BK=bk)
     return out
