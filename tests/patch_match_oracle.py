@@ -1,5 +1,6 @@
 """Independent float64 brute force for the patch-match tests: every patch vector built explicitly, NaN
-propagating through plain float64 arithmetic, and the torch.max top-1 rule written out."""
+propagating through plain float64 arithmetic, and the torch.max top-1 rule written out; plus the
+input cases and the fake / compile checks every backend's tests share."""
 from __future__ import annotations
 
 import torch
@@ -114,3 +115,52 @@ def non_finite_case(name, c=5, dtype=torch.float32, device="cpu", hq=7, wq=8, hr
     """The inputs of NON_FINITE_CASES[name] in ``dtype`` on ``device`` (values set in float32 first)."""
     query, ref = NON_FINITE_CASES[name](torch.randn(2, c, hq, wq), torch.randn(2, c, hr, wr))
     return query.to(device, dtype), ref.to(device, dtype)
+
+
+# Input layouts for the fake, opcheck and compile checks (kernel outputs are always contiguous).
+LAYOUTS = {
+    "contiguous": lambda t: t,
+    "non_contiguous": lambda t: torch.cat([t, t], dim=3)[:, :, :, ::2],
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "transposed_hw": lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),
+    "expanded_channels": lambda t: t[:, :1].expand(-1, t.shape[1], -1, -1),
+    "empty_batch": lambda t: t[:0].contiguous(memory_format=torch.channels_last),
+}
+
+
+def layout_inputs(layout, device="cpu", nan=True):
+    """query (2,5,6,8), ref (2,5,7,5) in the given layout, with a NaN pixel in the query if ``nan``
+    (opcheck compares outputs without equal_nan, so it gets finite inputs)."""
+    query, ref = torch.randn(2, 5, 6, 8, device=device), torch.randn(2, 5, 7, 5, device=device)
+    if nan:
+        query[0, :, 1, 2] = float("nan")
+    return LAYOUTS[layout](query), LAYOUTS[layout](ref)
+
+
+def fake_outputs(args):
+    """The fake of torch.ops.dzsr.patch_match on FakeTensor copies of the tensor args (same strides)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        return torch.ops.dzsr.patch_match.default(*fake_args)
+
+
+def assert_fake_equals_real(args):
+    real, fake = torch.ops.dzsr.patch_match.default(*args), fake_outputs(args)
+    for r, f in zip(real, fake):
+        assert (r.shape, r.stride(), r.dtype, r.device) == (f.shape, f.stride(), f.dtype, f.device)
+        assert r.is_contiguous()
+
+
+def check_compile_fullgraph(backend, device="cpu"):
+    """torch.compile(fullgraph=True) of the public op on contiguous, non-contiguous and channels-last
+    inputs: the same outputs as eager (NaN included), one graph each (the fake's layout is right)."""
+    compiled = torch.compile(lambda q, r: dzsr_kernels.patch_match(q, r), fullgraph=True)
+    with dzsr_kernels.use_backend(backend):
+        for layout in ("contiguous", "non_contiguous", "channels_last"):
+            query, ref = layout_inputs(layout, device)
+            (score, index), (s_eager, i_eager) = compiled(query, ref), dzsr_kernels.patch_match(query, ref)
+            assert torch.equal(index, i_eager)
+            torch.testing.assert_close(score, s_eager, atol=1e-6, rtol=0, equal_nan=True)
+            assert score.stride() == s_eager.stride() and index.stride() == i_eager.stride()

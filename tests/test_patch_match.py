@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import dzsr_kernels
 from dzsr_kernels.patch_match import flow_to_offsets, match_flow, patch_match
-from patch_match_oracle import NON_FINITE_CASES, check_match, first_max_index, non_finite_case, one_hot_map, run
+from patch_match_oracle import (LAYOUTS, NON_FINITE_CASES, assert_fake_equals_real, check_compile_fullgraph,
+                                check_match, first_max_index, layout_inputs, non_finite_case, one_hot_map, run)
 
 BACKENDS = ["reference", "cpp"]
 SHAPES = [  # N, C, Hq, Wq, Hr, Wr
@@ -176,41 +177,6 @@ def test_empty_batch_of_any_layout(backend):
     assert score.shape == index.shape == (0, 7, 6) and score.dtype == torch.float32 and index.dtype == torch.int64
 
 
-LAYOUTS = {
-    "contiguous": lambda t: t,
-    "non_contiguous": lambda t: torch.cat([t, t], dim=3)[:, :, :, ::2],
-    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
-    "transposed_hw": lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),
-    "expanded_channels": lambda t: t[:, :1].expand(-1, t.shape[1], -1, -1),
-    "empty_batch": lambda t: t[:0].contiguous(memory_format=torch.channels_last),
-}
-
-
-def layout_inputs(layout, device="cpu", nan=True):
-    """query (2,5,6,8), ref (2,5,7,5) in the given layout, with a NaN pixel in the query if ``nan``
-    (opcheck compares outputs without equal_nan, so it gets finite inputs)."""
-    query, ref = torch.randn(2, 5, 6, 8, device=device), torch.randn(2, 5, 7, 5, device=device)
-    if nan:
-        query[0, :, 1, 2] = float("nan")
-    return LAYOUTS[layout](query), LAYOUTS[layout](ref)
-
-
-def fake_outputs(args):
-    """The fake of torch.ops.dzsr.patch_match on FakeTensor copies of the tensor args (same strides)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode() as mode:
-        fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
-        return torch.ops.dzsr.patch_match.default(*fake_args)
-
-
-def assert_fake_equals_real(args):
-    real, fake = torch.ops.dzsr.patch_match.default(*args), fake_outputs(args)
-    for r, f in zip(real, fake):
-        assert (r.shape, r.stride(), r.dtype, r.device) == (f.shape, f.stride(), f.dtype, f.device)
-        assert r.is_contiguous()
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fake_equals_cpp_outputs(layout):
     assert_fake_equals_real((*layout_inputs(layout), 3, "float32", "cpp"))
@@ -224,16 +190,7 @@ def test_opcheck_cpp(layout):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compile_fullgraph(backend):
-    """torch.compile(fullgraph=True) of the public op on contiguous, non-contiguous and channels-last
-    inputs: the same outputs as eager (NaN included), one graph each (the fake's layout is right)."""
-    compiled = torch.compile(lambda q, r: patch_match(q, r), fullgraph=True)
-    with dzsr_kernels.use_backend(backend):
-        for layout in ("contiguous", "non_contiguous", "channels_last"):
-            query, ref = layout_inputs(layout)
-            (score, index), (s_eager, i_eager) = compiled(query, ref), patch_match(query, ref)
-            assert torch.equal(index, i_eager)
-            torch.testing.assert_close(score, s_eager, atol=1e-6, rtol=0, equal_nan=True)
-            assert score.stride() == s_eager.stride() and index.stride() == i_eager.stride()
+    check_compile_fullgraph(backend)
 
 
 def test_cpp_rejects_tf32():
