@@ -5,26 +5,17 @@ non-finite and extreme values, empty batches). The kernel runs inside ``referenc
 exactly as the cpp backend calls it on a GPU."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from dzsr_kernels.patch_match import reference
-from patch_match_oracle import NON_FINITE_CASES, check_match, first_max_index, non_finite_case, one_hot_map
-
-HERE = Path(__file__).resolve().parent
+from patch_match_oracle import (NON_FINITE_CASES, check_match, emulated_cuda_kernel, first_max_index, non_finite_case,
+                                one_hot_map)
 
 
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    from torch.utils.cpp_extension import load
-
-    load(name="dzsr_pm_cuda_emu", sources=[str(HERE / "cuda_emulation" / "patch_match_emulated.cpp")],
-         extra_cflags=["-O1", "-pthread"], extra_ldflags=["-pthread"],
-         extra_include_paths=[str(HERE.parent / "csrc"), str(HERE / "cuda_emulation")], is_python_module=False,
-         build_directory=str(tmp_path_factory.mktemp("pm_cuda_emulation")))
-    return torch.ops.dzsr_pm_cuda_emu.patch_match
+def emulated():
+    return emulated_cuda_kernel()
 
 
 def run(kernel, query, ref, p=3):
