@@ -353,3 +353,18 @@ def test_cuda_ties_and_zero_pixels(backend):
 def test_cuda_opcheck_cpp():
     query, ref = torch.randn(2, 5, 6, 8, device="cuda"), torch.randn(2, 5, 7, 5, device="cuda")
     torch.library.opcheck(torch.ops.dzsr.patch_match.default, (query, ref, 3, "float32", "cpp"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("case", NON_FINITE_CASES)
+def test_cuda_non_finite_extreme_and_empty(backend, case):
+    query, ref = non_finite_case(case, device="cuda")
+    check_match(*run(backend, query, ref), query, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_fake_equals_outputs(backend, layout):
+    assert_fake_equals_real((*layout_inputs(layout, "cuda"), 3, "float32", backend))
