@@ -6,7 +6,10 @@ Semantics (SPEC §1b). For query (N,C,Hq,Wq) and ref (N,C,Hr,Wr) and patch size 
     as the authors do): an all-zero pixel stays the zero vector. ||x|| is computed as m * ||x / m||
     with m = max_c |x_c|, so huge (e.g. 1e30 in float32) and tiny finite values neither overflow nor
     underflow the norm; it is computed in the input's precision (float32 at least) and only then cast
-    to the compute dtype, identically for every backend;
+    to the compute dtype, identically for every backend. (A pixel with ||x|| < 1e-12 keeps the short
+    vector x / 1e-12; where that is so short that its squares underflow the compute dtype, ||x||
+    below about 1e-31 in float32 or 1e-166 in float64, patches made of such pixels lose precision
+    and, all squares underflowing, count as zero patches: the compute dtype's limit.)
   * a pixel with any non-finite channel (NaN, +Inf or -Inf) normalises to the all-NaN vector;
   * a patch is the p*p normalised pixel vectors concatenated; patch (y, x) has its top-left pixel at
     (y, x); there are (H-p+1)x(W-p+1) patches per map, flattened row-major;
@@ -21,7 +24,8 @@ Semantics (SPEC §1b). For query (N,C,Hq,Wq) and ref (N,C,Hr,Wr) and patch size 
     non-finite pixel, the query patch gets score NaN and the smallest such reference index;
     otherwise the maximum score, ties to the smallest index. ``index`` always lies in
     [0, (Hr-p+1)(Wr-p+1)).
-  * N = 0 gives empty (0, Hq-p+1, Wq-p+1) outputs.
+  * N = 0 gives empty (0, Hq-p+1, Wq-p+1) outputs; C = 0 and maps smaller than the patch (H or W
+    below p, 0 included) are errors (``op.patch_match`` says which argument).
 Outputs: score float32, index int64, both contiguous (N, Hq-p+1, Wq-p+1) on every backend.
 
 Every kernel computes, on finite inputs, per query patch q, ``val(r) = <P_q, P_r> * inv_r[r]``,
