@@ -56,7 +56,8 @@ def check_match(score, index, query, ref, p=3, tol=SCORE_TOL):
     nan = cos.isnan()
     row_nan = nan.any(dim=2)
     assert torch.equal(s.isnan(), row_nan), "NaN scores differ from the rows holding a NaN"
-    assert torch.equal(i[row_nan], nan.to(torch.uint8).argmax(dim=2)[row_nan]), "index of a NaN row is not its first NaN"
+    first_nan = nan.to(torch.uint8).argmax(dim=2)
+    assert torch.equal(i[row_nan], first_nan[row_nan]), "index of a NaN row is not its first NaN"
     cos, s, i = cos[~row_nan], s[~row_nan], i[~row_nan]  # (rows, Nr) of finite scores
     if cos.numel() == 0:
         return

@@ -1,8 +1,8 @@
 // Top-1 patch matching on CPU: streaming over reference tiles with a running max/argmax.
 //
 // Inputs are prepared by dzsr_kernels/patch_match/reference.py::prepare and are finite (match_prepared
-// zeroes the NaNs of non-finite pixels and applies the non-finite rule afterwards): pixel-major normalised maps
-// uq (N,Hq,Wq,C), ur (N,Hr,Wr,C) in float32 and inverse patch norms inv_q (N,Hpq,Wpq),
+// zeroes the NaNs of non-finite pixels and applies the non-finite rule afterwards): pixel-major
+// normalised maps uq (N,Hq,Wq,C), ur (N,Hr,Wr,C) in float32 and inverse patch norms inv_q (N,Hpq,Wpq),
 // inv_r (N,Hpr,Wpr). For query patch q the kernel keeps the best val(r) = <P_q,P_r> * inv_r[r] with
 // ties to the smallest flattened r, and returns score = best * inv_q[q] and the index, as contiguous
 // (N,Hpq,Wpq) float32 and int64 tensors (empty for N = 0).
