@@ -1,5 +1,6 @@
 """Patch matching (SPEC §1b): reference vs an independent brute force, the cpp backend vs both,
-conventions (zero pixels, ties, dtypes, layouts), validation, opcheck, and the flow/offset helpers."""
+conventions (zero pixels, ties, dtypes, layouts), non-finite/extreme/empty inputs, validation, the
+fake (sizes, strides, dtypes), opcheck, torch.compile, and the flow/offset helpers."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,8 @@ import torch.nn.functional as F
 
 import dzsr_kernels
 from dzsr_kernels.patch_match import flow_to_offsets, match_flow, patch_match
-from patch_match_oracle import check_match, first_max_index, one_hot_map, run
+from patch_match_oracle import (LAYOUTS, NON_FINITE_CASES, assert_fake_equals_real, check_compile_fullgraph,
+                                check_match, first_max_index, layout_inputs, non_finite_case, one_hot_map, run)
 
 BACKENDS = ["reference", "cpp"]
 SHAPES = [  # N, C, Hq, Wq, Hr, Wr
@@ -136,9 +138,59 @@ def test_outputs_do_not_require_grad(backend):
     assert not score.requires_grad and not index.requires_grad
 
 
-def test_opcheck_cpp():
-    query, ref = torch.randn(2, 5, 6, 8), torch.randn(2, 5, 7, 5)
-    torch.library.opcheck(torch.ops.dzsr.patch_match.default, (query, ref, 3, "float32", "cpp"))
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", NON_FINITE_CASES)
+def test_non_finite_extreme_and_empty_inputs(backend, dtype, case):
+    """NaN exactly in the rows the brute force has a NaN in, the first NaN's index there, the brute force
+    elsewhere (huge and tiny values normalised without overflow), empty outputs for N = 0."""
+    query, ref = non_finite_case(case, dtype=dtype)
+    score, index = run(backend, query, ref)
+    check_match(score, index, query, ref)
+
+
+@pytest.mark.parametrize("case", ["nan_in_query", "neg_inf_in_ref", "nan_in_both", "huge_tiny_zero_mix"])
+def test_cpp_equals_reference_on_non_finite_inputs(case):
+    """The issue's report: cpp hid NaNs, returned index 2^63-1 for a NaN query and other indices than the
+    reference for a NaN reference. Now equal NaN masks and indices there, close finite values."""
+    query, ref = non_finite_case(case, c=6, hq=9, wq=10, hr=8, wr=11)
+    (s_ref, i_ref), (s_cpp, i_cpp) = run("reference", query, ref), run("cpp", query, ref)
+    assert torch.equal(s_cpp.isnan(), s_ref.isnan()) and torch.equal(i_cpp[s_ref.isnan()], i_ref[s_ref.isnan()])
+    torch.testing.assert_close(s_cpp, s_ref, atol=2e-6, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_float64_inputs_do_not_overflow(backend):
+    """float64 values whose float32 cast is Inf and whose squares overflow float64: the cpp backend
+    (float32) normalises in float64 before the cast, so it agrees with the float64 reference."""
+    query, ref = torch.randn(1, 4, 6, 6, dtype=torch.float64) * 1e300, torch.randn(1, 4, 5, 7, dtype=torch.float64)
+    ref[:, :, :, :3] *= 1e307
+    score, index = run(backend, query, ref)
+    assert not score.isnan().any()
+    check_match(score, index, query, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_of_any_layout(backend):
+    query = torch.randn(0, 6, 9, 8).contiguous(memory_format=torch.channels_last)
+    score, index = run(backend, query[:, ::2], torch.randn(0, 3, 5, 5))
+    assert score.shape == index.shape == (0, 7, 6) and score.dtype == torch.float32 and index.dtype == torch.int64
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fake_equals_cpp_outputs(layout):
+    assert_fake_equals_real((*layout_inputs(layout), 3, "float32", "cpp"))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck_cpp(layout):
+    args = (*layout_inputs(layout, nan=False), 3, "float32", "cpp")
+    torch.library.opcheck(torch.ops.dzsr.patch_match.default, args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph(backend):
+    check_compile_fullgraph(backend)
 
 
 def test_cpp_rejects_tf32():
@@ -146,21 +198,44 @@ def test_cpp_rejects_tf32():
         run("cpp", torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5), precision="tf32")
 
 
-@pytest.mark.parametrize(
-    "query, ref, kwargs, error, message",
-    [
-        (torch.randn(1, 3, 5, 5), torch.randn(1, 4, 5, 5), {}, ValueError, r"ref must match query in \(N, C\)"),
-        (torch.randn(2, 3, 5, 5), torch.randn(1, 3, 5, 5), {}, ValueError, r"ref must match query in \(N, C\)"),
-        (torch.randn(1, 3, 2, 5), torch.randn(1, 3, 5, 5), {}, ValueError, "query must be at least patch_size"),
-        (torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 4), {"patch_size": 5}, ValueError, "ref must be at least"),
-        (torch.randn(3, 5, 5), torch.randn(1, 3, 5, 5), {}, ValueError, r"query must have shape \(N, C, Hq, Wq\)"),
-        (torch.randn(1, 3, 5, 5), torch.ones(1, 3, 5, 5, dtype=torch.int64), {}, TypeError, "ref must be a floating"),
-        (torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5, device="meta"), {}, ValueError, "one device"),
-        (torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5), {"patch_size": 2}, ValueError, "positive odd int"),
-        (torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5), {"precision": "fp16"}, ValueError, "precision must be"),
-        ([[1.0]], torch.randn(1, 3, 5, 5), {}, TypeError, "query must be a torch.Tensor"),
-    ],
-)
+def _x(*shape, **kw):
+    return torch.randn(*shape, **kw)
+
+
+BAD_INPUTS = [  # (query, ref, kwargs, error, message)
+    (_x(1, 3, 5, 5), _x(1, 4, 5, 5), {}, ValueError, r"ref must match query in \(N, C\)"),
+    (_x(2, 3, 5, 5), _x(1, 3, 5, 5), {}, ValueError, r"ref must match query in \(N, C\)"),
+    (_x(1, 3, 2, 5), _x(1, 3, 5, 5), {}, ValueError, "query must be at least patch_size"),
+    (_x(1, 3, 5, 0), _x(1, 3, 5, 5), {}, ValueError, "query must be at least patch_size"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 4), {"patch_size": 5}, ValueError, "ref must be at least"),
+    (_x(1, 3, 5, 5), _x(1, 3, 0, 5), {}, ValueError, "ref must be at least"),
+    (_x(1, 0, 5, 5), _x(1, 0, 5, 5), {}, ValueError, "C >= 1"),
+    (_x(3, 5, 5), _x(1, 3, 5, 5), {}, ValueError, r"query must have shape \(N, C, Hq, Wq\)"),
+    (_x(1, 3, 5, 5), _x(1, 1, 3, 5, 5), {}, ValueError, r"ref must have shape \(N, C, Hr, Wr\)"),
+    (_x(1, 3, 5, 5), torch.ones(1, 3, 5, 5, dtype=torch.int64), {}, TypeError, "ref must be a floating"),
+    (torch.ones(1, 3, 5, 5, dtype=torch.bool), _x(1, 3, 5, 5), {}, TypeError, "query must be a floating"),
+    (_x(1, 3, 5, 5, dtype=torch.complex64), _x(1, 3, 5, 5), {}, TypeError, "query must be a floating"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5, dtype=torch.float64), {}, TypeError, "query and ref must share one dtype"),
+    (_x(1, 3, 5, 5).half(), _x(1, 3, 5, 5).bfloat16(), {}, TypeError, "query and ref must share one dtype"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5, device="meta"), {}, ValueError, "one device"),
+    (_x(1, 3, 5, 5).to_sparse(), _x(1, 3, 5, 5), {}, TypeError, "query must be a dense"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": 2}, ValueError, "patch_size must be a positive odd int"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": 0}, ValueError, "patch_size must be a positive odd int"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": -3}, ValueError, "patch_size must be a positive odd int"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": True}, TypeError, "patch_size must be an int, got bool"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": 3.0}, TypeError, "patch_size must be an int, got float"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": "3"}, TypeError, "patch_size must be an int, got str"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": None}, TypeError, "patch_size must be an int"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"precision": "fp16"}, ValueError, "precision must be one of"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"precision": "TF32"}, ValueError, "precision must be one of"),
+    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"precision": None}, TypeError, "precision must be a str"),
+    ([[1.0]], _x(1, 3, 5, 5), {}, TypeError, "query must be a torch.Tensor"),
+    (_x(1, 3, 5, 5).numpy(), _x(1, 3, 5, 5), {}, TypeError, "query must be a torch.Tensor"),
+    (_x(1, 3, 5, 5), None, {}, TypeError, "ref must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("query, ref, kwargs, error, message", BAD_INPUTS)
 def test_bad_inputs(query, ref, kwargs, error, message):
     with pytest.raises(error, match=message):
         patch_match(query, ref, **kwargs)
@@ -278,3 +353,18 @@ def test_cuda_ties_and_zero_pixels(backend):
 def test_cuda_opcheck_cpp():
     query, ref = torch.randn(2, 5, 6, 8, device="cuda"), torch.randn(2, 5, 7, 5, device="cuda")
     torch.library.opcheck(torch.ops.dzsr.patch_match.default, (query, ref, 3, "float32", "cpp"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("case", NON_FINITE_CASES)
+def test_cuda_non_finite_extreme_and_empty(backend, case):
+    query, ref = non_finite_case(case, device="cuda")
+    check_match(*run(backend, query, ref), query, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_fake_equals_outputs(backend, layout):
+    assert_fake_equals_real((*layout_inputs(layout, "cuda"), 3, "float32", backend))

@@ -1,32 +1,25 @@
 """The CUDA patch-match kernel (csrc/patch_match/patch_match_cuda.cu) run on CPU threads through the
 test-only CUDA execution-model stand-in (tests/cuda_emulation/), against the brute force: the CUDA code
-is checked even where no GPU is (query and reference tiling, partial tiles, channel chunks, ties)."""
+is checked even where no GPU is (query and reference tiling, partial tiles, channel chunks, ties,
+non-finite and extreme values, empty batches). The kernel runs inside ``reference.match_prepared``,
+exactly as the cpp backend calls it on a GPU."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
 from dzsr_kernels.patch_match import reference
-from patch_match_oracle import check_match, first_max_index, one_hot_map
-
-HERE = Path(__file__).resolve().parent
+from patch_match_oracle import (NON_FINITE_CASES, check_match, emulated_cuda_kernel, first_max_index, non_finite_case,
+                                one_hot_map)
 
 
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    from torch.utils.cpp_extension import load
-
-    load(name="dzsr_pm_cuda_emu", sources=[str(HERE / "cuda_emulation" / "patch_match_emulated.cpp")],
-         extra_cflags=["-O1", "-pthread"], extra_ldflags=["-pthread"],
-         extra_include_paths=[str(HERE.parent / "csrc"), str(HERE / "cuda_emulation")], is_python_module=False,
-         build_directory=str(tmp_path_factory.mktemp("pm_cuda_emulation")))
-    return torch.ops.dzsr_pm_cuda_emu.patch_match
+def emulated():
+    return emulated_cuda_kernel()
 
 
 def run(kernel, query, ref, p=3):
-    return kernel(*reference.prepare(query, ref, p, torch.float32), p)
+    return reference.match_prepared(*reference.prepare(query, ref, p, torch.float32), p, kernel)
 
 
 @pytest.mark.slow
@@ -48,6 +41,13 @@ def test_emulated_cuda_ties_and_zero_pixels(emulated):
     query[:, :, 1:4, 2:5] = 0
     score, index = run(emulated, query, torch.randn(1, 5, 9, 8))
     assert score[:, 1, 2].eq(0).all() and index[:, 1, 2].eq(0).all() and not score.isnan().any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", NON_FINITE_CASES)
+def test_emulated_cuda_non_finite_extreme_and_empty(emulated, case):
+    query, ref = non_finite_case(case)
+    check_match(*run(emulated, query, ref), query, ref)
 
 
 def test_emulated_cuda_rejects_large_patches(emulated):

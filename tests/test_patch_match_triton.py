@@ -1,11 +1,13 @@
-"""Triton patch matching against the brute force (Triton interpreter on CPU: tiny shapes only)."""
+"""Triton patch matching against the brute force (Triton interpreter on CPU: tiny shapes only), in
+float32 and tf32, on non-finite/extreme/empty inputs; its fake, opcheck and torch.compile."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from dzsr_kernels._backend import unavailable_reason
-from patch_match_oracle import check_match, first_max_index, one_hot_map, run
+from patch_match_oracle import (NON_FINITE_CASES, assert_fake_equals_real, check_compile_fullgraph, check_match,
+                                first_max_index, layout_inputs, non_finite_case, one_hot_map, run)
 
 pytestmark = pytest.mark.skipif(
     unavailable_reason("triton", "cuda" if torch.cuda.is_available() else "cpu") is not None,
@@ -64,6 +66,26 @@ def test_tf32_opt_in_agrees_loosely():
     check_match(score, index, query, ref, tol=5e-3)  # TF32 keeps 10 mantissa bits
 
 
-def test_opcheck():
-    query, ref = torch.randn(1, 5, 5, 6, device=DEVICE), torch.randn(1, 5, 6, 5, device=DEVICE)
-    torch.library.opcheck(torch.ops.dzsr.patch_match.default, (query, ref, 3, "float32", "triton"))
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
+@pytest.mark.parametrize("case", NON_FINITE_CASES)
+def test_non_finite_extreme_and_empty(case, precision):
+    query, ref = non_finite_case(case, c=3, device=DEVICE, hq=6, wq=5, hr=5, wr=6)
+    check_match(*run("triton", query, ref, precision=precision), query, ref, tol=5e-3 if precision == "tf32" else 2e-5)
+
+
+LAYOUTS = ("contiguous", "channels_last", "non_contiguous", "empty_batch")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fake_equals_triton_outputs(layout):
+    assert_fake_equals_real((*layout_inputs(layout, DEVICE), 3, "float32", "triton"))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck(layout):
+    args = (*layout_inputs(layout, DEVICE, nan=False), 3, "float32", "triton")
+    torch.library.opcheck(torch.ops.dzsr.patch_match.default, args)
+
+
+def test_compile_fullgraph():
+    check_compile_fullgraph("triton", DEVICE)

@@ -1,9 +1,11 @@
 // Top-1 patch matching on CPU: streaming over reference tiles with a running max/argmax.
 //
-// Inputs are prepared by dzsr_kernels/patch_match/reference.py::prepare: pixel-major normalised maps
-// uq (N,Hq,Wq,C), ur (N,Hr,Wr,C) in float32 and inverse patch norms inv_q (N,Hpq,Wpq),
+// Inputs are prepared by dzsr_kernels/patch_match/reference.py::prepare and are finite (match_prepared
+// zeroes the NaNs of non-finite pixels and applies the non-finite rule afterwards): pixel-major
+// normalised maps uq (N,Hq,Wq,C), ur (N,Hr,Wr,C) in float32 and inverse patch norms inv_q (N,Hpq,Wpq),
 // inv_r (N,Hpr,Wpr). For query patch q the kernel keeps the best val(r) = <P_q,P_r> * inv_r[r] with
-// ties to the smallest flattened r, and returns score = best * inv_q[q] and the index.
+// ties to the smallest flattened r, and returns score = best * inv_q[q] and the index, as contiguous
+// (N,Hpq,Wpq) float32 and int64 tensors (empty for N = 0).
 //
 // Shift decomposition: a p x p patch dot product is the sum over the p² shifts d of per-pixel dot
 // products, <P_q,P_r> = sum_d <u_q(q+d), u_r(r+d)>. For a tile of query patches and a tile of
@@ -146,6 +148,7 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const a
 
   at::Tensor score = dzsr::new_output({N, hpq, wpq}, uq.options());
   at::Tensor index = dzsr::new_output({N, hpq, wpq}, uq.options().dtype(at::kLong));
+  if (N == 0) return {score, index};  // empty batch: nothing to match (and no work items to split)
   const std::vector<Tile> qtiles = make_tiles(hpq, wpq), rtiles = make_tiles(hpr, wpr);
   const int64_t nq = static_cast<int64_t>(qtiles.size()), nr = static_cast<int64_t>(rtiles.size());
   // Work items are (sample, query tile, range of reference tiles): the reference tiles are split into

@@ -2,13 +2,13 @@
 // patches of one sample and streams over tiles of reference patches with a running max/argmax in
 // registers (memory O(Nq + Nr)).
 //
-// Same inputs and formula as patch_match_cpu.cpp (see there): val(q, r) = <P_q, P_r> * inv_r[r],
-// ties to the smallest r, score = best * inv_q[q]. Per (query tile, reference tile) the block computes
-// the per-pixel similarity tile S = Uq_tile · Ur_tileᵀ over the 8x16 query and 8x8 reference pixel
-// tiles (exact float32 FMA, channels staged through shared memory, a 4x8 micro-tile per thread), keeps
-// S in shared memory, and each thread owning a query patch sums the p² shifted entries of S for every
-// reference patch of the tile. For p = 3 that is 128·64 pixel dot products for 84·36 patch pairs,
-// 3.3x fewer multiply-adds than p²C-long patch dot products.
+// Same finite inputs, formula and contiguous outputs as patch_match_cpu.cpp (see there):
+// val(q, r) = <P_q, P_r> * inv_r[r], ties to the smallest r, score = best * inv_q[q]. Per (query tile,
+// reference tile) the block computes the per-pixel similarity tile S = Uq_tile · Ur_tileᵀ over the 8x16
+// query and 8x8 reference pixel tiles (exact float32 FMA, channels staged through shared memory, a 4x8
+// micro-tile per thread), keeps S in shared memory, and each thread owning a query patch sums the p²
+// shifted entries of S for every reference patch of the tile. For p = 3 that is 128·64 pixel dot
+// products for 84·36 patch pairs, 3.3x fewer multiply-adds than p²C-long patch dot products.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -153,6 +153,7 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cuda(const at::Tensor& uq, const 
   at::Tensor score = dzsr::new_output({N, hpq, wpq}, uq.options());
   at::Tensor index = dzsr::new_output({N, hpq, wpq}, uq.options().dtype(at::kLong));
   TORCH_CHECK(p <= kMaxPatch, "patch_match: the CUDA kernel supports patch_size <= ", kMaxPatch, ", got ", p);
+  if (N == 0) return {score, index};  // empty batch: a grid with no blocks is not a valid launch
   const int64_t q_tiles = ((hpq + kQPixH - p) / (kQPixH - p + 1)) * ((wpq + kQPixW - p) / (kQPixW - p + 1));
   const dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(N));
   const auto args = std::make_tuple(

@@ -6,6 +6,8 @@ of patch dot products is accumulated as p² shifted pixel GEMMs over C (``tl.dot
 rows of the pixel-major maps); val = dot * inv_r, the block maximum and its first index are merged
 into the running best (blocks are visited in increasing index order, so a strict > keeps ties on
 the smallest index). ``precision="float32"`` uses IEEE float32 products, ``"tf32"`` TF32 tensor cores.
+Inputs are finite (``reference.match_prepared`` zeroes the non-finite pixels and applies the
+non-finite rule afterwards); outputs are contiguous (N,Hpq,Wpq) float32 / int64, empty for N = 0.
 """
 from __future__ import annotations
 
@@ -68,6 +70,8 @@ def match(uq, ur, inv_q, inv_r, p, precision):
     c = uq.shape[3]
     score = new_output((n, hpq, wpq), torch.float32, uq.device)
     index = new_output((n, hpq, wpq), torch.int64, uq.device)
+    if n == 0:  # empty batch: no programs to launch
+        return score, index
     grid = (triton.cdiv(hpq * wpq, BLOCK_Q), n)
     _match_kernel[grid](uq, ur, inv_q.contiguous(), inv_r.contiguous(), score, index,
                         c, uq[0].numel(), ur[0].numel(), uq.shape[2], ur.shape[2], wpq, wpr, hpq * wpq, hpr * wpr,
