@@ -350,7 +350,7 @@ def forward(x, geom, affine, weight, bias, groups):
     blocks_per_group = triton.cdiv(c_out_g, block_c)
     grid = (triton.cdiv(h * w, BLOCK_P), triton.cdiv(c_out, block_c) if depthwise else groups * blocks_per_group, n)
     _forward_kernel[grid](
-        x, geom, weight, bias if bias is not None else x, out,
+        x, geom, weight, bias.contiguous() if bias is not None else x, out,
         c, c_out, h, w, c_in_g, c_out_g, blocks_per_group,
         K=k, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=bias is not None, ACC=_acc(x.dtype),
         BLOCK_C=block_c, BLOCK_P=BLOCK_P,
