@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import dzsr_kernels as dk
+from dzsr_kernels import _backend
 from dzsr_kernels.deform_conv import reference
 
 # Tolerance on |ours - reference| relative to max(1, max|reference|), per input dtype. Half types
@@ -111,6 +112,8 @@ def packed_results(backend, x, geom, affine, weight, bias, groups, grad_out=None
     if backend == "reference":
         out = reference.deform_conv2d(leaves[0], leaves[1], affine, leaves[2], bias, groups)
     else:
+        reason = _backend.unavailable_reason(backend, x.device.type, "deform_conv2d")  # loads the extension
+        assert reason is None, reason
         out = torch.ops.dzsr.deform_conv2d_packed(leaves[0], leaves[1], affine, leaves[2], bias, groups, backend)
     if grad_out is None:
         grad_out = torch.randn(out.shape, dtype=torch.float64, device=out.device).to(out.dtype)

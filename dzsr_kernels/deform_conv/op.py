@@ -100,7 +100,8 @@ def _validate(x, weight, bias, groups) -> None:
     if weight.shape[2] != weight.shape[3] or k % 2 == 0:
         raise ValueError(f"weight must be (C_out, C/groups, k, k) with odd square k, got shape {tuple(weight.shape)}")
     if c % groups or c_out % groups:
-        raise ValueError(f"groups={groups} must divide both input channels C={c} and output channels C_out={c_out}")
+        raise ValueError(f"groups must divide both input channels C={c} and output channels C_out={c_out}, "
+                         f"got groups={groups}")
     check_dim("weight", weight, 1, c // groups, f"(C_out, C/groups={c // groups}, k, k)")
     if bias is not None:
         check_tensor("bias", bias, 1, f"(C_out={c_out},)")
