@@ -32,10 +32,10 @@ Sampling rule (every backend implements exactly this, including where NaN/Inf ap
     bias and x propagate by that ordinary arithmetic, in the output and in every gradient.
   * Empty N, C, C_out, H or W give empty (or all-zero, e.g. dweight for N=0) results, no error.
 
-torchvision (``torchvision.ops.deform_conv2d``) agrees on finite inputs. Its NaN rule differs: it
-tests each corner with ``-1 < p < H`` comparisons, so a NaN position reads zero (our sample is NaN),
-and its gradient of an Inf offset is not NaN; it also skips zero-weight corners in some gradient
-kernels.
+torchvision (``torchvision.ops.deform_conv2d``) agrees on finite inputs, and on NaN in x (also at
+zero-weight corners) and NaN offsets in the output. It differs for non-finite offsets elsewhere
+(measured with torchvision's CPU kernels): an Inf offset samples zero there (NaN here), and for a
+NaN or Inf offset only one of the tap's two offset gradients is NaN there (both here).
 
 Half inputs are computed in float32 and the result cast back; float64 stays float64.
 """
