@@ -303,3 +303,19 @@ def test_layouts_match_reference(backend, kind):
     x, geom, weight, bias = layout_case(kind, True, dtype=torch.float64)
     x[3, 1, 2, 2] = NAN
     check_packed_against_reference(backend, x, geom, True, weight, bias, 2)
+
+
+def test_reference_nan_agrees_with_torchvision_where_documented():
+    """reference.py's docstring: torchvision gives the same NaN mask for NaN in x, integer positions
+    included (zero-weight corners are read). (Non-finite offsets are not given to torchvision: it
+    converts a NaN position to an integer index, undefined behaviour that crashed a run.)"""
+    import torchvision
+
+    x, offset, weight, _ = general_case(n=1, c=2, c_out=2, groups=1)
+    x[0, :, 0, 0] = NAN
+    x[0, 1, 3, 4] = NAN
+    offset.round_()
+    ours = reference.deform_conv2d(x, offset, False, weight, None, 1)
+    theirs = torchvision.ops.deform_conv2d(x, offset, weight, padding=1)
+    assert ours.isnan().any() and torch.equal(ours.isnan(), theirs.isnan())
+    torch.testing.assert_close(ours[~ours.isnan()], theirs[~theirs.isnan()])

@@ -32,10 +32,11 @@ Sampling rule (every backend implements exactly this, including where NaN/Inf ap
     bias and x propagate by that ordinary arithmetic, in the output and in every gradient.
   * Empty N, C, C_out, H or W give empty (or all-zero, e.g. dweight for N=0) results, no error.
 
-torchvision (``torchvision.ops.deform_conv2d``) agrees on finite inputs, and on NaN in x (also at
-zero-weight corners) and NaN offsets in the output. It differs for non-finite offsets elsewhere
-(measured with torchvision's CPU kernels): an Inf offset samples zero there (NaN here), and for a
-NaN or Inf offset only one of the tap's two offset gradients is NaN there (both here).
+torchvision (``torchvision.ops.deform_conv2d``) agrees on finite inputs and on the NaN mask of NaN
+in x (zero-weight corners included). It differs for non-finite offsets (measured with its CPU
+kernels): an Inf offset samples zero there (NaN here), only one of the tap's two offset gradients
+becomes NaN (both here), and a NaN position is converted to an integer index, undefined behaviour
+that returned NaN in one run and crashed another.
 
 Half inputs are computed in float32 and the result cast back; float64 stays float64.
 """
