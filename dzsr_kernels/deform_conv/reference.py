@@ -33,7 +33,8 @@ Sampling rule (every backend implements exactly this, including where NaN/Inf ap
   * Empty N, C, C_out, H or W give empty (or all-zero, e.g. dweight for N=0) results, no error.
 
 torchvision (``torchvision.ops.deform_conv2d``) agrees on finite inputs and on the NaN mask of NaN
-in x (zero-weight corners included). It differs for non-finite offsets (measured with its CPU
+in x (zero-weight corners included), except that it returns 0 for a coordinate exactly -1 without
+reading row/column 0 (weight 0 there; here NaN*0 = NaN). It differs for non-finite offsets (measured with its CPU
 kernels): an Inf offset samples zero there (NaN here), only one of the tap's two offset gradients
 becomes NaN (both here), and a NaN position is converted to an integer index, undefined behaviour
 that returned NaN in one run and crashed another.
