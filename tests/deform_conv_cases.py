@@ -4,6 +4,7 @@ reference; ``check_packed_against_reference`` runs the packed op on any backend,
 included, against the reference in the same dtype, comparing NaN masks, ±Inf and finite values."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -84,7 +85,8 @@ _EMULATED_OPS = []
 
 def emulated_ops(build_dir):
     """torch.ops.dzsr_cuda_emu: the CUDA kernels and host code of deform_conv_cuda.cu built for CPU
-    threads (tests/cuda_emulation/cuda_emulation.h); built once per process."""
+    threads (tests/cuda_emulation/cuda_emulation.h) in build_dir (a new temporary folder if None);
+    built once per process."""
     if not _EMULATED_OPS:
         from torch.utils.cpp_extension import load
 
@@ -92,7 +94,7 @@ def emulated_ops(build_dir):
         load(name="dzsr_cuda_emu", sources=[str(here / "deform_conv_emulated.cpp")],
              extra_cflags=["-O1", "-pthread"], extra_ldflags=["-pthread"],
              extra_include_paths=[str(ROOT / "csrc"), str(here)], is_python_module=False,
-             build_directory=str(build_dir))
+             build_directory=str(build_dir) if build_dir is not None else tempfile.mkdtemp(prefix="dzsr_emu_"))
         _EMULATED_OPS.append(torch.ops.dzsr_cuda_emu)
     return _EMULATED_OPS[0]
 
