@@ -162,7 +162,8 @@ def layout(t, kind):
     if kind == "torchvision":
         return t.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)
     if kind == "sliced":
-        big = torch.zeros(t.shape[0], 2 * t.shape[1] + 1, t.shape[2] + 1, t.shape[3] + 2, dtype=t.dtype, device=t.device)
+        n, c, h, w = t.shape
+        big = torch.zeros(n, 2 * c + 1, h + 1, w + 2, dtype=t.dtype, device=t.device)
         view = big[:, 1::2, 1:, 2:]
         view.copy_(t)
         return view

@@ -287,7 +287,8 @@ BAD_INPUTS = {  # id -> (needle in the message, make(x, A, b, w, bias) -> call a
     "groups-bool": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, True), TypeError),
     "groups-str": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, "4"), TypeError),
     "groups-not-dividing-C": ("groups", lambda x, A, b, w, bs: (x, A, b, torch.randn(3, 1, 3, 3), None, 3), ValueError),
-    "groups-not-dividing-C_out": ("groups", lambda x, A, b, w, bs: (x, A, b, torch.randn(3, 2, 3, 3), None, 2), ValueError),
+    "groups-not-dividing-C_out": ("groups", lambda x, A, b, w, bs: (x, A, b, torch.randn(3, 2, 3, 3), None, 2),
+                                  ValueError),
 }
 
 

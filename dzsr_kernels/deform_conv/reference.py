@@ -13,12 +13,12 @@ Sampling rule (every backend implements exactly this, including where NaN/Inf ap
     pixel's dA/db, or the tap's doffset, are NaN), and it adds nothing to dx.
   * Finite position: bilinear over the corners (y0+a, x0+b), a,b in {0,1}, y0=floor(py),
     x0=floor(px), with weights w_ab = (a ? ly : 1-ly)(b ? lx : 1-lx), ly=py-y0, lx=px-x0. A corner
-    outside the image reads exactly zero and is never read, so it neither reads nor receives NaN/Inf.
-    Every in-image corner is read and multiplied by its weight even when that weight is 0 (NaN*0 =
-    NaN, as in torchvision). Before the conversion to an integer index, (y0, x0) is clamped to
-    [-2, H+1] x [-2, W+1]: every corner of a clamped cell is outside the image, so huge finite
-    positions keep their zero sample and zero-valued derivative, without an undefined float->int
-    conversion.
+    outside the image contributes exactly zero: it is never read nor written, so NaN/Inf on the
+    border cannot leak into out-of-image samples. Every in-image corner is read and multiplied by
+    its weight even when that weight is 0 (NaN*0 = NaN, as in torchvision). Before the conversion
+    to an integer index, (y0, x0) is clamped to [-2, H+1] x [-2, W+1]: every corner of a clamped
+    cell is outside the image, so huge finite positions keep their zero sample and zero-valued
+    derivative, without an undefined float->int conversion.
   * Formulas (per sample n, tap t, pixel q; dcol[c] = sum_o weight[o,c,t] * grad_out[o] over the
     output channels o of c's group, i.e. the column gradient):
       sample[c]  = bad + sum_ab w_ab * x[c, corner_ab]        (in-image corners only)
@@ -27,15 +27,16 @@ Sampling rule (every backend implements exactly this, including where NaN/Inf ap
       dx[c, corner_ab] += dcol[c] * w_ab                     (in-image corners of finite taps)
     where bad is NaN for a non-finite position and 0 otherwise. The kernels evaluate the position
     gradient in this grouping (column gradient times the derivative of the sample), so ±Inf in
-    weight, x or grad_out give the same NaN/±Inf pattern everywhere. The output is
+    weight, x or grad_out give the same NaN/±Inf pattern everywhere (barring finite partial sums
+    that overflow in one summation order and not in another). The output is
     bias + sum_{c,t} weight * sample and dweight = sum_{n,q} grad_out * sample: NaN/Inf in weight,
     bias and x propagate by that ordinary arithmetic, in the output and in every gradient.
   * Empty N, C, C_out, H or W give empty (or all-zero, e.g. dweight for N=0) results, no error.
 
 torchvision (``torchvision.ops.deform_conv2d``) agrees on finite inputs and on the NaN mask of NaN
 in x (zero-weight corners included), except that it returns 0 for a coordinate exactly -1 without
-reading row/column 0 (weight 0 there; here NaN*0 = NaN). It differs for non-finite offsets (measured with its CPU
-kernels): an Inf offset samples zero there (NaN here), only one of the tap's two offset gradients
+reading row/column 0 (weight 0 there; here NaN*0 = NaN). It differs for non-finite offsets
+(measured with its CPU kernels): an Inf offset samples zero there (NaN here), only one of the tap's two offset gradients
 becomes NaN (both here), and a NaN position is converted to an integer index, undefined behaviour
 that returned NaN in one run and crashed another.
 
