@@ -1,11 +1,17 @@
-"""Random deformable-conv cases and the backend-vs-reference comparison shared by the Triton and CUDA
-test files: the backend runs through the public ops (custom op + autograd), the reference in
-float64 on the same inputs, and the forward output and every gradient are compared."""
+"""Random deformable-conv cases and the backend-vs-reference comparisons shared by the test files:
+``check_against_reference`` runs the public ops (custom op + autograd) against the float64
+reference; ``check_packed_against_reference`` runs the packed op on any backend, the CUDA emulation
+included, against the reference in the same dtype, comparing NaN masks, ±Inf and finite values."""
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import torch
 
 import dzsr_kernels as dk
+from dzsr_kernels import _backend
+from dzsr_kernels.deform_conv import reference
 
 # Tolerance on |ours - reference| relative to max(1, max|reference|), per input dtype. Half types
 # round the inputs, the output and the gradients to 11 (float16) or 8 (bfloat16) mantissa bits
@@ -68,3 +74,100 @@ def check_against_reference(backend, x, geom, weight, bias, groups, tol=None):
         assert ours.shape == ref.shape and ours.dtype == x.dtype, name
         scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
         torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
+
+
+# ---- Packed-op harness shared by the NaN/Inf, empty-input, layout and fuzz tests ----------------
+
+ROOT = Path(__file__).resolve().parent.parent
+EMULATED = "cuda-emulated"  # the CUDA kernels run on CPU threads (tests/cuda_emulation/)
+_EMULATED_OPS = []
+
+
+def emulated_ops(build_dir):
+    """torch.ops.dzsr_cuda_emu: the CUDA kernels and host code of deform_conv_cuda.cu built for CPU
+    threads (tests/cuda_emulation/cuda_emulation.h) in build_dir (a new temporary folder if None);
+    built once per process."""
+    if not _EMULATED_OPS:
+        from torch.utils.cpp_extension import load
+
+        here = ROOT / "tests" / "cuda_emulation"
+        load(name="dzsr_cuda_emu", sources=[str(here / "deform_conv_emulated.cpp")],
+             extra_cflags=["-O1", "-pthread"], extra_ldflags=["-pthread"],
+             extra_include_paths=[str(ROOT / "csrc"), str(here)], is_python_module=False,
+             build_directory=str(build_dir) if build_dir is not None else tempfile.mkdtemp(prefix="dzsr_emu_"))
+        _EMULATED_OPS.append(torch.ops.dzsr_cuda_emu)
+    return _EMULATED_OPS[0]
+
+
+def packed_results(backend, x, geom, affine, weight, bias, groups, grad_out=None):
+    """(out, dx, dgeom, dweight) of the packed op on ``backend`` (reference, cpp, triton, or
+    EMULATED), inputs used as given (any layout); grad_out defaults to a finite random tensor."""
+    if backend == EMULATED:
+        ops = emulated_ops(None)
+        c = lambda t: None if t is None else t.contiguous()  # noqa: E731
+        out = ops.deform_conv2d_forward(c(x), c(geom), affine, c(weight), c(bias), groups)
+        if grad_out is None:
+            grad_out = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
+        grads = ops.deform_conv2d_backward(grad_out.contiguous(), c(x), c(geom), affine, c(weight), groups)
+        return (out, *grads), grad_out
+    leaves = [t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in (x, geom, weight)]
+    if backend == "reference":
+        out = reference.deform_conv2d(leaves[0], leaves[1], affine, leaves[2], bias, groups)
+    else:
+        reason = _backend.unavailable_reason(backend, x.device.type, "deform_conv2d")  # loads the extension
+        assert reason is None, reason
+        out = torch.ops.dzsr.deform_conv2d_packed(leaves[0], leaves[1], affine, leaves[2], bias, groups, backend)
+    if grad_out is None:
+        grad_out = torch.randn(out.shape, dtype=torch.float64, device=out.device).to(out.dtype)
+    grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]  # empty outputs
+    return (out.detach(), *grads), grad_out
+
+
+def assert_same_values(name, ours, ref, tol):
+    """Equal shape and dtype, equal NaN masks, equal ±Inf positions, finite values close (relative
+    to max(1, max |finite reference|))."""
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype, (name, ours.shape, ref.shape, ours.dtype, ref.dtype)
+    nan_o, nan_r = torch.isnan(ours), torch.isnan(ref)
+    assert torch.equal(nan_o, nan_r), (
+        f"{name}: NaN masks differ, ours {int(nan_o.sum())} NaNs, reference {int(nan_r.sum())}, "
+        f"first difference at {(nan_o != nan_r).nonzero()[:3].tolist()}")
+    o, r = ours[~nan_o].double(), ref[~nan_r].double()
+    for v in (float("inf"), -float("inf")):
+        assert torch.equal(o == v, r == v), f"{name}: {v} positions differ"
+    finite = torch.isfinite(r)
+    scale = max(1.0, r[finite].abs().max().item()) if finite.any() else 1.0
+    torch.testing.assert_close(o[finite], r[finite], rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
+
+
+def check_packed_against_reference(backend, x, geom, affine, weight, bias, groups, tol=None):
+    """Every output and gradient of ``backend`` equals the reference's computed on the same inputs
+    in the same dtype (so both overflow alike): NaN masks, ±Inf positions, finite values."""
+    ours, grad_out = packed_results(backend, x, geom, affine, weight, bias, groups)
+    ref, _ = packed_results("reference", x, geom, affine, weight, bias, groups, grad_out)
+    tol = TOL[x.dtype] if tol is None else tol
+    for name, a, b in zip(("out", "dx", "dgeom", "dweight"), ours, ref):
+        assert_same_values(name, a, b, tol)
+    return ours, ref
+
+
+def layout(t, kind):
+    """The same values as ``t`` in another memory layout: contiguous, channels_last, torchvision
+    (the permutations of torchvision's non-contiguous deform-conv test cases), or sliced (a view
+    into a bigger tensor, every stride non-standard)."""
+    if kind == "contiguous":
+        return t.contiguous()
+    if kind == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if kind == "torchvision":
+        return t.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)
+    if kind == "sliced":
+        n, c, h, w = t.shape
+        big = torch.zeros(n, 2 * c + 1, h + 1, w + 2, dtype=t.dtype, device=t.device)
+        view = big[:, 1::2, 1:, 2:]
+        view.copy_(t)
+        return view
+    raise ValueError(kind)
+
+
+LAYOUTS = ["contiguous", "channels_last", "torchvision", "sliced"]

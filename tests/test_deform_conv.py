@@ -252,32 +252,79 @@ def test_compile_fullgraph():
     torch.testing.assert_close(compiled, eager)
 
 
-BAD_INPUTS = [
-    ("x", lambda x, A, b, w: (x[0], A, b, w, 1), ValueError),
-    ("A", lambda x, A, b, w: (x, A[:, :3], b, w, 1), ValueError),
-    ("b", lambda x, A, b, w: (x, A, b[..., :-1], w, 1), ValueError),
-    ("A", lambda x, A, b, w: (x, A[:1], b, w, 1), ValueError),
-    ("groups", lambda x, A, b, w: (x, A, b, torch.randn(3, 1, 3, 3), 3), ValueError),
-    ("odd", lambda x, A, b, w: (x, A, b, torch.randn(4, 4, 2, 2), 1), ValueError),
-    ("floating", lambda x, A, b, w: (x.long(), A, b, w, 1), TypeError),
-    ("dtype", lambda x, A, b, w: (x.double(), A, b, w, 1), TypeError),
-    ("device", lambda x, A, b, w: (x, A.to("meta"), b, w, 1), ValueError),
-    ("groups", lambda x, A, b, w: (x, A, b, w, 0), ValueError),
-]
+BAD_INPUTS = {  # id -> (needle in the message, make(x, A, b, w, bias) -> call arguments, exception)
+    "x-3d": ("x", lambda x, A, b, w, bs: (x[0], A, b, w, bs, 1), ValueError),
+    "x-5d": ("x", lambda x, A, b, w, bs: (x[None], A, b, w, bs, 1), ValueError),
+    "x-not-tensor": ("x", lambda x, A, b, w, bs: (x.tolist(), A, b, w, bs, 1), TypeError),
+    "x-int": ("x", lambda x, A, b, w, bs: (x.long(), A, b, w, bs, 1), TypeError),
+    "x-bool": ("x", lambda x, A, b, w, bs: (x > 0, A, b, w, bs, 1), TypeError),
+    "x-complex": ("x", lambda x, A, b, w, bs: (x.to(torch.complex64), A, b, w, bs, 1), TypeError),
+    "A-channels": ("A", lambda x, A, b, w, bs: (x, A[:, :3], b, w, bs, 1), ValueError),
+    "A-batch": ("A", lambda x, A, b, w, bs: (x, A[:1], b, w, bs, 1), ValueError),
+    "A-height": ("A", lambda x, A, b, w, bs: (x, A[:, :, 1:], b, w, bs, 1), ValueError),
+    "A-none": ("A", lambda x, A, b, w, bs: (x, None, b, w, bs, 1), TypeError),
+    "A-int": ("A", lambda x, A, b, w, bs: (x, A.int(), b, w, bs, 1), TypeError),
+    "b-width": ("b", lambda x, A, b, w, bs: (x, A, b[..., :-1], w, bs, 1), ValueError),
+    "b-channels": ("b", lambda x, A, b, w, bs: (x, A, A, w, bs, 1), ValueError),
+    "b-3d": ("b", lambda x, A, b, w, bs: (x, A, b[0], w, bs, 1), ValueError),
+    "weight-not-tensor": ("weight", lambda x, A, b, w, bs: (x, A, b, 3, bs, 1), TypeError),
+    "weight-even-k": ("odd", lambda x, A, b, w, bs: (x, A, b, torch.randn(4, 4, 2, 2), bs, 1), ValueError),
+    "weight-non-square": ("weight", lambda x, A, b, w, bs: (x, A, b, torch.randn(4, 4, 3, 5), bs, 1), ValueError),
+    "weight-3d": ("weight", lambda x, A, b, w, bs: (x, A, b, w[0], bs, 1), ValueError),
+    "weight-c-in": ("weight", lambda x, A, b, w, bs: (x, A, b, w[:, :3], bs, 1), ValueError),
+    "weight-int": ("weight", lambda x, A, b, w, bs: (x, A, b, w.long(), bs, 1), TypeError),
+    "bias-size": ("bias", lambda x, A, b, w, bs: (x, A, b, w, bs[:3], 1), ValueError),
+    "bias-2d": ("bias", lambda x, A, b, w, bs: (x, A, b, w, bs[None], 1), ValueError),
+    "bias-not-tensor": ("bias", lambda x, A, b, w, bs: (x, A, b, w, [0.0] * 4, 1), TypeError),
+    "dtype-x": ("dtype", lambda x, A, b, w, bs: (x.double(), A, b, w, bs, 1), TypeError),
+    "dtype-bias": ("bias torch.float64", lambda x, A, b, w, bs: (x, A, b, w, bs.double(), 1), TypeError),
+    "dtype-half-A": ("A torch.float16", lambda x, A, b, w, bs: (x, A.half(), b, w, bs, 1), TypeError),
+    "device-A": ("A on meta", lambda x, A, b, w, bs: (x, A.to("meta"), b, w, bs, 1), ValueError),
+    "device-bias": ("bias on meta", lambda x, A, b, w, bs: (x, A, b, w, bs.to("meta"), 1), ValueError),
+    "groups-zero": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, 0), ValueError),
+    "groups-negative": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, -2), ValueError),
+    "groups-float": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, 2.0), TypeError),
+    "groups-bool": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, True), TypeError),
+    "groups-str": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, "4"), TypeError),
+    "groups-not-dividing-C": ("groups", lambda x, A, b, w, bs: (x, A, b, torch.randn(3, 1, 3, 3), None, 3), ValueError),
+    "groups-not-dividing-C_out": ("groups", lambda x, A, b, w, bs: (x, A, b, torch.randn(3, 2, 3, 3), None, 2),
+                                  ValueError),
+}
 
 
-@pytest.mark.parametrize("needle,make,exc", BAD_INPUTS)
+@pytest.mark.parametrize("needle,make,exc", list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
 def test_bad_inputs_raise_clear_errors(needle, make, exc):
+    """Each bad argument gives one clear error naming it (35 cases)."""
     x, A, b = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5), torch.randn(2, 2, 5, 5)
-    w = torch.randn(4, 4, 3, 3)
-    *tensors, groups = make(x, A, b, w)
+    w, bs = torch.randn(4, 4, 3, 3), torch.randn(4)
+    *tensors, groups = make(x, A, b, w, bs)
     with pytest.raises(exc, match=needle):
         dk.affine_deform_conv2d(*tensors, groups=groups)
 
 
-def test_general_offset_bad_shape():
-    with pytest.raises(ValueError, match="offset"):
-        dk.deform_conv2d(torch.randn(1, 2, 5, 5), torch.randn(1, 9, 5, 5), torch.randn(2, 1, 3, 3), groups=2)
+GENERAL_BAD_INPUTS = {
+    "offset-channels": ("offset", lambda x, o, w: (x, o[:, :9], w), ValueError),
+    "offset-not-tensor": ("offset", lambda x, o, w: (x, None, w), TypeError),
+    "offset-height": ("offset", lambda x, o, w: (x, o[:, :, :4], w), ValueError),
+    "offset-dtype": ("offset torch.float64", lambda x, o, w: (x, o.double(), w), TypeError),
+    "offset-int": ("offset", lambda x, o, w: (x, o.long(), w), TypeError),
+}
+
+
+@pytest.mark.parametrize("needle,make,exc", list(GENERAL_BAD_INPUTS.values()), ids=list(GENERAL_BAD_INPUTS))
+def test_general_offset_bad_inputs(needle, make, exc):
+    x, o, w = torch.randn(1, 2, 5, 5), torch.randn(1, 18, 5, 5), torch.randn(2, 1, 3, 3)
+    with pytest.raises(exc, match=needle):
+        dk.deform_conv2d(*make(x, o, w), groups=2)
+
+
+def test_layer_bad_inputs():
+    with pytest.raises(ValueError, match="kernel_size"):
+        dk.AffineDeformConv2d(4, 4, 2)
+    with pytest.raises(ValueError, match="groups"):
+        dk.AffineDeformConv2d(4, 6, 3, groups=4)
+    with pytest.raises(ValueError, match="both A and b"):
+        dk.AffineDeformConv2d(4, 4, 3)(torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5))
 
 
 def test_backend_selection_errors():

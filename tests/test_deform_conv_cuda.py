@@ -14,6 +14,7 @@ import torch
 import dzsr_kernels as dk
 from dzsr_kernels import _ext
 from deform_conv_cases import SHAPES, TOL, check_against_reference, make_case, run
+from deform_conv_cases import emulated_ops as build_emulated_ops
 from dzsr_kernels.deform_conv import reference
 from dzsr_kernels.deform_conv.op import _packed
 
@@ -62,14 +63,7 @@ def test_cuda_sources_build_with_nvcc(tmp_path):
 def emulated_ops(tmp_path_factory):
     """The CUDA kernels and host code of deform_conv_cuda.cu built for CPU threads
     (tests/cuda_emulation/cuda_emulation.h), as torch.ops.dzsr_cuda_emu.*."""
-    from torch.utils.cpp_extension import load
-
-    here = Path(__file__).resolve().parent / "cuda_emulation"
-    load(name="dzsr_cuda_emu", sources=[str(here / "deform_conv_emulated.cpp")],
-         extra_cflags=["-O1", "-pthread"], extra_ldflags=["-pthread"],
-         extra_include_paths=[str(ROOT / "csrc"), str(here)], is_python_module=False,
-         build_directory=str(tmp_path_factory.mktemp("cuda_emulation")))
-    return torch.ops.dzsr_cuda_emu
+    return build_emulated_ops(tmp_path_factory.mktemp("cuda_emulation"))
 
 
 # Beyond SHAPES: several passes of the input gradient's channel loop (C/groups = 20 and 72), partial

@@ -9,6 +9,9 @@
 //   1. tasks (n, pixel block): position gradients -> dgeom (the block owns its pixels) and dweight
 //      (thread-local accumulators, summed at the end);
 //   2. tasks (n, input-channel chunk): the bilinear scatter into dx (the chunk owns its planes).
+// Every output is a new contiguous tensor in its input's dtype (op.py's fakes say the same). Empty
+// N, H or W return at once (empty dx/dgeom, zero dweight); C = 0 or C_out = 0 run the loops, which
+// then sum nothing.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -153,21 +156,23 @@ void backward_geom_weight(const T* gout, const T* x, const T* geom, const T* w, 
       }
       for (int64_t i = 0; i < np; ++i) {
         const Taps<T>* ti = taps.data() + i * g.K;
-        std::fill(gpy.begin(), gpy.end(), T(0));
-        std::fill(gpx.begin(), gpx.end(), T(0));
+        for (int t = 0; t < g.K; ++t) gpy[t] = gpx[t] = ti[t].bad;
         if (direct) {
-          for (int64_t o = 0; o < g.Cout; ++o) {
-            const T* plane = xn + (o / g.cout_g) * g.HW;
-            const T go = gn[o * g.HW + i];
-            const T* wo = w + o * g.K;
-            T* dwo = dw + o * g.K;
+          // Input channel c feeds output channels [c*cout_g, (c+1)*cout_g): its column gradient is
+          // their sum of go * w, multiplied once by the sample's derivative (the reference's grouping).
+          for (int64_t c = 0; c < g.C; ++c) {
+            const T* plane = xn + c * g.HW;
             for (int t = 0; t < g.K; ++t) {
               T v, dvy, dvx;
               sample_with_grad(plane, ti[t], v, dvy, dvx);
-              dwo[t] += go * v;
-              const T gp = go * wo[t];
-              gpy[t] += gp * dvy;
-              gpx[t] += gp * dvx;
+              T dcol = T(0);
+              for (int64_t o = c * g.cout_g; o < (c + 1) * g.cout_g; ++o) {
+                const T go = gn[o * g.HW + i];
+                dw[o * g.K + t] += go * v;
+                dcol += go * w[o * g.K + t];
+              }
+              gpy[t] += dcol * dvy;
+              gpx[t] += dcol * dvx;
             }
           }
         } else {
@@ -207,6 +212,7 @@ void backward_geom_weight(const T* gout, const T* x, const T* geom, const T* w, 
 // input channels of one sample, so no two tasks write the same plane.
 template <typename T>
 void backward_input(const T* gout, const T* geom, const T* w, T* dx, const Geometry& g) {
+  if (g.N == 0 || g.C == 0) return;
   const int64_t nblocks = (g.HW + kBlock - 1) / kBlock;
   const bool direct = g.cin_g == 1;
   const int64_t chunks_per_n = std::clamp<int64_t>((4 * at::get_num_threads() + g.N - 1) / g.N, 1, g.C);
@@ -234,7 +240,8 @@ void backward_input(const T* gout, const T* geom, const T* w, T* dx, const Geome
                 const Taps<T>* ti = taps.data() + i * g.K;
                 for (int t = 0; t < g.K; ++t) {
                   const T gp = go * wo[t];
-                  for (int cr = 0; cr < 4; ++cr) plane[ti[t].idx[cr]] += gp * ti[t].w[cr];
+                  for (int cr = 0; cr < 4; ++cr)
+                    if (ti[t].idx[cr] >= 0) plane[ti[t].idx[cr]] += gp * ti[t].w[cr];
                 }
               }
             }
@@ -254,7 +261,8 @@ void backward_input(const T* gout, const T* geom, const T* w, T* dx, const Geome
               const T* gc = gcols.data() + ((c - a) * g.K + t) * np;
               for (int64_t i = 0; i < np; ++i) {
                 const Taps<T>& s = taps[i * g.K + t];
-                for (int cr = 0; cr < 4; ++cr) plane[s.idx[cr]] += gc[i] * s.w[cr];
+                for (int cr = 0; cr < 4; ++cr)
+                  if (s.idx[cr] >= 0) plane[s.idx[cr]] += gc[i] * s.w[cr];
               }
             }
           }
@@ -307,12 +315,32 @@ void store_planes(const at::Tensor& slice, at::Tensor planes) {  // (N, HW, widt
   planes.copy_(slice.transpose(1, 2).view({planes.size(0), planes.size(1), planes.size(2), planes.size(3)}));
 }
 
+// Rows of a sample's four corners in a channels-last (HW, C) image. An outside corner reads a row
+// of zeros; every corner of a non-finite position reads a row of NaNs (its weights are 0, so the
+// sample and its derivatives are NaN). `fill` is fill_rows(C): C zeros, then C NaNs.
+template <typename T>
+struct CornerRows {
+  const T* r[4];
+  CornerRows(const T* xn, const Taps<T>& s, int64_t C, const T* fill) {
+    const T* outside = s.bad == T(0) ? fill : fill + C;
+    for (int c = 0; c < 4; ++c) r[c] = s.idx[c] >= 0 ? xn + s.idx[c] * C : outside;
+  }
+};
+
+template <typename T>
+std::vector<T> fill_rows(int64_t C) {
+  std::vector<T> fill(2 * C, T(0));
+  std::fill(fill.begin() + C, fill.end(), static_cast<T>(NAN));
+  return fill;
+}
+
 template <typename T>
 void depthwise_cl_forward(const T* xt, const T* geom, const T* wt, const T* bias, T* outt, const Geometry& g) {
   const int64_t nblocks = (g.HW + kBlock - 1) / kBlock, C = g.C;
   at::parallel_for(0, g.N * nblocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<Taps<T>> taps(kBlock * g.K);
-    std::vector<T> acc(C), tmp(C);
+    std::vector<T> acc(C);
+    const std::vector<T> fill = fill_rows<T>(C);
     for (int64_t task = b0; task < b1; ++task) {
       const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
       fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
@@ -321,7 +349,8 @@ void depthwise_cl_forward(const T* xt, const T* geom, const T* wt, const T* bias
         for (int64_t c = 0; c < C; ++c) acc[c] = bias ? bias[c] : T(0);
         for (int t = 0; t < g.K; ++t) {
           const Taps<T>& s = taps[i * g.K + t];
-          const T *r0 = xn + s.idx[0] * C, *r1 = xn + s.idx[1] * C, *r2 = xn + s.idx[2] * C, *r3 = xn + s.idx[3] * C;
+          const CornerRows<T> rows(xn, s, C, fill.data());
+          const T *r0 = rows.r[0], *r1 = rows.r[1], *r2 = rows.r[2], *r3 = rows.r[3];
           const T* wtt = wt + t * C;
           for (int64_t c = 0; c < C; ++c)
             acc[c] += wtt[c] * (s.w[0] * r0[c] + s.w[1] * r1[c] + s.w[2] * r2[c] + s.w[3] * r3[c]);
@@ -343,6 +372,7 @@ void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* 
     T* dw = dw_local.data() + at::get_thread_num() * wsize;
     std::vector<Taps<T>> taps(kBlock * g.K);
     std::vector<T> gg(g.geom_ch);
+    const std::vector<T> fill = fill_rows<T>(C);
     for (int64_t task = b0; task < b1; ++task) {
       const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
       fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
@@ -352,10 +382,11 @@ void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* 
         std::fill(gg.begin(), gg.end(), T(0));
         for (int t = 0; t < g.K; ++t) {
           const Taps<T>& s = taps[i * g.K + t];
-          const T *r0 = xn + s.idx[0] * C, *r1 = xn + s.idx[1] * C, *r2 = xn + s.idx[2] * C, *r3 = xn + s.idx[3] * C;
+          const CornerRows<T> rows(xn, s, C, fill.data());
+          const T *r0 = rows.r[0], *r1 = rows.r[1], *r2 = rows.r[2], *r3 = rows.r[3];
           const T* wtt = wt + t * C;
           T* dwtt = dw + t * C;
-          T gpy = 0, gpx = 0;
+          T gpy = s.bad, gpx = s.bad;
           for (int64_t c = 0; c < C; ++c) {
             const T v = s.w[0] * r0[c] + s.w[1] * r1[c] + s.w[2] * r2[c] + s.w[3] * r3[c];
             const T dvy = s.wy[0] * r0[c] + s.wy[1] * r1[c] + s.wy[2] * r2[c] + s.wy[3] * r3[c];
@@ -392,6 +423,7 @@ void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* 
             const Taps<T>& s = taps[i * g.K + t];
             const T* wtt = wt + t * C;
             for (int cr = 0; cr < 4; ++cr) {
+              if (s.idx[cr] < 0) continue;
               T* row = dxn + s.idx[cr] * C;
               const T wc = s.w[cr];
               for (int64_t c = c0; c < c1; ++c) row[c] += wc * go[c] * wtt[c];
@@ -415,6 +447,7 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool a
   at::Tensor bias;
   if (bias_in.has_value()) bias = bias_in->to(ct).contiguous();
   const Geometry g = make_geometry(x, geom, affine, weight, groups);
+  if (g.N * g.Cout * g.HW == 0) return at::empty({g.N, g.Cout, g.H, g.W}, x_in.options());
   if (const int64_t width = channels_last_slice(g, x.element_size())) {
     auto out = new_output({g.N, g.C, g.H, g.W}, x.options());
     const SliceBuffer xbuf(g, width, x.options()), obuf(g, width, x.options());
@@ -448,6 +481,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& go
   auto gout = gout_in.to(ct).contiguous();
   const Geometry g = make_geometry(x, geom, affine, weight, groups);
   TORCH_CHECK(gout.sizes() == at::IntArrayRef({g.N, g.Cout, g.H, g.W}), "deform_conv2d: grad_out has the wrong shape");
+  if (g.N * g.HW == 0)  // no pixel: empty dx and dgeom, dweight sums nothing
+    return {at::empty(x_in.sizes(), x_in.options()), at::empty(geom_in.sizes(), geom_in.options()),
+            at::zeros(weight_in.sizes(), weight_in.options())};
   auto dgeom = new_output(geom.sizes(), geom.options());
   if (const int64_t width = channels_last_slice(g, x.element_size())) {
     auto dx = new_output(x.sizes(), x.options());

@@ -1,7 +1,9 @@
 // CUDA kernels of the packed deformable convolution (torch.ops.dzsr_C.deform_conv2d_{forward,backward}).
 //
-// Layouts (all contiguous): x (N, C, H, W), geom (N, G, H, W) with G = 6 (affine: A0..A3, by, bx) or
-// 2k^2 (general offsets), weight (C_out, C/groups, k, k), out (N, C_out, H, W). The per-element math
+// Layouts (all contiguous, inputs and outputs; op.py's fakes say the same): x (N, C, H, W), geom
+// (N, G, H, W) with G = 6 (affine: A0..A3, by, bx) or 2k^2 (general offsets), weight
+// (C_out, C/groups, k, k), out (N, C_out, H, W). NaN/Inf follow reference.py's rule through the
+// shared math; empty N, H or W launch nothing. The per-element math
 // (tap positions, bilinear corners and their derivatives, geometry gradient) comes from
 // deform_conv_math.h, shared with the CPU kernels. Half/bfloat16 inputs accumulate in float; the
 // geometry is read in the accumulation type (the host converts it, it is 6 or 2k^2 channels).
@@ -73,7 +75,7 @@ struct Shape {
   __host__ __device__ int G() const { return affine ? 6 : 2 * k * k; }
 };
 
-// Taps of tap t at pixel p of sample n (all-zero taps for pixels past the end of the plane).
+// Taps of tap t at pixel p of sample n (no corner inside, bad = 0, for pixels past the end of the plane).
 template <typename acc_t>
 __device__ __forceinline__ Taps<acc_t> pixel_taps(const acc_t* geom_n, const Shape& s, int64_t p, int t) {
   Taps<acc_t> taps;
@@ -84,9 +86,10 @@ __device__ __forceinline__ Taps<acc_t> pixel_taps(const acc_t* geom_n, const Sha
   } else {
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
-      taps.idx[c] = 0;
+      taps.idx[c] = -1;
       taps.w[c] = taps.wy[c] = taps.wx[c] = acc_t(0);
     }
+    taps.bad = acc_t(0);
   }
   return taps;
 }
@@ -185,8 +188,9 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
   return v;
 }
 
-// Column gradient of input channel c at one tap: scatters dcol * corner weight into dx (atomics) and
-// adds dcol * d(sample)/d(position) to (gpy, gpx); returns the sample value.
+// Column gradient of input channel c at one tap: scatters dcol * corner weight into the inside
+// corners of dx (atomics; an exact zero, e.g. a zero weight times a finite dcol, is skipped, while a
+// NaN is added) and adds dcol * d(sample)/d(position) to (gpy, gpx); returns the sample value.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t scatter_column_grad(const scalar_t* __restrict__ x_plane, acc_t* __restrict__ dx_plane,
                                                      const Taps<acc_t>& taps, acc_t dcol, acc_t& gpy, acc_t& gpx) {
@@ -196,7 +200,8 @@ __device__ __forceinline__ acc_t scatter_column_grad(const scalar_t* __restrict_
   gpx += dcol * dvx;
 #pragma unroll
   for (int corner = 0; corner < 4; ++corner) {
-    if (taps.w[corner] != acc_t(0)) atomicAdd(dx_plane + taps.idx[corner], dcol * taps.w[corner]);
+    const acc_t g = dcol * taps.w[corner];
+    if (taps.idx[corner] >= 0 && g != acc_t(0)) atomicAdd(dx_plane + taps.idx[corner], g);
   }
   return v;
 }
@@ -234,7 +239,7 @@ __global__ void __launch_bounds__(kGradPixels* kGradBlocksY) input_grad_kernel(
 
   for (int t = 0; t < KK; ++t) {
     const Taps<acc_t> taps = pixel_taps(geom_n, s, p, t);
-    acc_t gpy = acc_t(0), gpx = acc_t(0);
+    acc_t gpy = taps.bad, gpx = taps.bad;  // NaN for a non-finite position, whatever the channels
     if (DEPTHWISE) {
       for (int c = ty; c < s.C; c += kGradBlocksY) {  // uniform across the warp
         acc_t dcol = acc_t(0);
@@ -437,7 +442,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(const
   at::Tensor dx = at::zeros(x.sizes(), x.options().dtype(acc));
   at::Tensor dgeom = at::zeros(geom.sizes(), geom.options().dtype(acc));
   at::Tensor dweight = at::zeros(weight.sizes(), weight.options().dtype(acc));
-  if (s.N > 0 && s.HW() > 0 && s.C > 0 && s.C_out > 0) {
+  // C = 0 or C_out = 0 still run the input-gradient kernel: its position gradient is NaN at
+  // non-finite positions (and NaN/Inf in x times a zero column gradient), as in the reference.
+  if (s.N > 0 && s.HW() > 0) {
     const at::Tensor geom_acc = geom.to(acc);
     const bool depthwise = s.c_in_g() == 1;
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -457,10 +464,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(const
       } else {
         run_input(input_grad_kernel<scalar_t, acc_t, 1, false>);
       }
-      if (!depthwise) {
+      const int64_t weight_tiles = int64_t(s.groups) * ((s.c_out_g() + kTile - 1) / kTile) *
+                                   ((s.c_in_g() + kTile - 1) / kTile);
+      if (!depthwise && weight_tiles > 0) {
         const int64_t tiles = (s.HW() + kTile - 1) / kTile;
-        const int64_t weight_blocks = int64_t(s.groups) * ((s.c_out_g() + kTile - 1) / kTile) *
-                                      ((s.c_in_g() + kTile - 1) / kTile) * s.KK();
+        const int64_t weight_blocks = weight_tiles * s.KK();
         // Enough blocks to fill the device a few times over; each sums tiles_per_chunk pixel tiles.
         TORCH_CHECK(weight_blocks <= 65535, "deform_conv2d_backward: groups * k^2 * weight tiles = ", weight_blocks,
                     " exceeds the CUDA grid limit 65535");

@@ -4,8 +4,11 @@
 // has grid vector g = (i - k/2, j - k/2) and samples the input plane at
 //   affine:  p = q + A(q) g + b(q),   geom channels [A0, A1, A2, A3, by, bx]
 //   general: p = q + g + (off[2t](q), off[2t+1](q)),   geom channels = 2k^2 offsets
-// Bilinear sampling reads zero for each of the four corners that falls outside the plane, and the
-// position gradient is the derivative of that four-corner formula.
+// Sampling rule (reference.py states it in full): a non-finite position samples NaN and has a NaN
+// position gradient (Taps::bad, added once per tap to the sample and to the position gradient);
+// otherwise bilinear over the four corners, where a corner outside the plane is never read nor
+// written (index -1) and every inside corner is read even with weight 0. The position gradient is
+// bad + sum over channels of (column gradient) * (derivative of the sample).
 #pragma once
 
 #include <cmath>
@@ -21,15 +24,26 @@ namespace dzsr {
 namespace deform {
 
 // One sampling point: the four corners flattened into the plane, with their bilinear weights and
-// the weights' derivatives with respect to the position (py, px). Invalid corners have index 0 and
-// all-zero weights, so reading them is safe and contributes nothing.
+// the weights' derivatives with respect to the position (py, px). A corner outside the plane has
+// index -1 and all-zero weights; `bad` is NaN for a non-finite position (all corners outside) and 0
+// otherwise: the initial value of the sample and of the position gradient.
 template <typename T>
 struct Taps {
   int32_t idx[4];
   T w[4];
   T wy[4];
   T wx[4];
+  T bad;
 };
+
+template <typename T>
+DZSR_HD bool is_finite(T v) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
 
 DZSR_HD int tap_gy(int t, int k) { return t / k - k / 2; }
 DZSR_HD int tap_gx(int t, int k) { return t % k - k / 2; }
@@ -50,11 +64,22 @@ DZSR_HD void tap_position(const T* geom, int64_t plane, int64_t pix, bool affine
   }
 }
 
+// The taps of position (py, px); the finiteness test runs once per pixel and tap. Huge finite
+// positions fail the range tests below before any float->int conversion.
 template <typename T>
 DZSR_HD void bilinear_taps(T py, T px, int H, int W, Taps<T>& s) {
+  if (!(is_finite(py) && is_finite(px))) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      s.idx[c] = -1;
+      s.w[c] = s.wy[c] = s.wx[c] = T(0);
+    }
+    s.bad = static_cast<T>(NAN);
+    return;
+  }
+  s.bad = T(0);
   const T y0f = floor(py), x0f = floor(px);
   const T ly = py - y0f, lx = px - x0f, hy = T(1) - ly, hx = T(1) - lx;
-  // Comparisons are false for NaN, so a NaN position reads zero everywhere.
   const bool vy[2] = {y0f >= T(0) && y0f <= T(H - 1), y0f >= T(-1) && y0f <= T(H - 2)};
   const bool vx[2] = {x0f >= T(0) && x0f <= T(W - 1), x0f >= T(-1) && x0f <= T(W - 2)};
   const int iy = (vy[0] || vy[1]) ? static_cast<int>(y0f) : 0;
@@ -65,31 +90,34 @@ DZSR_HD void bilinear_taps(T py, T px, int H, int W, Taps<T>& s) {
   for (int c = 0; c < 4; ++c) {
     const int a = c >> 1, b = c & 1;
     const bool valid = vy[a] && vx[b];
-    s.idx[c] = valid ? (iy + a) * W + (ix + b) : 0;
+    s.idx[c] = valid ? (iy + a) * W + (ix + b) : -1;
     s.w[c] = valid ? wy_[a] * wx_[b] : T(0);
     s.wy[c] = valid ? dy_[a] * wx_[b] : T(0);
     s.wx[c] = valid ? wy_[a] * dx_[b] : T(0);
   }
 }
 
-// One sample, and its value with the position derivatives sharing the four corner reads. The plane
-// is stored as S and read into the accumulation type T of the taps: S = T for float/double, S = half
-// with T = float on CUDA, so half inputs are sampled without a float copy of the input.
+// One sample, and its value with the position derivatives (dvy, dvx, without `bad`: callers start
+// the position gradient at s.bad) sharing the four corner reads. The plane is stored as S and read
+// into the accumulation type T of the taps: S = T for float/double, S = half with T = float on CUDA,
+// so half inputs are sampled without a float copy of the input.
 template <typename T, typename S>
 DZSR_HD T sample(const S* plane, const Taps<T>& s) {
-  T v = T(0);
+  T v = s.bad;
 #pragma unroll
-  for (int c = 0; c < 4; ++c) v += s.w[c] * static_cast<T>(plane[s.idx[c]]);
+  for (int c = 0; c < 4; ++c)
+    if (s.idx[c] >= 0) v += s.w[c] * static_cast<T>(plane[s.idx[c]]);
   return v;
 }
 
 template <typename T, typename S>
 DZSR_HD void sample_with_grad(const S* plane, const Taps<T>& s, T& v, T& dvy, T& dvx) {
-  v = T(0);
+  v = s.bad;
   dvy = T(0);
   dvx = T(0);
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
+    if (s.idx[c] < 0) continue;
     const T p = static_cast<T>(plane[s.idx[c]]);
     v += s.w[c] * p;
     dvy += s.wy[c] * p;

@@ -9,6 +9,12 @@ as an argument, so autograd, ``torch.compile`` and ``opcheck`` see one op per ca
 Backend kernel interface (``cpp`` and ``triton`` modules):
   forward(x, geom, affine, weight, bias, groups) -> out (N, C_out, H, W), dtype of x
   backward(grad_out, x, geom, affine, weight, groups) -> (dx, dgeom, dweight)
+Output layout rule: every kernel output is a new contiguous tensor (torch.contiguous_format) of the
+shape above, each gradient in its input's dtype, whatever the strides of the inputs (non-contiguous,
+channels-last). The fakes below return exactly that, so torch.compile and opcheck see the kernels'
+sizes, strides and dtypes.
+
+NaN/Inf and empty inputs follow the rule in ``reference.py`` on every backend.
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ def _packed(
 
 @_packed.register_fake
 def _(x, geom, affine, weight, bias, groups, backend):
-    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))  # contiguous, x's dtype
 
 
 @torch.library.custom_op("dzsr::deform_conv2d_packed_backward", mutates_args=())
@@ -60,7 +66,8 @@ def _packed_backward(
 
 @_packed_backward.register_fake
 def _(grad_out, x, geom, affine, weight, groups, backend):
-    return torch.empty_like(x), torch.empty_like(geom), torch.empty_like(weight)
+    # new_empty, not empty_like: contiguous whatever the inputs' strides, like the kernels' outputs.
+    return x.new_empty(x.shape), geom.new_empty(geom.shape), weight.new_empty(weight.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -85,23 +92,30 @@ _packed.register_autograd(_backward, setup_context=_setup_context)
 def _validate(x, weight, bias, groups) -> None:
     check_tensor("x", x, 4, "(N, C, H, W)")
     check_tensor("weight", weight, 4, "(C_out, C/groups, k, k)")
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+    if not isinstance(groups, int) or isinstance(groups, bool):
+        raise TypeError(f"groups must be a positive int, got {type(groups).__name__} {groups!r}")
+    if groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     c, c_out, k = x.shape[1], weight.shape[0], weight.shape[2]
     if weight.shape[2] != weight.shape[3] or k % 2 == 0:
         raise ValueError(f"weight must be (C_out, C/groups, k, k) with odd square k, got shape {tuple(weight.shape)}")
     if c % groups or c_out % groups:
-        raise ValueError(f"groups={groups} must divide both input channels C={c} and output channels C_out={c_out}")
+        raise ValueError(f"groups must divide both input channels C={c} and output channels C_out={c_out}, "
+                         f"got groups={groups}")
     check_dim("weight", weight, 1, c // groups, f"(C_out, C/groups={c // groups}, k, k)")
     if bias is not None:
         check_tensor("bias", bias, 1, f"(C_out={c_out},)")
         check_dim("bias", bias, 0, c_out, f"(C_out={c_out},)")
 
 
+def _check_one_dtype(**tensors: torch.Tensor | None) -> None:
+    present = {k: v.dtype for k, v in tensors.items() if v is not None}
+    if len(set(present.values())) > 1:
+        listing = ", ".join(f"{k} {d}" for k, d in present.items())
+        raise TypeError(f"{', '.join(present)} must share one floating dtype, got {listing}")
+
+
 def _dispatch(x, geom, affine, weight, bias, groups):
-    dtypes = {t.dtype for t in (x, geom, weight, bias) if t is not None}
-    if len(dtypes) > 1:
-        raise TypeError(f"all floating inputs must share one dtype, got {sorted(map(str, dtypes))}")
     backend = _backend.resolve(OP, x.device)
     if backend == "reference":
         return reference.deform_conv2d(x, geom, affine, weight, bias, groups)
@@ -128,6 +142,7 @@ def affine_deform_conv2d(
     check_dim("b", b, 1, 2, "(N, 2, H, W)")
     check_match(("x", "A", "b"), (x, A, b), (0, 2, 3), "(N, H, W)")
     check_same_device(x=x, A=A, b=b, weight=weight, bias=bias)
+    _check_one_dtype(x=x, A=A, b=b, weight=weight, bias=bias)
     return _dispatch(x, torch.cat([A, b], dim=1), True, weight, bias, groups)
 
 
@@ -149,6 +164,7 @@ def deform_conv2d(
     check_dim("offset", offset, 1, 2 * k * k, f"(N, 2k²={2 * k * k}, H, W)")
     check_match(("x", "offset"), (x, offset), (0, 2, 3), "(N, H, W)")
     check_same_device(x=x, offset=offset, weight=weight, bias=bias)
+    _check_one_dtype(x=x, offset=offset, weight=weight, bias=bias)
     return _dispatch(x, offset, False, weight, bias, groups)
 
 

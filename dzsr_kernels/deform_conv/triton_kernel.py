@@ -1,19 +1,21 @@
 """``triton`` backend of the packed deformable convolution (CUDA tensors; CPU tensors under
-``TRITON_INTERPRET=1``). Geometry convention: ``reference.py``.
+``TRITON_INTERPRET=1``). Geometry convention and NaN/Inf rule: ``reference.py``.
 
-Kernels (a program owns a block of pixels of one sample; the tap geometry is computed once per
-program and tap and reused for every channel of the program):
+Kernels (a program owns a block of pixels of one sample; the tap geometry, including the one
+finiteness test of each position, is computed once per program and tap and reused for every channel):
   _forward_kernel       out tile (BLOCK_C output channels x BLOCK_P pixels). Depthwise (C/groups == 1):
                         each output channel samples its own input channel. Grouped/dense: the channels
                         of the tile belong to one group and every sample of an input channel is reused
                         for all of them (outer-product accumulation).
-  _input_grad_kernel    column gradient dcol = W^T go, dx by atomic scatter of dcol x corner weight,
-                        dgeom summed over all channels inside the program (it owns its pixels: no
-                        atomics), and for depthwise dweight (per-tap channel sums, atomic add).
+  _input_grad_kernel    column gradient dcol = W^T go (rows are input channels), dx by atomic scatter
+                        of dcol x corner weight, dgeom summed over all channels inside the program (it
+                        owns its pixels: no atomics), and for depthwise dweight (per-tap channel sums,
+                        atomic add).
   _weight_grad_kernel   dweight of grouped/dense convs: (co x ci) tile of go x sampled columns summed
                         over a chunk of pixels, atomic add.
-Half inputs are computed in float32 (float64 stays float64); accumulating buffers are zero-filled in
-that type and cast back, the other outputs come from ``_checks.new_output``.
+Outputs are new contiguous tensors in their input's dtype (op.py's fakes say the same). Half inputs
+are computed in float32 (float64 stays float64); accumulating buffers are zero-filled in that type
+and cast back, the other outputs come from ``_checks.new_output``. Empty N, H or W launch nothing.
 """
 from __future__ import annotations
 
@@ -57,14 +59,19 @@ def _cell(py, px, H, W):
 
 @triton.jit
 def _bilinear(py, px, H, W):
-    """The four corners (0,0), (0,1), (1,0), (1,1) of each sampling position, each as (flat index,
-    validity, weight, d weight/dy, d weight/dx): 20 values."""
+    """``bad`` (NaN where py or px is not finite, else 0: the start of the sample and of the position
+    gradient) and the four corners (0,0), (0,1), (1,0), (1,1) of each sampling position, each as
+    (flat index, validity, weight, d weight/dy, d weight/dx): 21 values. A non-finite position fails
+    every validity test, so it reads and writes no corner."""
+    finite = (tl.abs(py) < float("inf")) & (tl.abs(px) < float("inf"))
+    bad = tl.where(finite, 0.0, float("nan")).to(py.dtype)
     iy, ix, ly, lx, vy0, vy1, vx0, vx1 = _cell(py, px, H, W)
     i00, m00, w00, y00, x00 = _corner(iy, ix, ly, lx, vy0, vx0, 0, 0, W)
     i01, m01, w01, y01, x01 = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W)
     i10, m10, w10, y10, x10 = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W)
     i11, m11, w11, y11, x11 = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W)
-    return i00, m00, w00, y00, x00, i01, m01, w01, y01, x01, i10, m10, w10, y10, x10, i11, m11, w11, y11, x11
+    return (bad, i00, m00, w00, y00, x00, i01, m01, w01, y01, x01, i10, m10, w10, y10, x10,
+            i11, m11, w11, y11, x11)
 
 
 @triton.jit
@@ -136,11 +143,12 @@ def _forward_kernel(x_ptr, geom_ptr, w_ptr, bias_ptr, out_ptr,
     acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
     for t in tl.static_range(KK):
         py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
-        i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = _bilinear(py, px, H, W)
+        bad, i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = _bilinear(
+            py, px, H, W)
         if DEPTHWISE:
             plane = x_n + ((co // c_out_g).to(tl.int64) * HW)[:, None]
             m = cmask[:, None] & pmask[None, :]
-            v = (_gather(plane, i00[None, :], m00[None, :], m, w00[None, :], ACC)
+            v = (bad[None, :] + _gather(plane, i00[None, :], m00[None, :], m, w00[None, :], ACC)
                  + _gather(plane, i01[None, :], m01[None, :], m, w01[None, :], ACC)
                  + _gather(plane, i10[None, :], m10[None, :], m, w10[None, :], ACC)
                  + _gather(plane, i11[None, :], m11[None, :], m, w11[None, :], ACC))
@@ -149,7 +157,7 @@ def _forward_kernel(x_ptr, geom_ptr, w_ptr, bias_ptr, out_ptr,
         else:
             for ci in range(c_in_g):
                 plane = x_n + (g * c_in_g + ci).to(tl.int64) * HW
-                v = (_gather(plane, i00, m00, pmask, w00, ACC) + _gather(plane, i01, m01, pmask, w01, ACC)
+                v = (bad + _gather(plane, i00, m00, pmask, w00, ACC) + _gather(plane, i01, m01, pmask, w01, ACC)
                      + _gather(plane, i10, m10, pmask, w10, ACC) + _gather(plane, i11, m11, pmask, w11, ACC))
                 wt = tl.load(w_ptr + (co * c_in_g + ci) * KK + t, mask=cmask, other=0.0).to(ACC)
                 acc += wt[:, None] * v[None, :]
@@ -160,15 +168,15 @@ def _forward_kernel(x_ptr, geom_ptr, w_ptr, bias_ptr, out_ptr,
 
 
 @triton.jit
-def _scatter_and_grad(x_plane, dx_plane, dcol, m, i00, m00, w00, y00, x00, i01, m01, w01, y01, x01,
+def _scatter_and_grad(x_plane, dx_plane, dcol, m, bad, i00, m00, w00, y00, x00, i01, m01, w01, y01, x01,
                       i10, m10, w10, y10, x10, i11, m11, w11, y11, x11, ACC: tl.constexpr):
-    """For column gradients dcol at one tap: scatter dcol x corner weight into dx, and return the
-    sample value and dcol x d(sample)/d(position) (summed over axis 0 when 2-d)."""
+    """For column gradients dcol at one tap: scatter dcol x corner weight into the inside corners of
+    dx, and return the sample value (starting at ``bad``) and dcol x d(sample)/d(position)."""
     p00 = tl.load(x_plane + i00, mask=m00 & m, other=0.0).to(ACC)
     p01 = tl.load(x_plane + i01, mask=m01 & m, other=0.0).to(ACC)
     p10 = tl.load(x_plane + i10, mask=m10 & m, other=0.0).to(ACC)
     p11 = tl.load(x_plane + i11, mask=m11 & m, other=0.0).to(ACC)
-    v = w00 * p00 + w01 * p01 + w10 * p10 + w11 * p11
+    v = bad + w00 * p00 + w01 * p01 + w10 * p10 + w11 * p11
     gy = dcol * (y00 * p00 + y01 * p01 + y10 * p10 + y11 * p11)
     gx = dcol * (x00 * p00 + x01 * p01 + x10 * p10 + x11 * p11)
     tl.atomic_add(dx_plane + i00, dcol * w00, mask=m00 & m)
@@ -203,28 +211,35 @@ def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr
     dbx = tl.zeros((BLOCK_P,), dtype=ACC)
     for t in tl.static_range(KK):
         py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
-        (i00, m00, w00, y00, x00, i01, m01, w01, y01, x01,
+        (bad, i00, m00, w00, y00, x00, i01, m01, w01, y01, x01,
          i10, m10, w10, y10, x10, i11, m11, w11, y11, x11) = _bilinear(py, px, H, W)
-        gpy = tl.zeros((BLOCK_P,), dtype=ACC)
-        gpx = tl.zeros((BLOCK_P,), dtype=ACC)
+        gpy = bad  # NaN for a non-finite position, whatever the channels
+        gpx = bad
         if DEPTHWISE:
-            # Rows are output channels; each reads its own input channel co // c_out_g.
-            for c0 in range(0, C_out, BLOCK_C):
-                co = c0 + tl.arange(0, BLOCK_C)
-                cmask = co < C_out
+            # Rows are input channels c; the column gradient sums the c_out_g output channels
+            # c*c_out_g + j of c before it meets the sample's derivative (the reference's grouping).
+            for c0 in range(0, C, BLOCK_C):
+                ci = c0 + tl.arange(0, BLOCK_C)
+                cmask = ci < C
                 m = cmask[:, None] & pmask[None, :]
-                go = tl.load(go_n + co.to(tl.int64)[:, None] * HW + p[None, :], mask=m, other=0.0).to(ACC)
-                wt = tl.load(w_ptr + co * KK + t, mask=cmask, other=0.0).to(ACC)
-                ci = (co // c_out_g).to(tl.int64)[:, None] * HW
+                dcol = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
+                for j in range(c_out_g):
+                    co = (ci * c_out_g + j).to(tl.int64)
+                    go = tl.load(go_n + co[:, None] * HW + p[None, :], mask=m, other=0.0).to(ACC)
+                    dcol += tl.load(w_ptr + co * KK + t, mask=cmask, other=0.0).to(ACC)[:, None] * go
+                rows = ci.to(tl.int64)[:, None] * HW
                 v, gy, gx = _scatter_and_grad(
-                    x_n + ci, dx_n + ci, wt[:, None] * go, m,
+                    x_n + rows, dx_n + rows, dcol, m, bad[None, :],
                     i00[None, :], m00[None, :], w00[None, :], y00[None, :], x00[None, :],
                     i01[None, :], m01[None, :], w01[None, :], y01[None, :], x01[None, :],
                     i10[None, :], m10[None, :], w10[None, :], y10[None, :], x10[None, :],
                     i11[None, :], m11[None, :], w11[None, :], y11[None, :], x11[None, :], ACC)
                 gpy += tl.sum(gy, axis=0)
                 gpx += tl.sum(gx, axis=0)
-                tl.atomic_add(dw_ptr + co * KK + t, tl.sum(go * v, axis=1), mask=cmask)
+                for j in range(c_out_g):
+                    co = (ci * c_out_g + j).to(tl.int64)
+                    go = tl.load(go_n + co[:, None] * HW + p[None, :], mask=m, other=0.0).to(ACC)
+                    tl.atomic_add(dw_ptr + co * KK + t, tl.sum(go * v, axis=1), mask=cmask)
         else:
             # Rows are input channels of group g: dcol[ci, p] = sum_co w[co, ci, t] go[co, p].
             for g in range(groups):
@@ -238,7 +253,7 @@ def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr
                         dcol += wt[:, None] * go[None, :]
                     ci = (g * c_in_g + ci_in_g).to(tl.int64)[:, None] * HW
                     _, gy, gx = _scatter_and_grad(
-                        x_n + ci, dx_n + ci, dcol, cmask[:, None] & pmask[None, :],
+                        x_n + ci, dx_n + ci, dcol, cmask[:, None] & pmask[None, :], bad[None, :],
                         i00[None, :], m00[None, :], w00[None, :], y00[None, :], x00[None, :],
                         i01[None, :], m01[None, :], w01[None, :], y01[None, :], x01[None, :],
                         i10[None, :], m10[None, :], w10[None, :], y10[None, :], x10[None, :],
@@ -300,9 +315,10 @@ def _weight_grad_kernel(go_ptr, x_ptr, geom_ptr, dw_ptr, N, C, C_out, H, W, c_in
         p, pmask, qy, qx = _pixel_block(p0, HW, W, BLOCK_P, ACC)
         a0, a1, a2, a3, by, bx = _load_affine(geom_n, p, pmask, HW, AFFINE, ACC)
         py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
-        i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = _bilinear(py, px, H, W)
+        bad, i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = _bilinear(
+            py, px, H, W)
         m = cimask[:, None] & pmask[None, :]
-        cols = (_gather(x_rows, i00[None, :], m00[None, :], m, w00[None, :], ACC)
+        cols = (bad[None, :] + _gather(x_rows, i00[None, :], m00[None, :], m, w00[None, :], ACC)
                 + _gather(x_rows, i01[None, :], m01[None, :], m, w01[None, :], ACC)
                 + _gather(x_rows, i10[None, :], m10[None, :], m, w10[None, :], ACC)
                 + _gather(x_rows, i11[None, :], m11[None, :], m, w11[None, :], ACC))
@@ -334,7 +350,7 @@ def forward(x, geom, affine, weight, bias, groups):
     blocks_per_group = triton.cdiv(c_out_g, block_c)
     grid = (triton.cdiv(h * w, BLOCK_P), triton.cdiv(c_out, block_c) if depthwise else groups * blocks_per_group, n)
     _forward_kernel[grid](
-        x, geom, weight, bias if bias is not None else x, out,
+        x, geom, weight, bias.contiguous() if bias is not None else x, out,
         c, c_out, h, w, c_in_g, c_out_g, blocks_per_group,
         K=k, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=bias is not None, ACC=_acc(x.dtype),
         BLOCK_C=block_c, BLOCK_P=BLOCK_P,
@@ -352,17 +368,17 @@ def backward(grad_out, x, geom, affine, weight, groups):
     dx = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
     dweight = torch.zeros(weight.shape, dtype=acc_dtype, device=x.device)
     dgeom = new_output(geom.shape, geom.dtype, geom.device)
-    if n * h * w == 0 or c == 0 or c_out == 0:
-        return dx.to(x.dtype), dgeom.zero_(), dweight.to(weight.dtype)
+    if n * h * w == 0:  # C = 0 or C_out = 0 still run: the position gradient may be NaN
+        return dx.to(x.dtype), dgeom, dweight.to(weight.dtype)
     depthwise = c_in_g == 1
     acc = _acc(x.dtype)
-    block_c = _channel_block(c_out if depthwise else c_in_g, 16)
+    block_c = _channel_block(c if depthwise else c_in_g, 16)
     _input_grad_kernel[(triton.cdiv(h * w, BLOCK_P), n)](
         grad_out, x, geom, weight, dx, dgeom, dweight,
         c, c_out, h, w, groups, c_in_g, c_out_g,
         K=k, AFFINE=affine, DEPTHWISE=depthwise, ACC=acc, BLOCK_C=block_c, BLOCK_P=BLOCK_P,
     )
-    if not depthwise:
+    if not depthwise and c_in_g * c_out_g > 0:
         block_co, block_ci = _channel_block(c_out_g, 16), _channel_block(c_in_g, 16)
         co_blocks, ci_blocks = triton.cdiv(c_out_g, block_co), triton.cdiv(c_in_g, block_ci)
         chunk = min(WEIGHT_CHUNK_PIXELS, triton.cdiv(h * w, WEIGHT_BLOCK_P) * WEIGHT_BLOCK_P)
