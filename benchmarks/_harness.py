@@ -8,6 +8,10 @@ same modules but skips the op, and the difference is reported. The peak is ``VmH
 high-water mark into ``ru_maxrss`` of a child it spawns, so a large benchmark parent would hide the
 child's own peak.
 
+Allocator: importing this module applies the package's allocator setup (``dzsr.allocator``, as the
+``dzsr`` command does), so both sides of every comparison, the timing process and the memory
+children alike (they import this module first), run under the same one; ``machine_line`` states it.
+
 A case is named by ``"module:function"`` plus JSON-able keyword arguments; the function builds the
 inputs and returns a zero-argument callable that runs the op once.
 """
@@ -26,6 +30,10 @@ import time
 from typing import Callable
 
 import torch
+
+from dzsr import allocator
+
+ALLOCATOR = allocator.configure()
 
 
 def build(case: str, kwargs: dict) -> Callable[[], object]:
@@ -107,7 +115,7 @@ def peak_cuda_memory(fn: Callable[[], object]) -> int:
 def machine_line() -> str:
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU {platform.processor() or platform.machine()}"
     return (f"{datetime.date.today()} · {dev} · {os.cpu_count()} cores · torch {torch.__version__} · "
-            f"{torch.get_num_threads()} threads · python {platform.python_version()}")
+            f"{torch.get_num_threads()} threads · python {platform.python_version()} · allocator: {ALLOCATOR}")
 
 
 def fmt_time(s: float) -> str:

@@ -19,6 +19,10 @@ Kernel backend: ``sr --backend NAME`` selects it for the run; without it, and fo
 command, the environment variable ``DZSR_KERNELS_BACKEND`` selects it (``auto`` when unset). Every
 command refuses an unknown name in either, and ``sr``, ``train`` and ``demo`` refuse, before any
 work, a backend or ``--device`` (train: the config's ``device``) that cannot run on this machine.
+
+Memory: every command first applies the package's allocator setup (``dzsr.allocator``: glibc
+``mallopt`` so large freed buffers are reused instead of being handed back to the system and faulted
+in again per tile; opt out with ``DZSR_ALLOCATOR=system``); ``dzsr info`` prints which is in use.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ import argparse
 import contextlib
 import os
 import sys
+
+from . import allocator
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -100,6 +106,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {op:<22} auto -> " + ", ".join(f"{dev}: {b}" for dev, b in choice.items()))
     env = _env_backend()
     print(f"{BACKEND_VARIABLE}: " + (f"{env} (every command runs on it)" if env else "unset (auto)"))
+    print(f"allocator: {allocator.configure()}")
     return 0
 
 
@@ -322,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             raise _UsageError(f"dzsr {args.command}: error: unrecognized arguments: {' '.join(extra)}")
     except _UsageError as err:
         print(err, file=sys.stderr)
+        return EXIT_ERROR
+    try:  # before torch and the kernels allocate anything
+        allocator.configure()
+    except ValueError as err:
+        print(f"dzsr {args.command}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     expected = _expected_errors()
     try:
