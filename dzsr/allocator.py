@@ -3,9 +3,11 @@
 Why: PyTorch on CPU frees and re-allocates the same large buffers for every tile and stage.
 glibc's default malloc serves buffers above its mmap threshold (128 KiB, rising dynamically to at
 most 32 MiB) with ``mmap`` and gives them back with ``munmap``, and trims the heap top above 128 KiB;
-every reuse is then faulted in again and zeroed by the kernel page by page. On a 2-core machine,
-``dzsr sr --backend cpp --tile 128`` on an LR 344x556 image spent 7.5 s of 18.5 s in the kernel with
-2.96 million minor page faults; with this setup 0.9 s, 0.30 million faults, 13.4 s wall.
+every reuse is then faulted in again and zeroed by the kernel page by page. On a shared 2-core
+machine (glibc 2.36), ``dzsr sr --backend cpp --tile 128`` on an LR 344x556 image (the bundled
+motorcycle sample upscaled), medians of 3 runs: system allocator 18.1 s wall, 23.7 s user, 7.1 s
+system, 2.93 million minor faults, peak RSS 1.29 GB; with this setup 14.0 s wall, 22.6 s user, 1.2 s
+system, 0.30 million faults, peak 1.60 GB.
 
 What (``configure``): on glibc only, ``mallopt`` through ``ctypes`` in the running process (no
 re-exec, no environment variables; they would only act on a process started afterwards):
@@ -21,8 +23,8 @@ default, since thread arenas still grow and shrink in small steps); with pad 1 G
 but a peak of 1.78 GB. jemalloc and tcmalloc would need ``LD_PRELOAD`` before the process starts, are
 not on the Python package index as well-kept wheels, and are not needed for this.
 
-Memory cost: freed memory is kept for reuse, so the peak resident set grows: 1.26 -> 1.60 GB in the
-run above (the issue's own run: 2.8 -> 3.3 GB with its variables).
+Memory cost: freed memory is kept for reuse, so the peak resident set grows: 1.29 -> 1.60 GB in the
+run above, +24% (the issue's own run: 2.8 -> 3.3 GB with its variables).
 
 When (safety): the setup is applied only when all hold, else the process keeps the system allocator
 and ``configure`` says why:
