@@ -66,14 +66,11 @@ def check_device(spec: str, what: str):
 
 
 def _env_backend() -> str | None:
-    """``DZSR_KERNELS_BACKEND`` when set (checked), else None."""
-    from dzsr_kernels._backend import BACKENDS
+    """``DZSR_KERNELS_BACKEND`` when set (checked by the kernels' own rule), else None."""
+    from dzsr_kernels._backend import requested_backend
 
-    name = os.environ.get(BACKEND_VARIABLE)
-    if name is not None and name != "auto" and name not in BACKENDS:
-        raise ValueError(f"environment variable {BACKEND_VARIABLE} must be one of auto, {', '.join(BACKENDS)}; "
-                         f"got {name!r}")
-    return name
+    name = requested_backend()  # raises ValueError naming the variable for an invalid value
+    return name if BACKEND_VARIABLE in os.environ else None
 
 
 def check_backend(flag: str | None, device_type: str) -> str | None:
