@@ -44,6 +44,7 @@ SHAPES = [  # n, c, c_out, h, w, k, groups
     (2, 20, 20, 5, 7, 3, 20),  # depthwise, three channel slices (8, 8, 4) under a 1-byte budget
     (3, 4, 8, 5, 11, 3, 4),  # depthwise with channel multiplier 2
     (2, 4, 6, 8, 7, 3, 1),  # dense
+    (2, 20, 7, 5, 6, 3, 1),  # dense, forward in three channel slices (8, 8, 4) under a 1-byte budget
     (1, 6, 9, 6, 6, 3, 3),  # grouped
     (2, 3, 5, 9, 4, 1, 1),  # k = 1
     (1, 4, 4, 10, 8, 5, 2),  # k = 5
@@ -107,8 +108,9 @@ def run_both(backend, affine, x, A, b, wgt, bs, groups):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("cl_budget", [None, "0", "1"], ids=["default", "planar", "8-channel-slices"])
 def test_fast_matches_reference(backend, shape, affine, dtype, cl_budget, monkeypatch):
-    """cl_budget selects the depthwise CPU path: default (channels-last), planar kernels, or
-    channels-last copies made 8 channels at a time (the path of large images)."""
+    """cl_budget selects the CPU path of depthwise convolutions and of the one-group forward:
+    default (channels-last), planar kernels, or channels-last copies made 8 channels at a time
+    (the path of large images)."""
     if cl_budget is not None:
         monkeypatch.setenv("DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES", cl_budget)
     case = make_case(*shape, dtype=dtype)

@@ -4,6 +4,8 @@
 // sampling geometry once (deform_conv_math.h) and reuses it for every channel, so nothing of size
 // C*k^2*H*W is ever allocated. Per group with one input channel (depthwise, with any channel
 // multiplier) the kernels loop directly; otherwise a column tile (C_in*k^2 x kBlock) feeds a GEMM.
+// The forward of a one-group convolution gathers that tile from channels-last slices of x
+// (dense_cl_forward), the other grouped cases from the planar input.
 //
 // Backward runs two passes, each free of write races:
 //   1. tasks (n, pixel block): position gradients -> dgeom (the block owns its pixels) and dweight
@@ -279,13 +281,22 @@ void backward_input(const T* gout, const T* geom, const T* w, T* dx, const Geome
 // made one slice of channels at a time, each slice at most 16 MiB of x (at least 8 channels), so
 // large images cost bounded extra memory; DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES changes that budget
 // and 0 selects the planar kernels instead.
-int64_t channels_last_slice(const Geometry& g, int64_t elem_size) {
-  if (g.cin_g != 1 || g.cout_g != 1) return 0;
+int64_t channels_last_width(const Geometry& g, int64_t elem_size) {
   const char* env = std::getenv("DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES");
   const int64_t budget = env ? std::atoll(env) : (int64_t(16) << 20);
   if (budget <= 0) return 0;
   const int64_t fit = budget / std::max<int64_t>(1, g.N * g.HW * elem_size);
   return std::min(g.C, std::max<int64_t>(8, fit / 8 * 8));
+}
+
+int64_t channels_last_slice(const Geometry& g, int64_t elem_size) {
+  return g.cin_g == 1 && g.cout_g == 1 ? channels_last_width(g, elem_size) : 0;
+}
+
+// The dense forward (one group, several input channels) gathers its columns from the same
+// channels-last slices (dense_cl_forward); other grouped convolutions use the planar kernels.
+int64_t dense_channels_last_slice(const Geometry& g, int64_t elem_size) {
+  return g.groups == 1 && g.C > 1 ? channels_last_width(g, elem_size) : 0;
 }
 
 // The geometry of channels [c0, c0 + width) of a pure depthwise convolution.
@@ -357,6 +368,38 @@ void depthwise_cl_forward(const T* xt, const T* geom, const T* wt, const T* bias
         }
         std::copy(acc.begin(), acc.end(), outt + (n * g.HW + p0 + i) * C);
       }
+    }
+  });
+}
+
+// Dense forward over one channels-last slice xt (N, HW, width) of x: per pixel block, the column
+// tile (np x K x width) is gathered row by row from the corner rows (SIMD over channels, no branch
+// per corner), and out (N, C_out, HW) gets wp (C_out x K*width, the slice's weights with taps
+// before channels) times its transpose: written by the first slice, added by the others.
+template <typename T>
+void dense_cl_forward(const T* xt, const T* geom, const T* wp, T* out, const Geometry& g, int64_t width,
+                      bool first) {
+  const int64_t nblocks = (g.HW + kBlock - 1) / kBlock, KW = g.K * width;
+  at::parallel_for(0, g.N * nblocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<Taps<T>> taps(kBlock * g.K);
+    std::vector<T> cols(kBlock * KW), acc(g.Cout * kBlock);
+    const std::vector<T> fill = fill_rows<T>(width);
+    for (int64_t task = b0; task < b1; ++task) {
+      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
+      fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
+      const T* xn = xt + n * g.HW * width;
+      for (int64_t j = 0; j < np * g.K; ++j) {
+        const Taps<T>& s = taps[j];
+        const CornerRows<T> rows(xn, s, width, fill.data());
+        const T *r0 = rows.r[0], *r1 = rows.r[1], *r2 = rows.r[2], *r3 = rows.r[3];
+        T* col = cols.data() + j * width;
+        for (int64_t c = 0; c < width; ++c) col[c] = s.w[0] * r0[c] + s.w[1] * r1[c] + s.w[2] * r2[c] + s.w[3] * r3[c];
+      }
+      auto res = view(acc.data(), g.Cout, np, np);
+      at::mm_out(res, view(const_cast<T*>(wp), g.Cout, KW, KW), view(cols.data(), np, KW, KW).t());
+      T* outn = out + n * g.Cout * g.HW + p0;
+      for (int64_t o = 0; o < g.Cout; ++o)
+        for (int64_t i = 0; i < np; ++i) outn[o * g.HW + i] = (first ? T(0) : outn[o * g.HW + i]) + acc[o * np + i];
     }
   });
 }
@@ -463,6 +506,21 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool a
       });
       store_planes(outt, out.narrow(1, c0, gs.C));
     }
+    return out.to(x_in.scalar_type());
+  }
+  if (const int64_t width = dense_channels_last_slice(g, x.element_size())) {
+    auto out = new_output({g.N, g.Cout, g.H, g.W}, x.options());
+    const SliceBuffer xbuf(g, width, x.options());
+    for (int64_t c0 = 0; c0 < g.C; c0 += width) {
+      const int64_t w = std::min(width, g.C - c0);
+      auto xt = xbuf.load(g, x.narrow(1, c0, w));
+      auto wp = weight.narrow(1, c0, w).reshape({g.Cout, w, g.K}).transpose(1, 2).contiguous();
+      AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu_dense_cl", [&] {
+        dense_cl_forward<scalar_t>(xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), wp.data_ptr<scalar_t>(),
+                                   out.data_ptr<scalar_t>(), g, w, c0 == 0);
+      });
+    }
+    if (bias.defined()) out.add_(bias.view({1, g.Cout, 1, 1}));
     return out.to(x_in.scalar_type());
   }
   auto out = new_output({g.N, g.Cout, g.H, g.W}, x.options());
