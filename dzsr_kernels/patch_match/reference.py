@@ -3,10 +3,10 @@ kernel: the preprocessing (``prepare``) and the non-finite rule (``match_prepare
 
 Semantics (SPEC §1b). For query (N,C,Hq,Wq) and ref (N,C,Hr,Wr) and patch size p (odd), C >= 1:
   * every pixel's C-vector x is L2-normalised, ``u = x / max(||x||, 1e-12)`` (``F.normalize``'s rule,
-    as the authors do): an all-zero pixel stays the zero vector. ||x|| is computed as m * ||x / m||
-    with m = max_c |x_c|, so huge (e.g. 1e30 in float32) and tiny finite values neither overflow nor
-    underflow the norm; it is computed in the input's precision (float32 at least) and only then cast
-    to the compute dtype, identically for every backend. (A pixel with ||x|| < 1e-12 keeps the short
+    as the authors do): an all-zero pixel stays the zero vector. Where the direct norm would overflow,
+    ||x|| is computed as m * ||x / m|| with m = max_c |x_c|, so huge (e.g. 1e30 in float32) and tiny
+    finite values neither overflow nor underflow the norm; it is computed in the input's precision
+    (float32 at least) and only then cast to the compute dtype, identically for every backend. (A pixel with ||x|| < 1e-12 keeps the short
     vector x / 1e-12; where that is so short that its squares underflow the compute dtype, ||x||
     below about 1e-31 in float32 or 1e-166 in float64, patches made of such pixels lose precision
     and, all squares underflowing, count as zero patches: the compute dtype's limit.)
@@ -49,13 +49,37 @@ CHUNK_ELEMENTS = 1 << 24
 Kernel = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
+def _may_branch() -> bool:
+    """Whether a shortcut may test data on the host: in eager mode, not while torch.compile traces
+    (a data-dependent branch would break the graph; the general path gives the same result)."""
+    return not torch.compiler.is_compiling()
+
+
+def pixel_major_copy(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N,C,H,W) -> a new contiguous (N,H,W,C) tensor in ``dtype``. Channels-last inputs are copied as
+    they lie; otherwise each sample is one 2-D (C, H*W) transpose, which torch copies about 4x faster
+    than the 4-D permutation (0.9 vs 3.8 ms for 256x64x64 float32 on one CPU thread)."""
+    n, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1)
+    if rows.is_contiguous() or n * c * h * w == 0:
+        return rows.to(dtype, memory_format=torch.contiguous_format, copy=True)
+    u = torch.empty((n, h, w, c), dtype=dtype, device=x.device)
+    for i in range(n):
+        u[i].view(h * w, c).copy_(x[i].reshape(c, h * w).to(dtype).t())
+    return u
+
+
 def normalise_pixels(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(N,C,H,W), C >= 1 -> pixel-major (N,H,W,C) contiguous in ``dtype``: each pixel's C-vector divided
-    by max(||x||, 1e-12) (a zero pixel stays zero), the norm taken as m * ||x / m|| (m = max |x_c|, no
-    overflow or underflow), in x's precision (at least float32); pixels with a non-finite channel all-NaN.
+    by max(||x||, 1e-12) (a zero pixel stays zero), in x's precision (at least float32); pixels with a
+    non-finite channel all-NaN. The norm is first computed directly; only if that overflows somewhere or
+    a channel is non-finite is it recomputed as m * ||x / m|| (m = max |x_c|). (Underflow of the direct
+    norm is harmless: it only happens to norms far below 1e-12, which divide by 1e-12 either way.)
     One buffer (plus the cast for float64 inputs of a float32 computation), normalised in place."""
-    work = torch.promote_types(x.dtype, dtype)
-    u = x.permute(0, 2, 3, 1).to(work, memory_format=torch.contiguous_format, copy=True)
+    u = pixel_major_copy(x, torch.promote_types(x.dtype, dtype))
+    norm = torch.linalg.vector_norm(u, dim=3, keepdim=True)
+    if _may_branch() and bool(norm.isfinite().all()):  # no overflow, no non-finite channel
+        return u.mul_(torch.where(norm >= NORM_EPS, norm.reciprocal(), 1 / NORM_EPS)).to(dtype)
     m = torch.maximum(u.amax(dim=3, keepdim=True), u.amin(dim=3, keepdim=True).neg_())  # NaN/Inf if non-finite
     finite = m.isfinite()
     scale = torch.where(finite & (m > 0), m, torch.ones_like(m))
@@ -129,6 +153,8 @@ def match_prepared(uq: torch.Tensor, ur: torch.Tensor, inv_q: torch.Tensor, inv_
     copies), then ``apply_non_finite_rule`` sets the NaN results. Returns (score float32, index int64),
     each contiguous (N, Hq-p+1, Wq-p+1)."""
     bad_q, bad_r = inv_q.isnan(), inv_r.isnan()
+    if _may_branch() and not (bool(bad_q.any()) or bool(bad_r.any())):  # no NaN patch: no NaN at all
+        return kernel(uq, ur, inv_q, inv_r, p)
     score, index = kernel(uq.nan_to_num_(0.0), ur.nan_to_num_(0.0), inv_q.nan_to_num(0.0), inv_r.nan_to_num(0.0), p)
     return apply_non_finite_rule(score, index, bad_q, bad_r)
 
