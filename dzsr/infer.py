@@ -33,16 +33,13 @@ import math
 import os
 from typing import Callable
 
-import cv2
-import numpy as np
 import torch
 
 from .checkpoint import (CheckpointMismatchError, check_payload, load_checkpoint, load_official, read_file,
                          unwrap_official)
-from .data import prepare_pair, reference_box, to_float
 from .data.crops import Box, scale_box
 from .models import SelfDZSR
-from .models.selfdzsr import MIN_LR_SIZE, memory_format_of, pad_to_feature_stride
+from .models.selfdzsr import memory_format_of, pad_to_feature_stride
 
 DEFAULT_TILE = 384
 BODY_TILE_FACTOR = 2  # body pass: small memory per pixel (64 channels), large halo -> larger tiles
@@ -251,63 +248,3 @@ def save_inference_checkpoint(path: str | os.PathLike, model: SelfDZSR, half: bo
     if half:
         slim.half()
     save_checkpoint(path, slim, {**(extra or {}), "inference_only": True, "half": half})
-
-
-# ----------------------------------------------------------------------------- inputs from images
-
-
-def _fit(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre-crop and/or edge-pad an HWC image to ``height x width``."""
-    h, w = img.shape[:2]
-    y0, x0 = max(0, (h - height) // 2), max(0, (w - width) // 2)
-    img = img[y0:y0 + min(h, height), x0:x0 + min(w, width)]
-    ph, pw = height - img.shape[0], width - img.shape[1]
-    return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="edge")
-
-
-def _tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)).unsqueeze(0)
-
-
-def prepare_inputs(short: np.ndarray, tele: np.ndarray, scale: int, region: str = "full", align: bool = True,
-                   focal_ratio: float | None = None) -> dict:
-    """Model inputs from a short-focus and a telephoto image (HWC, uint8/uint16/float).
-
-    region ``full``: lr = the whole short-focus image; the telephoto, aligned onto its focal-ratio
-    centre crop, is pasted there and (fitted to the LR size) is the matching reference.
-    region ``centre``: lr = that centre crop; ref/paste = the centre 1/scale of the aligned telephoto
-    (the dataset convention, where the aligned telephoto is the ground truth, returned as ``gt``).
-    align False: the telephoto already shows exactly the centre crop; it is only resized.
-    Returns tensors ``lr``, ``ref``, ``paste_ref``, ``paste_box`` (1,4) and ``box`` (the paste box).
-    """
-    if region not in ("full", "centre"):
-        raise ValueError(f"region must be 'full' or 'centre', got {region!r}")
-    short_f, tele_f = to_float(short), to_float(tele)
-    need = max(MIN_LR_SIZE, 12) * scale  # the focal-ratio crop must be >= 12 px for the model and DIS flow
-    if min(short_f.shape[:2]) < need:
-        raise ValueError(f"short-focus image is {short_f.shape[0]}x{short_f.shape[1]}: at least {need}x{need} is "
-                         f"needed at x{scale} (its 1/{scale} centre crop must be 12 px or more)")
-    if align:
-        pair = prepare_pair(short_f, tele_f, scale, focal_ratio)
-        (cy0, cy1, cx0, cx1), t = pair["crop_box"], pair["trim"]
-        box, aligned, centre_lr = (cy0 + t, cy1 - t, cx0 + t, cx1 - t), pair["gt"], pair["lr"]
-    else:
-        from .data import central_box
-        from .data.prepare import _check_pair_geometry
-
-        box = central_box(short_f.shape[0], short_f.shape[1], focal_ratio or 1.0 / scale)
-        _check_pair_geometry(short_f.shape, tele_f.shape, box, scale)
-        size = (scale * (box[3] - box[2]), scale * (box[1] - box[0]))
-        aligned = np.clip(cv2.resize(tele_f, size, interpolation=cv2.INTER_AREA if tele_f.shape[1] > size[0]
-                                     else cv2.INTER_CUBIC), 0, 1)
-        centre_lr = short_f[box[0]:box[1], box[2]:box[3]]
-    if region == "centre":
-        h, w = centre_lr.shape[:2]
-        rbox = reference_box(h, w, scale)
-        y0, y1, x0, x1 = (scale * v for v in rbox)
-        ref = aligned[y0:y1, x0:x1]
-        return {"lr": _tensor(centre_lr), "ref": _tensor(_fit(ref, h, w)), "paste_ref": _tensor(ref),
-                "paste_box": torch.tensor([rbox]), "box": rbox, "gt": _tensor(aligned)}
-    h, w = short_f.shape[:2]
-    return {"lr": _tensor(short_f), "ref": _tensor(_fit(aligned, h, w)), "paste_ref": _tensor(aligned),
-            "paste_box": torch.tensor([box]), "box": box}
