@@ -143,7 +143,8 @@ def cmd_sr(args: argparse.Namespace) -> int:
 
     from .data import to_hwc, write_rgb
     from .data.imageio import writable_extensions
-    from .infer import load_model, prepare_inputs, super_resolve
+    from .data.inputs import prepare_inputs
+    from .infer import load_model, super_resolve
     from .outputs import check_output
 
     device = check_device(args.device, "--device")

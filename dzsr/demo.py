@@ -22,8 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import to_hwc, to_tensor, write_rgb
+from .data.inputs import prepare_inputs
 from .evaluate import format_table, write_csv
-from .infer import DEFAULT_TILE, load_model, prepare_inputs, super_resolve
+from .infer import DEFAULT_TILE, load_model, super_resolve
 from .metrics import image_metrics
 from .outputs import check_folder, check_output
 from .sample import DEMO, HELD_OUT, load_sample

@@ -1,57 +1,51 @@
 """Seamless whole-image inference in exact halo tiles (``dzsr sr``).
 
-``super_resolve(model, lr, ref, paste_ref, paste_box, tile=...)`` returns exactly what the untiled
+``super_resolve(model, lr, ref, paste_ref, paste_box, tile=...)`` returns what the untiled
 ``model(lr, ref, paste_ref=..., paste_box=...).sr`` returns (eval mode; equal up to float rounding,
 tested within 1e-5), while the large intermediates (the upsampler's 256-channel maps at 2x and 4x
 resolution, the convolution stages' activations) are bounded by the tile size; what stays global is
-a few 64-channel maps at LR resolution, the extractor's features and the output:
+a few 64-channel maps at LR resolution, the extractor's features and the output.
 
-Global, computed once for the whole (padded) image:
-  * matching: extractor features of LR and reference, ``patch_match``, offsets (N,18,H,W);
-  * the two deformable convolutions, with the selected ops backend: the flow warp of the reference
-    encoder's features (its taps read the matched positions, which may be anywhere in the reference)
-    and the reference AdaSTN (taps at q + A g + b). The fast kernels need no buffer beyond their
-    output, so each costs one (N,64,H,W) map, like the other global maps;
-  * the predictor's modulation vector, from the whole fused feature map.
-Tiled (``tile`` x ``tile`` LR pixels, each computed on a window grown by the exact receptive-field
-halo of its local stages and cropped back; zero padding only happens at true image borders):
-  * pass A1 (halo 5): head conv (1) and the reference AdaSTN's offset estimator (3x3, 3x3, 5x5: 4)
-    -> its (A, b) (N,6,H,W);
-  * pass A2 (halo 2): head conv, P=0 LR AdaSTNs (pointwise), fusion conv (1) -> fused features and
+It runs the model's own stages (``dzsr.models.selfdzsr``), in the order of their ``forward``:
+the global ones (matching, the reference features and paste, the reference AdaSTN's deformable
+conv, the degradation predictor) once on the whole (padded) image, the local ones tile by tile.
+A local stage's output at a pixel depends only on its inputs within its halo, which the stage
+computes from its own layers (``<stage>_halo``); ``tiled`` computes each ``tile`` x ``tile`` tile
+on a window grown by that halo and keeps the tile: the window's zero-padded edges only reach the
+discarded margin, and zero padding happens at the true image borders as in the untiled forward.
+Consecutive local stages share one pass, their halos adding up. The passes (halos of the
+default model):
+
+  * geometry: ``lr_features`` then the reference AdaSTN's ``estimate`` (1 + 4 LR px) -> (A, b);
+  * fuse: ``lr_features``, ``align_lr`` (P=0: per pixel), ``fuse`` (1 + 0 + 1 px) -> the fused and
     aligned LR features;
-  * pass B (halo 2·blocks+1, on tiles ``BODY_TILE_FACTOR`` x larger: its per-pixel memory is small
-    and its halo large): the 16 modulated residual blocks and the body tail, + LR features;
-  * pass C (halo 2): pixel-shuffle upsampler and tail, written into the HR output.
+  * body (on tiles ``BODY_TILE_FACTOR`` x larger: small memory per pixel, a large halo): the
+    residual blocks and body tail (2 per block + 1 px);
+  * upsample: upsampler and tail (2 px), written into the (N,3,sH,sW) output.
 
-Inputs from files (``prepare_inputs``): the LR is the whole short-focus image, as the authors' test
-does (``--chop --full_res``: the whole LR image, the telephoto covering its centre 1/scale); the
-telephoto is aligned onto the short-focus focal-ratio centre crop with ``dzsr.data.prepare_pair``
-(DIS flow + colour match) and pasted there, and also serves, padded or cropped to the LR size, as
-the matching reference. ``region="centre"`` instead super-resolves only that centre crop (the
-training configuration, where the aligned telephoto is the ground truth).
+The fast deformable-conv kernels need no buffer beyond their output, so each global warp costs one
+(N,64,H,W) map. Each pass's output is allocated once, at its first tile; the per-tile activations
+are the layers' own outputs.
 """
 from __future__ import annotations
 
 import math
 import os
+from typing import Callable
 
-import cv2
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import (CheckpointMismatchError, check_payload, load_checkpoint, load_official, read_file,
                          unwrap_official)
-from .data import prepare_pair, reference_box, to_float
-from .models import SelfDZSR, matching_offsets
-from .models.reference_branch import paste
-from .models.selfdzsr import FEATURE_STRIDE, MIN_LR_SIZE, _check_image, _check_paste_box, _pad_to_multiple
+from .data.crops import Box, scale_box
+from .models import SelfDZSR
+from .models.selfdzsr import memory_format_of, pad_to_feature_stride
 
 DEFAULT_TILE = 384
-BODY_TILE_FACTOR = 2  # pass B: small memory per pixel (64 channels), large halo -> larger tiles
+BODY_TILE_FACTOR = 2  # body pass: small memory per pixel (64 channels), large halo -> larger tiles
 DEMO_CHECKPOINT = "demo_x4.pt"
 
-Box = tuple[int, int, int, int]
+Progress = Callable[[int, int], None]
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -84,13 +78,38 @@ def _crop(t: torch.Tensor, box: Box, within: Box | None = None) -> torch.Tensor:
     return t[..., y0:y1, x0:x1]
 
 
-def upsampler_halo(model: SelfDZSR) -> int:
-    """LR-pixel halo of the upsampler + tail: each 3x3 conv at sub-pixel factor f reaches 1/f LR px."""
-    reach, factor = 0.0, 1
-    for f in model.restoration.upsampler.factors:
-        reach += 1 / factor
-        factor *= f
-    return math.ceil(reach + 1 / factor)
+class _Counter:
+    """``step()`` calls ``progress(done, total)`` after each of ``total`` tile computations."""
+
+    def __init__(self, total: int, progress: Progress | None):
+        self.done, self.total, self.progress = 0, total, progress
+
+    def step(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def tiled(stage: Callable, halo: int, inputs: tuple[torch.Tensor, ...], tiles: list[Box],
+          scale: int = 1, on_tile: Callable[[], None] | None = None):
+    """A local stage run tile by tile: ``stage(*inputs)`` for (N,C,H,W) inputs, where the stage's
+    output at a pixel depends only on its inputs within ``halo`` pixels and has ``scale`` x their
+    resolution. Returns the stage's output (a tensor or a tuple, as the stage), each allocated
+    (N,C',sH,sW) at the first tile; ``on_tile()`` is called after each tile."""
+    height, width = inputs[0].shape[-2:]
+    outs = None
+    for box in tiles:
+        win = grow(box, halo, height, width)
+        result = stage(*(_crop(x, win) for x in inputs))
+        parts = result if isinstance(result, tuple) else (result,)
+        if outs is None:
+            outs = tuple(t.new_empty(*t.shape[:2], scale * height, scale * width) for t in parts)
+        big, big_win = scale_box(box, scale), scale_box(win, scale)
+        for out, t in zip(outs, parts):
+            _crop(out, big)[...] = _crop(t, big, big_win)
+        if on_tile is not None:
+            on_tile()
+    return outs if isinstance(result, tuple) else outs[0]
 
 
 # ----------------------------------------------------------------------------- the tiled forward
@@ -107,113 +126,54 @@ def _check_eval(model: SelfDZSR) -> None:
 @torch.no_grad()
 def super_resolve(model: SelfDZSR, lr: torch.Tensor, ref: torch.Tensor, paste_ref: torch.Tensor | None = None,
                   paste_box: torch.Tensor | None = None, predictor_lr: torch.Tensor | None = None,
-                  predictor_ref: torch.Tensor | None = None, tile: int | None = DEFAULT_TILE) -> torch.Tensor:
-    """SR of ``lr`` (N,3,H,W) -> (N,3,sH,sW), arguments as ``SelfDZSR.forward`` (test mode).
+                  predictor_ref: torch.Tensor | None = None, tile: int | None = DEFAULT_TILE,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """SR of ``lr`` (N,3,H,W) -> (N,3,sH,sW) in ``lr``'s memory format, arguments as
+    ``SelfDZSR.forward`` (test mode).
 
-    tile: LR tile side for the local stages (module docstring); None runs the untiled forward.
+    tile: LR tile side of the local stages (module docstring); None runs the untiled forward.
+    progress: called as ``progress(done, total)`` after each tile of each pass, ``total`` being the
+    number of tile computations of the whole call; the untiled forward counts as one.
     """
     _check_eval(model)
     if tile is None:
-        return model(lr, ref, paste_ref=paste_ref, paste_box=paste_box, predictor_lr=predictor_lr,
-                     predictor_ref=predictor_ref).sr
-    _check_image("lr", lr)  # the untiled forward's checks, in its order
-    height, width = lr.shape[-2:]
-    if height < MIN_LR_SIZE or width < MIN_LR_SIZE:
-        raise ValueError(f"lr must be at least {MIN_LR_SIZE}x{MIN_LR_SIZE}, got {height}x{width}")
-    _check_image("ref", ref, lr, (height, width))
-    if (paste_ref is None) != (paste_box is None):
-        raise ValueError("give both paste_ref and paste_box, or neither")
-    if paste_ref is not None:
-        _check_image("paste_ref", paste_ref, lr)
-        _check_paste_box(paste_box, paste_ref, model.scale, (height, width))
-    predictor_lr, predictor_ref = model._predictor_inputs(lr, paste_ref, paste_box, predictor_lr, predictor_ref)
+        sr = model(lr, ref, paste_ref=paste_ref, paste_box=paste_box, predictor_lr=predictor_lr,
+                   predictor_ref=predictor_ref).sr
+        _Counter(1, progress).step()
+        return sr
+    model.check_inputs(lr, ref, paste_ref=paste_ref, paste_box=paste_box)
+    predictor_lr, predictor_ref = model.predictor_inputs(lr, paste_ref, paste_box, predictor_lr,
+                                                         predictor_ref)
+    net, branch = model.restoration, model.restoration.reference
+    lr_p, ref_p = pad_to_feature_stride(lr), pad_to_feature_stride(ref)
+    tiles = split_tiles(*lr_p.shape[-2:], tile)
+    body_tiles = split_tiles(*lr_p.shape[-2:], BODY_TILE_FACTOR * tile)
+    counter = _Counter(3 * len(tiles) + len(body_tiles), progress)
 
-    net, s = model.restoration, model.scale
-    lr_p, ref_p = _pad_to_multiple(lr, FEATURE_STRIDE), _pad_to_multiple(ref, FEATURE_STRIDE)
-    hp, wp = lr_p.shape[-2:]
-    tiles = split_tiles(hp, wp, tile)
-    branch = net.reference
-
-    offsets = matching_offsets(*model.extractor(lr_p, ref_p))
-    feats = branch.warp(branch.encoder(ref_p), offsets)
-    del offsets
-    if paste_ref is not None:
-        feats = paste(feats, branch.paste_head(paste_ref), paste_box, torch.ones(lr.shape[0], dtype=torch.bool))
-    geometry = _pass_geometry(net, lr_p, feats, tiles)
-    ref_ada = branch.align
-    r = F.leaky_relu(ref_ada.deform(feats, geometry[:, :4], geometry[:, 4:]), 0.2)
+    feats = branch.features(ref_p, model.match(lr_p, ref_p))
+    feats = branch.paste_reference(feats, paste_ref, paste_box)
+    geometry = tiled(lambda x, f: branch.align.estimate(f, net.lr_features(x)),
+                     net.lr_features_halo + branch.align.estimate_halo, (lr_p, feats), tiles,
+                     on_tile=counter.step)
+    r = branch.align.transform(feats, *geometry)
     del feats, geometry
-    fused, aligned = _pass_fuse(net, lr_p, r, tiles)
+
+    def fuse(x, r):
+        guide = net.lr_features(x)
+        h = net.align_lr(guide, guide)
+        return net.fuse(h, r), h
+
+    fuse_halo = net.lr_features_halo + net.align_lr_halo + net.fuse_halo
+    fused, h = tiled(fuse, fuse_halo, (lr_p, r), tiles, on_tile=counter.step)
     del r
     p = net.predictor(predictor_lr, predictor_ref, fused)
-    body = _pass_body(net, fused, aligned, p, split_tiles(hp, wp, BODY_TILE_FACTOR * tile))
-    del fused, aligned
-    out = _pass_upsample(model, body, tiles)
-    return out[..., : s * height, : s * width]
-
-
-def _head(net, lr_p: torch.Tensor, box: Box) -> torch.Tensor:
-    """Head features (mean shift + 3x3 conv) exact on ``box``, from the LR grown by 1."""
-    hp, wp = lr_p.shape[-2:]
-    win = grow(box, 1, hp, wp)
-    return _crop(net.head(net.head_mean(_crop(lr_p, win))), box, win)
-
-
-def _pass_geometry(net, lr_p: torch.Tensor, feats: torch.Tensor, tiles: list[Box]) -> torch.Tensor:
-    """Pass A1: the reference AdaSTN's (A, b) as (N,6,H,W), from the pasted reference features and
-    the head features (its estimator: 3x3, 3x3, 5x5 convs, halo 4)."""
-    hp, wp = lr_p.shape[-2:]
-    geometry = feats.new_empty(feats.shape[0], 6, hp, wp)
-    estimator = net.reference.align.offsets
-    for box in tiles:
-        win = grow(box, 4, hp, wp)
-        A, b = estimator(_crop(feats, win), _head(net, lr_p, win))
-        _crop(geometry, box)[...] = _crop(torch.cat([A, b], 1), box, win)
-    return geometry
-
-
-def _pass_fuse(net, lr_p: torch.Tensor, r: torch.Tensor, tiles: list[Box]):
-    """Pass A2: fused features and P=0-aligned LR features, (N,64,H,W) each (fusion conv, halo 1)."""
-    hp, wp = lr_p.shape[-2:]
-    fused, aligned = torch.empty_like(r), torch.empty_like(r)
-    for box in tiles:
-        win = grow(box, 1, hp, wp)
-        h = _head(net, lr_p, win)
-        for ada in net.align:
-            h = ada(h, None, use_offsets=False)
-        f = F.leaky_relu(net.fusion(torch.cat([h, _crop(r, win)], 1)), 0.1)
-        _crop(fused, box)[...] = _crop(f, box, win)
-        _crop(aligned, box)[...] = _crop(h, box, win)
-    return fused, aligned
-
-
-def _pass_body(net, fused: torch.Tensor, aligned: torch.Tensor, p: torch.Tensor, tiles: list[Box]) -> torch.Tensor:
-    """Pass B: residual blocks (modulated by p) + body tail + aligned LR features, (N,64,H,W)."""
-    hp, wp = fused.shape[-2:]
-    halo = 2 * len(net.blocks) + 1
-    body = torch.empty_like(fused)
-    for box in tiles:
-        win = grow(box, halo, hp, wp)
-        res = _crop(fused, win)
-        for block in net.blocks:
-            res = block(res, p)
-        res = net.body_tail(res) + _crop(aligned, win)
-        _crop(body, box)[...] = _crop(res, box, win)
-    return body
-
-
-def _pass_upsample(model: SelfDZSR, body: torch.Tensor, tiles: list[Box]) -> torch.Tensor:
-    """Pass C: upsampler + tail per tile into the (N,3,sH,sW) output."""
-    net, s = model.restoration, model.scale
-    n, _, hp, wp = body.shape
-    halo = upsampler_halo(model)
-    out = body.new_empty(n, 3, s * hp, s * wp)
-    for box in tiles:
-        win = grow(box, halo, hp, wp)
-        sr = net.tail_mean(net.tail(net.upsampler(_crop(body, win))))
-        big = tuple(s * v for v in box)
-        _crop(out, big)[...] = _crop(sr, big, tuple(s * v for v in win))
-    return out
+    body = tiled(lambda f, h: net.body(f, h, p), net.body_halo, (fused, h), body_tiles,
+                 on_tile=counter.step)
+    del fused, h
+    sr = tiled(net.upsample, net.upsample_halo, (body,), tiles, model.scale, counter.step)
+    height, width = lr.shape[-2:]
+    sr = sr[..., : model.scale * height, : model.scale * width]
+    return sr.contiguous(memory_format=memory_format_of(lr))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -288,63 +248,3 @@ def save_inference_checkpoint(path: str | os.PathLike, model: SelfDZSR, half: bo
     if half:
         slim.half()
     save_checkpoint(path, slim, {**(extra or {}), "inference_only": True, "half": half})
-
-
-# ----------------------------------------------------------------------------- inputs from images
-
-
-def _fit(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre-crop and/or edge-pad an HWC image to ``height x width``."""
-    h, w = img.shape[:2]
-    y0, x0 = max(0, (h - height) // 2), max(0, (w - width) // 2)
-    img = img[y0:y0 + min(h, height), x0:x0 + min(w, width)]
-    ph, pw = height - img.shape[0], width - img.shape[1]
-    return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="edge")
-
-
-def _tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)).unsqueeze(0)
-
-
-def prepare_inputs(short: np.ndarray, tele: np.ndarray, scale: int, region: str = "full", align: bool = True,
-                   focal_ratio: float | None = None) -> dict:
-    """Model inputs from a short-focus and a telephoto image (HWC, uint8/uint16/float).
-
-    region ``full``: lr = the whole short-focus image; the telephoto, aligned onto its focal-ratio
-    centre crop, is pasted there and (fitted to the LR size) is the matching reference.
-    region ``centre``: lr = that centre crop; ref/paste = the centre 1/scale of the aligned telephoto
-    (the dataset convention, where the aligned telephoto is the ground truth, returned as ``gt``).
-    align False: the telephoto already shows exactly the centre crop; it is only resized.
-    Returns tensors ``lr``, ``ref``, ``paste_ref``, ``paste_box`` (1,4) and ``box`` (the paste box).
-    """
-    if region not in ("full", "centre"):
-        raise ValueError(f"region must be 'full' or 'centre', got {region!r}")
-    short_f, tele_f = to_float(short), to_float(tele)
-    need = max(MIN_LR_SIZE, 12) * scale  # the focal-ratio crop must be >= 12 px for the model and DIS flow
-    if min(short_f.shape[:2]) < need:
-        raise ValueError(f"short-focus image is {short_f.shape[0]}x{short_f.shape[1]}: at least {need}x{need} is "
-                         f"needed at x{scale} (its 1/{scale} centre crop must be 12 px or more)")
-    if align:
-        pair = prepare_pair(short_f, tele_f, scale, focal_ratio)
-        (cy0, cy1, cx0, cx1), t = pair["crop_box"], pair["trim"]
-        box, aligned, centre_lr = (cy0 + t, cy1 - t, cx0 + t, cx1 - t), pair["gt"], pair["lr"]
-    else:
-        from .data import central_box
-        from .data.prepare import _check_pair_geometry
-
-        box = central_box(short_f.shape[0], short_f.shape[1], focal_ratio or 1.0 / scale)
-        _check_pair_geometry(short_f.shape, tele_f.shape, box, scale)
-        size = (scale * (box[3] - box[2]), scale * (box[1] - box[0]))
-        aligned = np.clip(cv2.resize(tele_f, size, interpolation=cv2.INTER_AREA if tele_f.shape[1] > size[0]
-                                     else cv2.INTER_CUBIC), 0, 1)
-        centre_lr = short_f[box[0]:box[1], box[2]:box[3]]
-    if region == "centre":
-        h, w = centre_lr.shape[:2]
-        rbox = reference_box(h, w, scale)
-        y0, y1, x0, x1 = (scale * v for v in rbox)
-        ref = aligned[y0:y1, x0:x1]
-        return {"lr": _tensor(centre_lr), "ref": _tensor(_fit(ref, h, w)), "paste_ref": _tensor(ref),
-                "paste_box": torch.tensor([rbox]), "box": rbox, "gt": _tensor(aligned)}
-    h, w = short_f.shape[:2]
-    return {"lr": _tensor(short_f), "ref": _tensor(_fit(aligned, h, w)), "paste_ref": _tensor(aligned),
-            "paste_box": torch.tensor([box]), "box": box}

@@ -1,23 +1,30 @@
 """Whole-image inference: exact halo tiling vs the untiled forward, inputs from images, checkpoints."""
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import dzsr_kernels
 from dzsr.checkpoint import save_checkpoint, to_official
-from dzsr.infer import (grow, load_model, prepare_inputs, save_inference_checkpoint, split_tiles, super_resolve,
-                        upsampler_halo)
-from dzsr.models import SelfDZSR
+from dzsr.data.inputs import prepare_inputs
+from dzsr.infer import grow, load_model, save_inference_checkpoint, split_tiles, super_resolve
+from dzsr.models import OffsetEstimator, SelfDZSR
+from dzsr.models.blocks import PixelShuffleUpsampler, ResidualBlock
 from dzsr.sample import load_sample
 
 
-def _small_model(scale: int = 4, blocks: int = 2) -> SelfDZSR:
+def _small_model(scale: int = 4, blocks: int = 2, change=None) -> SelfDZSR:
     """A SelfDZSR with fewer residual blocks (the tiler reads the count), so tests stay fast, and
-    non-trivial reference-AdaSTN geometry (its taps then land between pixels, far from the centre)."""
+    non-trivial reference-AdaSTN geometry (its taps then land between pixels, far from the centre).
+    ``change(model)``, when given, edits its layers first."""
     model = SelfDZSR(scale)
     model.restoration.blocks = model.restoration.blocks[:blocks]
+    if change is not None:
+        change(model)
     with torch.no_grad():
         est = model.restoration.reference.align.offsets
         est.to_translation.weight.mul_(30.0)
@@ -43,6 +50,7 @@ def test_tiled_equals_untiled(backend, scale, size, tile):
         whole = super_resolve(model, lr, ref, paste_ref, box, tile=None)
         tiled = super_resolve(model, lr, ref, paste_ref, box, tile=tile)
     assert tiled.shape == whole.shape == (1, 3, scale * size[0], scale * size[1])
+    assert tiled.is_contiguous() and whole.is_contiguous()
     assert len(split_tiles(-(-size[0] // 4) * 4, -(-size[1] // 4) * 4, tile)) >= 4
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
 
@@ -54,6 +62,80 @@ def test_tiled_equals_untiled_batch_without_paste():
     whole = super_resolve(model, lr, ref, predictor_lr=pl, predictor_ref=pr, tile=None)
     tiled = super_resolve(model, lr, ref, predictor_lr=pl, predictor_ref=pr, tile=10)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+def _widened(conv: nn.Conv2d, kernel: int) -> nn.Conv2d:
+    """A fresh 'same' convolution like ``conv`` with a ``kernel`` x ``kernel`` kernel, its default
+    weights x5 so that the outer taps visibly matter."""
+    wide = nn.Conv2d(conv.in_channels, conv.out_channels, kernel, padding=kernel // 2,
+                     groups=conv.groups)
+    with torch.no_grad():
+        wide.weight.mul_(5.0)
+    return wide
+
+
+def _widen_estimator(model):
+    est = model.restoration.reference.align.offsets
+    est.to_matrix = _widened(est.to_matrix, 7)
+
+
+def _widen_block(model):
+    model.restoration.blocks[0].conv1 = _widened(model.restoration.blocks[0].conv1, 5)
+
+
+def _widen_upsampler(model):
+    convs = model.restoration.upsampler.convs
+    convs[0] = _widened(convs[0], 5)
+
+
+# (change, the stage halo the tiler reads, its value before -> after, the layer group whose own
+# halo the change grows: its class, the property's name, where it sits in the model)
+WIDENED = [
+    (_widen_estimator, lambda m: m.restoration.reference.align.estimate_halo, 4, 5,
+     OffsetEstimator, "halo", lambda m: m.restoration.reference.align.offsets),
+    (_widen_block, lambda m: m.restoration.body_halo, 5, 6,
+     ResidualBlock, "halo", lambda m: m.restoration.blocks[1]),
+    (_widen_upsampler, lambda m: m.restoration.upsample_halo, 2, 3,
+     PixelShuffleUpsampler, "reach", lambda m: m.restoration.upsampler),
+]
+
+
+@pytest.mark.parametrize("change,halo,before,after,owner,name,layers", WIDENED,
+                         ids=["estimator 5x5->7x7", "block conv 3x3->5x5",
+                              "upsampler conv 3x3->5x5"])
+def test_tiler_follows_a_stage_whose_kernel_grows(change, halo, before, after, owner, name, layers):
+    """A stage with a larger kernel has a larger halo, computed from its layers, and tiling it stays
+    exact; the same tiling with that layer group's halo held at its old value is not."""
+    plain = _small_model()
+    assert halo(plain) == before
+    model = _small_model(change=change)
+    assert halo(model) == after
+    lr, ref, paste_ref, box = _inputs(29, 38, 4)
+    whole = super_resolve(model, lr, ref, paste_ref, box, tile=None)
+    tiled = super_resolve(model, lr, ref, paste_ref, box, tile=11)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+    old = getattr(layers(plain), name)
+    with mock.patch.object(owner, name, property(lambda self: old)):
+        assert halo(model) == before
+        stale = super_resolve(model, lr, ref, paste_ref, box, tile=11)
+    assert (stale - whole).abs().max() > 1e-5  # the tolerance the exact tiling meets
+
+
+def test_progress_counts_every_tile_of_every_pass():
+    model = _small_model()
+    lr, ref, paste_ref, box = _inputs(29, 38, 4)
+    calls = []
+
+    def progress(done, total):
+        calls.append((done, total))
+
+    super_resolve(model, lr, ref, paste_ref, box, tile=11, progress=progress)
+    tiles, body_tiles = len(split_tiles(32, 40, 11)), len(split_tiles(32, 40, 22))
+    total = 3 * tiles + body_tiles
+    assert calls == [(i + 1, total) for i in range(total)]
+    calls.clear()
+    super_resolve(model, lr, ref, paste_ref, box, tile=None, progress=progress)
+    assert calls == [(1, 1)]
 
 
 def test_full_depth_model_halo_tiles_match():
@@ -76,8 +158,14 @@ def test_split_tiles_cover_exactly_once():
         split_tiles(4, 4, 0)
 
 
-def test_upsampler_halo():
-    assert [upsampler_halo(SelfDZSR(s)) for s in (2, 3, 4)] == [2, 2, 2]
+def test_stage_halos_of_the_default_model():
+    """3x3 convs: head 1, reference estimator 1 + 1 + 2 (5x5 outputs), fusion 1, 16 blocks of two
+    convs + the body tail 33, upsampler + tail 1/1 + 1/2 (+ 1/4 at x4) LR px, rounded up."""
+    for scale in (2, 3, 4):
+        net = SelfDZSR(scale).restoration
+        halos = (net.lr_features_halo, net.reference.align.estimate_halo, net.align_lr_halo,
+                 net.fuse_halo, net.body_halo, net.upsample_halo)
+        assert halos == (1, 4, 0, 1, 33, 2)
 
 
 def test_super_resolve_rejects_training_mode_and_bad_inputs():

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import dzsr_kernels
 from dzsr.losses import SelfDZSRObjective, kernel_centroid_loss, kernel_gen_loss
 from dzsr.models import AdaSTN, KernelGen, MatchingExtractor, SelfDZSR, space_to_depth
+from dzsr.models.blocks import conv_halo
 
 FAST = [b for b in ("cpp",) if b in dzsr_kernels.available_backends("cpu", "deform_conv2d")
         and b in dzsr_kernels.available_backends("cpu", "patch_match")]
@@ -73,6 +74,31 @@ def test_odd_size_is_padded_by_replication_and_cropped():
         sr = model(lr, ref, **kw).sr
         sr_padded = model(pad(lr), pad(ref), **kw).sr
     torch.testing.assert_close(sr, sr_padded[..., :26, :30], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [(12, 16), (13, 15)])  # without and with the internal padding
+def test_output_comes_back_in_the_inputs_memory_format(size):
+    model = SelfDZSR(2).eval()
+    lr, ref = torch.rand(1, 3, *size), torch.rand(1, 3, *size)
+    kw = dict(predictor_lr=torch.rand(1, 3, 4, 4), predictor_ref=torch.rand(1, 3, 8, 8))
+    with torch.no_grad():
+        sr = model(lr, ref, **kw).sr
+        assert sr.is_contiguous()
+        assert sr.view(-1).numel() == 3 * 4 * size[0] * size[1]  # a user's view() works
+        last = model(lr.contiguous(memory_format=torch.channels_last), ref, **kw).sr
+    assert last.is_contiguous(memory_format=torch.channels_last) and not last.is_contiguous()
+    torch.testing.assert_close(last, sr, rtol=0, atol=1e-5)
+
+
+def test_conv_halo_from_kernel_and_dilation_and_refuses_what_tiles_cannot_cut():
+    assert conv_halo(torch.nn.Conv2d(4, 4, 3, padding=1)) == 1
+    assert conv_halo(torch.nn.Conv2d(4, 4, (3, 7), padding=(1, 3))) == 3
+    assert conv_halo(torch.nn.Conv2d(4, 4, 5, padding=4, dilation=2)) == 4
+    assert conv_halo(torch.nn.Conv2d(4, 4, 1)) == 0
+    for conv in (torch.nn.Conv2d(4, 4, 3, stride=2, padding=1), torch.nn.Conv2d(4, 4, 3),
+                 torch.nn.Conv2d(4, 4, 2, padding=1)):
+        with pytest.raises(ValueError, match="no pixel halo"):
+            conv_halo(conv)
 
 
 def _run(model, b, backend, seed):

@@ -144,7 +144,9 @@ def smallest_valid_trim(mask: np.ndarray, scale: int) -> int:
     return int(per_pixel.max())
 
 
-def _check_pair_geometry(short_shape, tele_shape, box: Box, scale: int) -> None:
+def check_pair_geometry(short_shape, tele_shape, box: Box, scale: int) -> None:
+    """The telephoto (shape ``tele_shape``, HWC) must show the short-focus crop ``box`` (of an image
+    of ``short_shape``) at about ``scale`` x its size and the same aspect; otherwise ValueError."""
     crop_h, crop_w = box[1] - box[0], box[3] - box[2]
     tele_h, tele_w = tele_shape[:2]
     ratio_h, ratio_w = tele_h / (scale * crop_h), tele_w / (scale * crop_w)
@@ -184,7 +186,7 @@ def prepare_pair(short: np.ndarray, tele: np.ndarray, scale: int, focal_ratio: f
     scale = int(scale)
     short_f, tele_f = to_float(short), to_float(tele)
     crop_box = central_box(short_f.shape[0], short_f.shape[1], focal_ratio or 1.0 / scale)
-    _check_pair_geometry(short_f.shape, tele_f.shape, crop_box, scale)
+    check_pair_geometry(short_f.shape, tele_f.shape, crop_box, scale)
     lr = short_f[crop_box[0]:crop_box[1], crop_box[2]:crop_box[3]]
     h, w = lr.shape[:2]
     shrink = tele_f.shape[0] > scale * h

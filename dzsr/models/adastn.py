@@ -6,6 +6,10 @@ on the tap grid vector (gy,gx), and a translation b (N,2,H,W) as (by,bx). A dept
 deformable conv (no bias) samples tap g at q + A g + b, followed by LeakyReLU(0.2).
 
 P=0 means A=0, b=0: every tap reads the centre pixel, an exact 1x1 depthwise conv.
+
+Stages (``forward`` composes them): ``estimate`` (the offset estimator, local with halo
+``estimate_halo``) and ``transform`` (the deformable conv: global, its taps may land anywhere,
+unless it runs the P=0 path, which is per pixel).
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dzsr_kernels import AffineDeformConv2d
+
+from .blocks import conv_halo
 
 
 class OffsetEstimator(nn.Module):
@@ -32,6 +38,12 @@ class OffsetEstimator(nn.Module):
         h = F.leaky_relu(self.pair_conv(torch.cat([x, target], 1)), 0.2)
         h = F.leaky_relu(self.group_conv(h), 0.2)
         return self.to_matrix(h), self.to_translation(h)
+
+    @property
+    def halo(self) -> int:
+        """The two chained convs' halos plus the larger of the two parallel output convs'."""
+        return (conv_halo(self.pair_conv) + conv_halo(self.group_conv)
+                + max(conv_halo(self.to_matrix), conv_halo(self.to_translation)))
 
 
 class AdaSTN(nn.Module):
@@ -53,9 +65,25 @@ class AdaSTN(nn.Module):
 
     def forward(self, x: torch.Tensor, target: torch.Tensor, use_offsets: bool = True) -> torch.Tensor:
         if not use_offsets:
-            return F.leaky_relu(self.deform(x), 0.2)
+            return self.transform(x)
+        return self.transform(x, *self.estimate(x, target))
+
+    def estimate(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A (N,4,H,W), b (N,2,H,W)) from x and target (N,64,H,W); in training mode each sample's
+        pair is zeroed (P=0) with probability ``drop_prob``."""
         A, b = self.offsets(x, target)
         if self.training and self.drop_prob > 0:
             keep = (torch.rand(x.shape[0], device=x.device) >= self.drop_prob).to(A.dtype).view(-1, 1, 1, 1)
             A, b = A * keep, b * keep
+        return A, b
+
+    @property
+    def estimate_halo(self) -> int:
+        """Halo of ``estimate``: the offset estimator's."""
+        return self.offsets.halo
+
+    def transform(self, x: torch.Tensor, A: torch.Tensor | None = None,
+                  b: torch.Tensor | None = None) -> torch.Tensor:
+        """The deformable conv at taps q + A g + b, then LeakyReLU(0.2): (N,64,H,W). Without A and
+        b the P=0 path, a per-pixel (1x1 depthwise) conv."""
         return F.leaky_relu(self.deform(x, A, b), 0.2)

@@ -1,8 +1,14 @@
 """Small building blocks shared by the SelfDZSR networks.
 
 Images are NCHW float tensors in [0, 1]; features are NCHW with 64 channels unless stated.
+
+Halos: a *local* stage's output at a pixel depends only on its inputs within its receptive-field
+halo (in pixels of its input grid). Each stage computes its halo from its own layers with
+``conv_halo``; ``dzsr.infer`` grows every tile by it, which makes tiled inference exact.
 """
 from __future__ import annotations
+
+from fractions import Fraction
 
 import torch
 import torch.nn as nn
@@ -15,6 +21,32 @@ RGB_MEAN = (0.4488, 0.4371, 0.4040)
 def conv3x3(c_in: int, c_out: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     """3x3 convolution with bias and 'same' padding (for stride 1)."""
     return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, groups=groups)
+
+
+def conv_halo(conv: nn.Conv2d) -> int:
+    """Receptive-field halo of a stride-1 'same' convolution: ``dilation * (kernel - 1) / 2`` pixels
+    on its larger axis. Raises ValueError for a strided or size-changing convolution, whose output
+    pixels tiles cannot cut at the input's pixel grid."""
+    reach = [d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation)]
+    same = conv.padding == "same" or list(conv.padding) == reach
+    if any(s != 1 for s in conv.stride) or any(k % 2 == 0 for k in conv.kernel_size) or not same:
+        raise ValueError(f"{conv} is not a stride-1 'same' convolution with an odd kernel: "
+                         f"it has no pixel halo")
+    return max(reach)
+
+
+def check_image(name: str, x: object, like: torch.Tensor | None = None, size=None) -> None:
+    """``x`` must be a float tensor (N,3,H,W), with ``like``'s batch size and spatial ``size``
+    (H, W) when given; otherwise ValueError naming ``name``."""
+    if (not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3
+            or not x.is_floating_point()):
+        got = (f"{type(x).__name__} {tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor)
+               else type(x).__name__)
+        raise ValueError(f"{name} must be a float tensor (N,3,H,W), got {got}")
+    if like is not None and x.shape[0] != like.shape[0]:
+        raise ValueError(f"{name} must have batch size {like.shape[0]}, got {tuple(x.shape)}")
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        raise ValueError(f"{name} must be (N,3,{size[0]},{size[1]}), got {tuple(x.shape)}")
 
 
 class MeanShift(nn.Module):
@@ -62,6 +94,11 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
         m = x if p is None else x * (1 + self.modulation(p))
         return x + self.conv2(F.relu(self.conv1(m)))
+
+    @property
+    def halo(self) -> int:
+        """Its two convolutions' halos (the modulation is per pixel)."""
+        return conv_halo(self.conv1) + conv_halo(self.conv2)
 
 
 class Predictor(nn.Module):
@@ -113,3 +150,13 @@ class PixelShuffleUpsampler(nn.Module):
         for f, conv in zip(self.factors, self.convs):
             x = F.pixel_shuffle(conv(x), f)
         return x
+
+    @property
+    def reach(self) -> Fraction:
+        """Halo in input pixels, exact: each conv's halo in pixels of its stage's grid, which is the
+        product of the earlier factors times finer than the input's."""
+        reach, grid = Fraction(0), 1
+        for f, conv in zip(self.factors, self.convs):
+            reach += Fraction(conv_halo(conv), grid)
+            grid *= f
+        return reach

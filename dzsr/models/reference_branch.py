@@ -11,6 +11,11 @@
    LR pixels, y1-y0 = h, x1-x0 = w). Each sample is pasted with probability ``paste_prob`` in training
    and always in eval mode.
 4. A reference AdaSTN aligns the result to the guide features (never dropped).
+
+Stages, composed by ``ReferenceBranch.forward`` (and run separately by ``dzsr.infer``): ``features``
+(steps 1-2 given the offsets; global, as the warp reads the matched positions anywhere),
+``paste_reference`` (step 3, global) and the reference AdaSTN's ``align.estimate`` (local, halo
+``align.estimate_halo``) and ``align.transform`` (global).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import torch.nn.functional as F
 import dzsr_kernels
 
 from .adastn import AdaSTN
-from .blocks import MeanShift, conv3x3, space_to_depth
+from .blocks import MeanShift, check_image, conv3x3, space_to_depth
 
 
 def matching_offsets(query_features: torch.Tensor, ref_features: torch.Tensor) -> torch.Tensor:
@@ -76,19 +81,47 @@ class PasteHead(nn.Module):
         return self.conv(space_to_depth(self.mean_shift(x), self.scale))
 
 
+def paste_given(paste_ref: torch.Tensor | None, paste_box: torch.Tensor | None) -> bool:
+    """Whether a paste is requested: both given (True) or neither (False); one alone is an error."""
+    if (paste_ref is None) != (paste_box is None):
+        raise ValueError("give both paste_ref and paste_box, or neither")
+    return paste_ref is not None
+
+
+def check_paste_box(paste_box: object, n: int, box_size, lr_size) -> None:
+    """``paste_box`` must be an integer tensor (n, 4) of boxes (y0, y1, x0, x1), each of
+    ``box_size`` (h, w) and inside an LR of ``lr_size`` (H, W); otherwise ValueError."""
+    if (not isinstance(paste_box, torch.Tensor) or paste_box.shape != (n, 4)
+            or paste_box.is_floating_point()):
+        got = (tuple(paste_box.shape) if isinstance(paste_box, torch.Tensor)
+               else type(paste_box).__name__)
+        raise ValueError(f"paste_box must be an integer tensor (N={n}, 4) of (y0, y1, x0, x1), "
+                         f"got {got}")
+    (h, w), (height, width) = box_size, lr_size
+    for i, (y0, y1, x0, x1) in enumerate(paste_box.tolist()):
+        if (y1 - y0, x1 - x0) != (h, w) or y0 < 0 or x0 < 0 or y1 > height or x1 > width:
+            raise ValueError(f"paste_box[{i}]=({y0},{y1},{x0},{x1}) must be a {h}x{w} box "
+                             f"(paste_ref size / scale) inside the {height}x{width} LR")
+
+
+def check_paste_inputs(paste_ref: object, paste_box: object, scale: int, lr: torch.Tensor) -> None:
+    """``paste_ref`` (N,3,s*h,s*w) and ``paste_box`` (N,4), both or neither, for ``lr`` (N,3,H,W):
+    each box an h x w box inside the LR."""
+    if not paste_given(paste_ref, paste_box):
+        return
+    check_image("paste_ref", paste_ref, lr)
+    n, _, ph, pw = paste_ref.shape
+    if ph % scale or pw % scale:
+        raise ValueError(f"paste_ref height and width must be multiples of scale={scale}, "
+                         f"got {tuple(paste_ref.shape)}")
+    check_paste_box(paste_box, n, (ph // scale, pw // scale), lr.shape[-2:])
+
+
 def paste(features: torch.Tensor, patch: torch.Tensor, boxes: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """Write patch[i] (64,h,w) into features[i] at boxes[i]=(y0,y1,x0,x1) where chosen[i]; differentiable."""
-    n, _, height, width = features.shape
-    h, w = patch.shape[-2:]
-    if boxes.shape != (n, 4):
-        raise ValueError(f"paste_box must be (N={n}, 4) as (y0, y1, x0, x1), got shape {tuple(boxes.shape)}")
+    check_paste_box(boxes, features.shape[0], patch.shape[-2:], features.shape[-2:])
     rows = []
     for i, (y0, y1, x0, x1) in enumerate(boxes.tolist()):
-        if (y1 - y0, x1 - x0) != (h, w) or y0 < 0 or x0 < 0 or y1 > height or x1 > width:
-            raise ValueError(
-                f"paste_box[{i}]=({y0},{y1},{x0},{x1}) must be a {h}x{w} box (paste_ref size / scale) "
-                f"inside the {height}x{width} LR"
-            )
         if bool(chosen[i]):
             row = features[i].clone()
             row[:, y0:y1, x0:x1] = patch[i]
@@ -99,7 +132,8 @@ def paste(features: torch.Tensor, patch: torch.Tensor, boxes: torch.Tensor, chos
 
 
 class ReferenceBranch(nn.Module):
-    """``forward(ref, offsets, guide_features, paste_ref=None, paste_box=None)`` -> (N,64,H,W)."""
+    """``forward(ref, offsets, guide_features, paste_ref=None, paste_box=None)`` -> (N,64,H,W);
+    the composition of its stages (module docstring)."""
 
     def __init__(self, scale: int, channels: int = 64, paste_prob: float = 0.3):
         super().__init__()
@@ -112,15 +146,24 @@ class ReferenceBranch(nn.Module):
         self.align = AdaSTN(channels, drop_prob=0.0)
 
     def forward(self, ref, offsets, guide_features, paste_ref=None, paste_box=None):
-        feats = self.warp(self.encoder(ref), offsets)
-        if (paste_ref is None) != (paste_box is None):
-            raise ValueError("give both paste_ref and paste_box, or neither")
-        if paste_ref is not None:
-            n = feats.shape[0]
-            if self.training:
-                chosen = torch.rand(n, device=feats.device) < self.paste_prob
-            else:
-                chosen = torch.ones(n, dtype=torch.bool)
-            if bool(chosen.any()):
-                feats = paste(feats, self.paste_head(paste_ref), paste_box, chosen)
+        feats = self.paste_reference(self.features(ref, offsets), paste_ref, paste_box)
         return self.align(feats, guide_features)
+
+    def features(self, ref: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Encoded reference (N,3,H,W) warped by the matching offsets (N,18,H,W): (N,64,H,W)."""
+        return self.warp(self.encoder(ref), offsets)
+
+    def paste_reference(self, feats: torch.Tensor, paste_ref: torch.Tensor | None = None,
+                        paste_box: torch.Tensor | None = None) -> torch.Tensor:
+        """``feats`` with the embedded ``paste_ref`` written at ``paste_box`` (module docstring,
+        step 3): each sample with probability ``paste_prob`` in training, always in eval mode."""
+        if not paste_given(paste_ref, paste_box):
+            return feats
+        n = feats.shape[0]
+        if self.training:
+            chosen = torch.rand(n, device=feats.device) < self.paste_prob
+        else:
+            chosen = torch.ones(n, dtype=torch.bool)
+        if not bool(chosen.any()):
+            return feats
+        return paste(feats, self.paste_head(paste_ref), paste_box, chosen)

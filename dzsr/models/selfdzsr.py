@@ -2,21 +2,31 @@
 
 Conventions: images NCHW float in [0,1]. ``lr`` (N,3,H,W) is the short-focus input; ``ref``
 (N,3,H,W) is a reference window of the same pixel size taken from the telephoto image at HR
-resolution (what the authors' ``hr_ref`` / ``patch_ref`` is); the output is (N,3,sH,sW).
+resolution (what the authors' ``hr_ref`` / ``patch_ref`` is); the output is (N,3,sH,sW), in the
+memory format of ``lr`` (NCHW-contiguous, or channels-last if ``lr`` is).
+
+Both networks are written as named stages that their ``forward`` composes and that
+``dzsr.infer`` runs tile by tile. A *local* stage (its output at a pixel depends only on its inputs
+within a halo) has a ``<stage>_halo`` property computed from its layers (``blocks.conv_halo``), in
+LR pixels and for eval mode; a *global* stage (matching, the deformable warps, the paste, the
+degradation predictor) has none and runs on the whole image.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .adastn import AdaSTN
-from .blocks import MeanShift, PixelShuffleUpsampler, Predictor, ResidualBlock, conv3x3
+from .blocks import (MeanShift, PixelShuffleUpsampler, Predictor, ResidualBlock, check_image,
+                     conv3x3, conv_halo)
 from .extractor import MatchingExtractor
 from .kernel_gen import KernelGen
-from .reference_branch import ReferenceBranch, matching_offsets
+from .reference_branch import ReferenceBranch, check_paste_inputs, matching_offsets
 
 FEATURE_STRIDE = 4  # the extractor's 1/4 resolution: padded sizes are multiples of it
 MIN_LR_SIZE = 12  # 3x3 patches need feature maps of at least 3x3
@@ -31,6 +41,10 @@ class RestorationNet(nn.Module):
     AdaSTNs use offsets (with per-sample P=0 dropout ``drop_prob``) in training mode and the exact
     1x1 P=0 path in eval mode. ``predictor_lr`` (N,3,h,w) and ``predictor_ref`` (N,3,s·h,s·w) are an
     LR crop and the reference covering the same scene part, for the degradation predictor.
+
+    Stages, in ``forward``'s order: ``lr_features`` (local), ``align_lr`` (local in eval mode), the
+    ``reference`` branch (``ReferenceBranch``), ``fuse`` (local), the ``predictor`` (global: one
+    (N,64,1,1) vector), ``body`` (local) and ``upsample`` (local, output ``scale`` x larger).
     """
 
     def __init__(self, scale: int = 4, drop_prob: float = 0.3, paste_prob: float = 0.3, channels: int = 64,
@@ -50,18 +64,66 @@ class RestorationNet(nn.Module):
         self.tail_mean = MeanShift(+1)
 
     def forward(self, lr, guide, ref, offsets, predictor_lr, predictor_ref, paste_ref=None, paste_box=None):
-        h = self.head(self.head_mean(lr))
-        h_guide = h if guide is lr else self.head(self.head_mean(guide))
-        for ada in self.align:
-            h = ada(h, h_guide, use_offsets=self.training)
+        h = self.lr_features(lr)
+        h_guide = h if guide is lr else self.lr_features(guide)
+        h = self.align_lr(h, h_guide)
         r = self.reference(ref, offsets, h_guide, paste_ref, paste_box)
-        fused = F.leaky_relu(self.fusion(torch.cat([h, r], 1)), 0.1)
+        fused = self.fuse(h, r)
         p = self.predictor(predictor_lr, predictor_ref, fused)
-        res = fused.contiguous(memory_format=torch.channels_last)  # plain convs: NHWC is faster (oneDNN, cuDNN)
+        sr = self.upsample(self.body(fused, h, p))
+        return sr.contiguous(memory_format=memory_format_of(lr))
+
+    def lr_features(self, lr: torch.Tensor) -> torch.Tensor:
+        """Head features (N,64,H,W) of an image (N,3,H,W): mean shift and a 3x3 conv."""
+        return self.head(self.head_mean(lr))
+
+    @property
+    def lr_features_halo(self) -> int:
+        return conv_halo(self.head)
+
+    def align_lr(self, h: torch.Tensor, guide_features: torch.Tensor) -> torch.Tensor:
+        """The three LR AdaSTNs on the head features (N,64,H,W): with offsets estimated against
+        ``guide_features`` in training mode, the per-pixel P=0 path in eval mode."""
+        for ada in self.align:
+            h = ada(h, guide_features, use_offsets=self.training)
+        return h
+
+    @property
+    def align_lr_halo(self) -> int:
+        """0: in eval mode every AdaSTN runs its P=0 path, a 1x1 conv (``AdaSTN.transform``)."""
+        return 0
+
+    def fuse(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Aligned LR and reference features (N,64,H,W) each -> fused (N,64,H,W): 3x3 conv on their
+        concatenation, LeakyReLU(0.1)."""
+        return F.leaky_relu(self.fusion(torch.cat([h, r], 1)), 0.1)
+
+    @property
+    def fuse_halo(self) -> int:
+        return conv_halo(self.fusion)
+
+    def body(self, fused: torch.Tensor, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Residual blocks modulated by the predictor's ``p`` (N,64,1,1), body tail conv, plus the
+        aligned LR features ``h``: (N,64,H,W), channels-last (faster plain convs: oneDNN, cuDNN)."""
+        res = fused.contiguous(memory_format=torch.channels_last)
         for block in self.blocks:
             res = block(res, p)
-        res = self.body_tail(res) + h
-        return self.tail_mean(self.tail(self.upsampler(res)))
+        return self.body_tail(res) + h
+
+    @property
+    def body_halo(self) -> int:
+        return sum(block.halo for block in self.blocks) + conv_halo(self.body_tail)
+
+    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+        """Body features (N,64,H,W) -> image (N,3,sH,sW): pixel-shuffle upsampler, 3x3 tail conv,
+        mean shift back."""
+        return self.tail_mean(self.tail(self.upsampler(x)))
+
+    @property
+    def upsample_halo(self) -> int:
+        """In LR pixels: the upsampler's reach plus the tail conv's halo at HR (1/scale LR px
+        each), rounded up."""
+        return math.ceil(self.upsampler.reach + Fraction(conv_halo(self.tail), self.scale))
 
 
 @dataclass
@@ -75,33 +137,18 @@ class SelfDZSROutput:
     pseudo_lr: torch.Tensor | None = None
 
 
-def _pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
-    ph, pw = -x.shape[-2] % m, -x.shape[-1] % m
+def pad_to_feature_stride(x: torch.Tensor) -> torch.Tensor:
+    """(N,C,H,W) padded bottom and right by replication to multiples of ``FEATURE_STRIDE``."""
+    ph, pw = -x.shape[-2] % FEATURE_STRIDE, -x.shape[-1] % FEATURE_STRIDE
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
-def _check_image(name: str, x: torch.Tensor, like: torch.Tensor | None = None, size=None) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
-        got = f"{type(x).__name__} {tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a float tensor (N,3,H,W), got {got}")
-    if like is not None and x.shape[0] != like.shape[0]:
-        raise ValueError(f"{name} must have batch size {like.shape[0]}, got {tuple(x.shape)}")
-    if size is not None and tuple(x.shape[-2:]) != tuple(size):
-        raise ValueError(f"{name} must be (N,3,{size[0]},{size[1]}), got {tuple(x.shape)}")
-
-
-def _check_paste_box(paste_box, paste_ref, scale: int, lr_size) -> None:
-    n, _, ph, pw = paste_ref.shape
-    if ph % scale or pw % scale:
-        raise ValueError(f"paste_ref height and width must be multiples of scale={scale}, got {tuple(paste_ref.shape)}")
-    h, w = ph // scale, pw // scale
-    if not isinstance(paste_box, torch.Tensor) or paste_box.shape != (n, 4) or paste_box.is_floating_point():
-        got = tuple(paste_box.shape) if isinstance(paste_box, torch.Tensor) else type(paste_box).__name__
-        raise ValueError(f"paste_box must be an integer tensor (N={n}, 4) of (y0, y1, x0, x1), got {got}")
-    for i, (y0, y1, x0, x1) in enumerate(paste_box.tolist()):
-        if (y1 - y0, x1 - x0) != (h, w) or y0 < 0 or x0 < 0 or y1 > lr_size[0] or x1 > lr_size[1]:
-            raise ValueError(f"paste_box[{i}]=({y0},{y1},{x0},{x1}) must be a {h}x{w} box (paste_ref size / scale) "
-                             f"inside the {lr_size[0]}x{lr_size[1]} LR")
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` if ``x`` (N,C,H,W) is stored so (and not also NCHW-contiguous),
+    else ``torch.contiguous_format``."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class SelfDZSR(nn.Module):
@@ -125,6 +172,10 @@ class SelfDZSR(nn.Module):
     (``predictor_lr`` then defaults to ``b["lr_ref"]``). At test, as the authors' central tile: ``lr`` and
     a same-size reference window ``ref``, ``paste_ref`` the telephoto image covering ``paste_box``,
     ``predictor_lr`` the LR crop under it and ``predictor_ref`` the telephoto image.
+
+    Stages of ``forward``: ``check_inputs``, ``predictor_inputs``, (in training) ``kernel_gen``,
+    ``pad_to_feature_stride``, ``match`` (global) and the ``restoration`` network's stages;
+    ``sr`` is cropped back and returned in ``lr``'s memory format.
     """
 
     def __init__(self, scale: int = 4, drop_prob: float = 0.3, paste_prob: float = 0.3):
@@ -139,36 +190,42 @@ class SelfDZSR(nn.Module):
     def forward(self, lr, ref, *, paste_ref=None, paste_box=None, predictor_lr=None, predictor_ref=None,
                 gt=None, noise=None) -> SelfDZSROutput:
         s = self.scale
-        _check_image("lr", lr)
-        height, width = lr.shape[-2:]
-        if height < MIN_LR_SIZE or width < MIN_LR_SIZE:
-            raise ValueError(f"lr must be at least {MIN_LR_SIZE}x{MIN_LR_SIZE}, got {height}x{width}")
-        _check_image("ref", ref, lr, (height, width))
+        self.check_inputs(lr, ref, paste_ref=paste_ref, paste_box=paste_box, gt=gt, noise=noise)
+        predictor_lr, predictor_ref = self.predictor_inputs(lr, paste_ref, paste_box, predictor_lr,
+                                                            predictor_ref)
         out = SelfDZSROutput(sr=lr)
         guide = lr
+        if gt is not None:
+            out.degraded, out.kernels = self.kernel_gen(gt, lr)
+            guide = out.pseudo_lr = (out.degraded.detach() + noise).clamp(0, 1)
+        lr_p, guide_p, ref_p = (pad_to_feature_stride(t) for t in (lr, guide, ref))
+        if guide is lr:
+            guide_p = lr_p
+        offsets = self.match(guide_p, ref_p)
+        sr = self.restoration(lr_p, guide_p, ref_p, offsets, predictor_lr, predictor_ref, paste_ref,
+                              paste_box)
+        height, width = lr.shape[-2:]
+        out.sr = sr[..., : s * height, : s * width].contiguous(memory_format=memory_format_of(lr))
+        return out
+
+    def check_inputs(self, lr, ref, *, paste_ref=None, paste_box=None, gt=None, noise=None) -> None:
+        """ValueError naming the first of ``forward``'s image arguments that breaks its rules."""
+        check_image("lr", lr)
+        height, width = lr.shape[-2:]
+        if height < MIN_LR_SIZE or width < MIN_LR_SIZE:
+            raise ValueError(f"lr must be at least {MIN_LR_SIZE}x{MIN_LR_SIZE}, "
+                             f"got {height}x{width}")
+        check_image("ref", ref, lr, (height, width))
         if (gt is None) != (noise is None):
             raise ValueError("give both gt and noise (training with a pseudo-LR), or neither")
         if gt is not None:
-            _check_image("gt", gt, lr, (s * height, s * width))
-            _check_image("noise", noise, lr, (height, width))
-            out.degraded, out.kernels = self.kernel_gen(gt, lr)
-            guide = out.pseudo_lr = (out.degraded.detach() + noise).clamp(0, 1)
-        if (paste_ref is None) != (paste_box is None):
-            raise ValueError("give both paste_ref and paste_box, or neither")
-        if paste_ref is not None:
-            _check_image("paste_ref", paste_ref, lr)
-            _check_paste_box(paste_box, paste_ref, s, (height, width))
-        predictor_lr, predictor_ref = self._predictor_inputs(lr, paste_ref, paste_box, predictor_lr, predictor_ref)
+            check_image("gt", gt, lr, (self.scale * height, self.scale * width))
+            check_image("noise", noise, lr, (height, width))
+        check_paste_inputs(paste_ref, paste_box, self.scale, lr)
 
-        lr_p, guide_p, ref_p = (_pad_to_multiple(t, FEATURE_STRIDE) for t in (lr, guide, ref))
-        if guide is lr:
-            guide_p = lr_p
-        offsets = matching_offsets(*self.extractor(guide_p, ref_p))
-        sr = self.restoration(lr_p, guide_p, ref_p, offsets, predictor_lr, predictor_ref, paste_ref, paste_box)
-        out.sr = sr[..., : s * height, : s * width]
-        return out
-
-    def _predictor_inputs(self, lr, paste_ref, paste_box, predictor_lr, predictor_ref):
+    def predictor_inputs(self, lr, paste_ref, paste_box, predictor_lr=None, predictor_ref=None):
+        """The degradation predictor's (LR crop, reference) pair: ``predictor_lr`` defaults to
+        ``lr`` cropped at ``paste_box``, ``predictor_ref`` to ``paste_ref`` (class docstring)."""
         if predictor_ref is None:
             predictor_ref = paste_ref
         if predictor_lr is None and paste_box is not None:
@@ -177,6 +234,11 @@ class SelfDZSR(nn.Module):
         if predictor_lr is None or predictor_ref is None:
             raise ValueError("give predictor_lr and predictor_ref (an LR crop and the reference of the same "
                              "scene part), or paste_ref and paste_box from which they default")
-        _check_image("predictor_lr", predictor_lr, lr)
-        _check_image("predictor_ref", predictor_ref, lr)
+        check_image("predictor_lr", predictor_lr, lr)
+        check_image("predictor_ref", predictor_ref, lr)
         return predictor_lr, predictor_ref
+
+    def match(self, guide: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Matching offsets (N,18,H,W) of the reference onto the guide, both (N,3,H,W) padded to
+        multiples of ``FEATURE_STRIDE`` (``pad_to_feature_stride``): global, no gradient."""
+        return matching_offsets(*self.extractor(guide, ref))
