@@ -1,4 +1,4 @@
-"""Measurement helpers shared by every benchmark (SPEC §4).
+"""Measurement helpers shared by every benchmark (docs/design.md#measuring).
 
 Time: cases run interleaved in one process after a warm-up; the median of the repetitions is
 reported (CUDA: synchronised, CUDA events). Peak CPU memory: each case runs in a fresh child
@@ -98,7 +98,7 @@ def _child_rss(case: str, kwargs: dict, run: bool, env: dict | None = None) -> i
 
 
 def peak_cpu_memory(case: str, kwargs: dict, env: dict | None = None) -> int:
-    """Bytes of peak RSS the op adds over building its inputs (child processes, SPEC §4)."""
+    """Bytes of peak RSS the op adds over building its inputs (child processes, docs/design.md#measuring)."""
     return max(0, _child_rss(case, kwargs, True, env) - _child_rss(case, kwargs, False, env))
 
 

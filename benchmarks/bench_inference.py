@@ -5,7 +5,7 @@ the reference pasted over the central 1/4 box (as ``dzsr sr`` does).
 Cases: ops backend ``cpp`` (fast) vs ``reference`` (pure-PyTorch oracles), each tiled with the
 default tile (``dzsr.infer.DEFAULT_TILE``) and untiled. Time: interleaved median after a warm-up
 (benchmarks/_harness.py). Peak memory: child-process RSS above a child that builds the same model
-and inputs (SPEC §4). The last column is max |tiled - untiled| of the SR output per backend.
+and inputs (docs/design.md#measuring). The last column is max |tiled - untiled| of the SR output per backend.
 
     python -m benchmarks.bench_inference [--quick] [--reps 1] [--no-memory] [--backends cpp reference]
 """

@@ -1,4 +1,4 @@
-"""Benchmark of top-1 patch matching (SPEC §1b, issue 3) against two baselines, same process, interleaved.
+"""Benchmark of top-1 patch matching (docs/design.md#patch-match, issue 3) against two baselines, same process, interleaved.
 
 Cases, per feature-map size HxW with C channels (query and reference of equal size, N=1):
   * ``cpp`` / ``triton``: ``dzsr_kernels.patch_match`` on that backend (streaming, O(Nq+Nr) memory);

@@ -1,4 +1,4 @@
-"""Image quality metrics of SPEC §3: PSNR, SSIM, LPIPS on the Full-Image and the Corner-Image.
+"""Image quality metrics (docs/design.md#metrics): PSNR, SSIM, LPIPS on the Full-Image and the Corner-Image.
 
 Images are RGB: numpy arrays are HWC ``(H, W, 3)`` (float in [0, 1], or uint8 divided by 255),
 tensors are CHW ``(3, H, W)`` or ``(1, 3, H, W)`` floats in [0, 1]. No border is shaved, no

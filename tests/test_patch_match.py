@@ -1,4 +1,4 @@
-"""Patch matching (SPEC §1b): reference vs an independent brute force, the cpp backend vs both,
+"""Patch matching (docs/design.md#patch-match): reference vs an independent brute force, the cpp backend vs both,
 conventions (zero pixels, ties, dtypes, layouts), non-finite/extreme/empty inputs, validation, the
 fake (sizes, strides, dtypes), opcheck, torch.compile, and the flow/offset helpers."""
 from __future__ import annotations

@@ -74,7 +74,7 @@ def test_matches_reference(shape, dtype, v_grad):
 
 
 def test_reference_matches_formula():
-    """The oracle against a direct numpy transcription of SPEC §1c."""
+    """The oracle against a direct numpy transcription of docs/design.md#sliced-wasserstein."""
     u, v = torch.randn(2, 4, 3, 5, dtype=torch.float64), torch.randn(2, 4, 3, 5, dtype=torch.float64)
     proj = _proj(4, 3, torch.float64)
     un, vn, m = u.numpy().reshape(2, 4, -1), v.numpy().reshape(2, 4, -1), proj.numpy()

@@ -1,4 +1,4 @@
-"""Data preparation, datasets and the training sampler (SPEC §3)."""
+"""Data preparation, datasets and the training sampler (docs/design.md#data)."""
 from .crops import central_box, reference_box
 from .datasets import DualZoomDataset, ShortTeleFolder, TrainPatches, camerafusion, nikon, worker_init
 from .degrade import Degradation, noise_map

@@ -1,7 +1,7 @@
 """Datasets: prepared dual-zoom pairs (DRealSR-Nikon x4, CameraFusion x2), raw short/tele folders,
 and the random-patch training sampler.
 
-Layout of prepared pairs (SPEC §3), ``root`` or ``root/Nikon`` / ``root/CameraFusion``::
+Layout of prepared pairs (docs/design.md#data), ``root`` or ``root/Nikon`` / ``root/CameraFusion``::
 
     {split}_LR/NAME_x1.png    short-focus centre crop, h x w
     {split}_HR/NAME_x{s}.png  aligned telephoto (ground truth), exactly s*h x s*w

@@ -1,4 +1,4 @@
-"""The SelfDZSR restoration network and the top-level model (paper §3, SPEC §2).
+"""The SelfDZSR restoration network and the top-level model (paper §3, docs/design.md#model).
 
 Conventions: images NCHW float in [0,1]. ``lr`` (N,3,H,W) is the short-focus input; ``ref``
 (N,3,H,W) is a reference window of the same pixel size taken from the telephoto image at HR

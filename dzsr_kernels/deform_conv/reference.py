@@ -1,6 +1,6 @@
 """Pure-PyTorch deformable convolution, stride 1, padding k//2, dilation 1 (the oracle).
 
-Tap geometry (shared by every backend; SPEC §1a). For output pixel q=(qy,qx) and tap t=i*k+j the
+Tap geometry (shared by every backend; docs/design.md#deform-conv). For output pixel q=(qy,qx) and tap t=i*k+j the
 grid vector is g_t=(i-k//2, j-k//2) as (y,x). The tap samples the input at the absolute position
   affine:  p_t(q) = q + A(q) g_t + b(q),  A = [[A0,A1],[A2,A3]] (row-major), b = (by,bx)
   general: p_t(q) = q + g_t + (offset[2t](q), offset[2t+1](q))   (torchvision's layout)

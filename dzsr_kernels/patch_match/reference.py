@@ -1,7 +1,7 @@
 """Patch-correlation matching, pure PyTorch (the oracle), and the code every backend shares around its
 kernel: the preprocessing (``prepare``) and the non-finite rule (``match_prepared``).
 
-Semantics (SPEC §1b). For query (N,C,Hq,Wq) and ref (N,C,Hr,Wr) and patch size p (odd), C >= 1:
+Semantics (docs/design.md#patch-match). For query (N,C,Hq,Wq) and ref (N,C,Hr,Wr) and patch size p (odd), C >= 1:
   * every pixel's C-vector x is L2-normalised, ``u = x / max(||x||, 1e-12)`` (``F.normalize``'s rule,
     as the authors do): an all-zero pixel stays the zero vector. Where the direct norm would overflow,
     ||x|| is computed as m * ||x / m|| with m = max_c |x_c|, so huge (e.g. 1e30 in float32) and tiny

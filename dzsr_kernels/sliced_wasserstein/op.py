@@ -169,7 +169,7 @@ def sliced_wasserstein_loss(
     """Sliced-Wasserstein loss between feature maps u and v (N, C, H, W); a 0-dim tensor.
 
     loss = mean over (n, k, i) of |sort(M u_n)[k]_i - sort(M v_n)[k]_i|, each direction's H*W
-    projected values sorted ascending (SPEC §1c). ``proj`` M (C', C) must have unit-norm rows:
+    projected values sorted ascending (docs/design.md#sliced-wasserstein). ``proj`` M (C', C) must have unit-norm rows:
     rows off by more than ``UNIT_NORM_TOL`` are rejected (ValueError), never silently normalised;
     it is treated as a constant (no gradient). Without ``proj``, ``num_proj`` directions (default
     max(1, C // 2)) are drawn from N(0, I) with ``generator`` (or the global RNG of u's device) and

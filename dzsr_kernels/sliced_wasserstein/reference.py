@@ -1,6 +1,6 @@
 """Pure-PyTorch sliced-Wasserstein (SW) loss (the oracle) and the default projection draw.
 
-Conventions (SPEC §1c). Features u, v (N, C, H, W) are read as N point clouds of L = H*W points in
+Conventions (docs/design.md#sliced-wasserstein). Features u, v (N, C, H, W) are read as N point clouds of L = H*W points in
 R^C. Projections M (C', C) have unit-norm rows. For sample n and direction k the L projected values
 (M u_n)[k] and (M v_n)[k] are sorted ascending and compared elementwise:
 
