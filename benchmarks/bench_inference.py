@@ -23,14 +23,10 @@ QUICK = {"height": 29, "width": 37}
 QUICK_TILE = 20  # 2x2 tiles
 
 
-def make(backend: str, tile: int | None, height: int, width: int, scale: int = 4, threads: int = 0, sink=None):
-    """Model, inputs and a thunk running one whole-image SR (returns the output)."""
-    import dzsr_kernels
-    from dzsr.infer import super_resolve
+def build(height: int, width: int, scale: int = 4):
+    """A random-weight eval model and inputs (lr, ref, paste_ref, paste_box) of one whole image."""
     from dzsr.models import SelfDZSR
 
-    if threads:
-        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = SelfDZSR(scale).eval()
     gen = torch.Generator().manual_seed(1)
@@ -39,13 +35,32 @@ def make(backend: str, tile: int | None, height: int, width: int, scale: int = 4
     y0, x0 = (height - bh) // 2, (width - bw) // 2
     paste_ref = torch.rand(1, 3, scale * bh, scale * bw, generator=gen)
     box = torch.tensor([[y0, y0 + bh, x0, x0 + bw]])
-    with dzsr_kernels.use_backend(backend):  # load the kernels outside the measurement
+    return model, (lr, ref, paste_ref, box)
+
+
+def warm_up(model, backend: str) -> None:
+    """Load the backend's kernels (and build them) outside any measurement."""
+    import dzsr_kernels
+    from dzsr.infer import super_resolve
+
+    with dzsr_kernels.use_backend(backend):
         small = torch.rand(1, 3, 16, 16)
         super_resolve(model, small, small, tile=None, predictor_lr=small, predictor_ref=small)
 
+
+def make(backend: str, tile: int | None, height: int, width: int, scale: int = 4, threads: int = 0, sink=None):
+    """Model, inputs and a thunk running one whole-image SR (returns the output)."""
+    import dzsr_kernels
+    from dzsr.infer import super_resolve
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, inputs = build(height, width, scale)
+    warm_up(model, backend)
+
     def thunk():
         with dzsr_kernels.use_backend(backend):
-            out = super_resolve(model, lr, ref, paste_ref, box, tile=tile)
+            out = super_resolve(model, *inputs, tile=tile)
         if sink is not None:
             sink[(backend, tile)] = out
         return out

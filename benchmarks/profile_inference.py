@@ -1,0 +1,207 @@
+"""Where whole-image inference spends its time, stage by stage, against each stage's floor.
+
+    python -m benchmarks.profile_inference [--height 687 --width 1111] [--tile 384] [--backend cpp]
+
+One ``dzsr.infer.super_resolve`` run (x4, random weights and images, reference pasted over the
+central quarter, as ``benchmarks/bench_inference.py``) under the torch profiler, after a warm-up
+run at a small size. Each public stage of the model that ``super_resolve`` calls
+(``SelfDZSR.match``, ``ReferenceBranch.features`` / ``paste_reference``, the reference AdaSTN's
+``estimate`` / ``transform``, ``RestorationNet.lr_features`` / ``align_lr`` / ``fuse`` /
+``predictor`` / ``body`` / ``upsample``) and, inside ``match``, the extractor and the patch matching
+op, is wrapped in a ``record_function`` range by this script (instance attributes and module
+hooks: the library is not changed); the tiled stages' ranges are summed over their tiles.
+
+Columns, per stage:
+  * time: profiler wall time of its ranges (inclusive), and its share of the whole run;
+  * GFLOP: convolutions and matmuls as the profiler counts them (2 x multiply-adds), plus the dzsr
+    ops: deformable convolution 2·N·Cout·(C/groups)·k²·H·W multiply-adds + 7 flops per bilinear
+    sample (N·C·k²·H·W samples); patch matching 2·N·C·Hq·Wq·Hr·Wr (one dot product per pixel pair,
+    the shift-decomposed count the kernels compute);
+  * FLOP floor: GFLOP / this machine's float32 matmul rate (measured in the same run);
+  * MB: the bytes of the inputs of the stage's own operations (each read once: a lower bound on its
+    memory traffic); byte floor: MB / this machine's copy bandwidth (``dst.copy_(src)`` of 256 MiB,
+    counting 512 MiB moved);
+  * x floor: time / max(FLOP floor, byte floor).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from benchmarks import _harness as H
+from benchmarks.bench_inference import build, warm_up
+
+PREFIX = "stage: "
+BYTES = {torch.float32: 4, torch.float64: 8, torch.bfloat16: 2, torch.float16: 2, torch.int64: 8}
+
+
+def matmul_rate(n: int = 2048, reps: int = 5) -> float:
+    """float32 FLOP/s of an n x n matmul at the current thread count (median)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def copy_bandwidth(mib: int = 256, reps: int = 5) -> float:
+    """Bytes/s of ``dst.copy_(src)`` on ``mib`` MiB (read + write counted)."""
+    src = torch.randn(mib * 2**18)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() * 4 / statistics.median(times)
+
+
+def labelled(name: str, fn):
+    def wrapper(*args, **kwargs):
+        with record_function(PREFIX + name):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def label_module(name: str, module: torch.nn.Module) -> None:
+    ranges = []
+    module.register_forward_pre_hook(lambda m, a: ranges.append(record_function(PREFIX + name).__enter__()))
+    module.register_forward_hook(lambda m, a, out: ranges.pop().__exit__(None, None, None))
+
+
+def instrument(model) -> None:
+    """Label the public stages super_resolve calls (shadowing bound methods on the instances)."""
+    net, branch = model.restoration, model.restoration.reference
+    owners = {model: ["match"], branch: ["features", "paste_reference"],
+              branch.align: ["estimate", "transform"],
+              net: ["lr_features", "align_lr", "fuse", "body", "upsample"]}
+    for owner, names in owners.items():
+        for name in names:
+            setattr(owner, name, labelled(name, getattr(owner, name)))
+    label_module("predictor", net.predictor)
+    label_module("match / extractor", model.extractor)
+
+
+def op_flops(event) -> float:
+    if event.flops:
+        return float(event.flops)
+    shapes = event.input_shapes
+    if event.name == "dzsr::deform_conv2d_packed":
+        (n, c, h, w), (cout, cg, k, _) = shapes[0], shapes[3]
+        return 2.0 * n * cout * cg * k * k * h * w + 7.0 * n * c * k * k * h * w
+    if event.name == "dzsr::patch_match":
+        (n, c, hq, wq), (_, _, hr, wr) = shapes[0], shapes[1]
+        return 2.0 * n * c * hq * wq * hr * wr
+    return 0.0
+
+
+def input_bytes(event) -> float:
+    total = 0.0
+    for shape, dtype in zip(event.input_shapes, event.input_dtypes or []):
+        if shape and dtype:
+            size = BYTES.get(getattr(torch, str(dtype).replace("c10::", "").lower(), None), 4)
+            total += size * float(torch.Size(shape).numel())
+    return total
+
+
+def stage_of(event) -> str | None:
+    parent = event.cpu_parent
+    while parent is not None and not parent.name.startswith(PREFIX):
+        parent = parent.cpu_parent
+    return parent.name[len(PREFIX):] if parent is not None else None
+
+
+def is_counted_op(event) -> bool:
+    """An operator whose FLOPs count: the profiler's own estimate, or a dzsr op (once, at the top)."""
+    parent_name = event.cpu_parent.name if event.cpu_parent else ""
+    return (event.flops or event.name.startswith("dzsr::")) and not parent_name.startswith("dzsr::")
+
+
+def summarise(events):
+    time_us, calls = defaultdict(float), defaultdict(int)
+    flops, read = defaultdict(float), defaultdict(float)
+    for e in events:
+        if e.name.startswith(PREFIX):
+            name = e.name[len(PREFIX):]
+            outer = stage_of(e)
+            if outer != name:  # recursion-free: count each stage's outermost ranges
+                time_us[name] += e.cpu_time_total
+                calls[name] += 1
+            continue
+        stage = stage_of(e)
+        if stage is None:
+            continue
+        if e.cpu_parent is not None and e.cpu_parent.name == PREFIX + stage:
+            read[stage] += input_bytes(e)
+        if is_counted_op(e):
+            for anc in ancestors(e):
+                flops[anc] += op_flops(e)
+    if "dzsr::patch_match" in {e.name for e in events}:
+        pm = [e for e in events if e.name == "dzsr::patch_match" and e.cpu_parent is not None
+              and not e.cpu_parent.name.startswith("dzsr::")]
+        time_us["match / patch_match"] = sum(e.cpu_time_total for e in pm)
+        calls["match / patch_match"] = len(pm)
+        flops["match / patch_match"] = sum(op_flops(e) for e in pm)
+    return time_us, calls, flops, read
+
+
+def ancestors(event):
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith(PREFIX):
+            yield parent.name[len(PREFIX):]
+        parent = parent.cpu_parent
+
+
+ORDER = ["match", "match / extractor", "match / patch_match", "features", "paste_reference",
+         "estimate", "transform", "lr_features", "align_lr", "fuse", "predictor", "body", "upsample"]
+
+
+def main() -> None:
+    import dzsr_kernels
+    from dzsr.infer import DEFAULT_TILE, super_resolve
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--height", type=int, default=687)
+    parser.add_argument("--width", type=int, default=1111)
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    parser.add_argument("--backend", default="cpp")
+    args = parser.parse_args()
+    rate, bandwidth = matmul_rate(), copy_bandwidth()
+    model, inputs = build(args.height, args.width)
+    warm_up(model, args.backend)
+    instrument(model)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+        with dzsr_kernels.use_backend(args.backend):
+            super_resolve(model, *inputs, tile=args.tile)
+    wall = time.perf_counter() - start
+    time_us, calls, flops, read = summarise(prof.events())
+    rows = []
+    for name in ORDER + sorted(set(time_us) - set(ORDER)):
+        if name not in time_us:
+            continue
+        seconds = time_us[name] / 1e6
+        flop_floor, byte_floor = flops[name] / rate, read[name] / bandwidth
+        floor = max(flop_floor, byte_floor)
+        rows.append([name, str(calls[name]), f"{seconds:.2f} s", f"{100 * seconds / wall:.1f}%",
+                     f"{flops[name] / 1e9:.1f}", f"{flop_floor:.2f} s", f"{read[name] / 1e6:.0f}",
+                     f"{byte_floor:.3f} s", f"{seconds / floor:.1f}x" if floor else ""])
+    print(H.machine_line())
+    print(f"x4 whole-image inference, LR {args.height}x{args.width}, tile {args.tile}, backend {args.backend}: "
+          f"{wall:.2f} s under the profiler; matmul {rate / 1e9:.0f} GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s")
+    print(H.markdown_table(["stage", "calls", "time", "share", "GFLOP", "FLOP floor", "MB read",
+                            "byte floor", "x floor"], rows))
+
+
+if __name__ == "__main__":
+    main()
