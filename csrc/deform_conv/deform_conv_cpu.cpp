@@ -579,13 +579,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& go
 }  // namespace deform
 }  // namespace dzsr
 
-TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
-  m.def("deform_conv2d_forward(Tensor x, Tensor geom, bool affine, Tensor weight, Tensor? bias, int groups) -> Tensor");
-  m.def(
-      "deform_conv2d_backward(Tensor grad_out, Tensor x, Tensor geom, bool affine, Tensor weight, int groups)"
-      " -> (Tensor, Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(dzsr_C, CPU, m) {
   m.impl("deform_conv2d_forward", &dzsr::deform::forward_cpu);
   m.impl("deform_conv2d_backward", &dzsr::deform::backward_cpu);

@@ -212,8 +212,4 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const a
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
-  m.def("patch_match(Tensor uq, Tensor ur, Tensor inv_q, Tensor inv_r, int patch_size) -> (Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(dzsr_C, CPU, m) { m.impl("patch_match", &patch_match_cpu); }

@@ -245,11 +245,6 @@ at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
 }  // namespace sw
 }  // namespace dzsr
 
-TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
-  m.def("sliced_wasserstein_forward(Tensor u, Tensor v, Tensor proj, bool need_v_sign) -> (Tensor, Tensor, Tensor)");
-  m.def("sliced_wasserstein_backward(Tensor sign, Tensor proj_scaled) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(dzsr_C, CPU, m) {
   m.impl("sliced_wasserstein_forward", &dzsr::sw::forward_cpu);
 }
