@@ -13,6 +13,4 @@ bool has_cuda() {
 }
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
-  m.def("has_cuda() -> bool", &has_cuda);
-}
+TORCH_LIBRARY_FRAGMENT(dzsr_C, m) { m.def("has_cuda() -> bool", &has_cuda); }
