@@ -17,7 +17,8 @@ KERNEL_INTERFACES = [(deform_conv_op, ("forward", "backward")), (patch_match_op,
                      (sliced_wasserstein_op, ("forward", "backward"))]
 
 
-@pytest.mark.parametrize("op_module, functions", KERNEL_INTERFACES, ids=lambda v: getattr(v, "OP", ""))
+@pytest.mark.parametrize("op_module, functions", KERNEL_INTERFACES,
+                         ids=lambda v: getattr(v, "OP", ""))
 def test_each_op_table_loads_its_kernel_modules(op_module, functions):
     assert _backend._OP_BACKENDS[op_module.OP] == {"reference", *op_module.KERNELS}
     for name, load in op_module.KERNELS.items():
@@ -29,7 +30,7 @@ def test_each_op_table_loads_its_kernel_modules(op_module, functions):
 
 
 def test_the_custom_op_runs_the_kernel_its_table_names(monkeypatch):
-    """The table is the one place an op looks its kernels up: replacing its entry reroutes the call."""
+    """The table is the one place an op looks its kernels up: replacing an entry reroutes calls."""
     sentinel = torch.full((1, 2, 5, 5), 7.0)
     fake = types.SimpleNamespace(forward=lambda *args: sentinel.clone())
     monkeypatch.setitem(deform_conv_op.KERNELS, "cpp", lambda: fake)
