@@ -1,5 +1,6 @@
-// Library-level registration of the dzsr_C op namespace; each op's files add their own
-// definitions (TORCH_LIBRARY_FRAGMENT) and CPU/CUDA implementations.
+// Library-level registration of the dzsr_C op namespace. Each op's schemas are defined, for every
+// device, in csrc/<op>/<op>.cpp (TORCH_LIBRARY_FRAGMENT); its device files <op>_cpu.cpp and
+// <op>_cuda.cu only register kernels for them (TORCH_LIBRARY_IMPL).
 #include <torch/library.h>
 
 namespace {
@@ -12,6 +13,4 @@ bool has_cuda() {
 }
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
-  m.def("has_cuda() -> bool", &has_cuda);
-}
+TORCH_LIBRARY_FRAGMENT(dzsr_C, m) { m.def("has_cuda() -> bool", &has_cuda); }

@@ -1,7 +1,12 @@
-"""Backend registry and selection.
+"""Backend names and the per-call choice between them.
 
 Every op has a pure-PyTorch ``reference`` implementation (the oracle) and may have ``cpp``
-(C++ CPU kernels and CUDA C++ kernels from ``csrc/``) and ``triton`` implementations.
+(C++ CPU kernels and CUDA C++ kernels from ``csrc/``) and ``triton`` implementations. Each op's
+``op.py`` holds its table ``KERNELS`` (backend name -> the module with its kernels, imported there
+explicitly) and registers the names it implements here with ``register_op``; this module only
+chooses a name, and the op's custom op calls ``KERNELS[name]()``. The ``triton_kernel`` modules are
+imported on first use: triton is an optional dependency, and ``triton.jit`` builds interpreter
+kernels only if ``TRITON_INTERPRET=1`` was set before the module defining them was imported.
 
 Selection, strongest first:
   1. ``with dzsr_kernels.use_backend(name):`` (a context variable, so thread- and task-local);
@@ -19,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import os
 from typing import Iterator
 
@@ -50,6 +54,7 @@ class BackendUnavailableError(RuntimeError):
 
 
 def register_op(op: str, backends: set[str]) -> None:
+    """Record that ``op`` is implemented by ``backends`` (names from ``BACKENDS``)."""
     _OP_BACKENDS[op] = set(backends)
 
 
@@ -136,12 +141,3 @@ def backend_table(ops: list[str] | None = None) -> dict[str, dict[str, str]]:
             finally:
                 _selected.reset(token)
     return table
-
-
-
-def kernel_module(package: str, backend: str):
-    """The module holding an op's ``backend`` kernels: ``<package>.cpp_kernel`` or ``.triton_kernel``
-    (imported on first use, so Triton is only imported when asked for)."""
-    if backend not in ("cpp", "triton"):
-        raise ValueError(f"no kernel module for backend {backend!r} (the reference runs without one)")
-    return importlib.import_module(f"{package}.{backend}_kernel")

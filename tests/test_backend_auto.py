@@ -1,9 +1,43 @@
-"""``auto`` backend choice: the per-device, per-op preference lists (measured orders, README)."""
+"""Backend choice (``auto``: the per-device, per-op preference lists, measured orders in the README)
+and each op's table ``KERNELS`` from backend name to kernel module."""
+import importlib.util
+import types
+
 import pytest
 import torch
 
 import dzsr_kernels as dk
 from dzsr_kernels import _backend
+from dzsr_kernels.deform_conv import op as deform_conv_op
+from dzsr_kernels.patch_match import op as patch_match_op
+from dzsr_kernels.sliced_wasserstein import op as sliced_wasserstein_op
+
+# Each op module and the functions its kernel modules implement (the interface in its docstring).
+KERNEL_INTERFACES = [(deform_conv_op, ("forward", "backward")), (patch_match_op, ("match",)),
+                     (sliced_wasserstein_op, ("forward", "backward"))]
+
+
+@pytest.mark.parametrize("op_module, functions", KERNEL_INTERFACES,
+                         ids=lambda v: getattr(v, "OP", ""))
+def test_each_op_table_loads_its_kernel_modules(op_module, functions):
+    assert _backend._OP_BACKENDS[op_module.OP] == {"reference", *op_module.KERNELS}
+    for name, load in op_module.KERNELS.items():
+        if name == "triton" and importlib.util.find_spec("triton") is None:
+            continue  # an install without the optional triton: the backend is reported unavailable
+        module = load()
+        assert module.__name__ == f"{op_module.__package__}.{name}_kernel"
+        assert all(callable(getattr(module, f)) for f in functions), (module.__name__, functions)
+
+
+def test_the_custom_op_runs_the_kernel_its_table_names(monkeypatch):
+    """The table is the one place an op looks its kernels up: replacing an entry reroutes calls."""
+    sentinel = torch.full((1, 2, 5, 5), 7.0)
+    fake = types.SimpleNamespace(forward=lambda *args: sentinel.clone())
+    monkeypatch.setitem(deform_conv_op.KERNELS, "cpp", lambda: fake)
+    monkeypatch.setattr(_backend, "unavailable_reason", lambda name, device, op: None)
+    x, fn = _compiled_deform_conv()
+    with dk.use_backend("cpp"):
+        assert torch.equal(fn(x), sentinel)
 
 
 def test_auto_follows_the_measured_order_per_device_and_op(monkeypatch):

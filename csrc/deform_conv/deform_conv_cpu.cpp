@@ -36,9 +36,10 @@ struct Geometry {
   bool affine;
 };
 
-Geometry make_geometry(const at::Tensor& x, const at::Tensor& geom, bool affine, const at::Tensor& weight,
-                       int64_t groups) {
-  TORCH_CHECK(x.dim() == 4 && geom.dim() == 4 && weight.dim() == 4, "deform_conv2d: x, geom, weight must be 4-D");
+Geometry make_geometry(const at::Tensor& x, const at::Tensor& geom, bool affine,
+                       const at::Tensor& weight, int64_t groups) {
+  TORCH_CHECK(x.dim() == 4 && geom.dim() == 4 && weight.dim() == 4,
+              "deform_conv2d: x, geom, weight must be 4-D");
   TORCH_CHECK(x.is_contiguous() && geom.is_contiguous() && weight.is_contiguous(),
               "deform_conv2d: inputs must be contiguous");
   Geometry g;
@@ -56,7 +57,8 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& geom, bool affine,
   g.affine = affine;
   g.geom_ch = affine ? 6 : 2 * g.K;
   TORCH_CHECK(g.HW < (int64_t(1) << 31), "deform_conv2d: H*W must fit in int32");
-  TORCH_CHECK(geom.size(1) == g.geom_ch && geom.size(0) == g.N && geom.size(2) == g.H && geom.size(3) == g.W,
+  TORCH_CHECK(geom.size(1) == g.geom_ch && geom.size(0) == g.N && geom.size(2) == g.H &&
+                  geom.size(3) == g.W,
               "deform_conv2d: geom has the wrong shape");
   TORCH_CHECK(weight.size(1) == g.cin_g && g.C % groups == 0 && g.Cout % groups == 0,
               "deform_conv2d: weight/groups mismatch");
@@ -80,7 +82,8 @@ void fill_taps(const T* geom_n, const Geometry& g, int64_t p0, int64_t np, Taps<
 // Matrix views for the GEMM path: a (rows x cols) matrix at `data` with row stride `ld`.
 template <typename T>
 at::Tensor view(T* data, int64_t rows, int64_t cols, int64_t ld) {
-  return at::from_blob(data, {rows, cols}, {ld, 1}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  return at::from_blob(data, {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
 template <typename T>
@@ -92,7 +95,8 @@ void forward_impl(const T* x, const T* geom, const T* w, const T* bias, T* out, 
     std::vector<T> cols(direct ? 0 : g.C * g.K * kBlock);
     std::vector<T> acc(direct ? 0 : g.cout_g * kBlock);
     for (int64_t task = b0; task < b1; ++task) {
-      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
+      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock,
+                    np = std::min(kBlock, g.HW - p0);
       fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
       const T* xn = x + n * g.C * g.HW;
       T* outn = out + n * g.Cout * g.HW + p0;
@@ -116,7 +120,9 @@ void forward_impl(const T* x, const T* geom, const T* w, const T* bias, T* out, 
             cols[(c * g.K + t) * np + i] = sample(xn + c * g.HW, taps[i * g.K + t]);
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         auto res = view(acc.data(), g.cout_g, np, np);
-        at::mm_out(res, view(const_cast<T*>(w) + gi * g.cout_g * g.cin_g * g.K, g.cout_g, g.cin_g * g.K, g.cin_g * g.K),
+        at::mm_out(res,
+                   view(const_cast<T*>(w) + gi * g.cout_g * g.cin_g * g.K, g.cout_g, g.cin_g * g.K,
+                        g.cin_g * g.K),
                    view(cols.data() + gi * g.cin_g * g.K * np, g.cin_g * g.K, np, np));
         for (int64_t o = 0; o < g.cout_g; ++o) {
           const int64_t oc = gi * g.cout_g + o;
@@ -130,8 +136,8 @@ void forward_impl(const T* x, const T* geom, const T* w, const T* bias, T* out, 
 
 // Pass 1: geometry gradient and weight gradient.
 template <typename T>
-void backward_geom_weight(const T* gout, const T* x, const T* geom, const T* w, T* dgeom, T* dweight,
-                          const Geometry& g) {
+void backward_geom_weight(const T* gout, const T* x, const T* geom, const T* w, T* dgeom,
+                          T* dweight, const Geometry& g) {
   const int64_t nblocks = (g.HW + kBlock - 1) / kBlock;
   const bool direct = g.cin_g == 1;
   const int64_t wsize = g.Cout * g.cin_g * g.K;
@@ -144,7 +150,8 @@ void backward_geom_weight(const T* gout, const T* x, const T* geom, const T* w, 
     std::vector<T> gcols(direct ? 0 : g.C * g.K * kBlock);
     std::vector<T> gpy(g.K), gpx(g.K), gg(g.geom_ch);
     for (int64_t task = b0; task < b1; ++task) {
-      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
+      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock,
+                    np = std::min(kBlock, g.HW - p0);
       fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
       const T* xn = x + n * g.C * g.HW;
       const T* gn = gout + n * g.Cout * g.HW + p0;
@@ -152,7 +159,9 @@ void backward_geom_weight(const T* gout, const T* x, const T* geom, const T* w, 
         for (int64_t gi = 0; gi < g.groups; ++gi) {
           auto res = view(gcols.data() + gi * g.cin_g * g.K * np, g.cin_g * g.K, np, np);
           at::mm_out(res,
-                     view(const_cast<T*>(w) + gi * g.cout_g * g.cin_g * g.K, g.cout_g, g.cin_g * g.K, g.cin_g * g.K).t(),
+                     view(const_cast<T*>(w) + gi * g.cout_g * g.cin_g * g.K, g.cout_g,
+                          g.cin_g * g.K, g.cin_g * g.K)
+                         .t(),
                      view(const_cast<T*>(gn) + gi * g.cout_g * g.HW, g.cout_g, np, g.HW));
         }
       }
@@ -161,7 +170,8 @@ void backward_geom_weight(const T* gout, const T* x, const T* geom, const T* w, 
         for (int t = 0; t < g.K; ++t) gpy[t] = gpx[t] = ti[t].bad;
         if (direct) {
           // Input channel c feeds output channels [c*cout_g, (c+1)*cout_g): its column gradient is
-          // their sum of go * w, multiplied once by the sample's derivative (the reference's grouping).
+          // their sum of go * w, multiplied once by the sample's derivative (the reference's
+          // grouping).
           for (int64_t c = 0; c < g.C; ++c) {
             const T* plane = xn + c * g.HW;
             for (int t = 0; t < g.K; ++t) {
@@ -198,7 +208,8 @@ void backward_geom_weight(const T* gout, const T* x, const T* geom, const T* w, 
       }
       if (!direct) {
         for (int64_t gi = 0; gi < g.groups; ++gi) {
-          auto dwg = view(dw + gi * g.cout_g * g.cin_g * g.K, g.cout_g, g.cin_g * g.K, g.cin_g * g.K);
+          auto dwg =
+              view(dw + gi * g.cout_g * g.cin_g * g.K, g.cout_g, g.cin_g * g.K, g.cin_g * g.K);
           dwg.addmm_(view(const_cast<T*>(gn) + gi * g.cout_g * g.HW, g.cout_g, np, g.HW),
                      view(cols.data() + gi * g.cin_g * g.K * np, g.cin_g * g.K, np, np).t());
         }
@@ -217,7 +228,8 @@ void backward_input(const T* gout, const T* geom, const T* w, T* dx, const Geome
   if (g.N == 0 || g.C == 0) return;
   const int64_t nblocks = (g.HW + kBlock - 1) / kBlock;
   const bool direct = g.cin_g == 1;
-  const int64_t chunks_per_n = std::clamp<int64_t>((4 * at::get_num_threads() + g.N - 1) / g.N, 1, g.C);
+  const int64_t chunks_per_n =
+      std::clamp<int64_t>((4 * at::get_num_threads() + g.N - 1) / g.N, 1, g.C);
   const int64_t cs = (g.C + chunks_per_n - 1) / chunks_per_n;
   at::parallel_for(0, g.N * chunks_per_n, 1, [&](int64_t b0, int64_t b1) {
     std::vector<Taps<T>> taps(kBlock * g.K);
@@ -252,7 +264,8 @@ void backward_input(const T* gout, const T* geom, const T* w, T* dx, const Geome
         }
         // Split [c0, c1) at group boundaries; each piece's gradient columns come from one GEMM.
         for (int64_t a = c0; a < c1;) {
-          const int64_t gi = a / g.cin_g, e = std::min(c1, (gi + 1) * g.cin_g), rows = (e - a) * g.K;
+          const int64_t gi = a / g.cin_g, e = std::min(c1, (gi + 1) * g.cin_g),
+                        rows = (e - a) * g.K;
           auto res = view(gcols.data(), rows, np, np);
           const T* wg = w + gi * g.cout_g * g.cin_g * g.K + (a - gi * g.cin_g) * g.K;
           at::mm_out(res, view(const_cast<T*>(wg), g.cout_g, rows, g.cin_g * g.K).t(),
@@ -309,7 +322,8 @@ Geometry channel_slice(Geometry g, int64_t width) {
 // slice (fresh 16 MiB allocations per slice would grow the heap, not the working set).
 struct SliceBuffer {
   at::Tensor storage;
-  SliceBuffer(const Geometry& g, int64_t width, const at::TensorOptions& o) : storage(at::empty({g.N * g.HW * width}, o)) {}
+  SliceBuffer(const Geometry& g, int64_t width, const at::TensorOptions& o)
+      : storage(at::empty({g.N * g.HW * width}, o)) {}
   // A contiguous (N, HW, width) view of the first N*HW*width elements.
   at::Tensor view(const Geometry& g, int64_t width) const {
     return storage.narrow(0, 0, g.N * g.HW * width).view({g.N, g.HW, width});
@@ -322,8 +336,10 @@ struct SliceBuffer {
   }
 };
 
-void store_planes(const at::Tensor& slice, at::Tensor planes) {  // (N, HW, width) -> (N, width, H, W)
-  planes.copy_(slice.transpose(1, 2).view({planes.size(0), planes.size(1), planes.size(2), planes.size(3)}));
+// (N, HW, width) -> (N, width, H, W)
+void store_planes(const at::Tensor& slice, at::Tensor planes) {
+  planes.copy_(
+      slice.transpose(1, 2).view({planes.size(0), planes.size(1), planes.size(2), planes.size(3)}));
 }
 
 // Rows of a sample's four corners in a channels-last (HW, C) image. An outside corner reads a row
@@ -346,14 +362,16 @@ std::vector<T> fill_rows(int64_t C) {
 }
 
 template <typename T>
-void depthwise_cl_forward(const T* xt, const T* geom, const T* wt, const T* bias, T* outt, const Geometry& g) {
+void depthwise_cl_forward(const T* xt, const T* geom, const T* wt, const T* bias, T* outt,
+                          const Geometry& g) {
   const int64_t nblocks = (g.HW + kBlock - 1) / kBlock, C = g.C;
   at::parallel_for(0, g.N * nblocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<Taps<T>> taps(kBlock * g.K);
     std::vector<T> acc(C);
     const std::vector<T> fill = fill_rows<T>(C);
     for (int64_t task = b0; task < b1; ++task) {
-      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
+      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock,
+                    np = std::min(kBlock, g.HW - p0);
       fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
       const T* xn = xt + n * g.HW * C;
       for (int64_t i = 0; i < np; ++i) {
@@ -377,15 +395,16 @@ void depthwise_cl_forward(const T* xt, const T* geom, const T* wt, const T* bias
 // per corner), and out (N, C_out, HW) gets wp (C_out x K*width, the slice's weights with taps
 // before channels) times its transpose: written by the first slice, added by the others.
 template <typename T>
-void dense_cl_forward(const T* xt, const T* geom, const T* wp, T* out, const Geometry& g, int64_t width,
-                      bool first) {
+void dense_cl_forward(const T* xt, const T* geom, const T* wp, T* out, const Geometry& g,
+                      int64_t width, bool first) {
   const int64_t nblocks = (g.HW + kBlock - 1) / kBlock, KW = g.K * width;
   at::parallel_for(0, g.N * nblocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<Taps<T>> taps(kBlock * g.K);
     std::vector<T> cols(kBlock * KW), acc(g.Cout * kBlock);
     const std::vector<T> fill = fill_rows<T>(width);
     for (int64_t task = b0; task < b1; ++task) {
-      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
+      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock,
+                    np = std::min(kBlock, g.HW - p0);
       fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
       const T* xn = xt + n * g.HW * width;
       for (int64_t j = 0; j < np * g.K; ++j) {
@@ -393,20 +412,22 @@ void dense_cl_forward(const T* xt, const T* geom, const T* wp, T* out, const Geo
         const CornerRows<T> rows(xn, s, width, fill.data());
         const T *r0 = rows.r[0], *r1 = rows.r[1], *r2 = rows.r[2], *r3 = rows.r[3];
         T* col = cols.data() + j * width;
-        for (int64_t c = 0; c < width; ++c) col[c] = s.w[0] * r0[c] + s.w[1] * r1[c] + s.w[2] * r2[c] + s.w[3] * r3[c];
+        for (int64_t c = 0; c < width; ++c)
+          col[c] = s.w[0] * r0[c] + s.w[1] * r1[c] + s.w[2] * r2[c] + s.w[3] * r3[c];
       }
       auto res = view(acc.data(), g.Cout, np, np);
       at::mm_out(res, view(const_cast<T*>(wp), g.Cout, KW, KW), view(cols.data(), np, KW, KW).t());
       T* outn = out + n * g.Cout * g.HW + p0;
       for (int64_t o = 0; o < g.Cout; ++o)
-        for (int64_t i = 0; i < np; ++i) outn[o * g.HW + i] = (first ? T(0) : outn[o * g.HW + i]) + acc[o * np + i];
+        for (int64_t i = 0; i < np; ++i)
+          outn[o * g.HW + i] = (first ? T(0) : outn[o * g.HW + i]) + acc[o * np + i];
     }
   });
 }
 
 template <typename T>
-void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* wt, T* dxt, T* dgeom, T* dwt,
-                           const Geometry& g, bool accumulate_dgeom) {
+void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* wt, T* dxt,
+                           T* dgeom, T* dwt, const Geometry& g, bool accumulate_dgeom) {
   const int64_t nblocks = (g.HW + kBlock - 1) / kBlock, C = g.C, wsize = g.K * C;
   const int nthreads = at::get_num_threads();
   std::vector<T> dw_local(static_cast<size_t>(nthreads) * wsize, T(0));
@@ -417,7 +438,8 @@ void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* 
     std::vector<T> gg(g.geom_ch);
     const std::vector<T> fill = fill_rows<T>(C);
     for (int64_t task = b0; task < b1; ++task) {
-      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock, np = std::min(kBlock, g.HW - p0);
+      const int64_t n = task / nblocks, p0 = (task % nblocks) * kBlock,
+                    np = std::min(kBlock, g.HW - p0);
       fill_taps(geom + n * g.geom_ch * g.HW, g, p0, np, taps.data());
       const T* xn = xt + n * g.HW * C;
       for (int64_t i = 0; i < np; ++i) {
@@ -442,7 +464,8 @@ void depthwise_cl_backward(const T* goutt, const T* xt, const T* geom, const T* 
           accumulate_geom_grad(gg.data(), 1, 0, g.affine, t, static_cast<int>(g.k), gpy, gpx);
         }
         T* dgn = dgeom + n * g.geom_ch * g.HW + p0 + i;
-        for (int64_t ch = 0; ch < g.geom_ch; ++ch) dgn[ch * g.HW] = (accumulate_dgeom ? dgn[ch * g.HW] : T(0)) + gg[ch];
+        for (int64_t ch = 0; ch < g.geom_ch; ++ch)
+          dgn[ch * g.HW] = (accumulate_dgeom ? dgn[ch * g.HW] : T(0)) + gg[ch];
       }
     }
   });
@@ -483,10 +506,12 @@ at::ScalarType compute_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool affine, const at::Tensor& weight_in,
-                       const c10::optional<at::Tensor>& bias_in, int64_t groups) {
+at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool affine,
+                       const at::Tensor& weight_in, const c10::optional<at::Tensor>& bias_in,
+                       int64_t groups) {
   const auto ct = compute_type(x_in);
-  auto x = x_in.to(ct).contiguous(), geom = geom_in.to(ct).contiguous(), weight = weight_in.to(ct).contiguous();
+  auto x = x_in.to(ct).contiguous(), geom = geom_in.to(ct).contiguous(),
+       weight = weight_in.to(ct).contiguous();
   at::Tensor bias;
   if (bias_in.has_value()) bias = bias_in->to(ct).contiguous();
   const Geometry g = make_geometry(x, geom, affine, weight, groups);
@@ -500,7 +525,8 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool a
       auto wt = weight.narrow(0, c0, gs.C).reshape({gs.C, g.K}).t().contiguous();
       if (poison_outputs()) outt.fill_(NAN);
       AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu_cl", [&] {
-        depthwise_cl_forward<scalar_t>(xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+        depthwise_cl_forward<scalar_t>(xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(),
+                                       wt.data_ptr<scalar_t>(),
                                        bias.defined() ? bias.data_ptr<scalar_t>() + c0 : nullptr,
                                        outt.data_ptr<scalar_t>(), gs);
       });
@@ -516,8 +542,9 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool a
       auto xt = xbuf.load(g, x.narrow(1, c0, w));
       auto wp = weight.narrow(1, c0, w).reshape({g.Cout, w, g.K}).transpose(1, 2).contiguous();
       AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu_dense_cl", [&] {
-        dense_cl_forward<scalar_t>(xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), wp.data_ptr<scalar_t>(),
-                                   out.data_ptr<scalar_t>(), g, w, c0 == 0);
+        dense_cl_forward<scalar_t>(xt.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(),
+                                   wp.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g, w,
+                                   c0 == 0);
       });
     }
     if (bias.defined()) out.add_(bias.view({1, g.Cout, 1, 1}));
@@ -525,20 +552,25 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool a
   }
   auto out = new_output({g.N, g.Cout, g.H, g.W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu", [&] {
-    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
-                           bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), g);
+    forward_impl<scalar_t>(
+        x.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+        bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), g);
   });
   return out.to(x_in.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gout_in, const at::Tensor& x_in,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gout_in,
+                                                            const at::Tensor& x_in,
                                                             const at::Tensor& geom_in, bool affine,
-                                                            const at::Tensor& weight_in, int64_t groups) {
+                                                            const at::Tensor& weight_in,
+                                                            int64_t groups) {
   const auto ct = compute_type(x_in);
-  auto x = x_in.to(ct).contiguous(), geom = geom_in.to(ct).contiguous(), weight = weight_in.to(ct).contiguous();
+  auto x = x_in.to(ct).contiguous(), geom = geom_in.to(ct).contiguous(),
+       weight = weight_in.to(ct).contiguous();
   auto gout = gout_in.to(ct).contiguous();
   const Geometry g = make_geometry(x, geom, affine, weight, groups);
-  TORCH_CHECK(gout.sizes() == at::IntArrayRef({g.N, g.Cout, g.H, g.W}), "deform_conv2d: grad_out has the wrong shape");
+  TORCH_CHECK(gout.sizes() == at::IntArrayRef({g.N, g.Cout, g.H, g.W}),
+              "deform_conv2d: grad_out has the wrong shape");
   if (g.N * g.HW == 0)  // no pixel: empty dx and dgeom, dweight sums nothing
     return {at::empty(x_in.sizes(), x_in.options()), at::empty(geom_in.sizes(), geom_in.options()),
             at::zeros(weight_in.sizes(), weight_in.options())};
@@ -546,7 +578,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& go
   if (const int64_t width = channels_last_slice(g, x.element_size())) {
     auto dx = new_output(x.sizes(), x.options());
     auto dweight = new_output(weight.sizes(), weight.options());
-    const SliceBuffer xbuf(g, width, x.options()), gbuf(g, width, x.options()), dxbuf(g, width, x.options());
+    const SliceBuffer xbuf(g, width, x.options()), gbuf(g, width, x.options()),
+        dxbuf(g, width, x.options());
     for (int64_t c0 = 0; c0 < g.C; c0 += width) {
       const Geometry gs = channel_slice(g, std::min(width, g.C - c0));
       auto xt = xbuf.load(g, x.narrow(1, c0, gs.C)), goutt = gbuf.load(g, gout.narrow(1, c0, gs.C));
@@ -555,36 +588,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& go
       auto dwt = new_output({g.K, gs.C}, x.options());
       AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_backward_cpu_cl", [&] {
         depthwise_cl_backward<scalar_t>(goutt.data_ptr<scalar_t>(), xt.data_ptr<scalar_t>(),
-                                        geom.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), dxt.data_ptr<scalar_t>(),
-                                        dgeom.data_ptr<scalar_t>(), dwt.data_ptr<scalar_t>(), gs, c0 > 0);
+                                        geom.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+                                        dxt.data_ptr<scalar_t>(), dgeom.data_ptr<scalar_t>(),
+                                        dwt.data_ptr<scalar_t>(), gs, c0 > 0);
       });
       store_planes(dxt, dx.narrow(1, c0, gs.C));
       dweight.narrow(0, c0, gs.C).copy_(dwt.t().reshape({gs.C, 1, g.k, g.k}));
     }
-    return {dx.to(x_in.scalar_type()), dgeom.to(geom_in.scalar_type()), dweight.to(weight_in.scalar_type())};
+    return {dx.to(x_in.scalar_type()), dgeom.to(geom_in.scalar_type()),
+            dweight.to(weight_in.scalar_type())};
   }
   auto dx = at::zeros_like(x);
   auto dweight = new_output(weight.sizes(), weight.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_backward_cpu", [&] {
-    backward_geom_weight<scalar_t>(gout.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(),
-                                   weight.data_ptr<scalar_t>(), dgeom.data_ptr<scalar_t>(),
-                                   dweight.data_ptr<scalar_t>(), g);
-    backward_input<scalar_t>(gout.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
-                             dx.data_ptr<scalar_t>(), g);
+    backward_geom_weight<scalar_t>(gout.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                   geom.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+                                   dgeom.data_ptr<scalar_t>(), dweight.data_ptr<scalar_t>(), g);
+    backward_input<scalar_t>(gout.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(),
+                             weight.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), g);
   });
-  return {dx.to(x_in.scalar_type()), dgeom.to(geom_in.scalar_type()), dweight.to(weight_in.scalar_type())};
+  return {dx.to(x_in.scalar_type()), dgeom.to(geom_in.scalar_type()),
+          dweight.to(weight_in.scalar_type())};
 }
 
 }  // namespace
 }  // namespace deform
 }  // namespace dzsr
-
-TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
-  m.def("deform_conv2d_forward(Tensor x, Tensor geom, bool affine, Tensor weight, Tensor? bias, int groups) -> Tensor");
-  m.def(
-      "deform_conv2d_backward(Tensor grad_out, Tensor x, Tensor geom, bool affine, Tensor weight, int groups)"
-      " -> (Tensor, Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(dzsr_C, CPU, m) {
   m.impl("deform_conv2d_forward", &dzsr::deform::forward_cpu);

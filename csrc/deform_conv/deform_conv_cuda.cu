@@ -1,4 +1,5 @@
-// CUDA kernels of the packed deformable convolution (torch.ops.dzsr_C.deform_conv2d_{forward,backward}).
+// CUDA kernels of the packed deformable convolution
+// (torch.ops.dzsr_C.deform_conv2d_{forward,backward}).
 //
 // Layouts (all contiguous, inputs and outputs; op.py's fakes say the same): x (N, C, H, W), geom
 // (N, G, H, W) with G = 6 (affine: A0..A3, by, bx) or 2k^2 (general offsets), weight
@@ -11,13 +12,14 @@
 // Kernels, one thread per (n, pixel) and a block of channels; the tap geometry is computed once per
 // (thread, tap) and reused for every channel of the block. Nothing of size C*k^2*H*W is stored.
 //   depthwise_forward_kernel  out, C/groups == 1: a thread owns CPT output channels of any groups.
-//   grouped_forward_kernel    out otherwise: a thread owns CPT output channels of one group and feeds
-//                    each sample to all of them (register blocking; weights staged in shared memory).
+//   grouped_forward_kernel    out otherwise: a thread owns CPT output channels of one group and
+//                    feeds each sample to all of them (register blocking; weights staged in shared
+//                    memory).
 //   input_grad_kernel  dx by atomicAdd scatter of the column gradient, dgeom per pixel: the BY
 //                    channel threads of a pixel reduce their position gradients through shared
 //                    memory and one thread owns the pixel's dgeom (no atomics). Depthwise also
-//                    reduces dweight here (warp shuffle, one atomicAdd per warp and weight); grouped
-//                    stages the weights in shared memory.
+//                    reduces dweight here (warp shuffle, one atomicAdd per warp and weight);
+//                    grouped stages the weights in shared memory.
 //   weight_grad_kernel dweight of grouped/dense convs: a split-K tiled GEMM go (co x pixel) times
 //                    sampled columns (pixel x ci) through shared memory, atomicAdd of the tile.
 #include <ATen/ATen.h>
@@ -59,11 +61,11 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t strea
 }
 
 constexpr int kForwardThreads = 128;  // pixels per forward block
-constexpr int kGradPixels = 32;       // pixels per input-gradient block (one warp per channel block)
-constexpr int kGradBlocksY = 8;       // channel-block threads per pixel in the input-gradient kernel
-constexpr int kTile = 32;             // weight-gradient GEMM tile (co x ci x pixels)
-constexpr int kWeightChunk = 32;      // input channels whose weights the grouped forward stages at once
-constexpr int kGradCoChunk = 32;      // output channels whose weights the grouped input gradient stages
+constexpr int kGradPixels = 32;   // pixels per input-gradient block (one warp per channel block)
+constexpr int kGradBlocksY = 8;   // channel-block threads per pixel in the input-gradient kernel
+constexpr int kTile = 32;         // weight-gradient GEMM tile (co x ci x pixels)
+constexpr int kWeightChunk = 32;  // input channels whose weights the grouped forward stages at once
+constexpr int kGradCoChunk = 32;  // output channels whose weights the grouped input gradient stages
 
 struct Shape {
   int N, C, C_out, H, W, groups, k;
@@ -75,9 +77,11 @@ struct Shape {
   __host__ __device__ int G() const { return affine ? 6 : 2 * k * k; }
 };
 
-// Taps of tap t at pixel p of sample n (no corner inside, bad = 0, for pixels past the end of the plane).
+// Taps of tap t at pixel p of sample n (no corner inside, bad = 0, for pixels past the end of the
+// plane).
 template <typename acc_t>
-__device__ __forceinline__ Taps<acc_t> pixel_taps(const acc_t* geom_n, const Shape& s, int64_t p, int t) {
+__device__ __forceinline__ Taps<acc_t> pixel_taps(const acc_t* geom_n, const Shape& s, int64_t p,
+                                                  int t) {
   Taps<acc_t> taps;
   if (p < s.HW()) {
     acc_t py, px;
@@ -96,9 +100,10 @@ __device__ __forceinline__ Taps<acc_t> pixel_taps(const acc_t* geom_n, const Sha
 
 // Writes acc (+ bias) to out[n, co0 + j, p] for the block's n_co output channels.
 template <typename scalar_t, typename acc_t, int CPT>
-__device__ __forceinline__ void store_outputs(const acc_t (&acc)[CPT], const scalar_t* __restrict__ bias,
-                                              scalar_t* __restrict__ out, const Shape& s, int n, int co0, int n_co,
-                                              int64_t p) {
+__device__ __forceinline__ void store_outputs(const acc_t (&acc)[CPT],
+                                              const scalar_t* __restrict__ bias,
+                                              scalar_t* __restrict__ out, const Shape& s, int n,
+                                              int co0, int n_co, int64_t p) {
 #pragma unroll
   for (int j = 0; j < CPT; ++j) {
     if (j < n_co) {
@@ -111,9 +116,10 @@ __device__ __forceinline__ void store_outputs(const acc_t (&acc)[CPT], const sca
 // Depthwise (C/groups == 1): grid (ceil(HW / kForwardThreads), ceil(C_out / CPT), N); block b owns
 // output channels [b*CPT, b*CPT + CPT), each reading its own input channel co / (C_out/groups).
 template <typename scalar_t, typename acc_t, int CPT>
-__global__ void __launch_bounds__(kForwardThreads) depthwise_forward_kernel(
-    const scalar_t* __restrict__ x, const acc_t* __restrict__ geom, const scalar_t* __restrict__ weight,
-    const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, Shape s) {
+__global__ void __launch_bounds__(kForwardThreads)
+    depthwise_forward_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ geom,
+                             const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
+                             scalar_t* __restrict__ out, Shape s) {
   const int64_t HW = s.HW();
   const int64_t p = int64_t(blockIdx.x) * kForwardThreads + threadIdx.x;
   if (p >= HW) return;
@@ -130,7 +136,8 @@ __global__ void __launch_bounds__(kForwardThreads) depthwise_forward_kernel(
     for (int j = 0; j < CPT; ++j) {
       if (j < n_co) {
         const int co = co0 + j;
-        acc[j] += static_cast<acc_t>(weight[int64_t(co) * KK + t]) * sample<acc_t>(x_n + int64_t(co / c_out_g) * HW, taps);
+        acc[j] += static_cast<acc_t>(weight[int64_t(co) * KK + t]) *
+                  sample<acc_t>(x_n + int64_t(co / c_out_g) * HW, taps);
       }
     }
   }
@@ -138,17 +145,19 @@ __global__ void __launch_bounds__(kForwardThreads) depthwise_forward_kernel(
 }
 
 // Grouped/dense: grid (ceil(HW / kForwardThreads), groups * blocks_per_group, N); block
-// b = g * blocks_per_group + j owns output channels [j*CPT, j*CPT + CPT) of group g, and each sample
-// of an input channel feeds all CPT of them. Per tap, the weights w[co, ci, t] of the block's
-// channels are staged in shared memory kWeightChunk input channels at a time ([ci][co], so a thread
-// reads them as vectors, all threads the same address).
+// b = g * blocks_per_group + j owns output channels [j*CPT, j*CPT + CPT) of group g, and each
+// sample of an input channel feeds all CPT of them. Per tap, the weights w[co, ci, t] of the
+// block's channels are staged in shared memory kWeightChunk input channels at a time ([ci][co], so
+// a thread reads them as vectors, all threads the same address).
 template <typename scalar_t, typename acc_t, int CPT>
-__global__ void __launch_bounds__(kForwardThreads) grouped_forward_kernel(
-    const scalar_t* __restrict__ x, const acc_t* __restrict__ geom, const scalar_t* __restrict__ weight,
-    const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, Shape s) {
+__global__ void __launch_bounds__(kForwardThreads)
+    grouped_forward_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ geom,
+                           const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
+                           scalar_t* __restrict__ out, Shape s) {
   __shared__ __align__(16) acc_t w_s[kWeightChunk][CPT];
   const int64_t HW = s.HW();
-  const int64_t p = int64_t(blockIdx.x) * kForwardThreads + threadIdx.x;  // >= HW: stages weights only
+  // p >= HW: the thread only stages weights.
+  const int64_t p = int64_t(blockIdx.x) * kForwardThreads + threadIdx.x;
   const int n = blockIdx.z, c_in_g = s.c_in_g(), c_out_g = s.c_out_g(), KK = s.KK();
   const int per_group = (c_out_g + CPT - 1) / CPT;
   const int g = blockIdx.y / per_group;
@@ -166,9 +175,10 @@ __global__ void __launch_bounds__(kForwardThreads) grouped_forward_kernel(
       __syncthreads();  // the previous chunk has been read by every thread
       for (int e = threadIdx.x; e < kWeightChunk * CPT; e += kForwardThreads) {
         const int ci = e / CPT, j = e % CPT;
-        w_s[ci][j] = (ci < n_ci && j < n_co)
-                         ? static_cast<acc_t>(weight[(int64_t(co0 + j) * c_in_g + ci0 + ci) * KK + t])
-                         : acc_t(0);
+        w_s[ci][j] =
+            (ci < n_ci && j < n_co)
+                ? static_cast<acc_t>(weight[(int64_t(co0 + j) * c_in_g + ci0 + ci) * KK + t])
+                : acc_t(0);
       }
       __syncthreads();
       for (int ci = 0; ci < n_ci; ++ci) {
@@ -189,11 +199,13 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
 }
 
 // Column gradient of input channel c at one tap: scatters dcol * corner weight into the inside
-// corners of dx (atomics; an exact zero, e.g. a zero weight times a finite dcol, is skipped, while a
-// NaN is added) and adds dcol * d(sample)/d(position) to (gpy, gpx); returns the sample value.
+// corners of dx (atomics; an exact zero, e.g. a zero weight times a finite dcol, is skipped, while
+// a NaN is added) and adds dcol * d(sample)/d(position) to (gpy, gpx); returns the sample value.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t scatter_column_grad(const scalar_t* __restrict__ x_plane, acc_t* __restrict__ dx_plane,
-                                                     const Taps<acc_t>& taps, acc_t dcol, acc_t& gpy, acc_t& gpx) {
+__device__ __forceinline__ acc_t scatter_column_grad(const scalar_t* __restrict__ x_plane,
+                                                     acc_t* __restrict__ dx_plane,
+                                                     const Taps<acc_t>& taps, acc_t dcol,
+                                                     acc_t& gpy, acc_t& gpx) {
   acc_t v, dvy, dvx;
   sample_with_grad<acc_t>(x_plane, taps, v, dvy, dvx);
   gpy += dcol * dvy;
@@ -206,21 +218,24 @@ __device__ __forceinline__ acc_t scatter_column_grad(const scalar_t* __restrict_
   return v;
 }
 
-// grid (ceil(HW / kGradPixels), N), block (kGradPixels, kGradBlocksY): thread (tx, ty) handles pixel
-// tx of the block and, per tap, a share of the input channels; the column gradient of input channel
-// ci is dcol[ci] = sum_co w[co, ci, t] * go[co, p] over the output channels of its group. The BY
-// position-gradient partial sums of a pixel meet in shared memory and thread ty == 0 adds the
-// pixel's geometry gradient, so dgeom needs no atomics.
+// grid (ceil(HW / kGradPixels), N), block (kGradPixels, kGradBlocksY): thread (tx, ty) handles
+// pixel tx of the block and, per tap, a share of the input channels; the column gradient of input
+// channel ci is dcol[ci] = sum_co w[co, ci, t] * go[co, p] over the output channels of its group.
+// The BY position-gradient partial sums of a pixel meet in shared memory and thread ty == 0 adds
+// the pixel's geometry gradient, so dgeom needs no atomics.
 //   DEPTHWISE (C/groups == 1, CPT == 1): thread ty takes channels ty, ty + BY, ...; it also reduces
-//     dweight[co, 0, t] += sum over the warp's pixels of go[co, p] * sample (one atomicAdd per warp).
-//   otherwise: for each group, passes of BY * CPT input channels (thread ty takes CPT of them, maybe
-//     none in the last pass); the weights of the pass are staged in shared memory kGradCoChunk
-//     output channels at a time ([co][ci], each thread reading its CPT entries as vectors).
+//     dweight[co, 0, t] += sum over the warp's pixels of go[co, p] * sample (one atomicAdd per
+//     warp).
+//   otherwise: for each group, passes of BY * CPT input channels (thread ty takes CPT of them,
+//     maybe none in the last pass); the weights of the pass are staged in shared memory
+//     kGradCoChunk output channels at a time ([co][ci], each thread reading its CPT entries as
+//     vectors).
 template <typename scalar_t, typename acc_t, int CPT, bool DEPTHWISE>
-__global__ void __launch_bounds__(kGradPixels* kGradBlocksY) input_grad_kernel(
-    const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x, const acc_t* __restrict__ geom,
-    const scalar_t* __restrict__ weight, acc_t* __restrict__ dx, acc_t* __restrict__ dgeom,
-    acc_t* __restrict__ dweight, Shape s) {
+__global__ void __launch_bounds__(kGradPixels* kGradBlocksY)
+    input_grad_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
+                      const acc_t* __restrict__ geom, const scalar_t* __restrict__ weight,
+                      acc_t* __restrict__ dx, acc_t* __restrict__ dgeom,
+                      acc_t* __restrict__ dweight, Shape s) {
   constexpr int kPassChannels = kGradBlocksY * CPT;
   __shared__ acc_t part[2][kGradBlocksY][kGradPixels];
   __shared__ __align__(16) acc_t w_s[DEPTHWISE ? 1 : kGradCoChunk][kPassChannels];
@@ -235,7 +250,9 @@ __global__ void __launch_bounds__(kGradPixels* kGradBlocksY) input_grad_kernel(
   const acc_t* geom_n = geom + int64_t(n) * s.G() * HW;
   acc_t* dx_n = dx + int64_t(n) * s.C * HW;
   acc_t* dgeom_n = dgeom + int64_t(n) * s.G() * HW;
-  auto grad_out_at = [&](int co) { return valid ? static_cast<acc_t>(go_n[int64_t(co) * HW + p]) : acc_t(0); };
+  auto grad_out_at = [&](int co) {
+    return valid ? static_cast<acc_t>(go_n[int64_t(co) * HW + p]) : acc_t(0);
+  };
 
   for (int t = 0; t < KK; ++t) {
     const Taps<acc_t> taps = pixel_taps(geom_n, s, p, t);
@@ -245,7 +262,8 @@ __global__ void __launch_bounds__(kGradPixels* kGradBlocksY) input_grad_kernel(
         acc_t dcol = acc_t(0);
         for (int co = c * c_out_g; co < (c + 1) * c_out_g; ++co)
           dcol += static_cast<acc_t>(weight[int64_t(co) * KK + t]) * grad_out_at(co);
-        const acc_t v = scatter_column_grad(x_n + int64_t(c) * HW, dx_n + int64_t(c) * HW, taps, dcol, gpy, gpx);
+        const acc_t v = scatter_column_grad(x_n + int64_t(c) * HW, dx_n + int64_t(c) * HW, taps,
+                                            dcol, gpy, gpx);
         for (int co = c * c_out_g; co < (c + 1) * c_out_g; ++co) {
           const acc_t sum = warp_sum(grad_out_at(co) * v);
           if (tx == 0) atomicAdd(dweight + int64_t(co) * KK + t, sum);
@@ -265,7 +283,8 @@ __global__ void __launch_bounds__(kGradPixels* kGradBlocksY) input_grad_kernel(
               const int co = e / kPassChannels, ci = pass + e % kPassChannels;
               w_s[co][e % kPassChannels] =
                   (co < n_co && ci < c_in_g)
-                      ? static_cast<acc_t>(weight[((int64_t(g) * c_out_g + co_base + co) * c_in_g + ci) * KK + t])
+                      ? static_cast<acc_t>(
+                            weight[((int64_t(g) * c_out_g + co_base + co) * c_in_g + ci) * KK + t])
                       : acc_t(0);
             }
             __syncthreads();
@@ -307,9 +326,10 @@ __global__ void __launch_bounds__(kGradPixels* kGradBlocksY) input_grad_kernel(
 // columns are staged in shared memory, each thread accumulates 4 (co, ci) entries, and the tile is
 // added to dweight with atomicAdd at the end.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(256) weight_grad_kernel(
-    const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x, const acc_t* __restrict__ geom,
-    acc_t* __restrict__ dweight, Shape s, int tiles_per_chunk) {
+__global__ void __launch_bounds__(256)
+    weight_grad_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
+                       const acc_t* __restrict__ geom, acc_t* __restrict__ dweight, Shape s,
+                       int tiles_per_chunk) {
   __shared__ acc_t go_s[kTile][kTile + 1];
   __shared__ acc_t col_s[kTile][kTile + 1];
   __shared__ Taps<acc_t> taps_s[kTile];
@@ -343,8 +363,11 @@ __global__ void __launch_bounds__(256) weight_grad_kernel(
     for (int e = tid; e < kTile * kTile; e += 256) {
       const int r = e / kTile, q = e % kTile;
       const int64_t p = p0 + q;
-      go_s[r][q] = (co0 + r < c_out_g && p < HW) ? static_cast<acc_t>(go_g[int64_t(co0 + r) * HW + p]) : acc_t(0);
-      col_s[r][q] = (ci0 + r < c_in_g) ? sample<acc_t>(x_g + int64_t(ci0 + r) * HW, taps_s[q]) : acc_t(0);
+      go_s[r][q] = (co0 + r < c_out_g && p < HW)
+                       ? static_cast<acc_t>(go_g[int64_t(co0 + r) * HW + p])
+                       : acc_t(0);
+      col_s[r][q] =
+          (ci0 + r < c_in_g) ? sample<acc_t>(x_g + int64_t(ci0 + r) * HW, taps_s[q]) : acc_t(0);
     }
     __syncthreads();
 #pragma unroll 8
@@ -364,8 +387,8 @@ __global__ void __launch_bounds__(256) weight_grad_kernel(
   }
 }
 
-Shape check_inputs(const at::Tensor& x, const at::Tensor& geom, bool affine, const at::Tensor& weight, int64_t groups,
-                   const char* op) {
+Shape check_inputs(const at::Tensor& x, const at::Tensor& geom, bool affine,
+                   const at::Tensor& weight, int64_t groups, const char* op) {
   TORCH_CHECK(x.device().type() == kKernelDevice && geom.device().type() == kKernelDevice &&
                   weight.device().type() == kKernelDevice,
               op, ": x, geom and weight must be CUDA tensors");
@@ -377,29 +400,32 @@ Shape check_inputs(const at::Tensor& x, const at::Tensor& geom, bool affine, con
               ": x, geom and weight must share one dtype");
   TORCH_CHECK(x.get_device() == geom.get_device() && x.get_device() == weight.get_device(), op,
               ": x, geom and weight must be on one device");
-  Shape s{int(x.size(0)), int(x.size(1)), int(weight.size(0)), int(x.size(2)), int(x.size(3)), int(groups),
-          int(weight.size(2)), affine};
+  Shape s{int(x.size(0)), int(x.size(1)), int(weight.size(0)), int(x.size(2)),
+          int(x.size(3)), int(groups),    int(weight.size(2)), affine};
   TORCH_CHECK(groups >= 1 && s.C % groups == 0 && s.C_out % groups == 0, op, ": groups=", groups,
               " must divide C=", s.C, " and C_out=", s.C_out);
   TORCH_CHECK(weight.size(1) == s.C / groups && weight.size(3) == s.k && s.k % 2 == 1, op,
               ": weight must be (C_out, C/groups, k, k) with odd k, got ", weight.sizes());
-  TORCH_CHECK(geom.size(0) == s.N && geom.size(1) == s.G() && geom.size(2) == s.H && geom.size(3) == s.W, op,
-              ": geom must be (N, ", s.G(), ", H, W), got ", geom.sizes());
+  TORCH_CHECK(
+      geom.size(0) == s.N && geom.size(1) == s.G() && geom.size(2) == s.H && geom.size(3) == s.W,
+      op, ": geom must be (N, ", s.G(), ", H, W), got ", geom.sizes());
   TORCH_CHECK(s.HW() < (int64_t(1) << 31), op, ": H*W must be below 2^31");
-  TORCH_CHECK(s.N <= 65535, op, ": the CUDA kernels take at most 65535 samples per call, got N=", s.N);
+  TORCH_CHECK(s.N <= 65535, op,
+              ": the CUDA kernels take at most 65535 samples per call, got N=", s.N);
   return s;
 }
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 at::Tensor deform_conv2d_forward_cuda(const at::Tensor& x, const at::Tensor& geom, bool affine,
-                                      const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                      int64_t groups) {
+                                      const at::Tensor& weight,
+                                      const std::optional<at::Tensor>& bias, int64_t groups) {
   const Shape s = check_inputs(x, geom, affine, weight, groups, "deform_conv2d_forward");
   if (bias.has_value()) {
-    TORCH_CHECK(bias->device().type() == kKernelDevice && bias->is_contiguous() && bias->dim() == 1 && bias->size(0) == s.C_out &&
-                    bias->scalar_type() == x.scalar_type(),
-                "deform_conv2d_forward: bias must be a contiguous CUDA (C_out,) tensor of x's dtype");
+    TORCH_CHECK(
+        bias->device().type() == kKernelDevice && bias->is_contiguous() && bias->dim() == 1 &&
+            bias->size(0) == s.C_out && bias->scalar_type() == x.scalar_type(),
+        "deform_conv2d_forward: bias must be a contiguous CUDA (C_out,) tensor of x's dtype");
   }
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = dzsr::new_output({s.N, s.C_out, s.H, s.W}, x.options());
@@ -407,35 +433,38 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& x, const at::Tensor& geo
   const at::Tensor geom_acc = geom.to(acc_type(x.scalar_type()));
   const bool depthwise = s.c_in_g() == 1;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "deform_conv2d_forward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* bias_ptr = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
-    auto run = [&](auto kernel, int channel_blocks) {
-      const dim3 grid(unsigned((s.HW() + kForwardThreads - 1) / kForwardThreads), unsigned(channel_blocks),
-                      unsigned(s.N));
-      launch(kernel, grid, dim3(kForwardThreads), stream, x.data_ptr<scalar_t>(), geom_acc.data_ptr<acc_t>(),
-             weight.data_ptr<scalar_t>(), bias_ptr, out.data_ptr<scalar_t>(), s);
-    };
-    if (depthwise) {
-      run(depthwise_forward_kernel<scalar_t, acc_t, 8>, (s.C_out + 7) / 8);
-    } else if (s.c_out_g() >= 32) {
-      run(grouped_forward_kernel<scalar_t, acc_t, 32>, s.groups * ((s.c_out_g() + 31) / 32));
-    } else {
-      run(grouped_forward_kernel<scalar_t, acc_t, 8>, s.groups * ((s.c_out_g() + 7) / 8));
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "deform_conv2d_forward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* bias_ptr = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+        auto run = [&](auto kernel, int channel_blocks) {
+          const dim3 grid(unsigned((s.HW() + kForwardThreads - 1) / kForwardThreads),
+                          unsigned(channel_blocks), unsigned(s.N));
+          launch(kernel, grid, dim3(kForwardThreads), stream, x.data_ptr<scalar_t>(),
+                 geom_acc.data_ptr<acc_t>(), weight.data_ptr<scalar_t>(), bias_ptr,
+                 out.data_ptr<scalar_t>(), s);
+        };
+        if (depthwise) {
+          run(depthwise_forward_kernel<scalar_t, acc_t, 8>, (s.C_out + 7) / 8);
+        } else if (s.c_out_g() >= 32) {
+          run(grouped_forward_kernel<scalar_t, acc_t, 32>, s.groups * ((s.c_out_g() + 31) / 32));
+        } else {
+          run(grouped_forward_kernel<scalar_t, acc_t, 8>, s.groups * ((s.c_out_g() + 7) / 8));
+        }
+      });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(const at::Tensor& grad_out,
-                                                                           const at::Tensor& x,
-                                                                           const at::Tensor& geom, bool affine,
-                                                                           const at::Tensor& weight, int64_t groups) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& geom, bool affine,
+    const at::Tensor& weight, int64_t groups) {
   const Shape s = check_inputs(x, geom, affine, weight, groups, "deform_conv2d_backward");
-  TORCH_CHECK(grad_out.device().type() == kKernelDevice && grad_out.is_contiguous() && grad_out.scalar_type() == x.scalar_type() &&
-                  grad_out.dim() == 4 && grad_out.size(0) == s.N && grad_out.size(1) == s.C_out &&
+  TORCH_CHECK(grad_out.device().type() == kKernelDevice && grad_out.is_contiguous() &&
+                  grad_out.scalar_type() == x.scalar_type() && grad_out.dim() == 4 &&
+                  grad_out.size(0) == s.N && grad_out.size(1) == s.C_out &&
                   grad_out.size(2) == s.H && grad_out.size(3) == s.W,
-              "deform_conv2d_backward: grad_out must be a contiguous CUDA (N, C_out, H, W) tensor of x's dtype");
+              "deform_conv2d_backward: grad_out must be a contiguous CUDA (N, C_out, H, W) tensor "
+              "of x's dtype");
   const c10::cuda::CUDAGuard guard(x.device());
   const at::ScalarType acc = acc_type(x.scalar_type());
   // Accumulated by atomics or by the owning thread's +=, so they start at zero.
@@ -448,41 +477,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(const
     const at::Tensor geom_acc = geom.to(acc);
     const bool depthwise = s.c_in_g() == 1;
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "deform_conv2d_backward_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const dim3 grid(unsigned((s.HW() + kGradPixels - 1) / kGradPixels), unsigned(s.N));
-      const dim3 block(kGradPixels, kGradBlocksY);
-      auto run_input = [&](auto kernel) {
-        launch(kernel, grid, block, stream, grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-               geom_acc.data_ptr<acc_t>(), weight.data_ptr<scalar_t>(), dx.data_ptr<acc_t>(),
-               dgeom.data_ptr<acc_t>(), dweight.data_ptr<acc_t>(), s);
-      };
-      if (depthwise) {
-        run_input(input_grad_kernel<scalar_t, acc_t, 1, true>);
-      } else if (s.c_in_g() >= 32) {
-        run_input(input_grad_kernel<scalar_t, acc_t, 8, false>);
-      } else {
-        run_input(input_grad_kernel<scalar_t, acc_t, 1, false>);
-      }
-      const int64_t weight_tiles = int64_t(s.groups) * ((s.c_out_g() + kTile - 1) / kTile) *
-                                   ((s.c_in_g() + kTile - 1) / kTile);
-      if (!depthwise && weight_tiles > 0) {
-        const int64_t tiles = (s.HW() + kTile - 1) / kTile;
-        const int64_t weight_blocks = weight_tiles * s.KK();
-        // Enough blocks to fill the device a few times over; each sums tiles_per_chunk pixel tiles.
-        TORCH_CHECK(weight_blocks <= 65535, "deform_conv2d_backward: groups * k^2 * weight tiles = ", weight_blocks,
-                    " exceeds the CUDA grid limit 65535");
-        int sms = 0;
-        C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
-        const int64_t target = 8 * int64_t(sms);
-        const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(tiles, target / (weight_blocks * s.N) + 1));
-        const int tiles_per_chunk = int((tiles + chunks - 1) / chunks);
-        const dim3 wgrid(unsigned((tiles + tiles_per_chunk - 1) / tiles_per_chunk), unsigned(weight_blocks),
-                         unsigned(s.N));
-        launch(weight_grad_kernel<scalar_t, acc_t>, wgrid, dim3(256), stream, grad_out.data_ptr<scalar_t>(),
-               x.data_ptr<scalar_t>(), geom_acc.data_ptr<acc_t>(), dweight.data_ptr<acc_t>(), s, tiles_per_chunk);
-      }
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "deform_conv2d_backward_cuda", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          const dim3 grid(unsigned((s.HW() + kGradPixels - 1) / kGradPixels), unsigned(s.N));
+          const dim3 block(kGradPixels, kGradBlocksY);
+          auto run_input = [&](auto kernel) {
+            launch(kernel, grid, block, stream, grad_out.data_ptr<scalar_t>(),
+                   x.data_ptr<scalar_t>(), geom_acc.data_ptr<acc_t>(), weight.data_ptr<scalar_t>(),
+                   dx.data_ptr<acc_t>(), dgeom.data_ptr<acc_t>(), dweight.data_ptr<acc_t>(), s);
+          };
+          if (depthwise) {
+            run_input(input_grad_kernel<scalar_t, acc_t, 1, true>);
+          } else if (s.c_in_g() >= 32) {
+            run_input(input_grad_kernel<scalar_t, acc_t, 8, false>);
+          } else {
+            run_input(input_grad_kernel<scalar_t, acc_t, 1, false>);
+          }
+          const int64_t weight_tiles = int64_t(s.groups) * ((s.c_out_g() + kTile - 1) / kTile) *
+                                       ((s.c_in_g() + kTile - 1) / kTile);
+          if (!depthwise && weight_tiles > 0) {
+            const int64_t tiles = (s.HW() + kTile - 1) / kTile;
+            const int64_t weight_blocks = weight_tiles * s.KK();
+            // Enough blocks to fill the device a few times over; each sums tiles_per_chunk pixel
+            // tiles.
+            TORCH_CHECK(weight_blocks <= 65535,
+                        "deform_conv2d_backward: groups * k^2 * weight tiles = ", weight_blocks,
+                        " exceeds the CUDA grid limit 65535");
+            int sms = 0;
+            C10_CUDA_CHECK(
+                cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
+            const int64_t target = 8 * int64_t(sms);
+            const int64_t chunks =
+                std::max<int64_t>(1, std::min<int64_t>(tiles, target / (weight_blocks * s.N) + 1));
+            const int tiles_per_chunk = int((tiles + chunks - 1) / chunks);
+            const dim3 wgrid(unsigned((tiles + tiles_per_chunk - 1) / tiles_per_chunk),
+                             unsigned(weight_blocks), unsigned(s.N));
+            launch(weight_grad_kernel<scalar_t, acc_t>, wgrid, dim3(256), stream,
+                   grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                   geom_acc.data_ptr<acc_t>(), dweight.data_ptr<acc_t>(), s, tiles_per_chunk);
+          }
+        });
   }
   const at::ScalarType dtype = x.scalar_type();
   return {dx.to(dtype), dgeom.to(dtype), dweight.to(dtype)};

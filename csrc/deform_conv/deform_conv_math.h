@@ -1,7 +1,7 @@
 // Per-element math of the packed deformable convolution, shared by the CPU and CUDA kernels.
 //
-// Geometry (see dzsr_kernels/deform_conv/reference.py): tap t = i*k + j of output pixel q = (qy, qx)
-// has grid vector g = (i - k/2, j - k/2) and samples the input plane at
+// Geometry (see dzsr_kernels/deform_conv/reference.py): tap t = i*k + j of output pixel
+// q = (qy, qx) has grid vector g = (i - k/2, j - k/2) and samples the input plane at
 //   affine:  p = q + A(q) g + b(q),   geom channels [A0, A1, A2, A3, by, bx]
 //   general: p = q + g + (off[2t](q), off[2t+1](q)),   geom channels = 2k^2 offsets
 // Sampling rule (reference.py states it in full): a non-finite position samples NaN and has a NaN
@@ -51,8 +51,8 @@ DZSR_HD int tap_gx(int t, int k) { return t % k - k / 2; }
 // Absolute sampling position of tap t at pixel (qy, qx); geom points at sample n's geometry,
 // channel stride `plane`, and `pix` = qy * W + qx.
 template <typename T>
-DZSR_HD void tap_position(const T* geom, int64_t plane, int64_t pix, bool affine, int t, int k, int qy, int qx,
-                          T& py, T& px) {
+DZSR_HD void tap_position(const T* geom, int64_t plane, int64_t pix, bool affine, int t, int k,
+                          int qy, int qx, T& py, T& px) {
   const T gy = static_cast<T>(tap_gy(t, k));
   const T gx = static_cast<T>(tap_gx(t, k));
   if (affine) {
@@ -99,8 +99,8 @@ DZSR_HD void bilinear_taps(T py, T px, int H, int W, Taps<T>& s) {
 
 // One sample, and its value with the position derivatives (dvy, dvx, without `bad`: callers start
 // the position gradient at s.bad) sharing the four corner reads. The plane is stored as S and read
-// into the accumulation type T of the taps: S = T for float/double, S = half with T = float on CUDA,
-// so half inputs are sampled without a float copy of the input.
+// into the accumulation type T of the taps: S = T for float/double, S = half with T = float on
+// CUDA, so half inputs are sampled without a float copy of the input.
 template <typename T, typename S>
 DZSR_HD T sample(const S* plane, const Taps<T>& s) {
   T v = s.bad;
@@ -129,7 +129,8 @@ DZSR_HD void sample_with_grad(const S* plane, const Taps<T>& s, T& v, T& dvy, T&
 // (grad points at sample n's gradient, channel stride `plane`, pixel `pix`). Affine: dA = gp g^T,
 // db = gp, summed over taps by the caller's accumulation order; general: the tap's own offset.
 template <typename T>
-DZSR_HD void accumulate_geom_grad(T* grad, int64_t plane, int64_t pix, bool affine, int t, int k, T gpy, T gpx) {
+DZSR_HD void accumulate_geom_grad(T* grad, int64_t plane, int64_t pix, bool affine, int t, int k,
+                                  T gpy, T gpx) {
   if (affine) {
     const T gy = static_cast<T>(tap_gy(t, k));
     const T gx = static_cast<T>(tap_gx(t, k));

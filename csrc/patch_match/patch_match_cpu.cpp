@@ -1,11 +1,11 @@
 // Top-1 patch matching on CPU: streaming over reference tiles with a running max/argmax.
 //
-// Inputs are prepared by dzsr_kernels/patch_match/reference.py::prepare and are finite (match_prepared
-// zeroes the NaNs of non-finite pixels and applies the non-finite rule afterwards): pixel-major
-// normalised maps uq (N,Hq,Wq,C), ur (N,Hr,Wr,C) in float32 and inverse patch norms inv_q (N,Hpq,Wpq),
-// inv_r (N,Hpr,Wpr). For query patch q the kernel keeps the best val(r) = <P_q,P_r> * inv_r[r] with
-// ties to the smallest flattened r, and returns score = best * inv_q[q] and the index, as contiguous
-// (N,Hpq,Wpq) float32 and int64 tensors (empty for N = 0).
+// Inputs are prepared by dzsr_kernels/patch_match/reference.py::prepare and are finite
+// (match_prepared zeroes the NaNs of non-finite pixels and applies the non-finite rule afterwards):
+// pixel-major normalised maps uq (N,Hq,Wq,C), ur (N,Hr,Wr,C) in float32 and inverse patch norms
+// inv_q (N,Hpq,Wpq), inv_r (N,Hpr,Wpr). For query patch q the kernel keeps the best val(r) =
+// <P_q,P_r> * inv_r[r] with ties to the smallest flattened r, and returns score = best * inv_q[q]
+// and the index, as contiguous (N,Hpq,Wpq) float32 and int64 tensors (empty for N = 0).
 //
 // Shift decomposition: a p x p patch dot product is the sum over the p² shifts d of per-pixel dot
 // products, <P_q,P_r> = sum_d <u_q(q+d), u_r(r+d)>. For a tile of query patches and a tile of
@@ -37,7 +37,8 @@ struct Tile {
 std::vector<Tile> make_tiles(int64_t hp, int64_t wp) {
   std::vector<Tile> tiles;
   for (int64_t y = 0; y < hp; y += kTile)
-    for (int64_t x = 0; x < wp; x += kTile) tiles.push_back({y, x, std::min(kTile, hp - y), std::min(kTile, wp - x)});
+    for (int64_t x = 0; x < wp; x += kTile)
+      tiles.push_back({y, x, std::min(kTile, hp - y), std::min(kTile, wp - x)});
   return tiles;
 }
 
@@ -60,9 +61,10 @@ struct Best {
   }
 };
 
-// Per reference tile, the flat layout used by scan_pair: pair (query patch, ref patch (ry, rx)) sits at
-// b = ry * rpw + rx (rpw = tile pixel width), so the p-1 columns per row with rx >= w are invalid.
-// gain[b] = inv_r of the patch (0 if invalid) and bias[b] = 0 (-inf if invalid): val = sum * gain + bias.
+// Per reference tile, the flat layout used by scan_pair: pair (query patch, ref patch (ry, rx))
+// sits at b = ry * rpw + rx (rpw = tile pixel width), so the p-1 columns per row with rx >= w are
+// invalid. gain[b] = inv_r of the patch (0 if invalid) and bias[b] = 0 (-inf if invalid):
+// val = sum * gain + bias.
 struct RefTileScale {
   std::vector<float> gain, bias;
   int64_t len = 0;  // (h-1) * rpw + w
@@ -81,12 +83,14 @@ struct RefTileScale {
 
 constexpr int kLanes = 16;
 
-// One query patch against one reference tile: val[b] = gain[b] * (sum over the shifted S rows) + bias[b]
-// for b in [0, len); returns max val. kP > 0 fixes the patch size at compile time (the p = 3 the model
-// uses: the nine-row sum is fully unrolled and vectorised); kP = 0 reads p at run time.
+// One query patch against one reference tile: val[b] = gain[b] * (sum over the shifted S rows)
+// + bias[b] for b in [0, len); returns max val. kP > 0 fixes the patch size at compile time (the
+// p = 3 the model uses: the nine-row sum is fully unrolled and vectorised); kP = 0 reads p at run
+// time.
 template <int kP>
-float shifted_row_max(const float* const* rows, int64_t p, int64_t len, const float* __restrict__ gain,
-                      const float* __restrict__ bias, float* __restrict__ val) {
+float shifted_row_max(const float* const* rows, int64_t p, int64_t len,
+                      const float* __restrict__ gain, const float* __restrict__ bias,
+                      float* __restrict__ val) {
   const int64_t taps = kP > 0 ? kP * kP : p * p;
   float lane_max[kLanes];
   for (int j = 0; j < kLanes; ++j) lane_max[j] = -std::numeric_limits<float>::infinity();
@@ -110,9 +114,9 @@ float shifted_row_max(const float* const* rows, int64_t p, int64_t len, const fl
   return m;
 }
 
-// Scans one (query tile, reference tile) pair given their similarity tile S (Pq x Pr): for each query
-// patch, val[b] = gain[b] * sum_d S[pixel(q)+d][b + shift(d)] + bias[b] over the flat layout, the
-// maximum, and the first b reaching it, offered to the running best with its global index.
+// Scans one (query tile, reference tile) pair given their similarity tile S (Pq x Pr): for each
+// query patch, val[b] = gain[b] * sum_d S[pixel(q)+d][b + shift(d)] + bias[b] over the flat layout,
+// the maximum, and the first b reaching it, offered to the running best with its global index.
 void scan_pair(const float* S, int64_t Pr, const Tile& qt, const Tile& rt, int64_t p, int64_t wpr,
                const RefTileScale& scale, float* val, Best* best) {
   const int64_t qpw = qt.w + p - 1, rpw = rt.w + p - 1, len = scale.len;
@@ -122,8 +126,10 @@ void scan_pair(const float* S, int64_t Pr, const Tile& qt, const Tile& rt, int64
       for (int64_t dy = 0; dy < p; ++dy)
         for (int64_t dx = 0; dx < p; ++dx)
           rows[dy * p + dx] = S + ((ly + dy) * qpw + lx + dx) * Pr + dy * rpw + dx;
-      const float m = p == 3 ? shifted_row_max<3>(rows.data(), p, len, scale.gain.data(), scale.bias.data(), val)
-                             : shifted_row_max<0>(rows.data(), p, len, scale.gain.data(), scale.bias.data(), val);
+      const float m =
+          p == 3
+              ? shifted_row_max<3>(rows.data(), p, len, scale.gain.data(), scale.bias.data(), val)
+              : shifted_row_max<0>(rows.data(), p, len, scale.gain.data(), scale.bias.data(), val);
       Best& bst = best[ly * qt.w + lx];
       if (!(m >= bst.val)) continue;
       int64_t b = 0;
@@ -133,17 +139,22 @@ void scan_pair(const float* S, int64_t Pr, const Tile& qt, const Tile& rt, int64
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const at::Tensor& ur, const at::Tensor& inv_q,
-                                                   const at::Tensor& inv_r, int64_t p) {
-  TORCH_CHECK(uq.dim() == 4 && ur.dim() == 4 && uq.size(0) == ur.size(0) && uq.size(3) == ur.size(3),
-              "patch_match: uq (N,Hq,Wq,C) and ur (N,Hr,Wr,C) must agree in N and C");
+std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const at::Tensor& ur,
+                                                   const at::Tensor& inv_q, const at::Tensor& inv_r,
+                                                   int64_t p) {
+  TORCH_CHECK(
+      uq.dim() == 4 && ur.dim() == 4 && uq.size(0) == ur.size(0) && uq.size(3) == ur.size(3),
+      "patch_match: uq (N,Hq,Wq,C) and ur (N,Hr,Wr,C) must agree in N and C");
   for (const auto* t : {&uq, &ur, &inv_q, &inv_r})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "patch_match: inputs must be contiguous float32");
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(),
+                "patch_match: inputs must be contiguous float32");
   const int64_t N = uq.size(0), Hq = uq.size(1), Wq = uq.size(2), C = uq.size(3);
   const int64_t Hr = ur.size(1), Wr = ur.size(2);
   const int64_t hpq = Hq - p + 1, wpq = Wq - p + 1, hpr = Hr - p + 1, wpr = Wr - p + 1;
-  TORCH_CHECK(p >= 1 && hpq >= 1 && wpq >= 1 && hpr >= 1 && wpr >= 1, "patch_match: maps smaller than the patch");
-  TORCH_CHECK(inv_q.sizes() == at::IntArrayRef({N, hpq, wpq}) && inv_r.sizes() == at::IntArrayRef({N, hpr, wpr}),
+  TORCH_CHECK(p >= 1 && hpq >= 1 && wpq >= 1 && hpr >= 1 && wpr >= 1,
+              "patch_match: maps smaller than the patch");
+  TORCH_CHECK(inv_q.sizes() == at::IntArrayRef({N, hpq, wpq}) &&
+                  inv_r.sizes() == at::IntArrayRef({N, hpr, wpr}),
               "patch_match: inv_q/inv_r must be (N, H-p+1, W-p+1)");
 
   at::Tensor score = dzsr::new_output({N, hpq, wpq}, uq.options());
@@ -151,9 +162,9 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const a
   if (N == 0) return {score, index};  // empty batch: nothing to match (and no work items to split)
   const std::vector<Tile> qtiles = make_tiles(hpq, wpq), rtiles = make_tiles(hpr, wpr);
   const int64_t nq = static_cast<int64_t>(qtiles.size()), nr = static_cast<int64_t>(rtiles.size());
-  // Work items are (sample, query tile, range of reference tiles): the reference tiles are split into
-  // `splits` ranges so that there are enough items to balance the threads, which take items from a
-  // shared counter. Each item keeps its own running best, merged below in split order.
+  // Work items are (sample, query tile, range of reference tiles): the reference tiles are split
+  // into `splits` ranges so that there are enough items to balance the threads, which take items
+  // from a shared counter. Each item keeps its own running best, merged below in split order.
   const int64_t want = 8 * at::get_num_threads();
   const int64_t splits = std::min(nr, std::max<int64_t>(1, (want + N * nq - 1) / (N * nq)));
   const int64_t items = N * nq * splits;
@@ -211,9 +222,5 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const a
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
-  m.def("patch_match(Tensor uq, Tensor ur, Tensor inv_q, Tensor inv_r, int patch_size) -> (Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(dzsr_C, CPU, m) { m.impl("patch_match", &patch_match_cpu); }

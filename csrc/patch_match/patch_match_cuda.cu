@@ -1,14 +1,15 @@
-// Top-1 patch matching on CUDA, shift-decomposed like the CPU kernel: one block owns a tile of query
-// patches of one sample and streams over tiles of reference patches with a running max/argmax in
-// registers (memory O(Nq + Nr)).
+// Top-1 patch matching on CUDA, shift-decomposed like the CPU kernel: one block owns a tile of
+// query patches of one sample and streams over tiles of reference patches with a running max/argmax
+// in registers (memory O(Nq + Nr)).
 //
 // Same finite inputs, formula and contiguous outputs as patch_match_cpu.cpp (see there):
-// val(q, r) = <P_q, P_r> * inv_r[r], ties to the smallest r, score = best * inv_q[q]. Per (query tile,
-// reference tile) the block computes the per-pixel similarity tile S = Uq_tile · Ur_tileᵀ over the 8x16
-// query and 8x8 reference pixel tiles (exact float32 FMA, channels staged through shared memory, a 4x8
-// micro-tile per thread), keeps S in shared memory, and each thread owning a query patch sums the p²
-// shifted entries of S for every reference patch of the tile. For p = 3 that is 128·64 pixel dot
-// products for 84·36 patch pairs, 3.3x fewer multiply-adds than p²C-long patch dot products.
+// val(q, r) = <P_q, P_r> * inv_r[r], ties to the smallest r, score = best * inv_q[q]. Per (query
+// tile, reference tile) the block computes the per-pixel similarity tile S = Uq_tile · Ur_tileᵀ
+// over the 8x16 query and 8x8 reference pixel tiles (exact float32 FMA, channels staged through
+// shared memory, a 4x8 micro-tile per thread), keeps S in shared memory, and each thread owning a
+// query patch sums the p² shifted entries of S for every reference patch of the tile. For p = 3
+// that is 128·64 pixel dot products for 84·36 patch pairs, 3.3x fewer multiply-adds than p²C-long
+// patch dot products.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -18,8 +19,8 @@
 #include <tuple>
 
 #ifdef DZSR_CUDA_EMULATION
-// Test-only build (tests/cuda_emulation/patch_match_emulated.cpp): the same kernel and host code run
-// on CPU threads with CPU tensors, so they can be checked against the reference without a GPU.
+// Test-only build (tests/cuda_emulation/patch_match_emulated.cpp): the same kernel and host code
+// run on CPU threads with CPU tensors, so they can be checked against the reference without a GPU.
 #include "cuda_emulation.h"
 #else
 #include <c10/cuda/CUDAException.h>
@@ -34,9 +35,9 @@ namespace {
 constexpr int kQPixH = 8, kQPixW = 16;  // query pixel tile: (8-p+1) x (16-p+1) patches
 constexpr int kRPixH = 8, kRPixW = 8;   // reference pixel tile: (8-p+1) x (8-p+1) patches
 constexpr int kQPix = kQPixH * kQPixW, kRPix = kRPixH * kRPixW;
-constexpr int kMaxPatch = 7;            // largest odd patch that leaves a patch in every tile
-constexpr int kChunk = 16;              // channels staged per step
-constexpr int kThreads = 256;           // 32 x 8 threads, each a 4 x 8 micro-tile of S
+constexpr int kMaxPatch = 7;   // largest odd patch that leaves a patch in every tile
+constexpr int kChunk = 16;     // channels staged per step
+constexpr int kThreads = 256;  // 32 x 8 threads, each a 4 x 8 micro-tile of S
 constexpr int kMicroQ = kQPix / 32, kMicroR = kRPix / 8;
 
 #ifdef DZSR_CUDA_EMULATION
@@ -50,11 +51,11 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
-// Stages channels [c0, c0 + kChunk) of the pixel tile at (y0, x0) (tile width tw, kPix pixels) of map
-// u (H, W, C) as dst[channel][pixel]; pixels outside the map read zero.
+// Stages channels [c0, c0 + kChunk) of the pixel tile at (y0, x0) (tile width tw, kPix pixels) of
+// map u (H, W, C) as dst[channel][pixel]; pixels outside the map read zero.
 template <int kPix, int kTileW>
-__device__ __forceinline__ void stage(const float* __restrict__ u, int H, int W, int C, int y0, int x0, int c0,
-                                      float (*dst)[kPix]) {
+__device__ __forceinline__ void stage(const float* __restrict__ u, int H, int W, int C, int y0,
+                                      int x0, int c0, float (*dst)[kPix]) {
   for (int e = threadIdx.x; e < kPix * kChunk; e += kThreads) {
     const int pix = e / kChunk, ch = e % kChunk;
     const int y = y0 + pix / kTileW, x = x0 + pix % kTileW, c = c0 + ch;
@@ -62,10 +63,11 @@ __device__ __forceinline__ void stage(const float* __restrict__ u, int H, int W,
   }
 }
 
-__global__ void __launch_bounds__(kThreads) patch_match_kernel(
-    const float* __restrict__ uq, const float* __restrict__ ur, const float* __restrict__ inv_q,
-    const float* __restrict__ inv_r, float* __restrict__ score, int64_t* __restrict__ index, int p, int C, int Hq,
-    int Wq, int Hr, int Wr, int hpq, int wpq, int hpr, int wpr) {
+__global__ void __launch_bounds__(kThreads)
+    patch_match_kernel(const float* __restrict__ uq, const float* __restrict__ ur,
+                       const float* __restrict__ inv_q, const float* __restrict__ inv_r,
+                       float* __restrict__ score, int64_t* __restrict__ index, int p, int C, int Hq,
+                       int Wq, int Hr, int Wr, int hpq, int wpq, int hpr, int wpr) {
   __shared__ float qs[kChunk][kQPix];
   __shared__ float rs[kChunk][kRPix];
   __shared__ float S[kQPix][kRPix + 1];
@@ -116,7 +118,8 @@ __global__ void __launch_bounds__(kThreads) patch_match_kernel(
         for (int rx = 0; rx < rw && rx0 + rx < wpr; ++rx) {
           float sum = 0.f;
           for (int dy = 0; dy < p; ++dy)
-            for (int dx = 0; dx < p; ++dx) sum += S[(ly + dy) * kQPixW + lx + dx][(ry + dy) * kRPixW + rx + dx];
+            for (int dx = 0; dx < p; ++dx)
+              sum += S[(ly + dy) * kQPixW + lx + dx][(ry + dy) * kRPixW + rx + dx];
           const int r = (ry0 + ry) * wpr + rx0 + rx;
           const float v = sum * inv_r[inv_r_base + r];
           if (better(v, r, best, best_idx)) {
@@ -135,34 +138,46 @@ __global__ void __launch_bounds__(kThreads) patch_match_kernel(
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> patch_match_cuda(const at::Tensor& uq, const at::Tensor& ur, const at::Tensor& inv_q,
+std::tuple<at::Tensor, at::Tensor> patch_match_cuda(const at::Tensor& uq, const at::Tensor& ur,
+                                                    const at::Tensor& inv_q,
                                                     const at::Tensor& inv_r, int64_t p) {
-  TORCH_CHECK(uq.dim() == 4 && ur.dim() == 4 && uq.size(0) == ur.size(0) && uq.size(3) == ur.size(3),
-              "patch_match: uq (N,Hq,Wq,C) and ur (N,Hr,Wr,C) must agree in N and C");
+  TORCH_CHECK(
+      uq.dim() == 4 && ur.dim() == 4 && uq.size(0) == ur.size(0) && uq.size(3) == ur.size(3),
+      "patch_match: uq (N,Hq,Wq,C) and ur (N,Hr,Wr,C) must agree in N and C");
   for (const auto* t : {&uq, &ur, &inv_q, &inv_r})
-    TORCH_CHECK(t->device().type() == kKernelDevice && t->scalar_type() == at::kFloat && t->is_contiguous(),
-                "patch_match: inputs must be contiguous float32 CUDA tensors");
-  const int64_t N = uq.size(0), Hq = uq.size(1), Wq = uq.size(2), C = uq.size(3), Hr = ur.size(1), Wr = ur.size(2);
+    TORCH_CHECK(
+        t->device().type() == kKernelDevice && t->scalar_type() == at::kFloat && t->is_contiguous(),
+        "patch_match: inputs must be contiguous float32 CUDA tensors");
+  const int64_t N = uq.size(0), Hq = uq.size(1), Wq = uq.size(2), C = uq.size(3), Hr = ur.size(1),
+                Wr = ur.size(2);
   const int64_t hpq = Hq - p + 1, wpq = Wq - p + 1, hpr = Hr - p + 1, wpr = Wr - p + 1;
-  TORCH_CHECK(p >= 1 && hpq >= 1 && wpq >= 1 && hpr >= 1 && wpr >= 1, "patch_match: maps smaller than the patch");
-  TORCH_CHECK(inv_q.sizes() == at::IntArrayRef({N, hpq, wpq}) && inv_r.sizes() == at::IntArrayRef({N, hpr, wpr}),
+  TORCH_CHECK(p >= 1 && hpq >= 1 && wpq >= 1 && hpr >= 1 && wpr >= 1,
+              "patch_match: maps smaller than the patch");
+  TORCH_CHECK(inv_q.sizes() == at::IntArrayRef({N, hpq, wpq}) &&
+                  inv_r.sizes() == at::IntArrayRef({N, hpr, wpr}),
               "patch_match: inv_q/inv_r must be (N, H-p+1, W-p+1)");
   TORCH_CHECK(N * hpr * wpr < (int64_t{1} << 31) && N * hpq * wpq < (int64_t{1} << 31) && N < 65536,
               "patch_match: the CUDA kernel needs N * patches < 2^31 and N < 65536");
   const c10::cuda::CUDAGuard guard(uq.device());
   at::Tensor score = dzsr::new_output({N, hpq, wpq}, uq.options());
   at::Tensor index = dzsr::new_output({N, hpq, wpq}, uq.options().dtype(at::kLong));
-  TORCH_CHECK(p <= kMaxPatch, "patch_match: the CUDA kernel supports patch_size <= ", kMaxPatch, ", got ", p);
+  TORCH_CHECK(p <= kMaxPatch, "patch_match: the CUDA kernel supports patch_size <= ", kMaxPatch,
+              ", got ", p);
   if (N == 0) return {score, index};  // empty batch: a grid with no blocks is not a valid launch
-  const int64_t q_tiles = ((hpq + kQPixH - p) / (kQPixH - p + 1)) * ((wpq + kQPixW - p) / (kQPixW - p + 1));
+  const int64_t q_tiles =
+      ((hpq + kQPixH - p) / (kQPixH - p + 1)) * ((wpq + kQPixW - p) / (kQPixW - p + 1));
   const dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(N));
   const auto args = std::make_tuple(
       uq.data_ptr<float>(), ur.data_ptr<float>(), inv_q.data_ptr<float>(), inv_r.data_ptr<float>(),
       score.data_ptr<float>(), index.data_ptr<int64_t>(), static_cast<int>(p), static_cast<int>(C),
-      static_cast<int>(Hq), static_cast<int>(Wq), static_cast<int>(Hr), static_cast<int>(Wr), static_cast<int>(hpq),
-      static_cast<int>(wpq), static_cast<int>(hpr), static_cast<int>(wpr));
+      static_cast<int>(Hq), static_cast<int>(Wq), static_cast<int>(Hr), static_cast<int>(Wr),
+      static_cast<int>(hpq), static_cast<int>(wpq), static_cast<int>(hpr), static_cast<int>(wpr));
 #ifdef DZSR_CUDA_EMULATION
-  std::apply([&](auto... a) { dzsr::deform::emulation::launch(patch_match_kernel, grid, dim3(kThreads), a...); }, args);
+  std::apply(
+      [&](auto... a) {
+        dzsr::deform::emulation::launch(patch_match_kernel, grid, dim3(kThreads), a...);
+      },
+      args);
 #else
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   std::apply([&](auto... a) { patch_match_kernel<<<grid, kThreads, 0, stream>>>(a...); }, args);

@@ -36,7 +36,8 @@ int64_t block_bytes() {
 }
 
 int64_t direction_block(int64_t num_proj, int64_t length, int64_t elem_size) {
-  return std::max<int64_t>(1, std::min<int64_t>(num_proj, block_bytes() / std::max<int64_t>(1, length * elem_size)));
+  return std::max<int64_t>(
+      1, std::min<int64_t>(num_proj, block_bytes() / std::max<int64_t>(1, length * elem_size)));
 }
 
 // LSD radix sort, 8 bits per pass, of keys[0, n) (ping-ponging with spare), carrying the int32
@@ -85,8 +86,14 @@ void radix_sort(K** keys, K** spare, int32_t** idx, int32_t** idx_spare, int64_t
 template <typename K>
 struct Workspace {
   Workspace(int64_t length, bool with_v_index)
-      : ku(length), ku2(length), kv(length), kv2(length), iu(length), iu2(length),
-        iv(with_v_index ? length : 0), iv2(with_v_index ? length : 0) {}
+      : ku(length),
+        ku2(length),
+        kv(length),
+        kv2(length),
+        iu(length),
+        iu2(length),
+        iv(with_v_index ? length : 0),
+        iv2(with_v_index ? length : 0) {}
   at::Tensor pu, pv;  // (block, L) in the compute dtype
   std::vector<K> ku, ku2, kv, kv2;
   std::vector<int32_t> iu, iu2, iv, iv2;
@@ -94,8 +101,9 @@ struct Workspace {
 
 // Sorts the rows [begin, end) of the projected block and writes their |a-b| sums and signs.
 template <typename scalar_t, typename K>
-void sort_compare_rows(const scalar_t* pu, const scalar_t* pv, int64_t begin, int64_t end, int64_t length,
-                       int8_t* sign_u, int8_t* sign_v, double* row_sums, Workspace<K>& s) {
+void sort_compare_rows(const scalar_t* pu, const scalar_t* pv, int64_t begin, int64_t end,
+                       int64_t length, int8_t* sign_u, int8_t* sign_v, double* row_sums,
+                       Workspace<K>& s) {
   using Key = RadixKey<scalar_t>;
   for (int64_t r = begin; r < end; ++r) {
     const scalar_t* a = pu + r * length;
@@ -133,8 +141,10 @@ void sort_compare_rows(const scalar_t* pu, const scalar_t* pv, int64_t begin, in
 //    workspace with single-threaded GEMMs (no barrier per sample; the byte budget is shared);
 //  - fewer samples (e.g. one 256x256 map): tasks in sequence, multi-threaded GEMMs into one
 //    workspace, then a parallel region over the block's rows; one block is held at a time.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_in, const at::Tensor& v_in,
-                                                           const at::Tensor& proj, bool need_v_sign) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_in,
+                                                           const at::Tensor& v_in,
+                                                           const at::Tensor& proj,
+                                                           bool need_v_sign) {
   // Detached: the op is not traced, and autograd's thread-local state does not reach the workers.
   const at::Tensor u = u_in.detach(), v = v_in.detach();
   TORCH_CHECK(u.dim() == 4 && v.sizes() == u.sizes(), "u and v must be (N, C, H, W) of one shape");
@@ -153,7 +163,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
   at::Tensor row_sums = at::empty({n_batch * num_proj}, opts.dtype(at::kDouble));
   const int64_t threads = at::get_num_threads();
   const bool sample_parallel = n_batch >= threads;
-  const int64_t block = direction_block(num_proj, length, proj.element_size() * (sample_parallel ? threads : 1));
+  const int64_t block =
+      direction_block(num_proj, length, proj.element_size() * (sample_parallel ? threads : 1));
   const int64_t nblocks = (num_proj + block - 1) / block;
   AT_DISPATCH_FLOATING_TYPES(dtype, "sliced_wasserstein_forward_cpu", [&] {
     using K = typename RadixKey<scalar_t>::Bits;
@@ -171,7 +182,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
     double* sums = row_sums.data_ptr<double>();
     // Projects task t's block into workspace w; returns (first row, rows).
     auto project = [&](int64_t t, Workspace<K>& w) {
-      const int64_t n = t / nblocks, k0 = (t % nblocks) * block, kb = std::min(block, num_proj - k0);
+      const int64_t n = t / nblocks, k0 = (t % nblocks) * block,
+                    kb = std::min(block, num_proj - k0);
       const at::Tensor mb = m.narrow(0, k0, kb);
       at::Tensor pu = w.pu.narrow(0, 0, kb), pv = w.pv.narrow(0, 0, kb);
       at::mm_out(pu, mb, u.select(0, n).reshape({channels, length}).to(dtype));
@@ -179,9 +191,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
       return std::make_pair(n * num_proj + k0, kb);
     };
     auto compare = [&](Workspace<K>& w, int64_t row0, int64_t begin, int64_t end, Workspace<K>& s) {
-      sort_compare_rows<scalar_t, K>(w.pu.data_ptr<scalar_t>(), w.pv.data_ptr<scalar_t>(), begin, end, length,
-                                     su + row0 * length, sv != nullptr ? sv + row0 * length : nullptr,
-                                     sums + row0, s);
+      sort_compare_rows<scalar_t, K>(w.pu.data_ptr<scalar_t>(), w.pv.data_ptr<scalar_t>(), begin,
+                                     end, length, su + row0 * length,
+                                     sv != nullptr ? sv + row0 * length : nullptr, sums + row0, s);
     };
     if (sample_parallel) {
       at::parallel_for(0, n_batch * nblocks, 1, [&](int64_t begin, int64_t end) {
@@ -213,13 +225,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
 // single-threaded.
 at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
   TORCH_CHECK(sign.dim() == 3 && sign.scalar_type() == at::kChar, "sign must be int8 (N, C', L)");
-  TORCH_CHECK(proj_scaled.dim() == 2 && proj_scaled.size(0) == sign.size(1), "proj_scaled must be (C', C)");
+  TORCH_CHECK(proj_scaled.dim() == 2 && proj_scaled.size(0) == sign.size(1),
+              "proj_scaled must be (C', C)");
   const int64_t n_batch = sign.size(0), num_proj = sign.size(1), length = sign.size(2);
   const int64_t channels = proj_scaled.size(1);
   at::Tensor du = new_output({n_batch, channels, length}, proj_scaled.options());
   const at::Tensor mt = proj_scaled.detach().t();  // see forward_cpu on detaching
   const int64_t chunk = std::max<int64_t>(
-      1, std::min<int64_t>(length, block_bytes() / 8 / std::max<int64_t>(1, num_proj * proj_scaled.element_size())));
+      1,
+      std::min<int64_t>(
+          length, block_bytes() / 8 / std::max<int64_t>(1, num_proj * proj_scaled.element_size())));
   const int64_t nchunks = (length + chunk - 1) / chunk;
   // One float buffer per thread for a chunk of signs, allocated here (see Workspace).
   const int64_t workers = sign.is_cpu() ? at::get_num_threads() : 1;
@@ -245,14 +260,7 @@ at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
 }  // namespace sw
 }  // namespace dzsr
 
-TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
-  m.def("sliced_wasserstein_forward(Tensor u, Tensor v, Tensor proj, bool need_v_sign) -> (Tensor, Tensor, Tensor)");
-  m.def("sliced_wasserstein_backward(Tensor sign, Tensor proj_scaled) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(dzsr_C, CPU, m) {
-  m.impl("sliced_wasserstein_forward", &dzsr::sw::forward_cpu);
-}
+TORCH_LIBRARY_IMPL(dzsr_C, CPU, m) { m.impl("sliced_wasserstein_forward", &dzsr::sw::forward_cpu); }
 
 TORCH_LIBRARY_IMPL(dzsr_C, CompositeExplicitAutograd, m) {
   m.impl("sliced_wasserstein_backward", &dzsr::sw::backward_any);

@@ -14,7 +14,8 @@
 
 #ifdef DZSR_CUDA_EMULATION
 // Test-only build (tests/cuda_emulation/sliced_wasserstein_emulated.cpp): the same kernel and host
-// code run on CPU threads with CPU tensors, so they can be checked against the reference without a GPU.
+// code run on CPU threads with CPU tensors, so they can be checked against the reference without a
+// GPU.
 #include "cuda_emulation.h"
 #else
 #include <c10/cuda/CUDAException.h>
@@ -33,10 +34,12 @@ constexpr int kThreads = 256;
 constexpr int kChunk = 4096;  // elements of one row per block
 
 template <typename scalar_t>
-__global__ void sorted_compare_kernel(const scalar_t* __restrict__ su, const scalar_t* __restrict__ sv,
-                                      const int64_t* __restrict__ iu, const int64_t* __restrict__ iv,
-                                      int8_t* __restrict__ sign_u, int8_t* __restrict__ sign_v,
-                                      scalar_t* __restrict__ partial, int64_t length, int nchunks) {
+__global__ void sorted_compare_kernel(const scalar_t* __restrict__ su,
+                                      const scalar_t* __restrict__ sv,
+                                      const int64_t* __restrict__ iu,
+                                      const int64_t* __restrict__ iv, int8_t* __restrict__ sign_u,
+                                      int8_t* __restrict__ sign_v, scalar_t* __restrict__ partial,
+                                      int64_t length, int nchunks) {
   using Key = RadixKey<scalar_t>;
   const int64_t row = blockIdx.x;
   const int chunk = blockIdx.y;
@@ -61,14 +64,17 @@ __global__ void sorted_compare_kernel(const scalar_t* __restrict__ su, const sca
   if (threadIdx.x == 0) partial[row * nchunks + chunk] = red[0];
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u, const at::Tensor& v,
-                                                            const at::Tensor& proj, bool need_v_sign) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u,
+                                                            const at::Tensor& v,
+                                                            const at::Tensor& proj,
+                                                            bool need_v_sign) {
   TORCH_CHECK(u.dim() == 4 && v.sizes() == u.sizes(), "u and v must be (N, C, H, W) of one shape");
   TORCH_CHECK(proj.dim() == 2 && proj.size(1) == u.size(1), "proj must be (C', C)");
   TORCH_CHECK(proj.scalar_type() == at::kFloat || proj.scalar_type() == at::kDouble,
               "proj must be float32 or float64 (the compute dtype)");
   const c10::cuda::CUDAGuard guard(u.device());
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // inputs may require grad; the op is not traced
+  // The inputs may require grad; the op is not traced.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t n_batch = u.size(0), channels = u.size(1), length = u.size(2) * u.size(3);
   const int64_t num_proj = proj.size(0), rows = n_batch * num_proj;
   const auto dtype = proj.scalar_type();
@@ -92,17 +98,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u,
   const dim3 grid(static_cast<unsigned>(rows), nchunks);
   if (rows > 0 && nchunks > 0) {  // a grid dimension of 0 is a launch error
     AT_DISPATCH_FLOATING_TYPES(dtype, "sliced_wasserstein_forward_cuda", [&] {
-      const auto args = std::make_tuple(
-          su.data_ptr<scalar_t>(), sv.data_ptr<scalar_t>(), iu.data_ptr<int64_t>(),
-          need_v_sign ? iv.data_ptr<int64_t>() : nullptr, sign_u.data_ptr<int8_t>(),
-          need_v_sign ? sign_v.data_ptr<int8_t>() : nullptr, partial.data_ptr<scalar_t>(), length, nchunks);
+      const auto args =
+          std::make_tuple(su.data_ptr<scalar_t>(), sv.data_ptr<scalar_t>(), iu.data_ptr<int64_t>(),
+                          need_v_sign ? iv.data_ptr<int64_t>() : nullptr, sign_u.data_ptr<int8_t>(),
+                          need_v_sign ? sign_v.data_ptr<int8_t>() : nullptr,
+                          partial.data_ptr<scalar_t>(), length, nchunks);
 #ifdef DZSR_CUDA_EMULATION
       std::apply(
-          [&](auto... a) { dzsr::deform::emulation::launch(sorted_compare_kernel<scalar_t>, grid, dim3(kThreads), a...); },
+          [&](auto... a) {
+            dzsr::deform::emulation::launch(sorted_compare_kernel<scalar_t>, grid, dim3(kThreads),
+                                            a...);
+          },
           args);
 #else
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-      std::apply([&](auto... a) { sorted_compare_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(a...); }, args);
+      std::apply(
+          [&](auto... a) {
+            sorted_compare_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(a...);
+          },
+          args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
 #endif
     });

@@ -6,7 +6,7 @@ geometry kernel described in ``reference.py``. The fast backends are reached thr
 as an argument, so autograd, ``torch.compile`` and ``opcheck`` see one op per call site. The
 ``reference`` backend runs the differentiable PyTorch oracle directly.
 
-Backend kernel interface (``cpp`` and ``triton`` modules):
+Backend kernel interface (``cpp_kernel`` and ``triton_kernel``, looked up in ``KERNELS``):
   forward(x, geom, affine, weight, bias, groups) -> out (N, C_out, H, W), dtype of x
   backward(grad_out, x, geom, affine, weight, groups) -> (dx, dgeom, dweight)
 Output layout rule: every kernel output is a new contiguous tensor (torch.contiguous_format) of the
@@ -23,14 +23,22 @@ import torch.nn.functional as F
 
 from .. import _backend
 from .._checks import check_dim, check_match, check_same_device, check_tensor, compute_dtype
-from . import reference
+from . import cpp_kernel, reference
 
 OP = "deform_conv2d"
-_backend.register_op(OP, {"reference", "cpp", "triton"})
 
 
-def _kernels(backend: str):
-    return _backend.kernel_module(__package__, backend)
+def _triton_kernel():
+    """``triton_kernel``, imported on first use (why: ``dzsr_kernels._backend``)."""
+    from . import triton_kernel
+
+    return triton_kernel
+
+
+# Backend name -> the module holding its kernels (interface above), called by the custom ops below;
+# ``reference`` has no entry: ``reference.deform_conv2d`` runs without a custom op.
+KERNELS = {"cpp": lambda: cpp_kernel, "triton": _triton_kernel}
+_backend.register_op(OP, {"reference", *KERNELS})
 
 
 @torch.library.custom_op("dzsr::deform_conv2d_packed", mutates_args=())
@@ -43,7 +51,7 @@ def _packed(
     groups: int,
     backend: str,
 ) -> torch.Tensor:
-    return _kernels(backend).forward(x, geom, affine, weight, bias, groups)
+    return KERNELS[backend]().forward(x, geom, affine, weight, bias, groups)
 
 
 @_packed.register_fake
@@ -61,7 +69,7 @@ def _packed_backward(
     groups: int,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _kernels(backend).backward(grad_out, x, geom, affine, weight, groups)
+    return KERNELS[backend]().backward(grad_out, x, geom, affine, weight, groups)
 
 
 @_packed_backward.register_fake

@@ -7,8 +7,8 @@ kernel finite inputs and apply the non-finite rule (see ``reference``) to its re
 differentiable: the outputs never require grad (the model calls it under ``no_grad``), and the op
 registers no autograd formula.
 
-Backend kernel interface (``cpp`` and ``triton`` modules), on finite inputs as built by
-``reference.prepare`` in float32:
+Backend kernel interface (``cpp_kernel`` and ``triton_kernel``, looked up in ``KERNELS``), on
+finite inputs as built by ``reference.prepare`` in float32:
   match(uq (N,Hq,Wq,C), ur (N,Hr,Wr,C), inv_q (N,Hpq,Wpq), inv_r (N,Hpr,Wpr), p, precision)
       -> (score float32 (N,Hpq,Wpq), index int64 (N,Hpq,Wpq)), both contiguous, whatever the
          layout of the op's inputs (the fake returns the same); N = 0 gives empty outputs.
@@ -23,22 +23,30 @@ import torch
 
 from .. import _backend
 from .._checks import check_match, check_same_device, check_tensor
-from . import reference
+from . import cpp_kernel, reference
 
 OP = "patch_match"
 PRECISIONS = ("float32", "tf32")
-_backend.register_op(OP, {"reference", "cpp", "triton"})
 
 
-def _kernels(backend: str):
-    return _backend.kernel_module(__package__, backend)
+def _triton_kernel():
+    """``triton_kernel``, imported on first use (why: ``dzsr_kernels._backend``)."""
+    from . import triton_kernel
+
+    return triton_kernel
+
+
+# Backend name -> the module holding its kernels (interface above), called by the custom ops below;
+# ``reference`` has no entry: ``reference.patch_match`` runs without a custom op.
+KERNELS = {"cpp": lambda: cpp_kernel, "triton": _triton_kernel}
+_backend.register_op(OP, {"reference", *KERNELS})
 
 
 @torch.library.custom_op("dzsr::patch_match", mutates_args=())
 def _patch_match(
     query: torch.Tensor, ref: torch.Tensor, patch_size: int, precision: str, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    kernel = functools.partial(_kernels(backend).match, precision=precision)
+    kernel = functools.partial(KERNELS[backend]().match, precision=precision)
     return reference.match_prepared(*reference.prepare(query, ref, patch_size, torch.float32), patch_size, kernel)
 
 

@@ -18,9 +18,9 @@ tensor, whatever the strides of u and v (contiguous, non-contiguous views, chann
 fakes below allocate exactly these sizes, strides and dtypes. The gradients du, dv are views of
 the backward's output: contiguous (N, C, H, W).
 
-Backend kernel interface (``cpp`` and ``triton`` modules): ``forward(u, v, proj, need_v_sign)`` and
-``backward(sign, proj_scaled)`` with the shapes above; u, v arrive as (N, C, H, W) and proj in the
-compute dtype.
+Backend kernel interface (``cpp_kernel`` and ``triton_kernel``, looked up in ``KERNELS``):
+``forward(u, v, proj, need_v_sign)`` and ``backward(sign, proj_scaled)`` with the shapes above;
+u, v arrive as (N, C, H, W) and proj in the compute dtype.
 """
 from __future__ import annotations
 
@@ -28,24 +28,32 @@ import torch
 
 from .. import _backend
 from .._checks import check_dim, check_same_device, check_tensor, compute_dtype
-from . import reference
+from . import cpp_kernel, reference
 
 OP = "sliced_wasserstein"
-_backend.register_op(OP, {"reference", "cpp", "triton"})
 
 # Rows of a user-given ``proj`` must have L2 norm 1 within this tolerance (see the public doc).
 UNIT_NORM_TOL = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 1e-4, torch.float64: 1e-8}
 
 
-def _kernels(backend: str):
-    return _backend.kernel_module(__package__, backend)
+def _triton_kernel():
+    """``triton_kernel``, imported on first use (why: ``dzsr_kernels._backend``)."""
+    from . import triton_kernel
+
+    return triton_kernel
+
+
+# Backend name -> the module holding its kernels (interface above), called by the custom ops below;
+# ``reference`` has no entry: ``reference.sliced_wasserstein`` runs without a custom op.
+KERNELS = {"cpp": lambda: cpp_kernel, "triton": _triton_kernel}
+_backend.register_op(OP, {"reference", *KERNELS})
 
 
 @torch.library.custom_op("dzsr::sliced_wasserstein_forward", mutates_args=())
 def _forward(
     u: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, need_v_sign: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _kernels(backend).forward(u, v, proj, need_v_sign)
+    return KERNELS[backend]().forward(u, v, proj, need_v_sign)
 
 
 @_forward.register_fake
@@ -59,7 +67,7 @@ def _(u, v, proj, need_v_sign, backend):
 
 @torch.library.custom_op("dzsr::sliced_wasserstein_backward", mutates_args=())
 def _backward_op(sign: torch.Tensor, proj_scaled: torch.Tensor, backend: str) -> torch.Tensor:
-    return _kernels(backend).backward(sign, proj_scaled)
+    return KERNELS[backend]().backward(sign, proj_scaled)
 
 
 @_backward_op.register_fake

@@ -1,8 +1,9 @@
-// Test-only stand-in for the CUDA execution model, so csrc/deform_conv/deform_conv_cuda.cu (compiled
-// with -DDZSR_CUDA_EMULATION) runs its kernels and host code on CPU threads with CPU tensors.
+// Test-only stand-in for the CUDA execution model, so csrc/deform_conv/deform_conv_cuda.cu
+// (compiled with -DDZSR_CUDA_EMULATION) runs its kernels and host code on CPU threads with CPU
+// tensors.
 //
-// Each block runs on its own set of std::threads (one per CUDA thread), blocks one after another, so
-// a kernel's `__shared__` arrays become function-local statics shared by the block's threads.
+// Each block runs on its own set of std::threads (one per CUDA thread), blocks one after another,
+// so a kernel's `__shared__` arrays become function-local statics shared by the block's threads.
 // __syncthreads is a barrier over the block, __shfl_down_sync a barrier-synchronised exchange over
 // the 32 lanes of a warp, atomicAdd a std::atomic_ref add. Enough for data races on shared memory,
 // missing barriers' effects aside, index and reduction bugs to show up as wrong numbers.
@@ -61,7 +62,9 @@ struct BlockSync {
 };
 inline BlockSync* current = nullptr;  // the block now running (blocks run one at a time)
 
-inline int linear_thread() { return int(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
+inline int linear_thread() {
+  return int(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+}
 
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
@@ -98,7 +101,8 @@ T __shfl_down_sync(unsigned, T v, int delta) {
   auto* sync = dzsr::deform::emulation::current;
   const int t = dzsr::deform::emulation::linear_thread();
   const int lane = t % 32, warp = t / 32;
-  const int width = int(sync->lanes.size()) - 32 * warp < 32 ? int(sync->lanes.size()) - 32 * warp : 32;
+  const int width =
+      int(sync->lanes.size()) - 32 * warp < 32 ? int(sync->lanes.size()) - 32 * warp : 32;
   sync->lanes[t] = double(v);
   sync->warps[warp]->arrive_and_wait();
   const T r = lane + delta < width ? T(sync->lanes[t + delta]) : v;
