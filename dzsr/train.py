@@ -43,12 +43,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import load_checkpoint, load_official, save_checkpoint
-from .data import DualZoomDataset, TrainPatches, prepare_pair, worker_init, write_rgb
+from .data import DualZoomDataset, TrainPatches, worker_init
 from .losses import SelfDZSRObjective, SWLoss, kernel_gen_loss
 from .config_schema import check_resume, validate_config
 from .models import RestorationNet, SelfDZSR
 from .models.bicubic_init import init_bicubic_
 from .outputs import OutputError, check_folder
+from .sample import prepare_sample_data
 
 LAST = "last.pt"
 FINAL = "final.pt"
@@ -57,109 +58,14 @@ FINAL = "final.pt"
 # ----------------------------------------------------------------------------- data
 
 
-def _bundled_photo(filename: str) -> np.ndarray:
-    """``dzsr.sample.builder.bundled_photo``, with its errors naming the config key."""
-    from .sample.builder import bundled_photo
-
-    try:
-        return bundled_photo(filename)
-    except (FileNotFoundError, ValueError) as err:
-        raise type(err)(f"data.photos: {err}") from None
-
-
-def photo_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic (short, tele) capture of a photograph bundled with scikit-image, made with the
-    recipe of the held-out samples (``dzsr.sample.builder``): short = 4x box-down, tele = the
-    centre 1/scale of the known-similarity view at ``scale``/4 resolution."""
-    from .data import central_box
-    from .sample.builder import _box_down, _similarity_view
-
-    img = _bundled_photo(filename)
-    gt = _box_down(img, 4 // scale)
-    y0, y1, x0, x1 = central_box(gt.shape[0], gt.shape[1], 1.0 / scale)
-    return _box_down(img, 4), np.ascontiguousarray(_similarity_view(gt)[y0:y1, x0:x1])
-
-
-def _frame_pair(img: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-frame (LR, GT) of a picture at 4x LR resolution, aligned by construction: LR = 4x
-    box-down (the bundled sample's short-focus degradation), GT = the ``4/scale`` box-down."""
-    from .sample.builder import _box_down
-
-    return _box_down(img, 4), _box_down(img, 4 // scale)
-
-
-def photo_frame_pair(filename: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """``_frame_pair`` of a bundled photograph."""
-    return _frame_pair(_bundled_photo(filename), scale)
-
-
-PHOTOS_AS = ("capture", "frame")
-SYNTHETIC_SIZE = 512  # side of a dead-leaves picture at the resolution of the bundled photographs (4x LR)
-
-
-def synthetic_frame_pair(index: int, seed: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """``_frame_pair`` of dead-leaves picture ``index`` (``dzsr.data.dead_leaves``), drawn with ``(seed, index)``."""
-    from .data.dead_leaves import dead_leaves
-
-    return _frame_pair(dead_leaves(SYNTHETIC_SIZE, np.random.default_rng([seed, index])), scale)
-
-
-def prepare_sample_data(root: str, names: list[str], scale: int, photos: list[str] = (),
-                        photos_as: str = "capture", synthetic: int = 0, seed: int = 0) -> str:
-    """Write training pairs ``root/train_{LR,HR}`` from the bundled samples ``names`` (self-supervised:
-    the short-focus centre crop and the aligned telephoto, ``prepare_pair``) and from other bundled
-    photographs ``photos`` (file names in skimage/data), either as synthetic captures prepared the
-    same way (``photos_as="capture"``) or as whole-frame pairs (``"frame"``, ``photo_frame_pair``:
-    every pixel has exact ground truth, far more data than the telephoto's quarter field of view),
-    plus ``synthetic`` dead-leaves whole-frame pairs (``synthetic_frame_pair``, seeded by ``seed``)."""
-    from .sample import HELD_OUT, load_sample
-
-    if photos_as not in PHOTOS_AS:
-        raise ValueError(f"data.photos_as must be one of {', '.join(PHOTOS_AS)}, got {photos_as!r}")
-    if isinstance(synthetic, bool) or not isinstance(synthetic, int) or synthetic < 0:
-        raise ValueError(f"data.synthetic must be a number of dead-leaves pictures (an integer >= 0), "
-                         f"got {synthetic!r}")
-    pairs = []
-    for name in names:
-        if name in HELD_OUT:
-            raise ValueError(f"data.samples: {name} is a held-out photograph, not for training")
-        sample = load_sample(name, scale)
-        pairs.append((name, prepare_pair(sample["short"], sample["tele"], scale)))
-    for filename in photos:
-        name = os.path.splitext(filename)[0]
-        if name in HELD_OUT or name.startswith("motorcycle"):
-            raise ValueError(f"data.photos: {filename} is a held-out or demo photograph, not for training")
-        if photos_as == "frame":
-            lr, gt = photo_frame_pair(filename, scale)
-            pairs.append((name, {"lr": lr, "gt": gt}))
-        else:
-            pairs.append((name, prepare_pair(*photo_pair(filename, scale), scale)))
-    for index in range(synthetic):
-        lr, gt = synthetic_frame_pair(index, seed, scale)
-        pairs.append((f"dead_leaves_{index:03d}", {"lr": lr, "gt": gt}))
-    if not pairs:
-        raise ValueError("data.kind=sample has no training images: give data.samples, data.photos or data.synthetic")
-    written = set()
-    for name, pair in pairs:
-        for folder, file, img in (("train_LR", f"{name}_x1.png", pair["lr"]),
-                                  ("train_HR", f"{name}_x{scale}.png", pair["gt"])):
-            write_rgb(os.path.join(root, folder, file), img)
-            written.add(os.path.join(folder, file))
-    for folder in ("train_LR", "train_HR"):  # a pair left by an earlier run with other data keys
-        for file in os.listdir(os.path.join(root, folder)):
-            if file.endswith(".png") and os.path.join(folder, file) not in written:
-                os.remove(os.path.join(root, folder, file))
-    return root
-
-
 def build_source(config: dict, rank: int) -> DualZoomDataset:
     data, scale = config["data"], config["scale"]
     kind = data["kind"]
     if kind == "sample":
         root = os.path.join(config["log"]["out_dir"], "sample_data")
         if rank == 0:
-            prepare_sample_data(root, data["samples"], scale, data["photos"], data["photos_as"], data["synthetic"],
-                                config["seed"])
+            prepare_sample_data(root, data["samples"], scale, data["photos"], data["photos_as"],
+                                data["synthetic"], config["seed"])
         _barrier()
         return DualZoomDataset(root, "train", scale)
     if not data["root"]:

@@ -172,39 +172,13 @@ def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path):
 
 def test_prepared_folder_trains(tmp_path):
     """`dzsr prepare` output (data.kind=folder) feeds training."""
-    from dzsr.train import prepare_sample_data
+    from dzsr.sample import prepare_sample_data
 
     prepare_sample_data(str(tmp_path / "data"), ["motorcycle"], 4, ["ihc.png"])
     assert sorted(os.listdir(tmp_path / "data" / "train_LR")) == ["ihc_x1.png", "motorcycle_x1.png"]
-    path = train(_tiny(tmp_path / "f", "data.kind=folder", f"data.root={tmp_path / 'data'}", "train.epochs=1",
-                       "train.iters_per_epoch=1"), progress=False)
+    path = train(_tiny(tmp_path / "f", "data.kind=folder", f"data.root={tmp_path / 'data'}",
+                       "train.epochs=1", "train.iters_per_epoch=1"), progress=False)
     assert load_checkpoint(path)[1]["extra"]["iteration"] == 1
-    with pytest.raises(ValueError, match="held-out"):
-        prepare_sample_data(str(tmp_path / "x"), ["astronaut"], 4)
-    with pytest.raises(ValueError, match="held-out"):
-        prepare_sample_data(str(tmp_path / "x"), [], 4, ["coffee.png"])
-    with pytest.raises(ValueError, match="demo photograph"):
-        prepare_sample_data(str(tmp_path / "x"), [], 4, ["motorcycle_right.png"])
-    with pytest.raises(FileNotFoundError, match="bundled"):
-        prepare_sample_data(str(tmp_path / "x"), [], 4, ["no_such.png"])
-    with pytest.raises(ValueError, match="data.photos_as must be one of capture, frame"):
-        prepare_sample_data(str(tmp_path / "x"), [], 4, ["ihc.png"], "tiles")
-
-
-@pytest.mark.parametrize("scale", [2, 4])
-def test_frame_pairs_are_whole_aligned_photographs(tmp_path, scale):
-    """photos_as=frame: LR is exactly the 4x box-down of the photograph, GT its (4/scale) box-down."""
-    from dzsr.data import read_rgb
-    from dzsr.train import prepare_sample_data
-
-    root = tmp_path / "d"
-    prepare_sample_data(str(root), [], scale, ["camera.png", "ihc.png"], "frame")
-    for name in ("camera", "ihc"):
-        lr = read_rgb(str(root / "train_LR" / f"{name}_x1.png")).astype(np.float64)
-        gt = read_rgb(str(root / "train_HR" / f"{name}_x{scale}.png")).astype(np.float64)
-        assert lr.shape[:2] == (128, 128) and gt.shape[:2] == (128 * scale, 128 * scale)
-        box = gt.reshape(128, scale, 128, scale, 3).mean(axis=(1, 3))
-        assert np.abs(box - lr).max() <= (0.5 if scale == 4 else 1.0) + 1e-9  # up to rounding of LR (and GT at x2)
 
 
 def test_bad_sw_precision_is_named(tmp_path):

@@ -49,13 +49,18 @@ _FILES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chel
           "motorcycle": "motorcycle_left.png", "motorcycle_right": "motorcycle_right.png"}
 
 
+def is_bundled_photo(filename: str) -> bool:
+    """Whether ``filename`` (e.g. ``"camera.png"``) is a file in scikit-image's ``skimage/data``."""
+    return resources.files("skimage.data").joinpath(filename).is_file()
+
+
 def bundled_photo(filename: str) -> np.ndarray:
-    """A photograph shipped in skimage/data as uint8 RGB, cropped at the bottom/right to a multiple
-    of 4 pixels. Raises FileNotFoundError if scikit-image has no such file, ValueError if it cannot
-    be decoded."""
-    path = resources.files("skimage.data").joinpath(filename)
-    if not path.is_file():
+    """A photograph shipped in skimage/data as uint8 RGB HWC, cropped at the bottom/right to a
+    multiple of 4 pixels. Raises FileNotFoundError if scikit-image has no such file, ValueError if
+    it cannot be decoded."""
+    if not is_bundled_photo(filename):
         raise FileNotFoundError(f"{filename} is not among scikit-image's bundled photographs")
+    path = resources.files("skimage.data").joinpath(filename)
     img = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"cannot decode scikit-image's bundled {filename}")
@@ -67,16 +72,20 @@ def _photo(key: str) -> np.ndarray:
     return bundled_photo(_FILES[key])
 
 
-def _box_down(img: np.ndarray, factor: int) -> np.ndarray:
+def box_down(img: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 HWC ``img`` (H, W multiples of ``factor``) box-averaged by ``factor``, rounded half to
+    even: ``(H/factor, W/factor, C)`` uint8 (a copy when ``factor`` is 1)."""
     if factor == 1:
         return img.copy()
     h, w, c = img.shape
-    mean = img.reshape(h // factor, factor, w // factor, factor, c).astype(np.float64).mean(axis=(1, 3))
+    blocks = img.reshape(h // factor, factor, w // factor, factor, c).astype(np.float64)
+    mean = blocks.mean(axis=(1, 3))
     return np.rint(mean).astype(np.uint8)
 
 
-def _similarity_view(img: np.ndarray) -> np.ndarray:
-    """``img`` seen through the known similarity warp (see module docstring), bilinear, clamped."""
+def similarity_view(img: np.ndarray) -> np.ndarray:
+    """uint8 HWC ``img`` seen through the known similarity warp (module docstring), bilinear with
+    edge clamping, same shape and dtype."""
     h, w = img.shape[:2]
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -101,15 +110,15 @@ def load_sample(name: str = DEMO, scale: int = 4) -> dict:
     if scale not in SCALES:
         raise ValueError(f"sample scale must be one of {SCALES}, got {scale!r}")
     photo = _photo(name)
-    gt = _box_down(photo, 4 // scale)
-    short = _box_down(photo, 4)
+    gt = box_down(photo, 4 // scale)
+    short = box_down(photo, 4)
     box = central_box(gt.shape[0], gt.shape[1], 1.0 / scale)
     y0, y1, x0, x1 = box
     if name == DEMO:
         shift = MOTORCYCLE_DISPARITY * scale // 4
-        tele = _box_down(_photo("motorcycle_right"), 4 // scale)[y0:y1, x0 - shift:x1 - shift]
+        tele = box_down(_photo("motorcycle_right"), 4 // scale)[y0:y1, x0 - shift:x1 - shift]
     else:
-        tele = _similarity_view(gt)[y0:y1, x0:x1]
+        tele = similarity_view(gt)[y0:y1, x0:x1]
     return {"short": short, "tele": np.ascontiguousarray(tele), "gt": gt, "tele_box": box}
 
 
