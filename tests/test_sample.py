@@ -91,7 +91,7 @@ def test_samples_build_without_network():
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_frame_pairs_are_whole_aligned_photographs(tmp_path, scale):
-    """photos_as=frame: LR is exactly the 4x box-down of the photograph, GT its (4/scale) box-down."""
+    """photos_as=frame: LR is the 4x box-down of the photograph, GT its (4/scale) box-down."""
     root = tmp_path / "d"
     prepare_sample_data(str(root), [], scale, ["camera.png", "ihc.png"], "frame")
     for name in ("camera", "ihc"):

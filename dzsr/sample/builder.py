@@ -17,15 +17,16 @@ Second views:
   * ``motorcycle``: the real right camera of the Middlebury stereo pair
     (``motorcycle_left.png`` = first view and ground truth, ``motorcycle_right.png`` = second view),
     processed like the first. The tele crop is moved left by the pair's median disparity over the
-    central region (50 px at full size, ``50*scale/4`` on the gt grid, from ``motorcycle_disp.npz``),
+    central region (50 px at full size, ``50*scale/4`` on the gt grid, from
+    ``motorcycle_disp.npz``),
     like a tele camera whose axis is aligned to the wide one: the content matches the centre of the
     wide view up to the real depth-dependent parallax and the cameras' exposure differences.
   * held-out photographs (astronaut, coffee, chelsea, rocket): a synthetic view, the gt image warped
     by a known similarity about its centre (rotation ``WARP_DEGREES``, zoom ``WARP_ZOOM``, shift
     ``WARP_SHIFT`` (dy, dx) gt pixels) with bilinear interpolation and edge clamping:
     ``view(p) = gt(c + R(p - c) / zoom - shift)``.
-Sizes (x4 and x2 share ``short``/``tele``): motorcycle 125x185 (gt 500x740 at x4), astronaut 128x128,
-coffee 100x150, chelsea 75x112, rocket 106x160 (rocket.jpg is decoded by OpenCV's libjpeg).
+Sizes (x4 and x2 share ``short``/``tele``): motorcycle 125x185 (gt 500x740 at x4), astronaut
+128x128, coffee 100x150, chelsea 75x112, rocket 106x160 (rocket.jpg is decoded by OpenCV's libjpeg).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ SAMPLE_NAMES = (DEMO, *HELD_OUT)
 SCALES = (2, 4)
 MOTORCYCLE_DISPARITY = 50
 WARP_DEGREES, WARP_ZOOM, WARP_SHIFT = 1.5, 1.02, (2.0, -3.0)
-_FILES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png", "rocket": "rocket.jpg",
+_FILES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png",
+          "rocket": "rocket.jpg",
           "motorcycle": "motorcycle_left.png", "motorcycle_right": "motorcycle_right.png"}
 
 
@@ -94,7 +96,8 @@ def similarity_view(img: np.ndarray) -> np.ndarray:
     sy = cy + (math.cos(t) * dy - math.sin(t) * dx) / WARP_ZOOM - WARP_SHIFT[0]
     sx = cx + (math.sin(t) * dy + math.cos(t) * dx) / WARP_ZOOM - WARP_SHIFT[1]
     sy, sx = np.clip(sy, 0, h - 1), np.clip(sx, 0, w - 1)
-    y0, x0 = np.minimum(np.floor(sy).astype(int), h - 2), np.minimum(np.floor(sx).astype(int), w - 2)
+    y0 = np.minimum(np.floor(sy).astype(int), h - 2)
+    x0 = np.minimum(np.floor(sx).astype(int), w - 2)
     fy, fx = (sy - y0)[..., None], (sx - x0)[..., None]
     src = img.astype(np.float64)
     out = ((1 - fy) * ((1 - fx) * src[y0, x0] + fx * src[y0, x0 + 1])
@@ -104,7 +107,8 @@ def similarity_view(img: np.ndarray) -> np.ndarray:
 
 def load_sample(name: str = DEMO, scale: int = 4) -> dict:
     """Build sample ``name`` at ``scale``: uint8 RGB HWC ``short (h, w, 3)``, ``tele (h, w, 3)``,
-    ``gt (scale*h, scale*w, 3)``, and ``tele_box`` (the gt-grid box the tele's field of view covers)."""
+    ``gt (scale*h, scale*w, 3)``, and ``tele_box`` (the gt-grid box the tele's field of view
+    covers)."""
     if name not in SAMPLE_NAMES:
         raise ValueError(f"unknown sample {name!r}; choose one of {', '.join(SAMPLE_NAMES)}")
     if scale not in SCALES:
@@ -123,7 +127,8 @@ def load_sample(name: str = DEMO, scale: int = 4) -> dict:
 
 
 def write_sample(name: str = DEMO, scale: int = 4, directory: str | os.PathLike = ".") -> dict:
-    """Write ``short.png``, ``tele.png``, ``gt.png`` of a sample to ``directory``; returns their paths."""
+    """Write ``short.png``, ``tele.png``, ``gt.png`` of a sample to ``directory``; returns their
+    paths."""
     sample = load_sample(name, scale)
     paths = {}
     for key in ("short", "tele", "gt"):

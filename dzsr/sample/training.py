@@ -65,7 +65,9 @@ def _refused(names, reason) -> list[str]:
 def _sample_reason(name: str) -> str | None:
     if name in HELD_OUT:
         return "a held-out photograph"
-    return None if name in SAMPLE_NAMES else f"not a bundled sample; these are {', '.join(SAMPLE_NAMES)}"
+    if name not in SAMPLE_NAMES:
+        return f"not a bundled sample; these are {', '.join(SAMPLE_NAMES)}"
+    return None
 
 
 def _photo_reason(filename: str) -> str | None:
@@ -81,10 +83,12 @@ def sample_data_problems(samples, photos, photos_as: str = "capture", synthetic:
     most one per argument, each message naming it as ``prefix + argument`` (the config passes
     ``"data."``). Names only; whether a photograph decodes is found when it is read."""
     problems = []
-    for arg, names, reason in (("samples", samples, _sample_reason), ("photos", photos, _photo_reason)):
+    for arg, names, reason in (("samples", samples, _sample_reason),
+                               ("photos", photos, _photo_reason)):
         refused = _refused(names, reason)
         if refused:
-            problems.append((prefix + arg, f"{prefix}{arg}: not for training: {', '.join(refused)}"))
+            message = f"{prefix}{arg}: not for training: {', '.join(refused)}"
+            problems.append((prefix + arg, message))
     if photos_as not in PHOTOS_AS:
         problems.append((prefix + "photos_as", f"{prefix}photos_as must be one of "
                                                f"{', '.join(PHOTOS_AS)}, got {photos_as!r}"))
