@@ -16,10 +16,14 @@ raw mapping (as YAML read it) into a complete, normalised config, or lists what 
   * integer range (``data.noise_sigma``, ``data.jpeg_quality``): null, or ``[low, high]`` integers
     with ``min <= low <= high <= max``; stored as a list;
   * null only where the table says "or null".
-Cross-key conditions the training code checks when it runs (``data.root`` needed by the dataset
-kinds that read one, ``data.patch_size`` >= ``scale``, ``train.batch_size`` divisible by the DDP
-processes, the names in ``data.samples`` / ``data.photos`` being bundled ones) are left to it: each
-raises one clear error (a ``ValueError``, one CLI line) when the run starts.
+Conditions between keys are checked too, once every key is valid on its own
+(``_cross_key_problems``): ``data.root`` is given for the dataset kinds that read one (``nikon``,
+``camerafusion``, ``folder``); ``data.patch_size`` >= ``scale``; for ``data.kind: sample``, the
+names in ``data.samples`` / ``data.photos`` are bundled pictures that may be trained on and there
+is at least one training picture (``dzsr.sample.sample_data_problems``). What depends on the launch
+or on files is checked when the run starts, each as one error: ``train.batch_size`` divisible by
+the DDP processes (``check_world_size``), the resume checkpoint (``check_resume``), the dataset
+files and starting weights (read by the training code).
 
 Resume (``resume_changes``): ``dzsr train --resume`` continues exactly only when everything that
 shapes the networks, the data stream, the optimisation or the random draws is as trained. Keys that
@@ -51,6 +55,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .data.degrade import QUALITY_RANGE, SIGMA_RANGE
+from .sample import sample_data_problems
 
 
 class ConfigError(ValueError):
@@ -301,12 +306,41 @@ def _copy(value):
     return list(value) if isinstance(value, list) else value
 
 
+ROOTED_KINDS = ("nikon", "camerafusion", "folder")  # the data.kind values that read data.root
+
+
+def _cross_key_problems(config: dict) -> list[tuple[str, str]]:
+    """[(dotted key, message)] for the conditions between keys (module docstring) of a config
+    whose every key is valid."""
+    data, problems = config["data"], []
+    if data["kind"] in ROOTED_KINDS and data["root"] is None:
+        problems.append(("data.root", f"data.root is required for data.kind={data['kind']} "
+                                      f"(e.g. data.root=/path/to/dataset)"))
+    if data["patch_size"] < config["scale"]:
+        problems.append(("data.patch_size", f"data.patch_size must be at least the scale "
+                                            f"{config['scale']}, got {data['patch_size']}"))
+    if data["kind"] == "sample":
+        problems += sample_data_problems(data["samples"], data["photos"], data["photos_as"],
+                                         data["synthetic"], prefix="data.")
+    return problems
+
+
 def check_config(raw) -> tuple[dict, list[tuple[str, str]]]:
-    """(the complete normalised config, [(dotted key, message) for each problem]) of a raw mapping."""
+    """(the complete normalised config, [(dotted key, message) for each problem]) of a raw
+    mapping; conditions between keys are checked once there is no other problem."""
     problems: list[tuple[str, str]] = []
     if not isinstance(raw, Mapping):
         return {}, [("", f"a config must be a mapping, got {type(raw).__name__}")]
-    return _check_section(raw, SCHEMA, [], problems), problems
+    config = _check_section(raw, SCHEMA, [], problems)
+    return config, problems or _cross_key_problems(config)
+
+
+def check_world_size(config: Mapping, world: int) -> None:
+    """``ConfigError`` unless ``train.batch_size`` (the global batch) splits evenly over ``world``
+    DDP processes."""
+    batch = config["train"]["batch_size"]
+    if batch % world:
+        raise ConfigError(f"train.batch_size={batch} must be divisible by the {world} processes")
 
 
 def validate_config(raw) -> dict:

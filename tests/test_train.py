@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 
 from dzsr.checkpoint import load_checkpoint
 from dzsr.config import PRESETS, ConfigError, load_config
-from dzsr.train import EpochBatches, train
+from dzsr.train import train
+from dzsr.train_parts import EpochBatches
 
 
 def _tiny(out_dir, *extra):
@@ -29,10 +30,11 @@ def _weights(path):
 
 
 def test_presets_load_with_the_paper_settings():
+    root = ["data.root=/data"]
     for name in PRESETS:
-        c = load_config(name)
+        c = load_config(name, root if name != "sample_x4" else [])
         assert c["stage"] in ("joint", "kernel_gen")
-    nikon, fusion = load_config("nikon_x4"), load_config("camerafusion_x2")
+    nikon, fusion = load_config("nikon_x4", root), load_config("camerafusion_x2", root)
     for c, scale, drop in ((nikon, 4, 0.3), (fusion, 2, 0.45)):
         t = c["train"]
         assert (c["scale"], c["model"]["drop_prob"], c["data"]["patch_size"]) == (scale, drop, 48)
@@ -119,7 +121,7 @@ def test_kernel_gen_stage_trains_only_the_degradation_network(tmp_path):
     trained, _ = _weights(path)
     fresh = load_checkpoint(tmp_path / "k" / "last.pt")[1]["extra"]
     assert set(fresh["optimizers"]) == {"kernel_gen"}
-    from dzsr.train import build_model
+    from dzsr.train_parts import build_model
 
     torch.manual_seed(c["seed"])
     init = build_model(c).state_dict()
@@ -148,7 +150,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def _init_weights(out_dir):
-    from dzsr.train import build_model
+    from dzsr.train_parts import build_model
 
     config = _tiny(out_dir)
     torch.manual_seed(config["seed"])  # rank 0's seed
