@@ -16,7 +16,7 @@ optimisers, the train step), ``restore_training_state`` (on resume), ``train_loo
 checkpoints, the final save). The config comes validated (``dzsr.config.load_config`` or
 ``dzsr.config_schema.validate_config``); this module checks no config keys.
 
-Exact resume (docs/design.md, "Training"): ``save_training_state`` writes ``out_dir/last.pt``
+Exact resume (docs/design.md#training): ``save_training_state`` writes ``out_dir/last.pt``
 atomically every ``checkpoint_every`` iterations: the networks, both optimisers and schedulers,
 the iteration, the config and every rank's torch / numpy / python RNG states;
 ``restore_training_state``, beside it, puts all of it back. Samples are a pure function of
@@ -70,7 +70,10 @@ FINAL = "final.pt"
 
 @dataclass
 class Run:
-    """What the loop and the training state are made of (``build_run``)."""
+    """What the loop and the training state are made of (``build_run``): the validated config,
+    this rank's device and place (``dist``), the model (on ``device``, unwrapped), the optimisers
+    and schedulers by network name, the training patches, and the ``TrainStep`` (DDP-wrapped
+    under ``torchrun``) that computes the loss."""
 
     config: dict
     device: torch.device

@@ -88,6 +88,47 @@ def test_resume_continues_exactly(tmp_path):
     assert lrs[0] == pytest.approx(5e-4) and lrs[-1] == pytest.approx(1.25e-4)  # halved at each epoch end
 
 
+def _same(a, b) -> bool:
+    """Equal nested dicts / lists of tensors and plain values (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_training_state_round_trips_into_a_fresh_run(tmp_path):
+    """restore_training_state gives a freshly built run exactly what save_training_state saved:
+    weights, optimiser and scheduler states, the iteration and the RNG states; a run of another
+    number of processes is refused."""
+    import dataclasses
+    import random
+
+    from dzsr.distributed import Dist
+    from dzsr.train import (build_run, epoch_loader, restore_training_state, save_training_state,
+                            setup, train_step)
+
+    config, path = _tiny(tmp_path / "s"), str(tmp_path / "s" / "state.pt")
+    run = build_run(config, *setup(config))
+    for iteration, batch in enumerate(epoch_loader(run, 0), start=1):  # an epoch: lr decayed once
+        train_step(run, batch, iteration)
+    save_training_state(path, run, 2)
+    draws = torch.rand(4), np.random.rand(4), random.random()
+    other = build_run(config, *setup(config))
+    assert not _same(other.model.state_dict(), run.model.state_dict())
+    with pytest.raises(ValueError, match="written by 1 processes; resume with the same number, not 2"):
+        restore_training_state(path, dataclasses.replace(other, dist=Dist(0, 2)))
+    assert restore_training_state(path, other) == 2
+    assert _same((torch.rand(4), np.random.rand(4), random.random()), draws)
+    assert _same(other.model.state_dict(), run.model.state_dict())
+    for name in run.optimizers:
+        assert _same(other.optimizers[name].state_dict(), run.optimizers[name].state_dict())
+        assert other.schedulers[name].state_dict() == run.schedulers[name].state_dict()
+    assert other.optimizers["restoration"].param_groups[0]["lr"] == pytest.approx(2.5e-4)
+
+
 def test_resume_refuses_a_final_checkpoint(tmp_path):
     final = train(_tiny(tmp_path / "a", "train.epochs=1", "train.iters_per_epoch=1"), progress=False)
     with pytest.raises(ValueError, match="no optimizer state"):
