@@ -200,9 +200,11 @@ BAD = [
     ("train.lr", DELETE, "missing key train.lr (a number > 0)"),
     ("model.drop_prob", DELETE, "missing key model.drop_prob (a number in [0, 1])"),
     # conditions between keys
-    ("data.kind", "folder", "data.root is required for data.kind=folder (e.g. data.root=/path/to/dataset)"),
+    ("data.kind", "folder",
+     "data.root is required for data.kind=folder (e.g. data.root=/path/to/dataset)"),
     ("data.patch_size", 3, "data.patch_size must be at least the scale 4, got 3"),
-    ("data.samples", ["astronaut"], "data.samples: not for training: astronaut (a held-out photograph)"),
+    ("data.samples", ["astronaut"],
+     "data.samples: not for training: astronaut (a held-out photograph)"),
     ("data.photos", ["coffee.png", "camera.png"],
      "data.photos: not for training: coffee.png (a held-out or demo photograph)"),
     ("data.photos", ["nope.png"],
@@ -239,7 +241,8 @@ def test_override_errors_name_the_override(override, message):
 
 def test_overrides_reach_keys_absent_from_the_file_and_may_fix_it(tmp_path):
     assert "channel_shuffle" not in _preset("nikon_x4")["data"]
-    assert _load_preset("nikon_x4", ["data.channel_shuffle=true"])["data"]["channel_shuffle"] is True
+    shuffled = _load_preset("nikon_x4", ["data.channel_shuffle=true"])
+    assert shuffled["data"]["channel_shuffle"] is True
     path = _write(tmp_path, _set(_preset(), "train.batch_size", 0))
     assert load_config(path, ["train.batch_size=4"])["train"]["batch_size"] == 4
     assert load_config("sample_x4", ["train.lr=3e-4"])["train"]["lr"] == 3e-4  # the override string "3e-4"
@@ -264,13 +267,15 @@ def test_conditions_between_keys_wait_for_every_key_to_be_valid(tmp_path):
     assert str(err.value).endswith("train.batch_size must be an integer >= 1, got 0")
     with pytest.raises(ConfigError, match="data.root is required for data.kind=folder"):
         load_config(_write(tmp_path, raw), ["train.batch_size=4"])
-    assert load_config(_write(tmp_path, raw), ["train.batch_size=4", "data.root=/d"])["data"]["root"] == "/d"
+    fixed = load_config(_write(tmp_path, raw), ["train.batch_size=4", "data.root=/d"])
+    assert fixed["data"]["root"] == "/d"
 
 
 def test_the_global_batch_must_split_over_the_processes():
     config = load_config("sample_x4", ["train.batch_size=6"])
     schema.check_world_size(config, 3)
-    with pytest.raises(ConfigError, match=r"^train.batch_size=6 must be divisible by the 4 processes$"):
+    with pytest.raises(ConfigError, match=r"^train.batch_size=6 must be divisible by the 4 "
+                                          r"processes$"):
         schema.check_world_size(config, 4)
 
 

@@ -1,4 +1,5 @@
-"""Synthetic dead-leaves training pictures (dzsr.data.dead_leaves) and their place in the sample data."""
+"""Synthetic dead-leaves training pictures (dzsr.data.dead_leaves) and their place in the sample
+data (dzsr.sample.training)."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from dzsr.sample import SYNTHETIC_SIZE, prepare_sample_data, synthetic_frame_pai
 
 
 def test_same_seed_same_bytes_other_seed_other_picture():
-    a, b = dead_leaves(96, np.random.default_rng([3, 1])), dead_leaves(96, np.random.default_rng([3, 1]))
+    a, b = (dead_leaves(96, np.random.default_rng([3, 1])) for _ in range(2))
     c = dead_leaves(96, np.random.default_rng([3, 2]))
     assert a.dtype == np.uint8 and a.shape == (96, 96, 3)
     assert np.array_equal(a, b)

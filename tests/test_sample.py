@@ -11,12 +11,14 @@ from dzsr.sample import (HELD_OUT, SAMPLE_NAMES, bundled_photo, frame_pair, load
                          prepare_sample_data, sample_data_problems, write_sample)
 
 # documented short/tele size (h, w); gt is (scale*h, scale*w)
-SIZES = {"motorcycle": (125, 185), "astronaut": (128, 128), "coffee": (100, 150), "chelsea": (75, 112),
+SIZES = {"motorcycle": (125, 185), "astronaut": (128, 128), "coffee": (100, 150),
+         "chelsea": (75, 112),
          "rocket": (106, 160)}
 
 
 def digest(sample):
-    return hashlib.sha256(b"".join(sample[k].tobytes() for k in ("short", "tele", "gt"))).hexdigest()
+    data = b"".join(sample[k].tobytes() for k in ("short", "tele", "gt"))
+    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.mark.parametrize("scale", [4, 2])
@@ -29,7 +31,8 @@ def test_sample_is_deterministic_with_documented_sizes(name, scale):
     assert a["gt"].shape == (scale * h, scale * w, 3)
     assert all(a[k].dtype == np.uint8 for k in ("short", "tele", "gt"))
     y0, y1, x0, x1 = a["tele_box"]
-    assert (y1 - y0, x1 - x0) == (h, w)  # the tele covers the centre 1/scale of the wide field of view
+    # the tele covers the centre 1/scale of the wide field of view
+    assert (y1 - y0, x1 - x0) == (h, w)
 
 
 def test_motorcycle_x4_bytes_are_pinned():

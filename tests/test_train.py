@@ -1,4 +1,5 @@
-"""Training: configs and overrides, exact resume, the degradation stage, TensorBoard, DDP on gloo."""
+"""Training: configs and overrides, the training state and exact resume, the degradation stage,
+TensorBoard, DDP on gloo."""
 from __future__ import annotations
 
 import glob
@@ -17,11 +18,12 @@ from dzsr.train_parts import EpochBatches
 
 
 def _tiny(out_dir, *extra):
-    """The sample preset shrunk to seconds: two photographs, batch 2, 24px patches, 2 iterations per epoch."""
-    return load_config("sample_x4", [f"log.out_dir={out_dir}", "data.photos=[camera.png, ihc.png]",
-                                     "data.patch_size=24", "train.batch_size=2", "train.iters_per_epoch=2",
-                                     "train.epochs=2", "train.decay_every=1", "log.checkpoint_every=1",
-                                     "log.scalars_every=1", "log.images_every=2", *extra])
+    """The sample preset shrunk to seconds: two photographs, batch 2, 24px patches, 2 iterations
+    per epoch."""
+    return load_config("sample_x4", [
+        f"log.out_dir={out_dir}", "data.photos=[camera.png, ihc.png]", "data.patch_size=24",
+        "train.batch_size=2", "train.iters_per_epoch=2", "train.epochs=2", "train.decay_every=1",
+        "log.checkpoint_every=1", "log.scalars_every=1", "log.images_every=2", *extra])
 
 
 def _weights(path):
@@ -43,7 +45,8 @@ def test_presets_load_with_the_paper_settings():
 
 
 def test_overrides_and_their_errors(tmp_path):
-    c = load_config("sample_x4", ["train.lr=3e-4", "data.samples=[motorcycle]", "init.kernel_gen=/x.pth"])
+    c = load_config("sample_x4", ["train.lr=3e-4", "data.samples=[motorcycle]",
+                                  "init.kernel_gen=/x.pth"])
     assert c["train"]["lr"] == 3e-4 and c["init"]["kernel_gen"] == "/x.pth"
     with pytest.raises(ConfigError, match="unknown key train.lrr"):
         load_config("sample_x4", ["train.lrr=1"])
@@ -61,13 +64,14 @@ def test_epoch_batches_split_ranks_and_resume_position():
     full = list(EpochBatches(12, 4, seed=3, epoch=1))
     assert sorted(i for b in full for i in b) == list(range(12))
     assert list(EpochBatches(12, 4, seed=3, epoch=1, start=2)) == full[2:]
-    r0, r1 = list(EpochBatches(12, 4, 3, 1, rank=0, world=2)), list(EpochBatches(12, 4, 3, 1, rank=1, world=2))
+    r0, r1 = (list(EpochBatches(12, 4, 3, 1, rank=r, world=2)) for r in (0, 1))
     assert [sorted(a + b) for a, b in zip(r0, r1)] == [sorted(b) for b in full]
     assert full != list(EpochBatches(12, 4, seed=3, epoch=2))
 
 
 def test_resume_continues_exactly(tmp_path):
-    """4 iterations straight == 3 iterations (across an epoch end and lr decay), stop, resume, 1 more."""
+    """4 iterations straight == 3 iterations (across an epoch end and lr decay), stop, resume, 1
+    more."""
     straight = train(_tiny(tmp_path / "a"), progress=False)
     train(_tiny(tmp_path / "b", "train.stop_at=3"), progress=False)
     _, ckpt3 = _weights(tmp_path / "b" / "last.pt")
@@ -85,7 +89,8 @@ def test_resume_continues_exactly(tmp_path):
     acc.Reload()
     assert len(acc.Scalars("loss/total")) == 4 and acc.Images("train/bicubic_out_gt")
     lrs = [e.value for e in acc.Scalars("lr/restoration")]
-    assert lrs[0] == pytest.approx(5e-4) and lrs[-1] == pytest.approx(1.25e-4)  # halved at each epoch end
+    # halved at each epoch end
+    assert lrs[0] == pytest.approx(5e-4) and lrs[-1] == pytest.approx(1.25e-4)
 
 
 def _same(a, b) -> bool:
@@ -118,7 +123,8 @@ def test_training_state_round_trips_into_a_fresh_run(tmp_path):
     draws = torch.rand(4), np.random.rand(4), random.random()
     other = build_run(config, *setup(config))
     assert not _same(other.model.state_dict(), run.model.state_dict())
-    with pytest.raises(ValueError, match="written by 1 processes; resume with the same number, not 2"):
+    with pytest.raises(ValueError, match="written by 1 processes; resume with the same number, "
+                                         "not 2"):
         restore_training_state(path, dataclasses.replace(other, dist=Dist(0, 2)))
     assert restore_training_state(path, other) == 2
     assert _same((torch.rand(4), np.random.rand(4), random.random()), draws)
@@ -130,26 +136,30 @@ def test_training_state_round_trips_into_a_fresh_run(tmp_path):
 
 
 def test_resume_refuses_a_final_checkpoint(tmp_path):
-    final = train(_tiny(tmp_path / "a", "train.epochs=1", "train.iters_per_epoch=1"), progress=False)
+    final = train(_tiny(tmp_path / "a", "train.epochs=1", "train.iters_per_epoch=1"),
+                  progress=False)
     with pytest.raises(ValueError, match="no optimizer state"):
         train(_tiny(tmp_path / "a"), resume=final, progress=False)
 
 
 def test_resume_refuses_breaking_changes_and_allows_safe_ones(tmp_path):
-    """A changed batch size (or seed) is refused before anything is written, naming each key with its old
-    and new value and the keys that may change; changed resume-safe keys (and the lr written as a string)
-    continue the run to its end."""
+    """A changed batch size (or seed) is refused before anything is written, naming each key with
+    its old and new value and the keys that may change; changed resume-safe keys (and the lr
+    written as a string) continue the run to its end."""
     train(_tiny(tmp_path / "r", "train.stop_at=1"), progress=False)
     last = tmp_path / "r" / "last.pt"
     before = last.stat().st_mtime_ns
     with pytest.raises(ConfigError) as err:
         train(_tiny(tmp_path / "r", "train.batch_size=4", "seed=3"), resume=True, progress=False)
     msg = str(err.value)
-    assert msg.startswith(f"cannot resume {last} exactly: seed: 0 -> 3; train.batch_size: 2 -> 4 (as trained -> now)")
-    assert "keys that may change on resume: name, device, data.workers" in msg and "train.epochs" in msg
+    assert msg.startswith(f"cannot resume {last} exactly: seed: 0 -> 3; train.batch_size: 2 -> 4 "
+                          f"(as trained -> now)")
+    assert "keys that may change on resume: name, device, data.workers" in msg
+    assert "train.epochs" in msg
     assert last.stat().st_mtime_ns == before and _weights(last)[1]["extra"]["iteration"] == 1
-    resumed = train(_tiny(tmp_path / "fork", "train.epochs=1", "log.scalars_every=2", "name=more", "device=cpu",
-                          "init.bicubic=false", "train.lr='5e-4'"), resume=str(last), progress=False)
+    fork = _tiny(tmp_path / "fork", "train.epochs=1", "log.scalars_every=2", "name=more",
+                 "device=cpu", "init.bicubic=false", "train.lr='5e-4'")
+    resumed = train(fork, resume=str(last), progress=False)
     assert resumed == str(tmp_path / "fork" / "final.pt")
     ckpt = _weights(resumed)[1]
     assert ckpt["extra"]["iteration"] == 2 and ckpt["extra"]["train_config"]["name"] == "more"
@@ -177,15 +187,16 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import torch.distributed as dist
 
     from dzsr.train import fit
 
     config = _tiny(out_dir, "train.epochs=1", "train.iters_per_epoch=2", "device=cpu")
-    model, _ = fit(config, progress=False)  # ranks start from different seeds; rank 0's weights are broadcast
+    # ranks start from different seeds; rank 0's weights are broadcast
+    model, _ = fit(config, progress=False)
     torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -224,6 +235,7 @@ def test_prepared_folder_trains(tmp_path):
     assert load_checkpoint(path)[1]["extra"]["iteration"] == 1
 
 
-def test_bad_sw_precision_is_named(tmp_path):
-    with pytest.raises(ValueError, match="train.sw_precision must be float32 or bfloat16, got 'half'"):
-        train(_tiny(tmp_path / "p", "train.loss=l1sw", "train.sw_precision=half"), progress=False)
+def test_bad_sw_precision_is_named_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="train.sw_precision must be float32 or bfloat16, got "):
+        _tiny(tmp_path / "p", "train.loss=l1sw", "train.sw_precision=half")
+    assert not (tmp_path / "p").exists()
