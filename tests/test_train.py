@@ -120,14 +120,14 @@ def test_training_state_round_trips_into_a_fresh_run(tmp_path):
     for iteration, batch in enumerate(epoch_loader(run, 0), start=1):  # an epoch: lr decayed once
         train_step(run, batch, iteration)
     save_training_state(path, run, 2)
-    draws = torch.rand(4), np.random.rand(4), random.random()
+    draws = torch.rand(4), np.random.rand(4).tolist(), random.random()
     other = build_run(config, *setup(config))
     assert not _same(other.model.state_dict(), run.model.state_dict())
     with pytest.raises(ValueError, match="written by 1 processes; resume with the same number, "
                                          "not 2"):
         restore_training_state(path, dataclasses.replace(other, dist=Dist(0, 2)))
     assert restore_training_state(path, other) == 2
-    assert _same((torch.rand(4), np.random.rand(4), random.random()), draws)
+    assert _same((torch.rand(4), np.random.rand(4).tolist(), random.random()), draws)
     assert _same(other.model.state_dict(), run.model.state_dict())
     for name in run.optimizers:
         assert _same(other.optimizers[name].state_dict(), run.optimizers[name].state_dict())
