@@ -14,7 +14,8 @@ every ``decay_every`` epochs (the authors' ``--lr_decay_iters 200 --niter 401``)
 built or written), ``setup`` (device, process group, seeds), ``build_run`` (model, data,
 optimisers, the train step), ``restore_training_state`` (on resume), ``train_loop`` (iterations,
 checkpoints, the final save). The config comes validated (``dzsr.config.load_config`` or
-``dzsr.config_schema.validate_config``); this module checks no config keys.
+``dzsr.config_schema.validate_config``); the two rules that need the launch or the checkpoint
+(``check_world_size``, ``check_resume``) are in ``dzsr.config_schema`` too.
 
 Exact resume (docs/design.md#training): ``save_training_state`` writes ``out_dir/last.pt``
 atomically every ``checkpoint_every`` iterations: the networks, both optimisers and schedulers,
