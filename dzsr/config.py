@@ -6,9 +6,9 @@ name, overrides)`` reads it, applies overrides and validates the result once: th
 is complete (every optional key filled with its default) and normalised (numbers written as YAML
 strings, such as ``lr: 5e-4``, are numbers), or one ``ConfigError`` lists every problem, each naming
 its dotted key, what was expected and what was given, prefixed by where it came from (the file or
-the override). Overrides use dotted keys and YAML values, e.g. ``train.lr=2e-4 data.root=/data/DRealSR
-log.out_dir=runs/x``; an override must name a key of the schema (typos are errors, with the closest
-valid key), present in the file or not.
+the override). Overrides use dotted keys and YAML values, e.g. ``train.lr=2e-4
+data.root=/data/DRealSR log.out_dir=runs/x``; an override must name a key of the schema (typos are
+errors, with the closest valid key), present in the file or not.
 """
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ from .config_schema import ConfigError, check_config, schema_entry, validate_con
 
 PRESETS = ("nikon_x4", "camerafusion_x2", "sample_x4")
 
-__all__ = ["PRESETS", "ConfigError", "apply_overrides", "load_config", "preset_path", "validate_config"]
+__all__ = ["PRESETS", "ConfigError", "apply_overrides", "load_config", "preset_path",
+           "validate_config"]
 
 
 def preset_path(name: str) -> str:
     """Path of a shipped preset (``nikon_x4``, ``camerafusion_x2``, ``sample_x4``)."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or give a YAML file")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or give a "
+                          f"YAML file")
     return str(resources.files("dzsr.configs").joinpath(f"{name}.yaml"))
 
 
@@ -46,8 +48,8 @@ def _parse_override(item: str) -> tuple[list[str], object]:
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """A copy of ``config`` with each ``a.b.c=value`` override applied (value parsed as YAML; checked
-    later, with the whole config). The key must be in the schema (so typos are errors)."""
+    """A copy of ``config`` with each ``a.b.c=value`` override applied (value parsed as YAML;
+    checked later, with the whole config). The key must be in the schema (so typos are errors)."""
     config = copy.deepcopy(config)
     for item in overrides:
         keys, value = _parse_override(item)
@@ -68,7 +70,8 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
 
 
 def _origin(key: str, overridden: dict[str, str], source: str) -> str:
-    """Where the value of dotted ``key`` came from: the last override of it or of a section above it, else the file."""
+    """Where the value of dotted ``key`` came from: the last override of it or of a section above
+    it, else the file."""
     parts = key.split(".")
     for depth in range(len(parts), 0, -1):
         item = overridden.get(".".join(parts[:depth]))
@@ -97,5 +100,6 @@ def load_config(source: str | os.PathLike, overrides: list[str] | None = None) -
     config, problems = check_config(raw)
     if problems:
         overridden = {".".join(_parse_override(item)[0]): item for item in overrides}
-        raise ConfigError("; ".join(f"{_origin(key, overridden, path)}: {message}" for key, message in problems))
+        raise ConfigError("; ".join(f"{_origin(key, overridden, path)}: {message}"
+                                    for key, message in problems))
     return config

@@ -1,4 +1,5 @@
-"""The training-config schema: every key's type, range or choices, default, and whether it may change on resume.
+"""The training-config schema: every key's type, range or choices, default, and whether it may
+change on resume.
 
 A config is a mapping of top-level values and the sections ``data``, ``model``, ``init``, ``train``,
 ``log`` (``SCHEMA`` below; the presets in ``dzsr/configs`` show every key). ``check_config`` turns a
@@ -10,32 +11,39 @@ raw mapping (as YAML read it) into a complete, normalised config, or lists what 
   * integer: a YAML integer, or a string of one (``"16"``); never a bool, never a float (``16.0``);
   * number: a YAML integer or float, or a string Python's ``float`` reads (YAML 1.1, which PyYAML
     implements, reads ``5e-4`` as a string), finite; stored as a float;
-  * bool: YAML ``true`` / ``false`` (PyYAML also reads yes/no/on/off as bools), not 0 / 1 or other strings;
-  * string: a non-empty YAML string (a number where a path or name is expected is refused: quote it);
+  * bool: YAML ``true`` / ``false`` (PyYAML also reads yes/no/on/off as bools), not 0 / 1 or
+    other strings;
+  * string: a non-empty YAML string (a number where a path or name is expected is refused: quote
+    it);
   * list of names (``data.samples``, ``data.photos``): a list of non-empty strings, null = empty;
   * integer range (``data.noise_sigma``, ``data.jpeg_quality``): null, or ``[low, high]`` integers
     with ``min <= low <= high <= max``; stored as a list;
   * null only where the table says "or null".
-Cross-key conditions the training code checks when it runs (``data.root`` needed by the dataset
-kinds that read one, ``data.patch_size`` >= ``scale``, ``train.batch_size`` divisible by the DDP
-processes, the names in ``data.samples`` / ``data.photos`` being bundled ones) are left to it: each
-raises one clear error (a ``ValueError``, one CLI line) when the run starts.
+Conditions between keys are checked too, once every key is valid on its own
+(``_cross_key_problems``): ``data.root`` is given for the dataset kinds that read one (``nikon``,
+``camerafusion``, ``folder``); ``data.patch_size`` >= ``scale``; for ``data.kind: sample``, the
+names in ``data.samples`` / ``data.photos`` are bundled pictures that may be trained on and there
+is at least one training picture (``dzsr.sample.sample_data_problems``). What depends on the launch
+or on files is checked when the run starts, each as one error: ``train.batch_size`` divisible by
+the DDP processes (``check_world_size``), the resume checkpoint (``check_resume``), the dataset
+files and starting weights (read by the training code).
 
 Resume (``resume_changes``): ``dzsr train --resume`` continues exactly only when everything that
-shapes the networks, the data stream, the optimisation or the random draws is as trained. Keys that
-may change on resume (``RESUME_SAFE``): ``name``, ``device`` (the run continues; on another device
-results then agree only to floating-point rounding), ``data.workers`` (samples are a pure function of
-(seed, epoch, index)), every ``init.*`` key (starting weights: the checkpoint replaces them),
-``train.epochs`` and ``train.stop_at`` (how far to train), and every ``log.*`` key (where and how
-often to write; a new ``log.out_dir`` with ``--resume PATH`` forks the run into another folder). Every
-other key breaks exact resumption and is refused when it differs: ``scale``, ``stage``, ``seed``,
-``model.*``, all other ``data.*`` keys (including ``data.root``: the files there cannot be checked,
-so a moved dataset is resumed through a link at its old path), and all other ``train.*`` keys
-(``batch_size`` and ``iters_per_epoch`` fix the data order and epoch ends; ``lr``,
-``kernel_lr_factor``, ``decay_every`` and ``gamma`` are stored in the optimiser and scheduler
-states, so a new value would be silently ignored; ``loss``, ``sw_weights``, ``sw_precision`` define
-the objective). Values compare after normalisation (``5e-4`` == ``"5e-4"`` == ``0.0005``; a key missing
-from an older checkpoint's config compares as its default).
+shapes the networks, the data stream, the optimisation or the random draws is as trained. Keys
+that may change on resume (``RESUME_SAFE``): ``name``, ``device`` (the run continues; on another
+device results then agree only to floating-point rounding), ``data.workers`` (samples are a pure
+function of (seed, epoch, index)), every ``init.*`` key (starting weights: the checkpoint replaces
+them), ``train.epochs`` and ``train.stop_at`` (how far to train), and every ``log.*`` key (where
+and how often to write; a new ``log.out_dir`` with ``--resume PATH`` forks the run into another
+folder). Every other key breaks exact resumption and is refused when it differs: ``scale``,
+``stage``, ``seed``, ``model.*``, all other ``data.*`` keys (including ``data.root``: the files
+there cannot be checked, so a moved dataset is resumed through a link at its old path), and all
+other ``train.*`` keys (``batch_size`` and ``iters_per_epoch`` fix the data order and epoch ends;
+``lr``, ``kernel_lr_factor``, ``decay_every`` and ``gamma`` are stored in the optimiser and
+scheduler states, so a new value would be silently ignored; ``loss``, ``sw_weights``,
+``sw_precision`` define the objective). Values compare after normalisation (``5e-4`` ==
+``"5e-4"`` == ``0.0005``; a key missing from an older checkpoint's config compares as its
+default).
 
 Why a plain table and not pydantic: the config stays the plain nested dict the training code,
 the checkpoints (``extra.train_config``, loadable with ``weights_only``) and the overrides use; the
@@ -51,6 +59,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .data.degrade import QUALITY_RANGE, SIGMA_RANGE
+from .sample import sample_data_problems
 
 
 class ConfigError(ValueError):
@@ -62,8 +71,8 @@ REQUIRED = object()  # the default of a key that must be given
 
 @dataclass(frozen=True)
 class Field:
-    """One config value. ``parse(value)`` returns it normalised or raises ``ValueError``; ``expected``
-    says in words what fits (for messages)."""
+    """One config value. ``parse(value)`` returns it normalised or raises ``ValueError``;
+    ``expected`` says in words what fits (for messages)."""
 
     expected: str
     parse: Callable[[object], object]
@@ -101,7 +110,8 @@ def _checked(convert: Callable, test: Callable[[object], bool]) -> Callable:
 def integer(low: int, high: int | None = None, **kw) -> Field:
     """An integer >= ``low`` (and <= ``high``)."""
     words = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    return Field(words, _checked(_integer, lambda v: low <= v and (high is None or v <= high)), **kw)
+    in_range = _checked(_integer, lambda v: low <= v and (high is None or v <= high))
+    return Field(words, in_range, **kw)
 
 
 def number(low: float, high: float | None = None, low_open: bool = False, **kw) -> Field:
@@ -234,7 +244,10 @@ def fields(schema: Mapping = SCHEMA, prefix: str = "") -> dict[str, Field]:
     """{dotted key: Field} of every value in ``schema``."""
     out = {}
     for name, entry in schema.items():
-        out.update(fields(entry, f"{prefix}{name}.") if isinstance(entry, Mapping) else {prefix + name: entry})
+        if isinstance(entry, Mapping):
+            out.update(fields(entry, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = entry
     return out
 
 
@@ -243,7 +256,8 @@ RESUME_SAFE = tuple(k for k, f in FIELDS.items() if f.resume_safe)
 
 
 def schema_entry(keys: list[str]) -> Field | Mapping:
-    """The section or Field at ``keys``; ``ConfigError`` naming the first key that is not in the schema."""
+    """The section or Field at ``keys``; ``ConfigError`` naming the first key that is not in the
+    schema."""
     node: Field | Mapping = SCHEMA
     for depth, name in enumerate(keys):
         if not isinstance(node, Mapping):
@@ -255,7 +269,8 @@ def schema_entry(keys: list[str]) -> Field | Mapping:
 
 
 def unknown_key(path: list[str], name: str, section: Mapping) -> str:
-    """"unknown key a.b (did you mean a.c?)", the suggestion a similar sibling or a key ``name`` elsewhere."""
+    """"unknown key a.b (did you mean a.c?)", the suggestion a similar sibling or a key ``name``
+    elsewhere."""
     dotted = ".".join([*path, str(name)])
     close = difflib.get_close_matches(str(name), list(section), n=1)
     if close:
@@ -274,7 +289,8 @@ def _check_section(raw, schema: Mapping, path: list[str], problems: list[tuple[s
     if raw is None and path:
         raw = {}
     if not isinstance(raw, Mapping):
-        problems.append((dotted, f"{dotted} must be a section (a mapping of {', '.join(schema)}), got {raw!r}"))
+        problems.append((dotted, f"{dotted} must be a section (a mapping of "
+                                 f"{', '.join(schema)}), got {raw!r}"))
         return {}
     for name in raw:
         if name not in schema:
@@ -301,12 +317,41 @@ def _copy(value):
     return list(value) if isinstance(value, list) else value
 
 
+ROOTED_KINDS = ("nikon", "camerafusion", "folder")  # the data.kind values that read data.root
+
+
+def _cross_key_problems(config: dict) -> list[tuple[str, str]]:
+    """[(dotted key, message)] for the conditions between keys (module docstring) of a config
+    whose every key is valid."""
+    data, problems = config["data"], []
+    if data["kind"] in ROOTED_KINDS and data["root"] is None:
+        problems.append(("data.root", f"data.root is required for data.kind={data['kind']} "
+                                      f"(e.g. data.root=/path/to/dataset)"))
+    if data["patch_size"] < config["scale"]:
+        problems.append(("data.patch_size", f"data.patch_size must be at least the scale "
+                                            f"{config['scale']}, got {data['patch_size']}"))
+    if data["kind"] == "sample":
+        problems += sample_data_problems(data["samples"], data["photos"], data["photos_as"],
+                                         data["synthetic"], prefix="data.")
+    return problems
+
+
 def check_config(raw) -> tuple[dict, list[tuple[str, str]]]:
-    """(the complete normalised config, [(dotted key, message) for each problem]) of a raw mapping."""
+    """(the complete normalised config, [(dotted key, message) for each problem]) of a raw
+    mapping; conditions between keys are checked once there is no other problem."""
     problems: list[tuple[str, str]] = []
     if not isinstance(raw, Mapping):
         return {}, [("", f"a config must be a mapping, got {type(raw).__name__}")]
-    return _check_section(raw, SCHEMA, [], problems), problems
+    config = _check_section(raw, SCHEMA, [], problems)
+    return config, problems or _cross_key_problems(config)
+
+
+def check_world_size(config: Mapping, world: int) -> None:
+    """``ConfigError`` unless ``train.batch_size`` (the global batch) splits evenly over ``world``
+    DDP processes."""
+    batch = config["train"]["batch_size"]
+    if batch % world:
+        raise ConfigError(f"train.batch_size={batch} must be divisible by the {world} processes")
 
 
 def validate_config(raw) -> dict:
@@ -343,11 +388,12 @@ def resume_changes(trained: Mapping, config: Mapping) -> list[str]:
 
 
 def check_resume(trained, config: Mapping, path) -> None:
-    """``ConfigError`` unless ``config`` resumes a checkpoint (``path``, trained with ``trained``) exactly."""
+    """``ConfigError`` unless ``config`` resumes a checkpoint (``path``, trained with ``trained``)
+    exactly."""
     if not isinstance(trained, Mapping):
         raise ConfigError(f"{path} holds no training config, so an exact resume cannot be checked")
     changes = resume_changes(trained, config)
     if changes:
-        raise ConfigError(f"cannot resume {path} exactly: {'; '.join(changes)} (as trained -> now); "
-                          f"keep these as trained or start a new run; keys that may change on resume: "
-                          f"{', '.join(RESUME_SAFE)}")
+        raise ConfigError(f"cannot resume {path} exactly: {'; '.join(changes)} (as trained -> "
+                          f"now); keep these as trained or start a new run; keys that may change "
+                          f"on resume: {', '.join(RESUME_SAFE)}")

@@ -69,7 +69,7 @@ def test_it_changes_weights_only_and_training_reaches_the_body():
 
 
 def test_config_key(tmp_path):
-    from dzsr.train import build_model
+    from dzsr.train_parts import build_model
 
     config = load_config("sample_x4", ["init.bicubic=true"])
     torch.manual_seed(0)

@@ -18,6 +18,12 @@ from dzsr.config_schema import (FIELDS, RESUME_SAFE, check_config, check_resume,
                                 validate_config)
 
 DELETE = object()  # remove the key from the file
+ROOT = ["data.root=/data/DRealSR"]  # the dataset presets name no data.root: the user gives it
+
+
+def _load_preset(name: str, overrides=()) -> dict:
+    """``load_config(name)`` with the data.root a dataset preset needs."""
+    return load_config(name, [*([] if name == "sample_x4" else ROOT), *overrides])
 
 
 @functools.lru_cache
@@ -58,7 +64,7 @@ def _load_with(tmp_path, key, value, overrides=()):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_loads_complete_and_validates_to_itself(name):
-    config = load_config(name)
+    config = _load_preset(name)
     assert set(schema.fields(config)) == set(FIELDS)  # every key present, defaults filled
     assert validate_config(config) == config
     raw = _preset(name)
@@ -110,6 +116,7 @@ def test_a_yaml_file_with_an_unquoted_5e_4_gives_a_float(tmp_path):
 
 def test_optional_keys_and_sections_take_their_defaults(tmp_path):
     raw = _preset("nikon_x4")
+    raw["data"]["root"] = "/data/DRealSR"
     del raw["device"], raw["name"], raw["data"]["workers"], raw["log"]["keep_every"]
     raw["init"] = None  # a section with everything under it commented out
     config = load_config(_write(tmp_path, raw))
@@ -192,6 +199,17 @@ BAD = [
     # missing required keys
     ("train.lr", DELETE, "missing key train.lr (a number > 0)"),
     ("model.drop_prob", DELETE, "missing key model.drop_prob (a number in [0, 1])"),
+    # conditions between keys
+    ("data.kind", "folder",
+     "data.root is required for data.kind=folder (e.g. data.root=/path/to/dataset)"),
+    ("data.patch_size", 3, "data.patch_size must be at least the scale 4, got 3"),
+    ("data.samples", ["astronaut"],
+     "data.samples: not for training: astronaut (a held-out photograph)"),
+    ("data.photos", ["coffee.png", "camera.png"],
+     "data.photos: not for training: coffee.png (a held-out or demo photograph)"),
+    ("data.photos", ["nope.png"],
+     "data.photos: not for training: nope.png (not among scikit-image's bundled photographs)"),
+    ("data.photos", [], "no training images: give data.samples, data.photos or data.synthetic"),
 ]
 
 
@@ -223,7 +241,8 @@ def test_override_errors_name_the_override(override, message):
 
 def test_overrides_reach_keys_absent_from_the_file_and_may_fix_it(tmp_path):
     assert "channel_shuffle" not in _preset("nikon_x4")["data"]
-    assert load_config("nikon_x4", ["data.channel_shuffle=true"])["data"]["channel_shuffle"] is True
+    shuffled = _load_preset("nikon_x4", ["data.channel_shuffle=true"])
+    assert shuffled["data"]["channel_shuffle"] is True
     path = _write(tmp_path, _set(_preset(), "train.batch_size", 0))
     assert load_config(path, ["train.batch_size=4"])["train"]["batch_size"] == 4
     assert load_config("sample_x4", ["train.lr=3e-4"])["train"]["lr"] == 3e-4  # the override string "3e-4"
@@ -238,6 +257,26 @@ def test_every_problem_is_listed_in_one_error(tmp_path):
     for part in ("train.batch_size must be an integer >= 1, got 0", "unknown key log.chekpoint_every",
                  "override 'train.lr=abc': train.lr must be a number > 0"):
         assert part in msg, (part, msg)
+
+
+def test_conditions_between_keys_wait_for_every_key_to_be_valid(tmp_path):
+    """A data.kind that needs a data.root is not reported while another key is wrong."""
+    raw = _set(_set(_preset(), "data.kind", "folder"), "train.batch_size", 0)
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, raw))
+    assert str(err.value).endswith("train.batch_size must be an integer >= 1, got 0")
+    with pytest.raises(ConfigError, match="data.root is required for data.kind=folder"):
+        load_config(_write(tmp_path, raw), ["train.batch_size=4"])
+    fixed = load_config(_write(tmp_path, raw), ["train.batch_size=4", "data.root=/d"])
+    assert fixed["data"]["root"] == "/d"
+
+
+def test_the_global_batch_must_split_over_the_processes():
+    config = load_config("sample_x4", ["train.batch_size=6"])
+    schema.check_world_size(config, 3)
+    with pytest.raises(ConfigError, match=r"^train.batch_size=6 must be divisible by the 4 "
+                                          r"processes$"):
+        schema.check_world_size(config, 4)
 
 
 def test_a_misspelt_section_is_named_with_the_section_it_meant(tmp_path):
@@ -264,10 +303,11 @@ _ANY = st.recursive(st.none() | st.booleans() | st.integers(-3, 2**40) | st.floa
 @given(key=st.sampled_from(sorted(FIELDS)), value=_ANY)
 def test_fuzz_any_value_is_accepted_normalised_or_one_problem_naming_its_key(key, value):
     """Never an exception other than the listed problem: a value either validates (and the result
-    validates to itself) or gives exactly one problem, for that key."""
+    validates to itself) or gives exactly one problem, whose message names that key (a condition
+    between keys, such as no training pictures left, names every key it involves)."""
     config, problems = check_config(_set(_preset(), key, value))
     if problems:
-        assert [k for k, _ in problems] == [key] and key in problems[0][1]
+        assert len(problems) == 1 and key in problems[0][1], problems
     else:
         assert validate_config(config) == config
 
@@ -310,13 +350,13 @@ def test_resume_allows_safe_keys_and_equal_values_written_differently():
 
 
 def test_resume_compares_keys_missing_from_an_older_checkpoint_as_their_defaults():
-    trained = load_config("nikon_x4")
+    trained = _load_preset("nikon_x4")
     del trained["data"]["channel_shuffle"], trained["data"]["photos_as"]
-    assert resume_changes(trained, load_config("nikon_x4")) == []
-    assert resume_changes(trained, load_config("nikon_x4", ["data.channel_shuffle=true"])) == \
+    assert resume_changes(trained, _load_preset("nikon_x4")) == []
+    assert resume_changes(trained, _load_preset("nikon_x4", ["data.channel_shuffle=true"])) == \
            ["data.channel_shuffle: False -> True"]
     with pytest.raises(ConfigError, match="holds no training config"):
-        check_resume(None, load_config("nikon_x4"), "old.pt")
+        check_resume(None, _load_preset("nikon_x4"), "old.pt")
 
 
 # ----------------------------------------------------------------------------- the command line

@@ -1,4 +1,5 @@
-"""Synthetic dead-leaves training pictures (dzsr.data.dead_leaves) and their place in the sample data."""
+"""Synthetic dead-leaves training pictures (dzsr.data.dead_leaves) and their place in the sample
+data (dzsr.sample.training)."""
 from __future__ import annotations
 
 import os
@@ -7,11 +8,11 @@ import numpy as np
 import pytest
 
 from dzsr.data.dead_leaves import dead_leaves, leaf_colours, leaf_radii
-from dzsr.train import SYNTHETIC_SIZE, prepare_sample_data, synthetic_frame_pair
+from dzsr.sample import SYNTHETIC_SIZE, prepare_sample_data, synthetic_frame_pair
 
 
 def test_same_seed_same_bytes_other_seed_other_picture():
-    a, b = dead_leaves(96, np.random.default_rng([3, 1])), dead_leaves(96, np.random.default_rng([3, 1]))
+    a, b = (dead_leaves(96, np.random.default_rng([3, 1])) for _ in range(2))
     c = dead_leaves(96, np.random.default_rng([3, 2]))
     assert a.dtype == np.uint8 and a.shape == (96, 96, 3)
     assert np.array_equal(a, b)
@@ -69,12 +70,12 @@ def test_synthetic_pairs_are_box_downs_of_one_picture(tmp_path, scale):
 
 @pytest.mark.parametrize("bad", [-1, True, 2.0, "3"])
 def test_bad_synthetic_count_is_named(tmp_path, bad):
-    with pytest.raises(ValueError, match="data.synthetic must be a number of dead-leaves pictures"):
+    with pytest.raises(ValueError, match="^synthetic must be a number of dead-leaves pictures"):
         prepare_sample_data(str(tmp_path / "d"), [], 4, ["camera.png"], "frame", synthetic=bad)
 
 
 def test_no_training_images_is_named(tmp_path):
-    with pytest.raises(ValueError, match="no training images: give data.samples, data.photos or data.synthetic"):
+    with pytest.raises(ValueError, match="^no training images: give samples, photos or synthetic"):
         prepare_sample_data(str(tmp_path / "d"), [], 4, [], "frame")
 
 
