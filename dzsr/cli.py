@@ -187,13 +187,15 @@ def _lpips(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """PSNR / SSIM (/ LPIPS) on the Full-Image and Corner-Image of SR outputs against ground truths."""
+    """PSNR / SSIM (/ LPIPS) on the Full-Image and Corner-Image of SR outputs against ground truths,
+    as the paper's evaluation computes them."""
     from .evaluate import evaluate_folder, format_table, summarize, write_csv
     from .outputs import check_output
 
     if args.csv is not None:
         check_output(args.csv, "--csv", (".csv",))
-    rows = summarize(evaluate_folder(args.sr, args.gt, args.scale, _lpips(args)))
+    rows = summarize(evaluate_folder(args.sr, args.gt, args.scale, _lpips(args),
+                                     args.corner_weighting, args.y))
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
@@ -271,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, help="folder of ground-truth images")
     p.add_argument("--scale", type=int, required=True, choices=(2, 3, 4), help="sets the Corner-Image region")
     p.add_argument("--csv", help="also write the table as CSV")
+    p.add_argument("--corner-weighting", choices=("plain", "area"), default="plain",
+                   help="Corner SSIM / LPIPS: plain mean of the four strips (default, the authors') "
+                        "or area-weighted mean; Corner PSNR always uses the area-weighted MSE")
+    p.add_argument("--y", action="store_true",
+                   help="PSNR and SSIM on the BT.601 luma Y (MATLAB rgb2ycbcr), LPIPS on RGB")
     _add_lpips(p)
     p.set_defaults(func=cmd_eval)
 

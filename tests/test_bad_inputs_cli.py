@@ -235,6 +235,8 @@ CASES = [
     ("eval-csv-empty", [*EVAL, "--csv", ""], {}, (), ("--csv", "empty output path")),
     ("eval-scale-invalid", _set(EVAL, "--scale", "5"), {}, (), ("--scale", "invalid choice")),
     ("eval-scale-missing", EVAL[:-2], {}, (), ("--scale", "required")),
+    ("eval-corner-weighting-invalid", [*EVAL, "--corner-weighting", "mean"], {}, (),
+     ("--corner-weighting", "invalid choice", "'mean'")),
     ("eval-alexnet-missing", [*EVAL, "--lpips", "--alexnet", "{w}/none.pth"], {}, (), ("none.pth", "not found")),
     ("eval-alexnet-random", [*EVAL, "--lpips", "--alexnet", "{w}/rand.pt"], {}, (), ("rand.pt", "pretrained weights")),
     ("eval-alexnet-empty", [*EVAL, "--lpips", "--alexnet", "{w}/empty.pt"], {}, (), ("empty.pt", "empty")),

@@ -104,6 +104,27 @@ def test_prepare_and_eval(files, capsys, tmp_path):
                     "--lpips", "--alexnet", str(tmp_path / "alexnet.pth")], "alexnet.pth")
 
 
+def test_eval_settings_name_their_columns(capsys, tmp_path):
+    """--y and --corner-weighting area change the values and say so in the table and CSV header."""
+    rng = np.random.default_rng(torch.initial_seed())
+    gt = rng.integers(0, 256, (72, 104, 3), dtype=np.uint8)
+    write_rgb(tmp_path / "gt" / "a.png", gt)
+    sr = np.clip(gt + rng.integers(-20, 21, gt.shape), 0, 255).astype(np.uint8)
+    write_rgb(tmp_path / "sr" / "a.png", sr)
+    base = ["eval", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "gt"), "--scale", "4"]
+    capsys.readouterr()
+    assert main(base) == 0
+    default = capsys.readouterr().out.splitlines()
+    assert default[0] == "| image | Full PSNR | Full SSIM | Corner PSNR | Corner SSIM |"
+    csv = tmp_path / "y.csv"
+    assert main([*base, "--y", "--corner-weighting", "area", "--csv", str(csv)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == ("| image | Full PSNR (Y) | Full SSIM (Y) | Corner PSNR (Y) "
+                        "| Corner SSIM (Y, area-weighted) |")
+    assert csv.read_text().startswith("name,psnr_y,ssim_y,psnr_y_corner,ssim_y_corner_area\n")
+    assert table[2] != default[2] and table[2].startswith("| a.png | ")
+
+
 def test_demo_errors_without_checkpoint(capsys, tmp_path):
     _fails(capsys, ["demo", "--out", str(tmp_path), "--ckpt", str(tmp_path / "none.pt")], "none.pt")
 
