@@ -81,7 +81,7 @@ SWEEPS = {
     "deform_conv": Sweep("AdaSTN deformable conv, depthwise, fwd+bwd, (1, 64, S, S)",
                          (64, 128, 192, 256), (16, 32), _deform),
     "patch_match": Sweep("patch matching, 3x3 patches, (1, 64, S, S) query and reference",
-                         (32, 48, 64, 96), (16, 24), _match),
+                         (32, 64, 96, 128), (16, 24), _match),
     "sw_loss": Sweep("sliced-Wasserstein loss, fwd+bwd, (1, 256, S, S)",
                      (32, 64, 128, 192), (16, 24), _sw),
     "inference": Sweep("x4 whole-image inference, LR S x S (ours tiled, reference untiled)",
