@@ -153,7 +153,9 @@ def cmd_sr(args: argparse.Namespace) -> int:
     tile = _tile(args)
     short, tele = _read_pair(args.short, args.tele)
     model = load_model(args.ckpt, args.scale, args.extractor)
-    inputs = prepare_inputs(short, tele, model.scale, args.region, not args.no_align, args.focal_ratio)
+    align = "never" if args.no_align else args.align
+    inputs = prepare_inputs(short, tele, model.scale, args.region, align, args.focal_ratio)
+    print(inputs["alignment"])
     model.to(device)
     with dzsr_kernels.use_backend(backend) if backend else contextlib.nullcontext():
         sr = super_resolve(model, inputs["lr"].to(device), inputs["ref"].to(device), inputs["paste_ref"].to(device),
@@ -252,7 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="expected scale (checked against the checkpoint)")
     p.add_argument("--region", choices=("full", "centre"), default="full",
                    help="full: the whole short-focus image (default); centre: its focal-ratio centre crop")
-    p.add_argument("--no-align", action="store_true", help="the telephoto is already aligned to the centre crop")
+    aligning = p.add_mutually_exclusive_group()
+    aligning.add_argument("--align", choices=("auto", "always", "never"), default="auto",
+                          help="align the telephoto onto the short-focus focal-ratio centre crop "
+                               "(DIS flow warp, colour match, border trim): always; never (it "
+                               "already shows exactly that crop, e.g. the centre of an aligned "
+                               "ground truth: only resized); auto (default): never when its "
+                               "measured residual motion is at most 0.5 HR px median and 1 px 90th "
+                               "percentile, else always; the choice is printed. Use never for the "
+                               "authors' processed test pairs")
+    aligning.add_argument("--no-align", action="store_true", help="same as --align never")
     p.add_argument("--focal-ratio", type=float, help="short/tele focal-length ratio (default 1/scale)")
     p.add_argument("--backend", help=f"kernel backend: auto, cpp, triton or reference (default: ${BACKEND_VARIABLE}, "
                                      "else auto)")

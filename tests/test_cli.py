@@ -40,10 +40,11 @@ def _fails(capsys, argv, *fragments):
     return err
 
 
-def test_sr_writes_the_whole_image(files, tmp_path):
+def test_sr_writes_the_whole_image(files, tmp_path, capsys):
     out = tmp_path / "sr.png"
     assert main(["sr", "--short", files["short"], "--tele", files["tele"], "--out", str(out), "--ckpt",
                  str(files["root"] / "x4.pt"), "--scale", "4", "--tile", "64"]) == 0
+    assert "telephoto aligned: DIS flow warp" in capsys.readouterr().out  # --align auto, a raw pair
     short = read_rgb(files["short"])
     assert read_rgb(out).shape == (4 * short.shape[0], 4 * short.shape[1], 3)
 
