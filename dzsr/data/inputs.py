@@ -71,7 +71,7 @@ def prepare_inputs(short: np.ndarray, tele: np.ndarray, scale: int, region: str 
     if align == "auto":
         motion = residual_motion(short_f, tele_f, scale, focal_ratio)
         align = "never" if motion.aligned else "always"
-        note = f" ({motion}, HR pixels)"
+        note = f" ({motion})"
     if align == "always":
         pair = prepare_pair(short_f, tele_f, scale, focal_ratio)
         (cy0, cy1, cx0, cx1), t = pair["crop_box"], pair["trim"]

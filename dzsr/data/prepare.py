@@ -190,7 +190,8 @@ class ResidualMotion:
         return self.median <= ALIGNED_MEDIAN_HR and self.p90 <= ALIGNED_P90_HR
 
     def __str__(self) -> str:
-        return f"residual motion {self.median:.2f} px median, {self.p90:.2f} px 90th percentile"
+        return (f"residual motion {self.median:.2f} HR px median, {self.p90:.2f} HR px 90th "
+                "percentile")
 
 
 def residual_motion(short: np.ndarray, tele: np.ndarray, scale: int,
