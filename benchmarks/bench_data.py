@@ -79,7 +79,7 @@ def make_ssim(lr_h: int, lr_w: int, impl: str):
 
     sr, gt = (x.astype(np.float64) / 255 for x in _hr_pair(lr_h, lr_w))
     if impl == "skimage":
-        return lambda: structural_similarity(sr, gt, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        return lambda: structural_similarity(sr, gt, win_size=11, gaussian_weights=True,
                                              data_range=1.0, channel_axis=-1)
     return lambda: ssim(sr, gt)
 

@@ -23,40 +23,42 @@ QUICK = {"height": 29, "width": 37}
 QUICK_TILE = 20  # 2x2 tiles
 
 
-def build(height: int, width: int, scale: int = 4):
-    """A random-weight eval model and inputs (lr, ref, paste_ref, paste_box) of one whole image."""
+def build(height: int, width: int, scale: int = 4, device: str = "cpu"):
+    """A random-weight eval model and inputs (lr, ref, paste_ref, paste_box) of one whole image, on
+    ``device``."""
     from dzsr.models import SelfDZSR
 
     torch.manual_seed(0)
-    model = SelfDZSR(scale).eval()
+    model = SelfDZSR(scale).eval().to(device)
     gen = torch.Generator().manual_seed(1)
-    lr, ref = torch.rand(1, 3, height, width, generator=gen), torch.rand(1, 3, height, width, generator=gen)
+    lr, ref = (torch.rand(1, 3, height, width, generator=gen).to(device) for _ in range(2))
     bh, bw = height // scale, width // scale
     y0, x0 = (height - bh) // 2, (width - bw) // 2
-    paste_ref = torch.rand(1, 3, scale * bh, scale * bw, generator=gen)
+    paste_ref = torch.rand(1, 3, scale * bh, scale * bw, generator=gen).to(device)
     box = torch.tensor([[y0, y0 + bh, x0, x0 + bw]])
     return model, (lr, ref, paste_ref, box)
 
 
-def warm_up(model, backend: str) -> None:
+def warm_up(model, backend: str, device: str = "cpu") -> None:
     """Load the backend's kernels (and build them) outside any measurement."""
     import dzsr_kernels
     from dzsr.infer import super_resolve
 
     with dzsr_kernels.use_backend(backend):
-        small = torch.rand(1, 3, 16, 16)
+        small = torch.rand(1, 3, 16, 16, device=device)
         super_resolve(model, small, small, tile=None, predictor_lr=small, predictor_ref=small)
 
 
-def make(backend: str, tile: int | None, height: int, width: int, scale: int = 4, threads: int = 0, sink=None):
-    """Model, inputs and a thunk running one whole-image SR (returns the output)."""
+def make(backend: str, tile: int | None, height: int, width: int, scale: int = 4, threads: int = 0, sink=None,
+         device: str = "cpu"):
+    """Model, inputs (on ``device``) and a thunk running one whole-image SR (returns the output)."""
     import dzsr_kernels
     from dzsr.infer import super_resolve
 
     if threads:
         torch.set_num_threads(threads)
-    model, inputs = build(height, width, scale)
-    warm_up(model, backend)
+    model, inputs = build(height, width, scale, device)
+    warm_up(model, backend, device)
 
     def thunk():
         with dzsr_kernels.use_backend(backend):

@@ -64,6 +64,9 @@ step match 75 python3 -m benchmarks.bench_patch_match --device cuda --cases cpp,
 step sw 50 python3 -m benchmarks.bench_sliced_wasserstein --device cuda
 step model 80 python3 -m benchmarks.bench_model --device cuda
 step tf32 40 python3 -m benchmarks.bench_patch_match --device cuda --tf32-agreement
+# size sweeps for the plots: copy $OUT/results/sweep-cuda.json to benchmarks/results/, then
+# python -m benchmarks.plot
+step sweep 120 python3 -m benchmarks.sweep --device cuda --out "$OUT/results"
 fi
 echo "===== summary" | tee -a "$LOG"
 printf '%s' "$SUMMARY" | tee -a "$LOG"

@@ -153,7 +153,9 @@ def cmd_sr(args: argparse.Namespace) -> int:
     tile = _tile(args)
     short, tele = _read_pair(args.short, args.tele)
     model = load_model(args.ckpt, args.scale, args.extractor)
-    inputs = prepare_inputs(short, tele, model.scale, args.region, not args.no_align, args.focal_ratio)
+    align = "never" if args.no_align else args.align
+    inputs = prepare_inputs(short, tele, model.scale, args.region, align, args.focal_ratio)
+    print(inputs["alignment"])
     model.to(device)
     with dzsr_kernels.use_backend(backend) if backend else contextlib.nullcontext():
         sr = super_resolve(model, inputs["lr"].to(device), inputs["ref"].to(device), inputs["paste_ref"].to(device),
@@ -187,13 +189,15 @@ def _lpips(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """PSNR / SSIM (/ LPIPS) on the Full-Image and Corner-Image of SR outputs against ground truths."""
+    """PSNR / SSIM (/ LPIPS) on the Full-Image and Corner-Image of SR outputs against ground truths,
+    as the paper's evaluation computes them."""
     from .evaluate import evaluate_folder, format_table, summarize, write_csv
     from .outputs import check_output
 
     if args.csv is not None:
         check_output(args.csv, "--csv", (".csv",))
-    rows = summarize(evaluate_folder(args.sr, args.gt, args.scale, _lpips(args)))
+    rows = summarize(evaluate_folder(args.sr, args.gt, args.scale, _lpips(args),
+                                     args.corner_weighting, args.y))
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
@@ -250,7 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="expected scale (checked against the checkpoint)")
     p.add_argument("--region", choices=("full", "centre"), default="full",
                    help="full: the whole short-focus image (default); centre: its focal-ratio centre crop")
-    p.add_argument("--no-align", action="store_true", help="the telephoto is already aligned to the centre crop")
+    aligning = p.add_mutually_exclusive_group()
+    aligning.add_argument("--align", choices=("auto", "always", "never"), default="auto",
+                          help="align the telephoto onto the short-focus focal-ratio centre crop "
+                               "(DIS flow warp, colour match, border trim): always; never (it "
+                               "already shows exactly that crop, e.g. the centre of an aligned "
+                               "ground truth: only resized); auto (default): never when its "
+                               "measured residual motion is at most 0.5 HR px median and 1 px 90th "
+                               "percentile, else always; the choice is printed. Use never for the "
+                               "authors' processed test pairs")
+    aligning.add_argument("--no-align", action="store_true", help="same as --align never")
     p.add_argument("--focal-ratio", type=float, help="short/tele focal-length ratio (default 1/scale)")
     p.add_argument("--backend", help=f"kernel backend: auto, cpp, triton or reference (default: ${BACKEND_VARIABLE}, "
                                      "else auto)")
@@ -271,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, help="folder of ground-truth images")
     p.add_argument("--scale", type=int, required=True, choices=(2, 3, 4), help="sets the Corner-Image region")
     p.add_argument("--csv", help="also write the table as CSV")
+    p.add_argument("--corner-weighting", choices=("plain", "area"), default="plain",
+                   help="Corner SSIM / LPIPS: plain mean of the four strips (default, the authors') "
+                        "or area-weighted mean; Corner PSNR always uses the area-weighted MSE")
+    p.add_argument("--y", action="store_true",
+                   help="PSNR and SSIM on the BT.601 luma Y (MATLAB rgb2ycbcr), LPIPS on RGB")
     _add_lpips(p)
     p.set_defaults(func=cmd_eval)
 

@@ -1,17 +1,20 @@
-"""Image quality metrics (docs/design.md#metrics): PSNR, SSIM, LPIPS on the Full-Image and the Corner-Image.
+"""Image quality metrics: PSNR, SSIM, LPIPS on the Full-Image and the Corner-Image, computed the
+way the authors' evaluation script does (``docs/design.md#evaluation``).
 
 Images are RGB: numpy arrays are HWC ``(H, W, 3)`` (float in [0, 1], or uint8 divided by 255),
 tensors are CHW ``(3, H, W)`` or ``(1, 3, H, W)`` floats in [0, 1]. No border is shaved, no
-clipping or rounding is applied. PSNR and SSIM are computed in float64 numpy.
+clipping or rounding is applied. PSNR and SSIM are computed in float64 numpy, on RGB or, with
+``luma=True``, on the BT.601 luma ``Y`` of ``luma`` (LPIPS always on RGB).
 
-Corner-Image (the authors' metrics.py ``crop_part``): with ``ch = H // s``, ``cw = W // s``,
+Corner-Image (the authors' ``crop_part``): with ``ch = H // s``, ``cw = W // s``,
 ``y0 = (H - ch) // 2``, ``x0 = (W - cw) // 2``, the central region is rows ``[y0, y0+ch)`` x
 columns ``[x0, x0+cw)``; the corner image is the rest, split into four disjoint strips:
 ``left`` all rows x ``[0, x0)``, ``right`` all rows x ``[x0+cw, W)``, ``top`` ``[0, y0)`` x
 ``[x0, x0+cw)``, ``bottom`` ``[y0+ch, H)`` x ``[x0, x0+cw)``.
-Corner PSNR uses the area-weighted mean of the strips' MSE (i.e. the MSE over the corner pixels);
-corner SSIM and LPIPS are the area-weighted means of the per-strip values (the authors take the
-plain mean of the four strips; the two agree when the strips have equal areas).
+Corner PSNR is computed from the area-weighted mean of the strips' MSE (the MSE over all corner
+pixels). Corner SSIM and LPIPS are the plain mean of the four strips' values by default
+(``corner_weighting="plain"``, as the authors compute them) or their area-weighted mean
+(``"area"``); the two agree only when the strips have equal areas.
 """
 from __future__ import annotations
 
@@ -25,12 +28,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-Box = tuple[int, int, int, int]
+from .data.crops import Box
+
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 SSIM_BAND_ROWS = 256
 LPIPS_MIN_SIZE = 31  # smallest side AlexNet's five LPIPS stages accept
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 LPIPS_LIN_FILE = "lpips_v0.1_alex.pth"
+CORNER_WEIGHTINGS = ("plain", "area")
+# BT.601 luma as MATLAB's rgb2ycbcr: Y = 16 + 65.481 R + 128.553 G + 24.966 B (RGB in [0, 1], Y in
+# [16, 235]); ``luma`` returns it divided by 255.
+LUMA_OFFSET, LUMA_WEIGHTS = 16.0, (65.481, 128.553, 24.966)
 
 
 def _as_image(name: str, img) -> np.ndarray:
@@ -39,12 +47,14 @@ def _as_image(name: str, img) -> np.ndarray:
         if img.dim() == 4 and img.shape[0] == 1:
             img = img[0]
         if img.dim() != 3 or img.shape[0] != 3:
-            raise ValueError(f"{name} must have shape (3, H, W) or (1, 3, H, W), got {tuple(img.shape)}")
+            raise ValueError(f"{name} must have shape (3, H, W) or (1, 3, H, W), "
+                             f"got {tuple(img.shape)}")
         if not img.is_floating_point():
             raise TypeError(f"{name} must be a float tensor in [0, 1], got {img.dtype}")
         img = img.detach().cpu().to(torch.float64).numpy().transpose(1, 2, 0)
     if not isinstance(img, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array (H, W, 3) or a tensor (3, H, W), got {type(img).__name__}")
+        raise TypeError(f"{name} must be a numpy array (H, W, 3) or a tensor (3, H, W), "
+                        f"got {type(img).__name__}")
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"{name} must be a numpy array of shape (H, W, 3), got {img.shape}")
     if img.dtype == np.uint8:
@@ -59,6 +69,14 @@ def _pair(sr, gt) -> tuple[np.ndarray, np.ndarray]:
     if a.shape != b.shape:
         raise ValueError(f"sr and gt must have the same shape, got {a.shape} and {b.shape} (HWC)")
     return a, b
+
+
+def luma(img) -> np.ndarray:
+    """BT.601 luma of an RGB image (as ``_as_image`` accepts), MATLAB ``rgb2ycbcr`` style, not
+    rounded: float64 ``(H, W, 1)`` equal to ``(16 + 65.481 R + 128.553 G + 24.966 B) / 255`` for
+    R, G, B in [0, 1], so in [16/255, 235/255]."""
+    rgb = _as_image("img", img)
+    return ((LUMA_OFFSET + rgb @ np.array(LUMA_WEIGHTS)) / 255.0)[..., None]
 
 
 def mse(sr, gt) -> float:
@@ -82,16 +100,26 @@ def _gaussian_taps() -> np.ndarray:
     return g / g.sum()
 
 
-def ssim(sr, gt, data_range: float = 1.0, sample_covariance: bool = False) -> float:
-    """Mean SSIM over channels, equal to ``skimage.metrics.structural_similarity(sr, gt,
-    gaussian_weights=True, sigma=1.5, use_sample_covariance=sample_covariance, data_range=data_range,
-    channel_axis=-1)``: 11-tap Gaussian window, K1=0.01, K2=0.03, averaged over the pixels at least
-    5 pixels from the border (skimage crops that border, so the filter's padding never matters).
-    Computed per channel in bands of rows (exact: the window only reaches 5 rows), so memory stays
-    a few full-width rows, not a dozen full-image float64 maps."""
+def ssim(sr, gt, data_range: float = 1.0, sample_covariance: bool = True) -> float:
+    """Mean SSIM over the RGB channels, equal to ``skimage.metrics.structural_similarity(sr, gt,
+    win_size=11, gaussian_weights=True, data_range=data_range, channel_axis=-1)`` with skimage's
+    default ``use_sample_covariance=True`` (``sample_covariance=False``: the population covariance
+    of Wang et al. 2004). See ``_channel_ssim``."""
     a, b = _pair(sr, gt)
+    return _channel_ssim(a, b, data_range, sample_covariance)
+
+
+def _channel_ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0,
+                  sample_covariance: bool = True) -> float:
+    """SSIM of two float64 ``(H, W, C)`` arrays, averaged over the C channels: 11-tap Gaussian
+    window (sigma 1.5), K1=0.01, K2=0.03, the local (co)variances scaled by 121/120 for the sample
+    covariance, averaged over the pixels at least 5 pixels from the border (skimage crops that
+    border, so the filter's padding never matters). Computed per channel in bands of rows (exact:
+    the window only reaches 5 rows), so memory stays a few full-width rows, not a dozen
+    full-image float64 maps."""
     if min(a.shape[:2]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {a.shape[:2]}")
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, "
+                         f"got {a.shape[:2]}")
     g, r = _gaussian_taps(), SSIM_WINDOW // 2
     n = SSIM_WINDOW ** 2
     cov_norm = n / (n - 1) if sample_covariance else 1.0
@@ -108,7 +136,8 @@ def ssim(sr, gt, data_range: float = 1.0, sample_covariance: bool = False) -> fl
             y1 = min(y0 + SSIM_BAND_ROWS, rows_out) + 2 * r
             x, y = np.ascontiguousarray(a[y0:y1, :, c]), np.ascontiguousarray(b[y0:y1, :, c])
             ux, uy, uxx, uyy, uxy = (blur(t) for t in (x, y, x * x, y * y, x * y))
-            vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+            vx, vy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy)
+            vxy = cov_norm * (uxy - ux * uy)
             s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
             total += float(s.sum())
         means.append(total / (rows_out * width_out))
@@ -175,7 +204,8 @@ class LPIPS(nn.Module):
         super().__init__()
         self.net = AlexNetFeatures()
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.CHANNELS)
-        for lin in self.lins:  # random but non-negative, like the trained weights: distances stay >= 0
+        # random but non-negative, like the trained weights: distances stay >= 0
+        for lin in self.lins:
             nn.init.uniform_(lin.weight, 0.0, 2.0 / lin.in_channels)
         self.register_buffer("shift", torch.tensor(self.SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(self.SCALE).view(1, 3, 1, 1))
@@ -191,13 +221,15 @@ class LPIPS(nn.Module):
         for k, v in lin_state.items():
             found = re.fullmatch(r"lins?\.?(\d+)(?:\.model\.1)?\.weight", k)
             if found is None:
-                raise ValueError(f"unexpected key {k!r} in the LPIPS lin weights (expected linK.model.1.weight)")
+                raise ValueError(f"unexpected key {k!r} in the LPIPS lin weights "
+                                 "(expected linK.model.1.weight)")
             lins[f"{found.group(1)}.weight"] = v
         self.lins.load_state_dict(lins)
         return self
 
     @classmethod
-    def from_pretrained(cls, alexnet_path: str | None = None, lin_path: str | None = None) -> "LPIPS":
+    def from_pretrained(cls, alexnet_path: str | None = None,
+                        lin_path: str | None = None) -> "LPIPS":
         """Published weights, offline. AlexNet: ``dzsr.pretrained.load_state_dict(ALEXNET_FILE,
         alexnet_path)`` (a user path or the torch hub checkpoints folder). Lin layers: ``lin_path``,
         else the installed ``lpips`` package's ``weights/v0.1/alex.pth``, else
@@ -210,9 +242,11 @@ class LPIPS(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"LPIPS needs two (N, 3, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError("LPIPS needs two (N, 3, H, W) tensors of one shape, "
+                             f"got {tuple(x.shape)} and {tuple(y.shape)}")
         if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
-            raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, "
+                             f"got {tuple(x.shape[-2:])}")
         dtype = self.shift.dtype
         fx = ((x.to(dtype) * 2 - 1) - self.shift) / self.scale
         fy = ((y.to(dtype) * 2 - 1) - self.shift) / self.scale
@@ -253,8 +287,9 @@ def lpips_lin_path(path: str | None = None) -> str:
         return candidate
     tried.append(candidate)
     raise FileNotFoundError(
-        f"LPIPS v0.1 AlexNet lin weights not found (tried {', '.join(tried)}): pass the path of the lpips "
-        f"package's weights/v0.1/alex.pth, `pip install lpips`, or copy it to {candidate}")
+        f"LPIPS v0.1 AlexNet lin weights not found (tried {', '.join(tried)}): pass the path of "
+        "the lpips package's weights/v0.1/alex.pth, `pip install lpips`, or copy it to "
+        f"{candidate}")
 
 
 def lpips_distance(model: LPIPS, sr, gt) -> float:
@@ -266,24 +301,48 @@ def lpips_distance(model: LPIPS, sr, gt) -> float:
         return float(model(x, y)[0])
 
 
-def image_metrics(sr, gt, scale: int, lpips: LPIPS | None = None) -> dict[str, float]:
-    """Full-Image and Corner-Image PSNR / SSIM (and LPIPS when a model is given) of one image.
+def _crop(img: np.ndarray, box: Box) -> np.ndarray:
+    y0, y1, x0, x1 = box
+    return img[y0:y1, x0:x1]
 
-    Keys: ``psnr``, ``ssim``, ``psnr_corner``, ``ssim_corner`` (+ ``lpips``, ``lpips_corner``).
+
+def image_metrics(sr, gt, scale: int, lpips: LPIPS | None = None, corner_weighting: str = "plain",
+                  y_channel: bool = False) -> dict[str, float]:
+    """Full-Image and Corner-Image PSNR / SSIM (and LPIPS when a model is given) of one image, as
+    the module docstring says: corner PSNR from the area-weighted MSE, corner SSIM / LPIPS the
+    ``corner_weighting`` ("plain" or "area") mean of the four strips; ``y_channel``: PSNR and
+    SSIM on the BT.601 luma (``luma``), LPIPS still on RGB.
+
+    Keys, in table order, name the settings: ``psnr``, ``ssim``, ``lpips``, ``psnr_corner``,
+    ``ssim_corner``, ``lpips_corner``; ``_y`` follows ``psnr`` / ``ssim`` with ``y_channel``, and
+    ``_area`` ends the corner SSIM / LPIPS keys with ``corner_weighting="area"`` (e.g.
+    ``ssim_y_corner_area``).
     """
+    if corner_weighting not in CORNER_WEIGHTINGS:
+        raise ValueError(f"corner_weighting must be one of {', '.join(CORNER_WEIGHTINGS)}, "
+                         f"got {corner_weighting!r}")
     a, b = _pair(sr, gt)
-    strips = corner_strips(a.shape[0], a.shape[1], scale)
-    narrowest = min(min(y1 - y0, x1 - x0) for y0, y1, x0, x1 in strips.values())
+    strips = list(corner_strips(a.shape[0], a.shape[1], scale).values())
+    narrowest = min(min(y1 - y0, x1 - x0) for y0, y1, x0, x1 in strips)
     need = LPIPS_MIN_SIZE if lpips is not None else SSIM_WINDOW
     if narrowest < need:
-        raise ValueError(f"image {a.shape[0]}x{a.shape[1]} is too small for Corner-Image metrics at scale {scale}: "
-                         f"a corner strip is {narrowest} px wide, at least {need} needed")
-    out = {"psnr": psnr(a, b), "ssim": ssim(a, b)}
-    parts = [(a[y0:y1, x0:x1], b[y0:y1, x0:x1], _area((y0, y1, x0, x1))) for y0, y1, x0, x1 in strips.values()]
-    total = sum(area for *_, area in parts)
-    out["psnr_corner"] = psnr_from_mse(sum(mse(p, q) * area for p, q, area in parts) / total)
-    out["ssim_corner"] = sum(ssim(p, q) * area for p, q, area in parts) / total
+        raise ValueError(f"image {a.shape[0]}x{a.shape[1]} is too small for Corner-Image metrics "
+                         f"at scale {scale}: a corner strip is {narrowest} px wide, at least "
+                         f"{need} needed")
+    pa, pb = (luma(a), luma(b)) if y_channel else (a, b)
+    areas = np.array([_area(box) for box in strips], dtype=np.float64)
+    weights = areas / areas.sum() if corner_weighting == "area" else np.full(len(strips), 0.25)
+    y, corner = ("_y" if y_channel else ""), ("_corner_area" if corner_weighting == "area"
+                                               else "_corner")
+    out = {f"psnr{y}": psnr_from_mse(float(np.mean((pa - pb) ** 2))),
+           f"ssim{y}": _channel_ssim(pa, pb)}
     if lpips is not None:
         out["lpips"] = lpips_distance(lpips, a, b)
-        out["lpips_corner"] = sum(lpips_distance(lpips, p, q) * area for p, q, area in parts) / total
+    strip_mse = [np.mean((_crop(pa, box) - _crop(pb, box)) ** 2) for box in strips]
+    out[f"psnr{y}_corner"] = psnr_from_mse(float(np.dot(areas, strip_mse) / areas.sum()))
+    strip_ssim = [_channel_ssim(_crop(pa, box), _crop(pb, box)) for box in strips]
+    out[f"ssim{y}{corner}"] = float(np.dot(weights, strip_ssim))
+    if lpips is not None:
+        strip_lpips = [lpips_distance(lpips, _crop(a, box), _crop(b, box)) for box in strips]
+        out[f"lpips{corner}"] = float(np.dot(weights, strip_lpips))
     return out

@@ -40,10 +40,11 @@ def _fails(capsys, argv, *fragments):
     return err
 
 
-def test_sr_writes_the_whole_image(files, tmp_path):
+def test_sr_writes_the_whole_image(files, tmp_path, capsys):
     out = tmp_path / "sr.png"
     assert main(["sr", "--short", files["short"], "--tele", files["tele"], "--out", str(out), "--ckpt",
                  str(files["root"] / "x4.pt"), "--scale", "4", "--tile", "64"]) == 0
+    assert "telephoto aligned: DIS flow warp" in capsys.readouterr().out  # --align auto, a raw pair
     short = read_rgb(files["short"])
     assert read_rgb(out).shape == (4 * short.shape[0], 4 * short.shape[1], 3)
 
@@ -102,6 +103,27 @@ def test_prepare_and_eval(files, capsys, tmp_path):
            "folder not found")
     _fails(capsys, ["eval", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "ds" / "test_HR"), "--scale", "4",
                     "--lpips", "--alexnet", str(tmp_path / "alexnet.pth")], "alexnet.pth")
+
+
+def test_eval_settings_name_their_columns(capsys, tmp_path):
+    """--y and --corner-weighting area change the values and say so in the table and CSV header."""
+    rng = np.random.default_rng(torch.initial_seed())
+    gt = rng.integers(0, 256, (72, 104, 3), dtype=np.uint8)
+    write_rgb(tmp_path / "gt" / "a.png", gt)
+    sr = np.clip(gt + rng.integers(-20, 21, gt.shape), 0, 255).astype(np.uint8)
+    write_rgb(tmp_path / "sr" / "a.png", sr)
+    base = ["eval", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "gt"), "--scale", "4"]
+    capsys.readouterr()
+    assert main(base) == 0
+    default = capsys.readouterr().out.splitlines()
+    assert default[0] == "| image | Full PSNR | Full SSIM | Corner PSNR | Corner SSIM |"
+    csv = tmp_path / "y.csv"
+    assert main([*base, "--y", "--corner-weighting", "area", "--csv", str(csv)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == ("| image | Full PSNR (Y) | Full SSIM (Y) | Corner PSNR (Y) "
+                        "| Corner SSIM (Y, area-weighted) |")
+    assert csv.read_text().startswith("name,psnr_y,ssim_y,psnr_y_corner,ssim_y_corner_area\n")
+    assert table[2] != default[2] and table[2].startswith("| a.png | ")
 
 
 def test_demo_errors_without_checkpoint(capsys, tmp_path):

@@ -236,7 +236,7 @@ def test_checkpoints_ours_inference_only_and_authors(tmp_path):
 
 def test_prepare_inputs_without_alignment_resizes_the_telephoto():
     s = load_sample("motorcycle", 4)
-    x = prepare_inputs(s["short"], s["tele"], 4, align=False)
+    x = prepare_inputs(s["short"], s["tele"], 4, align="never")
     y0, y1, x0, x1 = x["box"]
     assert (y1 - y0, x1 - x0) == (31, 46)  # the 1/4 focal-ratio crop of 125x185, untrimmed
     assert x["paste_ref"].shape[-2:] == (124, 184)

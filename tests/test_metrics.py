@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import dzsr.metrics as metrics
 from dzsr.data import write_rgb
-from dzsr.evaluate import evaluate_folder, format_table, summarize, write_csv
-from dzsr.metrics import (LPIPS, central_region, corner_strips, image_metrics, lpips_lin_path, mse, psnr,
-                          psnr_from_mse, ssim)
+from dzsr.evaluate import column_header, evaluate_folder, format_table, summarize, write_csv
+from dzsr.metrics import (LPIPS, central_region, corner_strips, image_metrics, lpips_lin_path, luma,
+                          mse, psnr, psnr_from_mse, ssim)
 
 
 @pytest.fixture
@@ -41,8 +42,8 @@ def test_psnr_and_ssim_match_skimage(rng, shape):
 def test_ssim_row_bands_are_exact(rng, monkeypatch):
     monkeypatch.setattr(metrics, "SSIM_BAND_ROWS", 7)  # many bands, a short last one
     sr, gt = noisy_pair(rng, 61, 45)
-    expected = structural_similarity(sr, gt, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                     data_range=1.0, channel_axis=-1)
+    expected = structural_similarity(sr, gt, win_size=11, gaussian_weights=True, data_range=1.0,
+                                     channel_axis=-1)
     assert ssim(sr, gt) == pytest.approx(expected, abs=1e-12)
 
 
@@ -55,9 +56,9 @@ def test_metrics_accept_tensors_non_contiguous_and_uint8(rng):
     assert ssim(sr_t, gt_t) == pytest.approx(expected_ssim, abs=1e-12)
     assert psnr(sr_t.float(), gt) == pytest.approx(expected_psnr, abs=1e-4)
     sr8, gt8 = np.rint(sr * 255).astype(np.uint8), np.rint(gt * 255).astype(np.uint8)
-    assert ssim(sr8, gt8) == pytest.approx(structural_similarity(sr8, gt8, gaussian_weights=True, sigma=1.5,
-                                                                 use_sample_covariance=False, data_range=255,
-                                                                 channel_axis=-1), abs=1e-10)
+    expected = structural_similarity(sr8, gt8, win_size=11, gaussian_weights=True, data_range=255,
+                                     channel_axis=-1)  # the authors' call (sample covariance)
+    assert ssim(sr8, gt8) == pytest.approx(expected, abs=1e-10)
 
 
 def test_identical_images_and_bad_inputs(rng):
@@ -92,19 +93,82 @@ def test_corner_strips_tile_the_image_around_the_centre(h, w, s):
     assert strips["left"] == (0, h, 0, cx0) and strips["top"] == (0, cy0, cx0, cx1)
 
 
-def test_corner_metrics_are_area_weighted_over_the_strips(rng):
+def authors_strips(img, s):
+    """The authors' four Corner-Image strips, written out independently of dzsr.metrics: full-height
+    columns left and right of the centre, and the middle columns' pieces above and below it."""
+    h, w = img.shape[:2]
+    top, left = (h - h // s) // 2, (w - w // s) // 2
+    mid = slice(left, left + w // s)
+    return [img[:, :left], img[:top, mid], img[top + h // s:, mid], img[:, left + w // s:]]
+
+
+def authors_metrics(sr8, gt8, s, y=False):
+    """The authors' formula on uint8 HWC images, computed with skimage: Full and Corner PSNR
+    (corner: area-weighted MSE) and SSIM (corner: plain mean of the strips), data range 255; with
+    ``y``, on skimage's BT.601 luma in [16, 235]."""
+    def prep(img):
+        return rgb2ycbcr(img)[..., 0] if y else img.astype(np.float64)
+
+    def ssim255(a, b):
+        return structural_similarity(a, b, win_size=11, gaussian_weights=True, data_range=255,
+                                     channel_axis=None if y else -1)
+
+    a, b = prep(sr8), prep(gt8)
+    parts = list(zip(authors_strips(a, s), authors_strips(b, s)))
+    areas = [p.shape[0] * p.shape[1] for p, _ in parts]
+    corner_mse = sum(np.mean(((p - q) / 255) ** 2) * n for (p, q), n in zip(parts, areas))
+    return {"psnr": peak_signal_noise_ratio(b, a, data_range=255), "ssim": ssim255(a, b),
+            "psnr_corner": -10 * math.log10(corner_mse / sum(areas)),
+            "ssim_corner": sum(ssim255(p, q) for p, q in parts) / 4}
+
+
+@pytest.mark.parametrize("h,w,s", [(61, 83, 2), (97, 131, 4), (123, 77, 4), (55, 91, 2)])
+@pytest.mark.parametrize("y", [False, True])
+def test_image_metrics_follow_the_authors_protocol(rng, h, w, s, y):
+    """Random uint8 images of odd sizes: our default settings equal the authors' evaluation."""
+    gt8 = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    sr8 = np.clip(gt8.astype(int) + rng.integers(-30, 31, gt8.shape), 0, 255).astype(np.uint8)
+    out = image_metrics(sr8, gt8, s, y_channel=y)
+    expected = authors_metrics(sr8, gt8, s, y)
+    suffix = "_y" if y else ""
+    assert list(out) == [f"psnr{suffix}", f"ssim{suffix}", f"psnr{suffix}_corner",
+                         f"ssim{suffix}_corner"]
+    for key, value in expected.items():
+        ours = out[key.replace("psnr", "psnr" + suffix).replace("ssim", "ssim" + suffix)]
+        assert ours == pytest.approx(value, abs=1e-9), key
+    area = image_metrics(sr8, gt8, s, corner_weighting="area", y_channel=y)
+    assert abs(area[f"ssim{suffix}_corner_area"] - out[f"ssim{suffix}_corner"]) > 1e-7  # it tells
+
+
+def test_corner_weighting_area_is_the_area_weighted_mean(rng):
     h, w, s = 64, 88, 4
     sr, gt = noisy_pair(rng, h, w)
     cy0, cy1, cx0, cx1 = central_region(h, w, s)
     outside = np.ones((h, w), bool)
     outside[cy0:cy1, cx0:cx1] = False
-    out = image_metrics(sr, gt, s)
-    assert out["psnr_corner"] == pytest.approx(psnr_from_mse(np.mean((sr - gt)[outside] ** 2)), abs=1e-9)
+    plain, area = image_metrics(sr, gt, s), image_metrics(sr, gt, s, corner_weighting="area")
+    corner_psnr = psnr_from_mse(np.mean((sr - gt)[outside] ** 2))
+    assert plain["psnr_corner"] == pytest.approx(corner_psnr, abs=1e-9)
+    assert area["psnr_corner"] == plain["psnr_corner"]
     strips = corner_strips(h, w, s).values()
     areas = [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in strips]
     ssims = [ssim(sr[y0:y1, x0:x1], gt[y0:y1, x0:x1]) for y0, y1, x0, x1 in strips]
-    assert out["ssim_corner"] == pytest.approx(np.dot(areas, ssims) / sum(areas), abs=1e-12)
-    assert out["psnr"] == pytest.approx(psnr(sr, gt)) and out["ssim"] == pytest.approx(ssim(sr, gt))
+    assert area["ssim_corner_area"] == pytest.approx(np.dot(areas, ssims) / sum(areas), abs=1e-12)
+    assert plain["ssim_corner"] == pytest.approx(np.mean(ssims), abs=1e-12)
+    assert abs(plain["ssim_corner"] - area["ssim_corner_area"]) > 1e-6
+    assert plain["psnr"] == pytest.approx(psnr(sr, gt))
+    assert plain["ssim"] == pytest.approx(ssim(sr, gt))
+    with pytest.raises(ValueError, match="corner_weighting must be one of plain, area, got 'mean'"):
+        image_metrics(sr, gt, s, corner_weighting="mean")
+
+
+def test_luma_is_bt601_like_skimage(rng):
+    img = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    y = luma(img)
+    assert y.shape == (9, 7, 1) and y.dtype == np.float64
+    assert np.allclose(y[..., 0] * 255, rgb2ycbcr(img)[..., 0], rtol=0, atol=1e-10)
+    white, black = np.ones((1, 1, 3)), np.zeros((1, 1, 3))
+    assert luma(white)[0, 0, 0] * 255 == pytest.approx(235) and luma(black)[0, 0, 0] * 255 == 16
 
 
 def test_corner_image_ignores_the_centre(rng):
@@ -173,11 +237,17 @@ def test_image_metrics_with_lpips_on_strips(rng):
     model = LPIPS()
     sr, gt = noisy_pair(rng, 128, 160)
     out = image_metrics(sr, gt, 4, lpips=model)
+    area = image_metrics(sr, gt, 4, lpips=model, corner_weighting="area", y_channel=True)
     strips = corner_strips(128, 160, 4).values()
     areas = [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in strips]
-    values = [metrics.lpips_distance(model, sr[y0:y1, x0:x1], gt[y0:y1, x0:x1]) for y0, y1, x0, x1 in strips]
-    assert out["lpips_corner"] == pytest.approx(np.dot(areas, values) / sum(areas), rel=1e-6)
-    assert out["lpips"] == pytest.approx(metrics.lpips_distance(model, sr, gt), rel=1e-6) and out["lpips"] > 0
+    values = [metrics.lpips_distance(model, sr[y0:y1, x0:x1], gt[y0:y1, x0:x1])
+              for y0, y1, x0, x1 in strips]
+    assert out["lpips_corner"] == pytest.approx(np.mean(values), rel=1e-6)
+    assert area["lpips_corner_area"] == pytest.approx(np.dot(areas, values) / sum(areas), rel=1e-6)
+    assert out["lpips"] == pytest.approx(metrics.lpips_distance(model, sr, gt), rel=1e-6)
+    assert out["lpips"] > 0 and area["lpips"] == out["lpips"]  # LPIPS stays on RGB with y_channel
+    assert list(area) == ["psnr_y", "ssim_y", "lpips", "psnr_y_corner", "ssim_y_corner_area",
+                          "lpips_corner_area"]
 
 
 # ---------------------------------------------------------------- offline weights
@@ -240,6 +310,14 @@ def test_evaluate_folder_rows_csv_and_table(tmp_path, rng):
     assert float(read[0]["ssim_corner"]) == pytest.approx(rows[0]["ssim_corner"])
     text = format_table(table)
     assert "Corner PSNR" in text and "DSC_0002_x4.png" in text and f"{rows[0]['psnr']:.2f}" in text
+    y_rows = evaluate_folder(tmp_path / "sr", tmp_path / "gt", 4, corner_weighting="area",
+                             y_channel=True)
+    assert [k for k in y_rows[0] if k != "name"] == ["psnr_y", "ssim_y", "psnr_y_corner",
+                                                      "ssim_y_corner_area"]
+    header = format_table(summarize(y_rows)).splitlines()[0]
+    assert header == ("| image | Full PSNR (Y) | Full SSIM (Y) | Corner PSNR (Y) "
+                      "| Corner SSIM (Y, area-weighted) |")
+    assert column_header("lpips_corner") == "Corner LPIPS"
 
 
 def test_evaluate_folder_errors(tmp_path, rng):
