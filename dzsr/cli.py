@@ -144,7 +144,8 @@ def cmd_sr(args: argparse.Namespace) -> int:
     from .data import to_hwc, write_rgb
     from .data.imageio import writable_extensions
     from .data.inputs import prepare_inputs
-    from .infer import load_model, super_resolve
+    from .checkpoint import load_model
+    from .infer import super_resolve
     from .outputs import check_output
 
     device = check_device(args.device, "--device")
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     p.add_argument("--out", default="dzsr_demo", help="output folder (default ./dzsr_demo)")
-    p.add_argument("--ckpt", help="checkpoint (default: the shipped dzsr/sample/demo_x4.pt)")
+    p.add_argument("--ckpt", help="checkpoint (default: the shipped dzsr/sample/demo_x4.safetensors)")
     p.add_argument("--held-out", action="store_true", help="also evaluate the held-out bundled photographs")
     _add_tile(p)
     _add_lpips(p)

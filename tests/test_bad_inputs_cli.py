@@ -15,10 +15,9 @@ import pytest
 import torch
 
 import dzsr.outputs
-from dzsr.checkpoint import to_official
+from dzsr.checkpoint import save_inference_checkpoint, to_official
 from dzsr.cli import EXIT_ERROR, main
 from dzsr.data import write_rgb
-from dzsr.infer import save_inference_checkpoint
 from dzsr.models import SelfDZSR
 
 

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dzsr.checkpoint import save_checkpoint
+from dzsr.checkpoint import save_checkpoint, save_inference_checkpoint
 from dzsr.cli import EXIT_ERROR, main
 from dzsr.data import read_rgb, write_rgb
-from dzsr.infer import save_inference_checkpoint
 from dzsr.models import SelfDZSR
 import dzsr.sample
 from dzsr.sample import write_sample

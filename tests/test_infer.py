@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import dzsr_kernels
-from dzsr.checkpoint import save_checkpoint, to_official
+from dzsr.checkpoint import load_model, save_checkpoint, save_inference_checkpoint, to_official
 from dzsr.data.inputs import prepare_inputs
-from dzsr.infer import grow, load_model, save_inference_checkpoint, split_tiles, super_resolve
+from dzsr.infer import grow, split_tiles, super_resolve
 from dzsr.models import OffsetEstimator, SelfDZSR
 from dzsr.models.blocks import PixelShuffleUpsampler, ResidualBlock
 from dzsr.sample import load_sample
