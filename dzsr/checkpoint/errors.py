@@ -6,7 +6,11 @@ from collections.abc import Iterable
 
 class CheckpointMismatchError(RuntimeError):
     """A state dict does not fit the network; the message lists missing, unexpected and
-    mis-shaped keys."""
+    mis-shaped keys, ``summary`` says it in one line (counts and one example)."""
+
+    def __init__(self, message: str, summary: str | None = None):
+        super().__init__(message)
+        self.summary = summary or message.splitlines()[0]
 
 
 def raise_mismatch(what: str, missing: Iterable[str], unexpected: Iterable[str],
@@ -17,6 +21,10 @@ def raise_mismatch(what: str, missing: Iterable[str], unexpected: Iterable[str],
     if not (missing or unexpected or misshaped):
         return
     lines = [f"{what} does not match the network:"]
+    kinds = [("missing", sorted(missing)), ("unexpected", sorted(unexpected)),
+             ("mis-shaped", sorted(k for k, _, _ in misshaped))]
+    summary = f"{what} does not match the network: " + ", ".join(
+        f"{len(keys)} {kind} keys (e.g. {keys[0]})" for kind, keys in kinds if keys)
     if missing:
         lines.append(f"  missing keys ({len(missing)}): {', '.join(sorted(missing))}")
     if unexpected:
@@ -24,4 +32,4 @@ def raise_mismatch(what: str, missing: Iterable[str], unexpected: Iterable[str],
     if misshaped:
         lines.append(f"  mis-shaped keys ({len(misshaped)}): " + ", ".join(
             f"{k} (got {tuple(g)}, expected {tuple(e)})" for k, g, e in sorted(misshaped)))
-    raise CheckpointMismatchError("\n".join(lines))
+    raise CheckpointMismatchError("\n".join(lines), summary)

@@ -6,7 +6,7 @@ import os
 from ..models import SelfDZSR
 from .errors import CheckpointMismatchError
 from .official import load_official, official_scale
-from .ours import check_payload, is_ours, load_checkpoint, read_checkpoint
+from .ours import check_payload, is_ours, load_payload, read_checkpoint
 from .storage import as_state_dict
 
 DEMO_CHECKPOINT = "demo_x4.safetensors"
@@ -30,9 +30,9 @@ def _load_ours(path: str, ckpt: dict, scale: int | None) -> SelfDZSR:
     model = SelfDZSR(**ckpt["config"])
     partial = bool(ckpt.get("extra", {}).get("inference_only"))
     try:
-        load_checkpoint(ckpt, model, strict=not partial)
+        load_payload(ckpt, model, path, strict=not partial)
     except CheckpointMismatchError as err:
-        raise ValueError(str(err).splitlines()[0] + f" ({path})") from None
+        raise ValueError(err.summary) from None
     if partial:
         missing = [k for k in model.state_dict()
                    if k not in ckpt["state_dict"] and not k.startswith("kernel_gen.")]
@@ -53,7 +53,7 @@ def _load_authors(path: str, obj, scale: int | None, extractor) -> SelfDZSR:
     try:
         load_official(model, restoration=sd, extractor=os.fspath(extractor))
     except CheckpointMismatchError as err:
-        raise ValueError(str(err).splitlines()[0] + f" ({path})") from None
+        raise ValueError(f"{err.summary} ({path})") from None
     return model
 
 

@@ -72,14 +72,12 @@ def _from_metadata(tensors: dict, metadata: dict[str, str], path) -> dict:
     return payload
 
 
-def read_checkpoint(source: str | os.PathLike | Mapping) -> Any:
+def read_checkpoint(path: str | os.PathLike) -> Any:
     """The contents of a checkpoint file as the payload dict of the module docstring (whichever
-    container), or whatever a foreign PyTorch file holds; a dict passes through. A safetensors file
-    without dzsr's metadata raises ValueError naming it."""
-    if isinstance(source, Mapping):
-        return source
-    obj, metadata = read_with_metadata(source)
-    return obj if metadata is None else _from_metadata(obj, metadata, os.fspath(source))
+    container), or whatever a foreign PyTorch file holds. A safetensors file without dzsr's
+    metadata raises ValueError naming it."""
+    obj, metadata = read_with_metadata(path)
+    return obj if metadata is None else _from_metadata(obj, metadata, os.fspath(path))
 
 
 def save_checkpoint(path: str | os.PathLike, model: SelfDZSR, extra: dict | None = None) -> None:
@@ -121,12 +119,23 @@ def is_ours(obj: Any) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == FORMAT
 
 
-def load_checkpoint(path, model: SelfDZSR | None = None,
+def load_payload(ckpt: Mapping, model: SelfDZSR, name: str, strict: bool = True) -> None:
+    """Load a checked payload's (``check_payload``) state dict into ``model``; mis-shaped keys,
+    and with ``strict`` missing or unexpected ones, raise ``CheckpointMismatchError`` naming
+    ``name`` (the file)."""
+    expected, sd = model.state_dict(), ckpt["state_dict"]
+    misshaped = [(k, sd[k].shape, expected[k].shape) for k in sd
+                 if k in expected and sd[k].shape != expected[k].shape]
+    raise_mismatch(f"checkpoint {name}", [k for k in expected if k not in sd] if strict else [],
+                   [k for k in sd if k not in expected] if strict else [], misshaped)
+    model.load_state_dict(sd, strict=strict)
+
+
+def load_checkpoint(path: str | os.PathLike, model: SelfDZSR | None = None,
                     strict: bool = True) -> tuple[SelfDZSR, dict]:
-    """Read a file written by ``save_checkpoint`` (either container; or its already read payload);
-    builds the model from its config when ``model`` is None. Returns (model, payload dict).
-    Raises ValueError for other files or newer versions, ``CheckpointMismatchError`` for weights
-    that do not fit ``model``."""
+    """Read a file written by ``save_checkpoint`` (either container); builds the model from its
+    config when ``model`` is None. Returns (model, payload dict). Raises ValueError for other
+    files or newer versions, ``CheckpointMismatchError`` for weights that do not fit ``model``."""
     ckpt = read_checkpoint(path)
     if not is_ours(ckpt):
         raise ValueError(f"{path} is not a dzsr checkpoint (for the authors' files use "
@@ -134,12 +143,7 @@ def load_checkpoint(path, model: SelfDZSR | None = None,
     check_payload(ckpt, path)
     if model is None:
         model = SelfDZSR(**ckpt["config"])
-    expected, sd = model.state_dict(), ckpt["state_dict"]
-    misshaped = [(k, sd[k].shape, expected[k].shape) for k in sd
-                 if k in expected and sd[k].shape != expected[k].shape]
-    raise_mismatch(f"checkpoint {path}", [k for k in expected if k not in sd] if strict else [],
-                   [k for k in sd if k not in expected] if strict else [], misshaped)
-    model.load_state_dict(sd, strict=strict)
+    load_payload(ckpt, model, os.fspath(path), strict)
     return model, ckpt
 
 
@@ -157,4 +161,5 @@ def save_inference_checkpoint(path: str | os.PathLike, model: SelfDZSR, half: bo
 
 
 __all__ = ["CONFIG_KEYS", "FORMAT", "VERSION", "check_payload", "is_ours", "load_checkpoint",
-           "model_config", "read_checkpoint", "save_checkpoint", "save_inference_checkpoint"]
+           "load_payload", "model_config", "read_checkpoint", "save_checkpoint",
+           "save_inference_checkpoint"]
