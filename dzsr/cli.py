@@ -1,4 +1,4 @@
-"""The ``dzsr`` command line: info, train, sr, prepare, eval, demo.
+"""The ``dzsr`` command line: info, train, sr, prepare, eval, demo, convert.
 
 Bad input ends with exactly one ``dzsr <command>: error: ...`` line on stderr, naming the argument or
 file, and exit status 2, without a traceback: bad arguments (argparse's usage block is left out),
@@ -11,7 +11,8 @@ checkpoint of the iteration it reached, see ``dzsr.train``).
 Outputs are checked before any work and written atomically (``dzsr.outputs``): ``sr --out`` must
 have a writable image extension, be no folder and not be one of the command's inputs
 (``--short``, ``--tele``, ``--ckpt``, ``--extractor``; symlinks and hard links included);
-``eval --csv`` must end in ``.csv``; ``demo --out`` and ``prepare --dst`` must be usable folders;
+``eval --csv`` must end in ``.csv``; ``convert --out`` must end in ``.safetensors`` or ``.pt`` and
+not be ``--ckpt`` or ``--extractor``; ``demo --out`` and ``prepare --dst`` must be usable folders;
 ``train`` refuses an ``log.out_dir`` that already holds a checkpoint unless ``--resume`` or
 ``--overwrite`` is given.
 
@@ -212,6 +213,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Rewrite a checkpoint (ours, or the authors' RefSR + Student .pth) as an inference one."""
+    from .checkpoint import SAFETENSORS_SUFFIX, load_model, save_inference_checkpoint
+    from .outputs import check_output
+
+    check_output(args.out, "--out", (SAFETENSORS_SUFFIX, ".pt"), inputs=(args.ckpt, args.extractor))
+    model = load_model(args.ckpt, args.scale, args.extractor)
+    save_inference_checkpoint(args.out, model, half=args.half)
+    print(f"wrote {args.out} (x{model.scale}, {'float16' if args.half else 'float32'})")
+    return 0
+
+
 def _add_tile(p: argparse.ArgumentParser) -> None:
     from .infer import DEFAULT_TILE
 
@@ -282,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tile(p)
     _add_lpips(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert", help=cmd_convert.__doc__)
+    p.add_argument("--ckpt", required=True,
+                   help="dzsr checkpoint (.safetensors or .pt) or the authors' RefSR_model_*.pth")
+    p.add_argument("--extractor", help="the authors' Student_model_*.pth (with their RefSR file)")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="expected scale (checked)")
+    p.add_argument("--out", required=True, help="output: .safetensors (recommended) or .pt")
+    p.add_argument("--half", action="store_true",
+                   help="store float16 (half the size; read back into float32)")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -17,6 +17,7 @@ from dzsr.checkpoint import (REGULAR_MATRIX, CheckpointMismatchError, convert_of
                              demo_checkpoint_path, load_checkpoint, load_model, load_official,
                              model_config, official_key_map, official_scale, read_checkpoint,
                              save_checkpoint, save_inference_checkpoint, to_official)
+from dzsr.cli import EXIT_ERROR, main
 from dzsr.models import SelfDZSR
 
 # Copy of shared/official/state_dict_shapes.json: every key and shape of the authors' networks.
@@ -309,3 +310,25 @@ def test_official_scale_from_the_upsampler():
         assert official_scale(sd) == scale
     with pytest.raises(ValueError, match="up.0.0.weight"):
         official_scale({"head.1.weight": torch.zeros(1)})
+
+
+def test_dzsr_convert_turns_the_authors_files_into_safetensors(tmp_path, capsys):
+    torch.manual_seed(2)
+    model = SelfDZSR(2)
+    _save_authors(model, tmp_path)
+    authors = ["--ckpt", str(tmp_path / "RefSR_model_401.pth"),
+               "--extractor", str(tmp_path / "Student_model_400.pth")]
+    out = tmp_path / "x2.safetensors"
+    assert main(["convert", *authors, "--out", str(out)]) == 0
+    assert f"wrote {out} (x2, float32)" in capsys.readouterr().out
+    converted = load_model(out, scale=2)
+    for prefix in ("restoration.", "extractor."):
+        _equal_weights(model, converted, prefix)
+    half = tmp_path / "x2_half.pt"  # and back out of ours, halved, into the other container
+    assert main(["convert", "--ckpt", str(out), "--out", str(half), "--half"]) == 0
+    assert read_checkpoint(half)["state_dict"]["restoration.head.weight"].dtype == torch.float16
+    os.link(tmp_path / "RefSR_model_401.pth", tmp_path / "refsr.pt")
+    before = (tmp_path / "refsr.pt").read_bytes()
+    assert main(["convert", *authors, "--out", str(tmp_path / "refsr.pt")]) == EXIT_ERROR
+    assert "is the input file" in capsys.readouterr().err
+    assert (tmp_path / "refsr.pt").read_bytes() == before
