@@ -3,7 +3,8 @@
 By default nothing is compiled: the C++/CUDA kernels of csrc/ are JIT-built with ninja on first use
 (dzsr_kernels/_ext.py). ``DZSR_BUILD_EXT=1 pip install --no-build-isolation .`` prebuilds them into
 ``dzsr_kernels/_C*.so`` instead, including the CUDA sources when nvcc is found (CUDA_HOME, default
-/usr/local/cuda) unless ``DZSR_NO_CUDA=1``.
+/usr/local/cuda) unless ``DZSR_NO_CUDA=1``, with ``_C_torch_version.txt`` beside it naming the
+torch it was built against (``dzsr info``).
 """
 import glob
 import os
@@ -14,9 +15,20 @@ from setuptools import setup
 def extensions():
     if os.environ.get("DZSR_BUILD_EXT") != "1":
         return [], {}
+    import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    from dzsr_kernels._ext import CSRC_DIR, EXTRA_CFLAGS, EXTRA_CUDA_CFLAGS, cuda_home, sources
+    from dzsr_kernels._ext import (CSRC_DIR, EXTRA_CFLAGS, EXTRA_CUDA_CFLAGS, VERSION_RECORD,
+                                   cuda_home, sources)
+
+    class BuildWithVersionRecord(BuildExtension):
+        """Also writes, next to the library, the torch version it is compiled against."""
+
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            folder = os.path.dirname(self.get_ext_fullpath(ext.name))
+            with open(os.path.join(folder, VERSION_RECORD), "w") as f:
+                f.write(f"{torch.__version__}\n")
 
     with_cuda = cuda_home() is not None and os.environ.get("DZSR_NO_CUDA") != "1"
     if with_cuda:
@@ -30,7 +42,7 @@ def extensions():
         extra_compile_args={"cxx": cflags, "nvcc": EXTRA_CUDA_CFLAGS},
         extra_link_args=["-fopenmp"],
     )
-    return [ext], {"build_ext": BuildExtension}
+    return [ext], {"build_ext": BuildWithVersionRecord}
 
 
 ext_modules, cmdclass = extensions()

@@ -95,6 +95,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     import dzsr
     import dzsr_kernels
+    from dzsr_kernels import _ext
 
     print(f"dzsr {dzsr.__version__} · torch {torch.__version__} · {torch.get_num_threads()} threads · "
           f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
@@ -102,6 +103,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"backends available on {device}: {', '.join(dzsr_kernels.available_backends(device))}")
     for op, choice in dzsr_kernels.backend_table().items():
         print(f"  {op:<22} auto -> " + ", ".join(f"{dev}: {b}" for dev, b in choice.items()))
+    missing = _ext.unavailable_reason("cpu")
+    print("C++ kernels: " + (f"unavailable ({missing})" if missing else
+                             f"built against torch {_ext.built_against() or 'unrecorded'}, "
+                             f"running torch {torch.__version__}"))
     env = _env_backend()
     print(f"{BACKEND_VARIABLE}: " + (f"{env} (every command runs on it)" if env else "unset (auto)"))
     print(f"allocator: {allocator.configure()}")
