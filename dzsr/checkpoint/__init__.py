@@ -1,4 +1,4 @@
-"""Every weights file dzsr reads or writes (docs/design.md, "Checkpoints"), by kind:
+"""Every weights file dzsr reads or writes (docs/design.md#checkpoints), by kind:
 
 * ours, whole (model + training state): ``save_checkpoint`` / ``load_checkpoint`` (``.pt``;
   ``dzsr train``);

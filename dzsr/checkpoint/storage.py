@@ -1,5 +1,5 @@
 """Weights files on disk: the only code in dzsr that calls ``torch.load``, ``torch.save`` or
-safetensors (docs/design.md, "Checkpoints").
+safetensors (docs/design.md#checkpoints).
 
 Two containers, told apart by their first bytes, not by their names:
 
