@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     p.add_argument("--out", default="dzsr_demo", help="output folder (default ./dzsr_demo)")
-    p.add_argument("--ckpt", help="checkpoint (default: the shipped dzsr/sample/demo_x4.safetensors)")
+    p.add_argument("--ckpt",
+                   help="checkpoint (default: the shipped dzsr/sample/demo_x4.safetensors)")
     p.add_argument("--held-out", action="store_true", help="also evaluate the held-out bundled photographs")
     _add_tile(p)
     _add_lpips(p)
