@@ -18,17 +18,24 @@ def extensions():
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    from dzsr_kernels._ext import (CSRC_DIR, EXTRA_CFLAGS, EXTRA_CUDA_CFLAGS, VERSION_RECORD,
-                                   cuda_home, sources)
+    from dzsr_kernels._ext import (CSRC_DIR, EXTRA_CFLAGS, EXTRA_CUDA_CFLAGS, PACKAGE_DIR,
+                                   VERSION_RECORD, cuda_home, sources)
+
+    def record(folder):
+        with open(os.path.join(folder, VERSION_RECORD), "w") as f:
+            f.write(f"{torch.__version__}\n")
 
     class BuildWithVersionRecord(BuildExtension):
         """Also writes, next to the library, the torch version it is compiled against."""
 
-        def build_extension(self, ext):
+        def build_extension(self, ext):  # into the build folder (wheels)
             super().build_extension(ext)
-            folder = os.path.dirname(self.get_ext_fullpath(ext.name))
-            with open(os.path.join(folder, VERSION_RECORD), "w") as f:
-                f.write(f"{torch.__version__}\n")
+            record(os.path.dirname(self.get_ext_fullpath(ext.name)))
+
+        def run(self):  # --inplace and editable installs copy the library into the sources
+            super().run()
+            if self.inplace:
+                record(PACKAGE_DIR)
 
     with_cuda = cuda_home() is not None and os.environ.get("DZSR_NO_CUDA") != "1"
     if with_cuda:
