@@ -6,7 +6,6 @@ By default nothing is compiled: the C++/CUDA kernels of csrc/ are JIT-built with
 /usr/local/cuda) unless ``DZSR_NO_CUDA=1``, with ``_C_torch_version.txt`` beside it naming the
 torch it was built against (``dzsr info``).
 """
-import glob
 import os
 
 from setuptools import setup

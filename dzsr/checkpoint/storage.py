@@ -112,7 +112,7 @@ def as_state_dict(obj: Any) -> dict[str, torch.Tensor]:
                 else "a dict with other entries than named tensors")
         raise ValueError(f"expected a state dict (or {{'state_dict': ...}}) of named tensors, "
                          f"got {what}")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "pretrained weights"
