@@ -8,8 +8,8 @@
 #
 # Runs from the repository root with the machine's own python3/torch (nothing installed: the package
 # is put on PYTHONPATH). Each step's output goes to $OUT/session.log; the step summary at the end is
-# the table to copy into BENCHMARKS.md. The demo checkpoint, if trained, is $OUT/demo_x4.pt, and
-# the resumable training checkpoint is split into $OUT/last.pt.part-*.
+# the table to copy into BENCHMARKS.md. The demo checkpoint, if trained, is
+# $OUT/demo_x4.safetensors, and the resumable training checkpoint is split into $OUT/last.pt.part-*.
 set -u
 OUT=${OUT:-/tmp/dzsr_gpu}
 DEMO_SECONDS=${DEMO_SECONDS:-0}
@@ -46,13 +46,12 @@ if [ "$DEMO_SECONDS" -gt 0 ]; then
         init.checkpoint=$KG log.out_dir=/tmp/demo_gpu/joint $DEMO_ARGS
     step demo_export 60 python3 -c "
 import os
-from dzsr.checkpoint import load_checkpoint
-from dzsr.infer import save_inference_checkpoint
+from dzsr.checkpoint import load_checkpoint, save_inference_checkpoint
 run = '/tmp/demo_gpu/joint'
 path = os.path.join(run, 'final.pt') if os.path.exists(os.path.join(run, 'final.pt')) else os.path.join(run, 'last.pt')
 m, c = load_checkpoint(path)
 print('exporting', path, 'iteration', c['extra']['iteration'])
-save_inference_checkpoint('$OUT/demo_x4.pt', m, extra={'iteration': c['extra']['iteration']})
+save_inference_checkpoint('$OUT/demo_x4.safetensors', m, extra={'iteration': c['extra']['iteration']})
 "
     # the resumable checkpoint (optimizer state too), in pieces under 16 MiB: cat them to resume elsewhere
     [ -f /tmp/demo_gpu/joint/last.pt ] && split -b 15M /tmp/demo_gpu/joint/last.pt "$OUT/last.pt.part-"

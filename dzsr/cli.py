@@ -1,4 +1,4 @@
-"""The ``dzsr`` command line: info, train, sr, prepare, eval, demo.
+"""The ``dzsr`` command line: info, train, sr, prepare, eval, demo, convert.
 
 Bad input ends with exactly one ``dzsr <command>: error: ...`` line on stderr, naming the argument or
 file, and exit status 2, without a traceback: bad arguments (argparse's usage block is left out),
@@ -11,7 +11,8 @@ checkpoint of the iteration it reached, see ``dzsr.train``).
 Outputs are checked before any work and written atomically (``dzsr.outputs``): ``sr --out`` must
 have a writable image extension, be no folder and not be one of the command's inputs
 (``--short``, ``--tele``, ``--ckpt``, ``--extractor``; symlinks and hard links included);
-``eval --csv`` must end in ``.csv``; ``demo --out`` and ``prepare --dst`` must be usable folders;
+``eval --csv`` must end in ``.csv``; ``convert --out`` must end in ``.safetensors`` or ``.pt`` and
+not be ``--ckpt`` or ``--extractor``; ``demo --out`` and ``prepare --dst`` must be usable folders;
 ``train`` refuses an ``log.out_dir`` that already holds a checkpoint unless ``--resume`` or
 ``--overwrite`` is given.
 
@@ -94,6 +95,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     import dzsr
     import dzsr_kernels
+    from dzsr_kernels import _ext
 
     print(f"dzsr {dzsr.__version__} · torch {torch.__version__} · {torch.get_num_threads()} threads · "
           f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
@@ -101,6 +103,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"backends available on {device}: {', '.join(dzsr_kernels.available_backends(device))}")
     for op, choice in dzsr_kernels.backend_table().items():
         print(f"  {op:<22} auto -> " + ", ".join(f"{dev}: {b}" for dev, b in choice.items()))
+    missing = _ext.unavailable_reason("cpu")
+    print("C++ kernels: " + (f"unavailable ({missing})" if missing else
+                             f"built against torch {_ext.built_against() or 'unrecorded'}, "
+                             f"running torch {torch.__version__}"))
     env = _env_backend()
     print(f"{BACKEND_VARIABLE}: " + (f"{env} (every command runs on it)" if env else "unset (auto)"))
     print(f"allocator: {allocator.configure()}")
@@ -144,7 +150,8 @@ def cmd_sr(args: argparse.Namespace) -> int:
     from .data import to_hwc, write_rgb
     from .data.imageio import writable_extensions
     from .data.inputs import prepare_inputs
-    from .infer import load_model, super_resolve
+    from .checkpoint import load_model
+    from .infer import super_resolve
     from .outputs import check_output
 
     device = check_device(args.device, "--device")
@@ -212,6 +219,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_backend(None, "cpu")
     check_outputs(args.out, (args.ckpt, args.alexnet, args.lpips_lin))
     run_demo(args.out, args.ckpt, tile=_tile(args), held_out=args.held_out, lpips=_lpips(args))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Rewrite a checkpoint (ours, or the authors' RefSR + Student .pth) as an inference one."""
+    from .checkpoint import SAFETENSORS_SUFFIX, load_model, save_inference_checkpoint
+    from .outputs import check_output
+
+    check_output(args.out, "--out", (SAFETENSORS_SUFFIX, ".pt"), inputs=(args.ckpt, args.extractor))
+    model = load_model(args.ckpt, args.scale, args.extractor)
+    save_inference_checkpoint(args.out, model, half=args.half)
+    print(f"wrote {args.out} (x{model.scale}, {'float16' if args.half else 'float32'})")
     return 0
 
 
@@ -294,11 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     p.add_argument("--out", default="dzsr_demo", help="output folder (default ./dzsr_demo)")
-    p.add_argument("--ckpt", help="checkpoint (default: the shipped dzsr/sample/demo_x4.pt)")
+    p.add_argument("--ckpt",
+                   help="checkpoint (default: the shipped dzsr/sample/demo_x4.safetensors)")
     p.add_argument("--held-out", action="store_true", help="also evaluate the held-out bundled photographs")
     _add_tile(p)
     _add_lpips(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert", help=cmd_convert.__doc__)
+    p.add_argument("--ckpt", required=True,
+                   help="dzsr checkpoint (.safetensors or .pt) or the authors' RefSR_model_*.pth")
+    p.add_argument("--extractor", help="the authors' Student_model_*.pth (with their RefSR file)")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="expected scale (checked)")
+    p.add_argument("--out", required=True, help="output: .safetensors (recommended) or .pt")
+    p.add_argument("--half", action="store_true",
+                   help="store float16 (half the size; read back into float32)")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

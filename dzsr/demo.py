@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from .data import to_hwc, to_tensor, write_rgb
 from .data.inputs import prepare_inputs
 from .evaluate import format_table, write_csv
-from .infer import DEFAULT_TILE, load_model, super_resolve
+from .checkpoint import load_model
+from .infer import DEFAULT_TILE, super_resolve
 from .metrics import image_metrics
 from .outputs import check_folder, check_output
 from .sample import DEMO, HELD_OUT, load_sample

@@ -30,20 +30,16 @@ are the layers' own outputs.
 from __future__ import annotations
 
 import math
-import os
 from typing import Callable
 
 import torch
 
-from .checkpoint import (CheckpointMismatchError, check_payload, load_checkpoint, load_official, read_file,
-                         unwrap_official)
 from .data.crops import Box, scale_box
 from .models import SelfDZSR
 from .models.selfdzsr import memory_format_of, pad_to_feature_stride
 
 DEFAULT_TILE = 384
 BODY_TILE_FACTOR = 2  # body pass: small memory per pixel (64 channels), large halo -> larger tiles
-DEMO_CHECKPOINT = "demo_x4.pt"
 
 Progress = Callable[[int, int], None]
 
@@ -174,77 +170,3 @@ def super_resolve(model: SelfDZSR, lr: torch.Tensor, ref: torch.Tensor, paste_re
     height, width = lr.shape[-2:]
     sr = sr[..., : model.scale * height, : model.scale * width]
     return sr.contiguous(memory_format=memory_format_of(lr))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def demo_checkpoint_path() -> str:
-    from importlib import resources
-
-    return str(resources.files("dzsr.sample").joinpath(DEMO_CHECKPOINT))
-
-
-def _official_scale(sd: dict) -> int:
-    if any(k.startswith("up.1.") for k in sd):
-        return 4
-    up = sd.get("up.0.0.weight")
-    if up is None:
-        raise ValueError("not a SelfDZSR restoration (RefSR) state dict: no upsampler weights up.0.0.weight")
-    return 3 if up.shape[0] == 64 * 9 else 2
-
-
-def load_model(checkpoint: str | os.PathLike | None = None, scale: int | None = None,
-               extractor: str | os.PathLike | None = None) -> SelfDZSR:
-    """A SelfDZSR in eval mode from our checkpoint, or from the authors' ``RefSR_model_*.pth`` plus
-    ``extractor`` (their ``Student_model_*.pth``). None loads the shipped demo checkpoint (x4).
-    ``scale``, when given, must match the checkpoint's."""
-    if checkpoint is None:
-        checkpoint = demo_checkpoint_path()
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"no checkpoint given and the demo checkpoint {checkpoint} is not installed: "
-                                    f"pass --ckpt")
-    checkpoint = os.fspath(checkpoint)
-    obj = read_file(checkpoint)
-    if isinstance(obj, dict) and obj.get("format") == "dzsr-checkpoint":
-        check_payload(obj, checkpoint)
-        ckpt_scale = obj["config"]["scale"]
-        if scale is not None and scale != ckpt_scale:
-            raise ValueError(f"checkpoint {checkpoint} is for scale x{ckpt_scale}, not x{scale}")
-        model = SelfDZSR(**obj["config"])
-        partial = bool(obj.get("extra", {}).get("inference_only"))
-        try:
-            load_checkpoint(obj, model, strict=not partial)
-        except CheckpointMismatchError as err:
-            raise ValueError(str(err).splitlines()[0] + f" ({checkpoint})") from None
-        if partial:
-            missing = [k for k in model.state_dict() if k not in obj["state_dict"] and not k.startswith("kernel_gen.")]
-            if missing:
-                raise ValueError(f"inference checkpoint {checkpoint} lacks {len(missing)} weights, e.g. {missing[0]}")
-        return model.eval()
-    sd = unwrap_official(obj)
-    ckpt_scale = _official_scale(sd)
-    if scale is not None and scale != ckpt_scale:
-        raise ValueError(f"checkpoint {checkpoint} is for scale x{ckpt_scale}, not x{scale}")
-    if extractor is None:
-        raise ValueError(f"{checkpoint} is an authors' RefSR file: also give their extractor (Student_model_*.pth)")
-    model = SelfDZSR(ckpt_scale)
-    try:
-        load_official(model, restoration=sd, extractor=os.fspath(extractor))
-    except CheckpointMismatchError as err:
-        raise ValueError(str(err).splitlines()[0] + f" ({checkpoint})") from None
-    return model.eval()
-
-
-def save_inference_checkpoint(path: str | os.PathLike, model: SelfDZSR, half: bool = True, extra: dict | None = None) -> None:
-    """Write the networks inference needs (restoration + extractor; KernelGen only trains), in
-    float16 when ``half`` (loaded back into float32), in the ``dzsr.checkpoint`` format."""
-    import copy
-
-    from .checkpoint import save_checkpoint
-
-    slim = copy.deepcopy(model).cpu()
-    slim.kernel_gen = torch.nn.Identity()
-    if half:
-        slim.half()
-    save_checkpoint(path, slim, {**(extra or {}), "inference_only": True, "half": half})

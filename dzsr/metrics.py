@@ -234,10 +234,11 @@ class LPIPS(nn.Module):
         alexnet_path)`` (a user path or the torch hub checkpoints folder). Lin layers: ``lin_path``,
         else the installed ``lpips`` package's ``weights/v0.1/alex.pth``, else
         ``<torch hub>/checkpoints/lpips_v0.1_alex.pth``. Missing files raise FileNotFoundError."""
+        from .checkpoint import read_state_dict
         from .pretrained import load_state_dict
 
         alexnet = load_state_dict(ALEXNET_FILE, alexnet_path)
-        lin = torch.load(lpips_lin_path(lin_path), map_location="cpu", weights_only=True)
+        lin = read_state_dict(lpips_lin_path(lin_path), "LPIPS lin weights")
         return cls().load_weights(alexnet, lin)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

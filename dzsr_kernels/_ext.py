@@ -4,7 +4,10 @@ Order: a prebuilt ``dzsr_kernels/_C*.so`` (``DZSR_BUILD_EXT=1 pip install .``), 
 build of ``csrc/`` on first use, cached under ``$DZSR_CACHE_DIR`` (default ``~/.cache/dzsr``). CUDA
 sources are compiled when torch sees a GPU and nvcc is found (``CUDA_HOME``, default
 ``/usr/local/cuda``). ``DZSR_NO_JIT=1`` disables the JIT build. The kernels register themselves as
-``torch.ops.dzsr_C.*``. A failed build leaves the backend unavailable; its reason names the compiler log.
+``torch.ops.dzsr_C.*``. A failed build leaves the backend unavailable; its reason names the
+compiler log and the torch it was building for. Each build writes the torch version it was
+compiled against into ``_C_torch_version.txt`` next to the library (the JIT folder, or the package
+for setup.py's prebuilt one); ``built_against()`` reports it for ``dzsr info``.
 
 Build cache. Each build has its own folder, named by the torch version, CPU/CUDA and machine, plus a
 hash of everything that determines the binary: the bytes and relative paths of every file under
@@ -43,8 +46,10 @@ CSRC_DIR = PACKAGE_DIR.parent / "csrc"
 EXTRA_CFLAGS = ["-O3", "-fopenmp", "-march=native"]
 EXTRA_CUDA_CFLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 
+VERSION_RECORD = "_C_torch_version.txt"  # next to a built library: the torch it was built against
+
 _lock = threading.Lock()
-_state: dict[str, str | None] = {}  # "error" -> reason or None once tried
+_state: dict[str, str | None] = {}  # "error" -> reason or None once tried; "built_against"
 
 
 def cuda_home() -> str | None:
@@ -140,8 +145,22 @@ def build(with_cuda: bool, build_dir: str | None = None, verbose: bool = False) 
         raise RuntimeError(str(exc)) from exc
     except Exception as exc:
         log.write_text(f"{type(exc).__name__}: {exc}\n")
-        raise RuntimeError(f"building csrc/ failed; compiler log: {log}") from exc
+        target = f"CUDA {torch.version.cuda}" if with_cuda else "CPU"
+        raise RuntimeError(f"building csrc/ for torch {torch.__version__} ({target}) failed; "
+                           f"compiler log: {log}") from exc
+    (Path(build_dir) / VERSION_RECORD).write_text(f"{torch.__version__}\n")
     return build_dir
+
+
+def _recorded_version(folder: Path) -> str | None:
+    record = folder / VERSION_RECORD
+    return record.read_text().strip() if record.is_file() else None
+
+
+def built_against() -> str | None:
+    """The torch version the loaded C++ kernels were compiled against (their build's record), or
+    None when they are not loaded (yet) or have no record (a library built before records)."""
+    return _state.get("built_against")
 
 
 def _load_sources(cpp_extension, files: list[str], with_cuda: bool, build_dir: str, verbose: bool) -> None:
@@ -164,18 +183,21 @@ def _load() -> str | None:
     """Load the kernels once; None on success, else the reason they are unavailable."""
     prebuilt = sorted(PACKAGE_DIR.glob("_C*.so"))
     if prebuilt:
+        recorded = _recorded_version(PACKAGE_DIR)
         try:
             torch.ops.load_library(str(prebuilt[0]))
-            return None
         except Exception as exc:
-            return f"prebuilt {prebuilt[0]} failed to load: {exc}"
+            return (f"prebuilt {prebuilt[0]} (built against torch {recorded or 'unrecorded'}) "
+                    f"failed to load into torch {torch.__version__}: {exc}")
+        _state["built_against"] = recorded
+        return None
     if os.environ.get("DZSR_NO_JIT") == "1":
         return "no prebuilt extension and DZSR_NO_JIT=1 disables the JIT build"
     if not CSRC_DIR.is_dir():
         return f"no prebuilt extension and no C++ sources at {CSRC_DIR} (install with DZSR_BUILD_EXT=1)"
     with_cuda = torch.cuda.is_available() and cuda_home() is not None
     try:
-        build(with_cuda)
+        _state["built_against"] = _recorded_version(Path(build(with_cuda)))
     except Exception as exc:
         return str(exc)
     return None

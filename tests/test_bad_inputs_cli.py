@@ -12,13 +12,13 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import dzsr.outputs
-from dzsr.checkpoint import to_official
+from dzsr.checkpoint import save_inference_checkpoint, to_official
 from dzsr.cli import EXIT_ERROR, main
 from dzsr.data import write_rgb
-from dzsr.infer import save_inference_checkpoint
 from dzsr.models import SelfDZSR
 
 
@@ -63,6 +63,9 @@ def world(tmp_path_factory):
     torch.save({"format": "dzsr-checkpoint", "version": 99, "config": {"scale": 4}, "state_dict": {}}, w / "future.pt")
     torch.save({"foo.weight": torch.zeros(1)}, w / "official_noup.pt")
     torch.save({"up.0.0.weight": torch.zeros(256, 64, 3, 3)}, w / "official_small.pt")
+    safetensors.torch.save_file({"w": torch.zeros(2)}, w / "nometa.safetensors")
+    save_inference_checkpoint(w / "x4.safetensors", SelfDZSR(4))
+    (w / "trunc.safetensors").write_bytes((w / "x4.safetensors").read_bytes()[:-1000])
     x4 = SelfDZSR(4).restoration
     torch.save({"state_dict": to_official(x4.state_dict(), "restoration", x4)}, w / "official_up.pt")
     for d in ("folder.png", "ro", "sub", "dir.csv", "run_old", "demo_out", "demo_dirs/sr.png", "ev_gt_empty",
@@ -89,6 +92,7 @@ SR = ["sr", "--short", "{w}/short.png", "--tele", "{w}/tele.png", "--ckpt", "{w}
 TRAIN = ["train", "--config", "sample_x4", "log.out_dir={t}/run"]
 EVAL = ["eval", "--sr", "{w}/ev_sr", "--gt", "{w}/ev_gt", "--scale", "4"]
 DEMO = ["demo", "--ckpt", "{w}/x4.pt", "--out", "{t}/demo"]
+CONVERT = ["convert", "--ckpt", "{w}/x4.safetensors"]
 PREPARE = ["prepare", "--src", "{w}/pr_src", "--dst", "{t}/ds", "--scale", "4"]
 BOGUS = {"DZSR_KERNELS_BACKEND": "bogus"}
 NO_CUDA = not torch.cuda.is_available()
@@ -148,6 +152,10 @@ CASES = [
     ("sr-ckpt-folder", _sr("--ckpt", "{w}/sub"), {}, (), ("sub", "not found")),
     ("sr-ckpt-python-object", _sr("--ckpt", "{w}/obj.pt"), {}, (), ("obj.pt", "Python objects")),
     ("sr-ckpt-list", _sr("--ckpt", "{w}/list.pt"), {}, (), ("state dict", "list")),
+    ("sr-ckpt-safetensors-no-metadata", _sr("--ckpt", "{w}/nometa.safetensors"), {}, (),
+     ("nometa.safetensors", "not a dzsr checkpoint", "no format entry")),
+    ("sr-ckpt-safetensors-truncated", _sr("--ckpt", "{w}/trunc.safetensors"), {}, (),
+     ("trunc.safetensors", "truncated or damaged safetensors")),
     ("sr-ckpt-no-tensors", _sr("--ckpt", "{w}/nodict.pt"), {}, (), ("named tensors",)),
     ("sr-ckpt-bad-config", _sr("--ckpt", "{w}/badcfg.pt"), {}, (), ("badcfg.pt", "damaged")),
     ("sr-ckpt-future-version", _sr("--ckpt", "{w}/future.pt"), {}, (), ("future.pt", "version 99")),
@@ -257,6 +265,28 @@ CASES = [
     ("demo-ckpt-truncated", _set(DEMO, "--ckpt", "{w}/trunc.pt"), {}, (), ("trunc.pt", "truncated")),
     ("demo-ckpt-bad-config", _set(DEMO, "--ckpt", "{w}/badcfg.pt"), {}, (), ("badcfg.pt", "damaged")),
     ("demo-ckpt-official", _set(DEMO, "--ckpt", "{w}/official_up.pt"), {}, (), ("extractor",)),
+    ("demo-ckpt-safetensors-no-metadata", _set(DEMO, "--ckpt", "{w}/nometa.safetensors"), {}, (),
+     ("nometa.safetensors", "no format entry")),
+    ("demo-ckpt-safetensors-truncated", _set(DEMO, "--ckpt", "{w}/trunc.safetensors"), {}, (),
+     ("trunc.safetensors", "truncated")),
+    # ---------------------------------------------------------------- convert
+    ("convert-out-is-ckpt", [*CONVERT, "--out", "{w}/x4.safetensors"], {}, (),
+     ("--out", "is the input file")),
+    ("convert-out-unknown-extension", [*CONVERT, "--out", "{t}/x4.pth"], {}, (),
+     ("--out", "'.pth'", ".safetensors")),
+    ("convert-out-no-extension", [*CONVERT, "--out", "{t}/x4"], {}, (),
+     ("--out", "no file extension")),
+    ("convert-ckpt-missing", ["convert", "--ckpt", "{w}/none.pt", "--out", "{t}/o.safetensors"], {},
+     (), ("none.pt", "not found")),
+    ("convert-ckpt-safetensors-no-metadata",
+     ["convert", "--ckpt", "{w}/nometa.safetensors", "--out", "{t}/o.safetensors"], {}, (),
+     ("nometa.safetensors", "not a dzsr checkpoint")),
+    ("convert-ckpt-official-no-extractor",
+     ["convert", "--ckpt", "{w}/official_up.pt", "--out", "{t}/o.safetensors"], {}, (),
+     ("extractor",)),
+    ("convert-scale-mismatch", [*CONVERT, "--out", "{t}/o.safetensors", "--scale", "2"], {}, (),
+     ("scale x4, not x2",)),
+    ("convert-out-missing", ["convert", "--ckpt", "{w}/x4.safetensors"], {}, (), ("--out",)),
     ("demo-tile-negative", [*DEMO, "--tile", "-1"], {}, (), ("--tile",)),
     ("demo-alexnet-missing", [*DEMO, "--lpips", "--alexnet", "{w}/none.pth"], {}, (), ("none.pth", "not found")),
     ("demo-env-backend-unknown", DEMO, BOGUS, (), ("DZSR_KERNELS_BACKEND",)),

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dzsr.checkpoint import save_checkpoint
+from dzsr.checkpoint import save_checkpoint, save_inference_checkpoint
 from dzsr.cli import EXIT_ERROR, main
 from dzsr.data import read_rgb, write_rgb
-from dzsr.infer import save_inference_checkpoint
 from dzsr.models import SelfDZSR
 import dzsr.sample
 from dzsr.sample import write_sample
@@ -201,3 +200,10 @@ def test_sr_honours_the_backend_variable(files, tmp_path, monkeypatch):
                  str(files["root"] / "x4.pt"), "--tile", "0"]) == 0
     assert chosen and set(chosen) == {"reference"}
     assert read_rgb(out).shape[2] == 3 and os.listdir(tmp_path) == ["sr.png"]  # replaced whole, no temporary
+
+
+def test_info_names_the_torch_the_kernels_were_built_against(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert (f"C++ kernels: built against torch {torch.__version__}, running torch "
+            f"{torch.__version__}") in out

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from dzsr_kernels import _ext
 
@@ -100,7 +101,7 @@ def test_lock_of_a_killed_builder_is_free_at_once(tmp_path, existence_lock):
 def test_build_after_a_killed_build_does_not_hang(tmp_path):
     """A leftover torch lock file in the very folder a build will use: the build proceeds (here to a
     compiler failure, CXX=/bin/false, to stay fast) instead of waiting forever, with this torch's own
-    lock and with an existence-blocking one."""
+    lock and with an existence-blocking one (the running torch's own kind before 2.14)."""
     code = (
         "from dzsr_kernels import _ext\n"
         "import sys\n"
@@ -120,4 +121,14 @@ def test_build_after_a_killed_build_does_not_hang(tmp_path):
                              timeout=300)
         assert out.returncode == 0, out.stderr
         assert "compiler log:" in out.stdout
-        assert ("left by a killed build" in out.stderr) == (torch_lock == "old")
+        assert f"for torch {torch.__version__} (CPU) failed" in out.stdout
+        removed = torch_lock == "old" or _ext._torch_lock_blocks_by_existence()  # torch < 2.14
+        assert ("left by a killed build" in out.stderr) == removed
+
+
+def test_a_prebuilt_library_that_fails_to_load_names_both_torch_versions(tmp_path, monkeypatch):
+    (tmp_path / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"not a shared library")
+    (tmp_path / _ext.VERSION_RECORD).write_text("2.0.0\n")
+    monkeypatch.setattr(_ext, "PACKAGE_DIR", tmp_path)
+    reason = _ext._load()
+    assert f"(built against torch 2.0.0) failed to load into torch {torch.__version__}" in reason

@@ -1,4 +1,4 @@
-"""Whole-image inference: exact halo tiling vs the untiled forward, inputs from images, checkpoints."""
+"""Whole-image inference: exact halo tiling vs the untiled forward, inputs from images."""
 from __future__ import annotations
 
 from unittest import mock
@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 import dzsr_kernels
-from dzsr.checkpoint import save_checkpoint, to_official
 from dzsr.data.inputs import prepare_inputs
-from dzsr.infer import grow, load_model, save_inference_checkpoint, split_tiles, super_resolve
+from dzsr.infer import grow, split_tiles, super_resolve
 from dzsr.models import OffsetEstimator, SelfDZSR
 from dzsr.models.blocks import PixelShuffleUpsampler, ResidualBlock
 from dzsr.sample import load_sample
@@ -202,36 +201,6 @@ def test_prepare_inputs_rejects_inconsistent_scale():
     s = load_sample("motorcycle", 4)
     with pytest.raises(ValueError, match="inconsistent with scale"):
         prepare_inputs(s["short"], s["tele"][:40, :60], 4)
-
-
-def test_checkpoints_ours_inference_only_and_authors(tmp_path):
-    model = SelfDZSR(2).eval()
-    save_checkpoint(tmp_path / "full.pt", model)
-    assert load_model(tmp_path / "full.pt").scale == 2
-    with pytest.raises(ValueError, match="scale x2, not x4"):
-        load_model(tmp_path / "full.pt", scale=4)
-
-    save_inference_checkpoint(tmp_path / "slim.pt", model)
-    slim = load_model(tmp_path / "slim.pt")
-    for k, v in slim.restoration.state_dict().items():
-        torch.testing.assert_close(v, model.restoration.state_dict()[k].half().float())
-
-    torch.save({"state_dict": to_official(model.restoration.state_dict(), "restoration", model.restoration)},
-               tmp_path / "RefSR_model_401.pth")
-    torch.save({"state_dict": to_official(model.extractor.state_dict(), "extractor", model.extractor)},
-               tmp_path / "Student_model_400.pth")
-    authors = load_model(tmp_path / "RefSR_model_401.pth", 2, tmp_path / "Student_model_400.pth")
-    for k, v in authors.restoration.state_dict().items():
-        assert torch.equal(v, model.restoration.state_dict()[k])
-    with pytest.raises(ValueError, match="Student"):
-        load_model(tmp_path / "RefSR_model_401.pth")
-    with pytest.raises(ValueError, match="scale x2, not x4"):
-        load_model(tmp_path / "RefSR_model_401.pth", 4, tmp_path / "Student_model_400.pth")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
-        load_model(tmp_path / "junk.pt")
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_model(tmp_path / "missing.pt")
 
 
 def test_prepare_inputs_without_alignment_resizes_the_telephoto():
