@@ -142,14 +142,16 @@ def _check_eval(model: SelfDZSR) -> None:
                          "random AdaSTN dropouts and pastes")
 
 
-def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device | str,
+                   what: str = "precision") -> torch.dtype | None:
     """The ``torch.autocast`` dtype of ``precision`` (``PRECISIONS``) on ``device``: None for fp32.
-    ValueError for an unknown name, and for fp16 on the CPU (module docstring, Precision)."""
+    ValueError naming ``what`` for an unknown name, and for fp16 on the CPU (module docstring,
+    Precision)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"{what} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and torch.device(device).type == "cpu":
-        raise ValueError("precision fp16 is for CUDA devices: on the CPU float16 convolutions are "
-                         "emulated and slower than fp32; use bf16 (or fp32) there")
+        raise ValueError(f"{what} fp16 is for CUDA devices: on the CPU float16 convolutions are "
+                         f"emulated and slower than fp32; use bf16 (or fp32) there")
     return PRECISIONS[precision]
 
 

@@ -1,0 +1,241 @@
+"""``dzsr sr``'s work: one pair of files, or two folders of pairs; outputs, progress, summary.
+
+Single pair (``--short FILE --tele FILE --out FILE``): any error ends the command (``dzsr.cli``).
+
+Folder mode (``--short DIR --tele DIR --out DIR``): ``folder_pairs`` pairs the image files of the
+two folders by name without extension (``a.jpg`` pairs with ``a.png``; extensions are compared
+case-insensitively only to recognise images, ``dzsr.data.imageio.IMAGE_EXTENSIONS``; other files
+and subfolders are ignored). A name found in one folder only, or twice in one folder (``a.jpg`` and
+``a.png``), is a failed pair. Each pair's SR is written to ``OUT/NAME.png`` (and its comparison
+picture to ``COMPARE/NAME.png``); ``run_pairs`` processes the pairs in name order, reports a pair
+that fails (missing partner, unreadable image, sizes that do not fit the scale, out of memory) in
+one ``dzsr sr: NAME: failed: ...`` line on stderr, goes on with the next, and prints a summary table
+(pair, output size, seconds, status) on stdout at the end.
+
+Outputs (``check_pair_outputs``, before any pair runs): every output path is checked with
+``dzsr.outputs.check_output`` against every input file (both folders' images, the checkpoint, the
+extractor: symlinks and hard links included), and no two outputs may be one file. As for a single
+``--out``, an existing output file is replaced, atomically, by the new one.
+
+Progress (``progress_bars``): tqdm bars on stderr over the pairs (folder mode) and over the tiles of
+the current pair (``super_resolve``'s ``progress``), shown only when stderr is a terminal and
+``--no-progress`` is not given.
+
+Comparison picture (``--save-compare``): the bicubic-upsampled short-focus image beside the SR, same
+height, 4 white pixels apart (``dzsr.demo.side_by_side``). The telephoto is left out: it covers only
+the centre 1/scale of the frame, and a third full-size panel would make the picture half as large
+again.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .data import read_rgb, to_hwc, write_rgb
+from .data.imageio import IMAGE_EXTENSIONS, is_image_file, writable_extensions
+from .data.inputs import prepare_inputs
+from .demo import bicubic, side_by_side
+from .infer import super_resolve
+from .outputs import OutputError, check_folder, check_output
+
+OUTPUT_EXTENSION = ".png"
+
+
+@dataclass
+class Pair:
+    """One short-focus/telephoto pair and where its results go; ``problem`` says why it cannot run
+    (then ``short`` or ``tele`` may be None)."""
+
+    name: str
+    short: str | None
+    tele: str | None
+    out: str
+    compare: str | None = None
+    problem: str | None = None
+
+
+@dataclass
+class Settings:
+    """How every pair is run: ``prepare_inputs``' region/align/focal_ratio, ``super_resolve``'s
+    tile/precision, the device, and the model's scale."""
+
+    scale: int
+    region: str = "full"
+    align: bool = True
+    focal_ratio: float | None = None
+    tile: int | None = None
+    precision: str = "fp32"
+    device: torch.device = torch.device("cpu")
+
+
+def _images_by_name(folder: str, what: str) -> dict[str, list[str]]:
+    """The image files of ``folder`` grouped by name without extension."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{what}: folder not found: {folder}")
+    found: dict[str, list[str]] = {}
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if is_image_file(entry) and not os.path.isdir(path):
+            found.setdefault(os.path.splitext(entry)[0], []).append(path)
+    return found
+
+
+def _problem(name: str, shorts: list[str], teles: list[str], short_dir: str,
+             tele_dir: str) -> str | None:
+    if len(shorts) > 1 or len(teles) > 1:
+        files = ", ".join(os.path.basename(p) for p in (shorts if len(shorts) > 1 else teles))
+        return f"ambiguous name: {files} in {short_dir if len(shorts) > 1 else tele_dir}"
+    if not shorts:
+        return f"no short-focus image {name}.* in {short_dir}"
+    if not teles:
+        return f"no telephoto image {name}.* in {tele_dir}"
+    return None
+
+
+def folder_pairs(short_dir: str, tele_dir: str, out_dir: str,
+                 compare_dir: str | None = None) -> list[Pair]:
+    """The pairs of two folders by file name (module docstring), in name order."""
+    shorts, teles = _images_by_name(short_dir, "--short"), _images_by_name(tele_dir, "--tele")
+    if not shorts and not teles:
+        raise FileNotFoundError(f"--short {short_dir} and --tele {tele_dir} hold no images "
+                                f"(expected {', '.join(IMAGE_EXTENSIONS)} files)")
+    pairs = []
+    for name in sorted(set(shorts) | set(teles)):
+        s, t = shorts.get(name, []), teles.get(name, [])
+        compare = None if compare_dir is None else os.path.join(compare_dir, name + OUTPUT_EXTENSION)
+        pairs.append(Pair(name, s[0] if len(s) == 1 else None, t[0] if len(t) == 1 else None,
+                          os.path.join(out_dir, name + OUTPUT_EXTENSION), compare,
+                          _problem(name, s, t, short_dir, tele_dir)))
+    return pairs
+
+
+def check_pair_outputs(pairs: list[Pair], other_inputs=()) -> None:
+    """Refuse, before any work, an output path that ``check_output`` refuses, that is one of the
+    inputs, or that two outputs share (module docstring)."""
+    inputs = [p for pair in pairs for p in (pair.short, pair.tele) if p is not None]
+    inputs += [p for p in other_inputs if p is not None]
+    owner: dict[str, str] = {}
+    for pair in pairs:
+        for path, what in ((pair.out, "--out"), (pair.compare, "--save-compare")):
+            if path is None:
+                continue
+            check_output(path, what, writable_extensions(), inputs)
+            key = os.path.realpath(path)
+            if key in owner:
+                raise OutputError(f"{what}: {path} would also be written as {owner[key]}; "
+                                  f"give --out and --save-compare different paths")
+            owner[key] = f"{what} {path}"
+
+
+def check_folder_mode(short: str, tele: str, out: str, compare: str | None) -> bool:
+    """Whether the arguments ask for folder mode (``--short`` is a folder); then ``--tele`` must be
+    a folder and ``--out`` (and ``--save-compare``) usable folders, else ValueError/OutputError."""
+    folders = os.path.isdir(short), os.path.isdir(tele)
+    if folders[0] != folders[1]:
+        named = [("--short", short), ("--tele", tele)]
+        (a, a_path), (b, b_path) = named if folders[0] else named[::-1]
+        if not os.path.exists(b_path):
+            raise FileNotFoundError(f"{b}: folder not found: {b_path} ({a} is a folder: folder mode)")
+        raise ValueError(f"{a} {a_path} is a folder but {b} {b_path} is not: give two folders "
+                         f"(folder mode, pairs by file name) or two image files")
+    if not folders[0]:
+        return False
+    for path, what in ((out, "--out"), (compare, "--save-compare")):
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
+            raise OutputError(f"{what}: {path} is a file; in folder mode give a folder")
+        if path is not None:
+            check_folder(path, what)
+    return True
+
+
+@contextlib.contextmanager
+def progress_bars(total_pairs: int | None, enabled: bool):
+    """``(pair_bar, tile_progress)``: a tqdm bar over the pairs (None: single pair) and a factory
+    ``tile_progress(name)`` of ``progress(done, total)`` callables driving a bar over one pair's tiles.
+    Bars show only on a terminal (tqdm's ``disable=None``) and never when not ``enabled``."""
+    from tqdm import tqdm
+
+    disable = None if enabled else True
+    pairs = None if total_pairs is None else tqdm(total=total_pairs, unit="pair", desc="pairs",
+                                                  disable=disable, dynamic_ncols=True)
+    open_bars = []
+
+    def tile_progress(name: str):
+        bar = tqdm(unit="tile", desc=name, leave=False, disable=disable, dynamic_ncols=True)
+        open_bars.append(bar)
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            if done == total:
+                bar.close()
+        return update
+
+    try:
+        yield pairs, tile_progress
+    finally:
+        for bar in open_bars + ([pairs] if pairs is not None else []):
+            bar.close()
+
+
+def super_resolve_pair(model, pair: Pair, settings: Settings, progress=None) -> tuple[int, int]:
+    """Read, prepare, super-resolve and write one pair (and its comparison picture); returns the
+    output's (height, width)."""
+    short, tele = read_rgb(pair.short), read_rgb(pair.tele)
+    inputs = prepare_inputs(short, tele, settings.scale, settings.region, settings.align,
+                            settings.focal_ratio)
+    device = settings.device
+    sr = super_resolve(model, inputs["lr"].to(device), inputs["ref"].to(device),
+                       inputs["paste_ref"].to(device), inputs["paste_box"], tile=settings.tile,
+                       progress=progress, precision=settings.precision)
+    sr = to_hwc(sr[0].clamp(0, 1))
+    write_rgb(pair.out, sr)
+    if pair.compare is not None:
+        write_rgb(pair.compare, side_by_side([to_hwc(bicubic(inputs["lr"], settings.scale)[0]), sr]))
+    return sr.shape[:2]
+
+
+def _one_line(err: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
+def run_pairs(model, pairs: list[Pair], settings: Settings, errors: tuple[type[BaseException], ...],
+              show_progress: bool = True) -> list[dict]:
+    """Process every pair (folder mode, module docstring): a pair raising one of ``errors`` (or
+    running out of memory) is reported on stderr and skipped. Prints the summary table; returns
+    its rows (``pair``, ``output``, ``seconds``, ``status``)."""
+    from tqdm import tqdm
+
+    errors = (*errors, torch.OutOfMemoryError)
+    rows = []
+    with progress_bars(len(pairs), show_progress) as (pair_bar, tile_progress):
+        for pair in pairs:
+            start, size, problem = time.perf_counter(), None, pair.problem
+            if problem is None:
+                try:
+                    size = super_resolve_pair(model, pair, settings, tile_progress(pair.name))
+                except errors as err:
+                    problem = _one_line(err)
+            status = "ok" if problem is None else f"failed: {problem}"
+            if problem is not None:
+                tqdm.write(f"dzsr sr: {pair.name}: {status}", file=sys.stderr)
+            rows.append({"pair": pair.name, "output": f"{size[0]}x{size[1]}" if size else "-",
+                         "seconds": f"{time.perf_counter() - start:.1f}", "status": status})
+            pair_bar.update(1)
+    print(summary_table(rows))
+    return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Markdown table of ``run_pairs``' rows and a closing count line."""
+    lines = ["| pair | output | seconds | status |", "|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {r['output']} | {r['seconds']} | {r['status']} |" for r in rows]
+    failed = sum(r["status"] != "ok" for r in rows)
+    lines.append(f"{len(rows) - failed} of {len(rows)} pairs written"
+                 + (f", {failed} failed" if failed else ""))
+    return "\n".join(lines)
