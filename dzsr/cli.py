@@ -169,15 +169,14 @@ def cmd_sr(args: argparse.Namespace) -> int:
         pairs = [sr_batch.Pair(args.short, args.short, args.tele, args.out, args.save_compare)]
     sr_batch.check_pair_outputs(pairs, (args.ckpt, args.extractor))
     model = load_model(args.ckpt, args.scale, args.extractor).to(device)
-    settings = sr_batch.Settings(model.scale, args.region, not args.no_align, args.focal_ratio, tile,
-                                 args.precision, device)
+    settings = sr_batch.Settings(model.scale, device, args.region, not args.no_align,
+                                 args.focal_ratio, tile, args.precision)
     with dzsr_kernels.use_backend(backend) if backend else contextlib.nullcontext():
         if folders:
             rows = sr_batch.run_pairs(model, pairs, settings, _expected_errors(), not args.no_progress)
             return EXIT_SOME_FAILED if any(r["status"] != "ok" for r in rows) else 0
-        with sr_batch.progress_bars(None, not args.no_progress) as (_, tile_progress):
-            height, width = sr_batch.super_resolve_pair(model, pairs[0], settings,
-                                                        tile_progress("tiles"))
+        with sr_batch.tile_progress("tiles", not args.no_progress) as progress:
+            height, width = sr_batch.super_resolve_pair(model, pairs[0], settings, progress)
     print(f"wrote {args.out} ({height}x{width}, x{model.scale}, {device}, {args.precision})"
           + (f" and {args.save_compare}" if args.save_compare else ""))
     return 0

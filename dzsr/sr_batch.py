@@ -17,7 +17,7 @@ Outputs (``check_pair_outputs``, before any pair runs): every output path is che
 extractor: symlinks and hard links included), and no two outputs may be one file. As for a single
 ``--out``, an existing output file is replaced, atomically, by the new one.
 
-Progress (``progress_bars``): tqdm bars on stderr over the pairs (folder mode) and over the tiles of
+Progress (``tile_progress``, ``run_pairs``): tqdm bars on stderr over the pairs (folder mode) and over the tiles of
 the current pair (``super_resolve``'s ``progress``), shown only when stderr is a terminal and
 ``--no-progress`` is not given.
 
@@ -61,16 +61,16 @@ class Pair:
 
 @dataclass
 class Settings:
-    """How every pair is run: ``prepare_inputs``' region/align/focal_ratio, ``super_resolve``'s
-    tile/precision, the device, and the model's scale."""
+    """How every pair is run: the model's scale, the device, ``prepare_inputs``' region, align and
+    focal_ratio, ``super_resolve``'s tile and precision."""
 
     scale: int
+    device: torch.device
     region: str = "full"
     align: bool = True
     focal_ratio: float | None = None
     tile: int | None = None
     precision: str = "fp32"
-    device: torch.device = torch.device("cpu")
 
 
 def _images_by_name(folder: str, what: str) -> dict[str, list[str]]:
@@ -153,34 +153,27 @@ def check_folder_mode(short: str, tele: str, out: str, compare: str | None) -> b
     return True
 
 
-@contextlib.contextmanager
-def progress_bars(total_pairs: int | None, enabled: bool):
-    """``(pair_bar, tile_progress)``: a tqdm bar over the pairs (None: single pair) and a factory
-    ``tile_progress(name)`` of ``progress(done, total)`` callables driving a bar over one pair's tiles.
-    Bars show only on a terminal (tqdm's ``disable=None``) and never when not ``enabled``."""
+def _bar(enabled: bool, **kwargs):
+    """A tqdm bar on stderr, shown only on a terminal (tqdm's ``disable=None``) and if ``enabled``."""
     from tqdm import tqdm
 
-    disable = None if enabled else True
-    pairs = None if total_pairs is None else tqdm(total=total_pairs, unit="pair", desc="pairs",
-                                                  disable=disable, dynamic_ncols=True)
-    open_bars = []
+    return tqdm(disable=None if enabled else True, dynamic_ncols=True, **kwargs)
 
-    def tile_progress(name: str):
-        bar = tqdm(unit="tile", desc=name, leave=False, disable=disable, dynamic_ncols=True)
-        open_bars.append(bar)
 
-        def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-            if done == total:
-                bar.close()
-        return update
+@contextlib.contextmanager
+def tile_progress(name: str, enabled: bool):
+    """A ``progress(done, total)`` callable for ``super_resolve`` that drives a bar over one
+    pair's tiles, closed when the context ends."""
+    bar = _bar(enabled, unit="tile", desc=name, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
 
     try:
-        yield pairs, tile_progress
+        yield update
     finally:
-        for bar in open_bars + ([pairs] if pairs is not None else []):
-            bar.close()
+        bar.close()
 
 
 def super_resolve_pair(model, pair: Pair, settings: Settings, progress=None) -> tuple[int, int]:
@@ -213,12 +206,13 @@ def run_pairs(model, pairs: list[Pair], settings: Settings, errors: tuple[type[B
 
     errors = (*errors, torch.OutOfMemoryError)
     rows = []
-    with progress_bars(len(pairs), show_progress) as (pair_bar, tile_progress):
+    with _bar(show_progress, total=len(pairs), unit="pair", desc="pairs") as pair_bar:
         for pair in pairs:
             start, size, problem = time.perf_counter(), None, pair.problem
             if problem is None:
                 try:
-                    size = super_resolve_pair(model, pair, settings, tile_progress(pair.name))
+                    with tile_progress(pair.name, show_progress) as progress:
+                        size = super_resolve_pair(model, pair, settings, progress)
                 except errors as err:
                     problem = _one_line(err)
             status = "ok" if problem is None else f"failed: {problem}"
