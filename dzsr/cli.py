@@ -155,8 +155,7 @@ def cmd_sr(args: argparse.Namespace) -> int:
     import dzsr_kernels
 
     from . import sr_batch
-    from .infer import autocast_dtype
-    from .infer import load_model
+    from .infer import autocast_dtype, load_model
 
     device = _sr_device(args.device)
     backend = check_backend(args.backend, device.type)
@@ -173,7 +172,8 @@ def cmd_sr(args: argparse.Namespace) -> int:
                                  args.focal_ratio, tile, args.precision)
     with dzsr_kernels.use_backend(backend) if backend else contextlib.nullcontext():
         if folders:
-            rows = sr_batch.run_pairs(model, pairs, settings, _expected_errors(), not args.no_progress)
+            rows = sr_batch.run_pairs(model, pairs, settings, _expected_errors(), _one_line,
+                                      not args.no_progress)
             return EXIT_SOME_FAILED if any(r["status"] != "ok" for r in rows) else 0
         with sr_batch.tile_progress("tiles", not args.no_progress) as progress:
             height, width = sr_batch.super_resolve_pair(model, pairs[0], settings, progress)
@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output image path (.png; an existing file is replaced), or a folder")
     p.add_argument("--save-compare", metavar="PATH|DIR",
-                   help="also write bicubic | SR side by side, same height (a folder in folder mode)")
+                   help="also write bicubic | SR side by side, same height (a folder in folder "
+                        "mode)")
     p.add_argument("--ckpt", help="dzsr checkpoint, or the authors' RefSR_model_*.pth (default: the demo x4 one)")
     p.add_argument("--extractor", help="the authors' Student_model_*.pth (with an authors' RefSR checkpoint)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="expected scale (checked against the checkpoint)")

@@ -17,9 +17,9 @@ Outputs (``check_pair_outputs``, before any pair runs): every output path is che
 extractor: symlinks and hard links included), and no two outputs may be one file. As for a single
 ``--out``, an existing output file is replaced, atomically, by the new one.
 
-Progress (``tile_progress``, ``run_pairs``): tqdm bars on stderr over the pairs (folder mode) and over the tiles of
-the current pair (``super_resolve``'s ``progress``), shown only when stderr is a terminal and
-``--no-progress`` is not given.
+Progress (``tile_progress``, ``run_pairs``): tqdm bars on stderr over the pairs (folder mode)
+and over the tiles of the current pair (``super_resolve``'s ``progress``), shown only when stderr
+is a terminal and ``--no-progress`` is not given.
 
 Comparison picture (``--save-compare``): the bicubic-upsampled short-focus image beside the SR, same
 height, 4 white pixels apart (``dzsr.demo.side_by_side``). The telephoto is left out: it covers only
@@ -32,6 +32,7 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -107,9 +108,10 @@ def folder_pairs(short_dir: str, tele_dir: str, out_dir: str,
     pairs = []
     for name in sorted(set(shorts) | set(teles)):
         s, t = shorts.get(name, []), teles.get(name, [])
-        compare = None if compare_dir is None else os.path.join(compare_dir, name + OUTPUT_EXTENSION)
+        file = name + OUTPUT_EXTENSION
+        compare = None if compare_dir is None else os.path.join(compare_dir, file)
         pairs.append(Pair(name, s[0] if len(s) == 1 else None, t[0] if len(t) == 1 else None,
-                          os.path.join(out_dir, name + OUTPUT_EXTENSION), compare,
+                          os.path.join(out_dir, file), compare,
                           _problem(name, s, t, short_dir, tele_dir)))
     return pairs
 
@@ -140,7 +142,8 @@ def check_folder_mode(short: str, tele: str, out: str, compare: str | None) -> b
         named = [("--short", short), ("--tele", tele)]
         (a, a_path), (b, b_path) = named if folders[0] else named[::-1]
         if not os.path.exists(b_path):
-            raise FileNotFoundError(f"{b}: folder not found: {b_path} ({a} is a folder: folder mode)")
+            raise FileNotFoundError(f"{b}: folder not found: {b_path} ({a} is a folder: "
+                                    f"folder mode)")
         raise ValueError(f"{a} {a_path} is a folder but {b} {b_path} is not: give two folders "
                          f"(folder mode, pairs by file name) or two image files")
     if not folders[0]:
@@ -154,7 +157,8 @@ def check_folder_mode(short: str, tele: str, out: str, compare: str | None) -> b
 
 
 def _bar(enabled: bool, **kwargs):
-    """A tqdm bar on stderr, shown only on a terminal (tqdm's ``disable=None``) and if ``enabled``."""
+    """A tqdm bar on stderr, shown only on a terminal (tqdm's ``disable=None``) and if
+    ``enabled``."""
     from tqdm import tqdm
 
     return tqdm(disable=None if enabled else True, dynamic_ncols=True, **kwargs)
@@ -189,19 +193,16 @@ def super_resolve_pair(model, pair: Pair, settings: Settings, progress=None) -> 
     sr = to_hwc(sr[0].clamp(0, 1))
     write_rgb(pair.out, sr)
     if pair.compare is not None:
-        write_rgb(pair.compare, side_by_side([to_hwc(bicubic(inputs["lr"], settings.scale)[0]), sr]))
+        upsampled = to_hwc(bicubic(inputs["lr"], settings.scale)[0])
+        write_rgb(pair.compare, side_by_side([upsampled, sr]))
     return sr.shape[:2]
 
 
-def _one_line(err: BaseException) -> str:
-    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
-
-
 def run_pairs(model, pairs: list[Pair], settings: Settings, errors: tuple[type[BaseException], ...],
-              show_progress: bool = True) -> list[dict]:
+              describe: Callable[[BaseException], str], show_progress: bool = True) -> list[dict]:
     """Process every pair (folder mode, module docstring): a pair raising one of ``errors`` (or
-    running out of memory) is reported on stderr and skipped. Prints the summary table; returns
-    its rows (``pair``, ``output``, ``seconds``, ``status``)."""
+    running out of memory) is reported on stderr as ``describe(error)`` and skipped. Prints the
+    summary table; returns its rows (``pair``, ``output``, ``seconds``, ``status``)."""
     from tqdm import tqdm
 
     errors = (*errors, torch.OutOfMemoryError)
@@ -214,7 +215,7 @@ def run_pairs(model, pairs: list[Pair], settings: Settings, errors: tuple[type[B
                     with tile_progress(pair.name, show_progress) as progress:
                         size = super_resolve_pair(model, pair, settings, progress)
                 except errors as err:
-                    problem = _one_line(err)
+                    problem = describe(err)
             status = "ok" if problem is None else f"failed: {problem}"
             if problem is not None:
                 tqdm.write(f"dzsr sr: {pair.name}: {status}", file=sys.stderr)

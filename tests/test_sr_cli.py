@@ -82,8 +82,9 @@ def test_folder_mode_pairs_by_name(world, tmp_path, capsys):
     gives for b.png + b.jpg: the pairs are matched by name, not by position."""
     capsys.readouterr()
     single = tmp_path / "b.png"
-    assert main(["sr", "--short", str(world / "short" / "b.png"), "--tele", str(world / "tele" / "b.jpg"),
-                 "--out", str(single), "--ckpt", str(world / "x4.pt"), "--tile", "32"]) == 0
+    assert main(["sr", "--short", str(world / "short" / "b.png"), "--tele",
+                 str(world / "tele" / "b.jpg"), "--out", str(single), "--ckpt",
+                 str(world / "x4.pt"), "--tile", "32"]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {single} (192x256, x4, cpu, fp32)")
     assert main(_argv(world, tmp_path / "all")) == EXIT_SOME_FAILED
     np.testing.assert_array_equal(read_rgb(tmp_path / "all" / "b.png"), read_rgb(single))
@@ -99,12 +100,14 @@ def test_partnerless_ambiguous_and_misfit_pairs_fail_alone(tmp_path, world, caps
     write_rgb(tmp_path / "tele" / "small.png", np.zeros((12, 16, 3), np.uint8))  # x1, not x4
     (tmp_path / "tele" / "notes.txt").write_text("not an image: ignored")
     capsys.readouterr()
-    assert main(["sr", "--short", str(tmp_path / "short"), "--tele", str(tmp_path / "tele"), "--out",
-                 str(tmp_path / "out"), "--ckpt", str(world / "x4.pt"), "--tile", "32"]) == EXIT_SOME_FAILED
+    argv = ["sr", "--short", str(tmp_path / "short"), "--tele", str(tmp_path / "tele"), "--out",
+            str(tmp_path / "out"), "--ckpt", str(world / "x4.pt"), "--tile", "32"]
+    assert main(argv) == EXIT_SOME_FAILED
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"dzsr sr: lone: failed: no telephoto image lone.* in {tmp_path / 'tele'}"
     assert err[1].startswith("dzsr sr: small: failed: ") and "scale 4" in err[1]
-    assert err[2] == f"dzsr sr: twin: failed: ambiguous name: twin.jpg, twin.png in {tmp_path / 'short'}"
+    assert err[2] == ("dzsr sr: twin: failed: ambiguous name: twin.jpg, twin.png in "
+                      f"{tmp_path / 'short'}")
     assert len(err) == 3 and os.listdir(tmp_path / "out") == ["ok.png"]
 
 
@@ -121,7 +124,8 @@ def test_existing_outputs_are_replaced_whole(world, tmp_path, capsys):
 
 
 def test_device_auto_is_cuda_when_available_else_cpu(monkeypatch):
-    assert dzsr.cli._sr_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert dzsr.cli._sr_device("auto") == torch.device(here)
     assert dzsr.cli._sr_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert dzsr.cli._sr_device("auto") == torch.device("cuda")
@@ -135,8 +139,9 @@ def test_bf16_from_the_command_line_meets_the_psnr_bound(world, tmp_path, capsys
     paths = {}
     for precision in ("fp32", "bf16"):
         paths[precision] = tmp_path / f"{precision}.png"
-        assert main(["sr", "--short", str(world / "short" / "a.png"), "--tele", str(world / "tele" / "a.png"),
-                     "--out", str(paths[precision]), "--precision", precision, "--tile", "32"]) == 0
+        assert main(["sr", "--short", str(world / "short" / "a.png"), "--tele",
+                     str(world / "tele" / "a.png"), "--out", str(paths[precision]), "--precision",
+                     precision, "--tile", "32"]) == 0
         device = "cuda" if torch.cuda.is_available() else "cpu"
         assert f"(192x256, x4, {device}, {precision})" in capsys.readouterr().out
     fp32, bf16 = (read_rgb(paths[p]).astype(np.float64) / 255 for p in ("fp32", "bf16"))

@@ -43,7 +43,8 @@ def _record_dtypes(model, monkeypatch) -> dict:
     seen: dict = {}
     net = model.restoration
     layers = {"extractor": model.extractor.query_trunk.conv3_1, "lr head": net.head,
-              "encoder": net.reference.encoder.convs[0], "estimator": net.reference.align.offsets.to_matrix,
+              "encoder": net.reference.encoder.convs[0],
+              "estimator": net.reference.align.offsets.to_matrix,
               "warp": net.reference.warp, "transform": net.reference.align.deform,
               "body": net.body_tail, "upsampler": net.upsampler.convs[-1]}
     def hook(name):
@@ -64,8 +65,8 @@ def _record_dtypes(model, monkeypatch) -> dict:
 
 
 @pytest.mark.parametrize("tile", [16, None])
-def test_bf16_lowers_the_convolutions_and_keeps_matching_and_sampling_float32(demo_crop, monkeypatch,
-                                                                              tile):
+def test_bf16_lowers_the_convolutions_and_keeps_matching_and_sampling_float32(demo_crop,
+                                                                              monkeypatch, tile):
     model, inputs = demo_crop
     model = load_model()  # fresh: hooks stay on this copy
     seen = _record_dtypes(model, monkeypatch)

@@ -52,8 +52,8 @@ class FlowWarp(nn.Module):
         are cast to it, so the sampling positions and the bilinear weights are full precision."""
         dtype = self.weight.dtype
         with autocast_off(x):
-            return dzsr_kernels.deform_conv2d(x.to(dtype), offsets.to(dtype), self.weight, self.bias,
-                                              groups=x.shape[1])
+            return dzsr_kernels.deform_conv2d(x.to(dtype), offsets.to(dtype), self.weight,
+                                              self.bias, groups=x.shape[1])
 
 
 class ReferenceEncoder(nn.Module):
