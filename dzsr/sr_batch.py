@@ -182,14 +182,20 @@ def tile_progress(name: str, enabled: bool):
 
 def super_resolve_pair(model, pair: Pair, settings: Settings, progress=None) -> tuple[int, int]:
     """Read, prepare, super-resolve and write one pair (and its comparison picture); returns the
-    output's (height, width)."""
+    output's (height, width). Running out of memory is a ValueError that says what to change."""
     short, tele = read_rgb(pair.short), read_rgb(pair.tele)
     inputs = prepare_inputs(short, tele, settings.scale, settings.region, settings.align,
                             settings.focal_ratio)
     device = settings.device
-    sr = super_resolve(model, inputs["lr"].to(device), inputs["ref"].to(device),
-                       inputs["paste_ref"].to(device), inputs["paste_box"], tile=settings.tile,
-                       progress=progress, precision=settings.precision)
+    try:
+        sr = super_resolve(model, inputs["lr"].to(device), inputs["ref"].to(device),
+                           inputs["paste_ref"].to(device), inputs["paste_box"], tile=settings.tile,
+                           progress=progress, precision=settings.precision)
+    except torch.OutOfMemoryError as err:
+        height, width = inputs["lr"].shape[-2:]
+        raise ValueError(f"out of memory on {device} for the {height}x{width} short-focus image: "
+                         f"try a smaller --tile or --precision bf16 "
+                         f"({str(err).splitlines()[0] if str(err) else 'no details'})") from None
     sr = to_hwc(sr[0].clamp(0, 1))
     write_rgb(pair.out, sr)
     if pair.compare is not None:
@@ -200,12 +206,11 @@ def super_resolve_pair(model, pair: Pair, settings: Settings, progress=None) -> 
 
 def run_pairs(model, pairs: list[Pair], settings: Settings, errors: tuple[type[BaseException], ...],
               describe: Callable[[BaseException], str], show_progress: bool = True) -> list[dict]:
-    """Process every pair (folder mode, module docstring): a pair raising one of ``errors`` (or
-    running out of memory) is reported on stderr as ``describe(error)`` and skipped. Prints the
-    summary table; returns its rows (``pair``, ``output``, ``seconds``, ``status``)."""
+    """Process every pair (folder mode, module docstring): a pair raising one of ``errors`` is
+    reported on stderr as ``describe(error)`` and skipped. Prints the summary table; returns its
+    rows (``pair``, ``output``, ``seconds``, ``status``)."""
     from tqdm import tqdm
 
-    errors = (*errors, torch.OutOfMemoryError)
     rows = []
     with _bar(show_progress, total=len(pairs), unit="pair", desc="pairs") as pair_bar:
         for pair in pairs:

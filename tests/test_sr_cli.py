@@ -123,6 +123,30 @@ def test_existing_outputs_are_replaced_whole(world, tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["a.png", "b.png", "c.png", "d.png", "keep.txt"]
 
 
+def test_running_out_of_memory_is_one_line_or_one_failed_pair(world, tmp_path, capsys,
+                                                               monkeypatch):
+    import dzsr.sr_batch
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB.\nMore text.")
+
+    monkeypatch.setattr(dzsr.sr_batch, "super_resolve", exhausted)
+    capsys.readouterr()
+    single = ["sr", "--short", str(world / "short" / "a.png"), "--tele",
+              str(world / "tele" / "a.png"), "--out", str(tmp_path / "a.png"), "--ckpt",
+              str(world / "x4.pt"), "--device", "cpu"]
+    assert main(single) == dzsr.cli.EXIT_ERROR
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["dzsr sr: error: out of memory on cpu for the 48x64 short-focus image: try a "
+                   "smaller --tile or --precision bf16 (CUDA out of memory. Tried to allocate "
+                   "9.00 GiB.)"]
+    assert main(_argv(world, tmp_path / "out")) == EXIT_SOME_FAILED
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 5 and all("failed: " in line for line in err)
+    assert sum("out of memory on cpu" in line for line in err) == 4
+    assert os.listdir(tmp_path) == []  # nothing written, not even the --out folder
+
+
 def test_device_auto_is_cuda_when_available_else_cpu(monkeypatch):
     here = "cuda" if torch.cuda.is_available() else "cpu"
     assert dzsr.cli._sr_device("auto") == torch.device(here)
