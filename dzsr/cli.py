@@ -37,14 +37,14 @@ from . import allocator
 
 EXIT_SOME_FAILED = 1  # dzsr sr folder mode: some pairs failed, the others were written
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+BACKEND_VARIABLE = "DZSR_KERNELS_BACKEND"
 SR_DESCRIPTION = """Super-resolve a short-focus image with its telephoto as the reference.
 Folder mode: --short DIR --tele DIR --out DIR pairs the images of the two folders by file name
 without extension (a.jpg with a.png) and writes OUT/NAME.png for each pair; a pair that fails
 (no partner, unreadable image, sizes that do not fit the scale) is reported in one line and
 skipped, a summary table follows, and the exit status is 1 if any pair failed (2: bad arguments,
 nothing run; 0: all written)."""
-EXIT_INTERRUPTED = 130
-BACKEND_VARIABLE = "DZSR_KERNELS_BACKEND"
 
 
 class _UsageError(Exception):

@@ -166,8 +166,8 @@ def super_resolve(model: SelfDZSR, lr: torch.Tensor, ref: torch.Tensor, paste_re
                   paste_box: torch.Tensor | None = None, predictor_lr: torch.Tensor | None = None,
                   predictor_ref: torch.Tensor | None = None, tile: int | None = DEFAULT_TILE,
                   progress: Progress | None = None, precision: str = "fp32") -> torch.Tensor:
-    """SR of ``lr`` (N,3,H,W) float32 -> (N,3,sH,sW) float32 (not clamped) in ``lr``'s memory
-    format, arguments as ``SelfDZSR.forward`` (test mode).
+    """SR of ``lr`` (N,3,H,W) -> (N,3,sH,sW) in ``lr``'s dtype (float32, whatever the precision;
+    not clamped) and memory format, arguments as ``SelfDZSR.forward`` (test mode).
 
     tile: LR tile side of the local stages (module docstring); None runs the untiled forward.
     progress: called as ``progress(done, total)`` after each tile of each pass, ``total`` being the
