@@ -3,11 +3,14 @@ real Nikon test image: LR 687x1111 (not a multiple of 4) -> SR 2748x4444, random
 the reference pasted over the central 1/4 box (as ``dzsr sr`` does).
 
 Cases: ops backend ``cpp`` (fast) vs ``reference`` (pure-PyTorch oracles), each tiled with the
-default tile (``dzsr.infer.DEFAULT_TILE``) and untiled. Time: interleaved median after a warm-up
+default tile (``dzsr.infer.DEFAULT_TILE``) and untiled, at each ``--precision`` (``super_resolve``'s:
+fp32, bf16, fp16 on CUDA only; default fp32). Time: interleaved median after a warm-up
 (benchmarks/_harness.py). Peak memory: child-process RSS above a child that builds the same model
-and inputs (docs/design.md#measuring). The last column is max |tiled - untiled| of the SR output per backend.
+and inputs (docs/design.md#measuring). The last column is max |tiled - untiled| of the SR output per backend
+and precision.
 
     python -m benchmarks.bench_inference [--quick] [--reps 1] [--no-memory] [--backends cpp reference]
+        [--precision fp32 bf16]
 """
 from __future__ import annotations
 
@@ -39,18 +42,19 @@ def build(height: int, width: int, scale: int = 4, device: str = "cpu"):
     return model, (lr, ref, paste_ref, box)
 
 
-def warm_up(model, backend: str, device: str = "cpu") -> None:
+def warm_up(model, backend: str, device: str = "cpu", precision: str = "fp32") -> None:
     """Load the backend's kernels (and build them) outside any measurement."""
     import dzsr_kernels
     from dzsr.infer import super_resolve
 
     with dzsr_kernels.use_backend(backend):
         small = torch.rand(1, 3, 16, 16, device=device)
-        super_resolve(model, small, small, tile=None, predictor_lr=small, predictor_ref=small)
+        super_resolve(model, small, small, tile=None, predictor_lr=small, predictor_ref=small,
+                      precision=precision)
 
 
 def make(backend: str, tile: int | None, height: int, width: int, scale: int = 4, threads: int = 0, sink=None,
-         device: str = "cpu"):
+         device: str = "cpu", precision: str = "fp32"):
     """Model, inputs (on ``device``) and a thunk running one whole-image SR (returns the output)."""
     import dzsr_kernels
     from dzsr.infer import super_resolve
@@ -58,13 +62,13 @@ def make(backend: str, tile: int | None, height: int, width: int, scale: int = 4
     if threads:
         torch.set_num_threads(threads)
     model, inputs = build(height, width, scale, device)
-    warm_up(model, backend, device)
+    warm_up(model, backend, device, precision)
 
     def thunk():
         with dzsr_kernels.use_backend(backend):
-            out = super_resolve(model, *inputs, tile=tile)
+            out = super_resolve(model, *inputs, tile=tile, precision=precision)
         if sink is not None:
-            sink[(backend, tile)] = out
+            sink[(backend, tile, precision)] = out
         return out
 
     return thunk
@@ -80,30 +84,33 @@ def main():
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--backends", nargs="+", default=["cpp", "reference"])
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "bf16", "fp16"),
+                        help="super_resolve precisions to time (fp16: CUDA only, refused on the CPU)")
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     tile = QUICK_TILE if args.quick else args.tile
     outputs: dict = {}
-    cases = {(b, t): make(b, t, **size, sink=outputs) for b in args.backends for t in (tile, None)}
+    cases = {(b, t, p): make(b, t, **size, sink=outputs, precision=p)
+             for b in args.backends for t in (tile, None) for p in args.precision}
     times = H.time_interleaved({k: v for k, v in cases.items()}, reps=args.reps, warmup=1 if args.quick else 0)
     rows = []
-    for (backend, t), seconds in times.items():
+    for (backend, t, precision), seconds in times.items():
         mem = ""
         if not (args.no_memory or args.quick):
-            kw = {"backend": backend, "tile": t, **size, "threads": torch.get_num_threads()}
+            kw = {"backend": backend, "tile": t, **size, "threads": torch.get_num_threads(), "precision": precision}
             mem = H.fmt_bytes(H.peak_cpu_memory(CASE, kw))
-        diff = (outputs[(backend, tile)] - outputs[(backend, None)]).abs().max().item()
-        rows.append([backend, f"tile {t}" if t else "untiled", H.fmt_time(seconds), mem, f"{diff:.1e}"])
+        diff = (outputs[(backend, tile, precision)] - outputs[(backend, None, precision)]).abs().max().item()
+        rows.append([backend, f"tile {t}" if t else "untiled", precision, H.fmt_time(seconds), mem, f"{diff:.1e}"])
         print(" | ".join(rows[-1]), flush=True)
-    base = times.get(("reference", None))
+    base = times.get(("reference", None, "fp32"))
     if base:
         for row, seconds in zip(rows, times.values()):
-            row.insert(3, f"{base / seconds:.2f}x")
+            row.insert(4, f"{base / seconds:.2f}x")
     print()
     print(H.machine_line())
     print(f"x4 whole-image inference, LR {size['height']}x{size['width']} -> SR {4 * size['height']}x{4 * size['width']}")
-    header = ["ops", "tiling", "time"] + (["vs reference untiled"] if base else []) + ["peak RSS added",
-                                                                                       "max |tiled - untiled|"]
+    header = (["ops", "tiling", "precision", "time"] + (["vs reference untiled fp32"] if base else [])
+              + ["peak RSS added", "max |tiled - untiled|"])
     print(H.markdown_table(header, rows))
 
 

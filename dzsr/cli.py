@@ -8,9 +8,11 @@ folder should be), OpenCV errors, and a kernel backend or device that cannot run
 with one ``dzsr <command>: interrupted ...`` line and exit status 130 (``dzsr train`` first writes a
 checkpoint of the iteration it reached, see ``dzsr.train``).
 
-Outputs are checked before any work and written atomically (``dzsr.outputs``): ``sr --out`` must
-have a writable image extension, be no folder and not be one of the command's inputs
-(``--short``, ``--tele``, ``--ckpt``, ``--extractor``; symlinks and hard links included);
+Outputs are checked before any work and written atomically (``dzsr.outputs``): ``sr --out`` (and
+``--save-compare``) must have a writable image extension, be no folder and not be one of the
+command's inputs (``--short``, ``--tele``, ``--ckpt``, ``--extractor``; symlinks and hard links
+included); in folder mode every output path is checked so (``dzsr.sr_batch``), and a failed pair
+is reported and skipped instead of ending the command (exit status 1 at the end);
 ``eval --csv`` must end in ``.csv``; ``convert --out`` must end in ``.safetensors`` or ``.pt`` and
 not be ``--ckpt`` or ``--extractor``; ``demo --out`` and ``prepare --dst`` must be usable folders;
 ``train`` refuses an ``log.out_dir`` that already holds a checkpoint unless ``--resume`` or
@@ -34,9 +36,16 @@ import sys
 
 from . import allocator
 
+EXIT_SOME_FAILED = 1  # dzsr sr folder mode: some pairs failed, the others were written
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 BACKEND_VARIABLE = "DZSR_KERNELS_BACKEND"
+SR_DESCRIPTION = """Super-resolve a short-focus image with its telephoto as the reference.
+Folder mode: --short DIR --tele DIR --out DIR pairs the images of the two folders by file name
+without extension (a.jpg with a.png) and writes OUT/NAME.png for each pair; a pair that fails
+(no partner, unreadable image, sizes that do not fit the scale) is reported in one line and
+skipped, a summary table follows, and the exit status is 1 if any pair failed (2: bad arguments,
+nothing run; 0: all written)."""
 
 
 class _UsageError(Exception):
@@ -57,7 +66,7 @@ def check_device(spec: str, what: str):
     except (RuntimeError, TypeError):
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{what} must be cpu, cuda or cuda:N, got {spec!r}")
+        raise ValueError(f"{what} must be auto, cpu, cuda or cuda:N, got {spec!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{what} {spec}: CUDA is not available on this machine (no GPU, or a CPU-only PyTorch)")
@@ -137,38 +146,47 @@ def _tile(args: argparse.Namespace):
     return None if args.tile == 0 else args.tile
 
 
-def _read_pair(short: str, tele: str):
-    from .data import read_rgb
+def _sr_device(spec: str):
+    """``--device``: ``auto`` is CUDA when available, else the CPU; others as ``check_device``."""
+    import torch
 
-    return read_rgb(short), read_rgb(tele)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(spec, "--device")
 
 
 def cmd_sr(args: argparse.Namespace) -> int:
-    """Super-resolve a whole short-focus image with its telephoto as the reference."""
+    """Super-resolve a whole short-focus image with its telephoto as the reference (or folders of
+    pairs: dzsr.sr_batch)."""
     import dzsr_kernels
 
-    from .data import to_hwc, write_rgb
-    from .data.imageio import writable_extensions
-    from .data.inputs import prepare_inputs
+    from . import sr_batch
     from .checkpoint import load_model
-    from .infer import super_resolve
-    from .outputs import check_output
+    from .infer import autocast_dtype
 
-    device = check_device(args.device, "--device")
+    device = _sr_device(args.device)
     backend = check_backend(args.backend, device.type)
-    check_output(args.out, "--out", writable_extensions(), inputs=(args.short, args.tele, args.ckpt, args.extractor))
+    autocast_dtype(args.precision, device, "--precision")
     tile = _tile(args)
-    short, tele = _read_pair(args.short, args.tele)
-    model = load_model(args.ckpt, args.scale, args.extractor)
-    align = "never" if args.no_align else args.align
-    inputs = prepare_inputs(short, tele, model.scale, args.region, align, args.focal_ratio)
-    print(inputs["alignment"])
-    model.to(device)
+    folders = sr_batch.check_folder_mode(args.short, args.tele, args.out, args.save_compare)
+    if folders:
+        pairs = sr_batch.folder_pairs(args.short, args.tele, args.out, args.save_compare)
+    else:
+        pairs = [sr_batch.Pair(args.short, args.short, args.tele, args.out, args.save_compare)]
+    sr_batch.check_pair_outputs(pairs, (args.ckpt, args.extractor))
+    model = load_model(args.ckpt, args.scale, args.extractor).to(device)
+    settings = sr_batch.Settings(model.scale, device, args.region,
+                                 "never" if args.no_align else args.align,
+                                 args.focal_ratio, tile, args.precision)
     with dzsr_kernels.use_backend(backend) if backend else contextlib.nullcontext():
-        sr = super_resolve(model, inputs["lr"].to(device), inputs["ref"].to(device), inputs["paste_ref"].to(device),
-                           inputs["paste_box"], tile=tile)
-    write_rgb(args.out, to_hwc(sr[0].clamp(0, 1)))
-    print(f"wrote {args.out} ({sr.shape[-2]}x{sr.shape[-1]}, x{model.scale})")
+        if folders:
+            rows = sr_batch.run_pairs(model, pairs, settings, _expected_errors(), _one_line,
+                                      not args.no_progress)
+            return EXIT_SOME_FAILED if any(r["status"] != "ok" for r in rows) else 0
+        with sr_batch.tile_progress("tiles", not args.no_progress) as progress:
+            height, width = sr_batch.super_resolve_pair(model, pairs[0], settings, progress)
+    print(f"wrote {args.out} ({height}x{width}, x{model.scale}, {device}, {args.precision})"
+          + (f" and {args.save_compare}" if args.save_compare else ""))
     return 0
 
 
@@ -264,10 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sr", help=cmd_sr.__doc__)
-    p.add_argument("--short", required=True, help="short-focus (wide) image")
-    p.add_argument("--tele", required=True, help="telephoto image of the same scene")
-    p.add_argument("--out", required=True, help="output image path (.png)")
+    p = sub.add_parser("sr", help=cmd_sr.__doc__, description=SR_DESCRIPTION)
+    p.add_argument("--short", required=True, help="short-focus (wide) image, or a folder of them")
+    p.add_argument("--tele", required=True, help="telephoto image of the same scene, or a folder")
+    p.add_argument("--out", required=True,
+                   help="output image path (.png; an existing file is replaced), or a folder")
+    p.add_argument("--save-compare", metavar="PATH|DIR",
+                   help="also write bicubic | SR side by side, same height (a folder in folder "
+                        "mode)")
     p.add_argument("--ckpt", help="dzsr checkpoint, or the authors' RefSR_model_*.pth (default: the demo x4 one)")
     p.add_argument("--extractor", help="the authors' Student_model_*.pth (with an authors' RefSR checkpoint)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="expected scale (checked against the checkpoint)")
@@ -286,7 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--focal-ratio", type=float, help="short/tele focal-length ratio (default 1/scale)")
     p.add_argument("--backend", help=f"kernel backend: auto, cpp, triton or reference (default: ${BACKEND_VARIABLE}, "
                                      "else auto)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="convolution stages in fp32 (default), bf16 or fp16 (CUDA only); matching "
+                        "and the deformable convolutions stay fp32")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they show on stderr only when it is a terminal)")
     _add_tile(p)
     p.set_defaults(func=cmd_sr)
 

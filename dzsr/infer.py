@@ -23,12 +23,30 @@ default model):
     residual blocks and body tail (2 per block + 1 px);
   * upsample: upsampler and tail (2 px), written into the (N,3,sH,sW) output.
 
+Precision (``precision=``, ``dzsr sr --precision``): ``fp32`` runs everything in float32. ``bf16``
+and ``fp16`` run the model under ``torch.autocast(device, dtype)``, which lowers the plain
+convolutions: the restoration network's ``lr_features``, ``align_lr`` (P=0: 1x1 convs), ``fuse``,
+``body``, ``upsample`` and degradation predictor, the reference branch's encoder and paste head,
+and the reference AdaSTN's offset estimator (so A and b are rounded to the lower precision before
+they are used). These stay float32, whatever the setting (autocast is switched off inside them,
+``dzsr.models.blocks.autocast_off``): ``SelfDZSR.match`` (the VGG extractor and the top-1 patch
+match, an argmax that lower-precision features would reorder where correlations are close) and
+both deformable convolutions (the reference warp and the reference AdaSTN's transform: sampling
+positions, bilinear weights and the weighted sum, their inputs cast to float32 first). The tile
+buffers of the lowered stages (geometry, fused and aligned features, body, SR) hold the lower
+precision; the result is returned in ``lr``'s dtype (float32). ``fp16`` is refused on the CPU:
+PyTorch's CPU float16 convolutions are emulated there and measured several times slower than
+float32 on the development CPU (AVX-512 BF16, no FP16 arithmetic), while bf16 uses oneDNN's
+native bfloat16 kernels. Quality: the PSNR of bf16 against fp32 output on the bundled sample is
+tested (>= 40 dB, tests/test_sr_precision.py) and stated in README.md.
+
 The fast deformable-conv kernels need no buffer beyond their output, so each global warp costs one
 (N,64,H,W) map. Each pass's output is allocated once, at its first tile; the per-tile activations
 are the layers' own outputs.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -40,6 +58,7 @@ from .models.selfdzsr import memory_format_of, pad_to_feature_stride
 
 DEFAULT_TILE = 384
 BODY_TILE_FACTOR = 2  # body pass: small memory per pixel (64 channels), large halo -> larger tiles
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # -> autocast dtype
 
 Progress = Callable[[int, int], None]
 
@@ -119,25 +138,57 @@ def _check_eval(model: SelfDZSR) -> None:
                          "random AdaSTN dropouts and pastes")
 
 
+def autocast_dtype(precision: str, device: torch.device | str,
+                   what: str = "precision") -> torch.dtype | None:
+    """The ``torch.autocast`` dtype of ``precision`` (``PRECISIONS``) on ``device``: None for fp32.
+    ValueError naming ``what`` for an unknown name, and for fp16 on the CPU (module docstring,
+    Precision)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{what} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and torch.device(device).type == "cpu":
+        raise ValueError(f"{what} fp16 is for CUDA devices: on the CPU float16 convolutions are "
+                         f"emulated and slower than fp32; use bf16 (or fp32) there")
+    return PRECISIONS[precision]
+
+
+def _autocast(dtype: torch.dtype | None, device: torch.device):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 @torch.no_grad()
 def super_resolve(model: SelfDZSR, lr: torch.Tensor, ref: torch.Tensor, paste_ref: torch.Tensor | None = None,
                   paste_box: torch.Tensor | None = None, predictor_lr: torch.Tensor | None = None,
                   predictor_ref: torch.Tensor | None = None, tile: int | None = DEFAULT_TILE,
-                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """SR of ``lr`` (N,3,H,W) -> (N,3,sH,sW) in ``lr``'s memory format, arguments as
-    ``SelfDZSR.forward`` (test mode).
+                  progress: Progress | None = None, precision: str = "fp32") -> torch.Tensor:
+    """SR of ``lr`` (N,3,H,W) -> (N,3,sH,sW) in ``lr``'s dtype (float32, whatever the precision;
+    not clamped) and memory format, arguments as ``SelfDZSR.forward`` (test mode).
 
     tile: LR tile side of the local stages (module docstring); None runs the untiled forward.
     progress: called as ``progress(done, total)`` after each tile of each pass, ``total`` being the
     number of tile computations of the whole call; the untiled forward counts as one.
+    precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA only): the dtype of the convolution stages
+    under ``torch.autocast``; matching and the deformable convolutions stay float32 (module
+    docstring, Precision).
     """
     _check_eval(model)
-    if tile is None:
-        sr = model(lr, ref, paste_ref=paste_ref, paste_box=paste_box, predictor_lr=predictor_lr,
-                   predictor_ref=predictor_ref).sr
-        _Counter(1, progress).step()
-        return sr
     model.check_inputs(lr, ref, paste_ref=paste_ref, paste_box=paste_box)
+    dtype = autocast_dtype(precision, lr.device)
+    with _autocast(dtype, lr.device):
+        if tile is None:
+            sr = model(lr, ref, paste_ref=paste_ref, paste_box=paste_box, predictor_lr=predictor_lr,
+                       predictor_ref=predictor_ref).sr
+            _Counter(1, progress).step()
+        else:
+            sr = _tiled_forward(model, lr, ref, paste_ref, paste_box, predictor_lr, predictor_ref,
+                                tile, progress)
+    return sr if dtype is None else sr.to(lr.dtype)
+
+
+def _tiled_forward(model: SelfDZSR, lr, ref, paste_ref, paste_box, predictor_lr, predictor_ref,
+                   tile: int, progress: Progress | None) -> torch.Tensor:
+    """``super_resolve`` with tiles (module docstring), in the dtype autocast gives its stages."""
     predictor_lr, predictor_ref = model.predictor_inputs(lr, paste_ref, paste_box, predictor_lr,
                                                          predictor_ref)
     net, branch = model.restoration, model.restoration.reference

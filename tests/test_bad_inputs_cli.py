@@ -68,6 +68,9 @@ def world(tmp_path_factory):
     (w / "trunc.safetensors").write_bytes((w / "x4.safetensors").read_bytes()[:-1000])
     x4 = SelfDZSR(4).restoration
     torch.save({"state_dict": to_official(x4.state_dict(), "restoration", x4)}, w / "official_up.pt")
+    for name in ("sr_pairs/short/a.png", "sr_pairs/tele/a.png"):
+        os.makedirs((w / name).parent, exist_ok=True)
+        _png(w / name, 96, 96)
     for d in ("folder.png", "ro", "sub", "dir.csv", "run_old", "demo_out", "demo_dirs/sr.png", "ev_gt_empty",
               "pr_empty/short", "pr_empty/tele", "pr_only_short/short"):
         os.makedirs(w / d)
@@ -89,6 +92,8 @@ def world(tmp_path_factory):
 
 
 SR = ["sr", "--short", "{w}/short.png", "--tele", "{w}/tele.png", "--ckpt", "{w}/x4.pt", "--out", "{t}/o.png"]
+SR_DIRS = ["sr", "--short", "{w}/sr_pairs/short", "--tele", "{w}/sr_pairs/tele", "--ckpt",
+           "{w}/x4.pt", "--out", "{t}/o"]
 TRAIN = ["train", "--config", "sample_x4", "log.out_dir={t}/run"]
 EVAL = ["eval", "--sr", "{w}/ev_sr", "--gt", "{w}/ev_gt", "--scale", "4"]
 DEMO = ["demo", "--ckpt", "{w}/x4.pt", "--out", "{t}/demo"]
@@ -120,7 +125,8 @@ CASES = [
     ("sr-short-undecodable", _sr("--short", "{w}/broken.png"), {}, (), ("broken.png", "cannot read image")),
     ("sr-short-empty", _sr("--short", "{w}/empty.png"), {}, (), ("empty.png", "empty")),
     ("sr-short-text", _sr("--short", "{w}/text.jpg"), {}, (), ("text.jpg", "cannot read image")),
-    ("sr-short-folder", _sr("--short", "{w}/folder.png"), {}, (), ("folder.png", "not found")),
+    ("sr-short-folder", _sr("--short", "{w}/folder.png"), {}, (),
+     ("folder.png", "is a folder but --tele")),
     ("sr-short-checkpoint", _sr("--short", "{w}/x4.pt"), {}, (), ("x4.pt", "cannot read image")),
     *[(f"sr-short-truncated{ext}", _sr("--short", f"{{w}}/trunc{ext}"), {}, (), (f"trunc{ext}",))
       for ext in (".jpg", ".png", ".webp", ".bmp", ".tif")],
@@ -192,6 +198,36 @@ CASES = [
     ("sr-env-backend-empty", SR, {"DZSR_KERNELS_BACKEND": ""}, (), ("DZSR_KERNELS_BACKEND", "''")),
     ("sr-env-backend-triton-unavailable", SR, {"DZSR_KERNELS_BACKEND": "triton"}, ("no_interp",),
      ("DZSR_KERNELS_BACKEND triton", "cannot run on cpu")),
+    ("sr-device-gpu", [*SR, "--device", "gpu"], {}, (), ("--device must be auto, cpu", "'gpu'")),
+    ("sr-precision-invalid", [*SR, "--precision", "half"], {}, (),
+     ("--precision", "invalid choice")),
+    ("sr-precision-fp16-cpu", [*SR, "--precision", "fp16", "--device", "cpu"], {}, (),
+     ("--precision fp16", "CUDA")),
+    ("sr-compare-unknown-extension", [*SR, "--save-compare", "{t}/c.xyz"], {}, (),
+     ("--save-compare", "'.xyz'")),
+    ("sr-compare-is-out", [*SR, "--save-compare", "{t}/o.png"], {}, (),
+     ("--save-compare", "also be written")),
+    ("sr-compare-is-short", [*SR, "--save-compare", "{w}/short.png"], {}, (),
+     ("--save-compare", "input file")),
+    ("sr-compare-is-folder", [*SR, "--save-compare", "{w}/folder.png"], {}, (),
+     ("--save-compare", "is a folder")),
+    # ---------------------------------------------------------------- sr: folder mode
+    ("sr-folder-tele-file", _set(SR_DIRS, "--tele", "{w}/tele.png"), {}, (),
+     ("--short", "folder but --tele")),
+    ("sr-folder-tele-missing", _set(SR_DIRS, "--tele", "{w}/none"), {}, (),
+     ("--tele", "none", "not found")),
+    ("sr-folder-out-is-file", _set(SR_DIRS, "--out", "{w}/plain"), {}, (), ("--out", "is a file")),
+    ("sr-folder-out-read-only", _set(SR_DIRS, "--out", "{w}/ro/new"), {}, ("ro",),
+     ("--out", "not writable")),
+    ("sr-folder-out-is-short", _set(SR_DIRS, "--out", "{w}/sr_pairs/short"), {}, (),
+     ("a.png", "input file")),
+    ("sr-folder-compare-is-file", [*SR_DIRS, "--save-compare", "{w}/plain"], {}, (),
+     ("--save-compare", "is a file")),
+    ("sr-folder-compare-is-out", [*SR_DIRS, "--save-compare", "{t}/o"], {}, (),
+     ("--save-compare", "also be written")),
+    ("sr-folder-no-images",
+     _set(_set(SR_DIRS, "--short", "{w}/pr_empty/short"), "--tele", "{w}/pr_empty/tele"), {}, (),
+     ("hold no images",)),
     # ---------------------------------------------------------------- train
     ("train-config-missing", ["train", "--config", "{w}/none.yaml"], {}, (), ("none.yaml", "not found")),
     ("train-config-unknown-preset", ["train", "--config", "nope"], {}, (), ("unknown preset 'nope'",)),

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from dzsr_kernels import AffineDeformConv2d
 
-from .blocks import conv_halo
+from .blocks import autocast_off, conv_halo
 
 
 class OffsetEstimator(nn.Module):
@@ -85,5 +85,12 @@ class AdaSTN(nn.Module):
     def transform(self, x: torch.Tensor, A: torch.Tensor | None = None,
                   b: torch.Tensor | None = None) -> torch.Tensor:
         """The deformable conv at taps q + A g + b, then LeakyReLU(0.2): (N,64,H,W). Without A and
-        b the P=0 path, a per-pixel (1x1 depthwise) conv."""
-        return F.leaky_relu(self.deform(x, A, b), 0.2)
+        b the P=0 path, a per-pixel (1x1 depthwise) conv. The deformable conv runs in the weights'
+        dtype (float32) also inside ``torch.autocast`` (x, A and b are cast to it); the P=0 conv
+        follows autocast like any convolution."""
+        if A is None or b is None:
+            return F.leaky_relu(self.deform(x, A, b), 0.2)
+        dtype = self.deform.weight.dtype
+        with autocast_off(x):
+            out = self.deform(x.to(dtype), A.to(dtype), b.to(dtype))
+        return F.leaky_relu(out, 0.2)

@@ -35,6 +35,13 @@ def conv_halo(conv: nn.Conv2d) -> int:
     return max(reach)
 
 
+def autocast_off(x: torch.Tensor) -> torch.autocast:
+    """A context in which autocast is off on ``x``'s device: the enclosed ops run in their inputs'
+    dtypes. The precision-sensitive stages (matching, the deformable convolutions' sampling) use it
+    so that a caller's ``torch.autocast`` region only lowers the plain convolutions."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def check_image(name: str, x: object, like: torch.Tensor | None = None, size=None) -> None:
     """``x`` must be a float tensor (N,3,H,W), with ``like``'s batch size and spatial ``size``
     (H, W) when given; otherwise ValueError naming ``name``."""

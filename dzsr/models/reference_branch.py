@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import dzsr_kernels
 
 from .adastn import AdaSTN
-from .blocks import MeanShift, check_image, conv3x3, space_to_depth
+from .blocks import MeanShift, autocast_off, check_image, conv3x3, space_to_depth
 
 
 def matching_offsets(query_features: torch.Tensor, ref_features: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,12 @@ class FlowWarp(nn.Module):
         self.bias = nn.Parameter(init.bias.detach().clone())
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return dzsr_kernels.deform_conv2d(x, offsets, self.weight, self.bias, groups=x.shape[1])
+        """In the weights' dtype (float32) also inside ``torch.autocast``: ``x`` and the offsets
+        are cast to it, so the sampling positions and the bilinear weights are full precision."""
+        dtype = self.weight.dtype
+        with autocast_off(x):
+            return dzsr_kernels.deform_conv2d(x.to(dtype), offsets.to(dtype), self.weight,
+                                              self.bias, groups=x.shape[1])
 
 
 class ReferenceEncoder(nn.Module):

@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .adastn import AdaSTN
-from .blocks import (MeanShift, PixelShuffleUpsampler, Predictor, ResidualBlock, check_image,
-                     conv3x3, conv_halo)
+from .blocks import (MeanShift, PixelShuffleUpsampler, Predictor, ResidualBlock, autocast_off,
+                     check_image, conv3x3, conv_halo)
 from .extractor import MatchingExtractor
 from .kernel_gen import KernelGen
 from .reference_branch import ReferenceBranch, check_paste_inputs, matching_offsets
@@ -240,5 +240,8 @@ class SelfDZSR(nn.Module):
 
     def match(self, guide: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Matching offsets (N,18,H,W) of the reference onto the guide, both (N,3,H,W) padded to
-        multiples of ``FEATURE_STRIDE`` (``pad_to_feature_stride``): global, no gradient."""
-        return matching_offsets(*self.extractor(guide, ref))
+        multiples of ``FEATURE_STRIDE`` (``pad_to_feature_stride``): global, no gradient. Runs in
+        the inputs' dtype (float32) also inside ``torch.autocast``: the top-1 patch choice is an
+        argmax over correlations that a bfloat16 extractor would reorder where they are close."""
+        with autocast_off(guide):
+            return matching_offsets(*self.extractor(guide, ref))
