@@ -184,7 +184,7 @@ def cmd_sr(args: argparse.Namespace) -> int:
                                       not args.no_progress)
             return EXIT_SOME_FAILED if any(r["status"] != "ok" for r in rows) else 0
         with sr_batch.tile_progress("tiles", not args.no_progress) as progress:
-            height, width = sr_batch.super_resolve_pair(model, pairs[0], settings, progress)
+            height, width = sr_batch.super_resolve_pair(model, pairs[0], settings, progress, print)
     print(f"wrote {args.out} ({height}x{width}, x{model.scale}, {device}, {args.precision})"
           + (f" and {args.save_compare}" if args.save_compare else ""))
     return 0

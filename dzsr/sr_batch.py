@@ -180,13 +180,17 @@ def tile_progress(name: str, enabled: bool):
         bar.close()
 
 
-def super_resolve_pair(model, pair: Pair, settings: Settings, progress=None) -> tuple[int, int]:
+def super_resolve_pair(model, pair: Pair, settings: Settings, progress=None,
+                       note: Callable[[str], None] | None = None) -> tuple[int, int]:
     """Read, prepare, super-resolve and write one pair (and its comparison picture); returns the
-    output's (height, width). Running out of memory is a ValueError that says what to change."""
+    output's (height, width). ``note`` gets the line saying how the telephoto was aligned
+    (``prepare_inputs``' ``alignment``). Running out of memory is a ValueError that says what to
+    change."""
     short, tele = read_rgb(pair.short), read_rgb(pair.tele)
     inputs = prepare_inputs(short, tele, settings.scale, settings.region, settings.align,
                             settings.focal_ratio)
-    tqdm.write(f"{pair.name}: {inputs['alignment']}")
+    if note is not None:
+        note(inputs["alignment"])
     device = settings.device
     try:
         sr = super_resolve(model, inputs["lr"].to(device), inputs["ref"].to(device),

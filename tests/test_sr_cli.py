@@ -85,7 +85,8 @@ def test_folder_mode_pairs_by_name(world, tmp_path, capsys):
     assert main(["sr", "--short", str(world / "short" / "b.png"), "--tele",
                  str(world / "tele" / "b.jpg"), "--out", str(single), "--ckpt",
                  str(world / "x4.pt"), "--tile", "32"]) == 0
-    assert capsys.readouterr().out.startswith(f"wrote {single} (192x256, x4, cpu, fp32)")
+    out = capsys.readouterr().out.splitlines()  # the alignment line, then what was written
+    assert out[0].startswith("telephoto ") and out[1] == f"wrote {single} (192x256, x4, cpu, fp32)"
     assert main(_argv(world, tmp_path / "all")) == EXIT_SOME_FAILED
     np.testing.assert_array_equal(read_rgb(tmp_path / "all" / "b.png"), read_rgb(single))
     assert not np.array_equal(read_rgb(tmp_path / "all" / "a.png")[:10], read_rgb(single)[:10])
