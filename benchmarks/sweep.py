@@ -27,8 +27,8 @@ import argparse
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -113,7 +113,7 @@ def measure(sweep: Sweep, device: str, quick: bool, reps: int) -> list[dict]:
 def _commit() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                         text=True)
+                         text=True, check=False)
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 

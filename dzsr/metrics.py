@@ -4,7 +4,7 @@ way the authors' evaluation script does (``docs/design.md#evaluation``).
 Images are RGB: numpy arrays are HWC ``(H, W, 3)`` (float in [0, 1], or uint8 divided by 255),
 tensors are CHW ``(3, H, W)`` or ``(1, 3, H, W)`` floats in [0, 1]. No border is shaved, no
 clipping or rounding is applied. PSNR and SSIM are computed in float64 numpy, on RGB or, with
-``luma=True``, on the BT.601 luma ``Y`` of ``luma`` (LPIPS always on RGB).
+``image_metrics(..., y_channel=True)``, on the BT.601 luma (``luma``); LPIPS always on RGB.
 
 Corner-Image (the authors' ``crop_part``): with ``ch = H // s``, ``cw = W // s``,
 ``y0 = (H - ch) // 2``, ``x0 = (W - cw) // 2``, the central region is rows ``[y0, y0+ch)`` x
@@ -332,9 +332,9 @@ def image_metrics(sr, gt, scale: int, lpips: LPIPS | None = None, corner_weighti
                          f"{need} needed")
     pa, pb = (luma(a), luma(b)) if y_channel else (a, b)
     areas = np.array([_area(box) for box in strips], dtype=np.float64)
-    weights = areas / areas.sum() if corner_weighting == "area" else np.full(len(strips), 0.25)
-    y, corner = ("_y" if y_channel else ""), ("_corner_area" if corner_weighting == "area"
-                                               else "_corner")
+    area_weighted = corner_weighting == "area"
+    weights = areas / areas.sum() if area_weighted else np.full(len(strips), 1.0 / len(strips))
+    y, corner = ("_y" if y_channel else ""), ("_corner_area" if area_weighted else "_corner")
     out = {f"psnr{y}": psnr_from_mse(float(np.mean((pa - pb) ** 2))),
            f"ssim{y}": _channel_ssim(pa, pb)}
     if lpips is not None:
