@@ -1,0 +1,163 @@
+"""ONNX translations (opset 19, onnxscript) of the two ops ``dzsr.export`` leaves in its graph.
+
+``torch.onnx.export(..., dynamo=True, custom_translation_table=TRANSLATIONS)`` replaces each
+call of these torch ops by the ONNX nodes below (docs/design.md#export):
+
+* ``torch.ops.dzsr.deform_conv2d_packed`` (the deformable convolutions, ``dzsr_kernels``): one
+  standard ``DeformConv`` node. In affine mode (the AdaSTN, geometry ``cat([A, b], 1)`` (N,6,H,W))
+  its offsets (N,2k²,H,W) are built in-graph by a constant 1x1 convolution,
+  ``offset_t = A g_t + b - g_t`` interleaved (dy, dx) (docs/design.md#deform-conv); in general
+  mode the offsets are the op's own.
+* ``torch.ops.dzsr.matching_offsets`` (``dzsr.export``): the model's matching,
+  ``dzsr.models.reference_branch.matching_offsets``, from the extractor's features
+  (1,C,h,w) to the deformable-conv offsets (1,18,4h,4w): pixel normalisation, the top-1 3x3
+  patch search as an ONNX ``Loop`` over chunks of reference patches (each chunk a ``Conv`` of the
+  query with those patches as filters, at most ``CHUNK_ELEMENTS`` scores alive at once), then
+  index -> flow -> the 9 shifted copies -> bilinear x4 upsampling, as
+  ``dzsr_kernels.patch_match`` and its ``flow.py`` define them (docs/design.md#patch-match).
+  Batch size 1; finite features only (the non-finite rule of ``patch_match`` is not reproduced).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxscript
+from onnxscript import FLOAT, INT64
+from onnxscript import opset18 as op18
+from onnxscript import opset19 as op
+
+from dzsr_kernels.deform_conv.reference import tap_grid
+from dzsr_kernels.patch_match.flow import PATCH
+from dzsr_kernels.patch_match.reference import CHUNK_ELEMENTS, NORM_EPS
+
+OPSET = 19
+# torch.onnx builds the graph in opset 18 (torchlib's) and converts it to OPSET afterwards: a
+# scripted function (the Loop) must be written against that opset to be inlined.
+BUILD_OPSET = op18
+MATCH_SCALE = 4  # the extractor's features are 1/4 of the image grid
+
+
+def _const(values, dtype) -> onnxscript.ir.Value:
+    return op.Constant(value=onnxscript.ir.tensor(np.asarray(values, dtype=dtype)))
+
+
+def _ints(*values: int):
+    return _const(list(values), np.int64)
+
+
+def affine_offset_conv(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weight (2k²,6,1,1) and bias (2k²,) of the 1x1 convolution taking the AdaSTN geometry
+    ``[A0, A1, A2, A3, by, bx]`` to torchvision-layout offsets: channel 2t is
+    ``A0 gy + A1 gx + by - gy`` and 2t+1 is ``A2 gy + A3 gx + bx - gx`` for tap t's grid vector
+    (gy, gx) (docs/design.md#deform-conv)."""
+    grid = tap_grid(k).numpy()
+    weight = np.zeros((2 * k * k, 6, 1, 1), np.float32)
+    bias = -grid.reshape(-1).astype(np.float32)  # (-gy_0, -gx_0, -gy_1, ...)
+    for t, (gy, gx) in enumerate(grid):
+        weight[2 * t, [0, 1, 4], 0, 0] = gy, gx, 1.0
+        weight[2 * t + 1, [2, 3, 5], 0, 0] = gy, gx, 1.0
+    return weight, bias
+
+
+def deform_conv2d_packed(x, geom, affine: bool, weight, bias, groups: int, backend: str):
+    """``dzsr::deform_conv2d_packed`` as ``DeformConv`` (stride 1, padding k//2); ``backend``
+    only chose the PyTorch kernel and plays no part here."""
+    k = weight.shape[2]
+    if not isinstance(k, int):
+        raise ValueError(f"deformable-conv weight needs a static kernel size, got shape {weight.shape}")
+    offset = geom
+    if affine:
+        w, b = affine_offset_conv(k)
+        offset = op.Conv(geom, _const(w, np.float32), _const(b, np.float32))
+    inputs = [x, weight, offset] + ([bias] if bias is not None else [])
+    return op.DeformConv(*inputs, group=groups, offset_group=1, kernel_shape=[k, k],
+                         pads=[k // 2] * 4, strides=[1, 1], dilations=[1, 1])
+
+
+def _normalise(x):
+    """Pixels (1,C,H,W) times 1 / max(||x||, NORM_EPS) over C (as ``normalise_pixels`` rounds)."""
+    norm = op.ReduceL2(x, _ints(1), keepdims=1)
+    return op.Mul(x, op.Reciprocal(op.Max(norm, _const(NORM_EPS, np.float32))))
+
+
+def _inverse_patch_norms(u):
+    """Normalised pixels (1,C,H,W) -> 1/|P| of each 3x3 patch (1,1,H-2,W-2), 0 where |P| = 0."""
+    norm = op.ReduceL2(u, _ints(1), keepdims=1)
+    ones = _const(np.ones((1, 1, PATCH, PATCH)), np.float32)
+    patch = op.Sqrt(op.Conv(op.Mul(norm, norm), ones))
+    zero = _const(0.0, np.float32)
+    return op.Where(op.Equal(patch, zero), zero, op.Reciprocal(patch))
+
+
+@onnxscript.script(BUILD_OPSET)
+def _top1_loop(uq: FLOAT[...], ur_flat: FLOAT[...], inv_r: FLOAT[...], taps: INT64[...], wr: INT64,
+               wpr: INT64, n_ref: INT64, chunk: INT64, n_chunks: INT64, best: FLOAT[...],
+               index: INT64[...]) -> INT64[...]:
+    """The search: for each chunk of ``chunk`` reference patches (indices clipped to the last
+    one, whose repeats never win a tie), score every query patch against them with a Conv
+    (the query (1,C,Hq,Wq), the patches gathered from ``ur_flat`` (C,Hr*Wr) through ``taps``,
+    the 9 flat offsets of a patch, as filters), weight by the patches' inverse norms ``inv_r``
+    (Npr,), and keep the running best and its first index (ties to the smallest)."""
+    last = op18.Sub(n_ref, op18.Constant(value_int=1))
+    for i in range(n_chunks):
+        start = op18.Mul(i, chunk)
+        ids = op18.Min(op18.Add(start, op18.Range(op18.Constant(value_int=0), chunk, op18.Constant(value_int=1))), last)
+        top_left = op18.Add(op18.Mul(op18.Div(ids, wpr), wr), op18.Mod(ids, wpr))
+        cols = op18.Gather(ur_flat, op18.Add(op18.Unsqueeze(top_left, [1]), taps), axis=1)  # (C,chunk,9)
+        filters = op18.Reshape(op18.Transpose(cols, perm=[1, 0, 2]), op18.Constant(value_ints=[0, 0, 3, 3]))
+        scores = op18.Mul(op18.Conv(uq, filters), op18.Reshape(op18.Gather(inv_r, ids), op18.Constant(value_ints=[1, -1, 1, 1])))
+        top = op18.ReduceMax(scores, op18.Constant(value_ints=[1]), keepdims=0)
+        arg = op18.Add(op18.ArgMax(scores, axis=1, keepdims=0), start)
+        better = op18.Greater(top, best)
+        best = op18.Where(better, top, best)
+        index = op18.Where(better, arg, index)
+    return index
+
+
+def _dim(x, axis: int):
+    """Size of ``x`` along ``axis`` as an int64 tensor of shape (1,)."""
+    return op.Shape(x, start=axis, end=axis + 1)
+
+
+def _scalar(v):
+    return op.Squeeze(v, _ints(0))
+
+
+def _flow_offsets(index, hq, wq, wpr):
+    """Index (1,Hq-2,Wq-2) -> offsets (1,18,4Hq,4Wq) (``match_flow`` then ``flow_to_offsets``)."""
+    one, zero = _ints(1), _ints(0)
+    ys = op.Unsqueeze(op.Range(_scalar(zero), _scalar(op.Sub(hq, _ints(2))), _scalar(one)), _ints(1))
+    xs = op.Range(_scalar(zero), _scalar(op.Sub(wq, _ints(2))), _scalar(one))
+    flow = op.Concat(op.Unsqueeze(op.Sub(op.Div(index, wpr), ys), _ints(1)),
+                     op.Unsqueeze(op.Sub(op.Mod(index, wpr), xs), _ints(1)), axis=1)
+    flow = op.Pad(op.Cast(flow, to=onnxscript.ir.DataType.FLOAT), _ints(0, 0, 0, 0, 0, 0, 2, 2))
+    copies = []
+    for i in range(PATCH):
+        for j in range(PATCH):
+            shifted = op.Pad(flow, _ints(0, 0, i, j, 0, 0, 0, 0))
+            copies.append(op.Slice(shifted, _ints(0, 0), op.Concat(hq, wq, axis=0), _ints(2, 3)))
+    offsets = op.Concat(*copies, axis=1)
+    scales = _const([1.0, 1.0, MATCH_SCALE, MATCH_SCALE], np.float32)
+    up = op.Resize(offsets, None, scales, mode="linear", coordinate_transformation_mode="align_corners")
+    return op.Mul(up, _const(float(MATCH_SCALE), np.float32))
+
+
+def matching_offsets(query_features, ref_features):
+    """``dzsr::matching_offsets``: features (1,C,Hq,Wq), (1,C,Hr,Wr) -> offsets (1,18,4Hq,4Wq)."""
+    uq, ur = _normalise(query_features), _normalise(ref_features)
+    hq, wq = _dim(uq, 2), _dim(uq, 3)
+    hr, wr = _dim(ur, 2), _dim(ur, 3)
+    two = _ints(2)
+    hpq, wpq, hpr, wpr = (op.Sub(d, two) for d in (hq, wq, hr, wr))
+    n_ref = op.Mul(hpr, wpr)
+    chunk = op.Max(op.Div(_ints(CHUNK_ELEMENTS), op.Mul(hpq, wpq)), _ints(1))
+    n_chunks = op.Div(op.Sub(op.Add(n_ref, chunk), _ints(1)), chunk)
+    ur_flat = op.Reshape(op.Squeeze(ur, _ints(0)), op.Concat(_dim(ur, 1), _ints(-1), axis=0))
+    inv_r = op.Reshape(_inverse_patch_norms(ur), _ints(-1))
+    taps = op.Add(op.Mul(_const([i for i in range(PATCH) for _ in range(PATCH)], np.int64), _scalar(wr)),
+                  _const([j for _ in range(PATCH) for j in range(PATCH)], np.int64))
+    shape = op.Concat(_ints(1), hpq, wpq, axis=0)
+    best = op.Expand(_const(-np.inf, np.float32), shape)
+    index = op.Expand(_const(0, np.int64), shape)
+    index = _top1_loop(uq, ur_flat, inv_r, taps, _scalar(wr), _scalar(wpr), _scalar(n_ref),
+                       _scalar(chunk), _scalar(n_chunks), best, index)
+    return _flow_offsets(index, hq, wq, _scalar(wpr))
