@@ -19,14 +19,17 @@ into constants.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import dzsr_kernels
+from dzsr_kernels.patch_match.reference import CHUNK_ELEMENTS
 
-from .infer import load_model  # the one import of the checkpoint loader (it moves to dzsr.checkpoint)
+# the one import of the checkpoint loader (moving to dzsr.checkpoint)
+from .infer import load_model
 from .models import SelfDZSR
 from .models.reference_branch import matching_offsets
 from .models.selfdzsr import FEATURE_STRIDE, MIN_LR_SIZE
@@ -125,18 +128,39 @@ def dynamic_shapes(scale: int) -> tuple[dict, ...]:
     return ({2: height, 3: width}, {2: height, 3: width}, {2: scale * box_h, 3: scale * box_w}, {})
 
 
-def to_onnx(model: SelfDZSR):
-    """The ``torch.onnx.ONNXProgram`` of ``ExportableSelfDZSR(model)`` (float32, on the CPU)."""
+def check_exporter() -> None:
+    """BackendUnavailableError (one line, saying what to install) unless the exporter can run
+    here: onnx and onnxscript importable, and the cpp kernels built (the deformable convs reach
+    the traced graph as their custom op, which the reference backend does not use)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise dzsr_kernels.BackendUnavailableError(
+            f"ONNX export needs the onnx and onnxscript packages ({err}): "
+            f"pip install 'dzsr[export]'") from None
+    if "cpp" not in dzsr_kernels.available_backends("cpu", "deform_conv2d"):
+        raise dzsr_kernels.BackendUnavailableError(
+            "ONNX export needs the C++ kernels (dzsr info shows why they are unavailable)")
+
+
+def to_onnx(model: SelfDZSR, chunk_elements: int = CHUNK_ELEMENTS):
+    """The ``torch.onnx.ONNXProgram`` of ``ExportableSelfDZSR(model)`` (float32, on the CPU);
+    ``chunk_elements`` bounds the matching's scores per Loop iteration (the default is the
+    reference backend's bound)."""
+    check_exporter()
     from . import onnx_ops
 
     module = ExportableSelfDZSR(model.float().cpu())
     inputs = example_inputs(model.scale)
     model.check_inputs(inputs[0], inputs[1], paste_ref=inputs[2], paste_box=inputs[3])
-    table = {torch.ops.dzsr.deform_conv2d_packed.default: onnx_ops.deform_conv2d_packed,
-             torch.ops.dzsr.matching_offsets.default: onnx_ops.matching_offsets}
-    # The deformable convs must reach the graph as the custom op, which the cpp backend runs
-    # (the reference backend is plain PyTorch); tracing only calls its shape function.
-    with dzsr_kernels.use_backend("cpp"), torch.no_grad():
+    table = {
+        torch.ops.dzsr.deform_conv2d_packed.default: onnx_ops.deform_conv2d_packed,
+        torch.ops.dzsr.matching_offsets.default: onnx_ops.matching_offsets_chunked(chunk_elements),
+    }
+    with dzsr_kernels.use_backend("cpp"), torch.no_grad(), warnings.catch_warnings():
+        # lr and ref share their Dims, which torch.onnx reports as a harmless naming clash
+        warnings.filterwarnings("ignore", message="# The axis name")
         return torch.onnx.export(module, inputs, dynamo=True, opset_version=OPSET,
                                  input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                                  dynamic_shapes=dynamic_shapes(model.scale),
@@ -150,6 +174,7 @@ def export_checkpoint(checkpoint: str | os.PathLike | None, out: str | os.PathLi
     out = check_output(out, "--out", (".onnx",), inputs=(checkpoint, extractor))
     if os.path.exists(out) and not overwrite:
         raise OutputError(f"--out: {out} exists; pass --overwrite to replace it")
+    check_exporter()
     program = to_onnx(load_model(checkpoint, extractor=extractor))
     data = program.model_proto.SerializeToString()
     atomic_write(out, lambda f: f.write(data))

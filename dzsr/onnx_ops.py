@@ -63,7 +63,7 @@ def deform_conv2d_packed(x, geom, affine: bool, weight, bias, groups: int, backe
     only chose the PyTorch kernel and plays no part here."""
     k = weight.shape[2]
     if not isinstance(k, int):
-        raise ValueError(f"deformable-conv weight needs a static kernel size, got shape {weight.shape}")
+        raise ValueError(f"deformable-conv weight needs a static kernel size, got {weight.shape}")
     offset = geom
     if affine:
         w, b = affine_offset_conv(k)
@@ -89,22 +89,27 @@ def _inverse_patch_norms(u):
 
 
 @onnxscript.script(BUILD_OPSET)
-def _top1_loop(uq: FLOAT[...], ur_flat: FLOAT[...], inv_r: FLOAT[...], taps: INT64[...], wr: INT64,
-               wpr: INT64, n_ref: INT64, chunk: INT64, n_chunks: INT64, best: FLOAT[...],
-               index: INT64[...]) -> INT64[...]:
-    """The search: for each chunk of ``chunk`` reference patches (indices clipped to the last
-    one, whose repeats never win a tie), score every query patch against them with a Conv
-    (the query (1,C,Hq,Wq), the patches gathered from ``ur_flat`` (C,Hr*Wr) through ``taps``,
-    the 9 flat offsets of a patch, as filters), weight by the patches' inverse norms ``inv_r``
-    (Npr,), and keep the running best and its first index (ties to the smallest)."""
-    last = op18.Sub(n_ref, op18.Constant(value_int=1))
+def _top1_loop(uq: FLOAT[...], ur_flat: FLOAT[...], inv_r: FLOAT[...], taps: INT64[...],
+               filter_shape: INT64[...], wr: INT64, wpr: INT64, n_ref: INT64, chunk: INT64,
+               n_chunks: INT64, best: FLOAT[...], index: INT64[...]) -> INT64[...]:
+    """The search. For each chunk of ``chunk`` reference patches (indices clipped to the last
+    one, n_ref - 1, whose repeats come after it and so never win a tie): gather the patches from
+    ``ur_flat`` (C,Hr*Wr) at their top-left flat position plus ``taps`` (p², the flat offsets of
+    a patch's pixels) as filters of ``filter_shape`` (chunk,C,p,p); score every query patch of
+    ``uq`` (1,C,Hq,Wq) against them with a Conv, times their inverse norms ``inv_r`` (Npr,); keep
+    the running ``best`` score and its first ``index`` (1,Hq-p+1,Wq-p+1), ties to the smallest."""
+    one = op18.Constant(value_int=1)
+    last = op18.Sub(n_ref, one)
+    per_patch = op18.Constant(value_ints=[1, -1, 1, 1])
     for i in range(n_chunks):
         start = op18.Mul(i, chunk)
-        ids = op18.Min(op18.Add(start, op18.Range(op18.Constant(value_int=0), chunk, op18.Constant(value_int=1))), last)
+        ids = op18.Min(op18.Range(start, op18.Add(start, chunk), one), last)
         top_left = op18.Add(op18.Mul(op18.Div(ids, wpr), wr), op18.Mod(ids, wpr))
-        cols = op18.Gather(ur_flat, op18.Add(op18.Unsqueeze(top_left, [1]), taps), axis=1)  # (C,chunk,9)
-        filters = op18.Reshape(op18.Transpose(cols, perm=[1, 0, 2]), op18.Constant(value_ints=[0, 0, 3, 3]))
-        scores = op18.Mul(op18.Conv(uq, filters), op18.Reshape(op18.Gather(inv_r, ids), op18.Constant(value_ints=[1, -1, 1, 1])))
+        pixels = op18.Add(op18.Unsqueeze(top_left, [1]), taps)  # (chunk, p²)
+        cols = op18.Gather(ur_flat, pixels, axis=1)  # (C, chunk, p²)
+        filters = op18.Reshape(op18.Transpose(cols, perm=[1, 0, 2]), filter_shape)
+        weights = op18.Reshape(op18.Gather(inv_r, ids), per_patch)
+        scores = op18.Mul(op18.Conv(uq, filters), weights)  # (1, chunk, Hq-p+1, Wq-p+1)
         top = op18.ReduceMax(scores, op18.Constant(value_ints=[1]), keepdims=0)
         arg = op18.Add(op18.ArgMax(scores, axis=1, keepdims=0), start)
         better = op18.Greater(top, best)
@@ -114,50 +119,70 @@ def _top1_loop(uq: FLOAT[...], ur_flat: FLOAT[...], inv_r: FLOAT[...], taps: INT
 
 
 def _dim(x, axis: int):
-    """Size of ``x`` along ``axis`` as an int64 tensor of shape (1,)."""
+    """Size of ``x`` along ``axis``, an int64 tensor of shape (1,)."""
     return op.Shape(x, start=axis, end=axis + 1)
 
 
 def _scalar(v):
+    """A (1,) tensor as a scalar (0-d)."""
     return op.Squeeze(v, _ints(0))
 
 
+def _arange(n):
+    """0, 1, ..., n-1 for a (1,) int64 size ``n``."""
+    return op.Range(_const(0, np.int64), _scalar(n), _const(1, np.int64))
+
+
 def _flow_offsets(index, hq, wq, wpr):
-    """Index (1,Hq-2,Wq-2) -> offsets (1,18,4Hq,4Wq) (``match_flow`` then ``flow_to_offsets``)."""
-    one, zero = _ints(1), _ints(0)
-    ys = op.Unsqueeze(op.Range(_scalar(zero), _scalar(op.Sub(hq, _ints(2))), _scalar(one)), _ints(1))
-    xs = op.Range(_scalar(zero), _scalar(op.Sub(wq, _ints(2))), _scalar(one))
-    flow = op.Concat(op.Unsqueeze(op.Sub(op.Div(index, wpr), ys), _ints(1)),
-                     op.Unsqueeze(op.Sub(op.Mod(index, wpr), xs), _ints(1)), axis=1)
-    flow = op.Pad(op.Cast(flow, to=onnxscript.ir.DataType.FLOAT), _ints(0, 0, 0, 0, 0, 0, 2, 2))
-    copies = []
-    for i in range(PATCH):
-        for j in range(PATCH):
-            shifted = op.Pad(flow, _ints(0, 0, i, j, 0, 0, 0, 0))
-            copies.append(op.Slice(shifted, _ints(0, 0), op.Concat(hq, wq, axis=0), _ints(2, 3)))
-    offsets = op.Concat(*copies, axis=1)
+    """Index (1,Hq-2,Wq-2) into a reference patch grid ``wpr`` wide -> offsets (1,18,4Hq,4Wq):
+    ``match_flow`` (flow = reference minus query patch position, padded by 2 bottom/right), then
+    ``flow_to_offsets`` (the 9 copies shifted by (i, j), bilinear x4 with corners aligned, x4)."""
+    margin = _ints(PATCH - 1)
+    ys = op.Unsqueeze(_arange(op.Sub(hq, margin)), _ints(1))
+    xs = _arange(op.Sub(wq, margin))
+    fy = op.Sub(op.Div(index, wpr), ys)
+    fx = op.Sub(op.Mod(index, wpr), xs)
+    flow = op.Cast(op.Concat(op.Unsqueeze(fy, _ints(1)), op.Unsqueeze(fx, _ints(1)), axis=1),
+                   to=onnxscript.ir.DataType.FLOAT)
+    flow = op.Pad(flow, _ints(0, 0, 0, 0, 0, 0, PATCH - 1, PATCH - 1))
+    size = op.Concat(hq, wq, axis=0)
+    copies = [op.Slice(op.Pad(flow, _ints(0, 0, i, j, 0, 0, 0, 0)), _ints(0, 0), size, _ints(2, 3))
+              for i in range(PATCH) for j in range(PATCH)]
     scales = _const([1.0, 1.0, MATCH_SCALE, MATCH_SCALE], np.float32)
-    up = op.Resize(offsets, None, scales, mode="linear", coordinate_transformation_mode="align_corners")
+    up = op.Resize(op.Concat(*copies, axis=1), None, scales, mode="linear",
+                   coordinate_transformation_mode="align_corners")
     return op.Mul(up, _const(float(MATCH_SCALE), np.float32))
 
 
-def matching_offsets(query_features, ref_features):
-    """``dzsr::matching_offsets``: features (1,C,Hq,Wq), (1,C,Hr,Wr) -> offsets (1,18,4Hq,4Wq)."""
+def matching_offsets_chunked(chunk_elements: int = CHUNK_ELEMENTS):
+    """The translation of ``dzsr::matching_offsets`` with at most ``chunk_elements`` scores per
+    Loop iteration (at least one reference patch per iteration)."""
+
+    def matching_offsets(query_features, ref_features):
+        """Features (1,C,Hq,Wq), (1,C,Hr,Wr) -> offsets (1,18,4Hq,4Wq)."""
+        return _matching_offsets(query_features, ref_features, chunk_elements)
+
+    return matching_offsets
+
+
+def _matching_offsets(query_features, ref_features, chunk_elements: int):
     uq, ur = _normalise(query_features), _normalise(ref_features)
-    hq, wq = _dim(uq, 2), _dim(uq, 3)
-    hr, wr = _dim(ur, 2), _dim(ur, 3)
-    two = _ints(2)
-    hpq, wpq, hpr, wpr = (op.Sub(d, two) for d in (hq, wq, hr, wr))
+    channels, hq, wq = _dim(uq, 1), _dim(uq, 2), _dim(uq, 3)
+    wr = _dim(ur, 3)
+    margin = _ints(PATCH - 1)
+    hpq, wpq, hpr, wpr = (op.Sub(d, margin) for d in (hq, wq, _dim(ur, 2), wr))
     n_ref = op.Mul(hpr, wpr)
-    chunk = op.Max(op.Div(_ints(CHUNK_ELEMENTS), op.Mul(hpq, wpq)), _ints(1))
-    n_chunks = op.Div(op.Sub(op.Add(n_ref, chunk), _ints(1)), chunk)
-    ur_flat = op.Reshape(op.Squeeze(ur, _ints(0)), op.Concat(_dim(ur, 1), _ints(-1), axis=0))
+    chunk = op.Max(op.Div(_ints(chunk_elements), op.Mul(hpq, wpq)), _ints(1))
+    n_chunks = op.Div(op.Sub(op.Add(n_ref, chunk), _ints(1)), chunk)  # ceil(n_ref / chunk)
+    ur_flat = op.Reshape(op.Squeeze(ur, _ints(0)), op.Concat(channels, _ints(-1), axis=0))
     inv_r = op.Reshape(_inverse_patch_norms(ur), _ints(-1))
-    taps = op.Add(op.Mul(_const([i for i in range(PATCH) for _ in range(PATCH)], np.int64), _scalar(wr)),
-                  _const([j for _ in range(PATCH) for j in range(PATCH)], np.int64))
-    shape = op.Concat(_ints(1), hpq, wpq, axis=0)
-    best = op.Expand(_const(-np.inf, np.float32), shape)
-    index = op.Expand(_const(0, np.int64), shape)
-    index = _top1_loop(uq, ur_flat, inv_r, taps, _scalar(wr), _scalar(wpr), _scalar(n_ref),
-                       _scalar(chunk), _scalar(n_chunks), best, index)
+    rows = _const([i for i in range(PATCH) for _ in range(PATCH)], np.int64)
+    cols = _const([j for _ in range(PATCH) for j in range(PATCH)], np.int64)
+    taps = op.Add(op.Mul(rows, _scalar(wr)), cols)
+    filter_shape = op.Concat(_ints(-1), channels, _ints(PATCH, PATCH), axis=0)
+    grid = op.Concat(_ints(1), hpq, wpq, axis=0)
+    best = op.Expand(_const(-np.inf, np.float32), grid)
+    index = op.Expand(_const(0, np.int64), grid)
+    index = _top1_loop(uq, ur_flat, inv_r, taps, filter_shape, _scalar(wr), _scalar(wpr),
+                       _scalar(n_ref), _scalar(chunk), _scalar(n_chunks), best, index)
     return _flow_offsets(index, hq, wq, _scalar(wpr))
