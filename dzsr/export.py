@@ -144,27 +144,36 @@ def check_exporter() -> None:
             "ONNX export needs the C++ kernels (dzsr info shows why they are unavailable)")
 
 
-def to_onnx(model: SelfDZSR, chunk_elements: int = CHUNK_ELEMENTS):
-    """The ``torch.onnx.ONNXProgram`` of ``ExportableSelfDZSR(model)`` (float32, on the CPU);
-    ``chunk_elements`` bounds the matching's scores per Loop iteration (the default is the
-    reference backend's bound)."""
+def onnx_program(module: nn.Module, inputs: tuple, dynamic: tuple, input_names, output_names,
+                 chunk_elements: int = CHUNK_ELEMENTS):
+    """``torch.onnx.export`` (dynamo, opset 19) of ``module`` called on example ``inputs``, with
+    ``dynamic`` its ``dynamic_shapes`` and the dzsr custom ops translated by ``dzsr.onnx_ops``
+    (``chunk_elements`` bounds the matching's scores per Loop iteration; the default is the
+    reference backend's bound). Returns the ``torch.onnx.ONNXProgram``."""
     check_exporter()
     from . import onnx_ops
 
-    module = ExportableSelfDZSR(model.float().cpu())
-    inputs = example_inputs(model.scale)
-    model.check_inputs(inputs[0], inputs[1], paste_ref=inputs[2], paste_box=inputs[3])
     table = {
         torch.ops.dzsr.deform_conv2d_packed.default: onnx_ops.deform_conv2d_packed,
         torch.ops.dzsr.matching_offsets.default: onnx_ops.matching_offsets_chunked(chunk_elements),
     }
     with dzsr_kernels.use_backend("cpp"), torch.no_grad(), warnings.catch_warnings():
-        # lr and ref share their Dims, which torch.onnx reports as a harmless naming clash
+        # inputs sharing a Dim make torch.onnx warn about a (harmless) axis-name clash
         warnings.filterwarnings("ignore", message="# The axis name")
         return torch.onnx.export(module, inputs, dynamo=True, opset_version=OPSET,
-                                 input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                                 dynamic_shapes=dynamic_shapes(model.scale),
-                                 custom_translation_table=table, optimize=True, verbose=False)
+                                 input_names=list(input_names), output_names=list(output_names),
+                                 dynamic_shapes=dynamic, custom_translation_table=table,
+                                 optimize=True, verbose=False)
+
+
+def to_onnx(model: SelfDZSR, chunk_elements: int = CHUNK_ELEMENTS):
+    """The ``torch.onnx.ONNXProgram`` of ``ExportableSelfDZSR(model)`` (float32, on the CPU;
+    module docstring), ``chunk_elements`` as ``onnx_program``."""
+    module = ExportableSelfDZSR(model.float().cpu())
+    inputs = example_inputs(model.scale)
+    model.check_inputs(inputs[0], inputs[1], paste_ref=inputs[2], paste_box=inputs[3])
+    return onnx_program(module, inputs, dynamic_shapes(model.scale), INPUT_NAMES, [OUTPUT_NAME],
+                        chunk_elements)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike | None, out: str | os.PathLike,
