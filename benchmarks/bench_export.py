@@ -54,8 +54,9 @@ def make(runtime: str, onnx_path: str, threads: int = 0, sink=None):
         model = load_model(None)
 
         def thunk():
+            lr, ref, paste_ref, paste_box = inputs
             with torch.no_grad():
-                return model(inputs[0], inputs[1], paste_ref=inputs[2], paste_box=inputs[3]).sr.numpy()
+                return model(lr, ref, paste_ref=paste_ref, paste_box=paste_box).sr.numpy()
 
     def run():
         out = thunk()
@@ -70,7 +71,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--onnx", help="an exported demo graph (default: export it to a temporary file)")
+    parser.add_argument("--onnx",
+                        help="an exported demo graph (default: export one to a temporary file)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.onnx
@@ -80,7 +82,8 @@ def main():
             path = export_checkpoint(None, os.path.join(tmp, "demo.onnx"))
         outputs: dict = {}
         runtimes = ("onnxruntime", "pytorch")
-        times = H.time_interleaved({r: make(r, path, sink=outputs) for r in runtimes}, reps=args.reps)
+        thunks = {r: make(r, path, sink=outputs) for r in runtimes}
+        times = H.time_interleaved(thunks, reps=args.reps)
         want = outputs["pytorch"]
         error = abs(outputs["onnxruntime"] - want).max() / abs(want).max()
         rows = []

@@ -294,8 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help=cmd_export.__doc__)
     p.add_argument("--out", required=True, help="output ONNX file (.onnx)")
-    p.add_argument("--ckpt", help="dzsr checkpoint, or the authors' RefSR_model_*.pth (default: the demo x4 one)")
-    p.add_argument("--extractor", help="the authors' Student_model_*.pth (with an authors' RefSR checkpoint)")
+    p.add_argument("--ckpt", help="dzsr checkpoint, or the authors' RefSR_model_*.pth "
+                                  "(default: the demo x4 one)")
+    p.add_argument("--extractor", help="the authors' Student_model_*.pth "
+                                       "(with an authors' RefSR checkpoint)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_export)
     return parser

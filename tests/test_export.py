@@ -153,8 +153,8 @@ def test_matching_translation_over_several_chunks():
     would move them by whole pixels)."""
     height, width = torch.export.Dim("height", min=3), torch.export.Dim("width", min=3)
     dynamic = ({2: height, 3: width},) * 2
-    program = onnx_program(_Matching().eval(), _features(9, 11), dynamic, ["query", "ref"], ["offsets"],
-                           chunk_elements=5 * 7 * 9)
+    program = onnx_program(_Matching().eval(), _features(9, 11), dynamic, ["query", "ref"],
+                           ["offsets"], chunk_elements=5 * 7 * 9)
     session = _session(program.model_proto.SerializeToString())
     for h, w in [(9, 11), (12, 7)]:
         query, ref = _features(h, w)
