@@ -1,10 +1,10 @@
 """``dzsr export``: the test-time SelfDZSR as one ONNX graph (opset 19), dynamic height and width.
 
-The graph (docs/design.md#export) takes ``lr`` (1,3,H,W) float32 in [0,1] (H, W >= 12, any
-values), ``ref`` (1,3,H,W), ``paste_ref`` (1,3,s·h,s·w) and ``paste_box`` int64 (1,4)
-(y0, y1, x0, x1) with y1-y0 = h, x1-x0 = w, the box inside the LR (as ``SelfDZSR.forward`` at
-test, ``dzsr.data.inputs.prepare_inputs`` makes them; the graph does not check the box), and
-returns ``sr`` (1,3,sH,sW).
+The graph (docs/design.md#export) takes ``lr`` (1,3,H,W) float32 in [0,1] (H, W >= 12, not
+necessarily multiples of 4), ``ref`` (1,3,H,W), ``paste_ref`` (1,3,s·h,s·w) and ``paste_box``
+int64 (1,4) (y0, y1, x0, x1) with y1-y0 = h, x1-x0 = w, the box inside the LR (as
+``SelfDZSR.forward`` at test, ``dzsr.data.inputs.prepare_inputs`` makes them; the graph does not
+check the box), and returns ``sr`` (1,3,sH,sW).
 
 ``ExportableSelfDZSR`` runs the model's public stages in ``SelfDZSR.forward``'s order (test mode:
 the guide is the LR). Four steps of the eager forward are written in a traceable form here, since

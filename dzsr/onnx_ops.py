@@ -37,10 +37,12 @@ MATCH_SCALE = 4  # the extractor's features are 1/4 of the image grid
 
 
 def _const(values, dtype) -> onnxscript.ir.Value:
+    """A constant tensor of ``values`` (a scalar stays 0-d) in numpy ``dtype``."""
     return op.Constant(value=onnxscript.ir.tensor(np.asarray(values, dtype=dtype)))
 
 
 def _ints(*values: int):
+    """An int64 constant of shape (len(values),)."""
     return _const(list(values), np.int64)
 
 
