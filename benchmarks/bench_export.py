@@ -6,7 +6,7 @@ Cases: ``onnxruntime`` (``dzsr export``'s graph, CPU execution provider, as many
 as torch uses) and ``pytorch`` (``model(...).sr``, the untiled forward the graph reproduces, ops on
 ``auto`` = cpp). Time: interleaved median after a warm-up (benchmarks/_harness.py); peak memory:
 child-process RSS above a child that loads the same model/session and inputs. The last column is
-max |onnx - torch| / max |torch| of the SR output.
+relative max error, max |onnx - torch| / max |torch| over the SR output.
 
     python -m benchmarks.bench_export [--reps 5] [--no-memory] [--onnx FILE]
 """
@@ -99,7 +99,7 @@ def main():
     print(H.machine_line() + f" · onnxruntime {onnxruntime.__version__}")
     print("x4 SR of the demo pair, LR 125x185 -> SR 500x740, demo checkpoint")
     print(H.markdown_table(["runtime", "time", "vs pytorch", "peak RSS added",
-                            "max |onnx - torch| / max |torch|"], rows))
+                            "relative max error"], rows))
 
 
 if __name__ == "__main__":
