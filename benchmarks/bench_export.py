@@ -49,7 +49,7 @@ def make(runtime: str, onnx_path: str, threads: int = 0, sink=None):
         def thunk():
             return session.run(None, feed)[0]
     else:
-        from dzsr.infer import load_model
+        from dzsr.export import load_model
 
         model = load_model(None)
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 import dzsr_kernels
 from dzsr_kernels.patch_match.reference import CHUNK_ELEMENTS
 
-# the one import of the checkpoint loader (moving to dzsr.checkpoint)
+# The one import of the checkpoint loader in the export code, its tests and benchmark (which take
+# it from here): it is moving to dzsr.checkpoint.
 from .infer import load_model
 from .models import SelfDZSR
 from .models.reference_branch import matching_offsets
@@ -167,8 +168,8 @@ def onnx_program(module: nn.Module, inputs: tuple, dynamic: tuple, input_names, 
 
 
 def to_onnx(model: SelfDZSR, chunk_elements: int = CHUNK_ELEMENTS):
-    """The ``torch.onnx.ONNXProgram`` of ``ExportableSelfDZSR(model)`` (float32, on the CPU;
-    module docstring), ``chunk_elements`` as ``onnx_program``."""
+    """The ``torch.onnx.ONNXProgram`` of ``ExportableSelfDZSR(model)`` (module docstring), the
+    model first moved to float32 on the CPU (in place); ``chunk_elements`` as ``onnx_program``."""
     module = ExportableSelfDZSR(model.float().cpu())
     inputs = example_inputs(model.scale)
     model.check_inputs(inputs[0], inputs[1], paste_ref=inputs[2], paste_box=inputs[3])

@@ -18,9 +18,8 @@ import torch
 import dzsr_kernels
 from dzsr.cli import main
 from dzsr.data.inputs import prepare_inputs
-from dzsr.export import (INPUT_NAMES, OUTPUT_NAME, ExportableSelfDZSR, matching_offsets_op,
-                         onnx_program)
-from dzsr.infer import load_model
+from dzsr.export import (INPUT_NAMES, OUTPUT_NAME, ExportableSelfDZSR, load_model,
+                         matching_offsets_op, onnx_program, to_onnx)
 from dzsr.models import SelfDZSR
 from dzsr.models.reference_branch import matching_offsets
 from dzsr.sample import load_sample
@@ -83,20 +82,47 @@ def test_graph_contents(demo_onnx):
     assert dims["paste_box"] == [1, 4]
 
 
-def test_exportable_module_equals_the_model():
-    """The traceable composition (always-pad, gathered crop and paste) gives the model's output
-    exactly, on sizes that are not multiples of 4 and an off-centre paste box."""
-    model = SelfDZSR(4)
+def _random_model(scale: int) -> SelfDZSR:
+    """A SelfDZSR with 2 residual blocks and a reference AdaSTN whose taps land far from the
+    centre, between pixels (its translation weights scaled up)."""
+    model = SelfDZSR(scale)
     model.restoration.blocks = model.restoration.blocks[:2]
     with torch.no_grad():
         model.restoration.reference.align.offsets.to_translation.weight.mul_(30.0)
-    model.eval()
-    lr, ref = torch.rand(1, 3, 30, 41), torch.rand(1, 3, 30, 41)
-    paste_ref, box = torch.rand(1, 3, 28, 40), torch.tensor([[2, 9, 27, 37]])
+    return model.eval()
+
+
+def _random_inputs(h: int, w: int, scale: int, y0: int, x0: int) -> tuple[torch.Tensor, ...]:
+    """Random lr, ref (1,3,h,w) and the paste of an (h/scale)x(w/scale) box at (y0, x0)."""
+    bh, bw = h // scale, w // scale
+    paste_ref = torch.rand(1, 3, scale * bh, scale * bw)
+    box = torch.tensor([[y0, y0 + bh, x0, x0 + bw]])
+    return torch.rand(1, 3, h, w), torch.rand(1, 3, h, w), paste_ref, box
+
+
+def test_exportable_module_equals_the_model():
+    """The traceable composition (always-pad, gathered crop and paste) gives the model's output
+    exactly, on sizes that are not multiples of 4 and an off-centre paste box."""
+    model = _random_model(4)
+    lr, ref, paste_ref, box = _random_inputs(30, 41, 4, 2, 27)
     with torch.no_grad():
         want = model(lr, ref, paste_ref=paste_ref, paste_box=box).sr
         got = ExportableSelfDZSR(model)(lr, ref, paste_ref, box)
     assert torch.equal(got, want)
+
+
+@pytest.mark.slow
+def test_scale_2_export_at_two_sizes():
+    """A x2 model (one upsampling stage, paste_ref twice the box) at two sizes, boxes off-centre."""
+    model = _random_model(2)
+    session = _session(to_onnx(model).model_proto.SerializeToString())
+    for size, corner in [((29, 38), (3, 5)), ((44, 33), (20, 1))]:
+        inputs = _random_inputs(*size, 2, *corner)
+        with torch.no_grad():
+            want = model(inputs[0], inputs[1], paste_ref=inputs[2], paste_box=inputs[3]).sr
+        (got,) = _run(session, inputs)
+        error = np.abs(got - want.numpy()).max() / want.abs().max().item()
+        assert got.shape == tuple(want.shape) and error < TOLERANCE, f"{size}: {error:.2e}"
 
 
 class _DeformConvs(torch.nn.Module):
