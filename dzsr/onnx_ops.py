@@ -174,7 +174,8 @@ def _matching_offsets(query_features, ref_features, chunk_elements: int):
     margin = _ints(PATCH - 1)
     hpq, wpq, hpr, wpr = (op.Sub(d, margin) for d in (hq, wq, _dim(ur, 2), wr))
     n_ref = op.Mul(hpr, wpr)
-    chunk = op.Max(op.Div(_ints(chunk_elements), op.Mul(hpq, wpq)), _ints(1))
+    per_budget = op.Max(op.Div(_ints(chunk_elements), op.Mul(hpq, wpq)), _ints(1))
+    chunk = op.Min(per_budget, n_ref)  # no more patches per iteration than there are
     n_chunks = op.Div(op.Sub(op.Add(n_ref, chunk), _ints(1)), chunk)  # ceil(n_ref / chunk)
     ur_flat = op.Reshape(op.Squeeze(ur, _ints(0)), op.Concat(channels, _ints(-1), axis=0))
     inv_r = op.Reshape(_inverse_patch_norms(ur), _ints(-1))
