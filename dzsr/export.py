@@ -152,11 +152,13 @@ def onnx_program(module: nn.Module, inputs: tuple, dynamic: tuple, input_names, 
     (``chunk_elements`` bounds the matching's scores per Loop iteration; the default is the
     reference backend's bound). Returns the ``torch.onnx.ONNXProgram``."""
     check_exporter()
-    from . import onnx_ops
+    from . import onnx_matching, onnx_ops
 
+    match = onnx_matching.matching_offsets_chunked(chunk_elements)
     table = {
         torch.ops.dzsr.deform_conv2d_packed.default: onnx_ops.deform_conv2d_packed,
-        torch.ops.dzsr.matching_offsets.default: onnx_ops.matching_offsets_chunked(chunk_elements),
+        torch.ops.dzsr.matching_offsets.default: match,
+        torch.ops.aten.upsample_bilinear2d.vec: onnx_ops.upsample_bilinear2d_vec,
     }
     with dzsr_kernels.use_backend("cpp"), torch.no_grad(), warnings.catch_warnings():
         # inputs sharing a Dim make torch.onnx warn about a (harmless) axis-name clash

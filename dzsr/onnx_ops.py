@@ -1,49 +1,63 @@
-"""ONNX translations (opset 19, onnxscript) of the two ops ``dzsr.export`` leaves in its graph.
+"""ONNX translations (opset 19, onnxscript) for ``dzsr.export`` and the graph helpers they share.
 
-``torch.onnx.export(..., dynamo=True, custom_translation_table=TRANSLATIONS)`` replaces each
-call of these torch ops by the ONNX nodes below (docs/design.md#export):
+``dzsr.export.onnx_program`` passes them to ``torch.onnx.export(..., dynamo=True,
+custom_translation_table=...)``, which replaces each call of these torch ops by the ONNX nodes
+below (docs/design.md#export):
 
 * ``torch.ops.dzsr.deform_conv2d_packed`` (the deformable convolutions, ``dzsr_kernels``): one
   standard ``DeformConv`` node. In affine mode (the AdaSTN, geometry ``cat([A, b], 1)`` (N,6,H,W))
   its offsets (N,2k²,H,W) are built in-graph by a constant 1x1 convolution,
   ``offset_t = A g_t + b - g_t`` interleaved (dy, dx) (docs/design.md#deform-conv); in general
   mode the offsets are the op's own.
-* ``torch.ops.dzsr.matching_offsets`` (``dzsr.export``): the model's matching,
-  ``dzsr.models.reference_branch.matching_offsets``, from the extractor's features
-  (1,C,h,w) to the deformable-conv offsets (1,18,4h,4w): pixel normalisation, the top-1 3x3
-  patch search as an ONNX ``Loop`` over chunks of reference patches (each chunk a ``Conv`` of the
-  query with those patches as filters, at most ``CHUNK_ELEMENTS`` scores alive at once), then
-  index -> flow -> the 9 shifted copies -> bilinear x4 upsampling, as
-  ``dzsr_kernels.patch_match`` and its ``flow.py`` define them (docs/design.md#patch-match).
-  Batch size 1; finite features only (the non-finite rule of ``patch_match`` is not reproduced).
+* ``torch.ops.aten.upsample_bilinear2d.vec`` with aligned corners (the extractor's 1/4 resize,
+  the predictor's resizes): gathers and a lerp that place the source positions as PyTorch does.
+  ONNX ``Resize`` rounds them differently, enough to move the extractor's features by ~1e-4
+  (relative) and so to flip near-tie matches (measured on noise at LR 344x556).
+* ``torch.ops.dzsr.matching_offsets``: ``dzsr.onnx_matching``.
 """
 from __future__ import annotations
 
 import numpy as np
 import onnxscript
-from onnxscript import FLOAT, INT64
-from onnxscript import opset18 as op18
 from onnxscript import opset19 as op
+from onnxscript.function_libs.torch_lib.ops import nn as torchlib_nn
 
 from dzsr_kernels.deform_conv.reference import tap_grid
-from dzsr_kernels.patch_match.flow import PATCH
-from dzsr_kernels.patch_match.reference import CHUNK_ELEMENTS, NORM_EPS
 
 OPSET = 19
-# torch.onnx builds the graph in opset 18 (torchlib's) and converts it to OPSET afterwards: a
-# scripted function (the Loop) must be written against that opset to be inlined.
-BUILD_OPSET = op18
-MATCH_SCALE = 4  # the extractor's features are 1/4 of the image grid
 
 
-def _const(values, dtype) -> onnxscript.ir.Value:
+def const(values, dtype) -> onnxscript.ir.Value:
     """A constant tensor of ``values`` (a scalar stays 0-d) in numpy ``dtype``."""
     return op.Constant(value=onnxscript.ir.tensor(np.asarray(values, dtype=dtype)))
 
 
-def _ints(*values: int):
+def ints(*values: int):
     """An int64 constant of shape (len(values),)."""
-    return _const(list(values), np.int64)
+    return const(list(values), np.int64)
+
+
+def dim(x, axis: int):
+    """Size of ``x`` along ``axis``, an int64 tensor of shape (1,)."""
+    return op.Shape(x, start=axis, end=axis + 1)
+
+
+def scalar(v):
+    """A (1,) tensor as a scalar (0-d)."""
+    return op.Squeeze(v, ints(0))
+
+
+def arange(n):
+    """0, 1, ..., n-1 for a (1,) int64 size ``n``."""
+    return op.Range(const(0, np.int64), scalar(n), const(1, np.int64))
+
+
+def to_float(x):
+    return op.Cast(x, to=onnxscript.ir.DataType.FLOAT)
+
+
+def to_double(x):
+    return op.Cast(x, to=onnxscript.ir.DataType.DOUBLE)
 
 
 def affine_offset_conv(k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,123 +83,59 @@ def deform_conv2d_packed(x, geom, affine: bool, weight, bias, groups: int, backe
     offset = geom
     if affine:
         w, b = affine_offset_conv(k)
-        offset = op.Conv(geom, _const(w, np.float32), _const(b, np.float32))
+        offset = op.Conv(geom, const(w, np.float32), const(b, np.float32))
     inputs = [x, weight, offset] + ([bias] if bias is not None else [])
     return op.DeformConv(*inputs, group=groups, offset_group=1, kernel_shape=[k, k],
                          pads=[k // 2] * 4, strides=[1, 1], dilations=[1, 1])
 
 
-def _normalise(x):
-    """Pixels (1,C,H,W) times 1 / max(||x||, NORM_EPS) over C (as ``normalise_pixels`` rounds)."""
-    norm = op.ReduceL2(x, _ints(1), keepdims=1)
-    return op.Mul(x, op.Reciprocal(op.Max(norm, _const(NORM_EPS, np.float32))))
+def _corner_weights(n_in, n_out):
+    """Bilinear resampling of an axis of length ``n_in`` (1,) to ``n_out`` with corners aligned,
+    computed as PyTorch's CPU kernel does: scale = float(n_in-1) / float(n_out-1), source
+    position scale·i, i0 = min(floor(·), n_in-1), i1 = min(i0+1, n_in-1), weights 1-λ and λ,
+    λ = clamp(position - i0, 0, 1). (ONNX ``Resize`` computes the position as i·(n_in-1)/(n_out-1),
+    which differs in its last bits; where a flow jumps by ~100 px between matches, that moves an
+    offset by ~0.01 px.) Returns (i0, i1, w0, w1), each of length n_out."""
+    one = ints(1)
+    last = op.Sub(n_in, one)
+    # n_out = 1: scale (n_in-1)/1 at position 0, i.e. source 0, as PyTorch's scale 0 gives
+    scale = op.Div(to_float(last), to_float(op.Max(op.Sub(n_out, one), one)))
+    pos = op.Mul(scale, to_float(arange(n_out)))
+    i0 = op.Min(op.Cast(op.Floor(pos), to=onnxscript.ir.DataType.INT64), last)
+    i1 = op.Min(op.Add(i0, one), last)
+    lam = op.Clip(op.Sub(pos, to_float(i0)), const(0.0, np.float32), const(1.0, np.float32))
+    return i0, i1, op.Sub(const(1.0, np.float32), lam), lam
 
 
-def _inverse_patch_norms(u):
-    """Normalised pixels (1,C,H,W) -> 1/|P| of each 3x3 patch (1,1,H-2,W-2), 0 where |P| = 0."""
-    norm = op.ReduceL2(u, _ints(1), keepdims=1)
-    ones = _const(np.ones((1, 1, PATCH, PATCH)), np.float32)
-    patch = op.Sqrt(op.Conv(op.Mul(norm, norm), ones))
-    zero = _const(0.0, np.float32)
-    return op.Where(op.Equal(patch, zero), zero, op.Reciprocal(patch))
+def resize_aligned(x, height, width):
+    """(1,C,H,W) -> (1,C,height,width) ((1,) int64 sizes), bilinear with aligned corners
+    (``_corner_weights``): ``h0·(w0·x00 + w1·x01) + h1·(w0·x10 + w1·x11)``, PyTorch's order of
+    operations."""
+    y0, y1, h0, h1 = _corner_weights(dim(x, 2), height)
+    x0, x1, w0, w1 = _corner_weights(dim(x, 3), width)
+    h0, h1 = (op.Unsqueeze(h, ints(1)) for h in (h0, h1))
+
+    def along_x(rows):
+        left, right = op.Gather(rows, x0, axis=3), op.Gather(rows, x1, axis=3)
+        return op.Add(op.Mul(w0, left), op.Mul(w1, right))
+
+    top, bottom = along_x(op.Gather(x, y0, axis=2)), along_x(op.Gather(x, y1, axis=2))
+    return op.Add(op.Mul(h0, top), op.Mul(h1, bottom))
 
 
-@onnxscript.script(BUILD_OPSET)
-def _top1_loop(uq: FLOAT[...], ur_flat: FLOAT[...], inv_r: FLOAT[...], taps: INT64[...],
-               filter_shape: INT64[...], wr: INT64, wpr: INT64, n_ref: INT64, chunk: INT64,
-               n_chunks: INT64, best: FLOAT[...], index: INT64[...]) -> INT64[...]:
-    """The search. For each chunk of ``chunk`` reference patches (indices clipped to the last
-    one, n_ref - 1, whose repeats come after it and so never win a tie): gather the patches from
-    ``ur_flat`` (C,Hr*Wr) at their top-left flat position plus ``taps`` (p², the flat offsets of
-    a patch's pixels) as filters of ``filter_shape`` (chunk,C,p,p); score every query patch of
-    ``uq`` (1,C,Hq,Wq) against them with a Conv, times their inverse norms ``inv_r`` (Npr,); keep
-    the running ``best`` score and its first ``index`` (1,Hq-p+1,Wq-p+1), ties to the smallest."""
-    one = op18.Constant(value_int=1)
-    last = op18.Sub(n_ref, one)
-    per_patch = op18.Constant(value_ints=[1, -1, 1, 1])
-    for i in range(n_chunks):
-        start = op18.Mul(i, chunk)
-        ids = op18.Min(op18.Range(start, op18.Add(start, chunk), one), last)
-        top_left = op18.Add(op18.Mul(op18.Div(ids, wpr), wr), op18.Mod(ids, wpr))
-        pixels = op18.Add(op18.Unsqueeze(top_left, [1]), taps)  # (chunk, p²)
-        cols = op18.Gather(ur_flat, pixels, axis=1)  # (C, chunk, p²)
-        filters = op18.Reshape(op18.Transpose(cols, perm=[1, 0, 2]), filter_shape)
-        weights = op18.Reshape(op18.Gather(inv_r, ids), per_patch)
-        scores = op18.Mul(op18.Conv(uq, filters), weights)  # (1, chunk, Hq-p+1, Wq-p+1)
-        top = op18.ReduceMax(scores, op18.Constant(value_ints=[1]), keepdims=0)
-        arg = op18.Add(op18.ArgMax(scores, axis=1, keepdims=0), start)
-        better = op18.Greater(top, best)
-        best = op18.Where(better, top, best)
-        index = op18.Where(better, arg, index)
-    return index
-
-
-def _dim(x, axis: int):
-    """Size of ``x`` along ``axis``, an int64 tensor of shape (1,)."""
-    return op.Shape(x, start=axis, end=axis + 1)
-
-
-def _scalar(v):
-    """A (1,) tensor as a scalar (0-d)."""
-    return op.Squeeze(v, _ints(0))
-
-
-def _arange(n):
-    """0, 1, ..., n-1 for a (1,) int64 size ``n``."""
-    return op.Range(_const(0, np.int64), _scalar(n), _const(1, np.int64))
-
-
-def _flow_offsets(index, hq, wq, wpr):
-    """Index (1,Hq-2,Wq-2) into a reference patch grid ``wpr`` wide -> offsets (1,18,4Hq,4Wq):
-    ``match_flow`` (flow = reference minus query patch position, padded by 2 bottom/right), then
-    ``flow_to_offsets`` (the 9 copies shifted by (i, j), bilinear x4 with corners aligned, x4)."""
-    margin = _ints(PATCH - 1)
-    ys = op.Unsqueeze(_arange(op.Sub(hq, margin)), _ints(1))
-    xs = _arange(op.Sub(wq, margin))
-    fy = op.Sub(op.Div(index, wpr), ys)
-    fx = op.Sub(op.Mod(index, wpr), xs)
-    flow = op.Cast(op.Concat(op.Unsqueeze(fy, _ints(1)), op.Unsqueeze(fx, _ints(1)), axis=1),
-                   to=onnxscript.ir.DataType.FLOAT)
-    flow = op.Pad(flow, _ints(0, 0, 0, 0, 0, 0, PATCH - 1, PATCH - 1))
-    size = op.Concat(hq, wq, axis=0)
-    copies = [op.Slice(op.Pad(flow, _ints(0, 0, i, j, 0, 0, 0, 0)), _ints(0, 0), size, _ints(2, 3))
-              for i in range(PATCH) for j in range(PATCH)]
-    scales = _const([1.0, 1.0, MATCH_SCALE, MATCH_SCALE], np.float32)
-    up = op.Resize(op.Concat(*copies, axis=1), None, scales, mode="linear",
-                   coordinate_transformation_mode="align_corners")
-    return op.Mul(up, _const(float(MATCH_SCALE), np.float32))
-
-
-def matching_offsets_chunked(chunk_elements: int = CHUNK_ELEMENTS):
-    """The translation of ``dzsr::matching_offsets`` with at most ``chunk_elements`` scores per
-    Loop iteration (at least one reference patch per iteration)."""
-
-    def matching_offsets(query_features, ref_features):
-        """Features (1,C,Hq,Wq), (1,C,Hr,Wr) -> offsets (1,18,4Hq,4Wq)."""
-        return _matching_offsets(query_features, ref_features, chunk_elements)
-
-    return matching_offsets
-
-
-def _matching_offsets(query_features, ref_features, chunk_elements: int):
-    uq, ur = _normalise(query_features), _normalise(ref_features)
-    channels, hq, wq = _dim(uq, 1), _dim(uq, 2), _dim(uq, 3)
-    wr = _dim(ur, 3)
-    margin = _ints(PATCH - 1)
-    hpq, wpq, hpr, wpr = (op.Sub(d, margin) for d in (hq, wq, _dim(ur, 2), wr))
-    n_ref = op.Mul(hpr, wpr)
-    per_budget = op.Max(op.Div(_ints(chunk_elements), op.Mul(hpq, wpq)), _ints(1))
-    chunk = op.Min(per_budget, n_ref)  # no more patches per iteration than there are
-    n_chunks = op.Div(op.Sub(op.Add(n_ref, chunk), _ints(1)), chunk)  # ceil(n_ref / chunk)
-    ur_flat = op.Reshape(op.Squeeze(ur, _ints(0)), op.Concat(channels, _ints(-1), axis=0))
-    inv_r = op.Reshape(_inverse_patch_norms(ur), _ints(-1))
-    rows = _const([i for i in range(PATCH) for _ in range(PATCH)], np.int64)
-    cols = _const([j for _ in range(PATCH) for j in range(PATCH)], np.int64)
-    taps = op.Add(op.Mul(rows, _scalar(wr)), cols)
-    filter_shape = op.Concat(_ints(-1), channels, _ints(PATCH, PATCH), axis=0)
-    grid = op.Concat(_ints(1), hpq, wpq, axis=0)
-    best = op.Expand(_const(-np.inf, np.float32), grid)
-    index = op.Expand(_const(0, np.int64), grid)
-    index = _top1_loop(uq, ur_flat, inv_r, taps, filter_shape, _scalar(wr), _scalar(wpr),
-                       _scalar(n_ref), _scalar(chunk), _scalar(n_chunks), best, index)
-    return _flow_offsets(index, hq, wq, _scalar(wpr))
+def upsample_bilinear2d_vec(x, output_size, align_corners: bool, scale_factors):
+    """``aten::upsample_bilinear2d.vec`` (``F.interpolate(..., mode="bilinear")``): with aligned
+    corners, the model's only use, ``resize_aligned`` to ``output_size`` or to
+    floor(size·factor); otherwise torch.onnx's own translation (``Resize``)."""
+    if not align_corners:
+        return torchlib_nn.aten_upsample_bilinear2d_vec(x, output_size, align_corners,
+                                                        scale_factors)
+    if output_size is not None:
+        size = op.Cast(output_size, to=onnxscript.ir.DataType.INT64)
+        height, width = op.Slice(size, ints(0), ints(1)), op.Slice(size, ints(1), ints(2))
+    else:  # floor(size * factor), in double as PyTorch computes it
+        height, width = (
+            op.Cast(op.Floor(op.Mul(to_double(dim(x, axis)), const(factor, np.float64))),
+                    to=onnxscript.ir.DataType.INT64)
+            for axis, factor in zip((2, 3), scale_factors))
+    return resize_aligned(x, height, width)

@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 
 import dzsr_kernels
 from dzsr.cli import main
@@ -116,7 +117,7 @@ def test_scale_2_export_at_two_sizes():
     """A x2 model (one upsampling stage, paste_ref twice the box) at two sizes, boxes off-centre."""
     model = _random_model(2)
     session = _session(to_onnx(model).model_proto.SerializeToString())
-    for size, corner in [((29, 38), (3, 5)), ((44, 33), (20, 1))]:
+    for size, corner in [((29, 38), (3, 5)), ((44, 36), (20, 1))]:  # not / both multiples of 4
         inputs = _random_inputs(*size, 2, *corner)
         with torch.no_grad():
             want = model(inputs[0], inputs[1], paste_ref=inputs[2], paste_box=inputs[3]).sr
@@ -156,6 +157,31 @@ def test_deform_conv_translation():
             want = module(*inputs)
         (got,) = _run(session, inputs)
         np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-4)
+
+
+class _Resizes(torch.nn.Module):
+    """The model's two bilinear resizes with aligned corners: by a factor (the extractor's 1/4)
+    and to a size (the predictor's)."""
+
+    def forward(self, x, like):
+        quarter = F.interpolate(x, scale_factor=0.25, mode="bilinear", align_corners=True)
+        sized = F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=True)
+        return quarter, sized
+
+
+def test_aligned_resize_translation_places_its_points_as_pytorch():
+    """Noise resized by 1/4 and to a larger size agrees to 1e-6 (ONNX's Resize: ~1e-4)."""
+    dim = torch.export.Dim
+    dynamic = ({2: dim("h", min=8), 3: dim("w", min=8)}, {2: dim("H", min=2), 3: dim("W", min=2)})
+    example = (torch.randn(1, 8, 48, 64), torch.empty(1, 1, 100, 90))
+    program = onnx_program(_Resizes().eval(), example, dynamic, ["x", "like"], ["quarter", "sized"])
+    session = _session(program.model_proto.SerializeToString())
+    for size, target in [((48, 64), (100, 90)), ((344, 556), (517, 301))]:
+        inputs = (torch.randn(1, 8, *size), torch.empty(1, 1, *target))
+        for got, want in zip(_run(session, inputs), _Resizes()(*inputs)):
+            assert got.shape == tuple(want.shape)
+            tolerance = 1e-6 * want.abs().max().item()
+            np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=tolerance)
 
 
 class _Matching(torch.nn.Module):
