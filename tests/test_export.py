@@ -74,6 +74,7 @@ def test_graph_contents(demo_onnx):
     ops = collections.Counter(n.op_type for n in demo_onnx.graph.node)
     assert ops["DeformConv"] == 2 and ops["Loop"] == 1
     assert "ReduceSum" not in ops  # the P=0 weights are summed at export, not in the graph
+    assert "Resize" not in ops  # every resize places its points as PyTorch does (gathers, lerps)
     one_by_one = [t for t in demo_onnx.graph.initializer if list(t.dims) == [64, 1, 1, 1]]
     assert len(one_by_one) == 3  # the three LR AdaSTNs
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
