@@ -24,8 +24,6 @@ from onnxscript.function_libs.torch_lib.ops import nn as torchlib_nn
 
 from dzsr_kernels.deform_conv.reference import tap_grid
 
-OPSET = 19
-
 
 def const(values, dtype) -> onnxscript.ir.Value:
     """A constant tensor of ``values`` (a scalar stays 0-d) in numpy ``dtype``."""
@@ -53,10 +51,12 @@ def arange(n):
 
 
 def to_float(x):
+    """``x`` cast to float32."""
     return op.Cast(x, to=onnxscript.ir.DataType.FLOAT)
 
 
 def to_double(x):
+    """``x`` cast to float64."""
     return op.Cast(x, to=onnxscript.ir.DataType.DOUBLE)
 
 
