@@ -1,4 +1,4 @@
-"""The ``dzsr`` command line: info, train, sr, prepare, eval, demo, convert.
+"""The ``dzsr`` command line: info, train, sr, prepare, eval, demo, convert, export.
 
 Bad input ends with exactly one ``dzsr <command>: error: ...`` line on stderr, naming the argument or
 file, and exit status 2, without a traceback: bad arguments (argparse's usage block is left out),
@@ -16,6 +16,7 @@ is reported and skipped instead of ending the command (exit status 1 at the end)
 ``eval --csv`` must end in ``.csv``; ``convert --out`` must end in ``.safetensors`` or ``.pt`` and
 not be ``--ckpt`` or ``--extractor``; ``demo --out`` and ``prepare --dst`` must be usable folders;
 ``train`` refuses an ``log.out_dir`` that already holds a checkpoint unless ``--resume`` or
+``--overwrite`` is given; ``export --out`` must end in ``.onnx`` and is refused if it exists unless
 ``--overwrite`` is given.
 
 Kernel backend: ``sr --backend NAME`` selects it for the run; without it, and for every other
@@ -252,6 +253,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the test-time model as ONNX (opset 19, dynamic height and width) for ONNX Runtime."""
+    from .export import INPUT_NAMES, OPSET, OUTPUT_NAME, export_checkpoint
+
+    out = export_checkpoint(args.ckpt, args.out, args.overwrite, args.extractor)
+    print(f"wrote {out} (ONNX opset {OPSET}: inputs {', '.join(INPUT_NAMES)} -> {OUTPUT_NAME})")
+    return 0
+
+
 def _add_tile(p: argparse.ArgumentParser) -> None:
     from .infer import DEFAULT_TILE
 
@@ -357,6 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true",
                    help="store float16 (half the size; read back into float32)")
     p.set_defaults(func=cmd_convert)
+
+
+    p = sub.add_parser("export", help=cmd_export.__doc__)
+    p.add_argument("--out", required=True, help="output ONNX file (.onnx)")
+    p.add_argument("--ckpt", help="dzsr checkpoint, or the authors' RefSR_model_*.pth "
+                                  "(default: the demo x4 one)")
+    p.add_argument("--extractor", help="the authors' Student_model_*.pth "
+                                       "(with an authors' RefSR checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
