@@ -6,6 +6,7 @@ By default nothing is compiled: the C++/CUDA kernels of csrc/ are JIT-built with
 /usr/local/cuda) unless ``DZSR_NO_CUDA=1``, with ``_C_torch_version.txt`` beside it naming the
 torch it was built against (``dzsr info``).
 """
+
 import os
 
 from setuptools import setup
@@ -17,8 +18,15 @@ def extensions():
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    from dzsr_kernels._ext import (CSRC_DIR, EXTRA_CFLAGS, EXTRA_CUDA_CFLAGS, PACKAGE_DIR,
-                                   VERSION_RECORD, cuda_home, sources)
+    from dzsr_kernels._ext import (
+        CSRC_DIR,
+        EXTRA_CFLAGS,
+        EXTRA_CUDA_CFLAGS,
+        PACKAGE_DIR,
+        VERSION_RECORD,
+        cuda_home,
+        sources,
+    )
 
     def record(folder):
         with open(os.path.join(folder, VERSION_RECORD), "w") as f:

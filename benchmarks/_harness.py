@@ -15,6 +15,7 @@ children alike (they import this module first), run under the same one; ``machin
 A case is named by ``"module:function"`` plus JSON-able keyword arguments; the function builds the
 inputs and returns a zero-argument callable that runs the op once.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -27,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -46,8 +47,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(thunks: dict[str, Callable[[], object]], reps: int = 5, warmup: int = 1,
-                     device: str = "cpu") -> dict[str, float]:
+def time_interleaved(
+    thunks: dict[str, Callable[[], object]], reps: int = 5, warmup: int = 1, device: str = "cpu"
+) -> dict[str, float]:
     """Median seconds per call of each thunk, measured round-robin after ``warmup`` calls each."""
     for fn in thunks.values():
         for _ in range(warmup):
@@ -57,7 +59,10 @@ def time_interleaved(thunks: dict[str, Callable[[], object]], reps: int = 5, war
     for _ in range(reps):
         for name, fn in thunks.items():
             if device.startswith("cuda"):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start, end = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
                 start.record()
                 fn()
                 end.record()
@@ -90,8 +95,13 @@ def _child_rss(case: str, kwargs: dict, run: bool, env: dict | None = None) -> i
         + "print(peak_rss_kib())"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], cwd=root, capture_output=True,
-                         text=True, env={**os.environ, **(env or {})})
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(kwargs)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     if out.returncode != 0:
         raise RuntimeError(f"memory child for {case} failed:\n{out.stderr[-2000:]}")
     return int(out.stdout.strip().splitlines()[-1]) * 1024
@@ -113,9 +123,15 @@ def peak_cuda_memory(fn: Callable[[], object]) -> int:
 
 
 def machine_line() -> str:
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU {platform.processor() or platform.machine()}"
-    return (f"{datetime.date.today()} · {dev} · {os.cpu_count()} cores · torch {torch.__version__} · "
-            f"{torch.get_num_threads()} threads · python {platform.python_version()} · allocator: {ALLOCATOR}")
+    dev = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU {platform.processor() or platform.machine()}"
+    )
+    return (
+        f"{datetime.date.today()} · {dev} · {os.cpu_count()} cores · torch {torch.__version__} · "
+        f"{torch.get_num_threads()} threads · python {platform.python_version()} · allocator: {ALLOCATOR}"
+    )
 
 
 def fmt_time(s: float) -> str:

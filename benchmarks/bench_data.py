@@ -15,6 +15,7 @@ the same inputs (benchmarks/_harness.py).
 
     python -m benchmarks.bench_data [--quick] [--reps 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,10 @@ def make_batch(lr_h: int, lr_w: int, batch: int = 16):
     root = tempfile.mkdtemp(prefix="dzsr_bench_")
     gt = _texture(4 * lr_h, 4 * lr_w, 0)
     write_rgb(os.path.join(root, "train_HR", "DSC_0001_x4.png"), gt)
-    write_rgb(os.path.join(root, "train_LR", "DSC_0001_x1.png"), cv2.resize(gt, (lr_w, lr_h), interpolation=cv2.INTER_AREA))
+    write_rgb(
+        os.path.join(root, "train_LR", "DSC_0001_x1.png"),
+        cv2.resize(gt, (lr_w, lr_h), interpolation=cv2.INTER_AREA),
+    )
     patches = TrainPatches(DualZoomDataset(root, "train", 4), patch_size=48, length=1 << 30, seed=0)
     shutil.rmtree(root)  # the dataset holds the decoded images in memory
     state = {"next": 0}
@@ -68,7 +72,9 @@ def make_prepare(lr_h: int, lr_w: int):
     scene = _texture(4 * lr_h, 4 * lr_w, 2)
     tele = np.roll(scene, (6, -9), axis=(0, 1))
     lr = cv2.resize(scene, (lr_w, lr_h), interpolation=cv2.INTER_AREA)
-    short = cv2.copyMakeBorder(lr, 3 * lr_h // 2, 3 * lr_h // 2, 3 * lr_w // 2, 3 * lr_w // 2, cv2.BORDER_REFLECT)
+    short = cv2.copyMakeBorder(
+        lr, 3 * lr_h // 2, 3 * lr_h // 2, 3 * lr_w // 2, 3 * lr_w // 2, cv2.BORDER_REFLECT
+    )
     return lambda: prepare_pair(short, tele, 4)
 
 
@@ -79,8 +85,9 @@ def make_ssim(lr_h: int, lr_w: int, impl: str):
 
     sr, gt = (x.astype(np.float64) / 255 for x in _hr_pair(lr_h, lr_w))
     if impl == "skimage":
-        return lambda: structural_similarity(sr, gt, win_size=11, gaussian_weights=True,
-                                             data_range=1.0, channel_axis=-1)
+        return lambda: structural_similarity(
+            sr, gt, win_size=11, gaussian_weights=True, data_range=1.0, channel_axis=-1
+        )
     return lambda: ssim(sr, gt)
 
 
@@ -93,10 +100,18 @@ def make_metrics(lr_h: int, lr_w: int, lpips: bool):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help=f"LR {QUICK[0]}x{QUICK[1]} instead of {FULL[0]}x{FULL[1]}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"LR {QUICK[0]}x{QUICK[1]} instead of {FULL[0]}x{FULL[1]}",
+    )
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--no-memory", action="store_true", help="skip the child-process memory measurements")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the child-process memory measurements"
+    )
     args = parser.parse_args()
     lr_h, lr_w = QUICK if args.quick else FULL
     size = {"lr_h": lr_h, "lr_w": lr_w}

@@ -7,6 +7,7 @@ is the child-process RSS the op adds over building the inputs (benchmarks/_harne
 
     python -m benchmarks.bench_deform_conv [--quick] [--reps 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,26 @@ def affine_offsets(A, b, k=3):
     return torch.stack([dy, dx], 2).flatten(1, 2)
 
 
-def make(impl: str, n: int, c: int, h: int, w: int, groups: int, backward: bool, threads: int = 0,
-         device: str = "cpu"):
+def make(
+    impl: str,
+    n: int,
+    c: int,
+    h: int,
+    w: int,
+    groups: int,
+    backward: bool,
+    threads: int = 0,
+    device: str = "cpu",
+):
     """Inputs for one case and a thunk running it once (impl: torchvision, cpp, triton, reference,
     p0, conv1x1); the thunk returns the output."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.randn(n, c, h, w, device=device, requires_grad=backward)
-    A = (torch.eye(2, device=device).reshape(1, 4, 1, 1) + 0.3 * torch.randn(n, 4, h, w, device=device))
+    A = torch.eye(2, device=device).reshape(1, 4, 1, 1) + 0.3 * torch.randn(
+        n, 4, h, w, device=device
+    )
     A.requires_grad_(backward)
     b = torch.randn(n, 2, h, w, device=device).requires_grad_(backward)
     weight = torch.randn(c, c // groups, 3, 3, device=device, requires_grad=backward)
@@ -76,7 +88,13 @@ CASES = [  # label, (n, c, h, w, groups), backward, impls, memory
     ("(16,64,48,48) dense fwd+bwd", (16, 64, 48, 48, 1), True, ["cpp", "torchvision"], True),
     ("(1,64,512,512) depthwise fwd", (1, 64, 512, 512, 64), False, ["cpp", "torchvision"], False),
     ("(1,64,512,512) depthwise fwd+bwd", (1, 64, 512, 512, 64), True, ["cpp", "torchvision"], True),
-    ("(1,64,1024,1024) depthwise fwd", (1, 64, 1024, 1024, 64), False, ["cpp", "torchvision"], True),
+    (
+        "(1,64,1024,1024) depthwise fwd",
+        (1, 64, 1024, 1024, 64),
+        False,
+        ["cpp", "torchvision"],
+        True,
+    ),
     ("P=0 (16,64,48,48) fwd+bwd", (16, 64, 48, 48, 64), True, ["p0", "conv1x1"], False),
     ("P=0 (1,64,512,512) fwd+bwd", (1, 64, 512, 512, 64), True, ["p0", "conv1x1"], False),
 ]
@@ -99,23 +117,52 @@ def main():
         slow = n * c * h * w > 2**24
         times = H.time_interleaved(thunks, reps=3 if slow else args.reps, warmup=1)
         ours, base = impls
-        row = [label, f"{ours} {H.fmt_time(times[ours])}", f"{base} {H.fmt_time(times[base])}",
-               f"{times[base] / times[ours]:.1f}x"]
+        row = [
+            label,
+            f"{ours} {H.fmt_time(times[ours])}",
+            f"{base} {H.fmt_time(times[base])}",
+            f"{times[base] / times[ours]:.1f}x",
+        ]
         if memory and not args.no_memory:
-            kw = dict(n=n, c=c, h=h, w=w, groups=groups, backward=backward, threads=torch.get_num_threads())
-            mem = {impl: H.peak_cpu_memory("benchmarks.bench_deform_conv:make", {"impl": impl, **kw}) for impl in impls}
+            kw = dict(
+                n=n,
+                c=c,
+                h=h,
+                w=w,
+                groups=groups,
+                backward=backward,
+                threads=torch.get_num_threads(),
+            )
+            mem = {
+                impl: H.peak_cpu_memory("benchmarks.bench_deform_conv:make", {"impl": impl, **kw})
+                for impl in impls
+            }
             own = output_and_grad_bytes(n, c, h, w, groups, backward)
             extra = {k: max(0, v - own) for k, v in mem.items()}
-            row += [f"{H.fmt_bytes(mem[ours])} / {H.fmt_bytes(mem[base])}",
-                    f"{H.fmt_bytes(extra[ours])} / {H.fmt_bytes(extra[base])} ({100 * extra[ours] / max(extra[base], 1):.1f}%)"]
+            row += [
+                f"{H.fmt_bytes(mem[ours])} / {H.fmt_bytes(mem[base])}",
+                f"{H.fmt_bytes(extra[ours])} / {H.fmt_bytes(extra[base])} "
+                f"({100 * extra[ours] / max(extra[base], 1):.1f}%)",
+            ]
         else:
             row += ["", ""]
         rows.append(row)
         print(" | ".join(row), flush=True)
     print()
     print(H.machine_line())
-    print(H.markdown_table(["case", "ours", "baseline", "speed-up", "peak RSS added (ours / base)",
-                            "beyond out+grads (ours / base)"], rows))
+    print(
+        H.markdown_table(
+            [
+                "case",
+                "ours",
+                "baseline",
+                "speed-up",
+                "peak RSS added (ours / base)",
+                "beyond out+grads (ours / base)",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

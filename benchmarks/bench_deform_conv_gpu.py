@@ -10,6 +10,7 @@ device's copy bandwidth measured in the same run (``dst.copy_(src)`` of 1 GiB: 2
 
     python -m benchmarks.bench_deform_conv_gpu [--quick] [--reps 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ def copy_bandwidth(reps: int = 10) -> float:
     """Device copy bandwidth in bytes/s: median of ``dst.copy_(src)`` on 1 GiB (2 GiB moved)."""
     src = torch.empty(2**28, dtype=torch.float32, device="cuda").uniform_()
     dst = torch.empty_like(src)
-    t = H.time_interleaved({"copy": lambda: dst.copy_(src)}, reps=reps, warmup=2, device="cuda")["copy"]
-    del src, dst
+    t = H.time_interleaved({"copy": lambda: dst.copy_(src)}, reps=reps, warmup=2, device="cuda")[
+        "copy"
+    ]
+    src = dst = None  # free the 2 GiB before the next case
     torch.cuda.empty_cache()
     return 2 * 2**30 / t
 
@@ -63,11 +66,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
     parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    parser.add_argument(
+        "--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS)
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("bench_deform_conv_gpu needs a CUDA GPU (torch.cuda.is_available() is False); "
-                 "the CPU benchmark is benchmarks/bench_deform_conv.py")
+        sys.exit(
+            "bench_deform_conv_gpu needs a CUDA GPU (torch.cuda.is_available() is False); "
+            "the CPU benchmark is benchmarks/bench_deform_conv.py"
+        )
     impls = [i for i in args.impls.split(",") if i]
     unknown = [i for i in impls if i not in IMPLS]
     if unknown:
@@ -87,8 +94,16 @@ def main():
             peak = H.peak_cuda_memory(thunks[impl])
             bw = moved / times[impl]
             speedup = f"{times['torchvision'] / times[impl]:.1f}x" if "torchvision" in times else ""
-            row = [label, impl, H.fmt_time(times[impl]), speedup, H.fmt_bytes(peak),
-                   H.fmt_bytes(max(0, peak - own)), f"{bw / 1e9:.0f} GB/s", f"{100 * bw / copy_bw:.0f}%"]
+            row = [
+                label,
+                impl,
+                H.fmt_time(times[impl]),
+                speedup,
+                H.fmt_bytes(peak),
+                H.fmt_bytes(max(0, peak - own)),
+                f"{bw / 1e9:.0f} GB/s",
+                f"{100 * bw / copy_bw:.0f}%",
+            ]
             rows.append(row)
             print(" | ".join(row), flush=True)
         del thunks
@@ -96,8 +111,21 @@ def main():
     print()
     print(H.machine_line())
     print(f"device copy bandwidth (1 GiB copy_): {copy_bw / 1e9:.0f} GB/s")
-    print(H.markdown_table(["case", "impl", "time", "vs torchvision", "peak CUDA mem", "beyond out+grads",
-                            "achieved bandwidth", "of copy bandwidth"], rows))
+    print(
+        H.markdown_table(
+            [
+                "case",
+                "impl",
+                "time",
+                "vs torchvision",
+                "peak CUDA mem",
+                "beyond out+grads",
+                "achieved bandwidth",
+                "of copy bandwidth",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

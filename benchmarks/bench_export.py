@@ -10,6 +10,7 @@ relative max error, max |onnx - torch| / max |torch| over the SR output.
 
     python -m benchmarks.bench_export [--reps 5] [--no-memory] [--onnx FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--onnx",
-                        help="an exported demo graph (default: export one to a temporary file)")
+    parser.add_argument(
+        "--onnx", help="an exported demo graph (default: export one to a temporary file)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.onnx
@@ -92,14 +94,24 @@ def main():
             if not args.no_memory:
                 kw = {"runtime": runtime, "onnx_path": path, "threads": torch.get_num_threads()}
                 mem = H.fmt_bytes(H.peak_cpu_memory(CASE, kw))
-            rows.append([runtime, H.fmt_time(times[runtime]),
-                         f"{times['pytorch'] / times[runtime]:.2f}x", mem, f"{error:.1e}"])
+            rows.append(
+                [
+                    runtime,
+                    H.fmt_time(times[runtime]),
+                    f"{times['pytorch'] / times[runtime]:.2f}x",
+                    mem,
+                    f"{error:.1e}",
+                ]
+            )
     import onnxruntime
 
     print(H.machine_line() + f" · onnxruntime {onnxruntime.__version__}")
     print("x4 SR of the demo pair, LR 125x185 -> SR 500x740, demo checkpoint")
-    print(H.markdown_table(["runtime", "time", "vs pytorch", "peak RSS added",
-                            "relative max error"], rows))
+    print(
+        H.markdown_table(
+            ["runtime", "time", "vs pytorch", "peak RSS added", "relative max error"], rows
+        )
+    )
 
 
 if __name__ == "__main__":

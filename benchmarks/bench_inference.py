@@ -12,6 +12,7 @@ and precision.
     python -m benchmarks.bench_inference [--quick] [--reps 1] [--no-memory] [--backends cpp reference]
         [--precision fp32 bf16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,28 @@ def warm_up(model, backend: str, device: str = "cpu", precision: str = "fp32") -
 
     with dzsr_kernels.use_backend(backend):
         small = torch.rand(1, 3, 16, 16, device=device)
-        super_resolve(model, small, small, tile=None, predictor_lr=small, predictor_ref=small,
-                      precision=precision)
+        super_resolve(
+            model,
+            small,
+            small,
+            tile=None,
+            predictor_lr=small,
+            predictor_ref=small,
+            precision=precision,
+        )
 
 
-def make(backend: str, tile: int | None, height: int, width: int, scale: int = 4, threads: int = 0, sink=None,
-         device: str = "cpu", precision: str = "fp32"):
+def make(
+    backend: str,
+    tile: int | None,
+    height: int,
+    width: int,
+    scale: int = 4,
+    threads: int = 0,
+    sink=None,
+    device: str = "cpu",
+    precision: str = "fp32",
+):
     """Model, inputs (on ``device``) and a thunk running one whole-image SR (returns the output)."""
     import dzsr_kernels
     from dzsr.infer import super_resolve
@@ -78,29 +95,63 @@ def main():
     from dzsr.infer import DEFAULT_TILE
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: LR {QUICK['height']}x{QUICK['width']}, tile {QUICK_TILE}, no memory children")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: LR {QUICK['height']}x{QUICK['width']}, tile {QUICK_TILE}, no memory children",
+    )
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--backends", nargs="+", default=["cpp", "reference"])
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "bf16", "fp16"),
-                        help="super_resolve precisions to time (fp16: CUDA only, refused on the CPU)")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=("fp32", "bf16", "fp16"),
+        help="super_resolve precisions to time (fp16: CUDA only, refused on the CPU)",
+    )
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     tile = QUICK_TILE if args.quick else args.tile
     outputs: dict = {}
-    cases = {(b, t, p): make(b, t, **size, sink=outputs, precision=p)
-             for b in args.backends for t in (tile, None) for p in args.precision}
-    times = H.time_interleaved({k: v for k, v in cases.items()}, reps=args.reps, warmup=1 if args.quick else 0)
+    cases = {
+        (b, t, p): make(b, t, **size, sink=outputs, precision=p)
+        for b in args.backends
+        for t in (tile, None)
+        for p in args.precision
+    }
+    times = H.time_interleaved(
+        {k: v for k, v in cases.items()}, reps=args.reps, warmup=1 if args.quick else 0
+    )
     rows = []
     for (backend, t, precision), seconds in times.items():
         mem = ""
         if not (args.no_memory or args.quick):
-            kw = {"backend": backend, "tile": t, **size, "threads": torch.get_num_threads(), "precision": precision}
+            kw = {
+                "backend": backend,
+                "tile": t,
+                **size,
+                "threads": torch.get_num_threads(),
+                "precision": precision,
+            }
             mem = H.fmt_bytes(H.peak_cpu_memory(CASE, kw))
-        diff = (outputs[(backend, tile, precision)] - outputs[(backend, None, precision)]).abs().max().item()
-        rows.append([backend, f"tile {t}" if t else "untiled", precision, H.fmt_time(seconds), mem, f"{diff:.1e}"])
+        diff = (
+            (outputs[(backend, tile, precision)] - outputs[(backend, None, precision)])
+            .abs()
+            .max()
+            .item()
+        )
+        rows.append(
+            [
+                backend,
+                f"tile {t}" if t else "untiled",
+                precision,
+                H.fmt_time(seconds),
+                mem,
+                f"{diff:.1e}",
+            ]
+        )
         print(" | ".join(rows[-1]), flush=True)
     base = times.get(("reference", None, "fp32"))
     if base:
@@ -108,9 +159,14 @@ def main():
             row.insert(4, f"{base / seconds:.2f}x")
     print()
     print(H.machine_line())
-    print(f"x4 whole-image inference, LR {size['height']}x{size['width']} -> SR {4 * size['height']}x{4 * size['width']}")
-    header = (["ops", "tiling", "precision", "time"] + (["vs reference untiled fp32"] if base else [])
-              + ["peak RSS added", "max |tiled - untiled|"])
+    print(
+        f"x4 whole-image inference, LR {size['height']}x{size['width']} -> SR {4 * size['height']}x{4 * size['width']}"
+    )
+    header = (
+        ["ops", "tiling", "precision", "time"]
+        + (["vs reference untiled fp32"] if base else [])
+        + ["peak RSS added", "max |tiled - untiled|"]
+    )
     print(H.markdown_table(header, rows))
 
 

@@ -6,6 +6,7 @@ API, so the same file times any checkout:
 Prints one ``label<TAB>median ms`` line per row. Alternate two checkouts (A B A B ...) and compare
 the medians row by row; no baseline runs here (the per-op benchmarks hold those).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ def deform_case(shape, groups: int, backward: bool):
         y = dk.affine_deform_conv2d(x, A, b, weight, groups=groups)
         if backward:
             y.sum().backward()
+
     return run
 
 
@@ -54,13 +56,21 @@ def patch_match_case(size: int):
 
 ROWS = [
     ("deform conv (16,64,48,48) depthwise fwd", lambda: deform_case((16, 64, 48, 48), 64, False)),
-    ("deform conv (16,64,48,48) depthwise fwd+bwd", lambda: deform_case((16, 64, 48, 48), 64, True)),
+    (
+        "deform conv (16,64,48,48) depthwise fwd+bwd",
+        lambda: deform_case((16, 64, 48, 48), 64, True),
+    ),
     ("deform conv (16,64,48,48) dense fwd", lambda: deform_case((16, 64, 48, 48), 1, False)),
     ("deform conv (16,64,48,48) dense fwd+bwd", lambda: deform_case((16, 64, 48, 48), 1, True)),
     ("deform conv (1,64,512,512) depthwise fwd", lambda: deform_case((1, 64, 512, 512), 64, False)),
-    ("deform conv (1,64,512,512) depthwise fwd+bwd", lambda: deform_case((1, 64, 512, 512), 64, True)),
-    *((f"SW {s} fwd+bwd", (lambda s=s: sw_case(s)))
-      for s in [(16, 256, 48, 48), (16, 512, 24, 24), (16, 512, 12, 12), (1, 256, 256, 256)]),
+    (
+        "deform conv (1,64,512,512) depthwise fwd+bwd",
+        lambda: deform_case((1, 64, 512, 512), 64, True),
+    ),
+    *(
+        (f"SW {s} fwd+bwd", (lambda s=s: sw_case(s)))
+        for s in [(16, 256, 48, 48), (16, 512, 24, 24), (16, 512, 12, 12), (1, 256, 256, 256)]
+    ),
     *((f"patch_match {n}x{n}x256", (lambda n=n: patch_match_case(n))) for n in (64, 128)),
 ]
 

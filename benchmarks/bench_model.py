@@ -16,6 +16,7 @@ model and inputs; CUDA max_memory_allocated.
     python -m benchmarks.bench_model [--quick] [--device cuda] [--reps 3] [--no-memory] [--cases train infer]
                                      [--loss l1sw|l1] [--vgg-dtype float32|bfloat16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,30 @@ def make_inputs(batch: int, size: int, scale: int, device: str, training: bool) 
     box = size // 4
     lr, ref = rand(batch, 3, size, size), rand(batch, 3, size, size)
     y0 = (size - box) // 2
-    inputs = dict(lr=lr, ref=ref, paste_ref=rand(batch, 3, scale * box, scale * box),
-                  paste_box=torch.tensor([[y0, y0 + box, y0, y0 + box]] * batch))
+    inputs = dict(
+        lr=lr,
+        ref=ref,
+        paste_ref=rand(batch, 3, scale * box, scale * box),
+        paste_box=torch.tensor([[y0, y0 + box, y0, y0 + box]] * batch),
+    )
     if training:
-        inputs.update(gt=rand(batch, 3, scale * size, scale * size), noise=0.02 * (rand(batch, 3, size, size) - 0.5))
+        inputs.update(
+            gt=rand(batch, 3, scale * size, scale * size),
+            noise=0.02 * (rand(batch, 3, size, size) - 0.5),
+        )
     return inputs
 
 
-def make_case(case: str, backend: str, batch: int, size: int, scale: int = 4, device: str = "cpu", sw: bool = True,
-              vgg_dtype: str = "float32"):
+def make_case(
+    case: str,
+    backend: str,
+    batch: int,
+    size: int,
+    scale: int = 4,
+    device: str = "cpu",
+    sw: bool = True,
+    vgg_dtype: str = "float32",
+):
     """Model, inputs (and loss/optimizer for ``train``) and a thunk running one iteration/forward."""
     import dzsr_kernels as dk
     from dzsr.losses import SelfDZSRObjective, SWLoss
@@ -62,12 +78,16 @@ def make_case(case: str, backend: str, batch: int, size: int, scale: int = 4, de
             if reason is not None:  # also loads the extension, outside the measured work
                 raise RuntimeError(reason)
     if not training:
+
         def infer():
             with dk.use_backend(backend), torch.no_grad():
                 return model(**inputs).sr
+
         return infer
 
-    objective = SelfDZSRObjective(sw_loss=SWLoss(weights=None, vgg_dtype=getattr(torch, vgg_dtype)).to(device) if sw else None)
+    objective = SelfDZSRObjective(
+        sw_loss=SWLoss(weights=None, vgg_dtype=getattr(torch, vgg_dtype)).to(device) if sw else None
+    )
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def train_step():
@@ -88,12 +108,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--cases", nargs="+", default=["train", "infer"], choices=["train", "infer"])
+    parser.add_argument(
+        "--cases", nargs="+", default=["train", "infer"], choices=["train", "infer"]
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
-    parser.add_argument("--loss", choices=["l1sw", "l1"], default="l1sw",
-                        help="training loss: L1+SW (VGG-19 features, the default) or L1 only")
-    parser.add_argument("--vgg-dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="precision of the SW loss's VGG-19 feature stack (SWLoss(vgg_dtype=...))")
+    parser.add_argument(
+        "--loss",
+        choices=["l1sw", "l1"],
+        default="l1sw",
+        help="training loss: L1+SW (VGG-19 features, the default) or L1 only",
+    )
+    parser.add_argument(
+        "--vgg-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="precision of the SW loss's VGG-19 feature stack (SWLoss(vgg_dtype=...))",
+    )
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     backends = ["reference", "cpp"] + (["triton"] if cuda else [])
@@ -102,7 +132,16 @@ def main() -> None:
     print(f"SelfDZSR x{args.scale}, device {args.device}, median of {args.reps} after 1 warm-up\n")
     rows = []
     for case in args.cases:
-        kw = {b: {"case": case, "backend": b, "scale": args.scale, "device": args.device, **sizes[case]} for b in backends}
+        kw = {
+            b: {
+                "case": case,
+                "backend": b,
+                "scale": args.scale,
+                "device": args.device,
+                **sizes[case],
+            }
+            for b in backends
+        }
         if case == "train":
             for b in backends:
                 kw[b]["sw"] = args.loss == "l1sw"
@@ -116,13 +155,30 @@ def main() -> None:
         if not args.no_memory and cuda:
             mems = {b: _harness.peak_cuda_memory(thunks[b]) for b in backends}
         del thunks
-        loss = "L1" if args.loss == "l1" else "L1+SW" + (" (bf16 VGG)" if args.vgg_dtype == "bfloat16" else "")
-        what = (f"train iter, batch {sizes[case]['batch']}, LR {sizes[case]['size']}², {loss}" if case == "train"
-                else f"inference, LR {sizes[case]['size']}²")
+        loss = (
+            "L1"
+            if args.loss == "l1"
+            else "L1+SW" + (" (bf16 VGG)" if args.vgg_dtype == "bfloat16" else "")
+        )
+        what = (
+            f"train iter, batch {sizes[case]['batch']}, LR {sizes[case]['size']}², {loss}"
+            if case == "train"
+            else f"inference, LR {sizes[case]['size']}²"
+        )
         for b in backends:
-            mem = f"{_harness.fmt_bytes(mems[b])} ({mems[b] / max(mems['reference'], 1):.2f}x)" if mems else "-"
-            rows.append([what, b, _harness.fmt_time(times[b]), f"{times['reference'] / times[b]:.2f}x", mem])
-    print(_harness.markdown_table(["case", "backend", "time", "speed-up vs reference", "peak memory (vs reference)"], rows))
+            mem = (
+                f"{_harness.fmt_bytes(mems[b])} ({mems[b] / max(mems['reference'], 1):.2f}x)"
+                if mems
+                else "-"
+            )
+            rows.append(
+                [what, b, _harness.fmt_time(times[b]), f"{times['reference'] / times[b]:.2f}x", mem]
+            )
+    print(
+        _harness.markdown_table(
+            ["case", "backend", "time", "speed-up vs reference", "peak memory (vs reference)"], rows
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Benchmark of top-1 patch matching (docs/design.md#patch-match, issue 3) against two baselines, same process, interleaved.
+"""Benchmark of top-1 patch matching (docs/design.md#patch-match, issue 3) against two baselines,
+same process, interleaved.
 
 Cases, per feature-map size HxW with C channels (query and reference of equal size, N=1):
   * ``cpp`` / ``triton``: ``dzsr_kernels.patch_match`` on that backend (streaming, O(Nq+Nr) memory);
@@ -19,10 +20,10 @@ score difference, on random features and on smooth (spatially correlated, non-ne
 ones. On CUDA it runs the Triton kernel both ways; on CPU it emulates TF32 by rounding the normalised
 pixels to 10 mantissa bits (what tensor cores do to the inputs) before the float32 reference.
 """
+
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
@@ -119,36 +120,56 @@ CASES = {
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (24x24, 40x40, 43x69, C=64)")
-    parser.add_argument("--sizes", default="64x64,128x128,172x278", help="comma-separated HxW feature sizes")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (24x24, 40x40, 43x69, C=64)"
+    )
+    parser.add_argument(
+        "--sizes", default="64x64,128x128,172x278", help="comma-separated HxW feature sizes"
+    )
     parser.add_argument("--channels", type=int, default=256)
-    parser.add_argument("--cases", default="cpp,conv2d,matmul", help=f"comma-separated subset of {list(CASES)}")
+    parser.add_argument(
+        "--cases", default="cpp,conv2d,matmul", help=f"comma-separated subset of {list(CASES)}"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument("--tf32-agreement", action="store_true", help="measure the tf32 index agreement instead")
+    parser.add_argument(
+        "--tf32-agreement", action="store_true", help="measure the tf32 index agreement instead"
+    )
     args = parser.parse_args(argv)
     sizes = "24x24,40x40,43x69" if args.quick else args.sizes
     channels = 64 if args.quick else args.channels
     if args.tf32_agreement:
         h, w = (int(s) for s in sizes.split(",")[0].split("x"))
         print(_harness.machine_line())
-        print(_harness.markdown_table(["map HxWxC", "features", "measured with", "index agreement", "max |score diff|"],
-                                      tf32_agreement(h, w, channels, args.device)))
+        print(
+            _harness.markdown_table(
+                ["map HxWxC", "features", "measured with", "index agreement", "max |score diff|"],
+                tf32_agreement(h, w, channels, args.device),
+            )
+        )
         return
     cases = args.cases.split(",")
     print(_harness.machine_line())
     specs = {}
     for size in sizes.split(","):
         h, w = (int(s) for s in size.split("x"))
-        specs[h, w] = {name: (CASES[name][0], {**CASES[name][1], "h": h, "w": w, "c": channels, "device": args.device})
-                       for name in cases}
+        specs[h, w] = {
+            name: (
+                CASES[name][0],
+                {**CASES[name][1], "h": h, "w": w, "c": channels, "device": args.device},
+            )
+            for name in cases
+        }
     # CPU memory first, while this process is small: a child's ru_maxrss starts from its parent's
     # high-water mark (Linux keeps it across fork/exec), which would hide the children's own peaks.
     cpu_memory = {}
     if not args.no_memory and not args.device.startswith("cuda"):
-        cpu_memory = {(hw, name): _harness.peak_cpu_memory(*spec) for hw, group in specs.items()
-                      for name, spec in group.items()}
+        cpu_memory = {
+            (hw, name): _harness.peak_cpu_memory(*spec)
+            for hw, group in specs.items()
+            for name, spec in group.items()
+        }
     rows = []
     for (h, w), spec in specs.items():
         thunks = {name: _harness.build(*spec[name]) for name in cases}
@@ -162,12 +183,35 @@ def main(argv=None) -> None:
             else:
                 mem = _harness.fmt_bytes(cpu_memory[(h, w), name])
             ratio = lambda base: f"{times[name] / times[base]:.2f}x" if base in times else "-"  # noqa: E731
-            rows.append([f"{h}x{w}x{channels}", name, _harness.fmt_time(times[name]),
-                         f"{flops / times[name] / 1e9:.0f}", mem, ratio("matmul"), ratio("conv2d")])
+            rows.append(
+                [
+                    f"{h}x{w}x{channels}",
+                    name,
+                    _harness.fmt_time(times[name]),
+                    f"{flops / times[name] / 1e9:.0f}",
+                    mem,
+                    ratio("matmul"),
+                    ratio("conv2d"),
+                ]
+            )
         del thunks
-    print(f"naive FLOP count 2·Nq·Nr·9C; median of {args.reps} after 1 warm-up; time ratios (lower is faster)")
-    print(_harness.markdown_table(
-        ["map HxWxC", "case", "time", "equiv GFLOP/s", "peak extra memory", "time / matmul", "time / conv2d"], rows))
+    print(
+        f"naive FLOP count 2·Nq·Nr·9C; median of {args.reps} after 1 warm-up; time ratios (lower is faster)"
+    )
+    print(
+        _harness.markdown_table(
+            [
+                "map HxWxC",
+                "case",
+                "time",
+                "equiv GFLOP/s",
+                "peak extra memory",
+                "time / matmul",
+                "time / conv2d",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

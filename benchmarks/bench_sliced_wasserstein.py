@@ -11,6 +11,7 @@ RSS above a child that builds the same inputs; CUDA max_memory_allocated above t
 
     python -m benchmarks.bench_sliced_wasserstein [--quick] [--device cuda] [--reps 5] [--shape N,C,H,W]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,17 +69,27 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
-    parser.add_argument("--shape", action="append", default=None, metavar="N,C,H,W",
-                        help="run only this shape (repeatable)")
+    parser.add_argument(
+        "--shape",
+        action="append",
+        default=None,
+        metavar="N,C,H,W",
+        help="run only this shape (repeatable)",
+    )
     args = parser.parse_args()
     impls = ["reference", "authors", "cpp"] + (["triton"] if args.device.startswith("cuda") else [])
     print(_harness.machine_line())
-    print(f"forward+backward of the SW loss, C' = C//2, device {args.device}, median of {args.reps}\n")
+    print(
+        f"forward+backward of the SW loss, C' = C//2, device {args.device}, median of {args.reps}\n"
+    )
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shape:
         shapes = [tuple(int(x) for x in text.split(",")) for text in args.shape]
-    kwargs = {(shape, name): {"shape": shape, "impl": name, "device": args.device}
-              for shape in shapes for name in impls}
+    kwargs = {
+        (shape, name): {"shape": shape, "impl": name, "device": args.device}
+        for shape in shapes
+        for name in impls
+    }
     # CPU memory first, while this process is small: a child's ru_maxrss starts from its parent's
     # high-water mark (Linux keeps it across fork/exec), which would hide the children's own peaks.
     mems = {}
@@ -96,10 +107,27 @@ def main() -> None:
             if mems:
                 ratio = mems[shape, name] / max(mems[shape, "reference"], 1)
                 mem = f"{_harness.fmt_bytes(mems[shape, name])} ({ratio:.2f}x)"
-            rows.append([str(shape), name, _harness.fmt_time(times[name]),
-                         f"{times['reference'] / times[name]:.2f}x", mem])
-    print(_harness.markdown_table(["shape (N,C,H,W)", "impl", "fwd+bwd", "speed-up vs reference",
-                                   "peak memory (vs reference)"], rows))
+            rows.append(
+                [
+                    str(shape),
+                    name,
+                    _harness.fmt_time(times[name]),
+                    f"{times['reference'] / times[name]:.2f}x",
+                    mem,
+                ]
+            )
+    print(
+        _harness.markdown_table(
+            [
+                "shape (N,C,H,W)",
+                "impl",
+                "fwd+bwd",
+                "speed-up vs reference",
+                "peak memory (vs reference)",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

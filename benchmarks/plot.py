@@ -10,6 +10,7 @@ matplotlib (``pip install "dzsr[plot]"``).
     python -m benchmarks.sweep --note "shared machine, loaded"   # record (minutes)
     python -m benchmarks.plot                                     # draw
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,15 +25,17 @@ from dzsr.outputs import check_folder, write_bytes
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 PLOTS = os.path.join(os.path.dirname(HERE), "docs", "plots")
-PANELS = (("time_s", "time (s)", 1.0), ("peak_bytes", "peak memory added (MiB)", 2.0 ** 20))
+PANELS = (("time_s", "time (s)", 1.0), ("peak_bytes", "peak memory added (MiB)", 2.0**20))
 
 
 def _series(sweep: dict, impl: str, key: str, unit: float) -> tuple[list[int], list[float]]:
     """Sizes and values of one impl; a zero (memory below the measurement's resolution) is left
     out of the logarithmic axis."""
     points = sorted((p for p in sweep["points"] if p["impl"] == impl), key=lambda p: p["height"])
-    return ([p["height"] for p in points],
-            [p[key] / unit if p[key] > 0 else math.nan for p in points])
+    return (
+        [p["height"] for p in points],
+        [p[key] / unit if p[key] > 0 else math.nan for p in points],
+    )
 
 
 def _ratio_note(sweep: dict, key: str) -> str:
@@ -53,8 +56,9 @@ def figure(record: dict):
     from matplotlib.ticker import NullLocator
 
     sweeps = record["sweeps"]
-    fig, axes = plt.subplots(len(sweeps), len(PANELS), figsize=(11, 3.2 * len(sweeps) + 1.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(sweeps), len(PANELS), figsize=(11, 3.2 * len(sweeps) + 1.2), squeeze=False
+    )
     for row, sweep in zip(axes, sweeps.values()):
         for ax, (key, label, unit) in zip(row, PANELS):
             for impl, style in ((sweep["ours"], "o-"), (sweep["baseline"], "s--")):

@@ -23,6 +23,7 @@ Columns, per stage:
     counting 512 MiB moved);
   * x floor: time / max(FLOP floor, byte floor).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,21 +70,27 @@ def labelled(name: str, fn):
     def wrapper(*args, **kwargs):
         with record_function(PREFIX + name):
             return fn(*args, **kwargs)
+
     return wrapper
 
 
 def label_module(name: str, module: torch.nn.Module) -> None:
     ranges = []
-    module.register_forward_pre_hook(lambda m, a: ranges.append(record_function(PREFIX + name).__enter__()))
+    module.register_forward_pre_hook(
+        lambda m, a: ranges.append(record_function(PREFIX + name).__enter__())
+    )
     module.register_forward_hook(lambda m, a, out: ranges.pop().__exit__(None, None, None))
 
 
 def instrument(model) -> None:
     """Label the public stages super_resolve calls (shadowing bound methods on the instances)."""
     net, branch = model.restoration, model.restoration.reference
-    owners = {model: ["match"], branch: ["features", "paste_reference"],
-              branch.align: ["estimate", "transform"],
-              net: ["lr_features", "align_lr", "fuse", "body", "upsample"]}
+    owners = {
+        model: ["match"],
+        branch: ["features", "paste_reference"],
+        branch.align: ["estimate", "transform"],
+        net: ["lr_features", "align_lr", "fuse", "body", "upsample"],
+    }
     for owner, names in owners.items():
         for name in names:
             setattr(owner, name, labelled(name, getattr(owner, name)))
@@ -117,7 +124,7 @@ def stage_of(event) -> str | None:
     parent = event.cpu_parent
     while parent is not None and not parent.name.startswith(PREFIX):
         parent = parent.cpu_parent
-    return parent.name[len(PREFIX):] if parent is not None else None
+    return parent.name[len(PREFIX) :] if parent is not None else None
 
 
 def is_counted_op(event) -> bool:
@@ -131,7 +138,7 @@ def summarise(events):
     flops, read = defaultdict(float), defaultdict(float)
     for e in events:
         if e.name.startswith(PREFIX):
-            name = e.name[len(PREFIX):]
+            name = e.name[len(PREFIX) :]
             outer = stage_of(e)
             if outer != name:  # recursion-free: count each stage's outermost ranges
                 time_us[name] += e.cpu_time_total
@@ -146,8 +153,13 @@ def summarise(events):
             for anc in ancestors(e):
                 flops[anc] += op_flops(e)
     if "dzsr::patch_match" in {e.name for e in events}:
-        pm = [e for e in events if e.name == "dzsr::patch_match" and e.cpu_parent is not None
-              and not e.cpu_parent.name.startswith("dzsr::")]
+        pm = [
+            e
+            for e in events
+            if e.name == "dzsr::patch_match"
+            and e.cpu_parent is not None
+            and not e.cpu_parent.name.startswith("dzsr::")
+        ]
         time_us["match / patch_match"] = sum(e.cpu_time_total for e in pm)
         calls["match / patch_match"] = len(pm)
         flops["match / patch_match"] = sum(op_flops(e) for e in pm)
@@ -158,12 +170,25 @@ def ancestors(event):
     parent = event.cpu_parent
     while parent is not None:
         if parent.name.startswith(PREFIX):
-            yield parent.name[len(PREFIX):]
+            yield parent.name[len(PREFIX) :]
         parent = parent.cpu_parent
 
 
-ORDER = ["match", "match / extractor", "match / patch_match", "features", "paste_reference",
-         "estimate", "transform", "lr_features", "align_lr", "fuse", "predictor", "body", "upsample"]
+ORDER = [
+    "match",
+    "match / extractor",
+    "match / patch_match",
+    "features",
+    "paste_reference",
+    "estimate",
+    "transform",
+    "lr_features",
+    "align_lr",
+    "fuse",
+    "predictor",
+    "body",
+    "upsample",
+]
 
 
 def main() -> None:
@@ -193,14 +218,40 @@ def main() -> None:
         seconds = time_us[name] / 1e6
         flop_floor, byte_floor = flops[name] / rate, read[name] / bandwidth
         floor = max(flop_floor, byte_floor)
-        rows.append([name, str(calls[name]), f"{seconds:.2f} s", f"{100 * seconds / wall:.1f}%",
-                     f"{flops[name] / 1e9:.1f}", f"{flop_floor:.2f} s", f"{read[name] / 1e6:.0f}",
-                     f"{byte_floor:.3f} s", f"{seconds / floor:.1f}x" if floor else ""])
+        rows.append(
+            [
+                name,
+                str(calls[name]),
+                f"{seconds:.2f} s",
+                f"{100 * seconds / wall:.1f}%",
+                f"{flops[name] / 1e9:.1f}",
+                f"{flop_floor:.2f} s",
+                f"{read[name] / 1e6:.0f}",
+                f"{byte_floor:.3f} s",
+                f"{seconds / floor:.1f}x" if floor else "",
+            ]
+        )
     print(H.machine_line())
-    print(f"x4 whole-image inference, LR {args.height}x{args.width}, tile {args.tile}, backend {args.backend}: "
-          f"{wall:.2f} s under the profiler; matmul {rate / 1e9:.0f} GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s")
-    print(H.markdown_table(["stage", "calls", "time", "share", "GFLOP", "FLOP floor", "MB read",
-                            "byte floor", "x floor"], rows))
+    print(
+        f"x4 whole-image inference, LR {args.height}x{args.width}, tile {args.tile}, backend {args.backend}: "
+        f"{wall:.2f} s under the profiler; matmul {rate / 1e9:.0f} GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s"
+    )
+    print(
+        H.markdown_table(
+            [
+                "stage",
+                "calls",
+                "time",
+                "share",
+                "GFLOP",
+                "FLOP floor",
+                "MB read",
+                "byte floor",
+                "x floor",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

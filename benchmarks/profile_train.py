@@ -14,6 +14,7 @@ Rows:
     summed over the iteration (the slowest ``BACKWARD_ROWS`` types, the rest in one row);
   * ``optimizer step`` and the rest of the iteration (``other``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,7 +89,7 @@ def main() -> None:
         if e.name.startswith(FORWARD) and outermost(e, e.name):
             key = e.name
         elif e.name.startswith(BACKWARD) and outermost(e, BACKWARD):
-            key = "backward: " + e.name[len(BACKWARD):]
+            key = "backward: " + e.name[len(BACKWARD) :]
         elif e.name.startswith("Optimizer.step") and outermost(e, "Optimizer.step"):
             key = "optimizer step"
         else:
@@ -105,14 +106,26 @@ def main() -> None:
     rows = []
     for key in sorted(seconds, key=lambda k: (not k.startswith(FORWARD), -seconds[k])):
         floor = flops[key] / rate if flops[key] else None
-        rows.append([key, str(calls[key] or ""), f"{seconds[key]:.3f} s", f"{100 * seconds[key] / wall:.1f}%",
-                     f"{flops[key] / 1e9:.1f}" if floor else "", f"{floor:.3f} s" if floor else "",
-                     f"{seconds[key] / floor:.1f}x" if floor else ""])
+        rows.append(
+            [
+                key,
+                str(calls[key] or ""),
+                f"{seconds[key]:.3f} s",
+                f"{100 * seconds[key] / wall:.1f}%",
+                f"{flops[key] / 1e9:.1f}" if floor else "",
+                f"{floor:.3f} s" if floor else "",
+                f"{seconds[key] / floor:.1f}x" if floor else "",
+            ]
+        )
     print(H.machine_line())
-    print(f"x4 training iteration, batch {args.batch}, LR {args.size}x{args.size}, L1+SW "
-          f"(VGG-19 {args.vgg_dtype}), backend {args.backend}: {wall:.2f} s under the profiler; "
-          f"matmul {rate / 1e9:.0f} GFLOP/s")
-    print(H.markdown_table(["part", "calls", "time", "share", "GFLOP", "FLOP floor", "x floor"], rows))
+    print(
+        f"x4 training iteration, batch {args.batch}, LR {args.size}x{args.size}, L1+SW "
+        f"(VGG-19 {args.vgg_dtype}), backend {args.backend}: {wall:.2f} s under the profiler; "
+        f"matmul {rate / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        H.markdown_table(["part", "calls", "time", "share", "GFLOP", "FLOP floor", "x floor"], rows)
+    )
 
 
 if __name__ == "__main__":

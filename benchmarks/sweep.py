@@ -21,6 +21,7 @@ that device type atomically: ``{"machine", "commit", "note", "device", "sweeps":
 
     python -m benchmarks.sweep [--device cpu|cuda] [--quick] [--reps 3] [--note "shared, loaded"]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,20 +53,30 @@ class Sweep:
 
 def _deform(s: int, device: str) -> dict[str, tuple[str, dict]]:
     shape = {"n": 1, "c": 64, "h": s, "w": s, "groups": 64, "backward": True, "device": device}
-    return {impl: ("benchmarks.bench_deform_conv:make", {"impl": impl, **shape})
-            for impl in ("cpp", "torchvision")}
+    return {
+        impl: ("benchmarks.bench_deform_conv:make", {"impl": impl, **shape})
+        for impl in ("cpp", "torchvision")
+    }
 
 
 def _match(s: int, device: str) -> dict[str, tuple[str, dict]]:
-    return {impl: ("benchmarks.bench_patch_match:op_case",
-                   {"backend": impl, "h": s, "w": s, "c": 64, "device": device})
-            for impl in ("cpp", "reference")}
+    return {
+        impl: (
+            "benchmarks.bench_patch_match:op_case",
+            {"backend": impl, "h": s, "w": s, "c": 64, "device": device},
+        )
+        for impl in ("cpp", "reference")
+    }
 
 
 def _sw(s: int, device: str) -> dict[str, tuple[str, dict]]:
-    return {impl: ("benchmarks.bench_sliced_wasserstein:make_case",
-                   {"shape": [1, 256, s, s], "impl": impl, "device": device})
-            for impl in ("cpp", "reference")}
+    return {
+        impl: (
+            "benchmarks.bench_sliced_wasserstein:make_case",
+            {"shape": [1, 256, s, s], "impl": impl, "device": device},
+        )
+        for impl in ("cpp", "reference")
+    }
 
 
 def _inference(s: int, device: str) -> dict[str, tuple[str, dict]]:
@@ -73,19 +84,34 @@ def _inference(s: int, device: str) -> dict[str, tuple[str, dict]]:
 
     size = {"height": s, "width": s, "device": device}
     case = "benchmarks.bench_inference:make"
-    return {"cpp": (case, {"backend": "cpp", "tile": DEFAULT_TILE, **size}),
-            "reference": (case, {"backend": "reference", "tile": None, **size})}
+    return {
+        "cpp": (case, {"backend": "cpp", "tile": DEFAULT_TILE, **size}),
+        "reference": (case, {"backend": "reference", "tile": None, **size}),
+    }
 
 
 SWEEPS = {
-    "deform_conv": Sweep("AdaSTN deformable conv, depthwise, fwd+bwd, (1, 64, S, S)",
-                         (64, 128, 192, 256), (16, 32), _deform),
-    "patch_match": Sweep("patch matching, 3x3 patches, (1, 64, S, S) query and reference",
-                         (32, 64, 96, 128), (16, 24), _match),
-    "sw_loss": Sweep("sliced-Wasserstein loss, fwd+bwd, (1, 256, S, S)",
-                     (32, 64, 128, 192), (16, 24), _sw),
-    "inference": Sweep("x4 whole-image inference, LR S x S (ours tiled, reference untiled)",
-                       (48, 96, 144, 192), (24, 32), _inference),
+    "deform_conv": Sweep(
+        "AdaSTN deformable conv, depthwise, fwd+bwd, (1, 64, S, S)",
+        (64, 128, 192, 256),
+        (16, 32),
+        _deform,
+    ),
+    "patch_match": Sweep(
+        "patch matching, 3x3 patches, (1, 64, S, S) query and reference",
+        (32, 64, 96, 128),
+        (16, 24),
+        _match,
+    ),
+    "sw_loss": Sweep(
+        "sliced-Wasserstein loss, fwd+bwd, (1, 256, S, S)", (32, 64, 128, 192), (16, 24), _sw
+    ),
+    "inference": Sweep(
+        "x4 whole-image inference, LR S x S (ours tiled, reference untiled)",
+        (48, 96, 144, 192),
+        (24, 32),
+        _inference,
+    ),
 }
 
 
@@ -103,17 +129,32 @@ def measure(sweep: Sweep, device: str, quick: bool, reps: int) -> list[dict]:
             memory = {impl: H.peak_cuda_memory(fn) for impl, fn in thunks.items()}
         del thunks
         for impl in cases:
-            points.append({"impl": impl, "height": s, "width": s, "time_s": times[impl],
-                           "peak_bytes": memory[impl]})
-            print(f"{sweep.title} | S={s} | {impl} | {H.fmt_time(times[impl])} | "
-                  f"{H.fmt_bytes(memory[impl])}", flush=True)
+            points.append(
+                {
+                    "impl": impl,
+                    "height": s,
+                    "width": s,
+                    "time_s": times[impl],
+                    "peak_bytes": memory[impl],
+                }
+            )
+            print(
+                f"{sweep.title} | S={s} | {impl} | {H.fmt_time(times[impl])} | "
+                f"{H.fmt_bytes(memory[impl])}",
+                flush=True,
+            )
     return points
 
 
 def _commit() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
@@ -131,13 +172,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.reps < 1:
         parser.error(f"--reps must be at least 1, got {args.reps}")
     path = check_output(os.path.join(args.out, f"sweep-{args.device}.json"), "--out", (".json",))
-    record = {"machine": H.machine_line(), "commit": _commit(), "note": args.note,
-              "device": args.device, "sweeps": {}}
+    record = {
+        "machine": H.machine_line(),
+        "commit": _commit(),
+        "note": args.note,
+        "device": args.device,
+        "sweeps": {},
+    }
     for name in args.only or SWEEPS:
         sweep = SWEEPS[name]
         impls = list(sweep.cases(1, args.device))
-        record["sweeps"][name] = {"title": sweep.title, "ours": impls[0], "baseline": impls[1],
-                                  "points": measure(sweep, args.device, args.quick, args.reps)}
+        record["sweeps"][name] = {
+            "title": sweep.title,
+            "ours": impls[0],
+            "baseline": impls[1],
+            "points": measure(sweep, args.device, args.quick, args.reps),
+        }
     write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
     print(f"wrote {path}")
 

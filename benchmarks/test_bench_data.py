@@ -1,4 +1,5 @@
 """pytest-benchmark of the data pipeline and SSIM on small sizes (run: pytest benchmarks/)."""
+
 import pytest
 
 from benchmarks.bench_data import make_batch, make_ssim

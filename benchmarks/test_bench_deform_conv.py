@@ -1,5 +1,6 @@
 """pytest-benchmark timings of the deformable convolution at the authors' training shape, forward +
 backward (``pytest benchmarks/test_bench_deform_conv.py``); the full table is bench_deform_conv.py."""
+
 import pytest
 
 from benchmarks.bench_deform_conv import make

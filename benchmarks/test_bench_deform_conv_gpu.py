@@ -1,5 +1,6 @@
 """pytest-benchmark of the deformable conv forward+backward on a GPU (run: pytest benchmarks/);
 skipped without CUDA. The markdown table with bandwidth and memory is bench_deform_conv_gpu.py."""
+
 import pytest
 import torch
 

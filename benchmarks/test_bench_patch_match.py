@@ -1,4 +1,5 @@
 """pytest-benchmark timings of patch matching on a small map (``pytest benchmarks/test_bench_patch_match.py``)."""
+
 import pytest
 
 from benchmarks.bench_patch_match import matmul_case, op_case

@@ -1,4 +1,5 @@
 """pytest-benchmark of the SW loss forward+backward on a small shape (run: pytest benchmarks/)."""
+
 import pytest
 
 from benchmarks.bench_sliced_wasserstein import make_case

@@ -38,6 +38,7 @@ and ``configure`` says why:
 ``configure`` runs once per process (later calls return the first answer); ``fork``-ed children
 (DataLoader workers) inherit the settings.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -46,8 +47,11 @@ import platform
 
 VARIABLE = "DZSR_ALLOCATOR"
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # glibc <malloc.h>
-SETTINGS = ((M_MMAP_MAX, "M_MMAP_MAX", 0), (M_TRIM_THRESHOLD, "M_TRIM_THRESHOLD", 1 << 30),
-            (M_TOP_PAD, "M_TOP_PAD", 64 << 20))
+SETTINGS = (
+    (M_MMAP_MAX, "M_MMAP_MAX", 0),
+    (M_TRIM_THRESHOLD, "M_TRIM_THRESHOLD", 1 << 30),
+    (M_TOP_PAD, "M_TOP_PAD", 64 << 20),
+)
 DESCRIPTION = "glibc mallopt M_MMAP_MAX=0 M_TRIM_THRESHOLD=1GiB M_TOP_PAD=64MiB"
 
 _state: str | None = None

@@ -28,6 +28,7 @@ Memory: every command first applies the package's allocator setup (``dzsr.alloca
 ``mallopt`` so large freed buffers are reused instead of being handed back to the system and faulted
 in again per tile; opt out with ``DZSR_ALLOCATOR=system``); ``dzsr info`` prints which is in use.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,9 +71,13 @@ def check_device(spec: str, what: str):
         raise ValueError(f"{what} must be auto, cpu, cuda or cuda:N, got {spec!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{what} {spec}: CUDA is not available on this machine (no GPU, or a CPU-only PyTorch)")
+            raise ValueError(
+                f"{what} {spec}: CUDA is not available on this machine (no GPU, or a CPU-only PyTorch)"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"{what} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ValueError(
+                f"{what} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     return device
 
 
@@ -95,7 +100,9 @@ def check_backend(flag: str | None, device_type: str) -> str | None:
         raise ValueError(f"--backend must be one of auto, {', '.join(BACKENDS)}; got {flag!r}")
     name, source = (flag, "--backend") if flag is not None else (env or "auto", BACKEND_VARIABLE)
     if name != "auto" and name not in available_backends(device_type):
-        raise ValueError(f"{source} {name}: cannot run on {device_type}: {unavailable_reason(name, device_type)}")
+        raise ValueError(
+            f"{source} {name}: cannot run on {device_type}: {unavailable_reason(name, device_type)}"
+        )
     return flag
 
 
@@ -107,18 +114,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     import dzsr_kernels
     from dzsr_kernels import _ext
 
-    print(f"dzsr {dzsr.__version__} · torch {torch.__version__} · {torch.get_num_threads()} threads · "
-          f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
+    print(
+        f"dzsr {dzsr.__version__} · torch {torch.__version__} · {torch.get_num_threads()} threads · "
+        f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}"
+    )
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        print(f"backends available on {device}: {', '.join(dzsr_kernels.available_backends(device))}")
+        print(
+            f"backends available on {device}: {', '.join(dzsr_kernels.available_backends(device))}"
+        )
     for op, choice in dzsr_kernels.backend_table().items():
         print(f"  {op:<22} auto -> " + ", ".join(f"{dev}: {b}" for dev, b in choice.items()))
     missing = _ext.unavailable_reason("cpu")
-    print("C++ kernels: " + (f"unavailable ({missing})" if missing else
-                             f"built against torch {_ext.built_against() or 'unrecorded'}, "
-                             f"running torch {torch.__version__}"))
+    print(
+        "C++ kernels: "
+        + (
+            f"unavailable ({missing})"
+            if missing
+            else f"built against torch {_ext.built_against() or 'unrecorded'}, "
+            f"running torch {torch.__version__}"
+        )
+    )
     env = _env_backend()
-    print(f"{BACKEND_VARIABLE}: " + (f"{env} (every command runs on it)" if env else "unset (auto)"))
+    print(
+        f"{BACKEND_VARIABLE}: " + (f"{env} (every command runs on it)" if env else "unset (auto)")
+    )
     print(f"allocator: {allocator.configure()}")
     return 0
 
@@ -143,7 +162,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _tile(args: argparse.Namespace):
     if args.tile < 0:
-        raise ValueError(f"--tile must be 0 (untiled) or a positive number of LR pixels, got {args.tile}")
+        raise ValueError(
+            f"--tile must be 0 (untiled) or a positive number of LR pixels, got {args.tile}"
+        )
     return None if args.tile == 0 else args.tile
 
 
@@ -176,18 +197,27 @@ def cmd_sr(args: argparse.Namespace) -> int:
         pairs = [sr_batch.Pair(args.short, args.short, args.tele, args.out, args.save_compare)]
     sr_batch.check_pair_outputs(pairs, (args.ckpt, args.extractor))
     model = load_model(args.ckpt, args.scale, args.extractor).to(device)
-    settings = sr_batch.Settings(model.scale, device, args.region,
-                                 "never" if args.no_align else args.align,
-                                 args.focal_ratio, tile, args.precision)
+    settings = sr_batch.Settings(
+        model.scale,
+        device,
+        args.region,
+        "never" if args.no_align else args.align,
+        args.focal_ratio,
+        tile,
+        args.precision,
+    )
     with dzsr_kernels.use_backend(backend) if backend else contextlib.nullcontext():
         if folders:
-            rows = sr_batch.run_pairs(model, pairs, settings, _expected_errors(), _one_line,
-                                      not args.no_progress)
+            rows = sr_batch.run_pairs(
+                model, pairs, settings, _expected_errors(), _one_line, not args.no_progress
+            )
             return EXIT_SOME_FAILED if any(r["status"] != "ok" for r in rows) else 0
         with sr_batch.tile_progress("tiles", not args.no_progress) as progress:
             height, width = sr_batch.super_resolve_pair(model, pairs[0], settings, progress, print)
-    print(f"wrote {args.out} ({height}x{width}, x{model.scale}, {device}, {args.precision})"
-          + (f" and {args.save_compare}" if args.save_compare else ""))
+    print(
+        f"wrote {args.out} ({height}x{width}, x{model.scale}, {device}, {args.precision})"
+        + (f" and {args.save_compare}" if args.save_compare else "")
+    )
     return 0
 
 
@@ -222,8 +252,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.csv is not None:
         check_output(args.csv, "--csv", (".csv",))
-    rows = summarize(evaluate_folder(args.sr, args.gt, args.scale, _lpips(args),
-                                     args.corner_weighting, args.y))
+    rows = summarize(
+        evaluate_folder(args.sr, args.gt, args.scale, _lpips(args), args.corner_weighting, args.y)
+    )
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
@@ -265,14 +296,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _add_tile(p: argparse.ArgumentParser) -> None:
     from .infer import DEFAULT_TILE
 
-    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                   help=f"LR tile side of the exact halo tiling (default {DEFAULT_TILE}; 0 = untiled)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=DEFAULT_TILE,
+        help=f"LR tile side of the exact halo tiling (default {DEFAULT_TILE}; 0 = untiled)",
+    )
 
 
 def _add_lpips(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lpips", action="store_true", help="also compute LPIPS (AlexNet v0.1, offline weights)")
-    p.add_argument("--alexnet", help="alexnet-owt-7be5be79.pth (default: the torch hub checkpoints folder)")
-    p.add_argument("--lpips-lin", help="LPIPS v0.1 alex lin weights (default: lpips package or torch hub folder)")
+    p.add_argument(
+        "--lpips", action="store_true", help="also compute LPIPS (AlexNet v0.1, offline weights)"
+    )
+    p.add_argument(
+        "--alexnet", help="alexnet-owt-7be5be79.pth (default: the torch hub checkpoints folder)"
+    )
+    p.add_argument(
+        "--lpips-lin",
+        help="LPIPS v0.1 alex lin weights (default: lpips package or torch hub folder)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,100 +323,174 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help=cmd_info.__doc__).set_defaults(func=cmd_info)
 
     p = sub.add_parser("train", help=cmd_train.__doc__)
-    p.add_argument("--config", required=True, help="YAML file or preset: nikon_x4, camerafusion_x2, sample_x4")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=2e-4 data.root=DIR")
+    p.add_argument(
+        "--config", required=True, help="YAML file or preset: nikon_x4, camerafusion_x2, sample_x4"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=2e-4 data.root=DIR"
+    )
     once = p.add_mutually_exclusive_group()
-    once.add_argument("--resume", nargs="?", const="", default=None,
-                      help="continue from OUT_DIR/last.pt, or from the given checkpoint")
-    once.add_argument("--overwrite", action="store_true",
-                      help="start afresh in an OUT_DIR that already holds checkpoints (they are replaced as the new "
-                           "run writes its own)")
+    once.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        help="continue from OUT_DIR/last.pt, or from the given checkpoint",
+    )
+    once.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUT_DIR that already holds checkpoints (they are replaced as the new "
+        "run writes its own)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sr", help=cmd_sr.__doc__, description=SR_DESCRIPTION)
     p.add_argument("--short", required=True, help="short-focus (wide) image, or a folder of them")
     p.add_argument("--tele", required=True, help="telephoto image of the same scene, or a folder")
-    p.add_argument("--out", required=True,
-                   help="output image path (.png; an existing file is replaced), or a folder")
-    p.add_argument("--save-compare", metavar="PATH|DIR",
-                   help="also write bicubic | SR side by side, same height (a folder in folder "
-                        "mode)")
-    p.add_argument("--ckpt", help="dzsr checkpoint, or the authors' RefSR_model_*.pth (default: the demo x4 one)")
-    p.add_argument("--extractor", help="the authors' Student_model_*.pth (with an authors' RefSR checkpoint)")
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="expected scale (checked against the checkpoint)")
-    p.add_argument("--region", choices=("full", "centre"), default="full",
-                   help="full: the whole short-focus image (default); centre: its focal-ratio centre crop")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output image path (.png; an existing file is replaced), or a folder",
+    )
+    p.add_argument(
+        "--save-compare",
+        metavar="PATH|DIR",
+        help="also write bicubic | SR side by side, same height (a folder in folder mode)",
+    )
+    p.add_argument(
+        "--ckpt",
+        help="dzsr checkpoint, or the authors' RefSR_model_*.pth (default: the demo x4 one)",
+    )
+    p.add_argument(
+        "--extractor", help="the authors' Student_model_*.pth (with an authors' RefSR checkpoint)"
+    )
+    p.add_argument(
+        "--scale",
+        type=int,
+        choices=(2, 3, 4),
+        help="expected scale (checked against the checkpoint)",
+    )
+    p.add_argument(
+        "--region",
+        choices=("full", "centre"),
+        default="full",
+        help="full: the whole short-focus image (default); centre: its focal-ratio centre crop",
+    )
     aligning = p.add_mutually_exclusive_group()
-    aligning.add_argument("--align", choices=("auto", "always", "never"), default="auto",
-                          help="align the telephoto onto the short-focus focal-ratio centre crop "
-                               "(DIS flow warp, colour match, border trim): always; never (it "
-                               "already shows exactly that crop, e.g. the centre of an aligned "
-                               "ground truth: only resized); auto (default): never when its "
-                               "measured residual motion is at most 0.5 HR px median and 1 px 90th "
-                               "percentile, else always; the choice is printed. Use never for the "
-                               "authors' processed test pairs")
+    aligning.add_argument(
+        "--align",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="align the telephoto onto the short-focus focal-ratio centre crop "
+        "(DIS flow warp, colour match, border trim): always; never (it "
+        "already shows exactly that crop, e.g. the centre of an aligned "
+        "ground truth: only resized); auto (default): never when its "
+        "measured residual motion is at most 0.5 HR px median and 1 px 90th "
+        "percentile, else always; the choice is printed. Use never for the "
+        "authors' processed test pairs",
+    )
     aligning.add_argument("--no-align", action="store_true", help="same as --align never")
-    p.add_argument("--focal-ratio", type=float, help="short/tele focal-length ratio (default 1/scale)")
-    p.add_argument("--backend", help=f"kernel backend: auto, cpp, triton or reference (default: ${BACKEND_VARIABLE}, "
-                                     "else auto)")
-    p.add_argument("--device", default="auto",
-                   help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="convolution stages in fp32 (default), bf16 or fp16 (CUDA only); matching "
-                        "and the deformable convolutions stay fp32")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (they show on stderr only when it is a terminal)")
+    p.add_argument(
+        "--focal-ratio", type=float, help="short/tele focal-length ratio (default 1/scale)"
+    )
+    p.add_argument(
+        "--backend",
+        help=f"kernel backend: auto, cpp, triton or reference (default: ${BACKEND_VARIABLE}, "
+        "else auto)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="convolution stages in fp32 (default), bf16 or fp16 (CUDA only); matching "
+        "and the deformable convolutions stay fp32",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they show on stderr only when it is a terminal)",
+    )
     _add_tile(p)
     p.set_defaults(func=cmd_sr)
 
     p = sub.add_parser("prepare", help=cmd_prepare.__doc__)
-    p.add_argument("--src", required=True, help="folder with short/ and tele/ images of matching names")
+    p.add_argument(
+        "--src", required=True, help="folder with short/ and tele/ images of matching names"
+    )
     p.add_argument("--dst", required=True, help="output dataset folder")
     p.add_argument("--scale", type=int, required=True, choices=(2, 3, 4))
     p.add_argument("--split", default="train", help="split name: train or test")
-    p.add_argument("--focal-ratio", type=float, help="short/tele focal-length ratio (default 1/scale)")
+    p.add_argument(
+        "--focal-ratio", type=float, help="short/tele focal-length ratio (default 1/scale)"
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("eval", help=cmd_eval.__doc__)
-    p.add_argument("--sr", required=True, help="folder of SR images (same names as the ground truths)")
+    p.add_argument(
+        "--sr", required=True, help="folder of SR images (same names as the ground truths)"
+    )
     p.add_argument("--gt", required=True, help="folder of ground-truth images")
-    p.add_argument("--scale", type=int, required=True, choices=(2, 3, 4), help="sets the Corner-Image region")
+    p.add_argument(
+        "--scale", type=int, required=True, choices=(2, 3, 4), help="sets the Corner-Image region"
+    )
     p.add_argument("--csv", help="also write the table as CSV")
-    p.add_argument("--corner-weighting", choices=("plain", "area"), default="plain",
-                   help="Corner SSIM / LPIPS: plain mean of the four strips (default, the authors') "
-                        "or area-weighted mean; Corner PSNR always uses the area-weighted MSE")
-    p.add_argument("--y", action="store_true",
-                   help="PSNR and SSIM on the BT.601 luma Y (MATLAB rgb2ycbcr), LPIPS on RGB")
+    p.add_argument(
+        "--corner-weighting",
+        choices=("plain", "area"),
+        default="plain",
+        help="Corner SSIM / LPIPS: plain mean of the four strips (default, the authors') "
+        "or area-weighted mean; Corner PSNR always uses the area-weighted MSE",
+    )
+    p.add_argument(
+        "--y",
+        action="store_true",
+        help="PSNR and SSIM on the BT.601 luma Y (MATLAB rgb2ycbcr), LPIPS on RGB",
+    )
     _add_lpips(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     p.add_argument("--out", default="dzsr_demo", help="output folder (default ./dzsr_demo)")
-    p.add_argument("--ckpt",
-                   help="checkpoint (default: the shipped dzsr/sample/demo_x4.safetensors)")
-    p.add_argument("--held-out", action="store_true", help="also evaluate the held-out bundled photographs")
+    p.add_argument(
+        "--ckpt", help="checkpoint (default: the shipped dzsr/sample/demo_x4.safetensors)"
+    )
+    p.add_argument(
+        "--held-out", action="store_true", help="also evaluate the held-out bundled photographs"
+    )
     _add_tile(p)
     _add_lpips(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("convert", help=cmd_convert.__doc__)
-    p.add_argument("--ckpt", required=True,
-                   help="dzsr checkpoint (.safetensors or .pt) or the authors' RefSR_model_*.pth")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="dzsr checkpoint (.safetensors or .pt) or the authors' RefSR_model_*.pth",
+    )
     p.add_argument("--extractor", help="the authors' Student_model_*.pth (with their RefSR file)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="expected scale (checked)")
     p.add_argument("--out", required=True, help="output: .safetensors (recommended) or .pt")
-    p.add_argument("--half", action="store_true",
-                   help="store float16 (half the size; read back into float32)")
+    p.add_argument(
+        "--half", action="store_true", help="store float16 (half the size; read back into float32)"
+    )
     p.set_defaults(func=cmd_convert)
-
 
     p = sub.add_parser("export", help=cmd_export.__doc__)
     p.add_argument("--out", required=True, help="output ONNX file (.onnx)")
-    p.add_argument("--ckpt", help="dzsr checkpoint, or the authors' RefSR_model_*.pth "
-                                  "(default: the demo x4 one)")
-    p.add_argument("--extractor", help="the authors' Student_model_*.pth "
-                                       "(with an authors' RefSR checkpoint)")
+    p.add_argument(
+        "--ckpt",
+        help="dzsr checkpoint, or the authors' RefSR_model_*.pth (default: the demo x4 one)",
+    )
+    p.add_argument(
+        "--extractor", help="the authors' Student_model_*.pth (with an authors' RefSR checkpoint)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_export)
     return parser
@@ -387,7 +503,9 @@ def _one_line(err: BaseException) -> str:
         text = f"{err.filename}: {reason(err)}"
     else:
         text = str(err)
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__
+    return (
+        "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__
+    )
 
 
 @contextlib.contextmanager
@@ -413,14 +531,23 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     from .checkpoint import CheckpointMismatchError
 
-    return OSError, ValueError, CheckpointMismatchError, BackendUnavailableError, cv2.error, yaml.YAMLError
+    return (
+        OSError,
+        ValueError,
+        CheckpointMismatchError,
+        BackendUnavailableError,
+        cv2.error,
+        yaml.YAMLError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = build_parser().parse_known_args(argv)
         if extra:  # named after the command, not the top-level parser
-            raise _UsageError(f"dzsr {args.command}: error: unrecognized arguments: {' '.join(extra)}")
+            raise _UsageError(
+                f"dzsr {args.command}: error: unrecognized arguments: {' '.join(extra)}"
+            )
     except _UsageError as err:
         print(err, file=sys.stderr)
         return EXIT_ERROR
@@ -438,7 +565,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dzsr {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as err:
-        print(f"dzsr {args.command}: interrupted" + (f": {_one_line(err)}" if str(err) else ""), file=sys.stderr)
+        print(
+            f"dzsr {args.command}: interrupted" + (f": {_one_line(err)}" if str(err) else ""),
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 

@@ -10,6 +10,7 @@ the override). Overrides use dotted keys and YAML values, e.g. ``train.lr=2e-4
 data.root=/data/DRealSR log.out_dir=runs/x``; an override must name a key of the schema (typos are
 errors, with the closest valid key), present in the file or not.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,15 +23,22 @@ from .config_schema import ConfigError, check_config, schema_entry, validate_con
 
 PRESETS = ("nikon_x4", "camerafusion_x2", "sample_x4")
 
-__all__ = ["PRESETS", "ConfigError", "apply_overrides", "load_config", "preset_path",
-           "validate_config"]
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "apply_overrides",
+    "load_config",
+    "preset_path",
+    "validate_config",
+]
 
 
 def preset_path(name: str) -> str:
     """Path of a shipped preset (``nikon_x4``, ``camerafusion_x2``, ``sample_x4``)."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or give a "
-                          f"YAML file")
+        raise ConfigError(
+            f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or give a YAML file"
+        )
     return str(resources.files("dzsr.configs").joinpath(f"{name}.yaml"))
 
 
@@ -100,6 +108,7 @@ def load_config(source: str | os.PathLike, overrides: list[str] | None = None) -
     config, problems = check_config(raw)
     if problems:
         overridden = {".".join(_parse_override(item)[0]): item for item in overrides}
-        raise ConfigError("; ".join(f"{_origin(key, overridden, path)}: {message}"
-                                    for key, message in problems))
+        raise ConfigError(
+            "; ".join(f"{_origin(key, overridden, path)}: {message}" for key, message in problems)
+        )
     return config

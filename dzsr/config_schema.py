@@ -51,6 +51,7 @@ rules above (strings read as numbers, bools never integers, null sections, dotte
 message, "did you mean", the resume classes) would each need a custom validator in pydantic, and
 thirty-odd keys fit in one readable table.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -104,6 +105,7 @@ def _checked(convert: Callable, test: Callable[[object], bool]) -> Callable:
         if not test(value):
             raise ValueError
         return value
+
     return parse
 
 
@@ -120,8 +122,13 @@ def number(low: float, high: float | None = None, low_open: bool = False, **kw) 
         words = f"a number {'>' if low_open else '>='} {low}"
     else:
         words = f"a number in {'(' if low_open else '['}{low}, {high}]"
-    return Field(words, _checked(_number, lambda v: (low < v if low_open else low <= v)
-                                  and (high is None or v <= high)), **kw)
+    return Field(
+        words,
+        _checked(
+            _number, lambda v: (low < v if low_open else low <= v) and (high is None or v <= high)
+        ),
+        **kw,
+    )
 
 
 def _bool(value) -> bool:
@@ -166,6 +173,7 @@ def names(**kw) -> Field:
 
 def int_range(low: int, high: int, **kw) -> Field:
     """``[a, b]`` integers with ``low <= a <= b <= high``."""
+
     def parse(value) -> list[int]:
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise ValueError
@@ -173,13 +181,16 @@ def int_range(low: int, high: int, **kw) -> Field:
         if not low <= a <= b <= high:
             raise ValueError
         return [a, b]
+
     return Field(f"[low, high] integers with {low} <= low <= high <= {high}", parse, **kw)
 
 
 def nullable(field: Field) -> Field:
     """``field`` that also takes null (default null unless ``field`` has one)."""
+
     def parse(value):
         return None if value is None else field.parse(value)
+
     default = None if field.default is REQUIRED else field.default
     return Field(f"{field.expected} or null", parse, default, field.resume_safe)
 
@@ -269,7 +280,7 @@ def schema_entry(keys: list[str]) -> Field | Mapping:
 
 
 def unknown_key(path: list[str], name: str, section: Mapping) -> str:
-    """"unknown key a.b (did you mean a.c?)", the suggestion a similar sibling or a key ``name``
+    """ "unknown key a.b (did you mean a.c?)", the suggestion a similar sibling or a key ``name``
     elsewhere."""
     dotted = ".".join([*path, str(name)])
     close = difflib.get_close_matches(str(name), list(section), n=1)
@@ -289,8 +300,9 @@ def _check_section(raw, schema: Mapping, path: list[str], problems: list[tuple[s
     if raw is None and path:
         raw = {}
     if not isinstance(raw, Mapping):
-        problems.append((dotted, f"{dotted} must be a section (a mapping of "
-                                 f"{', '.join(schema)}), got {raw!r}"))
+        problems.append(
+            (dotted, f"{dotted} must be a section (a mapping of {', '.join(schema)}), got {raw!r}")
+        )
         return {}
     for name in raw:
         if name not in schema:
@@ -325,14 +337,25 @@ def _cross_key_problems(config: dict) -> list[tuple[str, str]]:
     whose every key is valid."""
     data, problems = config["data"], []
     if data["kind"] in ROOTED_KINDS and data["root"] is None:
-        problems.append(("data.root", f"data.root is required for data.kind={data['kind']} "
-                                      f"(e.g. data.root=/path/to/dataset)"))
+        problems.append(
+            (
+                "data.root",
+                f"data.root is required for data.kind={data['kind']} "
+                f"(e.g. data.root=/path/to/dataset)",
+            )
+        )
     if data["patch_size"] < config["scale"]:
-        problems.append(("data.patch_size", f"data.patch_size must be at least the scale "
-                                            f"{config['scale']}, got {data['patch_size']}"))
+        problems.append(
+            (
+                "data.patch_size",
+                f"data.patch_size must be at least the scale "
+                f"{config['scale']}, got {data['patch_size']}",
+            )
+        )
     if data["kind"] == "sample":
-        problems += sample_data_problems(data["samples"], data["photos"], data["photos_as"],
-                                         data["synthetic"], prefix="data.")
+        problems += sample_data_problems(
+            data["samples"], data["photos"], data["photos_as"], data["synthetic"], prefix="data."
+        )
     return problems
 
 
@@ -394,6 +417,8 @@ def check_resume(trained, config: Mapping, path) -> None:
         raise ConfigError(f"{path} holds no training config, so an exact resume cannot be checked")
     changes = resume_changes(trained, config)
     if changes:
-        raise ConfigError(f"cannot resume {path} exactly: {'; '.join(changes)} (as trained -> "
-                          f"now); keep these as trained or start a new run; keys that may change "
-                          f"on resume: {', '.join(RESUME_SAFE)}")
+        raise ConfigError(
+            f"cannot resume {path} exactly: {'; '.join(changes)} (as trained -> "
+            f"now); keep these as trained or start a new run; keys that may change "
+            f"on resume: {', '.join(RESUME_SAFE)}"
+        )

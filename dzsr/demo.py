@@ -11,6 +11,7 @@ Writes ``OUT/sr.png``, ``OUT/side_by_side.png`` (bicubic | ours | reference plac
 over a dimmed bicubic | ground truth), ``OUT/metrics.csv`` and prints the table. The folder and the
 three paths are checked before any work (``check_outputs``) and each file is written atomically.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,10 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint import load_model
 from .data import to_hwc, to_tensor, write_rgb
 from .data.inputs import prepare_inputs
 from .evaluate import format_table, write_csv
-from .checkpoint import load_model
 from .infer import DEFAULT_TILE, super_resolve
 from .metrics import image_metrics
 from .outputs import check_folder, check_output
@@ -78,8 +79,13 @@ def check_outputs(out_dir: str | os.PathLike, inputs=()) -> None:
         check_output(os.path.join(os.fspath(out_dir), name), "--out", inputs=inputs)
 
 
-def run_demo(out_dir: str | os.PathLike, checkpoint=None, tile: int | None = DEFAULT_TILE, held_out: bool = False,
-             lpips=None) -> list[dict]:
+def run_demo(
+    out_dir: str | os.PathLike,
+    checkpoint=None,
+    tile: int | None = DEFAULT_TILE,
+    held_out: bool = False,
+    lpips=None,
+) -> list[dict]:
     """Run the demo (module docstring); returns the metric rows."""
     out_dir = os.fspath(out_dir)
     check_outputs(out_dir, (checkpoint,))
@@ -88,9 +94,13 @@ def run_demo(out_dir: str | os.PathLike, checkpoint=None, tile: int | None = DEF
     for name in (DEMO, *HELD_OUT) if held_out else (DEMO,):
         sample = load_sample(name, SCALE)
         x = prepare_inputs(sample["short"], sample["tele"], SCALE)
-        sr = super_resolve(model, x["lr"], x["ref"], x["paste_ref"], x["paste_box"], tile=tile).clamp(0, 1)
+        sr = super_resolve(
+            model, x["lr"], x["ref"], x["paste_ref"], x["paste_box"], tile=tile
+        ).clamp(0, 1)
         with torch.no_grad(), without_reference(model):
-            plain = model(x["lr"], x["ref"], paste_ref=x["paste_ref"], paste_box=x["paste_box"]).sr.clamp(0, 1)
+            plain = model(
+                x["lr"], x["ref"], paste_ref=x["paste_ref"], paste_box=x["paste_box"]
+            ).sr.clamp(0, 1)
         bic = bicubic(x["lr"], SCALE)
         gt = to_tensor(sample["gt"])
         for method, img in zip(METHODS, (bic, plain, sr)):
@@ -99,8 +109,10 @@ def run_demo(out_dir: str | os.PathLike, checkpoint=None, tile: int | None = DEF
             bic_np, sr_np = to_hwc(bic[0]), to_hwc(sr[0])
             write_rgb(os.path.join(out_dir, OUTPUTS[0]), sr_np)
             ref_np = reference_panel(bic_np, to_hwc(x["paste_ref"][0]), x["box"], SCALE)
-            write_rgb(os.path.join(out_dir, OUTPUTS[1]),
-                      side_by_side([bic_np, sr_np, ref_np, sample["gt"].astype(np.float32) / 255.0]))
+            write_rgb(
+                os.path.join(out_dir, OUTPUTS[1]),
+                side_by_side([bic_np, sr_np, ref_np, sample["gt"].astype(np.float32) / 255.0]),
+            )
     print(format_table(rows))
     write_csv(rows, os.path.join(out_dir, OUTPUTS[2]))
     print(f"wrote {os.path.join(out_dir, 'sr.png')}, side_by_side.png and metrics.csv in {out_dir}")

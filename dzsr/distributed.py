@@ -2,6 +2,7 @@
 collectives that are no-ops in a single process (``barrier``, ``agree``), and the RNG states an
 exact resume saves for every rank (``rng_state``, ``set_rng_state``, ``gather_rng_states``).
 """
+
 from __future__ import annotations
 
 import os
@@ -45,9 +46,11 @@ def rng_state() -> dict:
     """This process's torch / numpy / python (and CUDA) RNG states as plain, weights-only-loadable
     objects."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

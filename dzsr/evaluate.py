@@ -7,6 +7,7 @@ keys, which name their settings (``ssim_y_corner_area``: SSIM on the luma, area-
 (``Corner SSIM (Y, area-weighted)``). ``write_csv`` replaces an existing file only with a complete
 new one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,8 +32,9 @@ def _find_sr(sr_dir: str, gt_name: str) -> str:
     for fname in sorted(os.listdir(sr_dir)):
         if is_image_file(fname) and os.path.splitext(fname)[0] == stem:
             return os.path.join(sr_dir, fname)
-    raise FileNotFoundError(f"no SR image for ground truth {gt_name} in {sr_dir} "
-                            f"(expected {exact})")
+    raise FileNotFoundError(
+        f"no SR image for ground truth {gt_name} in {sr_dir} (expected {exact})"
+    )
 
 
 def _as_float64(img: np.ndarray) -> np.ndarray:
@@ -40,9 +42,14 @@ def _as_float64(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float64) / float(np.iinfo(img.dtype).max)
 
 
-def evaluate_folder(sr_dir: str | os.PathLike, gt_dir: str | os.PathLike, scale: int,
-                    lpips: LPIPS | None = None, corner_weighting: str = "plain",
-                    y_channel: bool = False) -> list[dict]:
+def evaluate_folder(
+    sr_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    scale: int,
+    lpips: LPIPS | None = None,
+    corner_weighting: str = "plain",
+    y_channel: bool = False,
+) -> list[dict]:
     """One row per ground-truth image: ``name`` and the ``metrics.image_metrics`` keys for these
     settings (``psnr``, ``ssim``, ``psnr_corner``, ``ssim_corner`` by default; ``lpips``,
     ``lpips_corner`` when an LPIPS model is given), computed on the images scaled to [0, 1]."""
@@ -58,10 +65,13 @@ def evaluate_folder(sr_dir: str | os.PathLike, gt_dir: str | os.PathLike, scale:
         sr_path = _find_sr(sr_dir, name)
         sr, gt = read_rgb(sr_path), read_rgb(os.path.join(gt_dir, name))
         if sr.shape != gt.shape:
-            raise ValueError(f"{sr_path} is {sr.shape[0]}x{sr.shape[1]} but its ground truth "
-                             f"{os.path.join(gt_dir, name)} is {gt.shape[0]}x{gt.shape[1]}")
-        values = image_metrics(_as_float64(sr), _as_float64(gt), scale, lpips, corner_weighting,
-                               y_channel)
+            raise ValueError(
+                f"{sr_path} is {sr.shape[0]}x{sr.shape[1]} but its ground truth "
+                f"{os.path.join(gt_dir, name)} is {gt.shape[0]}x{gt.shape[1]}"
+            )
+        values = image_metrics(
+            _as_float64(sr), _as_float64(gt), scale, lpips, corner_weighting, y_channel
+        )
         rows.append({"name": name, **values})
     return rows
 
@@ -104,7 +114,9 @@ def format_table(rows: list[dict]) -> str:
     def fmt(k: str, v: float) -> str:
         return "inf" if math.isinf(v) else f"{v:.{DIGITS[k.split('_')[0]]}f}"
 
-    lines = ["| image | " + " | ".join(column_header(k) for k in keys) + " |",
-             "|---" * (len(keys) + 1) + "|"]
+    lines = [
+        "| image | " + " | ".join(column_header(k) for k in keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
     lines += [f"| {r['name']} | " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)

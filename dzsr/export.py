@@ -16,6 +16,7 @@ eager implementation is the model's ``matching_offsets`` and whose ONNX form is 
 ``DeformConv``; the P=0 AdaSTNs are 1x1 convolutions whose summed weights the exporter folds
 into constants.
 """
+
 from __future__ import annotations
 
 import os
@@ -116,9 +117,12 @@ def example_inputs(scale: int) -> tuple[torch.Tensor, ...]:
     height, width = EXAMPLE_LR_SIZE
     bh, bw = height // scale, width // scale
     y0, x0 = (height - bh) // 2, (width - bw) // 2
-    return (torch.rand(1, 3, height, width), torch.rand(1, 3, height, width),
-            torch.rand(1, 3, scale * bh, scale * bw),
-            torch.tensor([[y0, y0 + bh, x0, x0 + bw]], dtype=torch.int64))
+    return (
+        torch.rand(1, 3, height, width),
+        torch.rand(1, 3, height, width),
+        torch.rand(1, 3, scale * bh, scale * bw),
+        torch.tensor([[y0, y0 + bh, x0, x0 + bw]], dtype=torch.int64),
+    )
 
 
 def dynamic_shapes(scale: int) -> tuple[dict, ...]:
@@ -139,14 +143,22 @@ def check_exporter() -> None:
     except ImportError as err:
         raise dzsr_kernels.BackendUnavailableError(
             f"ONNX export needs the onnx and onnxscript packages ({err}): "
-            f"pip install 'dzsr[export]'") from None
+            f"pip install 'dzsr[export]'"
+        ) from None
     if "cpp" not in dzsr_kernels.available_backends("cpu", "deform_conv2d"):
         raise dzsr_kernels.BackendUnavailableError(
-            "ONNX export needs the C++ kernels (dzsr info shows why they are unavailable)")
+            "ONNX export needs the C++ kernels (dzsr info shows why they are unavailable)"
+        )
 
 
-def onnx_program(module: nn.Module, inputs: tuple, dynamic: tuple, input_names, output_names,
-                 chunk_elements: int = CHUNK_ELEMENTS):
+def onnx_program(
+    module: nn.Module,
+    inputs: tuple,
+    dynamic: tuple,
+    input_names,
+    output_names,
+    chunk_elements: int = CHUNK_ELEMENTS,
+):
     """``torch.onnx.export`` (dynamo, opset 19) of ``module`` called on example ``inputs``, with
     ``dynamic`` its ``dynamic_shapes`` and the dzsr custom ops translated by ``dzsr.onnx_ops``
     (``chunk_elements`` bounds the matching's scores per Loop iteration; the default is the
@@ -163,10 +175,18 @@ def onnx_program(module: nn.Module, inputs: tuple, dynamic: tuple, input_names, 
     with dzsr_kernels.use_backend("cpp"), torch.no_grad(), warnings.catch_warnings():
         # inputs sharing a Dim make torch.onnx warn about a (harmless) axis-name clash
         warnings.filterwarnings("ignore", message="# The axis name")
-        return torch.onnx.export(module, inputs, dynamo=True, opset_version=OPSET,
-                                 input_names=list(input_names), output_names=list(output_names),
-                                 dynamic_shapes=dynamic, custom_translation_table=table,
-                                 optimize=True, verbose=False)
+        return torch.onnx.export(
+            module,
+            inputs,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic,
+            custom_translation_table=table,
+            optimize=True,
+            verbose=False,
+        )
 
 
 def to_onnx(model: SelfDZSR, chunk_elements: int = CHUNK_ELEMENTS):
@@ -175,12 +195,17 @@ def to_onnx(model: SelfDZSR, chunk_elements: int = CHUNK_ELEMENTS):
     module = ExportableSelfDZSR(model.float().cpu())
     inputs = example_inputs(model.scale)
     model.check_inputs(inputs[0], inputs[1], paste_ref=inputs[2], paste_box=inputs[3])
-    return onnx_program(module, inputs, dynamic_shapes(model.scale), INPUT_NAMES, [OUTPUT_NAME],
-                        chunk_elements)
+    return onnx_program(
+        module, inputs, dynamic_shapes(model.scale), INPUT_NAMES, [OUTPUT_NAME], chunk_elements
+    )
 
 
-def export_checkpoint(checkpoint: str | os.PathLike | None, out: str | os.PathLike,
-                      overwrite: bool = False, extractor: str | os.PathLike | None = None) -> str:
+def export_checkpoint(
+    checkpoint: str | os.PathLike | None,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    extractor: str | os.PathLike | None = None,
+) -> str:
     """Write the ONNX graph of a checkpoint (None: the demo one) to ``out`` (``.onnx``), refused
     if it exists unless ``overwrite``, written atomically; returns ``out``."""
     out = check_output(out, "--out", (".onnx",), inputs=(checkpoint, extractor))

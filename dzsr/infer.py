@@ -44,11 +44,12 @@ The fast deformable-conv kernels need no buffer beyond their output, so each glo
 (N,64,H,W) map. Each pass's output is allocated once, at its first tile; the per-tile activations
 are the layers' own outputs.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -76,13 +77,20 @@ def split_tiles(height: int, width: int, tile: int) -> list[Box]:
         return [round(i * n / parts) for i in range(parts + 1)]
 
     ys, xs = cuts(height), cuts(width)
-    return [(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
+    return [
+        (ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(len(ys) - 1) for j in range(len(xs) - 1)
+    ]
 
 
 def grow(box: Box, margin: int, height: int, width: int) -> Box:
     """``box`` grown by ``margin`` on every side, clipped to the image."""
     y0, y1, x0, x1 = box
-    return max(0, y0 - margin), min(height, y1 + margin), max(0, x0 - margin), min(width, x1 + margin)
+    return (
+        max(0, y0 - margin),
+        min(height, y1 + margin),
+        max(0, x0 - margin),
+        min(width, x1 + margin),
+    )
 
 
 def _crop(t: torch.Tensor, box: Box, within: Box | None = None) -> torch.Tensor:
@@ -105,8 +113,14 @@ class _Counter:
             self.progress(self.done, self.total)
 
 
-def tiled(stage: Callable, halo: int, inputs: tuple[torch.Tensor, ...], tiles: list[Box],
-          scale: int = 1, on_tile: Callable[[], None] | None = None):
+def tiled(
+    stage: Callable,
+    halo: int,
+    inputs: tuple[torch.Tensor, ...],
+    tiles: list[Box],
+    scale: int = 1,
+    on_tile: Callable[[], None] | None = None,
+):
     """A local stage run tile by tile: ``stage(*inputs)`` for (N,C,H,W) inputs, where the stage's
     output at a pixel depends only on its inputs within ``halo`` pixels and has ``scale`` x their
     resolution. Returns the stage's output (a tensor or a tuple, as the stage), each allocated
@@ -134,20 +148,25 @@ def _check_eval(model: SelfDZSR) -> None:
     if not isinstance(model, SelfDZSR):
         raise TypeError(f"model must be a dzsr.models.SelfDZSR, got {type(model).__name__}")
     if model.training:
-        raise ValueError("super_resolve needs the model in eval mode (call model.eval()): training mode draws "
-                         "random AdaSTN dropouts and pastes")
+        raise ValueError(
+            "super_resolve needs the model in eval mode (call model.eval()): training mode draws "
+            "random AdaSTN dropouts and pastes"
+        )
 
 
-def autocast_dtype(precision: str, device: torch.device | str,
-                   what: str = "precision") -> torch.dtype | None:
+def autocast_dtype(
+    precision: str, device: torch.device | str, what: str = "precision"
+) -> torch.dtype | None:
     """The ``torch.autocast`` dtype of ``precision`` (``PRECISIONS``) on ``device``: None for fp32.
     ValueError naming ``what`` for an unknown name, and for fp16 on the CPU (module docstring,
     Precision)."""
     if precision not in PRECISIONS:
         raise ValueError(f"{what} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and torch.device(device).type == "cpu":
-        raise ValueError(f"{what} fp16 is for CUDA devices: on the CPU float16 convolutions are "
-                         f"emulated and slower than fp32; use bf16 (or fp32) there")
+        raise ValueError(
+            f"{what} fp16 is for CUDA devices: on the CPU float16 convolutions are "
+            f"emulated and slower than fp32; use bf16 (or fp32) there"
+        )
     return PRECISIONS[precision]
 
 
@@ -158,10 +177,18 @@ def _autocast(dtype: torch.dtype | None, device: torch.device):
 
 
 @torch.no_grad()
-def super_resolve(model: SelfDZSR, lr: torch.Tensor, ref: torch.Tensor, paste_ref: torch.Tensor | None = None,
-                  paste_box: torch.Tensor | None = None, predictor_lr: torch.Tensor | None = None,
-                  predictor_ref: torch.Tensor | None = None, tile: int | None = DEFAULT_TILE,
-                  progress: Progress | None = None, precision: str = "fp32") -> torch.Tensor:
+def super_resolve(
+    model: SelfDZSR,
+    lr: torch.Tensor,
+    ref: torch.Tensor,
+    paste_ref: torch.Tensor | None = None,
+    paste_box: torch.Tensor | None = None,
+    predictor_lr: torch.Tensor | None = None,
+    predictor_ref: torch.Tensor | None = None,
+    tile: int | None = DEFAULT_TILE,
+    progress: Progress | None = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """SR of ``lr`` (N,3,H,W) -> (N,3,sH,sW) in ``lr``'s dtype (float32, whatever the precision;
     not clamped) and memory format, arguments as ``SelfDZSR.forward`` (test mode).
 
@@ -177,20 +204,37 @@ def super_resolve(model: SelfDZSR, lr: torch.Tensor, ref: torch.Tensor, paste_re
     dtype = autocast_dtype(precision, lr.device)
     with _autocast(dtype, lr.device):
         if tile is None:
-            sr = model(lr, ref, paste_ref=paste_ref, paste_box=paste_box, predictor_lr=predictor_lr,
-                       predictor_ref=predictor_ref).sr
+            sr = model(
+                lr,
+                ref,
+                paste_ref=paste_ref,
+                paste_box=paste_box,
+                predictor_lr=predictor_lr,
+                predictor_ref=predictor_ref,
+            ).sr
             _Counter(1, progress).step()
         else:
-            sr = _tiled_forward(model, lr, ref, paste_ref, paste_box, predictor_lr, predictor_ref,
-                                tile, progress)
+            sr = _tiled_forward(
+                model, lr, ref, paste_ref, paste_box, predictor_lr, predictor_ref, tile, progress
+            )
     return sr if dtype is None else sr.to(lr.dtype)
 
 
-def _tiled_forward(model: SelfDZSR, lr, ref, paste_ref, paste_box, predictor_lr, predictor_ref,
-                   tile: int, progress: Progress | None) -> torch.Tensor:
+def _tiled_forward(
+    model: SelfDZSR,
+    lr,
+    ref,
+    paste_ref,
+    paste_box,
+    predictor_lr,
+    predictor_ref,
+    tile: int,
+    progress: Progress | None,
+) -> torch.Tensor:
     """``super_resolve`` with tiles (module docstring), in the dtype autocast gives its stages."""
-    predictor_lr, predictor_ref = model.predictor_inputs(lr, paste_ref, paste_box, predictor_lr,
-                                                         predictor_ref)
+    predictor_lr, predictor_ref = model.predictor_inputs(
+        lr, paste_ref, paste_box, predictor_lr, predictor_ref
+    )
     net, branch = model.restoration, model.restoration.reference
     lr_p, ref_p = pad_to_feature_stride(lr), pad_to_feature_stride(ref)
     tiles = split_tiles(*lr_p.shape[-2:], tile)
@@ -199,9 +243,13 @@ def _tiled_forward(model: SelfDZSR, lr, ref, paste_ref, paste_box, predictor_lr,
 
     feats = branch.features(ref_p, model.match(lr_p, ref_p))
     feats = branch.paste_reference(feats, paste_ref, paste_box)
-    geometry = tiled(lambda x, f: branch.align.estimate(f, net.lr_features(x)),
-                     net.lr_features_halo + branch.align.estimate_halo, (lr_p, feats), tiles,
-                     on_tile=counter.step)
+    geometry = tiled(
+        lambda x, f: branch.align.estimate(f, net.lr_features(x)),
+        net.lr_features_halo + branch.align.estimate_halo,
+        (lr_p, feats),
+        tiles,
+        on_tile=counter.step,
+    )
     r = branch.align.transform(feats, *geometry)
     del feats, geometry
 
@@ -214,8 +262,9 @@ def _tiled_forward(model: SelfDZSR, lr, ref, paste_ref, paste_box, predictor_lr,
     fused, h = tiled(fuse, fuse_halo, (lr_p, r), tiles, on_tile=counter.step)
     del r
     p = net.predictor(predictor_lr, predictor_ref, fused)
-    body = tiled(lambda f, h: net.body(f, h, p), net.body_halo, (fused, h), body_tiles,
-                 on_tile=counter.step)
+    body = tiled(
+        lambda f, h: net.body(f, h, p), net.body_halo, (fused, h), body_tiles, on_tile=counter.step
+    )
     del fused, h
     sr = tiled(net.upsample, net.upsample_halo, (body,), tiles, model.scale, counter.step)
     height, width = lr.shape[-2:]

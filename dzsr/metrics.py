@@ -16,6 +16,7 @@ pixels). Corner SSIM and LPIPS are the plain mean of the four strips' values by 
 (``corner_weighting="plain"``, as the authors compute them) or their area-weighted mean
 (``"area"``); the two agree only when the strips have equal areas.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -47,14 +48,17 @@ def _as_image(name: str, img) -> np.ndarray:
         if img.dim() == 4 and img.shape[0] == 1:
             img = img[0]
         if img.dim() != 3 or img.shape[0] != 3:
-            raise ValueError(f"{name} must have shape (3, H, W) or (1, 3, H, W), "
-                             f"got {tuple(img.shape)}")
+            raise ValueError(
+                f"{name} must have shape (3, H, W) or (1, 3, H, W), got {tuple(img.shape)}"
+            )
         if not img.is_floating_point():
             raise TypeError(f"{name} must be a float tensor in [0, 1], got {img.dtype}")
         img = img.detach().cpu().to(torch.float64).numpy().transpose(1, 2, 0)
     if not isinstance(img, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array (H, W, 3) or a tensor (3, H, W), "
-                        f"got {type(img).__name__}")
+        raise TypeError(
+            f"{name} must be a numpy array (H, W, 3) or a tensor (3, H, W), "
+            f"got {type(img).__name__}"
+        )
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"{name} must be a numpy array of shape (H, W, 3), got {img.shape}")
     if img.dtype == np.uint8:
@@ -85,7 +89,7 @@ def mse(sr, gt) -> float:
 
 
 def psnr_from_mse(value: float, data_range: float = 1.0) -> float:
-    return math.inf if value == 0 else 10.0 * math.log10(data_range ** 2 / value)
+    return math.inf if value == 0 else 10.0 * math.log10(data_range**2 / value)
 
 
 def psnr(sr, gt, data_range: float = 1.0) -> float:
@@ -96,7 +100,7 @@ def psnr(sr, gt, data_range: float = 1.0) -> float:
 def _gaussian_taps() -> np.ndarray:
     r = SSIM_WINDOW // 2
     x = np.arange(-r, r + 1, dtype=np.float64)
-    g = np.exp(-(x ** 2) / (2 * SSIM_SIGMA ** 2))
+    g = np.exp(-(x**2) / (2 * SSIM_SIGMA**2))
     return g / g.sum()
 
 
@@ -109,8 +113,9 @@ def ssim(sr, gt, data_range: float = 1.0, sample_covariance: bool = True) -> flo
     return _channel_ssim(a, b, data_range, sample_covariance)
 
 
-def _channel_ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0,
-                  sample_covariance: bool = True) -> float:
+def _channel_ssim(
+    a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sample_covariance: bool = True
+) -> float:
     """SSIM of two float64 ``(H, W, C)`` arrays, averaged over the C channels: 11-tap Gaussian
     window (sigma 1.5), K1=0.01, K2=0.03, the local (co)variances scaled by 121/120 for the sample
     covariance, averaged over the pixels at least 5 pixels from the border (skimage crops that
@@ -118,10 +123,11 @@ def _channel_ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0,
     the window only reaches 5 rows), so memory stays a few full-width rows, not a dozen
     full-image float64 maps."""
     if min(a.shape[:2]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, "
-                         f"got {a.shape[:2]}")
+        raise ValueError(
+            f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {a.shape[:2]}"
+        )
     g, r = _gaussian_taps(), SSIM_WINDOW // 2
-    n = SSIM_WINDOW ** 2
+    n = SSIM_WINDOW**2
     cov_norm = n / (n - 1) if sample_covariance else 1.0
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     rows_out, width_out = a.shape[0] - 2 * r, a.shape[1] - 2 * r
@@ -156,8 +162,12 @@ def corner_strips(height: int, width: int, scale: int) -> dict[str, Box]:
     if scale < 2:
         raise ValueError(f"Corner-Image needs scale >= 2, got {scale}")
     y0, y1, x0, x1 = central_region(height, width, scale)
-    return {"left": (0, height, 0, x0), "right": (0, height, x1, width),
-            "top": (0, y0, x0, x1), "bottom": (y1, height, x0, x1)}
+    return {
+        "left": (0, height, 0, x0),
+        "right": (0, height, x1, width),
+        "top": (0, y0, x0, x1),
+        "bottom": (y1, height, x0, x1),
+    }
 
 
 def _area(box: Box) -> int:
@@ -174,11 +184,18 @@ class AlexNetFeatures(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 64, 11, 4, 2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
         )
 
     def stages(self) -> list[nn.Sequential]:
@@ -212,7 +229,7 @@ class LPIPS(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def load_weights(self, alexnet_state: dict, lin_state: dict) -> "LPIPS":
+    def load_weights(self, alexnet_state: dict, lin_state: dict) -> LPIPS:
         """Load torchvision AlexNet weights (``features.*`` keys; others ignored) and the LPIPS lin
         layers (the ``lpips`` package's ``linK.model.1.weight`` keys, or ``lins.K.weight``)."""
         feats = {k: v for k, v in alexnet_state.items() if k.startswith("features.")}
@@ -221,15 +238,15 @@ class LPIPS(nn.Module):
         for k, v in lin_state.items():
             found = re.fullmatch(r"lins?\.?(\d+)(?:\.model\.1)?\.weight", k)
             if found is None:
-                raise ValueError(f"unexpected key {k!r} in the LPIPS lin weights "
-                                 "(expected linK.model.1.weight)")
+                raise ValueError(
+                    f"unexpected key {k!r} in the LPIPS lin weights (expected linK.model.1.weight)"
+                )
             lins[f"{found.group(1)}.weight"] = v
         self.lins.load_state_dict(lins)
         return self
 
     @classmethod
-    def from_pretrained(cls, alexnet_path: str | None = None,
-                        lin_path: str | None = None) -> "LPIPS":
+    def from_pretrained(cls, alexnet_path: str | None = None, lin_path: str | None = None) -> LPIPS:
         """Published weights, offline. AlexNet: ``dzsr.pretrained.load_state_dict(ALEXNET_FILE,
         alexnet_path)`` (a user path or the torch hub checkpoints folder). Lin layers: ``lin_path``,
         else the installed ``lpips`` package's ``weights/v0.1/alex.pth``, else
@@ -243,11 +260,15 @@ class LPIPS(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError("LPIPS needs two (N, 3, H, W) tensors of one shape, "
-                             f"got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                "LPIPS needs two (N, 3, H, W) tensors of one shape, "
+                f"got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
-            raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, "
-                             f"got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"LPIPS needs images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, "
+                f"got {tuple(x.shape[-2:])}"
+            )
         dtype = self.shift.dtype
         fx = ((x.to(dtype) * 2 - 1) - self.shift) / self.scale
         fy = ((y.to(dtype) * 2 - 1) - self.shift) / self.scale
@@ -290,7 +311,8 @@ def lpips_lin_path(path: str | None = None) -> str:
     raise FileNotFoundError(
         f"LPIPS v0.1 AlexNet lin weights not found (tried {', '.join(tried)}): pass the path of "
         "the lpips package's weights/v0.1/alex.pth, `pip install lpips`, or copy it to "
-        f"{candidate}")
+        f"{candidate}"
+    )
 
 
 def lpips_distance(model: LPIPS, sr, gt) -> float:
@@ -307,8 +329,14 @@ def _crop(img: np.ndarray, box: Box) -> np.ndarray:
     return img[y0:y1, x0:x1]
 
 
-def image_metrics(sr, gt, scale: int, lpips: LPIPS | None = None, corner_weighting: str = "plain",
-                  y_channel: bool = False) -> dict[str, float]:
+def image_metrics(
+    sr,
+    gt,
+    scale: int,
+    lpips: LPIPS | None = None,
+    corner_weighting: str = "plain",
+    y_channel: bool = False,
+) -> dict[str, float]:
     """Full-Image and Corner-Image PSNR / SSIM (and LPIPS when a model is given) of one image, as
     the module docstring says: corner PSNR from the area-weighted MSE, corner SSIM / LPIPS the
     ``corner_weighting`` ("plain" or "area") mean of the four strips; ``y_channel``: PSNR and
@@ -320,23 +348,29 @@ def image_metrics(sr, gt, scale: int, lpips: LPIPS | None = None, corner_weighti
     ``ssim_y_corner_area``).
     """
     if corner_weighting not in CORNER_WEIGHTINGS:
-        raise ValueError(f"corner_weighting must be one of {', '.join(CORNER_WEIGHTINGS)}, "
-                         f"got {corner_weighting!r}")
+        raise ValueError(
+            f"corner_weighting must be one of {', '.join(CORNER_WEIGHTINGS)}, "
+            f"got {corner_weighting!r}"
+        )
     a, b = _pair(sr, gt)
     strips = list(corner_strips(a.shape[0], a.shape[1], scale).values())
     narrowest = min(min(y1 - y0, x1 - x0) for y0, y1, x0, x1 in strips)
     need = LPIPS_MIN_SIZE if lpips is not None else SSIM_WINDOW
     if narrowest < need:
-        raise ValueError(f"image {a.shape[0]}x{a.shape[1]} is too small for Corner-Image metrics "
-                         f"at scale {scale}: a corner strip is {narrowest} px wide, at least "
-                         f"{need} needed")
+        raise ValueError(
+            f"image {a.shape[0]}x{a.shape[1]} is too small for Corner-Image metrics "
+            f"at scale {scale}: a corner strip is {narrowest} px wide, at least "
+            f"{need} needed"
+        )
     pa, pb = (luma(a), luma(b)) if y_channel else (a, b)
     areas = np.array([_area(box) for box in strips], dtype=np.float64)
     area_weighted = corner_weighting == "area"
     weights = areas / areas.sum() if area_weighted else np.full(len(strips), 1.0 / len(strips))
     y, corner = ("_y" if y_channel else ""), ("_corner_area" if area_weighted else "_corner")
-    out = {f"psnr{y}": psnr_from_mse(float(np.mean((pa - pb) ** 2))),
-           f"ssim{y}": _channel_ssim(pa, pb)}
+    out = {
+        f"psnr{y}": psnr_from_mse(float(np.mean((pa - pb) ** 2))),
+        f"ssim{y}": _channel_ssim(pa, pb),
+    }
     if lpips is not None:
         out["lpips"] = lpips_distance(lpips, a, b)
     strip_mse = [np.mean((_crop(pa, box) - _crop(pb, box)) ** 2) for box in strips]

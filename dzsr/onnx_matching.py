@@ -8,6 +8,7 @@ query with those patches as filters, at most ``chunk_elements`` scores alive at 
 index -> flow -> the 9 shifted copies -> bilinear x4 upsampling (docs/design.md#export). Batch
 size 1; finite features only (the non-finite rule of ``patch_match`` is not reproduced).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,9 +44,20 @@ def _inverse_patch_norms(u):
 
 
 @onnxscript.script(BUILD_OPSET)
-def _top1_loop(uq: FLOAT[...], ur_flat: FLOAT[...], inv_r: FLOAT[...], taps: INT64[...],
-               filter_shape: INT64[...], wr: INT64, wpr: INT64, n_ref: INT64, chunk: INT64,
-               n_chunks: INT64, best: FLOAT[...], index: INT64[...]) -> INT64[...]:
+def _top1_loop(
+    uq: FLOAT[...],
+    ur_flat: FLOAT[...],
+    inv_r: FLOAT[...],
+    taps: INT64[...],
+    filter_shape: INT64[...],
+    wr: INT64,
+    wpr: INT64,
+    n_ref: INT64,
+    chunk: INT64,
+    n_chunks: INT64,
+    best: FLOAT[...],
+    index: INT64[...],
+) -> INT64[...]:
     """The search. For each chunk of ``chunk`` reference patches (indices clipped to the last
     one, n_ref - 1, whose repeats come after it and so never win a tie): gather the patches from
     ``ur_flat`` (C,Hr*Wr) at their top-left flat position plus ``taps`` (p², the flat offsets of
@@ -84,8 +96,11 @@ def _flow_offsets(index, hq, wq, wpr):
     flow = to_float(op.Concat(op.Unsqueeze(fy, ints(1)), op.Unsqueeze(fx, ints(1)), axis=1))
     flow = op.Pad(flow, ints(0, 0, 0, 0, 0, 0, PATCH - 1, PATCH - 1))
     size = op.Concat(hq, wq, axis=0)
-    copies = [op.Slice(op.Pad(flow, ints(0, 0, i, j, 0, 0, 0, 0)), ints(0, 0), size, ints(2, 3))
-              for i in range(PATCH) for j in range(PATCH)]
+    copies = [
+        op.Slice(op.Pad(flow, ints(0, 0, i, j, 0, 0, 0, 0)), ints(0, 0), size, ints(2, 3))
+        for i in range(PATCH)
+        for j in range(PATCH)
+    ]
     offsets = op.Concat(*copies, axis=1)
     scale = ints(MATCH_SCALE)
     up = resize_aligned(offsets, op.Mul(hq, scale), op.Mul(wq, scale))
@@ -122,6 +137,18 @@ def _matching_offsets(query_features, ref_features, chunk_elements: int):
     grid = op.Concat(ints(1), hpq, wpq, axis=0)
     best = op.Expand(const(-np.inf, np.float32), grid)
     index = op.Expand(const(0, np.int64), grid)
-    index = _top1_loop(uq, ur_flat, inv_r, taps, filter_shape, scalar(wr), scalar(wpr),
-                       scalar(n_ref), scalar(chunk), scalar(n_chunks), best, index)
+    index = _top1_loop(
+        uq,
+        ur_flat,
+        inv_r,
+        taps,
+        filter_shape,
+        scalar(wr),
+        scalar(wpr),
+        scalar(n_ref),
+        scalar(chunk),
+        scalar(n_chunks),
+        best,
+        index,
+    )
     return _flow_offsets(index, hq, wq, scalar(wpr))

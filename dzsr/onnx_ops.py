@@ -15,6 +15,7 @@ below (docs/design.md#export):
   (relative) and so to flip near-tie matches (measured on noise at LR 344x556).
 * ``torch.ops.dzsr.matching_offsets``: ``dzsr.onnx_matching``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -85,8 +86,15 @@ def deform_conv2d_packed(x, geom, affine: bool, weight, bias, groups: int, backe
         w, b = affine_offset_conv(k)
         offset = op.Conv(geom, const(w, np.float32), const(b, np.float32))
     inputs = [x, weight, offset] + ([bias] if bias is not None else [])
-    return op.DeformConv(*inputs, group=groups, offset_group=1, kernel_shape=[k, k],
-                         pads=[k // 2] * 4, strides=[1, 1], dilations=[1, 1])
+    return op.DeformConv(
+        *inputs,
+        group=groups,
+        offset_group=1,
+        kernel_shape=[k, k],
+        pads=[k // 2] * 4,
+        strides=[1, 1],
+        dilations=[1, 1],
+    )
 
 
 def _corner_weights(n_in, n_out):
@@ -128,14 +136,18 @@ def upsample_bilinear2d_vec(x, output_size, align_corners: bool, scale_factors):
     corners, the model's only use, ``resize_aligned`` to ``output_size`` or to
     floor(size·factor); otherwise torch.onnx's own translation (``Resize``)."""
     if not align_corners:
-        return torchlib_nn.aten_upsample_bilinear2d_vec(x, output_size, align_corners,
-                                                        scale_factors)
+        return torchlib_nn.aten_upsample_bilinear2d_vec(
+            x, output_size, align_corners, scale_factors
+        )
     if output_size is not None:
         size = op.Cast(output_size, to=onnxscript.ir.DataType.INT64)
         height, width = op.Slice(size, ints(0), ints(1)), op.Slice(size, ints(1), ints(2))
     else:  # floor(size * factor), in double as PyTorch computes it
         height, width = (
-            op.Cast(op.Floor(op.Mul(to_double(dim(x, axis)), const(factor, np.float64))),
-                    to=onnxscript.ir.DataType.INT64)
-            for axis, factor in zip((2, 3), scale_factors))
+            op.Cast(
+                op.Floor(op.Mul(to_double(dim(x, axis)), const(factor, np.float64))),
+                to=onnxscript.ir.DataType.INT64,
+            )
+            for axis, factor in zip((2, 3), scale_factors)
+        )
     return resize_aligned(x, height, width)

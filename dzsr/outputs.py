@@ -20,6 +20,7 @@ Semantics (every image, CSV, checkpoint and export dzsr writes goes through ``at
 * Operating-system errors while writing become ``OutputError("cannot write PATH: REASON")``, e.g.
   ``cannot write out.png: no space left on device``; ``errno`` is kept.
 """
+
 from __future__ import annotations
 
 import errno as errno_codes
@@ -67,16 +68,24 @@ def check_folder(folder: str | os.PathLike, what: str) -> None:
     folder = os.fspath(folder)
     existing = _nearest_existing(folder)
     if not os.path.isdir(existing):
-        raise OutputError(f"{what}: cannot use folder {folder}: {existing} is a file, not a folder",
-                          errno_codes.ENOTDIR)
+        raise OutputError(
+            f"{what}: cannot use folder {folder}: {existing} is a file, not a folder",
+            errno_codes.ENOTDIR,
+        )
     try:
         _probe(existing)
     except OSError as err:
-        raise OutputError(f"{what}: folder {existing} is not writable ({reason(err)})", err.errno) from None
+        raise OutputError(
+            f"{what}: folder {existing} is not writable ({reason(err)})", err.errno
+        ) from None
 
 
-def check_output(path: str | os.PathLike, what: str, extensions: Iterable[str] | None = None,
-                 inputs: Iterable[str | os.PathLike | None] = ()) -> str:
+def check_output(
+    path: str | os.PathLike,
+    what: str,
+    extensions: Iterable[str] | None = None,
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> str:
     """Refuse an output ``path`` that cannot or must not be written (module docstring); returns it."""
     path = os.fspath(path)
     if not path:
@@ -85,17 +94,23 @@ def check_output(path: str | os.PathLike, what: str, extensions: Iterable[str] |
         extensions = tuple(extensions)
         ext = os.path.splitext(path)[1].lower()
         if not ext:
-            raise OutputError(f"{what}: {path} has no file extension (expected one of {', '.join(extensions)})")
+            raise OutputError(
+                f"{what}: {path} has no file extension (expected one of {', '.join(extensions)})"
+            )
         if ext not in extensions:
-            raise OutputError(f"{what}: {path} has the unknown extension {ext!r} (expected one of "
-                              f"{', '.join(extensions)})")
+            raise OutputError(
+                f"{what}: {path} has the unknown extension {ext!r} (expected one of "
+                f"{', '.join(extensions)})"
+            )
     if os.path.isdir(path):
         raise OutputError(f"{what}: {path} is a folder; give a file path", errno_codes.EISDIR)
     if os.path.exists(path):
         for source in inputs:
             if source is not None and os.path.exists(source) and os.path.samefile(path, source):
-                raise OutputError(f"{what}: {path} is the input file {os.fspath(source)}; writing it would "
-                                  f"replace that input, choose another output path")
+                raise OutputError(
+                    f"{what}: {path} is the input file {os.fspath(source)}; writing it would "
+                    f"replace that input, choose another output path"
+                )
     check_folder(os.path.dirname(path), what)
     return path
 

@@ -1,5 +1,6 @@
 """Offline loading of pretrained weights: a user path or the torch hub checkpoints folder, never a
 download. Reading the file is ``dzsr.checkpoint.read_state_dict``'s."""
+
 from __future__ import annotations
 
 import os
@@ -22,12 +23,15 @@ def load_state_dict(filename: str, path: str | os.PathLike | None = None) -> dic
         if os.path.isdir(path):
             path = os.path.join(path, filename)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"pretrained weights {filename} not found: {path} does not "
-                                    f"exist")
+            raise FileNotFoundError(
+                f"pretrained weights {filename} not found: {path} does not exist"
+            )
     else:
         folder = os.path.join(torch.hub.get_dir(), "checkpoints")
         path = os.path.join(folder, filename)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"pretrained weights {filename} not found in {folder}: "
-                                    f"download it there or pass its path")
+            raise FileNotFoundError(
+                f"pretrained weights {filename} not found in {folder}: "
+                f"download it there or pass its path"
+            )
     return read_state_dict(path, "pretrained weights")

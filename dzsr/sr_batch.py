@@ -26,6 +26,7 @@ height, 4 white pixels apart (``dzsr.demo.side_by_side``). The telephoto is left
 the centre 1/scale of the frame, and a third full-size panel would make the picture half as large
 again.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -87,8 +88,9 @@ def _images_by_name(folder: str, what: str) -> dict[str, list[str]]:
     return found
 
 
-def _problem(name: str, shorts: list[str], teles: list[str], short_dir: str,
-             tele_dir: str) -> str | None:
+def _problem(
+    name: str, shorts: list[str], teles: list[str], short_dir: str, tele_dir: str
+) -> str | None:
     if len(shorts) > 1 or len(teles) > 1:
         files = ", ".join(os.path.basename(p) for p in (shorts if len(shorts) > 1 else teles))
         return f"ambiguous name: {files} in {short_dir if len(shorts) > 1 else tele_dir}"
@@ -99,21 +101,31 @@ def _problem(name: str, shorts: list[str], teles: list[str], short_dir: str,
     return None
 
 
-def folder_pairs(short_dir: str, tele_dir: str, out_dir: str,
-                 compare_dir: str | None = None) -> list[Pair]:
+def folder_pairs(
+    short_dir: str, tele_dir: str, out_dir: str, compare_dir: str | None = None
+) -> list[Pair]:
     """The pairs of two folders by file name (module docstring), in name order."""
     shorts, teles = _images_by_name(short_dir, "--short"), _images_by_name(tele_dir, "--tele")
     if not shorts and not teles:
-        raise FileNotFoundError(f"--short {short_dir} and --tele {tele_dir} hold no images "
-                                f"(expected {', '.join(IMAGE_EXTENSIONS)} files)")
+        raise FileNotFoundError(
+            f"--short {short_dir} and --tele {tele_dir} hold no images "
+            f"(expected {', '.join(IMAGE_EXTENSIONS)} files)"
+        )
     pairs = []
     for name in sorted(set(shorts) | set(teles)):
         s, t = shorts.get(name, []), teles.get(name, [])
         file = name + OUTPUT_EXTENSION
         compare = None if compare_dir is None else os.path.join(compare_dir, file)
-        pairs.append(Pair(name, s[0] if len(s) == 1 else None, t[0] if len(t) == 1 else None,
-                          os.path.join(out_dir, file), compare,
-                          _problem(name, s, t, short_dir, tele_dir)))
+        pairs.append(
+            Pair(
+                name,
+                s[0] if len(s) == 1 else None,
+                t[0] if len(t) == 1 else None,
+                os.path.join(out_dir, file),
+                compare,
+                _problem(name, s, t, short_dir, tele_dir),
+            )
+        )
     return pairs
 
 
@@ -130,8 +142,10 @@ def check_pair_outputs(pairs: list[Pair], other_inputs=()) -> None:
             check_output(path, what, writable_extensions(), inputs)
             key = os.path.realpath(path)
             if key in owner:
-                raise OutputError(f"{what}: {path} would also be written as {owner[key]}; "
-                                  f"give --out and --save-compare different paths")
+                raise OutputError(
+                    f"{what}: {path} would also be written as {owner[key]}; "
+                    f"give --out and --save-compare different paths"
+                )
             owner[key] = f"{what} {path}"
 
 
@@ -143,10 +157,13 @@ def check_folder_mode(short: str, tele: str, out: str, compare: str | None) -> b
         named = [("--short", short), ("--tele", tele)]
         (a, a_path), (b, b_path) = named if folders[0] else named[::-1]
         if not os.path.exists(b_path):
-            raise FileNotFoundError(f"{b}: folder not found: {b_path} ({a} is a folder: "
-                                    f"folder mode)")
-        raise ValueError(f"{a} {a_path} is a folder but {b} {b_path} is not: give two folders "
-                         f"(folder mode, pairs by file name) or two image files")
+            raise FileNotFoundError(
+                f"{b}: folder not found: {b_path} ({a} is a folder: folder mode)"
+            )
+        raise ValueError(
+            f"{a} {a_path} is a folder but {b} {b_path} is not: give two folders "
+            f"(folder mode, pairs by file name) or two image files"
+        )
     if not folders[0]:
         return False
     for path, what in ((out, "--out"), (compare, "--save-compare")):
@@ -180,27 +197,38 @@ def tile_progress(name: str, enabled: bool):
         bar.close()
 
 
-def super_resolve_pair(model, pair: Pair, settings: Settings, progress=None,
-                       note: Callable[[str], None] | None = None) -> tuple[int, int]:
+def super_resolve_pair(
+    model, pair: Pair, settings: Settings, progress=None, note: Callable[[str], None] | None = None
+) -> tuple[int, int]:
     """Read, prepare, super-resolve and write one pair (and its comparison picture); returns the
     output's (height, width). ``note`` gets the line saying how the telephoto was aligned
     (``prepare_inputs``' ``alignment``). Running out of memory is a ValueError that says what to
     change."""
     short, tele = read_rgb(pair.short), read_rgb(pair.tele)
-    inputs = prepare_inputs(short, tele, settings.scale, settings.region, settings.align,
-                            settings.focal_ratio)
+    inputs = prepare_inputs(
+        short, tele, settings.scale, settings.region, settings.align, settings.focal_ratio
+    )
     if note is not None:
         note(inputs["alignment"])
     device = settings.device
     try:
-        sr = super_resolve(model, inputs["lr"].to(device), inputs["ref"].to(device),
-                           inputs["paste_ref"].to(device), inputs["paste_box"], tile=settings.tile,
-                           progress=progress, precision=settings.precision)
+        sr = super_resolve(
+            model,
+            inputs["lr"].to(device),
+            inputs["ref"].to(device),
+            inputs["paste_ref"].to(device),
+            inputs["paste_box"],
+            tile=settings.tile,
+            progress=progress,
+            precision=settings.precision,
+        )
     except torch.OutOfMemoryError as err:
         height, width = inputs["lr"].shape[-2:]
-        raise ValueError(f"out of memory on {device} for the {height}x{width} short-focus image: "
-                         f"try a smaller --tile or --precision bf16 "
-                         f"({str(err).splitlines()[0] if str(err) else 'no details'})") from None
+        raise ValueError(
+            f"out of memory on {device} for the {height}x{width} short-focus image: "
+            f"try a smaller --tile or --precision bf16 "
+            f"({str(err).splitlines()[0] if str(err) else 'no details'})"
+        ) from None
     sr = to_hwc(sr[0].clamp(0, 1))
     write_rgb(pair.out, sr)
     if pair.compare is not None:
@@ -209,8 +237,14 @@ def super_resolve_pair(model, pair: Pair, settings: Settings, progress=None,
     return sr.shape[:2]
 
 
-def run_pairs(model, pairs: list[Pair], settings: Settings, errors: tuple[type[BaseException], ...],
-              describe: Callable[[BaseException], str], show_progress: bool = True) -> list[dict]:
+def run_pairs(
+    model,
+    pairs: list[Pair],
+    settings: Settings,
+    errors: tuple[type[BaseException], ...],
+    describe: Callable[[BaseException], str],
+    show_progress: bool = True,
+) -> list[dict]:
     """Process every pair (folder mode, module docstring): a pair raising one of ``errors`` is
     reported on stderr as ``describe(error)`` and skipped. Prints the summary table; returns its
     rows (``pair``, ``output``, ``seconds``, ``status``)."""
@@ -228,8 +262,14 @@ def run_pairs(model, pairs: list[Pair], settings: Settings, errors: tuple[type[B
             status = "ok" if problem is None else f"failed: {problem}"
             if problem is not None:
                 tqdm.write(f"dzsr sr: {pair.name}: {status}", file=sys.stderr)
-            rows.append({"pair": pair.name, "output": f"{size[0]}x{size[1]}" if size else "-",
-                         "seconds": f"{time.perf_counter() - start:.1f}", "status": status})
+            rows.append(
+                {
+                    "pair": pair.name,
+                    "output": f"{size[0]}x{size[1]}" if size else "-",
+                    "seconds": f"{time.perf_counter() - start:.1f}",
+                    "status": status,
+                }
+            )
             pair_bar.update(1)
     print(summary_table(rows))
     return rows
@@ -240,6 +280,8 @@ def summary_table(rows: list[dict]) -> str:
     lines = ["| pair | output | seconds | status |", "|---|---|---|---|"]
     lines += [f"| {r['pair']} | {r['output']} | {r['seconds']} | {r['status']} |" for r in rows]
     failed = sum(r["status"] != "ok" for r in rows)
-    lines.append(f"{len(rows) - failed} of {len(rows)} pairs written"
-                 + (f", {failed} failed" if failed else ""))
+    lines.append(
+        f"{len(rows) - failed} of {len(rows)} pairs written"
+        + (f", {failed} failed" if failed else "")
+    )
     return "\n".join(lines)

@@ -37,6 +37,7 @@ resuming from it continues exactly) and raises ``TrainingInterrupted`` (a ``Keyb
 a second Ctrl-C interrupts at once, leaving the last checkpoint written. Under DDP the ranks agree
 on stopping (one tiny all-reduce per iteration) so they stop at the same iteration.
 """
+
 from __future__ import annotations
 
 import glob
@@ -59,8 +60,14 @@ from .data import TrainPatches, worker_init
 from .distributed import Dist, agree, barrier, gather_rng_states, init_distributed, set_rng_state
 from .models import SelfDZSR
 from .outputs import OutputError, check_folder
-from .train_parts import (EpochBatches, build_model, build_optimizers, build_patches, build_source,
-                          build_step)
+from .train_parts import (
+    EpochBatches,
+    build_model,
+    build_optimizers,
+    build_patches,
+    build_source,
+    build_step,
+)
 
 LAST = "last.pt"
 FINAL = "final.pt"
@@ -96,10 +103,17 @@ def save_training_state(path: str, run: Run, iteration: int) -> None:
     Every rank calls it (the RNG states are gathered); rank 0 writes."""
     rng = gather_rng_states(run.dist)
     if run.dist.main:
-        save_checkpoint(path, run.model, {
-            "iteration": iteration, "train_config": run.config, "rng": rng,
-            "optimizers": {k: o.state_dict() for k, o in run.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in run.schedulers.items()}})
+        save_checkpoint(
+            path,
+            run.model,
+            {
+                "iteration": iteration,
+                "train_config": run.config,
+                "rng": rng,
+                "optimizers": {k: o.state_dict() for k, o in run.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in run.schedulers.items()},
+            },
+        )
     barrier()
 
 
@@ -111,8 +125,10 @@ def restore_training_state(path: str, run: Run) -> int:
     extra = load_checkpoint(path, run.model)[1]["extra"]
     rngs = extra["rng"]
     if len(rngs) != run.dist.world:
-        raise ValueError(f"{path} was written by {len(rngs)} processes; resume with the same "
-                         f"number, not {run.dist.world}")
+        raise ValueError(
+            f"{path} was written by {len(rngs)} processes; resume with the same "
+            f"number, not {run.dist.world}"
+        )
     for k, o in run.optimizers.items():
         o.load_state_dict(extra["optimizers"][k])
         run.schedulers[k].load_state_dict(extra["schedulers"][k])
@@ -125,8 +141,9 @@ def check_resumable(path: str, config: dict) -> None:
     was trained with a config that ``config`` continues exactly (``check_resume``)."""
     extra = load_checkpoint(path)[1]["extra"]
     if "optimizers" not in extra:
-        raise ValueError(f"{path} has no optimizer state: it is a final checkpoint, not one to "
-                         f"resume from")
+        raise ValueError(
+            f"{path} has no optimizer state: it is a final checkpoint, not one to resume from"
+        )
     check_resume(extra.get("train_config"), config, path)
 
 
@@ -139,8 +156,9 @@ def save_model(path: str, run: Run, iteration: int) -> None:
 # ----------------------------------------------------------------------------- fit, step by step
 
 
-def train(config: dict, resume: str | bool | None = None, progress: bool = True,
-          overwrite: bool = False) -> str:
+def train(
+    config: dict, resume: str | bool | None = None, progress: bool = True, overwrite: bool = False
+) -> str:
     """Run training as configured; returns the path of the final checkpoint (``out_dir/final.pt``,
     or ``out_dir/last.pt`` when ``train.stop_at`` ends it early).
 
@@ -151,8 +169,9 @@ def train(config: dict, resume: str | bool | None = None, progress: bool = True,
     return fit(config, resume, progress, overwrite)[1]
 
 
-def fit(config: dict, resume: str | bool | None = None, progress: bool = True,
-        overwrite: bool = False) -> tuple[SelfDZSR, str]:
+def fit(
+    config: dict, resume: str | bool | None = None, progress: bool = True, overwrite: bool = False
+) -> tuple[SelfDZSR, str]:
     """``train`` that also returns this process's trained model (each DDP rank holds a replica)."""
     resume_path = check_before_work(config, resume, overwrite)
     device, d = setup(config)
@@ -175,12 +194,15 @@ def check_before_work(config: dict, resume: str | bool | None, overwrite: bool) 
         check_resumable(path, config)
         return path
     found = [f for f in (LAST, FINAL) if os.path.isfile(os.path.join(out_dir, f))]
-    found += sorted(os.path.basename(f)
-                    for f in glob.glob(os.path.join(glob.escape(out_dir), "iter_*.pt")))
+    found += sorted(
+        os.path.basename(f) for f in glob.glob(os.path.join(glob.escape(out_dir), "iter_*.pt"))
+    )
     if found and not overwrite:
-        raise OutputError(f"log.out_dir {out_dir} already holds checkpoints ({', '.join(found)}): "
-                          f"continue them with --resume, replace them with --overwrite, or choose "
-                          f"another log.out_dir")
+        raise OutputError(
+            f"log.out_dir {out_dir} already holds checkpoints ({', '.join(found)}): "
+            f"continue them with --resume, replace them with --overwrite, or choose "
+            f"another log.out_dir"
+        )
     return None
 
 
@@ -240,8 +262,9 @@ def train_loop(run: Run, iteration: int, progress: bool) -> str:
                     if not saved:
                         _checkpoint(run, iteration)
                     last = os.path.join(log["out_dir"], LAST)
-                    raise TrainingInterrupted(f"at iteration {iteration} of {stop}; wrote {last} "
-                                              f"(continue with --resume)")
+                    raise TrainingInterrupted(
+                        f"at iteration {iteration} of {stop}; wrote {last} (continue with --resume)"
+                    )
                 if iteration >= stop:
                     break
         return _finish(run, iteration, total)
@@ -260,21 +283,34 @@ def epoch_loader(run: Run, iteration: int) -> DataLoader:
     t = run.config["train"]
     epoch, start = divmod(iteration, t["iters_per_epoch"])
     run.patches.set_epoch(epoch)
-    sampler = EpochBatches(len(run.patches), t["batch_size"], run.config["seed"], epoch, start,
-                           run.dist.rank, run.dist.world)
+    sampler = EpochBatches(
+        len(run.patches),
+        t["batch_size"],
+        run.config["seed"],
+        epoch,
+        start,
+        run.dist.rank,
+        run.dist.world,
+    )
     # Own generator: creating the loader must not draw from the global RNG (exact resume).
-    return DataLoader(run.patches, batch_sampler=sampler, worker_init_fn=worker_init,
-                      num_workers=run.config["data"]["workers"],
-                      pin_memory=run.device.type == "cuda",
-                      generator=torch.Generator().manual_seed(epoch))
+    return DataLoader(
+        run.patches,
+        batch_sampler=sampler,
+        worker_init_fn=worker_init,
+        num_workers=run.config["data"]["workers"],
+        pin_memory=run.device.type == "cuda",
+        generator=torch.Generator().manual_seed(epoch),
+    )
 
 
 def train_step(run: Run, batch: dict, iteration: int):
     """Run iteration number ``iteration`` (from 1) on ``batch``: forward, backward, one step of
     every optimiser, and of every scheduler when it ends an epoch. Returns ``TrainStep``'s
     (loss, parts, visuals)."""
-    batch = {k: v.to(run.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-             for k, v in batch.items()}
+    batch = {
+        k: v.to(run.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
     loss, parts, visuals = run.step(batch)
     for o in run.optimizers.values():
         o.zero_grad(set_to_none=True)
@@ -292,8 +328,9 @@ def _checkpoint(run: Run, iteration: int) -> None:
     log = run.config["log"]
     save_training_state(os.path.join(log["out_dir"], LAST), run, iteration)
     if log["keep_every"] and iteration % log["keep_every"] == 0:
-        save_training_state(os.path.join(log["out_dir"], f"iter_{iteration:07d}.pt"), run,
-                            iteration)
+        save_training_state(
+            os.path.join(log["out_dir"], f"iter_{iteration:07d}.pt"), run, iteration
+        )
 
 
 def _finish(run: Run, iteration: int, total: int) -> str:
@@ -341,16 +378,21 @@ def _open_monitors(run: Run, iteration: int, stop: int, progress: bool):
         return writer, None
     from tqdm import tqdm
 
-    return writer, tqdm(total=stop, initial=iteration, desc=f"{config['name']} [{config['stage']}]",
-                        dynamic_ncols=True)
+    return writer, tqdm(
+        total=stop,
+        initial=iteration,
+        desc=f"{config['name']} [{config['stage']}]",
+        dynamic_ncols=True,
+    )
 
 
 def _image_grid(visuals: dict) -> torch.Tensor:
     from torchvision.utils import make_grid
 
     out, gt = visuals["out"][:1].detach(), visuals["gt"][:1]
-    lr_up = F.interpolate(visuals["lr"][:1], size=gt.shape[-2:], mode="bicubic",
-                          align_corners=False)
+    lr_up = F.interpolate(
+        visuals["lr"][:1], size=gt.shape[-2:], mode="bicubic", align_corners=False
+    )
     return make_grid(torch.cat([lr_up, out, gt]).clamp(0, 1).float().cpu(), nrow=3)
 
 

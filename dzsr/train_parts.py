@@ -3,6 +3,7 @@ training pairs (``build_source``) and their random patches (``build_patches``), 
 orders an epoch (``EpochBatches``), the model (``build_model``), its optimisers and schedulers
 (``build_optimizers``) and the forward pass with its loss (``TrainStep``, ``build_step``).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,15 @@ def build_source(config: dict, rank: int) -> DualZoomDataset:
     if data["kind"] == "sample":
         root = os.path.join(config["log"]["out_dir"], "sample_data")
         if rank == 0:
-            prepare_sample_data(root, data["samples"], scale, data["photos"], data["photos_as"],
-                                data["synthetic"], config["seed"])
+            prepare_sample_data(
+                root,
+                data["samples"],
+                scale,
+                data["photos"],
+                data["photos_as"],
+                data["synthetic"],
+                config["seed"],
+            )
         barrier()
         return DualZoomDataset(root, "train", scale)
     subdir = {"nikon": "Nikon", "camerafusion": "CameraFusion"}.get(data["kind"])
@@ -38,9 +46,16 @@ def build_source(config: dict, rank: int) -> DualZoomDataset:
 def build_patches(config: dict, source: DualZoomDataset) -> TrainPatches:
     """The random training patches of ``source``: ``iters_per_epoch * batch_size`` per epoch."""
     data, t = config["data"], config["train"]
-    return TrainPatches(source, data["patch_size"], t["iters_per_epoch"] * t["batch_size"],
-                        config["seed"], data["noise_sigma"], data["jpeg_quality"],
-                        data["noise_map"], data["channel_shuffle"])
+    return TrainPatches(
+        source,
+        data["patch_size"],
+        t["iters_per_epoch"] * t["batch_size"],
+        config["seed"],
+        data["noise_sigma"],
+        data["jpeg_quality"],
+        data["noise_map"],
+        data["channel_shuffle"],
+    )
 
 
 class EpochBatches(Sampler):
@@ -48,8 +63,16 @@ class EpochBatches(Sampler):
     (seed, epoch), cut into global batches of ``batch_size``; rank r takes every world-th index of
     each. ``start`` skips the first batches (exact resume)."""
 
-    def __init__(self, length: int, batch_size: int, seed: int, epoch: int, start: int = 0,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        length: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.length, self.batch_size, self.seed, self.epoch = length, batch_size, seed, epoch
         self.start, self.rank, self.world = start, rank, world
 
@@ -57,7 +80,7 @@ class EpochBatches(Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.length, generator=g).tolist()
         for i in range(self.start, self.length // self.batch_size):
-            yield order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
+            yield order[i * self.batch_size : (i + 1) * self.batch_size][self.rank :: self.world]
 
     def __len__(self) -> int:
         return self.length // self.batch_size - self.start
@@ -78,8 +101,14 @@ class TrainStep(nn.Module):
             degraded, kernels = self.model.kernel_gen(gt, lr)
             loss, parts = kernel_gen_loss(degraded, lr, kernels, self.objective.centroid_weight)
             return loss, parts, {"lr": lr, "out": degraded, "gt": lr}
-        out = self.model(lr, batch["ref"], paste_ref=batch["ref"], paste_box=batch["ref_box"],
-                         gt=gt, noise=batch["noise"])
+        out = self.model(
+            lr,
+            batch["ref"],
+            paste_ref=batch["ref"],
+            paste_box=batch["ref_box"],
+            gt=gt,
+            noise=batch["noise"],
+        )
         loss, parts = self.objective(out, gt, lr)
         return loss, parts, {"lr": lr, "out": out.sr, "gt": gt}
 
@@ -104,11 +133,16 @@ def build_optimizers(model: SelfDZSR, config: dict):
     groups = {"kernel_gen": (model.kernel_gen, t["lr"] * t["kernel_lr_factor"])}
     if config["stage"] == "joint":
         groups["restoration"] = (model.restoration, t["lr"])
-    optimizers = {name: torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr,
-                                         betas=(0.9, 0.999))
-                  for name, (net, lr) in groups.items()}
-    schedulers = {name: torch.optim.lr_scheduler.StepLR(opt, t["decay_every"], gamma=t["gamma"])
-                  for name, opt in optimizers.items()}
+    optimizers = {
+        name: torch.optim.Adam(
+            [p for p in net.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999)
+        )
+        for name, (net, lr) in groups.items()
+    }
+    schedulers = {
+        name: torch.optim.lr_scheduler.StepLR(opt, t["decay_every"], gamma=t["gamma"])
+        for name, opt in optimizers.items()
+    }
     return optimizers, schedulers
 
 

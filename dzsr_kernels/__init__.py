@@ -4,10 +4,11 @@ Each op has a pure-PyTorch ``reference`` (the oracle), ``cpp`` (C++ CPU + CUDA C
 and ``triton`` implementations; ``available_backends()``, ``use_backend()`` and the
 ``DZSR_KERNELS_BACKEND`` environment variable choose between them (see ``_backend``).
 """
+
 from ._backend import BackendUnavailableError, available_backends, backend_table, use_backend
 from .deform_conv import AffineDeformConv2d, affine_deform_conv2d, centre_tap_conv2d, deform_conv2d
-from .sliced_wasserstein import sliced_wasserstein_loss
 from .patch_match import flow_to_offsets, match_flow, patch_match
+from .sliced_wasserstein import sliced_wasserstein_loss
 
 __all__ = [
     "AffineDeformConv2d",

@@ -20,12 +20,13 @@ function. Changing the selection later does not recompile (no guard watches it);
 ``torch.compiler.reset()`` or compile again. ``use_backend`` cannot be entered *inside* a compiled
 region: Dynamo does not trace ``ContextVar.set`` (a graph break, an error under ``fullgraph=True``).
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -38,9 +39,11 @@ BACKENDS = ("reference", "cpp", "triton")
 # conv2d, TF32 by default; torch.sort) beat ours at every measured size.
 AUTO_PREFERENCE = {
     "cpu": {"*": ("cpp", "reference")},
-    "cuda": {"*": ("cpp", "triton", "reference"),
-             "patch_match": ("reference", "cpp", "triton"),
-             "sliced_wasserstein": ("reference", "triton", "cpp")},
+    "cuda": {
+        "*": ("cpp", "triton", "reference"),
+        "patch_match": ("reference", "cpp", "triton"),
+        "sliced_wasserstein": ("reference", "triton", "cpp"),
+    },
 }
 
 _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("dzsr_backend", default=None)
@@ -61,7 +64,9 @@ def register_op(op: str, backends: set[str]) -> None:
 def _triton_status(device_type: str) -> str | None:
     """None if Triton can run on ``device_type``, else the reason it cannot."""
     if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return "Triton runs on CPU tensors only under TRITON_INTERPRET=1 (set before importing triton)"
+        return (
+            "Triton runs on CPU tensors only under TRITON_INTERPRET=1 (set before importing triton)"
+        )
     if device_type not in ("cpu", "cuda"):
         return f"Triton kernels are written for CUDA devices, not {device_type!r}"
     try:
@@ -124,7 +129,9 @@ def resolve(op: str, device: torch.device) -> str:
         return "reference"
     reason = unavailable_reason(name, device.type, op)
     if reason is not None:
-        raise BackendUnavailableError(f"backend {name!r} cannot run {op} on {device.type}: {reason}")
+        raise BackendUnavailableError(
+            f"backend {name!r} cannot run {op} on {device.type}: {reason}"
+        )
     return name
 
 

@@ -1,8 +1,9 @@
 """Argument validation shared by every op: clear errors naming the argument and what was expected."""
+
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -14,9 +15,13 @@ def check_tensor(name: str, t: object, ndim: int, layout: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(t).__name__}")
     if t.dim() != ndim:
-        raise ValueError(f"{name} must have shape {layout} ({ndim} dims), got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape {layout} ({ndim} dims), got shape {tuple(t.shape)}"
+        )
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {t.dtype}")
+        raise TypeError(
+            f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {t.dtype}"
+        )
     return t
 
 
@@ -37,7 +42,9 @@ def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, layout: str) 
         )
 
 
-def check_match(names: Sequence[str], tensors: Sequence[torch.Tensor], dims: Sequence[int], what: str) -> None:
+def check_match(
+    names: Sequence[str], tensors: Sequence[torch.Tensor], dims: Sequence[int], what: str
+) -> None:
     """The given dims of the tensors must agree (e.g. N, H, W between x and A)."""
     ref = [tensors[0].shape[d] for d in dims]
     for name, t in zip(names[1:], tensors[1:]):
@@ -50,7 +57,11 @@ def check_match(names: Sequence[str], tensors: Sequence[torch.Tensor], dims: Seq
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """float64 if any input is float64, else float32 (half inputs accumulate in float32)."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    return (
+        torch.float64
+        if any(t is not None and t.dtype == torch.float64 for t in tensors)
+        else torch.float32
+    )
 
 
 def poison_outputs() -> bool:

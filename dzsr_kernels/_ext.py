@@ -24,6 +24,7 @@ build; with the torch versions whose lock blocks while that file exists (``FileB
 it is removed, with a message, instead of making torch wait for it forever (torch 2.14 locks that file
 with the OS, so its leftover is harmless and left alone).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,8 @@ import platform
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -71,10 +72,20 @@ def build_key(with_cuda: bool, csrc_dir: Path = CSRC_DIR) -> str:
     for path in sorted(p for p in csrc_dir.rglob("*") if p.is_file()):
         digest.update(path.relative_to(csrc_dir).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
-    settings = (EXTRA_CFLAGS, EXTRA_CUDA_CFLAGS, with_cuda, cuda_home() if with_cuda else None,
-                torch.__version__, torch.version.cuda, sys.version_info[:2], platform.machine())
+    settings = (
+        EXTRA_CFLAGS,
+        EXTRA_CUDA_CFLAGS,
+        with_cuda,
+        cuda_home() if with_cuda else None,
+        torch.__version__,
+        torch.version.cuda,
+        sys.version_info[:2],
+        platform.machine(),
+    )
     digest.update(repr(settings).encode())
-    tag = f"torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}-{platform.machine()}".replace("+", "_")
+    tag = f"torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}-{platform.machine()}".replace(
+        "+", "_"
+    )
     return f"{tag}-{digest.hexdigest()[:16]}"
 
 
@@ -96,14 +107,18 @@ def build_lock(build_dir: str, wait_s: float | None = None) -> Iterator[None]:
                         f"{wait_s:.0f} s (DZSR_BUILD_WAIT); kill it or delete that folder"
                     ) from None
                 if not told:
-                    print(f"dzsr: waiting for another process building the C++ kernels in {build_dir}",
-                          file=sys.stderr)
+                    print(
+                        f"dzsr: waiting for another process building the C++ kernels in {build_dir}",
+                        file=sys.stderr,
+                    )
                     told = True
                 time.sleep(0.2)
         try:
             stale = Path(build_dir) / "lock"  # torch.utils.cpp_extension's own lock file
             if stale.exists() and _torch_lock_blocks_by_existence():
-                print(f"dzsr: removing {stale}, left by a killed build; rebuilding", file=sys.stderr)
+                print(
+                    f"dzsr: removing {stale}, left by a killed build; rebuilding", file=sys.stderr
+                )
                 stale.unlink()
             yield
         finally:
@@ -123,7 +138,9 @@ def build(with_cuda: bool, build_dir: str | None = None, verbose: bool = False) 
     """JIT-build ``csrc/`` and load it into ``torch.ops.dzsr_C``; returns the build folder."""
     if cuda_home() is not None:
         os.environ.setdefault("CUDA_HOME", cuda_home())
-    if not with_cuda:  # its import warns that no CUDA runtime exists, which a CPU build doesn't need
+    if (
+        not with_cuda
+    ):  # its import warns that no CUDA runtime exists, which a CPU build doesn't need
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
@@ -146,8 +163,9 @@ def build(with_cuda: bool, build_dir: str | None = None, verbose: bool = False) 
     except Exception as exc:
         log.write_text(f"{type(exc).__name__}: {exc}\n")
         target = f"CUDA {torch.version.cuda}" if with_cuda else "CPU"
-        raise RuntimeError(f"building csrc/ for torch {torch.__version__} ({target}) failed; "
-                           f"compiler log: {log}") from exc
+        raise RuntimeError(
+            f"building csrc/ for torch {torch.__version__} ({target}) failed; compiler log: {log}"
+        ) from exc
     (Path(build_dir) / VERSION_RECORD).write_text(f"{torch.__version__}\n")
     return build_dir
 
@@ -163,7 +181,9 @@ def built_against() -> str | None:
     return _state.get("built_against")
 
 
-def _load_sources(cpp_extension, files: list[str], with_cuda: bool, build_dir: str, verbose: bool) -> None:
+def _load_sources(
+    cpp_extension, files: list[str], with_cuda: bool, build_dir: str, verbose: bool
+) -> None:
     """Compile (ninja rebuilds what changed) and load ``files`` as ``torch.ops.dzsr_C``."""
     cpp_extension.load(
         name="dzsr_kernels_C",
@@ -187,8 +207,10 @@ def _load() -> str | None:
         try:
             torch.ops.load_library(str(prebuilt[0]))
         except Exception as exc:
-            return (f"prebuilt {prebuilt[0]} (built against torch {recorded or 'unrecorded'}) "
-                    f"failed to load into torch {torch.__version__}: {exc}")
+            return (
+                f"prebuilt {prebuilt[0]} (built against torch {recorded or 'unrecorded'}) "
+                f"failed to load into torch {torch.__version__}: {exc}"
+            )
         _state["built_against"] = recorded
         return None
     if os.environ.get("DZSR_NO_JIT") == "1":

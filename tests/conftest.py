@@ -1,5 +1,6 @@
 """Test configuration: Triton runs under its interpreter on CPU when there is no GPU, and every
 kernel output is poisoned (NaN / -1) before it is written, so unwritten elements fail the tests."""
+
 import os
 
 import torch

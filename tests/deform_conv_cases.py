@@ -2,6 +2,7 @@
 ``check_against_reference`` runs the public ops (custom op + autograd) against the float64
 reference; ``check_packed_against_reference`` runs the packed op on any backend, the CUDA emulation
 included, against the reference in the same dtype, comparing NaN masks, ±Inf and finite values."""
+
 from __future__ import annotations
 
 import tempfile
@@ -29,14 +30,20 @@ SHAPES = [  # n, c, c_out, h, w, k, groups
 ]
 
 
-def make_case(n, c, c_out, h, w, k, groups, affine, dtype=torch.float64, device="cpu", spread=1.0, bias=True):
+def make_case(
+    n, c, c_out, h, w, k, groups, affine, dtype=torch.float64, device="cpu", spread=1.0, bias=True
+):
     """(x, geom, weight, bias): geom is (A, b) for affine else the (N, 2k², H, W) offsets; positions
     reach well outside the image so the zero-padding corners are exercised."""
     x = torch.randn(n, c, h, w, dtype=torch.float64, device=device)
     if affine:
-        eye = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64, device=device).view(1, 4, 1, 1)
-        geom = (eye + spread * torch.randn(n, 4, h, w, dtype=torch.float64, device=device),
-                2 * spread * torch.randn(n, 2, h, w, dtype=torch.float64, device=device))
+        eye = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64, device=device).view(
+            1, 4, 1, 1
+        )
+        geom = (
+            eye + spread * torch.randn(n, 4, h, w, dtype=torch.float64, device=device),
+            2 * spread * torch.randn(n, 2, h, w, dtype=torch.float64, device=device),
+        )
     else:
         geom = (2 * spread * torch.randn(n, 2 * k * k, h, w, dtype=torch.float64, device=device),)
     weight = torch.randn(c_out, c // groups, k, k, dtype=torch.float64, device=device)
@@ -51,7 +58,9 @@ def run(backend, x, geom, weight, bias, groups, grad_out=None):
     bias_leaf = None if bias is None else bias.detach().clone().requires_grad_()
     with dk.use_backend(backend):
         if len(geom) == 2:
-            out = dk.affine_deform_conv2d(leaves[0], leaves[1], leaves[2], leaves[3], bias_leaf, groups=groups)
+            out = dk.affine_deform_conv2d(
+                leaves[0], leaves[1], leaves[2], leaves[3], bias_leaf, groups=groups
+            )
         else:
             out = dk.deform_conv2d(leaves[0], leaves[1], leaves[2], bias_leaf, groups=groups)
     if grad_out is None:
@@ -65,15 +74,18 @@ def check_against_reference(backend, x, geom, weight, bias, groups, tol=None):
     """The backend's output and gradients equal the float64 reference's on the same inputs."""
     out, grads, grad_out = run(backend, x, geom, weight, bias, groups)
     up = lambda t: None if t is None else t.detach().double()  # noqa: E731
-    ref_out, ref_grads, _ = run("reference", up(x), tuple(map(up, geom)), up(weight), up(bias), groups,
-                                grad_out.double())
+    ref_out, ref_grads, _ = run(
+        "reference", up(x), tuple(map(up, geom)), up(weight), up(bias), groups, grad_out.double()
+    )
     tol = TOL[x.dtype] if tol is None else tol
     names = ["out", "x", *(["A", "b"] if len(geom) == 2 else ["offset"]), "weight", "bias"]
     assert out.dtype == x.dtype and out.device == x.device
     for name, ours, ref in zip(names, (out, *grads), (ref_out, *ref_grads)):
         assert ours.shape == ref.shape and ours.dtype == x.dtype, name
         scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
-        torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            ours.double(), ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}"
+        )
 
 
 # ---- Packed-op harness shared by the NaN/Inf, empty-input, layout and fuzz tests ----------------
@@ -91,10 +103,17 @@ def emulated_ops(build_dir):
         from torch.utils.cpp_extension import load
 
         here = ROOT / "tests" / "cuda_emulation"
-        load(name="dzsr_cuda_emu", sources=[str(here / "deform_conv_emulated.cpp")],
-             extra_cflags=["-O1", "-pthread"], extra_ldflags=["-pthread"],
-             extra_include_paths=[str(ROOT / "csrc"), str(here)], is_python_module=False,
-             build_directory=str(build_dir) if build_dir is not None else tempfile.mkdtemp(prefix="dzsr_emu_"))
+        load(
+            name="dzsr_cuda_emu",
+            sources=[str(here / "deform_conv_emulated.cpp")],
+            extra_cflags=["-O1", "-pthread"],
+            extra_ldflags=["-pthread"],
+            extra_include_paths=[str(ROOT / "csrc"), str(here)],
+            is_python_module=False,
+            build_directory=str(build_dir)
+            if build_dir is not None
+            else tempfile.mkdtemp(prefix="dzsr_emu_"),
+        )
         _EMULATED_OPS.append(torch.ops.dzsr_cuda_emu)
     return _EMULATED_OPS[0]
 
@@ -108,36 +127,56 @@ def packed_results(backend, x, geom, affine, weight, bias, groups, grad_out=None
         out = ops.deform_conv2d_forward(c(x), c(geom), affine, c(weight), c(bias), groups)
         if grad_out is None:
             grad_out = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
-        grads = ops.deform_conv2d_backward(grad_out.contiguous(), c(x), c(geom), affine, c(weight), groups)
+        grads = ops.deform_conv2d_backward(
+            grad_out.contiguous(), c(x), c(geom), affine, c(weight), groups
+        )
         return (out, *grads), grad_out
-    leaves = [t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in (x, geom, weight)]
+    leaves = [
+        t.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        for t in (x, geom, weight)
+    ]
     if backend == "reference":
         out = reference.deform_conv2d(leaves[0], leaves[1], affine, leaves[2], bias, groups)
     else:
-        reason = _backend.unavailable_reason(backend, x.device.type, "deform_conv2d")  # loads the extension
+        reason = _backend.unavailable_reason(
+            backend, x.device.type, "deform_conv2d"
+        )  # loads the extension
         assert reason is None, reason
-        out = torch.ops.dzsr.deform_conv2d_packed(leaves[0], leaves[1], affine, leaves[2], bias, groups, backend)
+        out = torch.ops.dzsr.deform_conv2d_packed(
+            leaves[0], leaves[1], affine, leaves[2], bias, groups, backend
+        )
     if grad_out is None:
         grad_out = torch.randn(out.shape, dtype=torch.float64, device=out.device).to(out.dtype)
     grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]  # empty outputs
+    grads = [
+        torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)
+    ]  # empty outputs
     return (out.detach(), *grads), grad_out
 
 
 def assert_same_values(name, ours, ref, tol):
     """Equal shape and dtype, equal NaN masks, equal ±Inf positions, finite values close (relative
     to max(1, max |finite reference|))."""
-    assert ours.shape == ref.shape and ours.dtype == ref.dtype, (name, ours.shape, ref.shape, ours.dtype, ref.dtype)
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype, (
+        name,
+        ours.shape,
+        ref.shape,
+        ours.dtype,
+        ref.dtype,
+    )
     nan_o, nan_r = torch.isnan(ours), torch.isnan(ref)
     assert torch.equal(nan_o, nan_r), (
         f"{name}: NaN masks differ, ours {int(nan_o.sum())} NaNs, reference {int(nan_r.sum())}, "
-        f"first difference at {(nan_o != nan_r).nonzero()[:3].tolist()}")
+        f"first difference at {(nan_o != nan_r).nonzero()[:3].tolist()}"
+    )
     o, r = ours[~nan_o].double(), ref[~nan_r].double()
     for v in (float("inf"), -float("inf")):
         assert torch.equal(o == v, r == v), f"{name}: {v} positions differ"
     finite = torch.isfinite(r)
     scale = max(1.0, r[finite].abs().max().item()) if finite.any() else 1.0
-    torch.testing.assert_close(o[finite], r[finite], rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(
+        o[finite], r[finite], rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}"
+    )
 
 
 def check_packed_against_reference(backend, x, geom, affine, weight, bias, groups, tol=None):

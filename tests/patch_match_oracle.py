@@ -1,6 +1,7 @@
 """Independent float64 brute force for the patch-match tests: every patch vector built explicitly, NaN
 propagating through plain float64 arithmetic, and the torch.max top-1 rule written out; plus the
 input cases and the fake / compile checks every backend's tests share."""
+
 from __future__ import annotations
 
 import functools
@@ -64,9 +65,17 @@ def check_match(score, index, query, ref, p=3, tol=SCORE_TOL):
     top = cos.topk(min(2, cos.shape[1]), dim=1).values
     best = top[:, 0]
     torch.testing.assert_close(s, best, atol=tol, rtol=0)
-    clear = (top[:, 0] - top[:, 1] > tol) if cos.shape[1] > 1 else torch.ones_like(best, dtype=torch.bool)
-    assert torch.equal(i[clear], cos.argmax(1)[clear]), "index differs where the best match is clear"
-    assert (cos.gather(1, i.unsqueeze(1)).squeeze(1) >= best - tol).all(), "index of a near-tie scores too low"
+    clear = (
+        (top[:, 0] - top[:, 1] > tol)
+        if cos.shape[1] > 1
+        else torch.ones_like(best, dtype=torch.bool)
+    )
+    assert torch.equal(i[clear], cos.argmax(1)[clear]), (
+        "index differs where the best match is clear"
+    )
+    assert (cos.gather(1, i.unsqueeze(1)).squeeze(1) >= best - tol).all(), (
+        "index of a near-tie scores too low"
+    )
 
 
 def run(backend: str, query, ref, p=3, **kw):
@@ -101,17 +110,34 @@ def _set(x, sample, channel, y, xx, value):
 # of shape (2, C, Hq, Wq) and (2, C, Hr, Wr), Hq, Wq, Hr, Wr >= 5, for the per-backend tests.
 NON_FINITE_CASES = {
     "nan_in_query": lambda q, r: (_set(q, 0, 1, 2, 3, float("nan")), r),
-    "inf_in_query": lambda q, r: (_set(q, 1, 0, 0, 0, float("inf")), r),  # a corner pixel: one patch
+    "inf_in_query": lambda q, r: (
+        _set(q, 1, 0, 0, 0, float("inf")),
+        r,
+    ),  # a corner pixel: one patch
     "neg_inf_in_ref": lambda q, r: (q, _set(r, 1, 2, 3, 4, float("-inf"))),
-    "nan_in_ref_corner": lambda q, r: (q, _set(r, 0, 0, r.shape[2] - 1, r.shape[3] - 1, float("nan"))),
-    "nan_in_both": lambda q, r: (_set(q, 0, 0, 4, 1, float("nan")), _set(r, 0, 1, 1, 1, float("nan"))),
-    "inf_and_nan_in_one_pixel": lambda q, r: (_set(_set(q, 1, 0, 2, 2, float("inf")), 1, 1, 2, 2, float("nan")), r),
+    "nan_in_ref_corner": lambda q, r: (
+        q,
+        _set(r, 0, 0, r.shape[2] - 1, r.shape[3] - 1, float("nan")),
+    ),
+    "nan_in_both": lambda q, r: (
+        _set(q, 0, 0, 4, 1, float("nan")),
+        _set(r, 0, 1, 1, 1, float("nan")),
+    ),
+    "inf_and_nan_in_one_pixel": lambda q, r: (
+        _set(_set(q, 1, 0, 2, 2, float("inf")), 1, 1, 2, 2, float("nan")),
+        r,
+    ),
     "all_nan_query": lambda q, r: (torch.full_like(q, float("nan")), r),
-    "nan_next_to_zero_patch": lambda q, r: (_set(q.index_fill(2, torch.tensor([0, 1, 2]), 0), 0, 0, 3, 0,
-                                                 float("nan")), r),
+    "nan_next_to_zero_patch": lambda q, r: (
+        _set(q.index_fill(2, torch.tensor([0, 1, 2]), 0), 0, 0, 3, 0, float("nan")),
+        r,
+    ),
     "huge": lambda q, r: (q * 1e30, r * 3e37),  # squares overflow float32
     "tiny": lambda q, r: (q * 1e-20, r * 1e-25),  # squares underflow float32; norms < 1e-12
-    "huge_tiny_zero_mix": lambda q, r: (q * torch.logspace(-25, 30, q.shape[3]), r.index_fill(3, torch.tensor([1]), 0)),
+    "huge_tiny_zero_mix": lambda q, r: (
+        q * torch.logspace(-25, 30, q.shape[3]),
+        r.index_fill(3, torch.tensor([1]), 0),
+    ),
     "empty_batch": lambda q, r: (q[:0], r[:0]),
 }
 
@@ -165,7 +191,10 @@ def check_compile_fullgraph(backend, device="cpu"):
     with dzsr_kernels.use_backend(backend):
         for layout in ("contiguous", "non_contiguous", "channels_last"):
             query, ref = layout_inputs(layout, device)
-            (score, index), (s_eager, i_eager) = compiled(query, ref), dzsr_kernels.patch_match(query, ref)
+            (score, index), (s_eager, i_eager) = (
+                compiled(query, ref),
+                dzsr_kernels.patch_match(query, ref),
+            )
             assert torch.equal(index, i_eager)
             torch.testing.assert_close(score, s_eager, atol=1e-6, rtol=0, equal_nan=True)
             assert score.stride() == s_eager.stride() and index.stride() == i_eager.stride()
@@ -179,8 +208,13 @@ def emulated_cuda_kernel():
     from torch.utils.cpp_extension import load
 
     here = Path(__file__).resolve().parent
-    load(name="dzsr_pm_cuda_emu", sources=[str(here / "cuda_emulation" / "patch_match_emulated.cpp")],
-         extra_cflags=["-O1", "-pthread"], extra_ldflags=["-pthread"],
-         extra_include_paths=[str(here.parent / "csrc"), str(here / "cuda_emulation")], is_python_module=False,
-         build_directory=tempfile.mkdtemp(prefix="pm_cuda_emulation"))
+    load(
+        name="dzsr_pm_cuda_emu",
+        sources=[str(here / "cuda_emulation" / "patch_match_emulated.cpp")],
+        extra_cflags=["-O1", "-pthread"],
+        extra_ldflags=["-pthread"],
+        extra_include_paths=[str(here.parent / "csrc"), str(here / "cuda_emulation")],
+        is_python_module=False,
+        build_directory=tempfile.mkdtemp(prefix="pm_cuda_emulation"),
+    )
     return torch.ops.dzsr_pm_cuda_emu.patch_match

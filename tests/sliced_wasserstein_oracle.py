@@ -9,6 +9,7 @@ Non-finite values are compared exactly (equal NaN and inf masks, equal infinitie
 with a relative tolerance of the compute dtype (float64 1e-10, float32 1e-4) and of the rounding to
 the output dtype (float16 2e-3, bfloat16 1.6e-2).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,12 +42,19 @@ def reference_signs(pu: torch.Tensor, pv: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.zeros_like(s).scatter(2, iu, s), torch.zeros_like(s).scatter(2, iv, -s)
 
 
-def assert_same_nonfinite_and_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float = 0.0):
+def assert_same_nonfinite_and_close(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float = 0.0
+):
     """Equal shape and dtype, equal NaN masks, equal infinities, close finite values."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (actual.shape, expected.shape)
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
+        actual.shape,
+        expected.shape,
+    )
     assert torch.equal(actual.isnan(), expected.isnan()), f"NaN masks differ:\n{actual}\n{expected}"
     inf = expected.isinf()
-    assert torch.equal(actual.isinf(), inf) and torch.equal(actual[inf], expected[inf]), "infinities differ"
+    assert torch.equal(actual.isinf(), inf) and torch.equal(actual[inf], expected[inf]), (
+        "infinities differ"
+    )
     finite = expected.isfinite()
     torch.testing.assert_close(actual[finite], expected[finite], rtol=rtol, atol=atol)
 
@@ -78,7 +86,11 @@ def assert_signs_equivalent(sign: torch.Tensor, expected: torch.Tensor, p: torch
     if sign.numel() == 0:
         return
     length = p.shape[-1]
-    s, e, rows = sign.reshape(-1, length).double(), expected.reshape(-1, length).double(), p.reshape(-1, length)
+    s, e, rows = (
+        sign.reshape(-1, length).double(),
+        expected.reshape(-1, length).double(),
+        p.reshape(-1, length),
+    )
     for r in range(rows.shape[0]):
         for g in _groups(rows[r]):
             assert s[r, g].sum() == e[r, g].sum(), f"row {r}, tie group {g}: {s[r, g]} vs {e[r, g]}"
@@ -99,7 +111,9 @@ def require_backend(backend: str, device: str = "cpu") -> None:
         dk._backend.resolve(sw_op.OP, torch.device(device))
 
 
-def loss_and_grads(backend: str, u: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, v_grad: bool = True):
+def loss_and_grads(
+    backend: str, u: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, v_grad: bool = True
+):
     u = u.detach().requires_grad_()
     v = v.detach().requires_grad_(v_grad)
     with dk.use_backend(backend):
@@ -118,7 +132,9 @@ def check_forward_outputs(loss, sign_u, sign_v, u, v, proj) -> None:
     assert_signs_equivalent(sign_v, ref_v, pv)
 
 
-def check_backend(backend: str, u: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, v_grad: bool = True) -> None:
+def check_backend(
+    backend: str, u: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, v_grad: bool = True
+) -> None:
     """``backend`` against the reference: the custom op's loss and signs, then the public API's loss
     and gradients (directly where no row has a tie, else as M^T of the backend's own signs)."""
     m = proj.to(compute_dtype(u))
@@ -128,7 +144,11 @@ def check_backend(backend: str, u: torch.Tensor, v: torch.Tensor, proj: torch.Te
     ref_loss, ref_grads = loss_and_grads("reference", u, v, proj, v_grad)
     rtol = RTOL[u.dtype]
     assert_same_nonfinite_and_close(loss, ref_loss, rtol)
-    scale = float(m.abs().max()) / max(1, u.shape[0] * m.shape[0] * u.shape[2] * u.shape[3]) if m.numel() else 0.0
+    scale = (
+        float(m.abs().max()) / max(1, u.shape[0] * m.shape[0] * u.shape[2] * u.shape[3])
+        if m.numel()
+        else 0.0
+    )
     atol = RTOL[compute_dtype(u)] * scale
     pu, pv = projected(u, m), projected(v, m)
     if not (has_ties(pu) or has_ties(pv)):
@@ -141,7 +161,10 @@ def check_backend(backend: str, u: torch.Tensor, v: torch.Tensor, proj: torch.Te
 
 
 NAN, INF = float("nan"), float("inf")
-SCALE = {"huge": {torch.float32: 1e30, torch.float64: 1e300}, "tiny": {torch.float32: 1e-30, torch.float64: 1e-300}}
+SCALE = {
+    "huge": {torch.float32: 1e30, torch.float64: 1e300},
+    "tiny": {torch.float32: 1e-30, torch.float64: 1e-300},
+}
 
 
 def nonfinite_case(name: str, dtype: torch.dtype):
@@ -182,8 +205,19 @@ def nonfinite_case(name: str, dtype: torch.dtype):
     return u, v, proj
 
 
-CASES = ["u_nan", "u_negative_nan", "v_nan", "u_inf_v_negative_inf", "inf_against_inf", "opposite_infs_in_a_column",
-         "zero_weight_times_inf", "all_nan", "signed_zeros", "huge", "tiny"]
+CASES = [
+    "u_nan",
+    "u_negative_nan",
+    "v_nan",
+    "u_inf_v_negative_inf",
+    "inf_against_inf",
+    "opposite_infs_in_a_column",
+    "zero_weight_times_inf",
+    "all_nan",
+    "signed_zeros",
+    "huge",
+    "tiny",
+]
 
 
 LAYOUTS = ["contiguous", "transposed", "channels_last"]
@@ -208,8 +242,13 @@ def emulated_cuda_forward():
     here = Path(__file__).resolve().parent
     build = Path(tempfile.gettempdir()) / "dzsr_sw_cuda_emulation"
     build.mkdir(exist_ok=True)
-    load(name="dzsr_sw_cuda_emu", sources=[str(here / "cuda_emulation" / "sliced_wasserstein_emulated.cpp")],
-         extra_cflags=["-O1", "-pthread"], extra_ldflags=["-pthread"],
-         extra_include_paths=[str(here.parent / "csrc"), str(here / "cuda_emulation")], is_python_module=False,
-         build_directory=str(build))
+    load(
+        name="dzsr_sw_cuda_emu",
+        sources=[str(here / "cuda_emulation" / "sliced_wasserstein_emulated.cpp")],
+        extra_cflags=["-O1", "-pthread"],
+        extra_ldflags=["-pthread"],
+        extra_include_paths=[str(here.parent / "csrc"), str(here / "cuda_emulation")],
+        is_python_module=False,
+        build_directory=str(build),
+    )
     return torch.ops.dzsr_sw_cuda_emu.sliced_wasserstein_forward

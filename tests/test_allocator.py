@@ -1,4 +1,5 @@
 """The allocator setup (dzsr.allocator): when it applies, and that it bounds page faults of a tiled run."""
+
 from __future__ import annotations
 
 import json
@@ -41,14 +42,24 @@ print(json.dumps({"state": state, "faults": faults, "tiles": len(split_tiles(h, 
 
 
 def _clean_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD", allocator.VARIABLE)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MALLOC_")
+        and k not in ("GLIBC_TUNABLES", "LD_PRELOAD", allocator.VARIABLE)
+    }
     return {**env, "PYTHONPATH": str(ROOT), **extra}
 
 
 def _run_child(**extra) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD], cwd=ROOT, env=_clean_env(**extra), capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        cwd=ROOT,
+        env=_clean_env(**extra),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -64,32 +75,57 @@ def test_tiled_run_page_faults_stay_bounded():
     assert per_tile * 5 < per_tile_system, (ours, system)
 
 
-@pytest.mark.parametrize("env,why", [
-    ({"DZSR_ALLOCATOR": "system"}, "DZSR_ALLOCATOR=system"),
-    ({"MALLOC_TOP_PAD_": "1"}, "MALLOC_TOP_PAD_"),
-    ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "GLIBC_TUNABLES"),
-    ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "LD_PRELOAD"),
-])
+@pytest.mark.parametrize(
+    "env,why",
+    [
+        ({"DZSR_ALLOCATOR": "system"}, "DZSR_ALLOCATOR=system"),
+        ({"MALLOC_TOP_PAD_": "1"}, "MALLOC_TOP_PAD_"),
+        ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "GLIBC_TUNABLES"),
+        ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "LD_PRELOAD"),
+    ],
+)
 def test_setup_is_skipped_when_the_user_chose(env, why):
     assert allocator._reason_to_skip(env) is not None and why in allocator._reason_to_skip(env)
 
 
-@pytest.mark.parametrize("env", [{}, {"DZSR_ALLOCATOR": "auto"}, {"DZSR_ALLOCATOR": ""},
-                                 {"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"DZSR_ALLOCATOR": "auto"},
+        {"DZSR_ALLOCATOR": ""},
+        {"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"},
+    ],
+)
 def test_setup_applies_by_default_on_glibc(env):
     assert allocator._reason_to_skip(env) is None
 
 
 def test_bad_variable_is_one_cli_error():
-    out = subprocess.run([sys.executable, "-m", "dzsr.cli", "info"], cwd=ROOT, capture_output=True, text=True,
-                         env=_clean_env(DZSR_ALLOCATOR="jemalloc"), timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "dzsr.cli", "info"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_clean_env(DZSR_ALLOCATOR="jemalloc"),
+        timeout=300,
+    )
     assert out.returncode == EXIT_ERROR
-    assert out.stderr.strip() == "dzsr info: error: environment variable DZSR_ALLOCATOR must be auto or system, " \
-                                 "got 'jemalloc'"
+    assert (
+        out.stderr.strip()
+        == "dzsr info: error: environment variable DZSR_ALLOCATOR must be auto or system, "
+        "got 'jemalloc'"
+    )
 
 
 def test_info_states_the_allocator():
-    out = subprocess.run([sys.executable, "-m", "dzsr.cli", "info"], cwd=ROOT, capture_output=True, text=True,
-                         env=_clean_env(), timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "dzsr.cli", "info"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert f"allocator: {allocator.DESCRIPTION}" in out.stdout

@@ -1,5 +1,6 @@
 """Backend choice (``auto``: the per-device, per-op preference lists, measured orders in the README)
 and each op's table ``KERNELS`` from backend name to kernel module."""
+
 import importlib.util
 import types
 
@@ -13,12 +14,16 @@ from dzsr_kernels.patch_match import op as patch_match_op
 from dzsr_kernels.sliced_wasserstein import op as sliced_wasserstein_op
 
 # Each op module and the functions its kernel modules implement (the interface in its docstring).
-KERNEL_INTERFACES = [(deform_conv_op, ("forward", "backward")), (patch_match_op, ("match",)),
-                     (sliced_wasserstein_op, ("forward", "backward"))]
+KERNEL_INTERFACES = [
+    (deform_conv_op, ("forward", "backward")),
+    (patch_match_op, ("match",)),
+    (sliced_wasserstein_op, ("forward", "backward")),
+]
 
 
-@pytest.mark.parametrize("op_module, functions", KERNEL_INTERFACES,
-                         ids=lambda v: getattr(v, "OP", ""))
+@pytest.mark.parametrize(
+    "op_module, functions", KERNEL_INTERFACES, ids=lambda v: getattr(v, "OP", "")
+)
 def test_each_op_table_loads_its_kernel_modules(op_module, functions):
     assert _backend._OP_BACKENDS[op_module.OP] == {"reference", *op_module.KERNELS}
     for name, load in op_module.KERNELS.items():
@@ -45,23 +50,34 @@ def test_auto_follows_the_measured_order_per_device_and_op(monkeypatch):
     # pretend every backend can run everywhere: the choice is then the head of each list
     monkeypatch.setattr(_backend, "unavailable_reason", lambda name, device, op: None)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert {op: _backend.resolve(op, cpu) for op in ("deform_conv2d", "patch_match", "sliced_wasserstein")} == \
-        {"deform_conv2d": "cpp", "patch_match": "cpp", "sliced_wasserstein": "cpp"}
-    assert {op: _backend.resolve(op, cuda) for op in ("deform_conv2d", "patch_match", "sliced_wasserstein")} == \
-        {"deform_conv2d": "cpp", "patch_match": "reference", "sliced_wasserstein": "reference"}
+    assert {
+        op: _backend.resolve(op, cpu)
+        for op in ("deform_conv2d", "patch_match", "sliced_wasserstein")
+    } == {"deform_conv2d": "cpp", "patch_match": "cpp", "sliced_wasserstein": "cpp"}
+    assert {
+        op: _backend.resolve(op, cuda)
+        for op in ("deform_conv2d", "patch_match", "sliced_wasserstein")
+    } == {"deform_conv2d": "cpp", "patch_match": "reference", "sliced_wasserstein": "reference"}
 
 
 def test_auto_skips_unavailable_backends(monkeypatch):
     monkeypatch.delenv("DZSR_KERNELS_BACKEND", raising=False)
-    monkeypatch.setattr(_backend, "unavailable_reason",
-                        lambda name, device, op: None if name in ("triton", "reference") else "not built")
+    monkeypatch.setattr(
+        _backend,
+        "unavailable_reason",
+        lambda name, device, op: None if name in ("triton", "reference") else "not built",
+    )
     assert _backend.resolve("deform_conv2d", torch.device("cuda")) == "triton"
     assert _backend.resolve("deform_conv2d", torch.device("cpu")) == "reference"
 
 
-
 def _compiled_deform_conv():
-    x, A, b, w = torch.randn(1, 2, 5, 5), torch.randn(1, 4, 5, 5), torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3)
+    x, A, b, w = (
+        torch.randn(1, 2, 5, 5),
+        torch.randn(1, 4, 5, 5),
+        torch.randn(1, 2, 5, 5),
+        torch.randn(2, 1, 3, 3),
+    )
     return x, (lambda x: dk.affine_deform_conv2d(x, A, b, w, groups=2))
 
 

@@ -1,5 +1,6 @@
 """Converting the authors' checkpoints (every official key, both ways), our own checkpoint files
 (.pt and .safetensors) and ``load_model``, which reads them all."""
+
 import errno
 import io
 import json
@@ -13,16 +14,34 @@ import safetensors.torch
 import torch
 
 import dzsr.outputs
-from dzsr.checkpoint import (REGULAR_MATRIX, CheckpointMismatchError, convert_official,
-                             demo_checkpoint_path, load_checkpoint, load_model, load_official,
-                             model_config, official_key_map, official_scale, read_checkpoint,
-                             save_checkpoint, save_inference_checkpoint, to_official)
+from dzsr.checkpoint import (
+    REGULAR_MATRIX,
+    CheckpointMismatchError,
+    convert_official,
+    demo_checkpoint_path,
+    load_checkpoint,
+    load_model,
+    load_official,
+    model_config,
+    official_key_map,
+    official_scale,
+    read_checkpoint,
+    save_checkpoint,
+    save_inference_checkpoint,
+    to_official,
+)
 from dzsr.cli import EXIT_ERROR, main
 from dzsr.models import SelfDZSR
 
 # Copy of shared/official/state_dict_shapes.json: every key and shape of the authors' networks.
-SHAPES = json.loads((Path(__file__).parent / "data" / "official_state_dict_shapes.json").read_text())
-OFFICIAL_NAMES = {"restoration": "SelfRefSR_x{s}", "kernel_gen": "KernelGen_x{s}", "extractor": "ContrasExtractorSep"}
+SHAPES = json.loads(
+    (Path(__file__).parent / "data" / "official_state_dict_shapes.json").read_text()
+)
+OFFICIAL_NAMES = {
+    "restoration": "SelfRefSR_x{s}",
+    "kernel_gen": "KernelGen_x{s}",
+    "extractor": "ContrasExtractorSep",
+}
 
 
 def fake_official(name):
@@ -41,7 +60,9 @@ def test_round_trip_of_every_official_key(scale, network):
     official = fake_official(name)
     model = SelfDZSR(scale)
     module = getattr(model, network)
-    assert set(official_key_map(network, module)) | {k for k in official if k.endswith("regular_matrix")} == set(official)
+    assert set(official_key_map(network, module)) | {
+        k for k in official if k.endswith("regular_matrix")
+    } == set(official)
     load_official(model, **{network: {"state_dict": official}})
     back = to_official(module.state_dict(), network, module)
     assert set(back) == set(official)
@@ -53,7 +74,9 @@ def test_loaded_weights_land_in_the_right_modules():
     official = fake_official("SelfRefSR_x4")
     model = load_official(SelfDZSR(4), restoration=official)
     r = model.restoration
-    assert torch.equal(r.align[1].offsets.to_matrix.weight, official["ada2.transform_matrix_conv.weight"])
+    assert torch.equal(
+        r.align[1].offsets.to_matrix.weight, official["ada2.transform_matrix_conv.weight"]
+    )
     assert torch.equal(r.reference.warp.bias, official["deform_conv.bias"])
     assert torch.equal(r.reference.encoder.convs[3].weight, official["ref_extractor.2.4.weight"])
     assert torch.equal(r.blocks[15].modulation[2].weight, official["block15.mlp.1.weight"])
@@ -85,13 +108,18 @@ def test_strict_conversion_lists_missing_unexpected_and_misshaped_keys():
     assert "head.1.weight (got (64, 3, 5, 5), expected (64, 3, 3, 3))" in msg
     official["head.1.weight"] = torch.zeros(64, 3, 3, 3)
     partial = convert_official(official, "restoration", model.restoration, strict=False)
-    assert "blocks.3.conv1.weight" not in partial and len(partial) == len(model.restoration.state_dict()) - 1
+    assert (
+        "blocks.3.conv1.weight" not in partial
+        and len(partial) == len(model.restoration.state_dict()) - 1
+    )
 
 
 def test_wrong_regular_matrix_and_wrong_scale_are_rejected():
     official = fake_official("SelfRefSR_x4")
     official["ada1.regular_matrix"] = official["ada1.regular_matrix"].flip(1)
-    with pytest.raises(CheckpointMismatchError, match="ada1.regular_matrix must be the 3x3 tap grid"):
+    with pytest.raises(
+        CheckpointMismatchError, match="ada1.regular_matrix must be the 3x3 tap grid"
+    ):
         load_official(SelfDZSR(4), restoration=official)
     with pytest.raises(CheckpointMismatchError, match="unexpected keys .*up.1.0.weight"):
         load_official(SelfDZSR(2), restoration=fake_official("SelfRefSR_x4"))
@@ -105,7 +133,10 @@ def test_save_and_load_our_checkpoint(tmp_path):
     loaded, ckpt = load_checkpoint(path)
     assert ckpt["config"] == {"scale": 2, "drop_prob": 0.2, "paste_prob": 0.4}
     assert ckpt["extra"] == {"iteration": 7} and ckpt["version"] == 1 and ckpt["dzsr_version"]
-    assert loaded.restoration.align[0].drop_prob == 0.2 and loaded.restoration.reference.paste_prob == 0.4
+    assert (
+        loaded.restoration.align[0].drop_prob == 0.2
+        and loaded.restoration.reference.paste_prob == 0.4
+    )
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -132,7 +163,9 @@ def test_load_checkpoint_rejects_foreign_and_mismatched_files(tmp_path):
         load_checkpoint(foreign)
     ours = tmp_path / "x4.pt"
     save_checkpoint(ours, SelfDZSR(4))
-    with pytest.raises(CheckpointMismatchError, match="unexpected keys .*restoration.upsampler.convs.1.weight"):
+    with pytest.raises(
+        CheckpointMismatchError, match="unexpected keys .*restoration.upsampler.convs.1.weight"
+    ):
         load_checkpoint(ours, SelfDZSR(2))
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -140,8 +173,10 @@ def test_load_checkpoint_rejects_foreign_and_mismatched_files(tmp_path):
 
 def _save_authors(model, folder):
     """``model``'s restoration and extractor as the authors' files (their key names, torch.save)."""
-    for network, name in (("restoration", "RefSR_model_401.pth"),
-                          ("extractor", "Student_model_400.pth")):
+    for network, name in (
+        ("restoration", "RefSR_model_401.pth"),
+        ("extractor", "Student_model_400.pth"),
+    ):
         module = getattr(model, network)
         torch.save({"state_dict": to_official(module.state_dict(), network, module)}, folder / name)
 
@@ -192,8 +227,11 @@ def test_safetensors_round_trip_with_the_config_in_its_metadata(tmp_path):
         meta, keys = f.metadata(), set(f.keys())
     assert keys == set(model.state_dict())
     assert meta["format"] == "dzsr-checkpoint" and meta["version"] == "1"
-    assert json.loads(meta["config"]) == model_config(model) == {
-        "scale": 2, "drop_prob": 0.2, "paste_prob": 0.4}
+    assert (
+        json.loads(meta["config"])
+        == model_config(model)
+        == {"scale": 2, "drop_prob": 0.2, "paste_prob": 0.4}
+    )
     assert json.loads(meta["extra"]) == {"iteration": 7} and meta["torch_version"]
     loaded, ckpt = load_checkpoint(path)
     assert ckpt["config"] == model_config(model) and ckpt["extra"] == {"iteration": 7}
@@ -209,8 +247,11 @@ def test_inference_checkpoints_in_both_containers_load_alike(tmp_path):
     with safetensors.safe_open(tmp_path / "slim.safetensors", framework="pt") as f:
         assert not any(k.startswith("kernel_gen.") for k in f.keys())
         assert f.get_tensor("restoration.head.weight").dtype == torch.float16
-        assert json.loads(f.metadata()["extra"]) == {"iteration": 3, "inference_only": True,
-                                                     "half": True}
+        assert json.loads(f.metadata()["extra"]) == {
+            "iteration": 3,
+            "inference_only": True,
+            "half": True,
+        }
     a, b = load_model(tmp_path / "slim.safetensors"), load_model(tmp_path / "slim.pt")
     assert a.scale == 4 and not a.training
     for prefix in ("restoration.", "extractor."):
@@ -238,20 +279,38 @@ def _safetensors_bytes(metadata=None) -> bytes:
 BAD_SAFETENSORS = {
     "no_metadata": (lambda: _safetensors_bytes(), "no format entry"),
     "foreign_format": (lambda: _safetensors_bytes({"format": "pt"}), "format 'pt'"),
-    "config_not_json": (lambda: _safetensors_bytes({"format": "dzsr-checkpoint", "version": "1",
-                                                    "config": "{scale: 4"}),
-                        "metadata config is not JSON"),
-    "no_config": (lambda: _safetensors_bytes({"format": "dzsr-checkpoint", "version": "1"}),
-                  "config must hold scale"),
-    "wrong_scale": (lambda: _safetensors_bytes({"format": "dzsr-checkpoint", "version": "1",
-                                                "config": '{"scale": 5}'}),
-                    "config must hold scale"),
-    "future_version": (lambda: _safetensors_bytes({"format": "dzsr-checkpoint", "version": "9",
-                                                   "config": '{"scale": 4}'}), "version 9"),
-    "missing_weights": (lambda: _safetensors_bytes({"format": "dzsr-checkpoint", "version": "1",
-                                                    "config": '{"scale": 4}'}), "missing keys"),
-    "truncated": (lambda: _safetensors_bytes({"format": "dzsr-checkpoint"})[:-100],
-                  "truncated or damaged safetensors"),
+    "config_not_json": (
+        lambda: _safetensors_bytes(
+            {"format": "dzsr-checkpoint", "version": "1", "config": "{scale: 4"}
+        ),
+        "metadata config is not JSON",
+    ),
+    "no_config": (
+        lambda: _safetensors_bytes({"format": "dzsr-checkpoint", "version": "1"}),
+        "config must hold scale",
+    ),
+    "wrong_scale": (
+        lambda: _safetensors_bytes(
+            {"format": "dzsr-checkpoint", "version": "1", "config": '{"scale": 5}'}
+        ),
+        "config must hold scale",
+    ),
+    "future_version": (
+        lambda: _safetensors_bytes(
+            {"format": "dzsr-checkpoint", "version": "9", "config": '{"scale": 4}'}
+        ),
+        "version 9",
+    ),
+    "missing_weights": (
+        lambda: _safetensors_bytes(
+            {"format": "dzsr-checkpoint", "version": "1", "config": '{"scale": 4}'}
+        ),
+        "missing keys",
+    ),
+    "truncated": (
+        lambda: _safetensors_bytes({"format": "dzsr-checkpoint"})[:-100],
+        "truncated or damaged safetensors",
+    ),
     "random": (lambda: np.random.default_rng(3).bytes(3000), "not a PyTorch or safetensors"),
     "empty": (lambda: b"", "empty (0 bytes)"),
 }
@@ -277,8 +336,9 @@ def test_training_state_cannot_go_into_safetensors_and_nothing_is_written(tmp_pa
     head.grad = torch.ones_like(head)
     optimiser.step()  # state: tensors (exp_avg, exp_avg_sq, step)
     with pytest.raises(ValueError, match=r"model\.safetensors.*extra.*needs a \.pt file"):
-        save_checkpoint(tmp_path / "model.safetensors", model,
-                        extra={"optimizer": optimiser.state_dict()})
+        save_checkpoint(
+            tmp_path / "model.safetensors", model, extra={"optimizer": optimiser.state_dict()}
+        )
     assert os.listdir(tmp_path) == []
     save_checkpoint(tmp_path / "model.pt", model, extra={"optimizer": optimiser.state_dict()})
     assert read_checkpoint(tmp_path / "model.pt")["extra"]["optimizer"]["state"]
@@ -316,8 +376,12 @@ def test_dzsr_convert_turns_the_authors_files_into_safetensors(tmp_path, capsys)
     torch.manual_seed(2)
     model = SelfDZSR(2)
     _save_authors(model, tmp_path)
-    authors = ["--ckpt", str(tmp_path / "RefSR_model_401.pth"),
-               "--extractor", str(tmp_path / "Student_model_400.pth")]
+    authors = [
+        "--ckpt",
+        str(tmp_path / "RefSR_model_401.pth"),
+        "--extractor",
+        str(tmp_path / "Student_model_400.pth"),
+    ]
     out = tmp_path / "x2.safetensors"
     assert main(["convert", *authors, "--out", str(out)]) == 0
     assert f"wrote {out} (x2, float32)" in capsys.readouterr().out

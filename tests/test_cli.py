@@ -1,4 +1,5 @@
 """The dzsr command line: each command runs, and bad input ends in one error line, exit status 2."""
+
 from __future__ import annotations
 
 import os
@@ -10,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+import dzsr.sample
 from dzsr.checkpoint import save_checkpoint, save_inference_checkpoint
 from dzsr.cli import EXIT_ERROR, main
 from dzsr.data import read_rgb, write_rgb
 from dzsr.models import SelfDZSR
-import dzsr.sample
 from dzsr.sample import write_sample
 
 
@@ -41,8 +42,26 @@ def _fails(capsys, argv, *fragments):
 
 def test_sr_writes_the_whole_image(files, tmp_path, capsys):
     out = tmp_path / "sr.png"
-    assert main(["sr", "--short", files["short"], "--tele", files["tele"], "--out", str(out), "--ckpt",
-                 str(files["root"] / "x4.pt"), "--scale", "4", "--tile", "64"]) == 0
+    assert (
+        main(
+            [
+                "sr",
+                "--short",
+                files["short"],
+                "--tele",
+                files["tele"],
+                "--out",
+                str(out),
+                "--ckpt",
+                str(files["root"] / "x4.pt"),
+                "--scale",
+                "4",
+                "--tile",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert "telephoto aligned: DIS flow warp" in capsys.readouterr().out  # --align auto, a raw pair
     short = read_rgb(files["short"])
     assert read_rgb(out).shape == (4 * short.shape[0], 4 * short.shape[1], 3)
@@ -51,20 +70,72 @@ def test_sr_writes_the_whole_image(files, tmp_path, capsys):
 def test_sr_errors(files, capsys, tmp_path):
     root, out = files["root"], str(tmp_path / "o.png")
     ck = ["--ckpt", str(root / "x4.pt")]
-    _fails(capsys, ["sr", "--short", str(root / "nope.png"), "--tele", files["tele"], "--out", out, *ck], "nope.png",
-           "not found")
-    _fails(capsys, ["sr", "--short", str(root / "broken.png"), "--tele", files["tele"], "--out", out, *ck],
-           "broken.png", "cannot read")
-    _fails(capsys, ["sr", "--short", files["short"], "--tele", files["tele"], "--out", out, "--ckpt",
-                    str(root / "x2.pt"), "--scale", "4"], "scale x2, not x4")
-    _fails(capsys, ["sr", "--short", files["short"], "--tele", files["tele"], "--out", out, "--ckpt",
-                    str(root / "missing.pt")], "missing.pt")
-    _fails(capsys, ["sr", "--short", files["short"], "--tele", files["tele"], "--out", out, "--ckpt",
-                    str(root / "broken.png")], "cannot read checkpoint")
+    _fails(
+        capsys,
+        ["sr", "--short", str(root / "nope.png"), "--tele", files["tele"], "--out", out, *ck],
+        "nope.png",
+        "not found",
+    )
+    _fails(
+        capsys,
+        ["sr", "--short", str(root / "broken.png"), "--tele", files["tele"], "--out", out, *ck],
+        "broken.png",
+        "cannot read",
+    )
+    _fails(
+        capsys,
+        [
+            "sr",
+            "--short",
+            files["short"],
+            "--tele",
+            files["tele"],
+            "--out",
+            out,
+            "--ckpt",
+            str(root / "x2.pt"),
+            "--scale",
+            "4",
+        ],
+        "scale x2, not x4",
+    )
+    _fails(
+        capsys,
+        [
+            "sr",
+            "--short",
+            files["short"],
+            "--tele",
+            files["tele"],
+            "--out",
+            out,
+            "--ckpt",
+            str(root / "missing.pt"),
+        ],
+        "missing.pt",
+    )
+    _fails(
+        capsys,
+        [
+            "sr",
+            "--short",
+            files["short"],
+            "--tele",
+            files["tele"],
+            "--out",
+            out,
+            "--ckpt",
+            str(root / "broken.png"),
+        ],
+        "cannot read checkpoint",
+    )
     small_tele = tmp_path / "tele_small.png"
     write_rgb(small_tele, read_rgb(files["tele"])[:30, :45])
-    _fails(capsys, ["sr", "--short", files["short"], "--tele", str(small_tele), "--out", out, *ck],
-           "inconsistent with scale 4")
+    _fails(
+        capsys,
+        ["sr", "--short", files["short"], "--tele", str(small_tele), "--out", out, *ck],
+        "inconsistent with scale 4",
+    )
     tiny = tmp_path / "tiny.png"
     write_rgb(tiny, np.zeros((6, 6, 3), np.uint8))
     _fails(capsys, ["sr", "--short", str(tiny), "--tele", str(tiny), "--out", out, *ck])
@@ -73,10 +144,19 @@ def test_sr_errors(files, capsys, tmp_path):
 def test_train_errors(capsys, tmp_path):
     _fails(capsys, ["train", "--config", str(tmp_path / "none.yaml")], "none.yaml")
     _fails(capsys, ["train", "--config", "sample_x4", "train.lrr=1"], "unknown key train.lrr")
-    _fails(capsys, ["train", "--config", "nikon_x4", f"log.out_dir={tmp_path}"], "data.root is required")
-    _fails(capsys, ["train", "--config", "nikon_x4", f"log.out_dir={tmp_path}", f"data.root={tmp_path}/x"],
-           "folder not found")
-    _fails(capsys, ["train", "--config", "sample_x4", f"log.out_dir={tmp_path}", "--resume"], "last.pt")
+    _fails(
+        capsys,
+        ["train", "--config", "nikon_x4", f"log.out_dir={tmp_path}"],
+        "data.root is required",
+    )
+    _fails(
+        capsys,
+        ["train", "--config", "nikon_x4", f"log.out_dir={tmp_path}", f"data.root={tmp_path}/x"],
+        "folder not found",
+    )
+    _fails(
+        capsys, ["train", "--config", "sample_x4", f"log.out_dir={tmp_path}", "--resume"], "last.pt"
+    )
 
 
 def test_prepare_and_eval(files, capsys, tmp_path):
@@ -84,24 +164,73 @@ def test_prepare_and_eval(files, capsys, tmp_path):
     for sub in ("short", "tele"):
         os.makedirs(src / sub)
         write_rgb(src / sub / "moto.png", read_rgb(files[sub]))
-    assert main(["prepare", "--src", str(src), "--dst", str(tmp_path / "ds"), "--scale", "4", "--split", "test"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--src",
+                str(src),
+                "--dst",
+                str(tmp_path / "ds"),
+                "--scale",
+                "4",
+                "--split",
+                "test",
+            ]
+        )
+        == 0
+    )
     assert os.path.isfile(tmp_path / "ds" / "test_LR" / "moto_x1.png")
     hr = read_rgb(tmp_path / "ds" / "test_HR" / "moto_x4.png")
     os.makedirs(tmp_path / "sr")
     write_rgb(tmp_path / "sr" / "moto_x4.png", np.clip(hr.astype(int) + 3, 0, 255).astype(np.uint8))
     capsys.readouterr()
     csv = tmp_path / "m.csv"
-    assert main(["eval", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "ds" / "test_HR"), "--scale", "4",
-                 "--csv", str(csv)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--sr",
+                str(tmp_path / "sr"),
+                "--gt",
+                str(tmp_path / "ds" / "test_HR"),
+                "--scale",
+                "4",
+                "--csv",
+                str(csv),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "Corner PSNR" in table and "| mean |" in table
     assert csv.read_text().startswith("name,psnr,ssim")
-    _fails(capsys, ["prepare", "--src", str(tmp_path / "none"), "--dst", str(tmp_path / "d2"), "--scale", "4"],
-           "folder not found")
-    _fails(capsys, ["eval", "--sr", str(tmp_path / "none"), "--gt", str(tmp_path / "sr"), "--scale", "4"],
-           "folder not found")
-    _fails(capsys, ["eval", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "ds" / "test_HR"), "--scale", "4",
-                    "--lpips", "--alexnet", str(tmp_path / "alexnet.pth")], "alexnet.pth")
+    _fails(
+        capsys,
+        ["prepare", "--src", str(tmp_path / "none"), "--dst", str(tmp_path / "d2"), "--scale", "4"],
+        "folder not found",
+    )
+    _fails(
+        capsys,
+        ["eval", "--sr", str(tmp_path / "none"), "--gt", str(tmp_path / "sr"), "--scale", "4"],
+        "folder not found",
+    )
+    _fails(
+        capsys,
+        [
+            "eval",
+            "--sr",
+            str(tmp_path / "sr"),
+            "--gt",
+            str(tmp_path / "ds" / "test_HR"),
+            "--scale",
+            "4",
+            "--lpips",
+            "--alexnet",
+            str(tmp_path / "alexnet.pth"),
+        ],
+        "alexnet.pth",
+    )
 
 
 def test_eval_settings_name_their_columns(capsys, tmp_path):
@@ -119,8 +248,10 @@ def test_eval_settings_name_their_columns(capsys, tmp_path):
     csv = tmp_path / "y.csv"
     assert main([*base, "--y", "--corner-weighting", "area", "--csv", str(csv)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0] == ("| image | Full PSNR (Y) | Full SSIM (Y) | Corner PSNR (Y) "
-                        "| Corner SSIM (Y, area-weighted) |")
+    assert table[0] == (
+        "| image | Full PSNR (Y) | Full SSIM (Y) | Corner PSNR (Y) "
+        "| Corner SSIM (Y, area-weighted) |"
+    )
     assert csv.read_text().startswith("name,psnr_y,ssim_y,psnr_y_corner,ssim_y_corner_area\n")
     assert table[2] != default[2] and table[2].startswith("| a.png | ")
 
@@ -131,10 +262,26 @@ def test_demo_errors_without_checkpoint(capsys, tmp_path):
 
 def test_no_traceback_from_the_installed_command(files, tmp_path):
     """The real process: one line on stderr, exit status 2."""
-    proc = subprocess.run([sys.executable, "-m", "dzsr.cli", "sr", "--short", str(tmp_path / "a.png"), "--tele",
-                           files["tele"], "--out", str(tmp_path / "o.png")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dzsr.cli",
+            "sr",
+            "--short",
+            str(tmp_path / "a.png"),
+            "--tele",
+            files["tele"],
+            "--out",
+            str(tmp_path / "o.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == EXIT_ERROR
-    assert proc.stderr.strip().splitlines() == [f"dzsr sr: error: image file not found: {tmp_path / 'a.png'}"]
+    assert proc.stderr.strip().splitlines() == [
+        f"dzsr sr: error: image file not found: {tmp_path / 'a.png'}"
+    ]
 
 
 @pytest.mark.slow
@@ -152,7 +299,7 @@ def test_demo_with_the_shipped_checkpoint(capsys, tmp_path):
 def _documented_table() -> dict:
     """demo_x4.txt's results table: image -> (Full, Corner) PSNR of bicubic, no reference, ours."""
     text = (Path(dzsr.sample.__file__).parent / "demo_x4.txt").read_text()
-    lines = text[text.index("`dzsr demo --held-out` with this file"):].splitlines()[2:7]
+    lines = text[text.index("`dzsr demo --held-out` with this file") :].splitlines()[2:7]
     table = {}
     for line in lines:
         name, *values = line.replace("/", " ").split()
@@ -176,8 +323,11 @@ def test_shipped_checkpoint_gives_its_documented_numbers(tmp_path):
     table = _documented_table()
     assert set(table) == {"motorcycle", "astronaut", "coffee", "chelsea", "rocket"}
     for name, values in table.items():
-        measured = [rows[f"{name} / {m}"][k] for m in ("bicubic", "no reference", "SelfDZSR")
-                    for k in ("psnr", "psnr_corner")]
+        measured = [
+            rows[f"{name} / {m}"][k]
+            for m in ("bicubic", "no reference", "SelfDZSR")
+            for k in ("psnr", "psnr_corner")
+        ]
         assert measured == pytest.approx(values, abs=0.006), name  # the table rounds to 0.01 dB
 
 
@@ -196,14 +346,33 @@ def test_sr_honours_the_backend_variable(files, tmp_path, monkeypatch):
     monkeypatch.setenv("DZSR_KERNELS_BACKEND", "reference")
     out = tmp_path / "sr.png"
     out.write_bytes(b"an older result")
-    assert main(["sr", "--short", files["short"], "--tele", files["tele"], "--out", str(out), "--ckpt",
-                 str(files["root"] / "x4.pt"), "--tile", "0"]) == 0
+    assert (
+        main(
+            [
+                "sr",
+                "--short",
+                files["short"],
+                "--tele",
+                files["tele"],
+                "--out",
+                str(out),
+                "--ckpt",
+                str(files["root"] / "x4.pt"),
+                "--tile",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert chosen and set(chosen) == {"reference"}
-    assert read_rgb(out).shape[2] == 3 and os.listdir(tmp_path) == ["sr.png"]  # replaced whole, no temporary
+    assert read_rgb(out).shape[2] == 3 and os.listdir(tmp_path) == [
+        "sr.png"
+    ]  # replaced whole, no temporary
 
 
 def test_info_names_the_torch_the_kernels_were_built_against(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert (f"C++ kernels: built against torch {torch.__version__}, running torch "
-            f"{torch.__version__}") in out
+    assert (
+        f"C++ kernels: built against torch {torch.__version__}, running torch {torch.__version__}"
+    ) in out

@@ -1,6 +1,7 @@
 """csrc/ layout (docs/design.md, backends): each op's schemas are defined once, device-neutrally, in
 csrc/<op>/<op>.cpp; its device files (<op>_cpu.cpp, <op>_cuda.cu) only register kernels
 (TORCH_LIBRARY_IMPL) for ops that file defines, so no device file depends on another's schemas."""
+
 import re
 from pathlib import Path
 

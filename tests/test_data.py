@@ -1,4 +1,5 @@
 """Data preparation, datasets and the training sampler (dzsr.data)."""
+
 import itertools
 import os
 
@@ -8,8 +9,21 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dzsr.data import (DualZoomDataset, ShortTeleFolder, TrainPatches, camerafusion, estimate_flow, fit_colour,
-                       match_colour, nikon, prepare_folder, prepare_pair, read_rgb, worker_init, write_rgb)
+from dzsr.data import (
+    DualZoomDataset,
+    ShortTeleFolder,
+    TrainPatches,
+    camerafusion,
+    estimate_flow,
+    fit_colour,
+    match_colour,
+    nikon,
+    prepare_folder,
+    prepare_pair,
+    read_rgb,
+    worker_init,
+    write_rgb,
+)
 from dzsr.data.degrade import Degradation, bicubic_down, bilinear_down, degrade, noise_map
 from dzsr.data.prepare import smallest_valid_trim, warp_with_flow
 
@@ -30,10 +44,13 @@ def smooth_texture(rng, h, w, blur=2.0, lo=0.15, hi=0.85):
 
 def box_down(img, s):
     h, w, c = img.shape
-    return np.rint(img.reshape(h // s, s, w // s, s, c).astype(np.float64).mean(axis=(1, 3))).astype(np.uint8)
+    return np.rint(
+        img.reshape(h // s, s, w // s, s, c).astype(np.float64).mean(axis=(1, 3))
+    ).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- colour matching
+
 
 def test_colour_fit_recovers_luma_affine(rng):
     target = smooth_texture(rng, 37, 53, lo=0.3, hi=0.7)
@@ -53,11 +70,15 @@ def test_colour_fit_ignores_the_worst_pixels(rng):
     target = smooth_texture(rng, 64, 48, lo=0.3, hi=0.7)
     y = target @ LUMA
     source = (target + ((y - 0.02) / 1.2 - y)[..., None]).astype(np.float32)
-    outliers = rng.random(target.shape[:2]) < 0.03  # occlusions: 3% of pixels unrelated to the target
+    outliers = (
+        rng.random(target.shape[:2]) < 0.03
+    )  # occlusions: 3% of pixels unrelated to the target
     source[outliers] = rng.random((int(outliers.sum()), 3))
     fit = fit_colour(source, target)
     assert fit.a == pytest.approx(1.2, abs=5e-3) and fit.b == pytest.approx(0.02, abs=2e-3)
-    single_pass = fit_colour(source, target, refits=0)  # the authors' ranking by raw luma difference
+    single_pass = fit_colour(
+        source, target, refits=0
+    )  # the authors' ranking by raw luma difference
     assert abs(single_pass.a - 1.2) > 5 * abs(fit.a - 1.2)
 
 
@@ -78,7 +99,9 @@ def test_colour_fit_uses_only_masked_pixels(rng):
     mask[:, :10] = False
     source[:, :10] = 0.0  # invalid warp area (zeros) must not bias the fit
     fit = fit_colour(source, target, mask, ignore_fraction=0.0)
-    assert fit.a == pytest.approx(1 / 0.8, rel=1e-4) and fit.b == pytest.approx(-0.05 / 0.8, abs=1e-4)
+    assert fit.a == pytest.approx(1 / 0.8, rel=1e-4) and fit.b == pytest.approx(
+        -0.05 / 0.8, abs=1e-4
+    )
 
 
 def test_colour_matching_is_float_no_uint8_wraparound():
@@ -92,6 +115,7 @@ def test_colour_matching_is_float_no_uint8_wraparound():
 
 
 # ---------------------------------------------------------------- flow and warping
+
 
 def test_dis_flow_finds_a_known_subpixel_shift(rng):
     img = smooth_texture(rng, 96, 128, blur=1.5)
@@ -120,10 +144,14 @@ def make_shifted_capture(rng, shift_hr=(8, -12), h=48, w=64, s=4, margin=32):
     """A scene, a short-focus image whose centre 1/s crop is the scene at LR, and a tele = scene shifted."""
     big = smooth_texture(rng, s * h + 2 * margin, s * w + 2 * margin, blur=3.0)
     y0, x0 = margin, margin
-    scene = big[y0:y0 + s * h, x0:x0 + s * w]
-    tele = big[y0 - shift_hr[0]:y0 - shift_hr[0] + s * h, x0 - shift_hr[1]:x0 - shift_hr[1] + s * w]
+    scene = big[y0 : y0 + s * h, x0 : x0 + s * w]
+    tele = big[
+        y0 - shift_hr[0] : y0 - shift_hr[0] + s * h, x0 - shift_hr[1] : x0 - shift_hr[1] + s * w
+    ]
     lr = cv2.resize(scene, (w, h), interpolation=cv2.INTER_AREA)
-    short = cv2.copyMakeBorder(lr, 3 * h // 2, 3 * h // 2, 3 * w // 2, 3 * w // 2, cv2.BORDER_REFLECT)
+    short = cv2.copyMakeBorder(
+        lr, 3 * h // 2, 3 * h // 2, 3 * w // 2, 3 * w // 2, cv2.BORDER_REFLECT
+    )
     return short, tele, scene, lr
 
 
@@ -134,19 +162,19 @@ def test_prepare_pair_aligns_a_shifted_telephoto(rng):
     out = prepare_pair(short, np.clip(tele * gain, 0, 1), s)
     t = out["trim"]
     assert out["crop_box"] == (72, 120, 96, 160)
-    assert np.array_equal(out["lr"], lr[t:48 - t, t:64 - t])
+    assert np.array_equal(out["lr"], lr[t : 48 - t, t : 64 - t])
     hs, ws = out["lr"].shape[:2]
     assert out["gt"].shape == (s * hs, s * ws, 3) and out["mask"].shape == (s * hs, s * ws)
     assert out["mask"].all() and 1 <= t <= 6  # shift of (2, -3) LR pixels needs a small trim
-    truth = scene[s * t:s * t + s * hs, s * t:s * t + s * ws]
-    unaligned = tele[s * t:s * t + s * hs, s * t:s * t + s * ws]
+    truth = scene[s * t : s * t + s * hs, s * t : s * t + s * ws]
+    unaligned = tele[s * t : s * t + s * hs, s * t : s * t + s * ws]
     err_aligned, err_before = np.abs(out["gt"] - truth).mean(), np.abs(unaligned - truth).mean()
     assert err_aligned < 0.35 * err_before
     # LR-grid flow (dx, dy) = (-3, 2) in the interior
     assert np.median(out["flow"][8:-8, 8:-8, 0]) == pytest.approx(-3.0, abs=0.2)
     assert np.median(out["flow"][8:-8, 8:-8, 1]) == pytest.approx(2.0, abs=0.2)
     y0, y1, x0, x1 = out["ref_box"]
-    assert np.array_equal(out["ref"], out["gt"][s * y0:s * y1, s * x0:s * x1])
+    assert np.array_equal(out["ref"], out["gt"][s * y0 : s * y1, s * x0 : s * x1])
     assert (y1 - y0, x1 - x0) == (round(hs / s), round(ws / s))
     for key in ("lr", "gt", "ref"):
         assert out[key].dtype == np.float32 and out[key].min() >= 0 and out[key].max() <= 1
@@ -167,13 +195,16 @@ def test_prepare_pair_rejects_inconsistent_inputs(rng):
     with pytest.raises(ValueError, match="scale must be a positive int"):
         prepare_pair(short, tele, 2.5)
 
+
 def test_prepare_pair_rejects_a_flow_leaving_too_little_overlap(rng, monkeypatch):
     import dzsr.data.prepare as prepare
 
     short, tele, _, _ = make_shifted_capture(rng)
     big_shift = lambda target, moving: np.full((*target.shape[:2], 2), 13.0, np.float32)  # noqa: E731
     monkeypatch.setattr(prepare, "estimate_flow", big_shift)  # 13 LR px: needs a trim > 48 // 4
-    with pytest.raises(ValueError, match="too little valid area.*trim of 13 LR pixels .* needed; at most 12"):
+    with pytest.raises(
+        ValueError, match="too little valid area.*trim of 13 LR pixels .* needed; at most 12"
+    ):
         prepare_pair(short, tele, 4)
 
 
@@ -184,16 +215,23 @@ def test_prepare_folder_writes_the_training_layout(tmp_path, rng):
     records = prepare_folder(tmp_path / "raw", tmp_path / "prep", 4, split="train")
     assert [r["name"] for r in records] == ["P1"]
     ds = DualZoomDataset(tmp_path / "prep", "train", 4)
-    assert ds.names == ["P1_x4.png"] and tuple(ds[0]["gt"].shape[1:]) == (4 * ds.lr_sizes[0][0], 4 * ds.lr_sizes[0][1])
+    assert ds.names == ["P1_x4.png"] and tuple(ds[0]["gt"].shape[1:]) == (
+        4 * ds.lr_sizes[0][0],
+        4 * ds.lr_sizes[0][1],
+    )
     raw = ShortTeleFolder(tmp_path / "raw")
     assert len(raw) == 1 and raw[0]["name"] == "P1"
-    assert raw[0]["short"].shape == (3, *short.shape[:2]) and raw[0]["tele"].shape == (3, *tele.shape[:2])
+    assert raw[0]["short"].shape == (3, *short.shape[:2]) and raw[0]["tele"].shape == (
+        3,
+        *tele.shape[:2],
+    )
     os.remove(tmp_path / "raw" / "tele" / "P1.jpg")
     with pytest.raises(FileNotFoundError, match="without a partner.*P1"):
         ShortTeleFolder(tmp_path / "raw")
 
 
 # ---------------------------------------------------------------- datasets
+
 
 def make_layout(root, split, scale, sizes, rng, hr_tag=None):
     """``{split}_LR/DSC_000i_x1.png`` + ``{split}_HR/DSC_000i_x{scale}.png``, LR = box mean of HR."""
@@ -212,8 +250,13 @@ def test_nikon_layout_full_images(tmp_path, rng):
     assert item["lr"].shape == (3, 21, 30) and item["gt"].shape == (3, 84, 120)
     assert item["lr"].dtype == torch.float32 and 0 <= item["gt"].min() and item["gt"].max() <= 1
     y0, y1, x0, x1 = item["ref_box"].tolist()
-    assert (y0, y1, x0, x1) == (8, 13, 11, 19)  # round(21/4)=5 rows from 10-2, round(30/4)=8 cols from 15-4
-    assert torch.equal(item["ref"], item["gt"][:, 4 * y0:4 * y1, 4 * x0:4 * x1])
+    assert (y0, y1, x0, x1) == (
+        8,
+        13,
+        11,
+        19,
+    )  # round(21/4)=5 rows from 10-2, round(30/4)=8 cols from 15-4
+    assert torch.equal(item["ref"], item["gt"][:, 4 * y0 : 4 * y1, 4 * x0 : 4 * x1])
     lazy = nikon(tmp_path / "Nikon", "test", in_memory=False)
     assert torch.equal(lazy[1]["gt"], ds[1]["gt"])
 
@@ -266,7 +309,7 @@ def _locate(patch, image):
     for o in ORIENTATIONS:
         for y in range(image.shape[0] - p + 1):
             for x in range(image.shape[1] - p + 1):
-                if np.array_equal(_orient(image[y:y + p, x:x + p], *o), patch):
+                if np.array_equal(_orient(image[y : y + p, x : x + p], *o), patch):
                     found.append((o, y, x))
     return found
 
@@ -294,7 +337,9 @@ def test_sampler_patches_flips_and_reference(tmp_path, rng, scale):
         y0, y1, x0, x1 = item["ref_box"].tolist()
         assert y1 - y0 == q and x1 - x0 == q and 0 <= y0 and y1 <= p and 0 <= x0 and x1 <= p
         assert torch.equal(item["lr_ref"], item["lr"][:, y0:y1, x0:x1])
-        assert torch.equal(item["ref"], item["gt"][:, scale * y0:scale * y1, scale * x0:scale * x1])
+        assert torch.equal(
+            item["ref"], item["gt"][:, scale * y0 : scale * y1, scale * x0 : scale * x1]
+        )
         found = _locate(lr, lr_full)
         assert len(found) == 1
         seen.add(found[0][0])
@@ -319,7 +364,11 @@ def test_sampler_in_dataloader_workers_matches_main_process(tmp_path, rng):
     make_layout(tmp_path, "train", 4, [(14, 15)], rng)
     sampler = TrainPatches(DualZoomDataset(tmp_path, "train", 4), patch_size=12, length=8, seed=1)
     main = next(iter(DataLoader(sampler, batch_size=8, num_workers=0)))
-    workers = next(iter(DataLoader(sampler, batch_size=8, num_workers=2, worker_init_fn=worker_init, timeout=60)))
+    workers = next(
+        iter(
+            DataLoader(sampler, batch_size=8, num_workers=2, worker_init_fn=worker_init, timeout=60)
+        )
+    )
     for k in ("lr", "gt", "noise", "ref", "lr_ref", "ref_box"):
         assert torch.equal(main[k], workers[k]), k
 
@@ -334,7 +383,9 @@ def test_sampler_channel_shuffle_permutes_lr_and_gt_together(tmp_path, rng):
         a, b = plain[i], shuffled[i]
         lr_a, lr_b, gt_b = to_u8(a["lr"]), to_u8(b["lr"]), to_u8(b["gt"])
         assert np.array_equal(box_down(gt_b, 4), lr_b)  # same permutation on both
-        found = [p for p in itertools.permutations(range(3)) if np.array_equal(lr_a[..., list(p)], lr_b)]
+        found = [
+            p for p in itertools.permutations(range(3)) if np.array_equal(lr_a[..., list(p)], lr_b)
+        ]
         assert found, i  # the same crop and flips, channels permuted
         perms.add(found[0])
     assert len(perms) >= 3
@@ -349,6 +400,7 @@ def test_sampler_rejects_small_images(tmp_path, rng):
 
 
 # ---------------------------------------------------------------- noise map
+
 
 def test_degradation_draws_follow_the_recipe(rng):
     draws = [Degradation.sample(rng) for _ in range(300)]
@@ -378,8 +430,14 @@ def test_degradation_ranges_are_checked(bad):
 
 def test_sampler_without_noise_and_jpeg_gives_the_downsampler_difference(tmp_path, rng):
     make_layout(tmp_path, "train", 4, [(13, 14)], rng)
-    sampler = TrainPatches(DualZoomDataset(tmp_path, "train", 4), patch_size=12, length=4, seed=2,
-                           noise_sigma=None, jpeg_quality=None)
+    sampler = TrainPatches(
+        DualZoomDataset(tmp_path, "train", 4),
+        patch_size=12,
+        length=4,
+        seed=2,
+        noise_sigma=None,
+        jpeg_quality=None,
+    )
     item = sampler[1]
     gt = to_u8(item["gt"])
     bic = bicubic_down(item["gt"], 4)
@@ -404,7 +462,9 @@ def test_noise_map_is_degraded_minus_bicubic(rng):
     degraded = degrade(gt, 4, params, np.random.default_rng(seed))
     assert degraded.shape == (24, 20, 3) and degraded.dtype == np.uint8
     bic = bicubic_down(torch.from_numpy(gt.transpose(2, 0, 1) / 255.0).float(), 4)
-    assert torch.allclose(noise + bic, torch.from_numpy(degraded.transpose(2, 0, 1) / 255.0).float(), atol=1e-6)
+    assert torch.allclose(
+        noise + bic, torch.from_numpy(degraded.transpose(2, 0, 1) / 255.0).float(), atol=1e-6
+    )
     # the full recipe on a smooth image: zero-mean-ish, noise of a few grey levels
     assert abs(noise.mean().item()) < 3 / 255 and 1 / 255 < noise.std().item() < 40 / 255
 
@@ -421,7 +481,9 @@ def test_bilinear_down_matches_opencv(rng, scale):
 
 def test_read_rgb_channels_and_depth(tmp_path, rng):
     rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    cv2.imwrite(str(tmp_path / "rgba.png"), np.dstack([rgb[..., ::-1], np.full((5, 7), 9, np.uint8)]))
+    cv2.imwrite(
+        str(tmp_path / "rgba.png"), np.dstack([rgb[..., ::-1], np.full((5, 7), 9, np.uint8)])
+    )
     cv2.imwrite(str(tmp_path / "gray.png"), rgb[..., 0])
     deep = rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "deep.png"), deep[..., ::-1])

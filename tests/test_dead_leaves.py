@@ -1,5 +1,6 @@
 """Synthetic dead-leaves training pictures (dzsr.data.dead_leaves) and their place in the sample
 data (dzsr.sample.training)."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ def test_radii_follow_the_inverse_cube_law():
     r = leaf_radii(200_000, a, b, np.random.default_rng(0))
     assert r.min() >= a and r.max() <= b
     for x in (2.5, 4.0, 10.0, 30.0):
-        expected = (a ** -2 - x ** -2) / (a ** -2 - b ** -2)
+        expected = (a**-2 - x**-2) / (a**-2 - b**-2)
         assert abs((r <= x).mean() - expected) < 0.005
 
 

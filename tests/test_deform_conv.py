@@ -1,5 +1,6 @@
 """Deformable convolution: reference vs torchvision (external oracle), every fast CPU backend vs the
 reference (forward and all gradients), gradcheck, opcheck, the P=0 path, borders, bad inputs."""
+
 import os
 import subprocess
 import sys
@@ -32,7 +33,10 @@ def affine_to_offset(A, b, k):
 
 def make_case(n, c, c_out, h, w, k, groups, dtype=torch.float64, spread=1.5, bias=True):
     x = torch.randn(n, c, h, w, dtype=dtype)
-    A = (torch.eye(2, dtype=dtype).reshape(1, 4, 1, 1) + spread * torch.randn(n, 4, h, w, dtype=dtype)).to(dtype)
+    A = (
+        torch.eye(2, dtype=dtype).reshape(1, 4, 1, 1)
+        + spread * torch.randn(n, 4, h, w, dtype=dtype)
+    ).to(dtype)
     b = spread * 2 * torch.randn(n, 2, h, w, dtype=dtype)
     wgt = torch.randn(c_out, c // groups, k, k, dtype=dtype)
     bs = torch.randn(c_out, dtype=dtype) if bias else None
@@ -44,7 +48,15 @@ SHAPES = [  # n, c, c_out, h, w, k, groups
     (2, 20, 20, 5, 7, 3, 20),  # depthwise, three channel slices (8, 8, 4) under a 1-byte budget
     (3, 4, 8, 5, 11, 3, 4),  # depthwise with channel multiplier 2
     (2, 4, 6, 8, 7, 3, 1),  # dense
-    (2, 20, 7, 5, 6, 3, 1),  # dense, forward in three channel slices (8, 8, 4) under a 1-byte budget
+    (
+        2,
+        20,
+        7,
+        5,
+        6,
+        3,
+        1,
+    ),  # dense, forward in three channel slices (8, 8, 4) under a 1-byte budget
     (1, 6, 9, 6, 6, 3, 3),  # grouped
     (2, 3, 5, 9, 4, 1, 1),  # k = 1
     (1, 4, 4, 10, 8, 5, 2),  # k = 5
@@ -60,8 +72,9 @@ def test_reference_matches_torchvision(shape):
     with dk.use_backend("reference"):
         ours = dk.affine_deform_conv2d(x, A, b, wgt, bs, groups=shape[6])
     tv_leaves = [t.detach().clone().requires_grad_() for t in (x, offset, wgt, bs)]
-    theirs = torchvision.ops.deform_conv2d(tv_leaves[0], tv_leaves[1], tv_leaves[2], tv_leaves[3],
-                                           padding=shape[5] // 2)
+    theirs = torchvision.ops.deform_conv2d(
+        tv_leaves[0], tv_leaves[1], tv_leaves[2], tv_leaves[3], padding=shape[5] // 2
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
     go = torch.randn_like(ours)
     ours_g = torch.autograd.grad(ours, [leaves[0], leaves[3], leaves[4]], go)
@@ -80,8 +93,12 @@ def test_general_reference_matches_torchvision_offset_grad(shape):
     theirs = torchvision.ops.deform_conv2d(x, off2, wgt, bs, padding=shape[5] // 2)
     torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
     go = torch.randn_like(ours)
-    torch.testing.assert_close(torch.autograd.grad(ours, offset, go)[0], torch.autograd.grad(theirs, off2, go)[0],
-                               rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(
+        torch.autograd.grad(ours, offset, go)[0],
+        torch.autograd.grad(theirs, off2, go)[0],
+        rtol=1e-8,
+        atol=1e-8,
+    )
 
 
 def run_both(backend, affine, x, A, b, wgt, bs, groups):
@@ -89,10 +106,15 @@ def run_both(backend, affine, x, A, b, wgt, bs, groups):
     results = []
     go = None
     for name in (backend, "reference"):
-        leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, A, b, wgt, bs)]
+        leaves = [
+            t.detach().clone().requires_grad_() if t is not None else None
+            for t in (x, A, b, wgt, bs)
+        ]
         with dk.use_backend(name):
             if affine:
-                out = dk.affine_deform_conv2d(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], groups=groups)
+                out = dk.affine_deform_conv2d(
+                    leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], groups=groups
+                )
             else:
                 offset = affine_to_offset(leaves[1], leaves[2], wgt.shape[2])
                 out = dk.deform_conv2d(leaves[0], offset, leaves[3], leaves[4], groups=groups)
@@ -106,7 +128,9 @@ def run_both(backend, affine, x, A, b, wgt, bs, groups):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("cl_budget", [None, "0", "1"], ids=["default", "planar", "8-channel-slices"])
+@pytest.mark.parametrize(
+    "cl_budget", [None, "0", "1"], ids=["default", "planar", "8-channel-slices"]
+)
 def test_fast_matches_reference(backend, shape, affine, dtype, cl_budget, monkeypatch):
     """cl_budget selects the CPU path of depthwise convolutions and of the one-group forward:
     default (channels-last), planar kernels, or channels-last copies made 8 channels at a time
@@ -119,7 +143,9 @@ def test_fast_matches_reference(backend, shape, affine, dtype, cl_budget, monkey
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
     for name, g, r in zip(["x", "A", "b", "weight", "bias"], grads, ref_grads):
         scale = max(1.0, r.abs().max().item())
-        torch.testing.assert_close(g, r, rtol=tol, atol=tol * scale, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(
+            g, r, rtol=tol, atol=tol * scale, msg=lambda m: f"grad {name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("backend", CPU_FAST)
@@ -133,7 +159,9 @@ def test_fast_half_precision(backend, dtype):
     with dk.use_backend("reference"):
         ref = dk.affine_deform_conv2d(*[t.float() for t in half], groups=8)
     assert out.dtype == dtype
-    torch.testing.assert_close(out.float(), ref, rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item())
+    torch.testing.assert_close(
+        out.float(), ref, rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item()
+    )
 
 
 @pytest.mark.parametrize("backend", CPU_FAST)
@@ -196,7 +224,9 @@ def test_p0_layer_runs_conv2d_not_deform(monkeypatch):
     """The P=0 path must not touch the deformable kernels at all."""
     import dzsr_kernels.deform_conv.op as op
 
-    monkeypatch.setattr(op, "_dispatch", lambda *a, **k: pytest.fail("P=0 ran the deformable kernel"))
+    monkeypatch.setattr(
+        op, "_dispatch", lambda *a, **k: pytest.fail("P=0 ran the deformable kernel")
+    )
     layer = dk.AffineDeformConv2d(4, 4, 3, groups=4)
     assert layer(torch.randn(1, 4, 6, 6)).shape == (1, 4, 6, 6)
 
@@ -206,7 +236,9 @@ def test_far_outside_reads_zero(backend):
     x, A, b, wgt, bs = make_case(1, 4, 4, 6, 7, 3, 4, dtype=torch.float32)
     for shift in (1e4, -1e4, 7.0, -7.0 - 1e-6):  # every tap of every pixel lands outside
         with dk.use_backend(backend):
-            out = dk.affine_deform_conv2d(x, torch.zeros_like(A), torch.full_like(b, shift), wgt, bs, groups=4)
+            out = dk.affine_deform_conv2d(
+                x, torch.zeros_like(A), torch.full_like(b, shift), wgt, bs, groups=4
+            )
         torch.testing.assert_close(out, bs.view(1, -1, 1, 1).expand_as(out))
 
 
@@ -270,8 +302,16 @@ BAD_INPUTS = {  # id -> (needle in the message, make(x, A, b, w, bias) -> call a
     "b-channels": ("b", lambda x, A, b, w, bs: (x, A, A, w, bs, 1), ValueError),
     "b-3d": ("b", lambda x, A, b, w, bs: (x, A, b[0], w, bs, 1), ValueError),
     "weight-not-tensor": ("weight", lambda x, A, b, w, bs: (x, A, b, 3, bs, 1), TypeError),
-    "weight-even-k": ("odd", lambda x, A, b, w, bs: (x, A, b, torch.randn(4, 4, 2, 2), bs, 1), ValueError),
-    "weight-non-square": ("weight", lambda x, A, b, w, bs: (x, A, b, torch.randn(4, 4, 3, 5), bs, 1), ValueError),
+    "weight-even-k": (
+        "odd",
+        lambda x, A, b, w, bs: (x, A, b, torch.randn(4, 4, 2, 2), bs, 1),
+        ValueError,
+    ),
+    "weight-non-square": (
+        "weight",
+        lambda x, A, b, w, bs: (x, A, b, torch.randn(4, 4, 3, 5), bs, 1),
+        ValueError,
+    ),
     "weight-3d": ("weight", lambda x, A, b, w, bs: (x, A, b, w[0], bs, 1), ValueError),
     "weight-c-in": ("weight", lambda x, A, b, w, bs: (x, A, b, w[:, :3], bs, 1), ValueError),
     "weight-int": ("weight", lambda x, A, b, w, bs: (x, A, b, w.long(), bs, 1), TypeError),
@@ -279,18 +319,37 @@ BAD_INPUTS = {  # id -> (needle in the message, make(x, A, b, w, bias) -> call a
     "bias-2d": ("bias", lambda x, A, b, w, bs: (x, A, b, w, bs[None], 1), ValueError),
     "bias-not-tensor": ("bias", lambda x, A, b, w, bs: (x, A, b, w, [0.0] * 4, 1), TypeError),
     "dtype-x": ("dtype", lambda x, A, b, w, bs: (x.double(), A, b, w, bs, 1), TypeError),
-    "dtype-bias": ("bias torch.float64", lambda x, A, b, w, bs: (x, A, b, w, bs.double(), 1), TypeError),
-    "dtype-half-A": ("A torch.float16", lambda x, A, b, w, bs: (x, A.half(), b, w, bs, 1), TypeError),
+    "dtype-bias": (
+        "bias torch.float64",
+        lambda x, A, b, w, bs: (x, A, b, w, bs.double(), 1),
+        TypeError,
+    ),
+    "dtype-half-A": (
+        "A torch.float16",
+        lambda x, A, b, w, bs: (x, A.half(), b, w, bs, 1),
+        TypeError,
+    ),
     "device-A": ("A on meta", lambda x, A, b, w, bs: (x, A.to("meta"), b, w, bs, 1), ValueError),
-    "device-bias": ("bias on meta", lambda x, A, b, w, bs: (x, A, b, w, bs.to("meta"), 1), ValueError),
+    "device-bias": (
+        "bias on meta",
+        lambda x, A, b, w, bs: (x, A, b, w, bs.to("meta"), 1),
+        ValueError,
+    ),
     "groups-zero": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, 0), ValueError),
     "groups-negative": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, -2), ValueError),
     "groups-float": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, 2.0), TypeError),
     "groups-bool": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, True), TypeError),
     "groups-str": ("groups", lambda x, A, b, w, bs: (x, A, b, w, bs, "4"), TypeError),
-    "groups-not-dividing-C": ("groups", lambda x, A, b, w, bs: (x, A, b, torch.randn(3, 1, 3, 3), None, 3), ValueError),
-    "groups-not-dividing-C_out": ("groups", lambda x, A, b, w, bs: (x, A, b, torch.randn(3, 2, 3, 3), None, 2),
-                                  ValueError),
+    "groups-not-dividing-C": (
+        "groups",
+        lambda x, A, b, w, bs: (x, A, b, torch.randn(3, 1, 3, 3), None, 3),
+        ValueError,
+    ),
+    "groups-not-dividing-C_out": (
+        "groups",
+        lambda x, A, b, w, bs: (x, A, b, torch.randn(3, 2, 3, 3), None, 2),
+        ValueError,
+    ),
 }
 
 
@@ -313,7 +372,9 @@ GENERAL_BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("needle,make,exc", list(GENERAL_BAD_INPUTS.values()), ids=list(GENERAL_BAD_INPUTS))
+@pytest.mark.parametrize(
+    "needle,make,exc", list(GENERAL_BAD_INPUTS.values()), ids=list(GENERAL_BAD_INPUTS)
+)
 def test_general_offset_bad_inputs(needle, make, exc):
     x, o, w = torch.randn(1, 2, 5, 5), torch.randn(1, 18, 5, 5), torch.randn(2, 1, 3, 3)
     with pytest.raises(exc, match=needle):
@@ -335,14 +396,28 @@ def test_backend_selection_errors():
             pass
     with pytest.raises(dk.BackendUnavailableError, match="cpp"):
         with dk.use_backend("cpp"):
-            dk.affine_deform_conv2d(*(t.to("meta") for t in (torch.randn(1, 2, 4, 4), torch.randn(1, 4, 4, 4),
-                                                            torch.randn(1, 2, 4, 4), torch.randn(2, 1, 3, 3))),
-                                    groups=2)
+            dk.affine_deform_conv2d(
+                *(
+                    t.to("meta")
+                    for t in (
+                        torch.randn(1, 2, 4, 4),
+                        torch.randn(1, 4, 4, 4),
+                        torch.randn(1, 2, 4, 4),
+                        torch.randn(2, 1, 3, 3),
+                    )
+                ),
+                groups=2,
+            )
 
 
 def _run_python(code, **env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
 
 
 def test_works_without_extension(tmp_path):

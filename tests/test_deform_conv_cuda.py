@@ -1,7 +1,9 @@
 """Deformable convolution on CUDA: (a) the CUDA sources build with nvcc wherever it exists, even
 without a GPU; (b) the CUDA kernels and their host code, built for CPU threads by a small emulation
-of the CUDA execution model, equal the reference (runs anywhere with a C++ compiler); (c) on a GPU, the ``cpp`` (CUDA C++) and ``triton`` backends equal the float64
-reference, forward and every gradient, float32/float64/float16/bfloat16, gradcheck and opcheck."""
+of the CUDA execution model, equal the reference (runs anywhere with a C++ compiler); (c) on a GPU,
+the ``cpp`` (CUDA C++) and ``triton`` backends equal the float64 reference, forward and every
+gradient, float32/float64/float16/bfloat16, gradcheck and opcheck."""
+
 import os
 import shutil
 import subprocess
@@ -10,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from deform_conv_cases import SHAPES, TOL, check_against_reference, make_case, run
+from deform_conv_cases import emulated_ops as build_emulated_ops
 
 import dzsr_kernels as dk
 from dzsr_kernels import _ext
-from deform_conv_cases import SHAPES, TOL, check_against_reference, make_case, run
-from deform_conv_cases import emulated_ops as build_emulated_ops
 from dzsr_kernels.deform_conv import reference
 from dzsr_kernels.deform_conv.op import _packed
 
@@ -43,7 +45,9 @@ print("ok")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_ext.cuda_home() is None, reason="nvcc not found (CUDA_HOME or /usr/local/cuda)")
+@pytest.mark.skipif(
+    _ext.cuda_home() is None, reason="nvcc not found (CUDA_HOME or /usr/local/cuda)"
+)
 def test_cuda_sources_build_with_nvcc(tmp_path):
     """JIT-builds all of csrc/ with its .cu files (the extension the cpp backend loads on a GPU
     machine) in a child process, loads it and checks that the CUDA kernels are registered. Needs no
@@ -52,8 +56,14 @@ def test_cuda_sources_build_with_nvcc(tmp_path):
     env = {**os.environ, "CUDA_HOME": _ext.cuda_home(), "PYTHONPATH": str(ROOT)}
     env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     env.setdefault("MAX_JOBS", "2")
-    proc = subprocess.run([sys.executable, "-c", BUILD_CHECK, str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-c", BUILD_CHECK, str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
     assert list(tmp_path.glob("*.so")), "no shared library produced"
     shutil.rmtree(tmp_path, ignore_errors=True)
@@ -69,12 +79,21 @@ def emulated_ops(tmp_path_factory):
 # Beyond SHAPES: several passes of the input gradient's channel loop (C/groups = 20 and 72), partial
 # staged-weight chunks (C_out/groups = 72, C/groups = 40), k = 5 grouped, depthwise multiplier, many
 # pixel and channel blocks.
-EMULATED_SHAPES = SHAPES + [(1, 20, 6, 5, 7, 3, 1), (1, 72, 8, 4, 5, 3, 1), (1, 40, 72, 9, 11, 3, 1),
-                            (1, 12, 12, 8, 9, 5, 3), (2, 16, 48, 7, 9, 3, 16), (1, 64, 64, 9, 40, 3, 64)]
-EMULATED_CASES = (
-    [(shape, affine, torch.float64) for shape in EMULATED_SHAPES for affine in (True, False)]
-    + [(shape, True, dtype) for shape in EMULATED_SHAPES[-4:-1] for dtype in (torch.float32, torch.float16)]
-)
+EMULATED_SHAPES = SHAPES + [
+    (1, 20, 6, 5, 7, 3, 1),
+    (1, 72, 8, 4, 5, 3, 1),
+    (1, 40, 72, 9, 11, 3, 1),
+    (1, 12, 12, 8, 9, 5, 3),
+    (2, 16, 48, 7, 9, 3, 16),
+    (1, 64, 64, 9, 40, 3, 64),
+]
+EMULATED_CASES = [
+    (shape, affine, torch.float64) for shape in EMULATED_SHAPES for affine in (True, False)
+] + [
+    (shape, True, dtype)
+    for shape in EMULATED_SHAPES[-4:-1]
+    for dtype in (torch.float32, torch.float16)
+]
 
 
 @pytest.mark.slow
@@ -88,14 +107,20 @@ def test_cuda_kernels_emulated_on_cpu(emulated_ops, shape, affine, dtype):
     packed = torch.cat(geom, 1) if affine else geom[0]
     out = emulated_ops.deform_conv2d_forward(x, packed, affine, weight, bias, groups)
     grad_out = torch.randn(out.shape, dtype=torch.float64).to(dtype)
-    dx, dgeom, dweight = emulated_ops.deform_conv2d_backward(grad_out, x, packed, affine, weight, groups)
+    dx, dgeom, dweight = emulated_ops.deform_conv2d_backward(
+        grad_out, x, packed, affine, weight, groups
+    )
     leaves = [t.double().requires_grad_() for t in (x, packed, weight)]
     ref = reference.deform_conv2d(leaves[0], leaves[1], affine, leaves[2], bias.double(), groups)
     ref_grads = torch.autograd.grad(ref, leaves, grad_out.double())
-    for name, ours, want in zip(("out", "dx", "dgeom", "dweight"), (out, dx, dgeom, dweight), (ref, *ref_grads)):
+    for name, ours, want in zip(
+        ("out", "dx", "dgeom", "dweight"), (out, dx, dgeom, dweight), (ref, *ref_grads)
+    ):
         assert ours.dtype == dtype and ours.shape == want.shape, name
         tol = TOL[dtype] * max(1.0, want.abs().max().item())
-        torch.testing.assert_close(ours.double(), want, rtol=TOL[dtype], atol=tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            ours.double(), want, rtol=TOL[dtype], atol=tol, msg=lambda m: f"{name}: {m}"
+        )
 
 
 @pytest.mark.gpu
@@ -157,7 +182,9 @@ def test_far_outside_and_exact_borders(backend):
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("groups,c_out", [(2, 2), (1, 3)])
 def test_gradcheck(backend, affine, groups, c_out):
-    x, geom, weight, bias = make_case(1, 2, c_out, 4, 5, 3, groups, affine=affine, device="cuda", spread=0.7)
+    x, geom, weight, bias = make_case(
+        1, 2, c_out, 4, 5, 3, groups, affine=affine, device="cuda", spread=0.7
+    )
     inputs = [t.requires_grad_() for t in (x, *geom, weight, bias)]
 
     def fn(*args):
@@ -175,16 +202,29 @@ def test_gradcheck(backend, affine, groups, c_out):
 def test_opcheck(backend, affine):
     x, geom, weight, bias = make_case(2, 4, 4, 5, 6, 3, 2, affine=affine, device="cuda")
     packed = torch.cat(geom, 1) if affine else geom[0]
-    args = (x.requires_grad_(), packed.requires_grad_(), affine, weight.requires_grad_(), bias, 2, backend)
+    args = (
+        x.requires_grad_(),
+        packed.requires_grad_(),
+        affine,
+        weight.requires_grad_(),
+        bias,
+        2,
+        backend,
+    )
     torch.library.opcheck(_packed, args)
 
 
 def test_gpu_benchmark_runs_or_says_it_needs_a_gpu():
     """Without CUDA the GPU benchmark exits with a clear message; with CUDA its --quick run prints
     the table for every implementation."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_deform_conv_gpu", "--quick", "--reps", "3"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_deform_conv_gpu", "--quick", "--reps", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if torch.cuda.is_available():
         assert proc.returncode == 0, proc.stderr[-4000:]
         for impl in ("cpp", "triton", "torchvision"):

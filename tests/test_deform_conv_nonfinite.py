@@ -5,15 +5,22 @@ dtypes of fake == kernel; opcheck and torch.compile(fullgraph=True) forward+back
 contiguous, non-contiguous (torchvision's test permutations, batch 33), channels-last and sliced
 inputs. Backends: reference, cpp (CPU; planar and channels-last depthwise paths), the CUDA kernels
 under the CPU emulation, and triton under the interpreter (when TRITON_INTERPRET=1)."""
+
 import os
 
 import pytest
 import torch
+from deform_conv_cases import (
+    EMULATED,
+    LAYOUTS,
+    check_packed_against_reference,
+    emulated_ops,
+    layout,
+    packed_results,
+)
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import dzsr_kernels as dk
-from deform_conv_cases import (EMULATED, LAYOUTS, check_packed_against_reference, emulated_ops, layout,
-                               packed_results)
 from dzsr_kernels.deform_conv import reference
 from dzsr_kernels.deform_conv.op import _packed, _packed_backward
 
@@ -30,11 +37,13 @@ def _emulation(tmp_path_factory):
 @pytest.fixture
 def backend_env(monkeypatch):
     """Maps 'cpp-planar' to cpp with the channels-last depthwise path switched off."""
+
     def resolve(name):
         if name == "cpp-planar":
             monkeypatch.setenv("DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES", "0")
             return "cpp"
         return name
+
     return resolve
 
 
@@ -47,14 +56,24 @@ def test_backends_present():
 def general_case(n=2, c=4, c_out=4, h=5, w=6, k=3, groups=4, dtype=torch.float64):
     x = torch.randn(n, c, h, w, dtype=dtype)
     offset = 1.5 * torch.randn(n, 2 * k * k, h, w, dtype=dtype)
-    return x, offset, torch.randn(c_out, c // groups, k, k, dtype=dtype), torch.randn(c_out, dtype=dtype)
+    return (
+        x,
+        offset,
+        torch.randn(c_out, c // groups, k, k, dtype=dtype),
+        torch.randn(c_out, dtype=dtype),
+    )
 
 
 def affine_case(n=2, c=4, c_out=4, h=5, w=6, k=3, groups=4, dtype=torch.float64):
     x = torch.randn(n, c, h, w, dtype=dtype)
     geom = torch.randn(n, 6, h, w, dtype=dtype)
     geom[:, :4] += torch.tensor([1.0, 0, 0, 1], dtype=dtype).view(1, 4, 1, 1)
-    return x, geom, torch.randn(c_out, c // groups, k, k, dtype=dtype), torch.randn(c_out, dtype=dtype)
+    return (
+        x,
+        geom,
+        torch.randn(c_out, c // groups, k, k, dtype=dtype),
+        torch.randn(c_out, dtype=dtype),
+    )
 
 
 # ---- The rule, asserted on the reference ------------------------------------------------------
@@ -124,10 +143,16 @@ def test_reference_huge_finite_position_is_outside(big):
 def test_reference_gradcheck_float64():
     """The reference's explicit sampling gradients are the derivatives of its forward."""
     for affine in (True, False):
-        x, geom, weight, bias = (affine_case if affine else general_case)(n=1, c=2, c_out=2, h=3, w=4, groups=1)
+        x, geom, weight, bias = (affine_case if affine else general_case)(
+            n=1, c=2, c_out=2, h=3, w=4, groups=1
+        )
         leaves = [t.requires_grad_() for t in (x, geom, weight, bias)]
         assert torch.autograd.gradcheck(
-            lambda a, g, wt, bs: reference.deform_conv2d(a, g, affine, wt, bs, 1), leaves, eps=1e-6, atol=1e-6)
+            lambda a, g, wt, bs: reference.deform_conv2d(a, g, affine, wt, bs, 1),
+            leaves,
+            eps=1e-6,
+            atol=1e-6,
+        )
 
 
 # ---- Every backend vs the reference on non-finite inputs --------------------------------------
@@ -136,7 +161,10 @@ NONFINITE_CASES = {  # name -> (affine, mutate(x, geom, weight, bias))
     "x-nan": (True, lambda x, g, w, b: x[0, 1, 2, 3].fill_(NAN)),
     "x-inf": (False, lambda x, g, w, b: x[1, 0, 4, 0].fill_(INF)),
     "x-border-nan": (True, lambda x, g, w, b: x[:, :, 0, :].fill_(NAN)),
-    "x-border-inf-outside": (False, lambda x, g, w, b: (x[:, :, :, 0].fill_(-INF), g[:, :, :, :3].fill_(-40.0))),
+    "x-border-inf-outside": (
+        False,
+        lambda x, g, w, b: (x[:, :, :, 0].fill_(-INF), g[:, :, :, :3].fill_(-40.0)),
+    ),
     "A-nan": (True, lambda x, g, w, b: g[0, 1, 1, 1].fill_(NAN)),
     "A-inf": (True, lambda x, g, w, b: g[1, 0, 3, 2].fill_(INF)),  # inf * 0 (centre tap) = NaN too
     "b-nan": (True, lambda x, g, w, b: g[1, 4, 0, 5].fill_(NAN)),
@@ -149,7 +177,11 @@ NONFINITE_CASES = {  # name -> (affine, mutate(x, geom, weight, bias))
     "bias-nan": (True, lambda x, g, w, b: b[3].fill_(NAN)),
     "bias-inf": (False, lambda x, g, w, b: b[0].fill_(-INF)),
 }
-SHAPES = {"depthwise": (2, 4, 4, 5, 6, 3, 4), "multiplier": (2, 2, 4, 5, 6, 3, 2), "dense": (2, 3, 4, 5, 6, 3, 1)}
+SHAPES = {
+    "depthwise": (2, 4, 4, 5, 6, 3, 4),
+    "multiplier": (2, 2, 4, 5, 6, 3, 2),
+    "dense": (2, 3, 4, 5, 6, 3, 1),
+}
 
 
 # The Triton interpreter is slow: triton runs the channel-multiplier shape only (its depthwise
@@ -164,7 +196,9 @@ def test_nonfinite_matches_reference(backend, shape, case, backend_env):
     affine, mutate = NONFINITE_CASES[case]
     x, geom, weight, bias = (affine_case if affine else general_case)(n, c, c_out, h, w, k, groups)
     mutate(x, geom, weight, bias)
-    ours, ref = check_packed_against_reference(backend_env(backend), x, geom, affine, weight, bias, groups)
+    ours, ref = check_packed_against_reference(
+        backend_env(backend), x, geom, affine, weight, bias, groups
+    )
     assert any(t.isnan().any() or t.isinf().any() for t in ref) or case == "offset-huge"
 
 
@@ -181,9 +215,14 @@ def test_nonfinite_matches_reference_low_precision(backend, dtype, backend_env):
 # ---- Empty inputs -----------------------------------------------------------------------------
 
 EMPTY = {  # name -> n, c, c_out, h, w, k, groups
-    "N=0": (0, 4, 4, 5, 6, 3, 4), "N=0-dense": (0, 3, 2, 5, 6, 3, 1), "H=0": (2, 4, 4, 0, 6, 3, 2),
-    "W=0": (1, 3, 2, 5, 0, 1, 1), "C=0": (2, 0, 3, 4, 5, 3, 1), "C_out=0": (2, 4, 0, 4, 5, 3, 2),
-    "C_out=0-depthwise": (1, 2, 0, 3, 4, 3, 2), "all-empty": (0, 0, 0, 0, 0, 1, 1),
+    "N=0": (0, 4, 4, 5, 6, 3, 4),
+    "N=0-dense": (0, 3, 2, 5, 6, 3, 1),
+    "H=0": (2, 4, 4, 0, 6, 3, 2),
+    "W=0": (1, 3, 2, 5, 0, 1, 1),
+    "C=0": (2, 0, 3, 4, 5, 3, 1),
+    "C_out=0": (2, 4, 0, 4, 5, 3, 2),
+    "C_out=0-depthwise": (1, 2, 0, 3, 4, 3, 2),
+    "all-empty": (0, 0, 0, 0, 0, 1, 1),
 }
 
 
@@ -198,7 +237,9 @@ def test_empty_inputs(backend, name, affine, backend_env):
     x, geom, weight, bias = (affine_case if affine else general_case)(n, c, c_out, h, w, k, groups)
     if geom.numel():
         geom[0, -1, 0, 0] = NAN
-    ours, ref = check_packed_against_reference(backend_env(backend), x, geom, affine, weight, bias, groups)
+    ours, ref = check_packed_against_reference(
+        backend_env(backend), x, geom, affine, weight, bias, groups
+    )
     assert ours[0].shape == (n, c_out, h, w)
     if n * h * w and (c == 0 or c_out == 0):
         assert ours[2][0, :, 0, 0].isnan().any() and not ours[2][1:].isnan().any()
@@ -206,7 +247,11 @@ def test_empty_inputs(backend, name, affine, backend_env):
 
 @pytest.mark.parametrize("backend", ["reference"] + CPU)
 def test_empty_batch_public_api_with_bias(backend):
-    x, A, b = torch.randn(0, 4, 5, 5, requires_grad=True), torch.randn(0, 4, 5, 5), torch.randn(0, 2, 5, 5)
+    x, A, b = (
+        torch.randn(0, 4, 5, 5, requires_grad=True),
+        torch.randn(0, 4, 5, 5),
+        torch.randn(0, 2, 5, 5),
+    )
     weight, bias = torch.randn(4, 1, 3, 3, requires_grad=True), torch.randn(4, requires_grad=True)
     with dk.use_backend(backend):
         out = dk.affine_deform_conv2d(x, A, b, weight, bias, groups=4)
@@ -217,11 +262,14 @@ def test_empty_batch_public_api_with_bias(backend):
 
 # ---- Fakes and layouts ------------------------------------------------------------------------
 
+
 def layout_case(kind, affine, dtype=torch.float32):
     """torchvision's deform-conv test sizes adapted to this op (batch 33, C=6, C_out=2, groups 2,
     5x4 image, k=3) with x, geometry and weight in the given layout (torchvision permutes the
     weight as (3, 2, 0, 1) -> (2, 3, 1, 0); channels_last/sliced apply to it too)."""
-    x, geom, weight, bias = (affine_case if affine else general_case)(33, 6, 2, 5, 4, 3, 2, dtype=dtype)
+    x, geom, weight, bias = (affine_case if affine else general_case)(
+        33, 6, 2, 5, 4, 3, 2, dtype=dtype
+    )
     if kind == "torchvision":
         geom = geom.permute(1, 3, 0, 2).contiguous().permute(2, 0, 3, 1)
         weight = weight.permute(3, 2, 0, 1).contiguous().permute(2, 3, 1, 0)
@@ -233,7 +281,9 @@ def layout_case(kind, affine, dtype=torch.float32):
 def test_layout_cases_have_their_layout(kind):
     x, geom, weight, _ = layout_case(kind, False)
     assert x.is_contiguous() == (kind == "contiguous")
-    assert geom.is_contiguous() == (kind == "contiguous") and weight.is_contiguous() == (kind == "contiguous")
+    assert geom.is_contiguous() == (kind == "contiguous") and weight.is_contiguous() == (
+        kind == "contiguous"
+    )
 
 
 def _meta(t):
@@ -268,7 +318,15 @@ def test_opcheck_layouts(backend, kind, affine):
     x, geom, weight, bias = layout_case(kind, affine, dtype=torch.float64)
     if backend == "triton":
         x, geom = x[:2], geom[:2]  # interpreter budget
-    args = (x.requires_grad_(), geom.requires_grad_(), affine, weight.requires_grad_(), bias, 2, backend)
+    args = (
+        x.requires_grad_(),
+        geom.requires_grad_(),
+        affine,
+        weight.requires_grad_(),
+        bias,
+        2,
+        backend,
+    )
     torch.library.opcheck(_packed, args)
 
 
@@ -285,7 +343,10 @@ def test_compile_fullgraph_forward_backward_layouts(backend, kind):
     def forward(x, offset, weight, bias):
         return dk.deform_conv2d(x, offset, weight, bias, groups=2)
 
-    leaves = [t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in (x, offset, weight, bias)]
+    leaves = [
+        t.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        for t in (x, offset, weight, bias)
+    ]
     results = []
     for fn in (forward, torch.compile(forward, fullgraph=True)):
         with dk.use_backend(backend):  # the backend is chosen outside the compiled region
@@ -312,7 +373,9 @@ def test_reference_nan_agrees_with_torchvision_where_documented():
     import torchvision
 
     x, offset, weight, _ = general_case(n=1, c=2, c_out=2, groups=1)
-    x[0, 0, 2, 2] = NAN  # interior: torchvision differs only at positions exactly -1 (see reference.py)
+    x[0, 0, 2, 2] = (
+        NAN  # interior: torchvision differs only at positions exactly -1 (see reference.py)
+    )
     x[0, 1, 3, 4] = NAN
     offset.round_()
     ours = reference.deform_conv2d(x, offset, False, weight, None, 1)

@@ -1,14 +1,15 @@
 """Triton backend of the deformable convolution vs the reference: forward and every gradient, on
 CPU tensors under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU),
 so shapes stay tiny. The same comparisons on CUDA tensors live in test_deform_conv_cuda.py."""
+
 import os
 
 import pytest
 import torch
+from deform_conv_cases import SHAPES, check_against_reference, make_case, run
+from triton_compile import compile_for_gpu
 
 import dzsr_kernels as dk
-from triton_compile import compile_for_gpu
-from deform_conv_cases import SHAPES, check_against_reference, make_case, run
 from dzsr_kernels.deform_conv.op import _packed
 
 pytestmark = pytest.mark.skipif(
@@ -51,7 +52,9 @@ def test_without_bias():
 def test_non_contiguous_inputs(affine):
     n, c, h, w, k = 2, 4, 6, 5, 3
     x = torch.randn(n, h, w, c, dtype=torch.float64).permute(0, 3, 1, 2)  # channels-last view
-    weight = torch.randn(k, k, c // 2, c, dtype=torch.float64).permute(3, 2, 0, 1)  # (C_out, C/2, k, k)
+    weight = torch.randn(k, k, c // 2, c, dtype=torch.float64).permute(
+        3, 2, 0, 1
+    )  # (C_out, C/2, k, k)
     if affine:
         big = torch.randn(n, 8, h, w + 3, dtype=torch.float64)
         big[:, :4] += torch.eye(2, dtype=torch.float64).reshape(1, 4, 1, 1)
@@ -68,7 +71,9 @@ def test_far_outside_and_exact_borders():
     n, c, h, w, k = 1, 3, 5, 6, 3
     x, _, weight, bias = make_case(n, c, c, h, w, k, c, affine=False)
     offset = torch.zeros(n, 2 * k * k, h, w, dtype=torch.float64)
-    offset[:, 0::2] = torch.randint(-h - 1, h + 2, (n, k * k, h, w)).double()  # integer rows, some on borders
+    offset[:, 0::2] = torch.randint(
+        -h - 1, h + 2, (n, k * k, h, w)
+    ).double()  # integer rows, some on borders
     offset[:, 1::2] = torch.randint(-w - 1, w + 2, (n, k * k, h, w)).double()
     offset[:, :4, :2] = 1e4  # far outside
     offset[:, 4:6, 3:] = -7.5
@@ -97,7 +102,15 @@ def test_opcheck(affine):
     k = 3
     x, geom, weight, bias = make_case(1, 2, 2, 3, 4, k, 2, affine=affine)
     packed = torch.cat(geom, 1) if affine else geom[0]
-    args = (x.requires_grad_(), packed.requires_grad_(), affine, weight.requires_grad_(), bias, 2, "triton")
+    args = (
+        x.requires_grad_(),
+        packed.requires_grad_(),
+        affine,
+        weight.requires_grad_(),
+        bias,
+        2,
+        "triton",
+    )
     torch.library.opcheck(_packed, args)
 
 
@@ -114,20 +127,24 @@ def compile_kernel(fn, types, constexprs):
     consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
     triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", int(sys.argv[1]), 32))
 
-for dt, affine, depthwise in [("fp32", True, True), ("fp32", False, False), ("fp64", False, True), ("fp16", True, False)]:
-    ptr, acc_ptr, acc = "*" + dt, "*fp64" if dt == "fp64" else "*fp32", tl.float64 if dt == "fp64" else tl.float32
+CASES = [("fp32", True, True), ("fp32", False, False), ("fp64", False, True), ("fp16", True, False)]
+for dt, affine, depthwise in CASES:
+    ptr, acc_ptr = "*" + dt, "*fp64" if dt == "fp64" else "*fp32"
+    acc = tl.float64 if dt == "fp64" else tl.float32
     ints = lambda *names: {n: "i32" for n in names}
     compile_kernel(tk._forward_kernel,
                    dict(x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, bias_ptr=ptr, out_ptr=ptr,
                         **ints("C", "C_out", "H", "W", "c_in_g", "c_out_g", "blocks_per_group")),
-                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, ACC=acc, BLOCK_C=16, BLOCK_P=tk.BLOCK_P))
+                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, ACC=acc,
+                        BLOCK_C=16, BLOCK_P=tk.BLOCK_P))
     compile_kernel(tk._input_grad_kernel,
                    dict(go_ptr=ptr, x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, dx_ptr=acc_ptr, dgeom_ptr=ptr, dw_ptr=acc_ptr,
                         **ints("C", "C_out", "H", "W", "groups", "c_in_g", "c_out_g")),
                    dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, ACC=acc, BLOCK_C=16, BLOCK_P=tk.BLOCK_P))
     compile_kernel(tk._weight_grad_kernel,
                    dict(go_ptr=ptr, x_ptr=ptr, geom_ptr=ptr, dw_ptr=acc_ptr,
-                        **ints("N", "C", "C_out", "H", "W", "c_in_g", "c_out_g", "co_blocks", "ci_blocks", "chunk_pixels")),
+                        **ints("N", "C", "C_out", "H", "W", "c_in_g", "c_out_g", "co_blocks",
+                               "ci_blocks", "chunk_pixels")),
                    dict(K=3, AFFINE=affine, ACC=acc, BLOCK_CO=16, BLOCK_CI=16, BLOCK_P=tk.WEIGHT_BLOCK_P))
 print("ok")
 """

@@ -1,5 +1,6 @@
 """The torch range of pyproject.toml holds both the torch running the tests and the versions CI pins
 (.ci/constraints.txt), so CI always tests a supported release."""
+
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,9 @@ import torchvision
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+tomllib = pytest.importorskip(
+    "tomllib", reason="tomllib is in the standard library from Python 3.11"
+)
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -3,6 +3,7 @@ PyTorch, on the bundled sample at two sizes (one export, dynamic height and widt
 translated ops (DeformConv, the matching Loop) on their own; the command's output rules.
 
 Agreement metric of the whole model: max |onnx - torch| / max |torch| over the output image."""
+
 from __future__ import annotations
 
 import collections
@@ -19,8 +20,15 @@ import torch.nn.functional as F
 import dzsr_kernels
 from dzsr.cli import main
 from dzsr.data.inputs import prepare_inputs
-from dzsr.export import (INPUT_NAMES, OUTPUT_NAME, ExportableSelfDZSR, load_model,
-                         matching_offsets_op, onnx_program, to_onnx)
+from dzsr.export import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    ExportableSelfDZSR,
+    load_model,
+    matching_offsets_op,
+    onnx_program,
+    to_onnx,
+)
 from dzsr.models import SelfDZSR
 from dzsr.models.reference_branch import matching_offsets
 from dzsr.sample import load_sample
@@ -77,8 +85,10 @@ def test_graph_contents(demo_onnx):
     assert "Resize" not in ops  # every resize places its points as PyTorch does (gathers, lerps)
     one_by_one = [t for t in demo_onnx.graph.initializer if list(t.dims) == [64, 1, 1, 1]]
     assert len(one_by_one) == 3  # the three LR AdaSTNs
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in list(demo_onnx.graph.input) + list(demo_onnx.graph.output)}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in list(demo_onnx.graph.input) + list(demo_onnx.graph.output)
+    }
     assert list(dims) == [*INPUT_NAMES, OUTPUT_NAME]
     assert dims["lr"][:2] == [1, 3] and all(isinstance(d, str) for d in dims["lr"][2:])
     assert dims["paste_box"] == [1, 4]
@@ -142,8 +152,12 @@ class _DeformConvs(torch.nn.Module):
 
 def _geometry(h: int, w: int):
     """x, offsets, A, b with taps landing between pixels and outside the image."""
-    return (torch.randn(1, 4, h, w), 4 * torch.randn(1, 18, h, w), 2 * torch.randn(1, 4, h, w),
-            3 * torch.randn(1, 2, h, w))
+    return (
+        torch.randn(1, 4, h, w),
+        4 * torch.randn(1, 18, h, w),
+        2 * torch.randn(1, 4, h, w),
+        3 * torch.randn(1, 2, h, w),
+    )
 
 
 def test_deform_conv_translation():
@@ -194,7 +208,7 @@ def _features(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Query and reference features (1,8,h,w); the reference's bottom rows repeat (exact ties,
     which go to the smallest index) and one query pixel is all zero."""
     query, ref = torch.randn(1, 8, h, w), torch.randn(1, 8, h, w)
-    ref[..., h // 2:, :] = ref[..., h // 2 : h // 2 + 1, :]
+    ref[..., h // 2 :, :] = ref[..., h // 2 : h // 2 + 1, :]
     query[..., 1, 2] = 0
     return query, ref
 
@@ -206,8 +220,14 @@ def test_matching_translation_over_several_chunks():
     would move them by whole pixels)."""
     height, width = torch.export.Dim("height", min=3), torch.export.Dim("width", min=3)
     dynamic = ({2: height, 3: width},) * 2
-    program = onnx_program(_Matching().eval(), _features(9, 11), dynamic, ["query", "ref"],
-                           ["offsets"], chunk_elements=5 * 7 * 9)
+    program = onnx_program(
+        _Matching().eval(),
+        _features(9, 11),
+        dynamic,
+        ["query", "ref"],
+        ["offsets"],
+        chunk_elements=5 * 7 * 9,
+    )
     session = _session(program.model_proto.SerializeToString())
     for h, w in [(9, 11), (12, 7)]:
         query, ref = _features(h, w)

@@ -1,4 +1,5 @@
 """The JIT build cache of the C++ kernels: one folder per source/flag hash, and locks that never hang."""
+
 import os
 import shutil
 import subprocess
@@ -23,7 +24,9 @@ def csrc_copy(tmp_path):
 
 def test_key_depends_on_source_bytes_not_location(csrc_copy):
     key = _ext.build_key(False, csrc_copy)
-    assert key == _ext.build_key(False, _ext.CSRC_DIR)  # same sources elsewhere: same binary, same folder
+    assert key == _ext.build_key(
+        False, _ext.CSRC_DIR
+    )  # same sources elsewhere: same binary, same folder
     header = next(csrc_copy.rglob("*.h"))
     header.write_text(header.read_text() + "\n// edited\n")
     assert _ext.build_key(False, csrc_copy) != key
@@ -112,13 +115,23 @@ def test_build_after_a_killed_build_does_not_hang(tmp_path):
         "os.makedirs(d); open(os.path.join(d, 'lock'), 'w').close()\n"
         "print(_ext.unavailable_reason('cpu'))\n"
     )
-    env = {**os.environ, "DZSR_CACHE_DIR": str(tmp_path), "CXX": "/bin/false", "MAX_JOBS": "1",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "DZSR_CACHE_DIR": str(tmp_path),
+        "CXX": "/bin/false",
+        "MAX_JOBS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     for torch_lock in ("new", "old"):
         cache = tmp_path / torch_lock
         env["DZSR_CACHE_DIR"] = str(cache)
-        out = subprocess.run([sys.executable, "-c", code, torch_lock], capture_output=True, text=True, env=env,
-                             timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", code, torch_lock],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         assert "compiler log:" in out.stdout
         assert f"for torch {torch.__version__} (CPU) failed" in out.stdout

@@ -12,15 +12,22 @@
 Magnitudes: "huge" keeps products of three factors finite (float32 1e12, float16 300), so overflow
 happens only where a NaN/Inf is injected; injected values then follow the rule of reference.py.
 """
+
 import os
 
 import pytest
 import torch
+from deform_conv_cases import (
+    EMULATED,
+    LAYOUTS,
+    check_packed_against_reference,
+    emulated_ops,
+    layout,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dzsr_kernels as dk
-from deform_conv_cases import EMULATED, LAYOUTS, check_packed_against_reference, emulated_ops, layout
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 HUGE = {torch.float64: 1e90, torch.float32: 1e12, torch.float16: 300.0, torch.bfloat16: 1e12}
@@ -73,14 +80,18 @@ BACKENDS = ["cpp", "cpp-planar", EMULATED]
 @FUZZ
 @given(problem=problems())
 def test_fuzz_backend_matches_reference(backend, problem):
-    os.environ["DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES"] = "0" if backend == "cpp-planar" else str(16 << 20)
+    os.environ["DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES"] = (
+        "0" if backend == "cpp-planar" else str(16 << 20)
+    )
     try:
         check_packed_against_reference("cpp" if backend == "cpp-planar" else backend, *problem)
     finally:
         os.environ.pop("DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES")
 
 
-@pytest.mark.skipif(not TRITON, reason="CPU tensors run Triton only under TRITON_INTERPRET=1 (set without a GPU)")
+@pytest.mark.skipif(
+    not TRITON, reason="CPU tensors run Triton only under TRITON_INTERPRET=1 (set without a GPU)"
+)
 @settings(FUZZ, max_examples=min(8, FUZZ.max_examples))
 @given(problem=problems())
 def test_fuzz_triton_matches_reference(problem):
@@ -111,7 +122,9 @@ def maybe_invalid_calls(draw):
 
     affine = draw(st.booleans())
     x = tensor((n, c, h, w))
-    geom = (tensor((n, 4, h, w)), tensor((n, 2, h, w))) if affine else (tensor((n, 2 * k * k, h, w)),)
+    geom = (
+        (tensor((n, 4, h, w)), tensor((n, 2, h, w))) if affine else (tensor((n, 2 * k * k, h, w)),)
+    )
     weight = tensor((c_out, max(c // g, 1), k, k))
     bias = tensor((c_out,)) if draw(st.booleans()) else None
     return affine, x, geom, weight, bias, groups
@@ -128,10 +141,14 @@ def test_fuzz_invalid_inputs_raise_one_clear_error(call):
             with dk.use_backend(backend):
                 results[backend] = fn(x, *geom, weight, bias, groups=groups)
         except (TypeError, ValueError) as e:
-            assert str(e).split()[0].rstrip(",") in ARG_NAMES, f"error does not start with an argument name: {e}"
+            assert str(e).split()[0].rstrip(",") in ARG_NAMES, (
+                f"error does not start with an argument name: {e}"
+            )
             results[backend] = type(e)
     assert results["reference"].__class__ == results["cpp"].__class__
     if isinstance(results["cpp"], torch.Tensor):
-        torch.testing.assert_close(results["cpp"], results["reference"], rtol=1e-4, atol=1e-4, equal_nan=True)
+        torch.testing.assert_close(
+            results["cpp"], results["reference"], rtol=1e-4, atol=1e-4, equal_nan=True
+        )
     else:
         assert results["cpp"] is results["reference"]

@@ -4,6 +4,7 @@
 every backend (reference, cpp, Triton under the interpreter in float32 and tf32, the CUDA kernel
 through the emulation), checked against the independent float64 brute force (NaN masks and NaN
 indices included) and against the reference backend; invalid draws must give one clear error."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from patch_match_oracle import LAYOUTS, check_match, emulated_cuda_kernel, run
 
 from dzsr_kernels._backend import unavailable_reason
 from dzsr_kernels.patch_match import reference
-from patch_match_oracle import LAYOUTS, check_match, emulated_cuda_kernel, run
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 # Magnitudes of the "huge" and "tiny" regimes per dtype: huge overflows a naive squared norm, tiny
@@ -54,7 +55,10 @@ def valid_inputs(draw, patch_sizes=(1, 3, 5)):
     hq, wq, hr, wr = (draw(st.integers(p, p + 3)) for _ in range(4))
     dtype, layout = draw(st.sampled_from(DTYPES)), draw(st.sampled_from(FUZZ_LAYOUTS))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    maps = [_values(draw(st.sampled_from(REGIMES)), n, c, h, w, dtype, gen) for h, w in ((hq, wq), (hr, wr))]
+    maps = [
+        _values(draw(st.sampled_from(REGIMES)), n, c, h, w, dtype, gen)
+        for h, w in ((hq, wq), (hr, wr))
+    ]
     for _ in range(draw(st.integers(0, 3)) if n else 0):
         x = maps[draw(st.integers(0, 1))]
         at = tuple(draw(st.integers(0, s - 1)) for s in x.shape)
@@ -78,7 +82,9 @@ def test_fuzz_cpu_backends(case, backend):
     check_against_reference(score, index, query, ref, p)
 
 
-@pytest.mark.skipif(not TRITON_OK, reason="Triton cannot run here (needs TRITON_INTERPRET=1, set by conftest)")
+@pytest.mark.skipif(
+    not TRITON_OK, reason="Triton cannot run here (needs TRITON_INTERPRET=1, set by conftest)"
+)
 @FEW
 @given(valid_inputs(), st.sampled_from(["float32", "tf32"]))
 def test_fuzz_triton_interpreter(case, precision):
@@ -96,7 +102,9 @@ def test_fuzz_emulated_cuda(case):
     """The CUDA kernel (patch sizes up to its limit of 7) inside match_prepared, as the cpp backend runs it."""
     query, ref, p = case
     kernel = emulated_cuda_kernel()
-    score, index = reference.match_prepared(*reference.prepare(query, ref, p, torch.float32), p, kernel)
+    score, index = reference.match_prepared(
+        *reference.prepare(query, ref, p, torch.float32), p, kernel
+    )
     check_match(score, index, query, ref, p)
     check_against_reference(score, index, query, ref, p)
 
@@ -121,9 +129,24 @@ def _invalid(kind, p, x):
     return x, x.long(), p, TypeError, "ref must be a floating"  # integer ref
 
 
-@given(st.sampled_from(["small_query", "small_ref", "no_channels", "mixed_dtypes", "channel_mismatch",
-                        "even_patch", "three_dims", "integer_ref"]),
-       st.sampled_from([1, 3, 5]), st.integers(1, 2), st.integers(1, 3), st.sampled_from(["reference", "cpp"]))
+@given(
+    st.sampled_from(
+        [
+            "small_query",
+            "small_ref",
+            "no_channels",
+            "mixed_dtypes",
+            "channel_mismatch",
+            "even_patch",
+            "three_dims",
+            "integer_ref",
+        ]
+    ),
+    st.sampled_from([1, 3, 5]),
+    st.integers(1, 2),
+    st.integers(1, 3),
+    st.sampled_from(["reference", "cpp"]),
+)
 def test_fuzz_invalid_inputs_give_one_clear_error(kind, p, n, c, backend):
     query, ref, patch_size, error, message = _invalid(kind, p, torch.randn(n, c, p + 1, p + 1))
     with pytest.raises(error, match=message):

@@ -11,41 +11,67 @@ sliced_wasserstein_oracle.check_backend checks it (equal NaN/inf masks, close fi
 tie-invariant signs); the CUDA forward is fuzzed through the emulation. Invalid combinations of
 shapes and dtypes must raise the one documented error.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sliced_wasserstein_oracle import (
+    LAYOUTS,
+    check_backend,
+    check_forward_outputs,
+    emulated_cuda_forward,
+    loss_and_grads,
+    with_layout,
+)
 
 import dzsr_kernels as dk
 from dzsr_kernels._checks import compute_dtype
 from dzsr_kernels.sliced_wasserstein import draw_projections, sliced_wasserstein_loss
-from sliced_wasserstein_oracle import (LAYOUTS, check_backend, check_forward_outputs, emulated_cuda_forward, loss_and_grads,
-                                       with_layout)
 
 NAN, INF = float("nan"), float("inf")
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 SPECIALS = [NAN, -NAN, INF, -INF, 0.0, -0.0]
 # The Triton interpreter computes inf - inf = NaN with numpy, which warns.
-INF_MINUS_INF_IN_NUMPY = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+INF_MINUS_INF_IN_NUMPY = pytest.mark.filterwarnings(
+    "ignore:invalid value encountered:RuntimeWarning"
+)
 # The Triton interpreter and the CUDA emulation are slower: a third of the profile's examples.
 FEW = max(4, settings.default.max_examples // 3)
 MAGNITUDE = {
     "unit": {d: 1.0 for d in DTYPES},
-    "huge": {torch.float64: 2.0**900, torch.float32: 2.0**100, torch.bfloat16: 2.0**100, torch.float16: 2.0**10},
-    "tiny": {torch.float64: 2.0**-900, torch.float32: 2.0**-100, torch.bfloat16: 2.0**-100, torch.float16: 2.0**-10},
+    "huge": {
+        torch.float64: 2.0**900,
+        torch.float32: 2.0**100,
+        torch.bfloat16: 2.0**100,
+        torch.float16: 2.0**10,
+    },
+    "tiny": {
+        torch.float64: 2.0**-900,
+        torch.float32: 2.0**-100,
+        torch.bfloat16: 2.0**-100,
+        torch.float16: 2.0**-10,
+    },
 }
 
 
 @st.composite
 def sw_cases(draw):
-    shape = [draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    shape = [
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 4)),
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 3)),
+    ]
     if draw(st.integers(0, 7)) == 0:  # one example in eight has an empty dim
         shape[draw(st.integers(0, 3))] = 0
     shape = tuple(shape)
     numel = shape[0] * shape[1] * shape[2] * shape[3]
-    places = st.tuples(st.sampled_from("uv"), st.integers(0, max(numel - 1, 0)), st.sampled_from(SPECIALS))
+    places = st.tuples(
+        st.sampled_from("uv"), st.integers(0, max(numel - 1, 0)), st.sampled_from(SPECIALS)
+    )
     return dict(
         shape=shape,
         num_proj=draw(st.integers(1, 3)),
@@ -122,9 +148,13 @@ def test_fuzz_emulated_cuda_forward_matches_reference(emulated, case):
 FLOAT_OR_NOT = DTYPES + [torch.int32, torch.bool]
 
 
-@given(shape_u=st.tuples(*[st.integers(0, 3)] * 4), shape_v=st.tuples(*[st.integers(0, 3)] * 4),
-       dtype_u=st.sampled_from(FLOAT_OR_NOT), dtype_v=st.sampled_from(FLOAT_OR_NOT),
-       proj_shape=st.tuples(st.integers(0, 2), st.integers(0, 4)))
+@given(
+    shape_u=st.tuples(*[st.integers(0, 3)] * 4),
+    shape_v=st.tuples(*[st.integers(0, 3)] * 4),
+    dtype_u=st.sampled_from(FLOAT_OR_NOT),
+    dtype_v=st.sampled_from(FLOAT_OR_NOT),
+    proj_shape=st.tuples(st.integers(0, 2), st.integers(0, 4)),
+)
 def test_fuzz_invalid_inputs_give_one_clear_error(shape_u, shape_v, dtype_u, dtype_v, proj_shape):
     """Random shapes and dtypes of u, v and proj: either a loss, or the documented error for the
     first thing wrong (in the order the API checks them), naming the argument."""

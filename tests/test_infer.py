@@ -1,4 +1,5 @@
 """Whole-image inference: exact halo tiling vs the untiled forward, inputs from images."""
+
 from __future__ import annotations
 
 from unittest import mock
@@ -35,7 +36,12 @@ def _inputs(h: int, w: int, scale: int):
     lr, ref = torch.rand(1, 3, h, w), torch.rand(1, 3, h, w)
     bh, bw = h // scale, w // scale
     y0, x0 = (h - bh) // 2, (w - bw) // 2
-    return lr, ref, torch.rand(1, 3, scale * bh, scale * bw), torch.tensor([[y0, y0 + bh, x0, x0 + bw]])
+    return (
+        lr,
+        ref,
+        torch.rand(1, 3, scale * bh, scale * bw),
+        torch.tensor([[y0, y0 + bh, x0, x0 + bw]]),
+    )
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
@@ -66,8 +72,9 @@ def test_tiled_equals_untiled_batch_without_paste():
 def _widened(conv: nn.Conv2d, kernel: int) -> nn.Conv2d:
     """A fresh 'same' convolution like ``conv`` with a ``kernel`` x ``kernel`` kernel, its default
     weights x5 so that the outer taps visibly matter."""
-    wide = nn.Conv2d(conv.in_channels, conv.out_channels, kernel, padding=kernel // 2,
-                     groups=conv.groups)
+    wide = nn.Conv2d(
+        conv.in_channels, conv.out_channels, kernel, padding=kernel // 2, groups=conv.groups
+    )
     with torch.no_grad():
         wide.weight.mul_(5.0)
     return wide
@@ -90,18 +97,41 @@ def _widen_upsampler(model):
 # (change, the stage halo the tiler reads, its value before -> after, the layer group whose own
 # halo the change grows: its class, the property's name, where it sits in the model)
 WIDENED = [
-    (_widen_estimator, lambda m: m.restoration.reference.align.estimate_halo, 4, 5,
-     OffsetEstimator, "halo", lambda m: m.restoration.reference.align.offsets),
-    (_widen_block, lambda m: m.restoration.body_halo, 5, 6,
-     ResidualBlock, "halo", lambda m: m.restoration.blocks[1]),
-    (_widen_upsampler, lambda m: m.restoration.upsample_halo, 2, 3,
-     PixelShuffleUpsampler, "reach", lambda m: m.restoration.upsampler),
+    (
+        _widen_estimator,
+        lambda m: m.restoration.reference.align.estimate_halo,
+        4,
+        5,
+        OffsetEstimator,
+        "halo",
+        lambda m: m.restoration.reference.align.offsets,
+    ),
+    (
+        _widen_block,
+        lambda m: m.restoration.body_halo,
+        5,
+        6,
+        ResidualBlock,
+        "halo",
+        lambda m: m.restoration.blocks[1],
+    ),
+    (
+        _widen_upsampler,
+        lambda m: m.restoration.upsample_halo,
+        2,
+        3,
+        PixelShuffleUpsampler,
+        "reach",
+        lambda m: m.restoration.upsampler,
+    ),
 ]
 
 
-@pytest.mark.parametrize("change,halo,before,after,owner,name,layers", WIDENED,
-                         ids=["estimator 5x5->7x7", "block conv 3x3->5x5",
-                              "upsampler conv 3x3->5x5"])
+@pytest.mark.parametrize(
+    "change,halo,before,after,owner,name,layers",
+    WIDENED,
+    ids=["estimator 5x5->7x7", "block conv 3x3->5x5", "upsampler conv 3x3->5x5"],
+)
 def test_tiler_follows_a_stage_whose_kernel_grows(change, halo, before, after, owner, name, layers):
     """A stage with a larger kernel has a larger halo, computed from its layers, and tiling it stays
     exact; the same tiling with that layer group's halo held at its old value is not."""
@@ -142,7 +172,9 @@ def test_full_depth_model_halo_tiles_match():
     model = SelfDZSR(4).eval()
     lr, ref, paste_ref, box = _inputs(21, 18, 4)
     whole = super_resolve(model, lr, ref, paste_ref, box, tile=None)
-    torch.testing.assert_close(super_resolve(model, lr, ref, paste_ref, box, tile=8), whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        super_resolve(model, lr, ref, paste_ref, box, tile=8), whole, atol=1e-5, rtol=0
+    )
 
 
 def test_split_tiles_cover_exactly_once():
@@ -162,8 +194,14 @@ def test_stage_halos_of_the_default_model():
     convs + the body tail 33, upsampler + tail 1/1 + 1/2 (+ 1/4 at x4) LR px, rounded up."""
     for scale in (2, 3, 4):
         net = SelfDZSR(scale).restoration
-        halos = (net.lr_features_halo, net.reference.align.estimate_halo, net.align_lr_halo,
-                 net.fuse_halo, net.body_halo, net.upsample_halo)
+        halos = (
+            net.lr_features_halo,
+            net.reference.align.estimate_halo,
+            net.align_lr_halo,
+            net.fuse_halo,
+            net.body_halo,
+            net.upsample_halo,
+        )
         assert halos == (1, 4, 0, 1, 33, 2)
 
 

@@ -1,5 +1,6 @@
 """``prepare_inputs(align="auto")``: an already aligned telephoto is used as it is, a raw one is
 aligned (``dzsr.data.prepare.residual_motion``)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,7 +42,8 @@ def test_aligned_telephoto_is_used_as_it_is(name, scale):
     assert np.allclose(auto["paste_ref"][0].permute(1, 2, 0).numpy(), to_float(cut), atol=1e-6)
     # re-aligning it instead warps, colour-matches and trims it
     assert prepare_inputs(short, cut, scale, align="always")["alignment"].startswith(
-        "telephoto aligned: DIS flow warp")
+        "telephoto aligned: DIS flow warp"
+    )
 
 
 @pytest.mark.parametrize("name,scale", [("motorcycle", 4), ("chelsea", 2)])

@@ -1,4 +1,5 @@
 """Metrics (dzsr.metrics), folder evaluation (dzsr.evaluate) and offline weight loading."""
+
 import csv
 import importlib.util
 import math
@@ -13,8 +14,18 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 import dzsr.metrics as metrics
 from dzsr.data import write_rgb
 from dzsr.evaluate import column_header, evaluate_folder, format_table, summarize, write_csv
-from dzsr.metrics import (LPIPS, central_region, corner_strips, image_metrics, lpips_lin_path, luma,
-                          mse, psnr, psnr_from_mse, ssim)
+from dzsr.metrics import (
+    LPIPS,
+    central_region,
+    corner_strips,
+    image_metrics,
+    lpips_lin_path,
+    luma,
+    mse,
+    psnr,
+    psnr_from_mse,
+    ssim,
+)
 
 
 @pytest.fixture
@@ -29,21 +40,30 @@ def noisy_pair(rng, h, w, sigma=0.08):
 
 # ---------------------------------------------------------------- PSNR / SSIM vs scikit-image
 
+
 @pytest.mark.parametrize("shape", [(11, 11), (37, 52), (64, 41)])
 def test_psnr_and_ssim_match_skimage(rng, shape):
     sr, gt = noisy_pair(rng, *shape)
     assert psnr(sr, gt) == pytest.approx(peak_signal_noise_ratio(gt, sr, data_range=1.0), abs=1e-10)
     for sample_cov in (False, True):
-        expected = structural_similarity(sr, gt, gaussian_weights=True, sigma=1.5, use_sample_covariance=sample_cov,
-                                         data_range=1.0, channel_axis=-1)
+        expected = structural_similarity(
+            sr,
+            gt,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=sample_cov,
+            data_range=1.0,
+            channel_axis=-1,
+        )
         assert ssim(sr, gt, sample_covariance=sample_cov) == pytest.approx(expected, abs=1e-10)
 
 
 def test_ssim_row_bands_are_exact(rng, monkeypatch):
     monkeypatch.setattr(metrics, "SSIM_BAND_ROWS", 7)  # many bands, a short last one
     sr, gt = noisy_pair(rng, 61, 45)
-    expected = structural_similarity(sr, gt, win_size=11, gaussian_weights=True, data_range=1.0,
-                                     channel_axis=-1)
+    expected = structural_similarity(
+        sr, gt, win_size=11, gaussian_weights=True, data_range=1.0, channel_axis=-1
+    )
     assert ssim(sr, gt) == pytest.approx(expected, abs=1e-12)
 
 
@@ -56,8 +76,9 @@ def test_metrics_accept_tensors_non_contiguous_and_uint8(rng):
     assert ssim(sr_t, gt_t) == pytest.approx(expected_ssim, abs=1e-12)
     assert psnr(sr_t.float(), gt) == pytest.approx(expected_psnr, abs=1e-4)
     sr8, gt8 = np.rint(sr * 255).astype(np.uint8), np.rint(gt * 255).astype(np.uint8)
-    expected = structural_similarity(sr8, gt8, win_size=11, gaussian_weights=True, data_range=255,
-                                     channel_axis=-1)  # the authors' call (sample covariance)
+    expected = structural_similarity(
+        sr8, gt8, win_size=11, gaussian_weights=True, data_range=255, channel_axis=-1
+    )  # the authors' call (sample covariance)
     assert ssim(sr8, gt8) == pytest.approx(expected, abs=1e-10)
 
 
@@ -77,6 +98,7 @@ def test_identical_images_and_bad_inputs(rng):
 
 
 # ---------------------------------------------------------------- Corner-Image arithmetic
+
 
 @pytest.mark.parametrize("h,w,s", [(100, 148, 4), (37, 53, 2), (500, 740, 4), (31, 45, 3)])
 def test_corner_strips_tile_the_image_around_the_centre(h, w, s):
@@ -99,27 +121,32 @@ def authors_strips(img, s):
     h, w = img.shape[:2]
     top, left = (h - h // s) // 2, (w - w // s) // 2
     mid = slice(left, left + w // s)
-    return [img[:, :left], img[:top, mid], img[top + h // s:, mid], img[:, left + w // s:]]
+    return [img[:, :left], img[:top, mid], img[top + h // s :, mid], img[:, left + w // s :]]
 
 
 def authors_metrics(sr8, gt8, s, y=False):
     """The authors' formula on uint8 HWC images, computed with skimage: Full and Corner PSNR
     (corner: area-weighted MSE) and SSIM (corner: plain mean of the strips), data range 255; with
     ``y``, on skimage's BT.601 luma in [16, 235]."""
+
     def prep(img):
         return rgb2ycbcr(img)[..., 0] if y else img.astype(np.float64)
 
     def ssim255(a, b):
-        return structural_similarity(a, b, win_size=11, gaussian_weights=True, data_range=255,
-                                     channel_axis=None if y else -1)
+        return structural_similarity(
+            a, b, win_size=11, gaussian_weights=True, data_range=255, channel_axis=None if y else -1
+        )
 
     a, b = prep(sr8), prep(gt8)
     parts = list(zip(authors_strips(a, s), authors_strips(b, s)))
     areas = [p.shape[0] * p.shape[1] for p, _ in parts]
     corner_mse = sum(np.mean(((p - q) / 255) ** 2) * n for (p, q), n in zip(parts, areas))
-    return {"psnr": peak_signal_noise_ratio(b, a, data_range=255), "ssim": ssim255(a, b),
-            "psnr_corner": -10 * math.log10(corner_mse / sum(areas)),
-            "ssim_corner": sum(ssim255(p, q) for p, q in parts) / 4}
+    return {
+        "psnr": peak_signal_noise_ratio(b, a, data_range=255),
+        "ssim": ssim255(a, b),
+        "psnr_corner": -10 * math.log10(corner_mse / sum(areas)),
+        "ssim_corner": sum(ssim255(p, q) for p, q in parts) / 4,
+    }
 
 
 @pytest.mark.parametrize("h,w,s", [(61, 83, 2), (97, 131, 4), (123, 77, 4), (55, 91, 2)])
@@ -131,8 +158,12 @@ def test_image_metrics_follow_the_authors_protocol(rng, h, w, s, y):
     out = image_metrics(sr8, gt8, s, y_channel=y)
     expected = authors_metrics(sr8, gt8, s, y)
     suffix = "_y" if y else ""
-    assert list(out) == [f"psnr{suffix}", f"ssim{suffix}", f"psnr{suffix}_corner",
-                         f"ssim{suffix}_corner"]
+    assert list(out) == [
+        f"psnr{suffix}",
+        f"ssim{suffix}",
+        f"psnr{suffix}_corner",
+        f"ssim{suffix}_corner",
+    ]
     for key, value in expected.items():
         ours = out[key.replace("psnr", "psnr" + suffix).replace("ssim", "ssim" + suffix)]
         assert ours == pytest.approx(value, abs=1e-9), key
@@ -185,6 +216,7 @@ def test_corner_image_ignores_the_centre(rng):
 
 # ---------------------------------------------------------------- LPIPS
 
+
 def test_lpips_random_weights_zero_for_identical_positive_otherwise():
     model = LPIPS()
     x = torch.rand(2, 3, 48, 64)
@@ -194,7 +226,9 @@ def test_lpips_random_weights_zero_for_identical_positive_otherwise():
     d_xy = model(x, y)
     assert (d_xy > 0).all()
     assert torch.allclose(d_xy, model(y, x), rtol=1e-5, atol=1e-7)  # symmetric
-    assert (model(x, (x + 0.02 * torch.randn_like(x)).clamp(0, 1)) < d_xy).all()  # grows with distortion
+    assert (
+        model(x, (x + 0.02 * torch.randn_like(x)).clamp(0, 1)) < d_xy
+    ).all()  # grows with distortion
     with pytest.raises(ValueError, match="at least 31x31"):
         model(x[..., :30, :], y[..., :30, :])
 
@@ -202,7 +236,9 @@ def test_lpips_random_weights_zero_for_identical_positive_otherwise():
 def test_lpips_matches_a_direct_computation():
     """Same value as the LPIPS formula written out by hand on torchvision's AlexNet."""
     alex = torchvision.models.alexnet(weights=None).eval()
-    lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) / c for k, c in enumerate(LPIPS.CHANNELS)}
+    lin = {
+        f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) / c for k, c in enumerate(LPIPS.CHANNELS)
+    }
     model = LPIPS().load_weights(alex.state_dict(), lin)
     x, y = torch.rand(2, 3, 40, 52), torch.rand(2, 3, 40, 52)
     shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
@@ -214,13 +250,17 @@ def test_lpips_matches_a_direct_computation():
         fx, fy = alex.features[start:end](fx), alex.features[start:end](fy)
         nx = fx / (fx.norm(dim=1, keepdim=True) + 1e-10)
         ny = fy / (fy.norm(dim=1, keepdim=True) + 1e-10)
-        expected = expected + ((nx - ny) ** 2 * lin[f"lin{k}.model.1.weight"]).sum(1).mean(dim=(1, 2))
+        expected = expected + ((nx - ny) ** 2 * lin[f"lin{k}.model.1.weight"]).sum(1).mean(
+            dim=(1, 2)
+        )
         start = end
     with torch.no_grad():
         assert torch.allclose(model(x, y), expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lpips") is None, reason="optional `lpips` package not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("lpips") is None, reason="optional `lpips` package not installed"
+)
 def test_lpips_matches_the_reference_package():
     import lpips
 
@@ -230,7 +270,9 @@ def test_lpips_matches_the_reference_package():
     model = LPIPS().load_weights(alex, lin)
     x, y = torch.rand(2, 3, 64, 48), torch.rand(2, 3, 64, 48)
     with torch.no_grad():
-        assert torch.allclose(model(x, y), ref(x * 2 - 1, y * 2 - 1).flatten(), rtol=1e-5, atol=1e-7)
+        assert torch.allclose(
+            model(x, y), ref(x * 2 - 1, y * 2 - 1).flatten(), rtol=1e-5, atol=1e-7
+        )
 
 
 def test_image_metrics_with_lpips_on_strips(rng):
@@ -240,26 +282,39 @@ def test_image_metrics_with_lpips_on_strips(rng):
     area = image_metrics(sr, gt, 4, lpips=model, corner_weighting="area", y_channel=True)
     strips = corner_strips(128, 160, 4).values()
     areas = [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in strips]
-    values = [metrics.lpips_distance(model, sr[y0:y1, x0:x1], gt[y0:y1, x0:x1])
-              for y0, y1, x0, x1 in strips]
+    values = [
+        metrics.lpips_distance(model, sr[y0:y1, x0:x1], gt[y0:y1, x0:x1])
+        for y0, y1, x0, x1 in strips
+    ]
     assert out["lpips_corner"] == pytest.approx(np.mean(values), rel=1e-6)
     assert area["lpips_corner_area"] == pytest.approx(np.dot(areas, values) / sum(areas), rel=1e-6)
     assert out["lpips"] == pytest.approx(metrics.lpips_distance(model, sr, gt), rel=1e-6)
     assert out["lpips"] > 0 and area["lpips"] == out["lpips"]  # LPIPS stays on RGB with y_channel
-    assert list(area) == ["psnr_y", "ssim_y", "lpips", "psnr_y_corner", "ssim_y_corner_area",
-                          "lpips_corner_area"]
+    assert list(area) == [
+        "psnr_y",
+        "ssim_y",
+        "lpips",
+        "psnr_y_corner",
+        "ssim_y_corner_area",
+        "lpips_corner_area",
+    ]
 
 
 # ---------------------------------------------------------------- offline weights
 
+
 def test_missing_weights_give_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(metrics, "installed_lpips_dir", lambda: None)
-    with pytest.raises(FileNotFoundError, match=r"alexnet-owt-7be5be79\.pth not found in .*hub/checkpoints"):
+    with pytest.raises(
+        FileNotFoundError, match=r"alexnet-owt-7be5be79\.pth not found in .*hub/checkpoints"
+    ):
         LPIPS.from_pretrained()
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         LPIPS.from_pretrained(alexnet_path=str(tmp_path / "nope.pth"))
-    with pytest.raises(FileNotFoundError, match=r"lin weights not found.*pip install lpips.*lpips_v0\.1_alex\.pth"):
+    with pytest.raises(
+        FileNotFoundError, match=r"lin weights not found.*pip install lpips.*lpips_v0\.1_alex\.pth"
+    ):
         lpips_lin_path()
     with pytest.raises(FileNotFoundError, match="missing_lin.pth"):
         lpips_lin_path(str(tmp_path / "missing_lin.pth"))
@@ -286,6 +341,7 @@ def test_from_pretrained_loads_hub_and_package_files(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- folder evaluation
 
+
 def test_evaluate_folder_rows_csv_and_table(tmp_path, rng):
     gts = {}
     for name in ("DSC_0001_x4.png", "DSC_0002_x4.png"):
@@ -310,13 +366,20 @@ def test_evaluate_folder_rows_csv_and_table(tmp_path, rng):
     assert float(read[0]["ssim_corner"]) == pytest.approx(rows[0]["ssim_corner"])
     text = format_table(table)
     assert "Corner PSNR" in text and "DSC_0002_x4.png" in text and f"{rows[0]['psnr']:.2f}" in text
-    y_rows = evaluate_folder(tmp_path / "sr", tmp_path / "gt", 4, corner_weighting="area",
-                             y_channel=True)
-    assert [k for k in y_rows[0] if k != "name"] == ["psnr_y", "ssim_y", "psnr_y_corner",
-                                                      "ssim_y_corner_area"]
+    y_rows = evaluate_folder(
+        tmp_path / "sr", tmp_path / "gt", 4, corner_weighting="area", y_channel=True
+    )
+    assert [k for k in y_rows[0] if k != "name"] == [
+        "psnr_y",
+        "ssim_y",
+        "psnr_y_corner",
+        "ssim_y_corner_area",
+    ]
     header = format_table(summarize(y_rows)).splitlines()[0]
-    assert header == ("| image | Full PSNR (Y) | Full SSIM (Y) | Corner PSNR (Y) "
-                      "| Corner SSIM (Y, area-weighted) |")
+    assert header == (
+        "| image | Full PSNR (Y) | Full SSIM (Y) | Corner PSNR (Y) "
+        "| Corner SSIM (Y, area-weighted) |"
+    )
     assert column_header("lpips_corner") == "Corner LPIPS"
 
 
@@ -347,9 +410,13 @@ def test_pretrained_load_state_dict_paths(tmp_path, monkeypatch):
     torch.save(state, tmp_path / "hub" / "checkpoints" / "a.pth")
     torch.save({"state_dict": state}, tmp_path / "b.pth")
     assert torch.equal(load_state_dict("a.pth")["w"], state["w"])  # hub cache
-    assert torch.equal(load_state_dict("b.pth", tmp_path / "b.pth")["w"], state["w"])  # file, unwrapped
+    assert torch.equal(
+        load_state_dict("b.pth", tmp_path / "b.pth")["w"], state["w"]
+    )  # file, unwrapped
     assert torch.equal(load_state_dict("b.pth", tmp_path)["w"], state["w"])  # folder holding it
     with pytest.raises(FileNotFoundError, match=r"c\.pth not found in .*hub/checkpoints"):
         load_state_dict("c.pth")
-    with pytest.raises(FileNotFoundError, match=r"c\.pth not found: .*nowhere/c\.pth does not exist"):
+    with pytest.raises(
+        FileNotFoundError, match=r"c\.pth not found: .*nowhere/c\.pth does not exist"
+    ):
         load_state_dict("c.pth", tmp_path / "nowhere" / "c.pth")

@@ -1,4 +1,5 @@
 """SelfDZSR networks: shapes, parameter counts, backend agreement, P=0 path, determinism, training."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,8 +9,12 @@ from dzsr.losses import SelfDZSRObjective, kernel_centroid_loss, kernel_gen_loss
 from dzsr.models import AdaSTN, KernelGen, MatchingExtractor, SelfDZSR, space_to_depth
 from dzsr.models.blocks import conv_halo
 
-FAST = [b for b in ("cpp",) if b in dzsr_kernels.available_backends("cpu", "deform_conv2d")
-        and b in dzsr_kernels.available_backends("cpu", "patch_match")]
+FAST = [
+    b
+    for b in ("cpp",)
+    if b in dzsr_kernels.available_backends("cpu", "deform_conv2d")
+    and b in dzsr_kernels.available_backends("cpu", "patch_match")
+]
 
 
 def n_params(module):
@@ -26,7 +31,9 @@ def batch(scale, n=2, h=12, w=12, box=4):
     return dict(lr=lr, ref=ref, paste_ref=paste_ref, paste_box=boxes, gt=gt, noise=noise)
 
 
-@pytest.mark.parametrize("scale,restoration,kernel_gen", [(4, 2_054_265, 630_927), (2, 1_885_817, 515_727)])
+@pytest.mark.parametrize(
+    "scale,restoration,kernel_gen", [(4, 2_054_265, 630_927), (2, 1_885_817, 515_727)]
+)
 def test_parameter_counts_equal_the_authors(scale, restoration, kernel_gen):
     model = SelfDZSR(scale)
     assert n_params(model.restoration) == restoration
@@ -60,7 +67,9 @@ def test_output_shapes_train_and_eval_including_odd_sizes(scale, size):
     assert not out.pseudo_lr.requires_grad and out.pseudo_lr.min() >= 0 and out.pseudo_lr.max() <= 1
     model.eval()
     with torch.no_grad():
-        sr = model(b["lr"], b["ref"], predictor_lr=b["lr"][:, :, :5, :5], predictor_ref=b["paste_ref"]).sr
+        sr = model(
+            b["lr"], b["ref"], predictor_lr=b["lr"][:, :, :5, :5], predictor_ref=b["paste_ref"]
+        ).sr
     assert sr.shape == (2, 3, scale * h, scale * w) and torch.isfinite(sr).all()
 
 
@@ -95,8 +104,11 @@ def test_conv_halo_from_kernel_and_dilation_and_refuses_what_tiles_cannot_cut():
     assert conv_halo(torch.nn.Conv2d(4, 4, (3, 7), padding=(1, 3))) == 3
     assert conv_halo(torch.nn.Conv2d(4, 4, 5, padding=4, dilation=2)) == 4
     assert conv_halo(torch.nn.Conv2d(4, 4, 1)) == 0
-    for conv in (torch.nn.Conv2d(4, 4, 3, stride=2, padding=1), torch.nn.Conv2d(4, 4, 3),
-                 torch.nn.Conv2d(4, 4, 2, padding=1)):
+    for conv in (
+        torch.nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        torch.nn.Conv2d(4, 4, 3),
+        torch.nn.Conv2d(4, 4, 2, padding=1),
+    ):
         with pytest.raises(ValueError, match="no pixel halo"):
             conv_halo(conv)
 
@@ -107,7 +119,9 @@ def _run(model, b, backend, seed):
         out = model(**b)
         loss = out.sr.square().mean() + out.degraded.abs().mean()
         # With every sample's offsets dropped (P=0) an offset estimator is unused: its grads are None.
-        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        grads = torch.autograd.grad(
+            loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True
+        )
     return out.sr.detach(), grads
 
 
@@ -140,7 +154,9 @@ def test_fast_backend_equals_reference_in_eval_mode(backend):
     outs = []
     for name in ("reference", backend):
         with dzsr_kernels.use_backend(name), torch.no_grad():
-            outs.append(model(b["lr"], b["ref"], paste_ref=b["paste_ref"], paste_box=b["paste_box"]).sr)
+            outs.append(
+                model(b["lr"], b["ref"], paste_ref=b["paste_ref"], paste_box=b["paste_box"]).sr
+            )
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
 
 
@@ -150,7 +166,9 @@ def test_p0_fast_path_equals_deformable_path_with_zero_offsets():
     zeros_a, zeros_b = torch.zeros(2, 4, 7, 9), torch.zeros(2, 2, 7, 9)
     fast = ada(x, target, use_offsets=False)
     with dzsr_kernels.use_backend("reference"):
-        deform = F.leaky_relu(dzsr_kernels.affine_deform_conv2d(x, zeros_a, zeros_b, ada.deform.weight, groups=8), 0.2)
+        deform = F.leaky_relu(
+            dzsr_kernels.affine_deform_conv2d(x, zeros_a, zeros_b, ada.deform.weight, groups=8), 0.2
+        )
     torch.testing.assert_close(fast, deform, rtol=1e-5, atol=1e-6)
     ada.train()
     ada.drop_prob = 1.0  # every sample replaced by P=0 in training
@@ -167,8 +185,12 @@ def _distance_to_kinks(ada: AdaSTN, x: torch.Tensor, t: torch.Tensor) -> float:
         A, b = est(x, t)
         g = torch.tensor([-1.0, 0.0, 1.0], dtype=x.dtype)
         gy, gx = (v.reshape(-1, 1, 1, 1, 1) for v in torch.meshgrid(g, g, indexing="ij"))
-        qy, qx = torch.meshgrid(*(torch.arange(n, dtype=x.dtype) for n in x.shape[-2:]), indexing="ij")
-        coords = torch.cat([qy + A[:, 0] * gy + A[:, 1] * gx + b[:, 0], qx + A[:, 2] * gy + A[:, 3] * gx + b[:, 1]])
+        qy, qx = torch.meshgrid(
+            *(torch.arange(n, dtype=x.dtype) for n in x.shape[-2:]), indexing="ij"
+        )
+        coords = torch.cat(
+            [qy + A[:, 0] * gy + A[:, 1] * gx + b[:, 0], qx + A[:, 2] * gy + A[:, 3] * gx + b[:, 1]]
+        )
         frac = (coords - coords.round()).abs()
         out = ada.deform(x, A, b)
     return min(float(v.abs().min()) for v in (h1, h2, out, frac))
@@ -219,9 +241,18 @@ def test_paste_probability_zero_and_one_in_training_and_always_in_eval():
         model.restoration.reference.paste_prob = 1.0
         pasted = model(**b).sr
         model.eval()
-        predictor = dict(predictor_lr=torch.stack([b["lr"][i, :, y0:y1, x0:x1] for i, (y0, y1, x0, x1)
-                                                   in enumerate(b["paste_box"].tolist())]), predictor_ref=b["paste_ref"])
-        eval_pasted = model(b["lr"], b["ref"], paste_ref=b["paste_ref"], paste_box=b["paste_box"]).sr
+        predictor = dict(
+            predictor_lr=torch.stack(
+                [
+                    b["lr"][i, :, y0:y1, x0:x1]
+                    for i, (y0, y1, x0, x1) in enumerate(b["paste_box"].tolist())
+                ]
+            ),
+            predictor_ref=b["paste_ref"],
+        )
+        eval_pasted = model(
+            b["lr"], b["ref"], paste_ref=b["paste_ref"], paste_box=b["paste_box"]
+        ).sr
         eval_plain = model(b["lr"], b["ref"], **predictor).sr
     assert not torch.allclose(no_paste, pasted)
     assert not torch.allclose(eval_pasted, eval_plain)
@@ -251,17 +282,23 @@ def test_extractor_is_frozen():
     assert q.shape == r.shape == (1, 256, 3, 4) and not q.requires_grad
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(ref=torch.rand(2, 3, 12, 13)), r"ref must be \(N,3,12,12\)"),
-    (dict(lr=torch.rand(2, 3, 11, 12), ref=torch.rand(2, 3, 11, 12)), "at least 12x12"),
-    (dict(noise=None), "both gt and noise"),
-    (dict(paste_box=torch.tensor([[0, 5, 0, 4], [0, 4, 0, 4]])), r"must be a 4x4 box"),
-    (dict(paste_box=torch.zeros(2, 3, dtype=torch.long)), r"paste_box must be an integer tensor \(N=2, 4\)"),
-    (dict(paste_box=None), "both paste_ref and paste_box"),
-    (dict(paste_box=torch.tensor([[0, 4, 10, 14], [0, 4, 0, 4]])), r"inside the 12x12 LR"),
-    (dict(lr=torch.rand(2, 1, 12, 12)), r"lr must be a float tensor \(N,3,H,W\)"),
-    (dict(paste_ref=None, paste_box=None), "give predictor_lr and predictor_ref"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(ref=torch.rand(2, 3, 12, 13)), r"ref must be \(N,3,12,12\)"),
+        (dict(lr=torch.rand(2, 3, 11, 12), ref=torch.rand(2, 3, 11, 12)), "at least 12x12"),
+        (dict(noise=None), "both gt and noise"),
+        (dict(paste_box=torch.tensor([[0, 5, 0, 4], [0, 4, 0, 4]])), r"must be a 4x4 box"),
+        (
+            dict(paste_box=torch.zeros(2, 3, dtype=torch.long)),
+            r"paste_box must be an integer tensor \(N=2, 4\)",
+        ),
+        (dict(paste_box=None), "both paste_ref and paste_box"),
+        (dict(paste_box=torch.tensor([[0, 4, 10, 14], [0, 4, 0, 4]])), r"inside the 12x12 LR"),
+        (dict(lr=torch.rand(2, 1, 12, 12)), r"lr must be a float tensor \(N,3,H,W\)"),
+        (dict(paste_ref=None, paste_box=None), "give predictor_lr and predictor_ref"),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(kwargs, match):
     model = SelfDZSR(4, paste_prob=1.0)
     b = {**batch(4), **kwargs}
@@ -303,7 +340,9 @@ def test_kernel_gen_loss_and_objective_add_up():
     k_total, k_parts = kernel_gen_loss(out.degraded, b["lr"], out.kernels)
     expected = F.l1_loss(out.sr, b["gt"]) + 0.5 * (out.sr - b["gt"]).square().mean() + k_total
     torch.testing.assert_close(total, expected)
-    torch.testing.assert_close(k_parts["kernel_centroid"], 100 * sum(kernel_centroid_loss(w) for w in out.kernels).detach())
+    torch.testing.assert_close(
+        k_parts["kernel_centroid"], 100 * sum(kernel_centroid_loss(w) for w in out.kernels).detach()
+    )
     assert sw_calls == [out.sr.shape]
     with pytest.raises(ValueError, match="training forward"):
         SelfDZSRObjective()(type(out)(sr=out.sr), b["gt"], b["lr"])
@@ -331,5 +370,7 @@ def test_cuda_backends_equal_reference_in_train_and_eval(backend, exact_float32_
         outs = []
         for name in ("reference", backend):
             with dzsr_kernels.use_backend(name):
-                outs.append(model(b["lr"], b["ref"], paste_ref=b["paste_ref"], paste_box=b["paste_box"]).sr)
+                outs.append(
+                    model(b["lr"], b["ref"], paste_ref=b["paste_ref"], paste_box=b["paste_box"]).sr
+                )
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)

@@ -1,5 +1,6 @@
 """No user file is ever lost: output checks, atomic writes (full disk, failures), complete-image and
 checkpoint reads, the training folder guard and Ctrl-C during training (dzsr.outputs, dzsr.train)."""
+
 from __future__ import annotations
 
 import errno
@@ -60,9 +61,11 @@ def _full_disk(monkeypatch, room=10):
 def _writers(tmp_path):
     rng = np.random.default_rng(0)
     rows = [{"name": "a", "psnr": 30.0, "ssim": 0.9, "psnr_corner": 29.0, "ssim_corner": 0.8}]
-    return {"image": (tmp_path / "x.png", lambda p: write_rgb(p, _image(rng))),
-            "csv": (tmp_path / "x.csv", lambda p: write_csv(rows, p)),
-            "checkpoint": (tmp_path / "x.pt", lambda p: save_checkpoint(p, SelfDZSR(2)))}
+    return {
+        "image": (tmp_path / "x.png", lambda p: write_rgb(p, _image(rng))),
+        "csv": (tmp_path / "x.csv", lambda p: write_csv(rows, p)),
+        "checkpoint": (tmp_path / "x.pt", lambda p: save_checkpoint(p, SelfDZSR(2))),
+    }
 
 
 @pytest.mark.parametrize("kind", ["image", "csv", "checkpoint"])
@@ -72,7 +75,10 @@ def test_full_disk_keeps_the_old_file_and_leaves_no_temporary(kind, tmp_path, mo
     _full_disk(monkeypatch)
     with pytest.raises(OutputError) as err:
         write(path)
-    assert str(err.value) == f"cannot write {path}: no space left on device" and err.value.errno == errno.ENOSPC
+    assert (
+        str(err.value) == f"cannot write {path}: no space left on device"
+        and err.value.errno == errno.ENOSPC
+    )
     assert path.read_bytes() == b"the user's old file"
     assert sorted(os.listdir(tmp_path)) == [path.name]
 
@@ -83,7 +89,9 @@ def test_writes_replace_only_when_complete(kind, tmp_path):
     path.write_bytes(b"old")
     os.chmod(path, 0o640)
     write(path)
-    assert path.read_bytes() != b"old" and os.stat(path).st_mode & 0o777 == 0o640  # replaced, mode kept
+    assert (
+        path.read_bytes() != b"old" and os.stat(path).st_mode & 0o777 == 0o640
+    )  # replaced, mode kept
     assert sorted(os.listdir(tmp_path)) == [path.name]
 
 
@@ -115,18 +123,29 @@ def test_check_output_refuses_every_alias_of_an_input(tmp_path):
     os.symlink(photo, tmp_path / "link.png")
     os.link(photo, tmp_path / "hard.png")
     os.makedirs(tmp_path / "sub")
-    for alias in (photo, tmp_path / "link.png", tmp_path / "hard.png", tmp_path / "sub" / ".." / "photo.png"):
+    for alias in (
+        photo,
+        tmp_path / "link.png",
+        tmp_path / "hard.png",
+        tmp_path / "sub" / ".." / "photo.png",
+    ):
         with pytest.raises(OutputError, match="is the input file"):
             check_output(alias, "--out", (".png",), inputs=[str(photo)])
-    assert check_output(tmp_path / "other.png", "--out", (".png",), inputs=[str(photo)]) == str(tmp_path / "other.png")
+    assert check_output(tmp_path / "other.png", "--out", (".png",), inputs=[str(photo)]) == str(
+        tmp_path / "other.png"
+    )
     assert os.listdir(tmp_path / "sub") == []  # the writability probe leaves nothing behind
 
 
 def test_check_output_names_the_problem(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
-    cases = {"": "empty output path", str(tmp_path / "noext"): "no file extension",
-             str(tmp_path / "a.xyz"): "unknown extension '.xyz'", str(tmp_path): "is a folder",
-             str(tmp_path / "file" / "a.png"): "is a file, not a folder"}
+    cases = {
+        "": "empty output path",
+        str(tmp_path / "noext"): "no file extension",
+        str(tmp_path / "a.xyz"): "unknown extension '.xyz'",
+        str(tmp_path): "is a folder",
+        str(tmp_path / "file" / "a.png"): "is a file, not a folder",
+    }
     for path, fragment in cases.items():
         if path == str(tmp_path):
             path, exts = str(tmp_path), None
@@ -150,10 +169,22 @@ def test_truncated_images_are_errors_and_complete_ones_decode_as_before(ext, tmp
     path = tmp_path / f"a{ext}"
     write_rgb(path, img)
     data = path.read_bytes()
-    np.testing.assert_array_equal(read_rgb(path), cv2.imread(str(path))[:, :, ::-1])  # same decoder as imread
+    np.testing.assert_array_equal(
+        read_rgb(path), cv2.imread(str(path))[:, :, ::-1]
+    )  # same decoder as imread
     (tmp_path / f"trailer{ext}").write_bytes(data + b"camera trailer")
     np.testing.assert_array_equal(read_rgb(tmp_path / f"trailer{ext}"), read_rgb(path))
-    for cut in sorted({1, 9, len(data) // 3, len(data) // 2, len(data) - 2, len(data) - 1, *rng.integers(2, len(data), 4)}):
+    for cut in sorted(
+        {
+            1,
+            9,
+            len(data) // 3,
+            len(data) // 2,
+            len(data) - 2,
+            len(data) - 1,
+            *rng.integers(2, len(data), 4),
+        }
+    ):
         (tmp_path / f"cut{ext}").write_bytes(data[:cut])
         with pytest.raises(ValueError, match=f"cannot read image .*cut{ext}"):
             read_rgb(tmp_path / f"cut{ext}")
@@ -188,8 +219,12 @@ def test_unreadable_checkpoints_are_one_clear_error(tmp_path):
     good = tmp_path / "good.pt"
     torch.save({"a": torch.zeros(3)}, good)
     data = good.read_bytes()
-    files = {"empty": b"", "truncated": data[: len(data) // 2], "random": np.random.default_rng(4).bytes(999),
-             "text": b"hello\n"}
+    files = {
+        "empty": b"",
+        "truncated": data[: len(data) // 2],
+        "random": np.random.default_rng(4).bytes(999),
+        "text": b"hello\n",
+    }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     torch.save({"a": _Thing()}, tmp_path / "object")
@@ -197,7 +232,9 @@ def test_unreadable_checkpoints_are_one_clear_error(tmp_path):
         with pytest.raises(ValueError) as err:
             read_file(tmp_path / name)
         msg = str(err.value)
-        assert msg.startswith(f"cannot read checkpoint {tmp_path / name}: ") and "\n" not in msg, msg
+        assert msg.startswith(f"cannot read checkpoint {tmp_path / name}: ") and "\n" not in msg, (
+            msg
+        )
         assert "weights_only" not in msg
     with pytest.raises(FileNotFoundError, match="nope"):
         read_file(tmp_path / "nope")
@@ -210,10 +247,21 @@ def test_unreadable_checkpoints_are_one_clear_error(tmp_path):
 def _tiny(out_dir, *extra):
     from dzsr.config import load_config
 
-    return load_config("sample_x4", [f"log.out_dir={out_dir}", "data.photos=[camera.png]", "data.patch_size=24",
-                                     "train.batch_size=2", "train.iters_per_epoch=3", "train.epochs=1",
-                                     "log.checkpoint_every=100", "log.scalars_every=100", "log.images_every=100",
-                                     *extra])
+    return load_config(
+        "sample_x4",
+        [
+            f"log.out_dir={out_dir}",
+            "data.photos=[camera.png]",
+            "data.patch_size=24",
+            "train.batch_size=2",
+            "train.iters_per_epoch=3",
+            "train.epochs=1",
+            "log.checkpoint_every=100",
+            "log.scalars_every=100",
+            "log.images_every=100",
+            *extra,
+        ],
+    )
 
 
 def test_train_refuses_a_folder_with_checkpoints(tmp_path, capfd):
@@ -223,7 +271,11 @@ def test_train_refuses_a_folder_with_checkpoints(tmp_path, capfd):
     argv = ["train", "--config", "sample_x4", f"log.out_dir={out}"]
     assert main(argv) == EXIT_ERROR
     err = capfd.readouterr().err
-    assert err.startswith("dzsr train: error: log.out_dir") and "--resume" in err and "--overwrite" in err
+    assert (
+        err.startswith("dzsr train: error: log.out_dir")
+        and "--resume" in err
+        and "--overwrite" in err
+    )
     assert err.count("\n") == 1 and (out / "last.pt").read_bytes() == b"the previous run"
     assert main([*argv, "--resume", str(out / "last.pt"), "--overwrite"]) == EXIT_ERROR
     assert "not allowed with argument" in capfd.readouterr().err
@@ -260,9 +312,22 @@ def test_sigint_to_the_real_command(tmp_path):
     """A real Ctrl-C: exit status 130, one line naming the checkpoint, which holds that iteration."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "dzsr.cli", "train", "--config", "sample_x4", "--no-progress",
-                             *[a for a in _argv_overrides(out)]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dzsr.cli",
+            "train",
+            "--config",
+            "sample_x4",
+            "--no-progress",
+            *[a for a in _argv_overrides(out)],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 240
     while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -278,9 +343,17 @@ def test_sigint_to_the_real_command(tmp_path):
 
 
 def _argv_overrides(out):
-    return [f"log.out_dir={out}", "data.photos=[camera.png]", "data.patch_size=24", "train.batch_size=2",
-            "train.iters_per_epoch=1000", "train.epochs=1", "log.checkpoint_every=1", "log.scalars_every=1000",
-            "log.images_every=1000"]
+    return [
+        f"log.out_dir={out}",
+        "data.photos=[camera.png]",
+        "data.patch_size=24",
+        "train.batch_size=2",
+        "train.iters_per_epoch=1000",
+        "train.epochs=1",
+        "log.checkpoint_every=1",
+        "log.scalars_every=1000",
+        "log.images_every=1000",
+    ]
 
 
 def test_full_disk_through_the_command_names_the_file(tmp_path, monkeypatch, capfd):
@@ -290,8 +363,26 @@ def test_full_disk_through_the_command_names_the_file(tmp_path, monkeypatch, cap
     csv = tmp_path / "m.csv"
     csv.write_text("old table\n")
     _full_disk(monkeypatch)
-    assert main(["eval", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "gt"), "--scale", "4",
-                 "--csv", str(csv)]) == EXIT_ERROR
+    assert (
+        main(
+            [
+                "eval",
+                "--sr",
+                str(tmp_path / "sr"),
+                "--gt",
+                str(tmp_path / "gt"),
+                "--scale",
+                "4",
+                "--csv",
+                str(csv),
+            ]
+        )
+        == EXIT_ERROR
+    )
     err = capfd.readouterr().err
     assert err == f"dzsr eval: error: cannot write {csv}: no space left on device\n"
-    assert csv.read_text() == "old table\n" and sorted(os.listdir(tmp_path)) == ["gt", "m.csv", "sr"]
+    assert csv.read_text() == "old table\n" and sorted(os.listdir(tmp_path)) == [
+        "gt",
+        "m.csv",
+        "sr",
+    ]

@@ -1,16 +1,27 @@
 """Patch matching (docs/design.md#patch-match): reference vs an independent brute force, the cpp backend vs both,
 conventions (zero pixels, ties, dtypes, layouts), non-finite/extreme/empty inputs, validation, the
 fake (sizes, strides, dtypes), opcheck, torch.compile, and the flow/offset helpers."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from patch_match_oracle import (
+    LAYOUTS,
+    NON_FINITE_CASES,
+    assert_fake_equals_real,
+    check_compile_fullgraph,
+    check_match,
+    first_max_index,
+    layout_inputs,
+    non_finite_case,
+    one_hot_map,
+    run,
+)
 
 import dzsr_kernels
 from dzsr_kernels.patch_match import flow_to_offsets, match_flow, patch_match
-from patch_match_oracle import (LAYOUTS, NON_FINITE_CASES, assert_fake_equals_real, check_compile_fullgraph,
-                                check_match, first_max_index, layout_inputs, non_finite_case, one_hot_map, run)
 
 BACKENDS = ["reference", "cpp"]
 SHAPES = [  # N, C, Hq, Wq, Hr, Wr
@@ -33,7 +44,10 @@ def test_matches_bruteforce(backend, shape):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("p", [1, 5])
 def test_other_patch_sizes(backend, p):
-    query, ref = torch.randn(2, 6, 9, 8, dtype=torch.float64), torch.randn(2, 6, 7, 10, dtype=torch.float64)
+    query, ref = (
+        torch.randn(2, 6, 9, 8, dtype=torch.float64),
+        torch.randn(2, 6, 7, 10, dtype=torch.float64),
+    )
     check_match(*run(backend, query, ref, p), query, ref, p)
 
 
@@ -133,7 +147,10 @@ def test_cpp_same_result_for_any_thread_count():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_outputs_do_not_require_grad(backend):
-    query, ref = torch.randn(1, 3, 5, 5, requires_grad=True), torch.randn(1, 3, 5, 5, requires_grad=True)
+    query, ref = (
+        torch.randn(1, 3, 5, 5, requires_grad=True),
+        torch.randn(1, 3, 5, 5, requires_grad=True),
+    )
     score, index = run(backend, query, ref)
     assert not score.requires_grad and not index.requires_grad
 
@@ -149,13 +166,17 @@ def test_non_finite_extreme_and_empty_inputs(backend, dtype, case):
     check_match(score, index, query, ref)
 
 
-@pytest.mark.parametrize("case", ["nan_in_query", "neg_inf_in_ref", "nan_in_both", "huge_tiny_zero_mix"])
+@pytest.mark.parametrize(
+    "case", ["nan_in_query", "neg_inf_in_ref", "nan_in_both", "huge_tiny_zero_mix"]
+)
 def test_cpp_equals_reference_on_non_finite_inputs(case):
     """The issue's report: cpp hid NaNs, returned index 2^63-1 for a NaN query and other indices than the
     reference for a NaN reference. Now equal NaN masks and indices there, close finite values."""
     query, ref = non_finite_case(case, c=6, hq=9, wq=10, hr=8, wr=11)
     (s_ref, i_ref), (s_cpp, i_cpp) = run("reference", query, ref), run("cpp", query, ref)
-    assert torch.equal(s_cpp.isnan(), s_ref.isnan()) and torch.equal(i_cpp[s_ref.isnan()], i_ref[s_ref.isnan()])
+    assert torch.equal(s_cpp.isnan(), s_ref.isnan()) and torch.equal(
+        i_cpp[s_ref.isnan()], i_ref[s_ref.isnan()]
+    )
     torch.testing.assert_close(s_cpp, s_ref, atol=2e-6, rtol=0, equal_nan=True)
 
 
@@ -163,7 +184,10 @@ def test_cpp_equals_reference_on_non_finite_inputs(case):
 def test_huge_float64_inputs_do_not_overflow(backend):
     """float64 values whose float32 cast is Inf and whose squares overflow float64: the cpp backend
     (float32) normalises in float64 before the cast, so it agrees with the float64 reference."""
-    query, ref = torch.randn(1, 4, 6, 6, dtype=torch.float64) * 1e300, torch.randn(1, 4, 5, 7, dtype=torch.float64)
+    query, ref = (
+        torch.randn(1, 4, 6, 6, dtype=torch.float64) * 1e300,
+        torch.randn(1, 4, 5, 7, dtype=torch.float64),
+    )
     ref[:, :, :, :3] *= 1e307
     score, index = run(backend, query, ref)
     assert not score.isnan().any()
@@ -174,7 +198,11 @@ def test_huge_float64_inputs_do_not_overflow(backend):
 def test_empty_batch_of_any_layout(backend):
     query = torch.randn(0, 6, 9, 8).contiguous(memory_format=torch.channels_last)
     score, index = run(backend, query[:, ::2], torch.randn(0, 3, 5, 5))
-    assert score.shape == index.shape == (0, 7, 6) and score.dtype == torch.float32 and index.dtype == torch.int64
+    assert (
+        score.shape == index.shape == (0, 7, 6)
+        and score.dtype == torch.float32
+        and index.dtype == torch.int64
+    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -212,19 +240,85 @@ BAD_INPUTS = [  # (query, ref, kwargs, error, message)
     (_x(1, 0, 5, 5), _x(1, 0, 5, 5), {}, ValueError, "C >= 1"),
     (_x(3, 5, 5), _x(1, 3, 5, 5), {}, ValueError, r"query must have shape \(N, C, Hq, Wq\)"),
     (_x(1, 3, 5, 5), _x(1, 1, 3, 5, 5), {}, ValueError, r"ref must have shape \(N, C, Hr, Wr\)"),
-    (_x(1, 3, 5, 5), torch.ones(1, 3, 5, 5, dtype=torch.int64), {}, TypeError, "ref must be a floating"),
-    (torch.ones(1, 3, 5, 5, dtype=torch.bool), _x(1, 3, 5, 5), {}, TypeError, "query must be a floating"),
-    (_x(1, 3, 5, 5, dtype=torch.complex64), _x(1, 3, 5, 5), {}, TypeError, "query must be a floating"),
-    (_x(1, 3, 5, 5), _x(1, 3, 5, 5, dtype=torch.float64), {}, TypeError, "query and ref must share one dtype"),
-    (_x(1, 3, 5, 5).half(), _x(1, 3, 5, 5).bfloat16(), {}, TypeError, "query and ref must share one dtype"),
+    (
+        _x(1, 3, 5, 5),
+        torch.ones(1, 3, 5, 5, dtype=torch.int64),
+        {},
+        TypeError,
+        "ref must be a floating",
+    ),
+    (
+        torch.ones(1, 3, 5, 5, dtype=torch.bool),
+        _x(1, 3, 5, 5),
+        {},
+        TypeError,
+        "query must be a floating",
+    ),
+    (
+        _x(1, 3, 5, 5, dtype=torch.complex64),
+        _x(1, 3, 5, 5),
+        {},
+        TypeError,
+        "query must be a floating",
+    ),
+    (
+        _x(1, 3, 5, 5),
+        _x(1, 3, 5, 5, dtype=torch.float64),
+        {},
+        TypeError,
+        "query and ref must share one dtype",
+    ),
+    (
+        _x(1, 3, 5, 5).half(),
+        _x(1, 3, 5, 5).bfloat16(),
+        {},
+        TypeError,
+        "query and ref must share one dtype",
+    ),
     (_x(1, 3, 5, 5), _x(1, 3, 5, 5, device="meta"), {}, ValueError, "one device"),
     (_x(1, 3, 5, 5).to_sparse(), _x(1, 3, 5, 5), {}, TypeError, "query must be a dense"),
-    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": 2}, ValueError, "patch_size must be a positive odd int"),
-    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": 0}, ValueError, "patch_size must be a positive odd int"),
-    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": -3}, ValueError, "patch_size must be a positive odd int"),
-    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": True}, TypeError, "patch_size must be an int, got bool"),
-    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": 3.0}, TypeError, "patch_size must be an int, got float"),
-    (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": "3"}, TypeError, "patch_size must be an int, got str"),
+    (
+        _x(1, 3, 5, 5),
+        _x(1, 3, 5, 5),
+        {"patch_size": 2},
+        ValueError,
+        "patch_size must be a positive odd int",
+    ),
+    (
+        _x(1, 3, 5, 5),
+        _x(1, 3, 5, 5),
+        {"patch_size": 0},
+        ValueError,
+        "patch_size must be a positive odd int",
+    ),
+    (
+        _x(1, 3, 5, 5),
+        _x(1, 3, 5, 5),
+        {"patch_size": -3},
+        ValueError,
+        "patch_size must be a positive odd int",
+    ),
+    (
+        _x(1, 3, 5, 5),
+        _x(1, 3, 5, 5),
+        {"patch_size": True},
+        TypeError,
+        "patch_size must be an int, got bool",
+    ),
+    (
+        _x(1, 3, 5, 5),
+        _x(1, 3, 5, 5),
+        {"patch_size": 3.0},
+        TypeError,
+        "patch_size must be an int, got float",
+    ),
+    (
+        _x(1, 3, 5, 5),
+        _x(1, 3, 5, 5),
+        {"patch_size": "3"},
+        TypeError,
+        "patch_size must be an int, got str",
+    ),
     (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"patch_size": None}, TypeError, "patch_size must be an int"),
     (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"precision": "fp16"}, ValueError, "precision must be one of"),
     (_x(1, 3, 5, 5), _x(1, 3, 5, 5), {"precision": "TF32"}, ValueError, "precision must be one of"),
@@ -245,13 +339,17 @@ def test_bad_inputs(query, ref, kwargs, error, message):
 
 
 def test_match_flow_values_and_padding():
-    index = torch.tensor([[[0, 5], [7, 2]]])  # query patch grid 2x2 (query 4x4); ref 5x6 -> grid 3x4
+    index = torch.tensor(
+        [[[0, 5], [7, 2]]]
+    )  # query patch grid 2x2 (query 4x4); ref 5x6 -> grid 3x4
     flow = match_flow(index, (5, 6))
     assert flow.shape == (1, 2, 4, 4) and flow.dtype == torch.float32
     # index 5 = (1, 1): from query patch (0, 1) -> (dy, dx) = (1, 0); index 7 = (1, 3) from (1, 0) -> (0, 3)
     expected_dy = torch.tensor([[0.0, 1.0], [0.0, -1.0]])
     expected_dx = torch.tensor([[0.0, 0.0], [3.0, 1.0]])
-    assert torch.equal(flow[0, 0, :2, :2], expected_dy) and torch.equal(flow[0, 1, :2, :2], expected_dx)
+    assert torch.equal(flow[0, 0, :2, :2], expected_dy) and torch.equal(
+        flow[0, 1, :2, :2], expected_dx
+    )
     assert flow[:, :, 2:].eq(0).all() and flow[:, :, :, 2:].eq(0).all()
 
 
@@ -285,11 +383,15 @@ def test_flow_to_offsets_upsampling():
     flow[:, 1] = -1.0
     offset = flow_to_offsets(flow, scale=4)
     assert offset.shape == (1, 18, 24, 32)
-    interior = offset[:, :, 10:, 10:]  # upsampled rows/columns >= 10 interpolate only grid rows/columns >= 2
+    interior = offset[
+        :, :, 10:, 10:
+    ]  # upsampled rows/columns >= 10 interpolate only grid rows/columns >= 2
     assert torch.allclose(interior[:, 0::2], torch.tensor(8.0))
     assert torch.allclose(interior[:, 1::2], torch.tensor(-4.0))
     grid = flow_to_offsets(flow, scale=1)
-    assert torch.equal(offset[:, :, ::23, ::31], 4 * grid[:, :, ::5, ::7])  # align_corners keeps the corners
+    assert torch.equal(
+        offset[:, :, ::23, ::31], 4 * grid[:, :, ::5, ::7]
+    )  # align_corners keeps the corners
 
 
 def test_offsets_warp_reference_onto_query():
@@ -312,11 +414,31 @@ def test_offsets_warp_reference_onto_query():
     "call, error, message",
     [
         (lambda: match_flow(torch.zeros(1, 2, 2), (4, 4)), TypeError, "index must be an int64"),
-        (lambda: match_flow(torch.zeros(2, 2, dtype=torch.int64), (4, 4)), TypeError, "index must be an int64"),
-        (lambda: match_flow(torch.full((1, 2, 2), 4), (4, 4)), ValueError, r"index values must lie in \[0, 4\)"),
-        (lambda: match_flow(torch.zeros(1, 2, 2, dtype=torch.int64), (2, 4)), ValueError, "ref_size"),
-        (lambda: flow_to_offsets(torch.zeros(1, 3, 4, 4)), ValueError, r"flow must have shape \(N, 2, H, W\)"),
-        (lambda: flow_to_offsets(torch.zeros(1, 2, 4, 4), scale=0), ValueError, "scale must be a positive int"),
+        (
+            lambda: match_flow(torch.zeros(2, 2, dtype=torch.int64), (4, 4)),
+            TypeError,
+            "index must be an int64",
+        ),
+        (
+            lambda: match_flow(torch.full((1, 2, 2), 4), (4, 4)),
+            ValueError,
+            r"index values must lie in \[0, 4\)",
+        ),
+        (
+            lambda: match_flow(torch.zeros(1, 2, 2, dtype=torch.int64), (2, 4)),
+            ValueError,
+            "ref_size",
+        ),
+        (
+            lambda: flow_to_offsets(torch.zeros(1, 3, 4, 4)),
+            ValueError,
+            r"flow must have shape \(N, 2, H, W\)",
+        ),
+        (
+            lambda: flow_to_offsets(torch.zeros(1, 2, 4, 4), scale=0),
+            ValueError,
+            "scale must be a positive int",
+        ),
     ],
 )
 def test_flow_bad_inputs(call, error, message):

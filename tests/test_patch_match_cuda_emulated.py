@@ -3,14 +3,21 @@ test-only CUDA execution-model stand-in (tests/cuda_emulation/), against the bru
 is checked even where no GPU is (query and reference tiling, partial tiles, channel chunks, ties,
 non-finite and extreme values, empty batches). The kernel runs inside ``reference.match_prepared``,
 exactly as the cpp backend calls it on a GPU."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from patch_match_oracle import (
+    NON_FINITE_CASES,
+    check_match,
+    emulated_cuda_kernel,
+    first_max_index,
+    non_finite_case,
+    one_hot_map,
+)
 
 from dzsr_kernels.patch_match import reference
-from patch_match_oracle import (NON_FINITE_CASES, check_match, emulated_cuda_kernel, first_max_index, non_finite_case,
-                                one_hot_map)
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +30,22 @@ def run(kernel, query, ref, p=3):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape", [(1, 4, 3, 3, 3, 3, 3), (2, 5, 6, 7, 8, 5, 3), (1, 20, 12, 17, 14, 12, 3),
-                                   (1, 6, 9, 8, 7, 10, 5), (1, 3, 10, 18, 9, 9, 1), (1, 2, 9, 9, 8, 8, 7),
-                                   (2, 40, 20, 30, 25, 22, 3)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 4, 3, 3, 3, 3, 3),
+        (2, 5, 6, 7, 8, 5, 3),
+        (1, 20, 12, 17, 14, 12, 3),
+        (1, 6, 9, 8, 7, 10, 5),
+        (1, 3, 10, 18, 9, 9, 1),
+        (1, 2, 9, 9, 8, 8, 7),
+        (2, 40, 20, 30, 25, 22, 3),
+    ],
+)
 def test_emulated_cuda_matches_bruteforce(emulated, shape):
-    n, c, hq, wq, hr, wr, p = shape  # (1, 20, 12, 17, ...): 2x2 query tiles, 2x2 reference tiles, 2 channel chunks
+    n, c, hq, wq, hr, wr, p = (
+        shape  # (1, 20, 12, 17, ...): 2x2 query tiles, 2x2 reference tiles, 2 channel chunks
+    )
     query, ref = torch.randn(n, c, hq, wq), torch.randn(n, c, hr, wr)
     check_match(*run(emulated, query, ref, p), query, ref, p)
 

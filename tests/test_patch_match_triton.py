@@ -1,13 +1,23 @@
 """Triton patch matching against the brute force (Triton interpreter on CPU: tiny shapes only), in
 float32 and tf32, on non-finite/extreme/empty inputs; its fake, opcheck and torch.compile."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from patch_match_oracle import (
+    NON_FINITE_CASES,
+    assert_fake_equals_real,
+    check_compile_fullgraph,
+    check_match,
+    first_max_index,
+    layout_inputs,
+    non_finite_case,
+    one_hot_map,
+    run,
+)
 
 from dzsr_kernels._backend import unavailable_reason
-from patch_match_oracle import (NON_FINITE_CASES, assert_fake_equals_real, check_compile_fullgraph, check_match,
-                                first_max_index, layout_inputs, non_finite_case, one_hot_map, run)
 
 pytestmark = pytest.mark.skipif(
     unavailable_reason("triton", "cuda" if torch.cuda.is_available() else "cpu") is not None,
@@ -39,7 +49,10 @@ def test_recovers_known_shift():
 
 
 def test_ties_go_to_smallest_index():
-    query, ref = one_hot_map(1, 3, 6, 7).to(DEVICE), one_hot_map(1, 3, 12, 13).to(DEVICE)  # > 1 reference block
+    query, ref = (
+        one_hot_map(1, 3, 6, 7).to(DEVICE),
+        one_hot_map(1, 3, 12, 13).to(DEVICE),
+    )  # > 1 reference block
     _, index = run("triton", query, ref)
     assert torch.equal(index.reshape(1, -1).cpu(), first_max_index(query.cpu(), ref.cpu()))
 
@@ -49,14 +62,20 @@ def test_zero_pixels():
     query[:, :, 1:4, 2:5] = 0
     ref[:, :, :, 4] = 0
     score, index = run("triton", query, ref)
-    assert not torch.isnan(score).any() and score[:, 1, 2].eq(0).all() and index[:, 1, 2].eq(0).all()
+    assert (
+        not torch.isnan(score).any() and score[:, 1, 2].eq(0).all() and index[:, 1, 2].eq(0).all()
+    )
     check_match(score, index, query, ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_dtypes_and_non_contiguous(dtype):
     query = torch.randn(1, 10, 7, 16, device=DEVICE).to(dtype)[:, ::2, :, ::2]
-    ref = torch.randn(1, 5, 8, 6, device=DEVICE).to(dtype).contiguous(memory_format=torch.channels_last)
+    ref = (
+        torch.randn(1, 5, 8, 6, device=DEVICE)
+        .to(dtype)
+        .contiguous(memory_format=torch.channels_last)
+    )
     check_match(*run("triton", query, ref), query, ref)
 
 
@@ -70,7 +89,12 @@ def test_tf32_opt_in_agrees_loosely():
 @pytest.mark.parametrize("case", NON_FINITE_CASES)
 def test_non_finite_extreme_and_empty(case, precision):
     query, ref = non_finite_case(case, c=3, device=DEVICE, hq=6, wq=5, hr=5, wr=6)
-    check_match(*run("triton", query, ref, precision=precision), query, ref, tol=5e-3 if precision == "tf32" else 2e-5)
+    check_match(
+        *run("triton", query, ref, precision=precision),
+        query,
+        ref,
+        tol=5e-3 if precision == "tf32" else 2e-5,
+    )
 
 
 LAYOUTS = ("contiguous", "channels_last", "non_contiguous", "empty_batch")

@@ -1,4 +1,5 @@
 """``benchmarks.sweep`` records JSON that ``benchmarks.plot`` draws, one PNG per device."""
+
 from __future__ import annotations
 
 import json
@@ -12,14 +13,29 @@ pytest.importorskip("matplotlib")  # the optional [plot] extra (also in [test])
 
 
 def _record(device: str, scale: float) -> dict:
-    points = [{"impl": impl, "height": s, "width": s, "time_s": scale * f * s * s / 1e4,
-               "peak_bytes": int(f * s * s * 4096)}
-              for s in (32, 64, 128) for impl, f in (("cpp", 1.0), ("reference", 3.0))]
+    points = [
+        {
+            "impl": impl,
+            "height": s,
+            "width": s,
+            "time_s": scale * f * s * s / 1e4,
+            "peak_bytes": int(f * s * s * 4096),
+        }
+        for s in (32, 64, 128)
+        for impl, f in (("cpp", 1.0), ("reference", 3.0))
+    ]
     points[0]["peak_bytes"] = 0  # below the measurement's resolution: left off the log axis
-    sweeps = {name: {"title": f"{name} title", "ours": "cpp", "baseline": "reference",
-                     "points": points} for name in ("sw_loss", "inference")}
-    return {"machine": f"2026-01-01 · {device} machine", "commit": "abc1234", "note": "loaded",
-            "device": device, "sweeps": sweeps}
+    sweeps = {
+        name: {"title": f"{name} title", "ours": "cpp", "baseline": "reference", "points": points}
+        for name in ("sw_loss", "inference")
+    }
+    return {
+        "machine": f"2026-01-01 · {device} machine",
+        "commit": "abc1234",
+        "note": "loaded",
+        "device": device,
+        "sweeps": sweeps,
+    }
 
 
 def test_plot_draws_one_png_per_device(tmp_path):
@@ -31,7 +47,8 @@ def test_plot_draws_one_png_per_device(tmp_path):
         img = read_rgb(path)
         assert img.shape[0] > 400 and img.shape[1] > 600 and img.std() > 10  # drawn, not blank
     assert plot._ratio_note(_record("cpu", 1.0)["sweeps"]["sw_loss"], "time_s") == (
-        "reference / cpp at S=128: 3.0x")
+        "reference / cpp at S=128: 3.0x"
+    )
 
 
 def test_plot_without_results_says_what_to_run(tmp_path, capsys):
@@ -50,7 +67,9 @@ def test_quick_sweep_records_every_point(tmp_path):
     assert (result["ours"], result["baseline"]) == ("cpp", "reference")
     sizes = sweep.SWEEPS["sw_loss"].quick_sizes
     assert sorted((p["height"], p["impl"]) for p in result["points"]) == sorted(
-        (s, impl) for s in sizes for impl in ("cpp", "reference"))
+        (s, impl) for s in sizes for impl in ("cpp", "reference")
+    )
     assert all(p["time_s"] > 0 and p["peak_bytes"] >= 0 for p in result["points"])
     assert plot.main(["--results", str(tmp_path), "--out", str(tmp_path)]) == [
-        str(tmp_path / "sweep-cpu.png")]
+        str(tmp_path / "sweep-cpu.png")
+    ]

@@ -1,4 +1,5 @@
 """The bundled dual-zoom samples (dzsr.sample)."""
+
 import hashlib
 import subprocess
 import sys
@@ -7,13 +8,26 @@ import numpy as np
 import pytest
 
 from dzsr.data import central_box, read_rgb
-from dzsr.sample import (HELD_OUT, SAMPLE_NAMES, bundled_photo, frame_pair, load_sample, photo_pair,
-                         prepare_sample_data, sample_data_problems, write_sample)
+from dzsr.sample import (
+    HELD_OUT,
+    SAMPLE_NAMES,
+    bundled_photo,
+    frame_pair,
+    load_sample,
+    photo_pair,
+    prepare_sample_data,
+    sample_data_problems,
+    write_sample,
+)
 
 # documented short/tele size (h, w); gt is (scale*h, scale*w)
-SIZES = {"motorcycle": (125, 185), "astronaut": (128, 128), "coffee": (100, 150),
-         "chelsea": (75, 112),
-         "rocket": (106, 160)}
+SIZES = {
+    "motorcycle": (125, 185),
+    "astronaut": (128, 128),
+    "coffee": (100, 150),
+    "chelsea": (75, 112),
+    "rocket": (106, 160),
+}
 
 
 def digest(sample):
@@ -57,7 +71,7 @@ def test_tele_is_a_second_view_of_the_centre():
         y0, y1, x0, x1 = s["tele_box"]
         centre = s["gt"][y0:y1, x0:x1].astype(np.float64)
         tele = s["tele"].astype(np.float64)
-        other = s["gt"][:y1 - y0, :x1 - x0].astype(np.float64)  # an unrelated region
+        other = s["gt"][: y1 - y0, : x1 - x0].astype(np.float64)  # an unrelated region
         # a different view (real parallax or the known warp), yet much closer than unrelated content
         assert 0 < np.abs(tele - centre).mean() < 0.5 * np.abs(other - centre).mean()
 
@@ -114,21 +128,35 @@ def test_capture_pairs_come_from_the_known_similarity_view():
     assert tele.shape == short.shape and tele.flags.c_contiguous
     y0, y1, x0, x1 = central_box(*photo.shape[:2], 1 / 4)
     centre = photo[y0:y1, x0:x1].astype(np.float64)
-    other = photo[:y1 - y0, :x1 - x0].astype(np.float64)
+    other = photo[: y1 - y0, : x1 - x0].astype(np.float64)
     assert 0 < np.abs(tele - centre).mean() < 0.5 * np.abs(other - centre).mean()
 
 
-@pytest.mark.parametrize("args, message", [
-    ((["astronaut"], []), "samples: not for training: astronaut (a held-out photograph)"),
-    (([], ["coffee.png"]), "photos: not for training: coffee.png (a held-out or demo photograph)"),
-    (([], ["motorcycle_right.png"]), "photos: not for training: motorcycle_right.png (a held-out"),
-    (([], ["ihc.png", "no_such.png"]),
-     "photos: not for training: no_such.png (not among scikit-image's bundled photographs)"),
-    ((["lena"], []), "samples: not for training: lena (not a bundled sample; these are motorcycle"),
-    (([], ["ihc.png"], "tiles"), "photos_as must be one of capture, frame, got 'tiles'"),
-    (([], ["ihc.png"], "frame", -1), "synthetic must be a number of dead-leaves pictures"),
-    (([], []), "no training images: give samples, photos or synthetic"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((["astronaut"], []), "samples: not for training: astronaut (a held-out photograph)"),
+        (
+            ([], ["coffee.png"]),
+            "photos: not for training: coffee.png (a held-out or demo photograph)",
+        ),
+        (
+            ([], ["motorcycle_right.png"]),
+            "photos: not for training: motorcycle_right.png (a held-out",
+        ),
+        (
+            ([], ["ihc.png", "no_such.png"]),
+            "photos: not for training: no_such.png (not among scikit-image's bundled photographs)",
+        ),
+        (
+            (["lena"], []),
+            "samples: not for training: lena (not a bundled sample; these are motorcycle",
+        ),
+        (([], ["ihc.png"], "tiles"), "photos_as must be one of capture, frame, got 'tiles'"),
+        (([], ["ihc.png"], "frame", -1), "synthetic must be a number of dead-leaves pictures"),
+        (([], []), "no training images: give samples, photos or synthetic"),
+    ],
+)
 def test_bad_sample_data_arguments_are_named_before_anything_is_written(tmp_path, args, message):
     with pytest.raises(ValueError) as err:
         prepare_sample_data(str(tmp_path / "x"), args[0], 4, *args[1:])
@@ -137,8 +165,9 @@ def test_bad_sample_data_arguments_are_named_before_anything_is_written(tmp_path
 
 
 def test_sample_data_problems_name_config_keys_one_per_argument():
-    problems = sample_data_problems(["astronaut", "lena"], ["coffee.png", "nope.png"], "tiles", 0,
-                                    prefix="data.")
+    problems = sample_data_problems(
+        ["astronaut", "lena"], ["coffee.png", "nope.png"], "tiles", 0, prefix="data."
+    )
     assert [key for key, _ in problems] == ["data.samples", "data.photos", "data.photos_as"]
     assert problems[0][1].startswith("data.samples: not for training: astronaut (a held-out")
     assert "lena (not a bundled sample" in problems[0][1]

@@ -7,6 +7,7 @@ cast to the input dtype (one rounding apart at most) and the gradients after the
 Ties: among tied sorted values any assignment of the tied slots is a valid subgradient, so tests with
 ties compare the loss and the gradient summed over each tied group (see test_ties_*).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +23,9 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
 def _proj(channels, num_proj, dtype=torch.float32):
-    return draw_projections(channels, num_proj, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    return draw_projections(
+        channels, num_proj, dtype=torch.float64 if dtype == torch.float64 else torch.float32
+    )
 
 
 def _loss_and_grads(backend, u, v, proj):
@@ -75,7 +78,10 @@ def test_matches_reference(shape, dtype, v_grad):
 
 def test_reference_matches_formula():
     """The oracle against a direct numpy transcription of docs/design.md#sliced-wasserstein."""
-    u, v = torch.randn(2, 4, 3, 5, dtype=torch.float64), torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    u, v = (
+        torch.randn(2, 4, 3, 5, dtype=torch.float64),
+        torch.randn(2, 4, 3, 5, dtype=torch.float64),
+    )
     proj = _proj(4, 3, torch.float64)
     un, vn, m = u.numpy().reshape(2, 4, -1), v.numpy().reshape(2, 4, -1), proj.numpy()
     total = 0.0
@@ -88,7 +94,9 @@ def test_reference_matches_formula():
 
 def test_non_contiguous_inputs():
     u = torch.randn(2, 6, 9, 5).transpose(2, 3)  # (2, 6, 5, 9), non-contiguous
-    v = torch.randn(2, 5, 9, 6).permute(0, 3, 2, 1).requires_grad_()  # (2, 6, 9, 5) -> transposed view
+    v = (
+        torch.randn(2, 5, 9, 6).permute(0, 3, 2, 1).requires_grad_()
+    )  # (2, 6, 9, 5) -> transposed view
     v = v.transpose(2, 3)
     assert not u.is_contiguous() and not v.is_contiguous() and u.shape == v.shape
     proj = _proj(6, 3)
@@ -135,7 +143,9 @@ def test_ties_within_u_give_a_valid_subgradient():
         free = [i for i in range(12) if i not in tied]
         torch.testing.assert_close(g[:, :, free], r[:, :, free], rtol=1e-12, atol=1e-15)
         for grp in groups:
-            torch.testing.assert_close(g[:, :, grp].sum(2), r[:, :, grp].sum(2), rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(
+                g[:, :, grp].sum(2), r[:, :, grp].sum(2), rtol=1e-12, atol=1e-15
+            )
 
 
 def test_equal_inputs_give_zero_loss_and_zero_gradient():
@@ -152,12 +162,17 @@ def test_gradcheck_float64():
     u = torch.randn(1, 3, 2, 3, dtype=torch.float64, requires_grad=True)
     v = torch.randn(1, 3, 2, 3, dtype=torch.float64, requires_grad=True)
     with dk.use_backend(BACKEND):
-        assert torch.autograd.gradcheck(lambda a, b: sliced_wasserstein_loss(a, b, proj=proj), (u, v), eps=1e-7)
+        assert torch.autograd.gradcheck(
+            lambda a, b: sliced_wasserstein_loss(a, b, proj=proj), (u, v), eps=1e-7
+        )
 
 
 @pytest.mark.parametrize("need_v_sign", [False, True])
 def test_opcheck(need_v_sign):
-    u, v = torch.randn(2, 5, 3, 3, requires_grad=True), torch.randn(2, 5, 3, 3, requires_grad=need_v_sign)
+    u, v = (
+        torch.randn(2, 5, 3, 3, requires_grad=True),
+        torch.randn(2, 5, 3, 3, requires_grad=need_v_sign),
+    )
     proj = _proj(5, 2)
     torch.library.opcheck(sw_op._forward, (u, v, proj, need_v_sign, BACKEND))
     sign = torch.randint(-1, 2, (2, 2, 9), dtype=torch.int8)
@@ -166,7 +181,10 @@ def test_opcheck(need_v_sign):
 
 def test_signs_are_scattered_to_unsorted_positions():
     """The forward's int8 output is sign(sorted difference) at each element's own position."""
-    u, v = torch.randn(1, 2, 1, 6, dtype=torch.float64), torch.randn(1, 2, 1, 6, dtype=torch.float64)
+    u, v = (
+        torch.randn(1, 2, 1, 6, dtype=torch.float64),
+        torch.randn(1, 2, 1, 6, dtype=torch.float64),
+    )
     proj = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
     loss, sign_u, sign_v = sw_op._forward(u, v, proj, True, BACKEND)
     a, b = (proj @ u.view(2, 6))[0], (proj @ v.view(2, 6))[0]
@@ -208,35 +226,125 @@ _EYE2 = torch.eye(4)[:2]
 # (id, arguments replacing the valid ones, exception, message): every one a distinct mistake; the
 # message names the argument and what was expected.
 BAD_INPUTS = [
-    ("u_numpy", dict(u=np.zeros((2, 4, 3, 3))), TypeError, r"u must be a torch.Tensor of shape \(N, C, H, W\)"),
+    (
+        "u_numpy",
+        dict(u=np.zeros((2, 4, 3, 3))),
+        TypeError,
+        r"u must be a torch.Tensor of shape \(N, C, H, W\)",
+    ),
     ("v_list", dict(v=[[0.0]]), TypeError, "v must be a torch.Tensor"),
-    ("u_3_dims", dict(u=torch.randn(4, 3, 3)), ValueError, r"u must have shape \(N, C, H, W\) \(4 dims\)"),
-    ("v_5_dims", dict(v=torch.randn(2, 4, 3, 3, 1)), ValueError, r"v must have shape \(N, C, H, W\) \(4 dims\)"),
-    ("u_int", dict(u=torch.ones(2, 4, 3, 3, dtype=torch.int32)), TypeError, "u must be a floating tensor"),
-    ("v_bool", dict(v=torch.ones(2, 4, 3, 3, dtype=torch.bool)), TypeError, "v must be a floating tensor"),
-    ("u_complex", dict(u=torch.randn(2, 4, 3, 3, dtype=torch.complex64)), TypeError, "u must be a floating tensor"),
+    (
+        "u_3_dims",
+        dict(u=torch.randn(4, 3, 3)),
+        ValueError,
+        r"u must have shape \(N, C, H, W\) \(4 dims\)",
+    ),
+    (
+        "v_5_dims",
+        dict(v=torch.randn(2, 4, 3, 3, 1)),
+        ValueError,
+        r"v must have shape \(N, C, H, W\) \(4 dims\)",
+    ),
+    (
+        "u_int",
+        dict(u=torch.ones(2, 4, 3, 3, dtype=torch.int32)),
+        TypeError,
+        "u must be a floating tensor",
+    ),
+    (
+        "v_bool",
+        dict(v=torch.ones(2, 4, 3, 3, dtype=torch.bool)),
+        TypeError,
+        "v must be a floating tensor",
+    ),
+    (
+        "u_complex",
+        dict(u=torch.randn(2, 4, 3, 3, dtype=torch.complex64)),
+        TypeError,
+        "u must be a floating tensor",
+    ),
     ("u_sparse", dict(u=torch.randn(2, 4, 3, 3).to_sparse()), TypeError, "u must be a dense"),
     ("v_other_size", dict(v=torch.randn(2, 4, 3, 4)), ValueError, "v must have the shape of u"),
     ("v_other_channels", dict(v=torch.randn(2, 5, 3, 3)), ValueError, "v must have the shape of u"),
-    ("mixed_dtypes", dict(v=torch.randn(2, 4, 3, 3, dtype=torch.float64)), TypeError, "u and v must share one dtype"),
-    ("v_other_device", dict(v=torch.randn(2, 4, 3, 3, device="meta")), ValueError, "all tensors must be on one device"),
+    (
+        "mixed_dtypes",
+        dict(v=torch.randn(2, 4, 3, 3, dtype=torch.float64)),
+        TypeError,
+        "u and v must share one dtype",
+    ),
+    (
+        "v_other_device",
+        dict(v=torch.randn(2, 4, 3, 3, device="meta")),
+        ValueError,
+        "all tensors must be on one device",
+    ),
     ("proj_list", dict(proj=[[1.0, 0.0, 0.0, 0.0]]), TypeError, "proj must be a torch.Tensor"),
-    ("proj_1_dim", dict(proj=torch.randn(4)), ValueError, r"proj must have shape \(C', C=4\) \(2 dims\)"),
-    ("proj_other_channels", dict(proj=torch.eye(5)[:2]), ValueError, r"proj must have shape \(C', C=4\) with size 4"),
+    (
+        "proj_1_dim",
+        dict(proj=torch.randn(4)),
+        ValueError,
+        r"proj must have shape \(C', C=4\) \(2 dims\)",
+    ),
+    (
+        "proj_other_channels",
+        dict(proj=torch.eye(5)[:2]),
+        ValueError,
+        r"proj must have shape \(C', C=4\) with size 4",
+    ),
     ("proj_no_rows", dict(proj=torch.empty(0, 4)), ValueError, "proj must have at least one row"),
-    ("proj_int", dict(proj=torch.eye(4, dtype=torch.int64)), TypeError, "proj must be a floating tensor"),
+    (
+        "proj_int",
+        dict(proj=torch.eye(4, dtype=torch.int64)),
+        TypeError,
+        "proj must be a floating tensor",
+    ),
     ("proj_sparse", dict(proj=_EYE2.to_sparse()), TypeError, "proj must be a dense"),
-    ("proj_nan", dict(proj=torch.tensor([[NAN, 0.0, 0.0, 1.0]])), ValueError, "proj must be finite"),
-    ("proj_inf", dict(proj=torch.tensor([[INF, 0.0, 0.0, 0.0]])), ValueError, "proj must be finite"),
+    (
+        "proj_nan",
+        dict(proj=torch.tensor([[NAN, 0.0, 0.0, 1.0]])),
+        ValueError,
+        "proj must be finite",
+    ),
+    (
+        "proj_inf",
+        dict(proj=torch.tensor([[INF, 0.0, 0.0, 0.0]])),
+        ValueError,
+        "proj must be finite",
+    ),
     ("proj_not_unit", dict(proj=_EYE2 * 1.1), ValueError, "proj rows must have unit L2 norm"),
-    ("proj_other_device", dict(proj=torch.empty(2, 4, device="meta")), ValueError, "proj must be on the device of u"),
-    ("proj_and_generator", dict(proj=_EYE2, generator=torch.Generator()), ValueError, "give proj or generator"),
+    (
+        "proj_other_device",
+        dict(proj=torch.empty(2, 4, device="meta")),
+        ValueError,
+        "proj must be on the device of u",
+    ),
+    (
+        "proj_and_generator",
+        dict(proj=_EYE2, generator=torch.Generator()),
+        ValueError,
+        "give proj or generator",
+    ),
     ("num_proj_disagrees", dict(proj=_EYE2, num_proj=3), ValueError, "num_proj=3 disagrees"),
     ("num_proj_zero", dict(num_proj=0), ValueError, "num_proj must be a positive int"),
     ("num_proj_negative", dict(num_proj=-2), ValueError, "num_proj must be a positive int"),
-    ("num_proj_float", dict(num_proj=2.0), TypeError, "num_proj must be a positive int or None, got float"),
-    ("num_proj_bool", dict(num_proj=True), TypeError, "num_proj must be a positive int or None, got bool"),
-    ("num_proj_str_with_proj", dict(proj=_EYE2, num_proj="2"), TypeError, "num_proj must be a positive int or None"),
+    (
+        "num_proj_float",
+        dict(num_proj=2.0),
+        TypeError,
+        "num_proj must be a positive int or None, got float",
+    ),
+    (
+        "num_proj_bool",
+        dict(num_proj=True),
+        TypeError,
+        "num_proj must be a positive int or None, got bool",
+    ),
+    (
+        "num_proj_str_with_proj",
+        dict(proj=_EYE2, num_proj="2"),
+        TypeError,
+        "num_proj must be a positive int or None",
+    ),
     ("generator_int", dict(generator=7), TypeError, "generator must be a torch.Generator"),
 ]
 
@@ -257,7 +365,9 @@ def test_valid_edge_arguments_are_accepted():
     with dk.use_backend(BACKEND):
         sliced_wasserstein_loss(u, v, proj=_proj(4, 2))
         sliced_wasserstein_loss(u, v, proj=_proj(4, 2, torch.float64))
-        loss = sliced_wasserstein_loss(torch.randn(2, 0, 3, 3), torch.randn(2, 0, 3, 3), proj=torch.empty(3, 0))
+        loss = sliced_wasserstein_loss(
+            torch.randn(2, 0, 3, 3), torch.randn(2, 0, 3, 3), proj=torch.empty(3, 0)
+        )
     assert loss.item() == 0.0
 
 

@@ -3,14 +3,19 @@ then the fused |a - b| / int8 sign-scatter kernel with its shared-memory reducti
 threads through the test-only CUDA execution-model stand-in (tests/cuda_emulation/), against the
 reference: random shapes (several row chunks), NaN / inf / signed zeros / extreme magnitudes and
 empty inputs. The backward is the device-generic ATen GEMM the cpp tests cover."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from sliced_wasserstein_oracle import (
+    CASES,
+    check_forward_outputs,
+    emulated_cuda_forward,
+    nonfinite_case,
+)
 
 from dzsr_kernels.sliced_wasserstein import draw_projections
-from sliced_wasserstein_oracle import CASES, check_forward_outputs, emulated_cuda_forward, nonfinite_case
-
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +24,9 @@ def emulated():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape, num_proj", [((2, 5, 3, 7), 2), ((1, 3, 11, 13), 1), ((1, 2, 65, 65), 1)])
+@pytest.mark.parametrize(
+    "shape, num_proj", [((2, 5, 3, 7), 2), ((1, 3, 11, 13), 1), ((1, 2, 65, 65), 1)]
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_emulated_cuda_matches_reference(emulated, shape, num_proj, dtype):
     """(1, 2, 65, 65): L = 4225 spans two 4096-element chunks of a row."""
@@ -38,8 +45,9 @@ def test_emulated_cuda_nonfinite(emulated, dtype, case):
     check_forward_outputs(*emulated(u, v, proj, True), u, v, proj)
 
 
-@pytest.mark.parametrize("shape, num_proj", [((0, 3, 2, 2), 2), ((2, 3, 0, 2), 2), ((2, 0, 2, 2), 1),
-                                             ((2, 3, 2, 2), 0)])
+@pytest.mark.parametrize(
+    "shape, num_proj", [((0, 3, 2, 2), 2), ((2, 3, 0, 2), 2), ((2, 0, 2, 2), 1), ((2, 3, 2, 2), 0)]
+)
 def test_emulated_cuda_empty(emulated, shape, num_proj):
     """Nothing to launch (a zero grid dimension would be a CUDA launch error): NaN for the mean of
     nothing, 0 for C = 0, outputs of the documented shapes."""

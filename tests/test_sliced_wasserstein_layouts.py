@@ -3,14 +3,15 @@ the fakes return exactly the sizes, strides and dtypes the kernels return (op.py
 every output new and contiguous), ``torch.library.opcheck``, and ``torch.compile(fullgraph=True)``
 forward + backward against eager, for the ``cpp`` backend (and the ``triton`` one under the
 interpreter for the fakes and opcheck's schema / fake-tensor tests)."""
+
 import pytest
 import torch
+from sliced_wasserstein_oracle import LAYOUTS, require_backend, with_layout
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import dzsr_kernels as dk
 from dzsr_kernels.sliced_wasserstein import draw_projections, sliced_wasserstein_loss
 from dzsr_kernels.sliced_wasserstein import op as sw_op
-from sliced_wasserstein_oracle import LAYOUTS, require_backend, with_layout
 
 
 def _meta(t: torch.Tensor):
@@ -18,17 +19,29 @@ def _meta(t: torch.Tensor):
 
 
 def _inputs(shape, layout, dtype=torch.float32):
-    u, v = with_layout(torch.randn(shape, dtype=dtype), layout), with_layout(torch.randn(shape, dtype=dtype), layout)
+    u, v = (
+        with_layout(torch.randn(shape, dtype=dtype), layout),
+        with_layout(torch.randn(shape, dtype=dtype), layout),
+    )
     if layout != "contiguous" and min(shape) > 0 and min(shape[1:]) > 1:
         assert not u.is_contiguous() and not v.is_contiguous()
-    proj = draw_projections(shape[1], 2, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    proj = draw_projections(
+        shape[1], 2, dtype=torch.float64 if dtype == torch.float64 else torch.float32
+    )
     return u, v, proj
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape, dtype", [((2, 5, 3, 4), torch.float32), ((1, 3, 4, 2), torch.float64),
-                                          ((2, 4, 3, 3), torch.float16), ((0, 5, 3, 4), torch.float32)])
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [
+        ((2, 5, 3, 4), torch.float32),
+        ((1, 3, 4, 2), torch.float64),
+        ((2, 4, 3, 3), torch.float16),
+        ((0, 5, 3, 4), torch.float32),
+    ],
+)
 @pytest.mark.parametrize("need_v_sign", [False, True])
 def test_fakes_equal_kernel_outputs(backend, layout, shape, dtype, need_v_sign):
     u, v, proj = _inputs(shape, layout, dtype)
@@ -37,7 +50,9 @@ def test_fakes_equal_kernel_outputs(backend, layout, shape, dtype, need_v_sign):
     scaled = proj * 0.1
     real_grad = sw_op._backward_op(real[1], scaled, backend)
     with FakeTensorMode() as mode:
-        fake = sw_op._forward(mode.from_tensor(u), mode.from_tensor(v), mode.from_tensor(proj), need_v_sign, backend)
+        fake = sw_op._forward(
+            mode.from_tensor(u), mode.from_tensor(v), mode.from_tensor(proj), need_v_sign, backend
+        )
         fake_grad = sw_op._backward_op(mode.from_tensor(real[1]), mode.from_tensor(scaled), backend)
     assert [_meta(t) for t in fake] == [_meta(t) for t in real]
     assert _meta(fake_grad) == _meta(real_grad)

@@ -3,13 +3,22 @@ reference's rules (reference.py's docstring) checked on the reference itself, th
 backend (``cpp`` C++ on CPU, ``triton`` under the interpreter) against the reference, forward (loss
 and int8 signs) and backward (du, dv), through sliced_wasserstein_oracle's tie-invariant checks.
 The CUDA forward is checked on the same cases in test_sliced_wasserstein_cuda_emulated.py."""
+
 import pytest
 import torch
+from sliced_wasserstein_oracle import (
+    CASES,
+    INF,
+    NAN,
+    check_backend,
+    loss_and_grads,
+    nonfinite_case,
+    require_backend,
+)
 
 import dzsr_kernels as dk
 from dzsr_kernels.sliced_wasserstein import draw_projections, sliced_wasserstein_loss
 from dzsr_kernels.sliced_wasserstein import op as sw_op
-from sliced_wasserstein_oracle import CASES, INF, NAN, check_backend, loss_and_grads, nonfinite_case, require_backend
 
 FAST_BACKENDS = ["cpp", "triton"]
 
@@ -24,7 +33,9 @@ def test_reference_rules():
     loss, (du, dv) = loss_and_grads("reference", u, v, proj)
     assert loss.isnan() and du.isfinite().all() and dv.isfinite().all()
     assert torch.count_nonzero(du.view(2, 3, 6)[0, :, 4]) == 0
-    loss, (du, dv) = loss_and_grads("reference", *nonfinite_case("u_inf_v_negative_inf", torch.float64))
+    loss, (du, dv) = loss_and_grads(
+        "reference", *nonfinite_case("u_inf_v_negative_inf", torch.float64)
+    )
     assert loss.item() == INF and du.isfinite().all() and dv.isfinite().all()
     loss, _ = loss_and_grads("reference", *nonfinite_case("inf_against_inf", torch.float64))
     assert loss.isnan()
@@ -32,7 +43,9 @@ def test_reference_rules():
     assert loss.item() == 0.0 and torch.count_nonzero(du) == 0 and torch.count_nonzero(dv) == 0
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf in the Triton interpreter
+@pytest.mark.filterwarnings(
+    "ignore:invalid value encountered:RuntimeWarning"
+)  # inf - inf in the Triton interpreter
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CASES)

@@ -4,9 +4,9 @@ Tolerances as in test_sliced_wasserstein.py (float64 1e-12, float32 1e-5 / 1e-6 
 
 import pytest
 import torch
+from triton_compile import compile_for_gpu
 
 import dzsr_kernels as dk
-from triton_compile import compile_for_gpu
 from dzsr_kernels.sliced_wasserstein import draw_projections, sliced_wasserstein_loss
 from dzsr_kernels.sliced_wasserstein import op as sw_op
 
@@ -51,11 +51,15 @@ def test_triton_half_and_non_contiguous():
 def test_triton_opcheck():
     u, v = torch.randn(1, 4, 3, 3, device=DEVICE), torch.randn(1, 4, 3, 3, device=DEVICE)
     proj = draw_projections(4, 2, device=DEVICE)
-    torch.library.opcheck(sw_op._forward, (u, v, proj, True, "triton"),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        sw_op._forward, (u, v, proj, True, "triton"), test_utils=("test_schema", "test_faketensor")
+    )
     sign = torch.randint(-1, 2, (1, 2, 9), dtype=torch.int8, device=DEVICE)
-    torch.library.opcheck(sw_op._backward_op, (sign, proj * 0.1, "triton"),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        sw_op._backward_op,
+        (sign, proj * 0.1, "triton"),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 COMPILE_FOR_GPU = """

@@ -4,6 +4,7 @@ Pairs are cut from the bundled real sample (``dzsr.sample``): a 48x64 crop of th
 and, as its telephoto, the centre 1/4 of the same crop in the ground truth (x4: 48x64 pixels), at
 different places of the frame.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,10 @@ def _pair(sample, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
     """(short crop, its telephoto) at LR position (y, x) of the demo sample."""
     h, w = CROP
     y0, y1, x0, x1 = central_box(h, w, 1 / 4)
-    return (sample["short"][y:y + h, x:x + w],
-            sample["gt"][4 * (y + y0):4 * (y + y1), 4 * (x + x0):4 * (x + x1)])
+    return (
+        sample["short"][y : y + h, x : x + w],
+        sample["gt"][4 * (y + y0) : 4 * (y + y1), 4 * (x + x0) : 4 * (x + x1)],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +54,20 @@ def world(tmp_path_factory):
 
 
 def _argv(world, out, *extra):
-    return ["sr", "--short", str(world / "short"), "--tele", str(world / "tele"), "--out", str(out),
-            "--ckpt", str(world / "x4.pt"), "--tile", "32", *extra]
+    return [
+        "sr",
+        "--short",
+        str(world / "short"),
+        "--tele",
+        str(world / "tele"),
+        "--out",
+        str(out),
+        "--ckpt",
+        str(world / "x4.pt"),
+        "--tile",
+        "32",
+        *extra,
+    ]
 
 
 def test_folder_mode_writes_every_good_pair_and_reports_the_broken_one(world, tmp_path, capsys):
@@ -82,9 +97,24 @@ def test_folder_mode_pairs_by_name(world, tmp_path, capsys):
     gives for b.png + b.jpg: the pairs are matched by name, not by position."""
     capsys.readouterr()
     single = tmp_path / "b.png"
-    assert main(["sr", "--short", str(world / "short" / "b.png"), "--tele",
-                 str(world / "tele" / "b.jpg"), "--out", str(single), "--ckpt",
-                 str(world / "x4.pt"), "--tile", "32"]) == 0
+    assert (
+        main(
+            [
+                "sr",
+                "--short",
+                str(world / "short" / "b.png"),
+                "--tele",
+                str(world / "tele" / "b.jpg"),
+                "--out",
+                str(single),
+                "--ckpt",
+                str(world / "x4.pt"),
+                "--tile",
+                "32",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.splitlines()  # the alignment line, then what was written
     assert out[0].startswith("telephoto ") and out[1] == f"wrote {single} (192x256, x4, cpu, fp32)"
     assert main(_argv(world, tmp_path / "all")) == EXIT_SOME_FAILED
@@ -93,22 +123,41 @@ def test_folder_mode_pairs_by_name(world, tmp_path, capsys):
 
 
 def test_partnerless_ambiguous_and_misfit_pairs_fail_alone(tmp_path, world, capsys):
-    for name, folder in (("lone", "short"), ("twin", "short"), ("twin", "tele"), ("small", "short"),
-                         ("small", "tele"), ("ok", "short"), ("ok", "tele")):
+    for name, folder in (
+        ("lone", "short"),
+        ("twin", "short"),
+        ("twin", "tele"),
+        ("small", "short"),
+        ("small", "tele"),
+        ("ok", "short"),
+        ("ok", "tele"),
+    ):
         os.makedirs(tmp_path / folder, exist_ok=True)
         os.link(world / folder / "a.png", tmp_path / folder / f"{name}.png")
     os.link(world / "short" / "a.png", tmp_path / "short" / "twin.jpg")
     write_rgb(tmp_path / "tele" / "small.png", np.zeros((12, 16, 3), np.uint8))  # x1, not x4
     (tmp_path / "tele" / "notes.txt").write_text("not an image: ignored")
     capsys.readouterr()
-    argv = ["sr", "--short", str(tmp_path / "short"), "--tele", str(tmp_path / "tele"), "--out",
-            str(tmp_path / "out"), "--ckpt", str(world / "x4.pt"), "--tile", "32"]
+    argv = [
+        "sr",
+        "--short",
+        str(tmp_path / "short"),
+        "--tele",
+        str(tmp_path / "tele"),
+        "--out",
+        str(tmp_path / "out"),
+        "--ckpt",
+        str(world / "x4.pt"),
+        "--tile",
+        "32",
+    ]
     assert main(argv) == EXIT_SOME_FAILED
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"dzsr sr: lone: failed: no telephoto image lone.* in {tmp_path / 'tele'}"
     assert err[1].startswith("dzsr sr: small: failed: ") and "scale 4" in err[1]
-    assert err[2] == ("dzsr sr: twin: failed: ambiguous name: twin.jpg, twin.png in "
-                      f"{tmp_path / 'short'}")
+    assert err[2] == (
+        f"dzsr sr: twin: failed: ambiguous name: twin.jpg, twin.png in {tmp_path / 'short'}"
+    )
     assert len(err) == 3 and os.listdir(tmp_path / "out") == ["ok.png"]
 
 
@@ -124,8 +173,7 @@ def test_existing_outputs_are_replaced_whole(world, tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["a.png", "b.png", "c.png", "d.png", "keep.txt"]
 
 
-def test_running_out_of_memory_is_one_line_or_one_failed_pair(world, tmp_path, capsys,
-                                                               monkeypatch):
+def test_running_out_of_memory_is_one_line_or_one_failed_pair(world, tmp_path, capsys, monkeypatch):
     import dzsr.sr_batch
 
     def exhausted(*args, **kwargs):
@@ -133,14 +181,26 @@ def test_running_out_of_memory_is_one_line_or_one_failed_pair(world, tmp_path, c
 
     monkeypatch.setattr(dzsr.sr_batch, "super_resolve", exhausted)
     capsys.readouterr()
-    single = ["sr", "--short", str(world / "short" / "a.png"), "--tele",
-              str(world / "tele" / "a.png"), "--out", str(tmp_path / "a.png"), "--ckpt",
-              str(world / "x4.pt"), "--device", "cpu"]
+    single = [
+        "sr",
+        "--short",
+        str(world / "short" / "a.png"),
+        "--tele",
+        str(world / "tele" / "a.png"),
+        "--out",
+        str(tmp_path / "a.png"),
+        "--ckpt",
+        str(world / "x4.pt"),
+        "--device",
+        "cpu",
+    ]
     assert main(single) == dzsr.cli.EXIT_ERROR
     err = capsys.readouterr().err.splitlines()
-    assert err == ["dzsr sr: error: out of memory on cpu for the 48x64 short-focus image: try a "
-                   "smaller --tile or --precision bf16 (CUDA out of memory. Tried to allocate "
-                   "9.00 GiB.)"]
+    assert err == [
+        "dzsr sr: error: out of memory on cpu for the 48x64 short-focus image: try a "
+        "smaller --tile or --precision bf16 (CUDA out of memory. Tried to allocate "
+        "9.00 GiB.)"
+    ]
     assert main(_argv(world, tmp_path / "out")) == EXIT_SOME_FAILED
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 5 and all("failed: " in line for line in err)
@@ -164,9 +224,24 @@ def test_bf16_from_the_command_line_meets_the_psnr_bound(world, tmp_path, capsys
     paths = {}
     for precision in ("fp32", "bf16"):
         paths[precision] = tmp_path / f"{precision}.png"
-        assert main(["sr", "--short", str(world / "short" / "a.png"), "--tele",
-                     str(world / "tele" / "a.png"), "--out", str(paths[precision]), "--precision",
-                     precision, "--tile", "32"]) == 0
+        assert (
+            main(
+                [
+                    "sr",
+                    "--short",
+                    str(world / "short" / "a.png"),
+                    "--tele",
+                    str(world / "tele" / "a.png"),
+                    "--out",
+                    str(paths[precision]),
+                    "--precision",
+                    precision,
+                    "--tile",
+                    "32",
+                ]
+            )
+            == 0
+        )
         device = "cuda" if torch.cuda.is_available() else "cpu"
         assert f"(192x256, x4, {device}, {precision})" in capsys.readouterr().out
     fp32, bf16 = (read_rgb(paths[p]).astype(np.float64) / 255 for p in ("fp32", "bf16"))
@@ -187,4 +262,4 @@ def test_progress_bars_show_on_a_terminal_only(world, tmp_path, capsys, monkeypa
     failure = [line for line in err.splitlines() if "dzsr sr: e: failed" in line]
     assert len(failure) == 1
     assert main([*argv, "--no-progress"]) == EXIT_SOME_FAILED
-    assert capsys.readouterr().err.splitlines() == [failure[0][failure[0].index("dzsr"):]]
+    assert capsys.readouterr().err.splitlines() == [failure[0][failure[0].index("dzsr") :]]

@@ -1,5 +1,6 @@
 """``super_resolve(..., precision=...)``: bf16 quality against fp32 on the bundled real sample, the
 stages that stay float32 (docs in ``dzsr.infer``, Precision), and the refused settings."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,14 +43,21 @@ def _record_dtypes(model, monkeypatch) -> dict:
     """Output dtypes of named layers, and the dtype patch_match receives, during one call."""
     seen: dict = {}
     net = model.restoration
-    layers = {"extractor": model.extractor.query_trunk.conv3_1, "lr head": net.head,
-              "encoder": net.reference.encoder.convs[0],
-              "estimator": net.reference.align.offsets.to_matrix,
-              "warp": net.reference.warp, "transform": net.reference.align.deform,
-              "body": net.body_tail, "upsampler": net.upsampler.convs[-1]}
+    layers = {
+        "extractor": model.extractor.query_trunk.conv3_1,
+        "lr head": net.head,
+        "encoder": net.reference.encoder.convs[0],
+        "estimator": net.reference.align.offsets.to_matrix,
+        "warp": net.reference.warp,
+        "transform": net.reference.align.deform,
+        "body": net.body_tail,
+        "upsampler": net.upsampler.convs[-1],
+    }
+
     def hook(name):
         def record(module, args, out) -> None:
             seen.setdefault(name, out.dtype)
+
         return record
 
     for name, layer in layers.items():
@@ -65,16 +73,25 @@ def _record_dtypes(model, monkeypatch) -> dict:
 
 
 @pytest.mark.parametrize("tile", [16, None])
-def test_bf16_lowers_the_convolutions_and_keeps_matching_and_sampling_float32(demo_crop,
-                                                                              monkeypatch, tile):
+def test_bf16_lowers_the_convolutions_and_keeps_matching_and_sampling_float32(
+    demo_crop, monkeypatch, tile
+):
     model, inputs = demo_crop
     model = load_model()  # fresh: hooks stay on this copy
     seen = _record_dtypes(model, monkeypatch)
     super_resolve(model, *inputs, tile=tile, precision="bf16")
     f32, bf16 = torch.float32, torch.bfloat16
-    assert seen == {"extractor": f32, "patch_match": f32, "warp": f32, "transform": f32,
-                    "lr head": bf16, "encoder": bf16, "estimator": bf16, "body": bf16,
-                    "upsampler": bf16}
+    assert seen == {
+        "extractor": f32,
+        "patch_match": f32,
+        "warp": f32,
+        "transform": f32,
+        "lr head": bf16,
+        "encoder": bf16,
+        "estimator": bf16,
+        "body": bf16,
+        "upsampler": bf16,
+    }
 
 
 def test_precision_names_and_fp16_on_the_cpu_are_refused(demo_crop):

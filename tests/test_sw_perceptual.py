@@ -1,4 +1,5 @@
 """SWLoss (VGG-19 sliced-Wasserstein perceptual loss) and offline weight loading."""
+
 import copy
 
 import pytest
@@ -36,7 +37,9 @@ def test_formula_matches_authors_weighting():
     expected = 0.0
     for idx, weight in ((13, 1.0), (22, 1.0), (31, 2.0)):
         fo, ft = feats[: idx + 1]((out - mean) / std), feats[: idx + 1]((tgt - mean) / std)
-        expected += weight * sliced_wasserstein(fo, ft, draw_projections(fo.shape[1], fo.shape[1] // 2, g))
+        expected += weight * sliced_wasserstein(
+            fo, ft, draw_projections(fo.shape[1], fo.shape[1] // 2, g)
+        )
     torch.testing.assert_close(got, SW_SCALE * expected, rtol=1e-4, atol=1e-7)
 
 
@@ -46,13 +49,18 @@ def test_layers_match_torchvision_vgg19():
         tv = torchvision.models.vgg19(weights=None).features
     ours = VGG19Features(("relu5_2",), weights=None).features
     assert [type(m) for m in ours] == [type(m) for m in tv[:32]]
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in tv[:32].state_dict().items()}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in tv[:32].state_dict().items()
+    }
 
 
 def test_vgg_runs_channels_last_and_returns_contiguous_maps():
     vgg = VGG19Features(("relu3_2", "relu5_2"), weights=None)
-    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
-               for m in vgg.features if isinstance(m, torch.nn.Conv2d))
+    assert all(
+        m.weight.is_contiguous(memory_format=torch.channels_last)
+        for m in vgg.features
+        if isinstance(m, torch.nn.Conv2d)
+    )
     images = torch.rand(2, 3, 28, 40).transpose(2, 3)  # non-contiguous input
     got = vgg(images)
     plain = copy.deepcopy(vgg.features).to(memory_format=torch.contiguous_format)
@@ -71,7 +79,9 @@ def test_bfloat16_vgg_is_close_to_float32_and_backprops():
     ref = ref_fn(out, tgt, generator=torch.Generator().manual_seed(3))
     fast = fast_fn(out, tgt, generator=torch.Generator().manual_seed(3))
     assert fast.dtype == torch.float32 and ref.dtype == torch.float32
-    torch.testing.assert_close(fast, ref, rtol=0.05, atol=0)  # bfloat16 features: ~3 significant digits
+    torch.testing.assert_close(
+        fast, ref, rtol=0.05, atol=0
+    )  # bfloat16 features: ~3 significant digits
     (g_ref,) = torch.autograd.grad(ref, out)
     (g_fast,) = torch.autograd.grad(fast, out)
     assert torch.isfinite(g_fast).all()
@@ -108,7 +118,11 @@ def test_loads_a_saved_state_dict(tmp_path, monkeypatch):
     torch.save(state, file)
     for weights in (str(file), str(tmp_path)):
         loaded = VGG19Features(("relu3_2",), weights=weights)
-        for a, b in zip(loaded.features.state_dict().values(), source.features.state_dict().values(), strict=True):
+        for a, b in zip(
+            loaded.features.state_dict().values(),
+            source.features.state_dict().values(),
+            strict=True,
+        ):
             assert torch.equal(a, b)
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(state, tmp_path / "hub" / "checkpoints" / VGG19_FILE)
@@ -120,7 +134,10 @@ def test_loads_a_saved_state_dict(tmp_path, monkeypatch):
 
 def test_full_swloss_checkpoint_round_trip(tmp_path):
     source = SWLoss(weights=None)
-    torch.save({f"features.{k}": t for k, t in source.vgg.features.state_dict().items()}, tmp_path / VGG19_FILE)
+    torch.save(
+        {f"features.{k}": t for k, t in source.vgg.features.state_dict().items()},
+        tmp_path / VGG19_FILE,
+    )
     loaded = SWLoss(weights=str(tmp_path / VGG19_FILE))
     out, tgt = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     a = source(out, tgt, generator=torch.Generator().manual_seed(2))

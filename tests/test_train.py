@@ -1,5 +1,6 @@
 """Training: configs and overrides, the training state and exact resume, the degradation stage,
 TensorBoard, DDP on gloo."""
+
 from __future__ import annotations
 
 import glob
@@ -20,10 +21,22 @@ from dzsr.train_parts import EpochBatches
 def _tiny(out_dir, *extra):
     """The sample preset shrunk to seconds: two photographs, batch 2, 24px patches, 2 iterations
     per epoch."""
-    return load_config("sample_x4", [
-        f"log.out_dir={out_dir}", "data.photos=[camera.png, ihc.png]", "data.patch_size=24",
-        "train.batch_size=2", "train.iters_per_epoch=2", "train.epochs=2", "train.decay_every=1",
-        "log.checkpoint_every=1", "log.scalars_every=1", "log.images_every=2", *extra])
+    return load_config(
+        "sample_x4",
+        [
+            f"log.out_dir={out_dir}",
+            "data.photos=[camera.png, ihc.png]",
+            "data.patch_size=24",
+            "train.batch_size=2",
+            "train.iters_per_epoch=2",
+            "train.epochs=2",
+            "train.decay_every=1",
+            "log.checkpoint_every=1",
+            "log.scalars_every=1",
+            "log.images_every=2",
+            *extra,
+        ],
+    )
 
 
 def _weights(path):
@@ -40,13 +53,21 @@ def test_presets_load_with_the_paper_settings():
     for c, scale, drop in ((nikon, 4, 0.3), (fusion, 2, 0.45)):
         t = c["train"]
         assert (c["scale"], c["model"]["drop_prob"], c["data"]["patch_size"]) == (scale, drop, 48)
-        assert (t["batch_size"], t["epochs"], t["iters_per_epoch"], t["lr"], t["kernel_lr_factor"],
-                t["decay_every"], t["gamma"]) == (16, 401, 1000, 1e-4, 0.5, 200, 0.5)
+        assert (
+            t["batch_size"],
+            t["epochs"],
+            t["iters_per_epoch"],
+            t["lr"],
+            t["kernel_lr_factor"],
+            t["decay_every"],
+            t["gamma"],
+        ) == (16, 401, 1000, 1e-4, 0.5, 200, 0.5)
 
 
 def test_overrides_and_their_errors(tmp_path):
-    c = load_config("sample_x4", ["train.lr=3e-4", "data.samples=[motorcycle]",
-                                  "init.kernel_gen=/x.pth"])
+    c = load_config(
+        "sample_x4", ["train.lr=3e-4", "data.samples=[motorcycle]", "init.kernel_gen=/x.pth"]
+    )
     assert c["train"]["lr"] == 3e-4 and c["init"]["kernel_gen"] == "/x.pth"
     with pytest.raises(ConfigError, match="unknown key train.lrr"):
         load_config("sample_x4", ["train.lrr=1"])
@@ -112,8 +133,14 @@ def test_training_state_round_trips_into_a_fresh_run(tmp_path):
     import random
 
     from dzsr.distributed import Dist
-    from dzsr.train import (build_run, epoch_loader, restore_training_state, save_training_state,
-                            setup, train_step)
+    from dzsr.train import (
+        build_run,
+        epoch_loader,
+        restore_training_state,
+        save_training_state,
+        setup,
+        train_step,
+    )
 
     config, path = _tiny(tmp_path / "s"), str(tmp_path / "s" / "state.pt")
     run = build_run(config, *setup(config))
@@ -123,8 +150,9 @@ def test_training_state_round_trips_into_a_fresh_run(tmp_path):
     draws = torch.rand(4), np.random.rand(4).tolist(), random.random()
     other = build_run(config, *setup(config))
     assert not _same(other.model.state_dict(), run.model.state_dict())
-    with pytest.raises(ValueError, match="written by 1 processes; resume with the same number, "
-                                         "not 2"):
+    with pytest.raises(
+        ValueError, match="written by 1 processes; resume with the same number, not 2"
+    ):
         restore_training_state(path, dataclasses.replace(other, dist=Dist(0, 2)))
     assert restore_training_state(path, other) == 2
     assert _same((torch.rand(4), np.random.rand(4).tolist(), random.random()), draws)
@@ -136,8 +164,9 @@ def test_training_state_round_trips_into_a_fresh_run(tmp_path):
 
 
 def test_resume_refuses_a_final_checkpoint(tmp_path):
-    final = train(_tiny(tmp_path / "a", "train.epochs=1", "train.iters_per_epoch=1"),
-                  progress=False)
+    final = train(
+        _tiny(tmp_path / "a", "train.epochs=1", "train.iters_per_epoch=1"), progress=False
+    )
     with pytest.raises(ValueError, match="no optimizer state"):
         train(_tiny(tmp_path / "a"), resume=final, progress=False)
 
@@ -152,13 +181,21 @@ def test_resume_refuses_breaking_changes_and_allows_safe_ones(tmp_path):
     with pytest.raises(ConfigError) as err:
         train(_tiny(tmp_path / "r", "train.batch_size=4", "seed=3"), resume=True, progress=False)
     msg = str(err.value)
-    assert msg.startswith(f"cannot resume {last} exactly: seed: 0 -> 3; train.batch_size: 2 -> 4 "
-                          f"(as trained -> now)")
+    assert msg.startswith(
+        f"cannot resume {last} exactly: seed: 0 -> 3; train.batch_size: 2 -> 4 (as trained -> now)"
+    )
     assert "keys that may change on resume: name, device, data.workers" in msg
     assert "train.epochs" in msg
     assert last.stat().st_mtime_ns == before and _weights(last)[1]["extra"]["iteration"] == 1
-    fork = _tiny(tmp_path / "fork", "train.epochs=1", "log.scalars_every=2", "name=more",
-                 "device=cpu", "init.bicubic=false", "train.lr='5e-4'")
+    fork = _tiny(
+        tmp_path / "fork",
+        "train.epochs=1",
+        "log.scalars_every=2",
+        "name=more",
+        "device=cpu",
+        "init.bicubic=false",
+        "train.lr='5e-4'",
+    )
     resumed = train(fork, resume=str(last), progress=False)
     assert resumed == str(tmp_path / "fork" / "final.pt")
     ckpt = _weights(resumed)[1]
@@ -187,8 +224,13 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
 
@@ -230,8 +272,16 @@ def test_prepared_folder_trains(tmp_path):
 
     prepare_sample_data(str(tmp_path / "data"), ["motorcycle"], 4, ["ihc.png"])
     assert sorted(os.listdir(tmp_path / "data" / "train_LR")) == ["ihc_x1.png", "motorcycle_x1.png"]
-    path = train(_tiny(tmp_path / "f", "data.kind=folder", f"data.root={tmp_path / 'data'}",
-                       "train.epochs=1", "train.iters_per_epoch=1"), progress=False)
+    path = train(
+        _tiny(
+            tmp_path / "f",
+            "data.kind=folder",
+            f"data.root={tmp_path / 'data'}",
+            "train.epochs=1",
+            "train.iters_per_epoch=1",
+        ),
+        progress=False,
+    )
     assert load_checkpoint(path)[1]["extra"]["iteration"] == 1
 
 

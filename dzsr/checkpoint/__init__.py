@@ -15,21 +15,69 @@ Modules: ``storage`` (the containers, PyTorch and safetensors: the only ``torch.
 ``official`` (the authors' key names, their scale), ``loading`` (``load_model``, the demo
 checkpoint), ``errors`` (``CheckpointMismatchError``).
 """
+
 from __future__ import annotations
 
 from .errors import CheckpointMismatchError
 from .loading import DEMO_CHECKPOINT, demo_checkpoint_path, load_model
-from .official import (NETWORKS, REGULAR_MATRIX, convert_official, load_official, official_key_map,
-                       official_scale, to_official)
-from .ours import (CONFIG_KEYS, FORMAT, VERSION, check_payload, is_ours, load_checkpoint,
-                   load_payload, model_config, read_checkpoint, save_checkpoint,
-                   save_inference_checkpoint)
-from .storage import (SAFETENSORS_SUFFIX, as_state_dict, read_file, read_state_dict,
-                      read_with_metadata, write_file)
+from .official import (
+    NETWORKS,
+    REGULAR_MATRIX,
+    convert_official,
+    load_official,
+    official_key_map,
+    official_scale,
+    to_official,
+)
+from .ours import (
+    CONFIG_KEYS,
+    FORMAT,
+    VERSION,
+    check_payload,
+    is_ours,
+    load_checkpoint,
+    load_payload,
+    model_config,
+    read_checkpoint,
+    save_checkpoint,
+    save_inference_checkpoint,
+)
+from .storage import (
+    SAFETENSORS_SUFFIX,
+    as_state_dict,
+    read_file,
+    read_state_dict,
+    read_with_metadata,
+    write_file,
+)
 
-__all__ = ["CONFIG_KEYS", "CheckpointMismatchError", "DEMO_CHECKPOINT", "FORMAT", "NETWORKS",
-           "REGULAR_MATRIX", "SAFETENSORS_SUFFIX", "VERSION", "as_state_dict", "check_payload",
-           "convert_official", "demo_checkpoint_path", "is_ours", "load_checkpoint", "load_model",
-           "load_official", "load_payload", "model_config", "official_key_map", "official_scale",
-           "read_checkpoint", "read_file", "read_state_dict", "read_with_metadata",
-           "save_checkpoint", "save_inference_checkpoint", "to_official", "write_file"]
+__all__ = [
+    "CONFIG_KEYS",
+    "CheckpointMismatchError",
+    "DEMO_CHECKPOINT",
+    "FORMAT",
+    "NETWORKS",
+    "REGULAR_MATRIX",
+    "SAFETENSORS_SUFFIX",
+    "VERSION",
+    "as_state_dict",
+    "check_payload",
+    "convert_official",
+    "demo_checkpoint_path",
+    "is_ours",
+    "load_checkpoint",
+    "load_model",
+    "load_official",
+    "load_payload",
+    "model_config",
+    "official_key_map",
+    "official_scale",
+    "read_checkpoint",
+    "read_file",
+    "read_state_dict",
+    "read_with_metadata",
+    "save_checkpoint",
+    "save_inference_checkpoint",
+    "to_official",
+    "write_file",
+]

@@ -1,4 +1,5 @@
 """A SelfDZSR ready for inference from any checkpoint dzsr reads (``dzsr sr``, ``dzsr demo``)."""
+
 from __future__ import annotations
 
 import os
@@ -34,11 +35,15 @@ def _load_ours(path: str, ckpt: dict, scale: int | None) -> SelfDZSR:
     except CheckpointMismatchError as err:
         raise ValueError(err.summary) from None
     if partial:
-        missing = [k for k in model.state_dict()
-                   if k not in ckpt["state_dict"] and not k.startswith("kernel_gen.")]
+        missing = [
+            k
+            for k in model.state_dict()
+            if k not in ckpt["state_dict"] and not k.startswith("kernel_gen.")
+        ]
         if missing:
-            raise ValueError(f"inference checkpoint {path} lacks {len(missing)} weights, "
-                             f"e.g. {missing[0]}")
+            raise ValueError(
+                f"inference checkpoint {path} lacks {len(missing)} weights, e.g. {missing[0]}"
+            )
     return model
 
 
@@ -47,8 +52,9 @@ def _load_authors(path: str, obj, scale: int | None, extractor) -> SelfDZSR:
     found = official_scale(sd)
     _check_scale(path, found, scale)
     if extractor is None:
-        raise ValueError(f"{path} is an authors' RefSR file: also give their extractor "
-                         f"(Student_model_*.pth)")
+        raise ValueError(
+            f"{path} is an authors' RefSR file: also give their extractor (Student_model_*.pth)"
+        )
     model = SelfDZSR(found)
     try:
         load_official(model, restoration=sd, extractor=os.fspath(extractor))
@@ -57,8 +63,11 @@ def _load_authors(path: str, obj, scale: int | None, extractor) -> SelfDZSR:
     return model
 
 
-def load_model(checkpoint: str | os.PathLike | None = None, scale: int | None = None,
-               extractor: str | os.PathLike | None = None) -> SelfDZSR:
+def load_model(
+    checkpoint: str | os.PathLike | None = None,
+    scale: int | None = None,
+    extractor: str | os.PathLike | None = None,
+) -> SelfDZSR:
     """A SelfDZSR in eval mode (float32, CPU) from our checkpoint (``.safetensors`` or ``.pt``,
     whole or inference-only), or from the authors' ``RefSR_model_*.pth`` plus ``extractor``
     (their ``Student_model_*.pth``). None loads the shipped demo checkpoint (x4). ``scale``, when
@@ -67,12 +76,15 @@ def load_model(checkpoint: str | os.PathLike | None = None, scale: int | None = 
     if checkpoint is None:
         checkpoint = demo_checkpoint_path()
         if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"no checkpoint given and the demo checkpoint {checkpoint} is "
-                                    f"not installed: pass --ckpt")
+            raise FileNotFoundError(
+                f"no checkpoint given and the demo checkpoint {checkpoint} is "
+                f"not installed: pass --ckpt"
+            )
     path = os.fspath(checkpoint)
     obj = read_checkpoint(path)
-    model = (_load_ours(path, obj, scale) if is_ours(obj)
-             else _load_authors(path, obj, scale, extractor))
+    model = (
+        _load_ours(path, obj, scale) if is_ours(obj) else _load_authors(path, obj, scale, extractor)
+    )
     return model.eval()
 
 

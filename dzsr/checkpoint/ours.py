@@ -14,6 +14,7 @@ One payload, two containers (``dzsr.checkpoint.storage``), chosen by the path's 
 Both are written atomically (``dzsr.outputs.atomic_write``) and read back into the same payload
 dict; ``load_checkpoint`` rebuilds the model from ``config``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,11 @@ _JSON_ENTRIES = ("version", "config", "extra")  # safetensors metadata strings t
 def model_config(model: SelfDZSR) -> dict:
     """The constructor arguments that rebuild ``model``: {"scale", "drop_prob", "paste_prob"}
     (SelfDZSR fixes its channels and blocks; the state dict's shapes carry them)."""
-    return {"scale": model.scale, "drop_prob": model.restoration.align[0].drop_prob,
-            "paste_prob": model.restoration.reference.paste_prob}
+    return {
+        "scale": model.scale,
+        "drop_prob": model.restoration.align[0].drop_prob,
+        "paste_prob": model.restoration.reference.paste_prob,
+    }
 
 
 def _to_metadata(payload: Mapping, path) -> dict[str, str]:
@@ -48,9 +52,11 @@ def _to_metadata(payload: Mapping, path) -> dict[str, str]:
         try:
             meta[key] = json.dumps(payload[key], allow_nan=False)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{os.fspath(path)}: the checkpoint's {key} cannot be stored in a "
-                             f".safetensors file ({err}); training state (optimisers, RNG) "
-                             f"needs a .pt file") from None
+            raise ValueError(
+                f"{os.fspath(path)}: the checkpoint's {key} cannot be stored in a "
+                f".safetensors file ({err}); training state (optimisers, RNG) "
+                f"needs a .pt file"
+            ) from None
     return meta
 
 
@@ -59,16 +65,20 @@ def _from_metadata(tensors: dict, metadata: dict[str, str], path) -> dict:
     when the metadata is not dzsr's."""
     if metadata.get("format") != FORMAT:
         got = f"format {metadata['format']!r}" if "format" in metadata else "no format entry"
-        raise ValueError(f"{path} is not a dzsr checkpoint: its safetensors metadata has {got}, "
-                         f"expected format {FORMAT!r} with the model config")
+        raise ValueError(
+            f"{path} is not a dzsr checkpoint: its safetensors metadata has {got}, "
+            f"expected format {FORMAT!r} with the model config"
+        )
     payload = {**metadata, "state_dict": tensors}
     for key in _JSON_ENTRIES:
         if key in metadata:
             try:
                 payload[key] = json.loads(metadata[key])
             except json.JSONDecodeError:
-                raise ValueError(f"{path} is a damaged dzsr checkpoint: its metadata {key} is not "
-                                 f"JSON: {metadata[key][:80]!r}") from None
+                raise ValueError(
+                    f"{path} is a damaged dzsr checkpoint: its metadata {key} is not "
+                    f"JSON: {metadata[key][:80]!r}"
+                ) from None
     return payload
 
 
@@ -86,9 +96,15 @@ def save_checkpoint(path: str | os.PathLike, model: SelfDZSR, extra: dict | None
     docstring): a reader sees the old file or the complete new one."""
     from .. import __version__
 
-    payload = {"format": FORMAT, "version": VERSION, "dzsr_version": __version__,
-               "torch_version": str(torch.__version__), "config": model_config(model),
-               "state_dict": model.state_dict(), "extra": extra or {}}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "dzsr_version": __version__,
+        "torch_version": str(torch.__version__),
+        "config": model_config(model),
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
     if is_safetensors_path(path):
         write_file(path, payload["state_dict"], _to_metadata(payload, path))
     else:
@@ -100,16 +116,23 @@ def check_payload(ckpt: Mapping, path) -> None:
     ``config`` and ``state_dict``; raises ValueError naming ``path`` otherwise."""
     version = ckpt.get("version", 0)
     if not isinstance(version, int) or version > VERSION:
-        raise ValueError(f"{path} has checkpoint version {version!r}; this dzsr reads up to "
-                         f"{VERSION}")
+        raise ValueError(
+            f"{path} has checkpoint version {version!r}; this dzsr reads up to {VERSION}"
+        )
     config, sd = ckpt.get("config"), ckpt.get("state_dict")
-    if (not isinstance(config, Mapping) or set(config) - set(CONFIG_KEYS)
-            or config.get("scale") not in (2, 3, 4)):
-        raise ValueError(f"{path} is a damaged dzsr checkpoint: its config must hold scale 2, 3 "
-                         f"or 4 (and drop_prob, paste_prob), got {config!r}")
+    if (
+        not isinstance(config, Mapping)
+        or set(config) - set(CONFIG_KEYS)
+        or config.get("scale") not in (2, 3, 4)
+    ):
+        raise ValueError(
+            f"{path} is a damaged dzsr checkpoint: its config must hold scale 2, 3 "
+            f"or 4 (and drop_prob, paste_prob), got {config!r}"
+        )
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path} is a damaged dzsr checkpoint: its state_dict must map names to "
-                         f"tensors")
+        raise ValueError(
+            f"{path} is a damaged dzsr checkpoint: its state_dict must map names to tensors"
+        )
     if not isinstance(ckpt.get("extra", {}), Mapping):
         raise ValueError(f"{path} is a damaged dzsr checkpoint: its extra must be a dict")
 
@@ -124,22 +147,31 @@ def load_payload(ckpt: Mapping, model: SelfDZSR, name: str, strict: bool = True)
     and with ``strict`` missing or unexpected ones, raise ``CheckpointMismatchError`` naming
     ``name`` (the file)."""
     expected, sd = model.state_dict(), ckpt["state_dict"]
-    misshaped = [(k, sd[k].shape, expected[k].shape) for k in sd
-                 if k in expected and sd[k].shape != expected[k].shape]
-    raise_mismatch(f"checkpoint {name}", [k for k in expected if k not in sd] if strict else [],
-                   [k for k in sd if k not in expected] if strict else [], misshaped)
+    misshaped = [
+        (k, sd[k].shape, expected[k].shape)
+        for k in sd
+        if k in expected and sd[k].shape != expected[k].shape
+    ]
+    raise_mismatch(
+        f"checkpoint {name}",
+        [k for k in expected if k not in sd] if strict else [],
+        [k for k in sd if k not in expected] if strict else [],
+        misshaped,
+    )
     model.load_state_dict(sd, strict=strict)
 
 
-def load_checkpoint(path: str | os.PathLike, model: SelfDZSR | None = None,
-                    strict: bool = True) -> tuple[SelfDZSR, dict]:
+def load_checkpoint(
+    path: str | os.PathLike, model: SelfDZSR | None = None, strict: bool = True
+) -> tuple[SelfDZSR, dict]:
     """Read a file written by ``save_checkpoint`` (either container); builds the model from its
     config when ``model`` is None. Returns (model, payload dict). Raises ValueError for other
     files or newer versions, ``CheckpointMismatchError`` for weights that do not fit ``model``."""
     ckpt = read_checkpoint(path)
     if not is_ours(ckpt):
-        raise ValueError(f"{path} is not a dzsr checkpoint (for the authors' files use "
-                         f"load_official)")
+        raise ValueError(
+            f"{path} is not a dzsr checkpoint (for the authors' files use load_official)"
+        )
     check_payload(ckpt, path)
     if model is None:
         model = SelfDZSR(**ckpt["config"])
@@ -147,8 +179,9 @@ def load_checkpoint(path: str | os.PathLike, model: SelfDZSR | None = None,
     return model, ckpt
 
 
-def save_inference_checkpoint(path: str | os.PathLike, model: SelfDZSR, half: bool = True,
-                              extra: dict | None = None) -> None:
+def save_inference_checkpoint(
+    path: str | os.PathLike, model: SelfDZSR, half: bool = True, extra: dict | None = None
+) -> None:
     """Write the networks inference needs (restoration + extractor; KernelGen only trains), in
     float16 when ``half`` (``load_model`` reads them back into float32), with ``extra`` (JSON
     values for a ``.safetensors`` path) plus ``inference_only`` and ``half``. The container
@@ -160,6 +193,16 @@ def save_inference_checkpoint(path: str | os.PathLike, model: SelfDZSR, half: bo
     save_checkpoint(path, slim, {**(extra or {}), "inference_only": True, "half": half})
 
 
-__all__ = ["CONFIG_KEYS", "FORMAT", "VERSION", "check_payload", "is_ours", "load_checkpoint",
-           "load_payload", "model_config", "read_checkpoint", "save_checkpoint",
-           "save_inference_checkpoint"]
+__all__ = [
+    "CONFIG_KEYS",
+    "FORMAT",
+    "VERSION",
+    "check_payload",
+    "is_ours",
+    "load_checkpoint",
+    "load_payload",
+    "model_config",
+    "read_checkpoint",
+    "save_checkpoint",
+    "save_inference_checkpoint",
+]

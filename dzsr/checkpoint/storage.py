@@ -18,6 +18,7 @@ file, or one that needs more than weights-only unpickling, is one ``ValueError``
 checkpoint PATH: ..." (``what`` replaces "checkpoint", e.g. "pretrained weights"), never torch's
 advice to load untrusted files with ``weights_only=False``.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,9 @@ def _read_safetensors(path: str, what: str) -> tuple[dict[str, torch.Tensor], di
     except OSError:
         raise
     except Exception:  # noqa: BLE001 - safetensors' header and range errors
-        raise ValueError(f"cannot read {what} {path}: a truncated or damaged safetensors "
-                         f"file") from None
+        raise ValueError(
+            f"cannot read {what} {path}: a truncated or damaged safetensors file"
+        ) from None
 
 
 def _read_torch(path: str, what: str) -> Any:
@@ -76,15 +78,18 @@ def _read_torch(path: str, what: str) -> Any:
         if isinstance(err, RuntimeError) and "zip archive" in str(err):
             why = "a truncated or damaged PyTorch file"
         elif "Unsupported global" in str(err):
-            why = ("it holds Python objects other than tensors and plain containers, which dzsr "
-                   "does not load")
+            why = (
+                "it holds Python objects other than tensors and plain containers, which dzsr "
+                "does not load"
+            )
         else:
             why = "not a PyTorch or safetensors checkpoint file (or a damaged one)"
         raise ValueError(f"cannot read {what} {path}: {why}") from None
 
 
-def read_with_metadata(path: str | os.PathLike, what: str = "checkpoint"
-                       ) -> tuple[Any, dict[str, str] | None]:
+def read_with_metadata(
+    path: str | os.PathLike, what: str = "checkpoint"
+) -> tuple[Any, dict[str, str] | None]:
     """(contents, metadata) of the file ``path``: a safetensors file gives its {name: tensor} map
     and its ``__metadata__`` (a str -> str dict, empty when it has none); a PyTorch file gives
     the object ``torch.load`` returns and None. Errors: module docstring."""
@@ -106,17 +111,23 @@ def as_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     tensors."""
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                               for k, v in obj.items()):
-        what = (type(obj).__name__ if not isinstance(obj, Mapping)
-                else "a dict with other entries than named tensors")
-        raise ValueError(f"expected a state dict (or {{'state_dict': ...}}) of named tensors, "
-                         f"got {what}")
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        what = (
+            type(obj).__name__
+            if not isinstance(obj, Mapping)
+            else "a dict with other entries than named tensors"
+        )
+        raise ValueError(
+            f"expected a state dict (or {{'state_dict': ...}}) of named tensors, got {what}"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def read_state_dict(path: str | os.PathLike, what: str = "pretrained weights"
-                    ) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | os.PathLike, what: str = "pretrained weights"
+) -> dict[str, torch.Tensor]:
     """``as_state_dict`` of the file ``path`` (published weights: PyTorch or safetensors); its
     errors name the file as ``read_file``'s do."""
     contents = read_file(path, what)
@@ -126,8 +137,9 @@ def read_state_dict(path: str | os.PathLike, what: str = "pretrained weights"
         raise ValueError(f"cannot read {what} {os.fspath(path)}: {err}") from None
 
 
-def write_file(path: str | os.PathLike, obj: Any,
-               metadata: Mapping[str, str] | None = None) -> None:
+def write_file(
+    path: str | os.PathLike, obj: Any, metadata: Mapping[str, str] | None = None
+) -> None:
     """Write ``obj`` to ``path`` atomically in the container its suffix names (module docstring).
 
     safetensors: ``obj`` is a {name: tensor} map (written contiguous) and ``metadata`` a str -> str
@@ -136,8 +148,9 @@ def write_file(path: str | os.PathLike, obj: Any,
     """
     if not is_safetensors_path(path):
         if metadata is not None:
-            raise ValueError(f"{os.fspath(path)}: metadata is only written to {SAFETENSORS_SUFFIX} "
-                             f"files")
+            raise ValueError(
+                f"{os.fspath(path)}: metadata is only written to {SAFETENSORS_SUFFIX} files"
+            )
         atomic_write(path, lambda f: torch.save(obj, f))
         return
     tensors = {k: v.detach().cpu().contiguous() for k, v in obj.items()}
@@ -148,5 +161,12 @@ def write_file(path: str | os.PathLike, obj: Any,
     write_bytes(path, data)
 
 
-__all__ = ["SAFETENSORS_SUFFIX", "as_state_dict", "is_safetensors_path", "read_file",
-           "read_state_dict", "read_with_metadata", "write_file"]
+__all__ = [
+    "SAFETENSORS_SUFFIX",
+    "as_state_dict",
+    "is_safetensors_path",
+    "read_file",
+    "read_state_dict",
+    "read_with_metadata",
+    "write_file",
+]

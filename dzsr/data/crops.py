@@ -3,6 +3,7 @@
 A box is ``(y0, y1, x0, x1)`` with half-open ranges, ``img[y0:y1, x0:x1]`` (HWC) or
 ``img[:, y0:y1, x0:x1]`` (CHW).
 """
+
 from __future__ import annotations
 
 Box = tuple[int, int, int, int]
@@ -18,7 +19,9 @@ def central_box(height: int, width: int, fraction_h: float, fraction_w: float | 
         raise ValueError(f"crop fractions must lie in (0, 1], got {fraction_h}, {fraction_w}")
     crop_h, crop_w = round(height * fraction_h), round(width * fraction_w)
     if crop_h < 1 or crop_w < 1:
-        raise ValueError(f"a {fraction_h:g} x {fraction_w:g} crop of a {height}x{width} image is empty")
+        raise ValueError(
+            f"a {fraction_h:g} x {fraction_w:g} crop of a {height}x{width} image is empty"
+        )
     y0, x0 = height // 2 - crop_h // 2, width // 2 - crop_w // 2
     return y0, y0 + crop_h, x0, x0 + crop_w
 

@@ -10,6 +10,7 @@ The reference of a full image is the centre 1/s crop of the HR (``crops.referenc
 
 Every item is a dict of float32 CHW tensors in [0, 1] (the noise map is signed) plus metadata.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,14 @@ class DualZoomDataset(Dataset):
     images are decoded once and kept as integer arrays (shared with forked DataLoader workers).
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "test", scale: int = NIKON_SCALE,
-                 in_memory: bool = True, subdir: str | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "test",
+        scale: int = NIKON_SCALE,
+        in_memory: bool = True,
+        subdir: str | None = None,
+    ):
         root = os.fspath(root)
         self.scale = scale
         lr_dir = _find_split_dir(root, split, "LR", subdir)
@@ -70,7 +77,9 @@ class DualZoomDataset(Dataset):
             hr_name = f"{stem[:-3]}_x{scale}{ext}"
             hr_path = os.path.join(hr_dir, hr_name)
             if not os.path.isfile(hr_path):
-                raise FileNotFoundError(f"HR image missing for {os.path.join(lr_dir, fname)}: expected {hr_path}")
+                raise FileNotFoundError(
+                    f"HR image missing for {os.path.join(lr_dir, fname)}: expected {hr_path}"
+                )
             self.names.append(hr_name)
             self.lr_paths.append(os.path.join(lr_dir, fname))
             self.hr_paths.append(hr_path)
@@ -82,7 +91,8 @@ class DualZoomDataset(Dataset):
             if (hh, hw) != (scale * h, scale * w):
                 raise ValueError(
                     f"size of {hr_path} is {hh}x{hw}, inconsistent with scale {scale}: "
-                    f"{lr_path} is {h}x{w}, so {scale * h}x{scale * w} was expected")
+                    f"{lr_path} is {h}x{w}, so {scale * h}x{scale * w} was expected"
+                )
             self.lr_sizes.append((h, w))
         self._cache = [self._read(i) for i in range(len(self.names))] if in_memory else None
 
@@ -100,8 +110,13 @@ class DualZoomDataset(Dataset):
         lr, gt = self.load_pair(index)
         box = reference_box(lr.shape[0], lr.shape[1], self.scale)
         y0, y1, x0, x1 = scale_box(box, self.scale)
-        return {"lr": to_tensor(lr), "gt": to_tensor(gt), "ref": to_tensor(gt[y0:y1, x0:x1]),
-                "ref_box": torch.tensor(box, dtype=torch.int64), "name": self.names[index]}
+        return {
+            "lr": to_tensor(lr),
+            "gt": to_tensor(gt),
+            "ref": to_tensor(gt[y0:y1, x0:x1]),
+            "ref_box": torch.tensor(box, dtype=torch.int64),
+            "name": self.names[index],
+        }
 
 
 def nikon(root: str | os.PathLike, split: str = "test", in_memory: bool = True) -> DualZoomDataset:
@@ -109,7 +124,9 @@ def nikon(root: str | os.PathLike, split: str = "test", in_memory: bool = True) 
     return DualZoomDataset(root, split, NIKON_SCALE, in_memory, subdir="Nikon")
 
 
-def camerafusion(root: str | os.PathLike, split: str = "test", in_memory: bool = True) -> DualZoomDataset:
+def camerafusion(
+    root: str | os.PathLike, split: str = "test", in_memory: bool = True
+) -> DualZoomDataset:
     """CameraFusion x2 (``root`` holds ``train_LR`` ... or a ``CameraFusion/`` folder with them)."""
     return DualZoomDataset(root, split, CAMERAFUSION_SCALE, in_memory, subdir="CameraFusion")
 
@@ -125,7 +142,11 @@ class ShortTeleFolder(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         name, short_path, tele_path = self.pairs[index]
-        return {"short": to_tensor(read_rgb(short_path)), "tele": to_tensor(read_rgb(tele_path)), "name": name}
+        return {
+            "short": to_tensor(read_rgb(short_path)),
+            "tele": to_tensor(read_rgb(tele_path)),
+            "name": name,
+        }
 
 
 def _augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:
@@ -162,9 +183,17 @@ class TrainPatches(Dataset):
     deadlock on a pool inherited from the parent (``cv2.setNumThreads`` in a worker can).
     """
 
-    def __init__(self, source: DualZoomDataset, patch_size: int = 48, length: int = 16000, seed: int = 0,
-                 noise_sigma: tuple[int, int] | None = SIGMA_RANGE, jpeg_quality: tuple[int, int] | None = QUALITY_RANGE,
-                 noise: bool = True, channel_shuffle: bool = False):
+    def __init__(
+        self,
+        source: DualZoomDataset,
+        patch_size: int = 48,
+        length: int = 16000,
+        seed: int = 0,
+        noise_sigma: tuple[int, int] | None = SIGMA_RANGE,
+        jpeg_quality: tuple[int, int] | None = QUALITY_RANGE,
+        noise: bool = True,
+        channel_shuffle: bool = False,
+    ):
         self.noise_sigma, self.jpeg_quality = Degradation.check_ranges(noise_sigma, jpeg_quality)
         if not isinstance(channel_shuffle, bool):
             raise TypeError(f"data.channel_shuffle must be true or false, got {channel_shuffle!r}")
@@ -173,10 +202,14 @@ class TrainPatches(Dataset):
             raise TypeError(f"data.noise_map must be true or false, got {noise!r}")
         self.noise = noise
         if patch_size < source.scale:
-            raise ValueError(f"patch_size must be at least the scale {source.scale}, got {patch_size}")
+            raise ValueError(
+                f"patch_size must be at least the scale {source.scale}, got {patch_size}"
+            )
         for name, (h, w) in zip(source.names, source.lr_sizes):
             if h < patch_size or w < patch_size:
-                raise ValueError(f"LR image of {name} is {h}x{w}, smaller than the {patch_size}x{patch_size} patch")
+                raise ValueError(
+                    f"LR image of {name} is {h}x{w}, smaller than the {patch_size}x{patch_size} patch"
+                )
         self.source, self.patch_size, self.length, self.seed = source, patch_size, length, seed
         self.epoch = 0
 
@@ -194,24 +227,33 @@ class TrainPatches(Dataset):
         y = int(rng.integers(0, lr.shape[0] - p, endpoint=True))
         x = int(rng.integers(0, lr.shape[1] - p, endpoint=True))
         flips = rng.random(3) < 0.5
-        lr_p = _augment(lr[y:y + p, x:x + p], *flips)
-        gt_p = _augment(gt[s * y:s * (y + p), s * x:s * (x + p)], *flips)
+        lr_p = _augment(lr[y : y + p, x : x + p], *flips)
+        gt_p = _augment(gt[s * y : s * (y + p), s * x : s * (x + p)], *flips)
         if self.channel_shuffle:
             perm = rng.permutation(3)
-            lr_p, gt_p = np.ascontiguousarray(lr_p[..., perm]), np.ascontiguousarray(gt_p[..., perm])
+            lr_p, gt_p = (
+                np.ascontiguousarray(lr_p[..., perm]),
+                np.ascontiguousarray(gt_p[..., perm]),
+            )
         q = p // s
         ry, rx = (int(v) for v in rng.integers(0, p - q, size=2, endpoint=True))
         box = (ry, ry + q, rx, rx + q)
         gy0, gy1, gx0, gx1 = scale_box(box, s)
         if self.noise:
             gt_u8 = gt_p if gt_p.dtype == np.uint8 else to_uint8(gt_p.astype(np.float32) / 65535.0)
-            noise = noise_map(gt_u8, s, rng, Degradation.sample(rng, self.noise_sigma, self.jpeg_quality))
+            noise = noise_map(
+                gt_u8, s, rng, Degradation.sample(rng, self.noise_sigma, self.jpeg_quality)
+            )
         else:
             noise = torch.zeros(3, p, p)
         return {
-            "lr": to_tensor(lr_p), "gt": to_tensor(gt_p), "noise": noise,
-            "ref": to_tensor(gt_p[gy0:gy1, gx0:gx1]), "lr_ref": to_tensor(lr_p[ry:ry + q, rx:rx + q]),
-            "ref_box": torch.tensor(box, dtype=torch.int64), "name": self.source.names[image],
+            "lr": to_tensor(lr_p),
+            "gt": to_tensor(gt_p),
+            "noise": noise,
+            "ref": to_tensor(gt_p[gy0:gy1, gx0:gx1]),
+            "lr_ref": to_tensor(lr_p[ry : ry + q, rx : rx + q]),
+            "ref_box": torch.tensor(box, dtype=torch.int64),
+            "name": self.source.names[image],
         }
 
 

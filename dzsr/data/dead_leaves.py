@@ -14,6 +14,7 @@ box-averaged (area anti-aliasing, as a sensor integrates light):
   * Gaussian noise of sigma drawn from ``[0, NOISE_MAX]`` (8-bit levels), then rounding to uint8.
 Everything comes from the given ``numpy.random.Generator``: the same seed gives the same bytes.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -31,18 +32,20 @@ NOISE_MAX = 2.0
 def leaf_radii(count: int, r_min: float, r_max: float, rng: np.random.Generator) -> np.ndarray:
     """``count`` sizes from ``p(r) ∝ r^-3`` on ``[r_min, r_max]`` (inverse CDF)."""
     u = rng.random(count)
-    return (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
+    return (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5
 
 
 def leaf_colours(count: int, rng: np.random.Generator) -> np.ndarray:
     """``(count, 3)`` float RGB in [0, 1]: uniform hue, mostly low saturation, uniform value."""
-    hsv = np.stack([rng.random(count) * 360.0, rng.beta(1.0, 2.5, count), 0.05 + 0.9 * rng.random(count)], 1)
+    hsv = np.stack(
+        [rng.random(count) * 360.0, rng.beta(1.0, 2.5, count), 0.05 + 0.9 * rng.random(count)], 1
+    )
     return cv2.cvtColor(hsv.astype(np.float32)[None], cv2.COLOR_HSV2RGB)[0]
 
 
 def _mean_area(r_min: float, r_max: float) -> float:
     """E[pi r^2] under ``leaf_radii``: 2 pi ln(r_max/r_min) / (r_min^-2 - r_max^-2)."""
-    return 2 * np.pi * np.log(r_max / r_min) / (r_min ** -2 - r_max ** -2)
+    return 2 * np.pi * np.log(r_max / r_min) / (r_min**-2 - r_max**-2)
 
 
 def _draw_leaves(canvas: np.ndarray, rng: np.random.Generator, r_min: float, r_max: float) -> None:
@@ -54,13 +57,17 @@ def _draw_leaves(canvas: np.ndarray, rng: np.random.Generator, r_min: float, r_m
     kinds = rng.choice(3, count, p=[0.5, 0.25, 0.25])
     aspects = 0.3 + 0.7 * rng.random(count)
     angles = rng.random(count) * 180.0
-    for r, (cx, cy), colour, kind, aspect, angle in zip(radii, centres, colours, kinds, aspects, angles):
+    for r, (cx, cy), colour, kind, aspect, angle in zip(
+        radii, centres, colours, kinds, aspects, angles
+    ):
         colour = tuple(float(c) for c in colour)
         if kind == 0:
             cv2.circle(canvas, (int(round(cx)), int(round(cy))), max(1, int(round(r))), colour, -1)
         elif kind == 1:
             axes = (max(1, int(round(r))), max(1, int(round(r * aspect))))
-            cv2.ellipse(canvas, (int(round(cx)), int(round(cy))), axes, float(angle), 0, 360, colour, -1)
+            cv2.ellipse(
+                canvas, (int(round(cx)), int(round(cy))), axes, float(angle), 0, 360, colour, -1
+            )
         else:
             corners = cv2.boxPoints(((float(cx), float(cy)), (2 * r, 2 * r * aspect), float(angle)))
             cv2.fillConvexPoly(canvas, np.round(corners).astype(np.int32), colour)
@@ -85,6 +92,8 @@ def dead_leaves(size: int, rng: np.random.Generator) -> np.ndarray:
     sigma = BLUR_MAX * rng.random() * SUPERSAMPLE
     if sigma > 0.1:
         canvas = cv2.GaussianBlur(canvas, (0, 0), sigma)
-    img = canvas.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(axis=(1, 3), dtype=np.float64)
+    img = canvas.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(
+        axis=(1, 3), dtype=np.float64
+    )
     img = img * 255.0 + rng.normal(0.0, NOISE_MAX * rng.random(), img.shape)
     return np.rint(np.clip(img, 0, 255)).astype(np.uint8)

@@ -18,6 +18,7 @@ Two deliberate differences from the authors' code: float -> uint8 conversions ro
 the JPEG encoder is given BGR data as OpenCV expects (the authors pass RGB, so their JPEG luma
 weights red and blue the wrong way round).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,11 @@ class Degradation:
     quality: int
 
     @staticmethod
-    def sample(rng: np.random.Generator, sigma_range: tuple[int, int] | None = SIGMA_RANGE,
-               quality_range: tuple[int, int] | None = QUALITY_RANGE) -> "Degradation":
+    def sample(
+        rng: np.random.Generator,
+        sigma_range: tuple[int, int] | None = SIGMA_RANGE,
+        quality_range: tuple[int, int] | None = QUALITY_RANGE,
+    ) -> Degradation:
         """A random order of the operations, sigma and quality uniform integers in the inclusive
         ranges; a ``None`` range leaves that operation out of the order."""
         order = tuple(OPERATIONS[i] for i in rng.permutation(len(OPERATIONS)))
@@ -61,15 +65,23 @@ class Degradation:
     def check_ranges(sigma_range, quality_range) -> tuple:
         """Validated ``(sigma_range, quality_range)`` as int tuples or ``None`` (config values)."""
         out = []
-        for name, value, lo, hi in (("noise_sigma", sigma_range, 0, 255), ("jpeg_quality", quality_range, 1, 100)):
+        for name, value, lo, hi in (
+            ("noise_sigma", sigma_range, 0, 255),
+            ("jpeg_quality", quality_range, 1, 100),
+        ):
             if value is None:
                 out.append(None)
                 continue
-            if (not isinstance(value, (list, tuple)) or len(value) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-                    or not lo <= value[0] <= value[1] <= hi):
-                raise ValueError(f"data.{name} must be null or [low, high] integers with {lo} <= low <= high <= {hi}, "
-                                 f"got {value!r}")
+            if (
+                not isinstance(value, (list, tuple))
+                or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                or not lo <= value[0] <= value[1] <= hi
+            ):
+                raise ValueError(
+                    f"data.{name} must be null or [low, high] integers with {lo} <= low <= high <= {hi}, "
+                    f"got {value!r}"
+                )
             out.append((int(value[0]), int(value[1])))
         return tuple(out)
 
@@ -88,13 +100,17 @@ def bilinear_down(img: np.ndarray, scale: int) -> np.ndarray:
     return blocks.astype(np.float64).mean(axis=(1, 3))
 
 
-def degrade(gt: np.ndarray, scale: int, params: Degradation, rng: np.random.Generator) -> np.ndarray:
+def degrade(
+    gt: np.ndarray, scale: int, params: Degradation, rng: np.random.Generator
+) -> np.ndarray:
     """Apply ``params`` to a uint8 RGB HWC image (H, W multiples of ``scale``); returns uint8
     ``(H//scale, W//scale, 3)``. Uses no OpenCV thread pool (safe in forked DataLoader workers)."""
     if gt.dtype != np.uint8 or gt.ndim != 3 or gt.shape[2] != 3:
         raise ValueError(f"gt must be a uint8 (H, W, 3) array, got {gt.dtype} {gt.shape}")
     if gt.shape[0] % scale or gt.shape[1] % scale:
-        raise ValueError(f"gt size {gt.shape[0]}x{gt.shape[1]} must be a multiple of the scale {scale}")
+        raise ValueError(
+            f"gt size {gt.shape[0]}x{gt.shape[1]} must be a multiple of the scale {scale}"
+        )
     img = gt
     for op in params.order:
         if op == "down":
@@ -102,7 +118,11 @@ def degrade(gt: np.ndarray, scale: int, params: Degradation, rng: np.random.Gene
         elif op == "noise":
             img = _to_u8(img + rng.normal(0.0, params.sigma, img.shape))
         elif op == "jpeg":
-            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, params.quality])
+            ok, buf = cv2.imencode(
+                ".jpg",
+                np.ascontiguousarray(img[..., ::-1]),
+                [cv2.IMWRITE_JPEG_QUALITY, params.quality],
+            )
             if not ok:
                 raise RuntimeError("OpenCV JPEG encoding failed")
             img = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
@@ -120,11 +140,14 @@ def bicubic_down(gt: torch.Tensor, scale: int) -> torch.Tensor:
     return out.reshape(*lead, *out.shape[-3:])
 
 
-def noise_map(gt: np.ndarray, scale: int, rng: np.random.Generator,
-              params: Degradation | None = None) -> torch.Tensor:
+def noise_map(
+    gt: np.ndarray, scale: int, rng: np.random.Generator, params: Degradation | None = None
+) -> torch.Tensor:
     """Noise map ``(3, H//scale, W//scale)`` float32 for a uint8 RGB HWC GT patch (signed values);
     ``params`` defaults to a draw with the authors' ranges."""
     params = Degradation.sample(rng) if params is None else params
-    degraded = torch.from_numpy(degrade(gt, scale, params, rng).transpose(2, 0, 1).astype(np.float32) / 255.0)
+    degraded = torch.from_numpy(
+        degrade(gt, scale, params, rng).transpose(2, 0, 1).astype(np.float32) / 255.0
+    )
     gt_t = torch.from_numpy(gt.transpose(2, 0, 1).astype(np.float32) / 255.0)
     return degraded - bicubic_down(gt_t, scale)

@@ -17,6 +17,7 @@ decoder, and so the pixels, of every image read; the check costs one pass over t
 is replaced only by a complete new one, and an unknown extension is refused before anything is
 written.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,7 @@ def _jpeg_end(data: bytes) -> bool:
             continue
         if pos + 4 > len(data):
             return False
-        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
         if marker == 0xDA:  # start of scan: skip its entropy-coded data
             while True:
                 pos = data.find(b"\xff", pos)
@@ -72,7 +73,7 @@ def _png_end(data: bytes) -> bool:
     """Whether the PNG ``data``'s chunks, walked by their lengths, reach a complete IEND chunk."""
     pos = 8
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         pos += 12 + length
         if pos > len(data):
             return False
@@ -109,12 +110,16 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     if not data:
         raise ValueError(f"cannot read image {path}: the file is empty (0 bytes)")
     if not _complete(data):
-        raise ValueError(f"cannot read image {path}: the file is truncated (incomplete download or copy?)")
+        raise ValueError(
+            f"cannot read image {path}: the file is truncated (incomplete download or copy?)"
+        )
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if img is None:
         raise ValueError(f"cannot read image {path}: not a decodable image file")
     if img.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"image {path} has unsupported sample type {img.dtype} (expected 8 or 16 bit)")
+        raise ValueError(
+            f"image {path} has unsupported sample type {img.dtype} (expected 8 or 16 bit)"
+        )
     # BGR -> RGB by slicing, not cv2.cvtColor: no OpenCV thread pool in DataLoader workers.
     return np.ascontiguousarray(img[:, :, ::-1])
 
@@ -149,8 +154,10 @@ def write_rgb(path: str | os.PathLike, img: np.ndarray) -> None:
     check_rgb("img", img)
     ext = os.path.splitext(path)[1].lower()
     if ext not in writable_extensions():
-        raise ValueError(f"cannot write image {path}: unknown image extension {ext or '(none)'!r} "
-                         f"(expected one of {', '.join(writable_extensions())})")
+        raise ValueError(
+            f"cannot write image {path}: unknown image extension {ext or '(none)'!r} "
+            f"(expected one of {', '.join(writable_extensions())})"
+        )
     ok, encoded = cv2.imencode(ext, cv2.cvtColor(to_uint8(img), cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"cannot write image {path}: OpenCV could not encode it as {ext}")
@@ -160,7 +167,9 @@ def write_rgb(path: str | os.PathLike, img: np.ndarray) -> None:
 def check_rgb(name: str, img: object) -> np.ndarray:
     """``img`` must be an HWC numpy array with 3 channels (uint8, uint16 or float)."""
     if not isinstance(img, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array of shape (H, W, 3), got {type(img).__name__}")
+        raise TypeError(
+            f"{name} must be a numpy array of shape (H, W, 3), got {type(img).__name__}"
+        )
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"{name} must have shape (H, W, 3) (RGB, HWC), got shape {img.shape}")
     if not (img.dtype in (np.uint8, np.uint16) or np.issubdtype(img.dtype, np.floating)):

@@ -13,6 +13,7 @@ the ground truth).
 Not exported by ``dzsr.data``: it depends on the model's minimum input size, and the rest of the
 package does not import the models.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,7 @@ def fit_to_size(img: np.ndarray, height: int, width: int) -> np.ndarray:
     """Centre-crop and/or edge-pad an HWC image to ``height x width``."""
     h, w = img.shape[:2]
     y0, x0 = max(0, (h - height) // 2), max(0, (w - width) // 2)
-    img = img[y0:y0 + min(h, height), x0:x0 + min(w, width)]
+    img = img[y0 : y0 + min(h, height), x0 : x0 + min(w, width)]
     ph, pw = height - img.shape[0], width - img.shape[1]
     return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="edge")
 
@@ -41,8 +42,14 @@ def _batch(img: np.ndarray) -> torch.Tensor:
     return to_tensor(img).unsqueeze(0)
 
 
-def prepare_inputs(short: np.ndarray, tele: np.ndarray, scale: int, region: str = "full",
-                   align: str = "auto", focal_ratio: float | None = None) -> dict:
+def prepare_inputs(
+    short: np.ndarray,
+    tele: np.ndarray,
+    scale: int,
+    region: str = "full",
+    align: str = "auto",
+    focal_ratio: float | None = None,
+) -> dict:
     """Model inputs from a short-focus and a telephoto image (HWC, uint8/uint16/float).
 
     region ``full``: lr = the whole short-focus image; the telephoto, aligned onto its focal-ratio
@@ -64,9 +71,11 @@ def prepare_inputs(short: np.ndarray, tele: np.ndarray, scale: int, region: str 
     short_f, tele_f = to_float(short), to_float(tele)
     need = max(MIN_LR_SIZE, MIN_FLOW_SIZE) * scale
     if min(short_f.shape[:2]) < need:
-        raise ValueError(f"short-focus image is {short_f.shape[0]}x{short_f.shape[1]}: at least "
-                         f"{need}x{need} is needed at x{scale} (its 1/{scale} centre crop must be "
-                         f"{need // scale} px or more)")
+        raise ValueError(
+            f"short-focus image is {short_f.shape[0]}x{short_f.shape[1]}: at least "
+            f"{need}x{need} is needed at x{scale} (its 1/{scale} centre crop must be "
+            f"{need // scale} px or more)"
+        )
     note = ""
     if align == "auto":
         motion = residual_motion(short_f, tele_f, scale, focal_ratio)
@@ -81,17 +90,28 @@ def prepare_inputs(short: np.ndarray, tele: np.ndarray, scale: int, region: str 
         box = central_box(short_f.shape[0], short_f.shape[1], focal_ratio or 1.0 / scale)
         check_pair_geometry(short_f.shape, tele_f.shape, box, scale)
         aligned = resize_tele(tele_f, box[1] - box[0], box[3] - box[2], scale)
-        centre_lr = short_f[box[0]:box[1], box[2]:box[3]]
+        centre_lr = short_f[box[0] : box[1], box[2] : box[3]]
         note = "telephoto used as it is (already aligned: only resized)" + note
     if region == "centre":
         h, w = centre_lr.shape[:2]
         rbox = reference_box(h, w, scale)
         y0, y1, x0, x1 = scale_box(rbox, scale)
         ref = aligned[y0:y1, x0:x1]
-        return {"lr": _batch(centre_lr), "ref": _batch(fit_to_size(ref, h, w)),
-                "paste_ref": _batch(ref), "paste_box": torch.tensor([rbox]), "box": rbox,
-                "gt": _batch(aligned), "alignment": note}
+        return {
+            "lr": _batch(centre_lr),
+            "ref": _batch(fit_to_size(ref, h, w)),
+            "paste_ref": _batch(ref),
+            "paste_box": torch.tensor([rbox]),
+            "box": rbox,
+            "gt": _batch(aligned),
+            "alignment": note,
+        }
     h, w = short_f.shape[:2]
-    return {"lr": _batch(short_f), "ref": _batch(fit_to_size(aligned, h, w)),
-            "paste_ref": _batch(aligned), "paste_box": torch.tensor([box]), "box": box,
-            "alignment": note}
+    return {
+        "lr": _batch(short_f),
+        "ref": _batch(fit_to_size(aligned, h, w)),
+        "paste_ref": _batch(aligned),
+        "paste_box": torch.tensor([box]),
+        "box": box,
+        "alignment": note,
+    }

@@ -20,6 +20,7 @@ with the crop (``dzsr sr --align auto`` then uses it as it is).
 
 All images are float32 RGB HWC numpy arrays in [0, 1].
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,14 @@ class ColourFit:
         return out * np.asarray(self.gains, dtype=np.float32)
 
 
-def fit_colour(source: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None,
-               ignore_fraction: float = 0.05, refits: int = 2, max_pixels: int = 1 << 21) -> ColourFit:
+def fit_colour(
+    source: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray | None = None,
+    ignore_fraction: float = 0.05,
+    refits: int = 2,
+    max_pixels: int = 1 << 21,
+) -> ColourFit:
     """Fit the colour change that maps ``source`` onto ``target`` (both float HWC, same size).
 
     Luma: least squares ``Y_target ~ a*Y_source + b`` over the valid pixels, ignoring the
@@ -63,16 +70,19 @@ def fit_colour(source: np.ndarray, target: np.ndarray, mask: np.ndarray | None =
     first fit ranks pixels by ``|Y_target - Y_source|`` (the authors' single pass); each of the
     ``refits`` further fits ranks them by the residual of the previous fit, which finds the
     outliers even when the brightness change is large. Images with more than ``max_pixels`` valid
-    pixels are fitted on every k-th of them. Then per-channel gains ``g_c = (m_t[c]/m_t) / (m_s[c]/m_s)`` that give the source
-    the target's channel balance (``m[c]`` channel means, ``m`` the mean over channels, valid pixels).
+    pixels are fitted on every k-th of them. Then per-channel gains ``g_c = (m_t[c]/m_t) /
+    (m_s[c]/m_s)`` that give the source the target's channel balance (``m[c]`` channel means, ``m``
+    the mean over channels, valid pixels).
     """
     if source.shape != target.shape:
-        raise ValueError(f"source and target must have the same shape, got {source.shape} and {target.shape}")
+        raise ValueError(
+            f"source and target must have the same shape, got {source.shape} and {target.shape}"
+        )
     valid = np.ones(source.shape[:2], bool) if mask is None else mask.astype(bool)
     index = np.flatnonzero(valid)
     if index.size < 2:
         raise ValueError("colour fit needs at least 2 valid pixels")
-    index = index[::-(-index.size // max_pixels)]  # a regular subset bounds time and memory
+    index = index[:: -(-index.size // max_pixels)]  # a regular subset bounds time and memory
     src = source.reshape(-1, 3)[index].astype(np.float64)
     tgt = target.reshape(-1, 3)[index].astype(np.float64)
     y_src, y_tgt = src @ _LUMA, tgt @ _LUMA
@@ -90,8 +100,13 @@ def fit_colour(source: np.ndarray, target: np.ndarray, mask: np.ndarray | None =
     return ColourFit(float(a), float(b), tuple(float(g) for g in gains))
 
 
-def match_colour(source: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None,
-                 ignore_fraction: float = 0.05, refits: int = 2) -> tuple[np.ndarray, ColourFit]:
+def match_colour(
+    source: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray | None = None,
+    ignore_fraction: float = 0.05,
+    refits: int = 2,
+) -> tuple[np.ndarray, ColourFit]:
     """``source`` colour-matched to ``target`` (float HWC in [0, 1], clipped) and the fit used."""
     fit = fit_colour(source, target, mask, ignore_fraction, refits)
     return np.clip(fit.apply(source), 0.0, 1.0), fit
@@ -104,7 +119,9 @@ def _gray_u8(img: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
     return np.clip(np.rint(gray * 255.0), 0, 255).astype(np.uint8)
 
 
-def estimate_flow(target: np.ndarray, moving: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> np.ndarray:
+def estimate_flow(
+    target: np.ndarray, moving: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+) -> np.ndarray:
     """DIS optical flow ``(H, W, 2)`` as (dx, dy) such that ``target(p) ~ moving(p + flow(p))``.
 
     Both inputs are float HWC images of the same size; the moving image's gray is normalised to the
@@ -117,7 +134,9 @@ def estimate_flow(target: np.ndarray, moving: np.ndarray, preset: int = cv2.DISO
     return dis.calc(_gray_u8(target), _gray_u8(moving, like=target_gray), None)
 
 
-def warp_with_flow(img: np.ndarray, flow: np.ndarray, scale: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def warp_with_flow(
+    img: np.ndarray, flow: np.ndarray, scale: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Backward-warp ``img`` (``scale*h x scale*w``) with an LR-grid flow ``(h, w, 2)`` in LR pixels.
 
     The flow is bilinearly upsampled to the image grid (pixel-centre aligned) and multiplied by
@@ -128,10 +147,23 @@ def warp_with_flow(img: np.ndarray, flow: np.ndarray, scale: int = 1) -> tuple[n
     big_h, big_w = img.shape[:2]
     if (big_h, big_w) != (scale * h, scale * w):
         raise ValueError(f"image must be {scale}x the flow size {h}x{w}, got {big_h}x{big_w}")
-    flow_big = cv2.resize(flow, (big_w, big_h), interpolation=cv2.INTER_LINEAR) * scale if scale != 1 else flow
-    grid_x, grid_y = np.meshgrid(np.arange(big_w, dtype=np.float32), np.arange(big_h, dtype=np.float32))
+    flow_big = (
+        cv2.resize(flow, (big_w, big_h), interpolation=cv2.INTER_LINEAR) * scale
+        if scale != 1
+        else flow
+    )
+    grid_x, grid_y = np.meshgrid(
+        np.arange(big_w, dtype=np.float32), np.arange(big_h, dtype=np.float32)
+    )
     map_x, map_y = grid_x + flow_big[..., 0], grid_y + flow_big[..., 1]
-    warped = cv2.remap(img.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    warped = cv2.remap(
+        img.astype(np.float32),
+        map_x,
+        map_y,
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     valid = (map_x >= 0) & (map_x <= big_w - 1) & (map_y >= 0) & (map_y <= big_h - 1)
     return warped, valid
 
@@ -158,12 +190,14 @@ def check_pair_geometry(short_shape, tele_shape, box: Box, scale: int) -> None:
     if abs(np.log(ratio_h / ratio_w)) > 0.1:
         raise ValueError(
             f"telephoto aspect {tele_h}x{tele_w} does not match the short-focus crop {crop_h}x{crop_w} "
-            f"(rotated or mismatched images?)")
+            f"(rotated or mismatched images?)"
+        )
     if not (0.5 <= ratio_h <= 2.0):
         raise ValueError(
             f"telephoto size {tele_h}x{tele_w} is inconsistent with scale {scale}: the short-focus crop is "
             f"{crop_h}x{crop_w} (of {short_shape[0]}x{short_shape[1]}), so about {scale * crop_h}x{scale * crop_w} "
-            f"was expected")
+            f"was expected"
+        )
 
 
 def resize_tele(tele: np.ndarray, height: int, width: int, scale: int) -> np.ndarray:
@@ -171,8 +205,9 @@ def resize_tele(tele: np.ndarray, height: int, width: int, scale: int) -> np.nda
     ``height x width`` (area when shrinking, bicubic when enlarging), clipped to [0, 1]."""
     shrink = tele.shape[0] > scale * height
     interpolation = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-    return np.clip(cv2.resize(tele, (scale * width, scale * height), interpolation=interpolation),
-                   0.0, 1.0)
+    return np.clip(
+        cv2.resize(tele, (scale * width, scale * height), interpolation=interpolation), 0.0, 1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -190,26 +225,34 @@ class ResidualMotion:
         return self.median <= ALIGNED_MEDIAN_HR and self.p90 <= ALIGNED_P90_HR
 
     def __str__(self) -> str:
-        return (f"residual motion {self.median:.2f} HR px median, {self.p90:.2f} HR px 90th "
-                "percentile")
+        return (
+            f"residual motion {self.median:.2f} HR px median, {self.p90:.2f} HR px 90th percentile"
+        )
 
 
-def residual_motion(short: np.ndarray, tele: np.ndarray, scale: int,
-                    focal_ratio: float | None = None) -> ResidualMotion:
+def residual_motion(
+    short: np.ndarray, tele: np.ndarray, scale: int, focal_ratio: float | None = None
+) -> ResidualMotion:
     """Steps 1-2 of ``prepare_pair`` up to the flow (float HWC inputs, the geometry checked the same
     way), measured in HR pixels. On the bundled samples, a telephoto cut from the ground truth
     measures 0.02-0.2 px (median), shifted by one HR pixel about 1 px, the raw pairs 2-8 px."""
     crop_box = central_box(short.shape[0], short.shape[1], focal_ratio or 1.0 / scale)
     check_pair_geometry(short.shape, tele.shape, crop_box, scale)
-    lr = short[crop_box[0]:crop_box[1], crop_box[2]:crop_box[3]]
+    lr = short[crop_box[0] : crop_box[1], crop_box[2] : crop_box[3]]
     h, w = lr.shape[:2]
     tele_lr = cv2.resize(resize_tele(tele, h, w, scale), (w, h), interpolation=cv2.INTER_AREA)
     length = scale * np.hypot(*np.moveaxis(estimate_flow(lr, tele_lr), -1, 0))
     return ResidualMotion(float(np.median(length)), float(np.quantile(length, 0.9)))
 
 
-def prepare_pair(short: np.ndarray, tele: np.ndarray, scale: int, focal_ratio: float | None = None,
-                 trim: int | None = None, ignore_fraction: float = 0.05) -> dict:
+def prepare_pair(
+    short: np.ndarray,
+    tele: np.ndarray,
+    scale: int,
+    focal_ratio: float | None = None,
+    trim: int | None = None,
+    ignore_fraction: float = 0.05,
+) -> dict:
     """Align a raw dual-zoom capture into ``lr`` / ``gt`` / ``ref`` (see the module docstring).
 
     Args:
@@ -234,7 +277,7 @@ def prepare_pair(short: np.ndarray, tele: np.ndarray, scale: int, focal_ratio: f
     short_f, tele_f = to_float(short), to_float(tele)
     crop_box = central_box(short_f.shape[0], short_f.shape[1], focal_ratio or 1.0 / scale)
     check_pair_geometry(short_f.shape, tele_f.shape, crop_box, scale)
-    lr = short_f[crop_box[0]:crop_box[1], crop_box[2]:crop_box[3]]
+    lr = short_f[crop_box[0] : crop_box[1], crop_box[2] : crop_box[3]]
     h, w = lr.shape[:2]
     tele_hr = resize_tele(tele_f, h, w, scale)
     tele_lr = cv2.resize(tele_hr, (w, h), interpolation=cv2.INTER_AREA)
@@ -246,20 +289,33 @@ def prepare_pair(short: np.ndarray, tele: np.ndarray, scale: int, focal_ratio: f
         raise ValueError(
             f"alignment leaves too little valid area: a border trim of {t} LR pixels (of a {h}x{w} crop) would be "
             f"{'needed' if trim is None else 'applied'}; at most {min(h, w) // 4} is allowed "
-            f"(does the telephoto show the centre of the short-focus image?)")
-    lr = lr[t:h - t, t:w - t]
+            f"(does the telephoto show the centre of the short-focus image?)"
+        )
+    lr = lr[t : h - t, t : w - t]
     hs, ws = lr.shape[:2]
     st = scale * t
-    warped, valid = warped[st:st + scale * hs, st:st + scale * ws], valid[st:st + scale * hs, st:st + scale * ws]
+    warped, valid = (
+        warped[st : st + scale * hs, st : st + scale * ws],
+        valid[st : st + scale * hs, st : st + scale * ws],
+    )
 
-    lr_up = np.clip(cv2.resize(lr, (scale * ws, scale * hs), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+    lr_up = np.clip(
+        cv2.resize(lr, (scale * ws, scale * hs), interpolation=cv2.INTER_CUBIC), 0.0, 1.0
+    )
     gt, colour = match_colour(warped, lr_up, valid, ignore_fraction)
     gt[~valid] = 0.0
     ref_box = reference_box(hs, ws, scale)
     y0, y1, x0, x1 = scale_box(ref_box, scale)
     return {
-        "lr": np.ascontiguousarray(lr), "gt": gt, "ref": np.ascontiguousarray(gt[y0:y1, x0:x1]),
-        "ref_box": ref_box, "mask": valid, "flow": flow, "crop_box": crop_box, "trim": t, "colour": colour,
+        "lr": np.ascontiguousarray(lr),
+        "gt": gt,
+        "ref": np.ascontiguousarray(gt[y0:y1, x0:x1]),
+        "ref_box": ref_box,
+        "mask": valid,
+        "flow": flow,
+        "crop_box": crop_box,
+        "trim": t,
+        "colour": colour,
     }
 
 
@@ -274,19 +330,32 @@ def list_short_tele_pairs(root: str | os.PathLike) -> list[tuple[str, str, str]]
     for sub in ("short", "tele"):
         d = os.path.join(root, sub)
         if not os.path.isdir(d):
-            raise FileNotFoundError(f"folder not found: {d} (expected {root}/short/ and {root}/tele/ with matching names)")
-        dirs[sub] = {os.path.splitext(f)[0]: os.path.join(d, f) for f in sorted(os.listdir(d)) if is_image_file(f)}
+            raise FileNotFoundError(
+                f"folder not found: {d} (expected {root}/short/ and {root}/tele/ with matching names)"
+            )
+        dirs[sub] = {
+            os.path.splitext(f)[0]: os.path.join(d, f)
+            for f in sorted(os.listdir(d))
+            if is_image_file(f)
+        }
     shorts, teles = dirs["short"], dirs["tele"]
     if not shorts:
         raise FileNotFoundError(f"no images in {os.path.join(root, 'short')}")
     unmatched = sorted(set(shorts) ^ set(teles))
     if unmatched:
-        raise FileNotFoundError(f"images without a partner in {root}/short and {root}/tele: {', '.join(unmatched[:5])}")
+        raise FileNotFoundError(
+            f"images without a partner in {root}/short and {root}/tele: {', '.join(unmatched[:5])}"
+        )
     return [(name, shorts[name], teles[name]) for name in sorted(shorts)]
 
 
-def prepare_folder(src_root: str | os.PathLike, dst_root: str | os.PathLike, scale: int, split: str = "train",
-                   focal_ratio: float | None = None) -> list[dict]:
+def prepare_folder(
+    src_root: str | os.PathLike,
+    dst_root: str | os.PathLike,
+    scale: int,
+    split: str = "train",
+    focal_ratio: float | None = None,
+) -> list[dict]:
     """Prepare every pair of ``src_root/{short,tele}`` into the Nikon/CameraFusion layout.
 
     Writes ``dst_root/{split}_LR/NAME_x1.png`` and ``dst_root/{split}_HR/NAME_x{scale}.png`` (the
@@ -297,5 +366,12 @@ def prepare_folder(src_root: str | os.PathLike, dst_root: str | os.PathLike, sca
         out = prepare_pair(read_rgb(short_path), read_rgb(tele_path), scale, focal_ratio)
         write_rgb(os.path.join(dst_root, f"{split}_LR", f"{name}_x1.png"), out["lr"])
         write_rgb(os.path.join(dst_root, f"{split}_HR", f"{name}_x{scale}.png"), out["gt"])
-        records.append({"name": name, "lr_size": out["lr"].shape[:2], "trim": out["trim"], "colour": out["colour"]})
+        records.append(
+            {
+                "name": name,
+                "lr_size": out["lr"].shape[:2],
+                "trim": out["trim"],
+                "colour": out["colour"],
+            }
+        )
     return records

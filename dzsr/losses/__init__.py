@@ -1,6 +1,16 @@
 """Training losses of SelfDZSR."""
+
 from .kernel import kernel_centroid_loss, kernel_gen_loss
 from .objective import SelfDZSRObjective
 from .perceptual import SW_LAYER_WEIGHTS, SW_SCALE, VGG19_FILE, SWLoss, VGG19Features
 
-__all__ = ["SWLoss", "SelfDZSRObjective", "kernel_centroid_loss", "kernel_gen_loss", "SW_LAYER_WEIGHTS", "SW_SCALE", "VGG19Features", "VGG19_FILE"]
+__all__ = [
+    "SWLoss",
+    "SelfDZSRObjective",
+    "kernel_centroid_loss",
+    "kernel_gen_loss",
+    "SW_LAYER_WEIGHTS",
+    "SW_SCALE",
+    "VGG19Features",
+    "VGG19_FILE",
+]

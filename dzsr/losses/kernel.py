@@ -1,4 +1,5 @@
 """KernelGen's training loss (paper eq. 9, as the authors compute it)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,9 @@ def kernel_centroid_loss(weight: torch.Tensor) -> torch.Tensor:
     the authors' ``FilterLoss``.
     """
     if weight.dim() != 4 or weight.shape[2] != weight.shape[3] or weight.shape[2] % 2 == 0:
-        raise ValueError(f"weight must be (C_out, C_in, k, k) with odd k, got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must be (C_out, C_in, k, k) with odd k, got shape {tuple(weight.shape)}"
+        )
     k = weight.shape[-1]
     r = torch.arange(-(k // 2), k // 2 + 1, device=weight.device, dtype=weight.dtype)
     rows = (weight * r.view(k, 1)).mean(2).abs()
@@ -21,12 +24,18 @@ def kernel_centroid_loss(weight: torch.Tensor) -> torch.Tensor:
     return (rows + cols).mean()
 
 
-def kernel_gen_loss(degraded: torch.Tensor, lr: torch.Tensor, kernels: list[torch.Tensor],
-                    centroid_weight: float = 100.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def kernel_gen_loss(
+    degraded: torch.Tensor,
+    lr: torch.Tensor,
+    kernels: list[torch.Tensor],
+    centroid_weight: float = 100.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L1(degraded, lr) + centroid_weight * sum of ``kernel_centroid_loss`` over ``kernels``
     (KernelGen's 7x7, 5x5, 3x3 weights). Returns (total, {"kernel_l1", "kernel_centroid"})."""
     if degraded.shape != lr.shape:
-        raise ValueError(f"degraded {tuple(degraded.shape)} and lr {tuple(lr.shape)} must have the same shape")
+        raise ValueError(
+            f"degraded {tuple(degraded.shape)} and lr {tuple(lr.shape)} must have the same shape"
+        )
     l1 = F.l1_loss(degraded, lr)
     centroid = centroid_weight * sum(kernel_centroid_loss(w) for w in kernels)
     return l1 + centroid, {"kernel_l1": l1.detach(), "kernel_centroid": centroid.detach()}

@@ -7,9 +7,10 @@ The two parts share no parameters (the pseudo-LR is detached), so one backward t
 networks, each from its own part. ``sw_loss`` is e.g. ``dzsr.losses.SWLoss()`` (VGG-19 sliced
 Wasserstein, already scaled by the authors' 0.08); None trains with L1 only (the "l1" checkpoints).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -23,18 +24,28 @@ class SelfDZSRObjective(nn.Module):
     training forward (gt and noise given). parts: detached scalars restoration_l1, restoration_sw
     (when used), kernel_l1, kernel_centroid."""
 
-    def __init__(self, sw_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 sw_weight: float = 1.0, centroid_weight: float = 100.0):
+    def __init__(
+        self,
+        sw_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        sw_weight: float = 1.0,
+        centroid_weight: float = 100.0,
+    ):
         super().__init__()
         self.sw_loss = sw_loss
         self.sw_weight = sw_weight
         self.centroid_weight = centroid_weight
 
-    def forward(self, output, gt: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, output, gt: torch.Tensor, lr: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if output.degraded is None or output.kernels is None:
-            raise ValueError("output must come from a training forward (pass gt= and noise= to the model)")
+            raise ValueError(
+                "output must come from a training forward (pass gt= and noise= to the model)"
+            )
         if output.sr.shape != gt.shape:
-            raise ValueError(f"sr {tuple(output.sr.shape)} and gt {tuple(gt.shape)} must have the same shape")
+            raise ValueError(
+                f"sr {tuple(output.sr.shape)} and gt {tuple(gt.shape)} must have the same shape"
+            )
         l1 = F.l1_loss(output.sr, gt)
         total = l1
         parts = {"restoration_l1": l1.detach()}
@@ -42,6 +53,8 @@ class SelfDZSRObjective(nn.Module):
             sw = self.sw_loss(output.sr, gt)
             total = total + self.sw_weight * sw
             parts["restoration_sw"] = sw.detach()
-        kernel_total, kernel_parts = kernel_gen_loss(output.degraded, lr, output.kernels, self.centroid_weight)
+        kernel_total, kernel_parts = kernel_gen_loss(
+            output.degraded, lr, output.kernels, self.centroid_weight
+        )
         parts.update(kernel_parts)
         return total + kernel_total, parts

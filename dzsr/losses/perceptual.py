@@ -13,6 +13,7 @@ call; relu5_2's single draw counts twice), as in the authors' ``models/losses.py
 features return to the images' dtype before the SW op): about 2x faster on CPUs with AVX512-BF16
 and on GPUs, at bfloat16 feature precision. The default is float32, as the authors train.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,29 @@ SW_SCALE = 0.08
 
 
 # torchvision's VGG-19 configuration "E": conv widths, "M" = 2x2 max-pool.
-VGG19_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+VGG19_CONFIG = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+)
 
 
 def vgg19_features(depth: int) -> torch.nn.Sequential:
@@ -70,15 +93,20 @@ class VGG19Features(torch.nn.Module):
         super().__init__()
         unknown = [name for name in layers if name not in VGG19_RELU_INDEX]
         if unknown:
-            raise ValueError(f"unknown VGG-19 layers {unknown}; expected names from {sorted(VGG19_RELU_INDEX)}")
+            raise ValueError(
+                f"unknown VGG-19 layers {unknown}; expected names from {sorted(VGG19_RELU_INDEX)}"
+            )
         self.taps = {VGG19_RELU_INDEX[name]: name for name in layers}
         depth = max(self.taps) + 1
         self.features = vgg19_features(depth)
         if weights is not None:
             state = load_state_dict(VGG19_FILE, None if weights == "default" else weights)
             prefix = "features."
-            kept = {k[len(prefix):]: t for k, t in state.items()
-                    if k.startswith(prefix) and int(k[len(prefix):].split(".")[0]) < depth}
+            kept = {
+                k[len(prefix) :]: t
+                for k, t in state.items()
+                if k.startswith(prefix) and int(k[len(prefix) :].split(".")[0]) < depth
+            }
             self.features.load_state_dict(kept, strict=True)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -86,14 +114,18 @@ class VGG19Features(torch.nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGG19Features":
+    def train(self, mode: bool = True) -> VGG19Features:
         """Always eval: the extractor is frozen."""
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be RGB (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
-        x = ((images - self.mean.to(images.dtype)) / self.std.to(images.dtype)).contiguous(memory_format=torch.channels_last)
+            raise ValueError(
+                f"images must be RGB (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}"
+            )
+        x = ((images - self.mean.to(images.dtype)) / self.std.to(images.dtype)).contiguous(
+            memory_format=torch.channels_last
+        )
         out = {}
         for i, layer in enumerate(self.features):
             x = layer(x)
@@ -109,18 +141,29 @@ class SWLoss(torch.nn.Module):
     (in ``forward``) makes the projection draws reproducible. See the module doc for the formula.
     """
 
-    def __init__(self, weights: str | os.PathLike | None = "default", vgg_dtype: torch.dtype | None = None):
+    def __init__(
+        self, weights: str | os.PathLike | None = "default", vgg_dtype: torch.dtype | None = None
+    ):
         super().__init__()
         if vgg_dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
-            raise TypeError(f"vgg_dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {vgg_dtype!r}")
+            raise TypeError(
+                f"vgg_dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {vgg_dtype!r}"
+            )
         self.vgg_dtype = None if vgg_dtype == torch.float32 else vgg_dtype
         self.vgg = VGG19Features(tuple(name for name, _ in SW_LAYER_WEIGHTS), weights)
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, output: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         if output.shape != target.shape:
-            raise ValueError(f"target must have the shape of output {tuple(output.shape)}, got {tuple(target.shape)}")
-        with torch.autocast(output.device.type, dtype=self.vgg_dtype or torch.bfloat16, enabled=self.vgg_dtype is not None):
+            raise ValueError(
+                f"target must have the shape of output {tuple(output.shape)}, got {tuple(target.shape)}"
+            )
+        with torch.autocast(
+            output.device.type,
+            dtype=self.vgg_dtype or torch.bfloat16,
+            enabled=self.vgg_dtype is not None,
+        ):
             f_out = self.vgg(output)
             with torch.set_grad_enabled(torch.is_grad_enabled() and target.requires_grad):
                 f_tgt = self.vgg(target)

@@ -1,4 +1,5 @@
 """SelfDZSR networks: degradation (KernelGen), AdaSTN, reference branch, restoration, top level."""
+
 from .adastn import AdaSTN, OffsetEstimator
 from .blocks import MeanShift, space_to_depth
 from .extractor import MatchingExtractor, VGGTrunk

@@ -11,6 +11,7 @@ Stages (``forward`` composes them): ``estimate`` (the offset estimator, local wi
 ``estimate_halo``) and ``transform`` (the deformable conv: global, its taps may land anywhere,
 unless it runs the P=0 path, which is per pixel).
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,11 @@ class OffsetEstimator(nn.Module):
     @property
     def halo(self) -> int:
         """The two chained convs' halos plus the larger of the two parallel output convs'."""
-        return (conv_halo(self.pair_conv) + conv_halo(self.group_conv)
-                + max(conv_halo(self.to_matrix), conv_halo(self.to_translation)))
+        return (
+            conv_halo(self.pair_conv)
+            + conv_halo(self.group_conv)
+            + max(conv_halo(self.to_matrix), conv_halo(self.to_translation))
+        )
 
 
 class AdaSTN(nn.Module):
@@ -63,7 +67,9 @@ class AdaSTN(nn.Module):
         self.offsets = OffsetEstimator(channels)
         self.deform = AffineDeformConv2d(channels, channels, 3, groups=channels, bias=False)
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor, use_offsets: bool = True) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, target: torch.Tensor, use_offsets: bool = True
+    ) -> torch.Tensor:
         if not use_offsets:
             return self.transform(x)
         return self.transform(x, *self.estimate(x, target))
@@ -73,7 +79,11 @@ class AdaSTN(nn.Module):
         pair is zeroed (P=0) with probability ``drop_prob``."""
         A, b = self.offsets(x, target)
         if self.training and self.drop_prob > 0:
-            keep = (torch.rand(x.shape[0], device=x.device) >= self.drop_prob).to(A.dtype).view(-1, 1, 1, 1)
+            keep = (
+                (torch.rand(x.shape[0], device=x.device) >= self.drop_prob)
+                .to(A.dtype)
+                .view(-1, 1, 1, 1)
+            )
             A, b = A * keep, b * keep
         return A, b
 
@@ -82,8 +92,9 @@ class AdaSTN(nn.Module):
         """Halo of ``estimate``: the offset estimator's."""
         return self.offsets.halo
 
-    def transform(self, x: torch.Tensor, A: torch.Tensor | None = None,
-                  b: torch.Tensor | None = None) -> torch.Tensor:
+    def transform(
+        self, x: torch.Tensor, A: torch.Tensor | None = None, b: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The deformable conv at taps q + A g + b, then LeakyReLU(0.2): (N,64,H,W). Without A and
         b the P=0 path, a per-pixel (1x1 depthwise) conv. The deformable conv runs in the weights'
         dtype (float32) also inside ``torch.autocast`` (x, A and b are cast to it); the P=0 conv

@@ -23,6 +23,7 @@ The linear path, per colour channel c (the other weights keep their random initi
 Zero padding of the convolutions makes the result differ from bicubic (which replicates the edge)
 within a few pixels of the border.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from .blocks import upsample_factors
 
 LEAKY_SLOPE, N_ALIGN = 0.2, 3
-PAIR_GAIN = 1.0 + LEAKY_SLOPE ** N_ALIGN  # u - v = PAIR_GAIN * x after the three LR AdaSTNs
+PAIR_GAIN = 1.0 + LEAKY_SLOPE**N_ALIGN  # u - v = PAIR_GAIN * x after the three LR AdaSTNs
 
 
 def _stage_channels(factors: list[int]) -> list[int]:
@@ -57,10 +58,12 @@ def _chain_1d(x: torch.Tensor, factors: list[int], weights: list[torch.Tensor]) 
 
 def _bicubic_1d(x: torch.Tensor, scale: int) -> torch.Tensor:
     rows = x.unsqueeze(2).expand(-1, -1, 4, -1)
-    return F.interpolate(rows, scale_factor=scale, mode="bicubic", align_corners=False)[:, :, scale * 2, :]
+    return F.interpolate(rows, scale_factor=scale, mode="bicubic", align_corners=False)[
+        :, :, scale * 2, :
+    ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fit_1d(factors: tuple[int, ...]) -> tuple[list[torch.Tensor], float]:
     """Weights of the 1-D chain (stage convs (K_out*f, K_in, 3), tail (1, K, 3)) fitted to bicubic
     upsampling, and the interior RMS error on unit-variance white noise."""
@@ -69,15 +72,25 @@ def _fit_1d(factors: tuple[int, ...]) -> tuple[list[torch.Tensor], float]:
     x = torch.randn(64, 1, 40, generator=gen, dtype=torch.float64)
     target = _bicubic_1d(x, scale)
     channels = _stage_channels(list(factors))
-    shapes = [(k * f, k_in, 3) for f, k, k_in in zip(factors, channels, [1] + channels[:-1])] + [(1, channels[-1], 3)]
-    weights = [(0.5 * torch.randn(*s, generator=gen, dtype=torch.float64)).requires_grad_() for s in shapes]
+    shapes = [(k * f, k_in, 3) for f, k, k_in in zip(factors, channels, [1] + channels[:-1])] + [
+        (1, channels[-1], 3)
+    ]
+    weights = [
+        (0.5 * torch.randn(*s, generator=gen, dtype=torch.float64)).requires_grad_() for s in shapes
+    ]
     margin = 3 * scale  # away from the zero padding
 
     def loss() -> torch.Tensor:
         return (_chain_1d(x, list(factors), weights) - target)[..., margin:-margin].pow(2).mean()
 
-    opt = torch.optim.LBFGS(weights, max_iter=3000, tolerance_grad=1e-15, tolerance_change=1e-20,
-                            history_size=100, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        weights,
+        max_iter=3000,
+        tolerance_grad=1e-15,
+        tolerance_change=1e-20,
+        history_size=100,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -111,7 +124,7 @@ def _set_per_colour(conv: nn.Conv2d, block: torch.Tensor) -> None:
     conv.weight[: 3 * o].zero_()
     conv.bias[: 3 * o].zero_()
     for c in range(3):
-        conv.weight[c * o:(c + 1) * o, c * i:(c + 1) * i] = block.to(conv.weight.dtype)
+        conv.weight[c * o : (c + 1) * o, c * i : (c + 1) * i] = block.to(conv.weight.dtype)
 
 
 @torch.no_grad()
@@ -121,8 +134,8 @@ def init_bicubic_(net: nn.Module) -> nn.Module:
     factors = net.upsampler.factors
     weights_1d, _ = _fit_1d(tuple(factors))
 
-    net.head.weight[: 6].zero_()
-    net.head.bias[: 6].zero_()
+    net.head.weight[:6].zero_()
+    net.head.bias[:6].zero_()
     for c in range(3):
         net.head.weight[2 * c, c, 1, 1] = 1.0
         net.head.weight[2 * c + 1, c, 1, 1] = -1.0
@@ -130,8 +143,8 @@ def init_bicubic_(net: nn.Module) -> nn.Module:
         for conv in (ada.offsets.to_matrix, ada.offsets.to_translation):
             conv.weight.zero_()
             conv.bias.zero_()
-        ada.deform.weight[: 6].zero_()
-        ada.deform.weight[: 6, 0, 1, 1] = 1.0
+        ada.deform.weight[:6].zero_()
+        ada.deform.weight[:6, 0, 1, 1] = 1.0
     net.body_tail.weight.zero_()
     net.body_tail.bias.zero_()
 

@@ -6,6 +6,7 @@ Halos: a *local* stage's output at a pixel depends only on its inputs within its
 halo (in pixels of its input grid). Each stage computes its halo from its own layers with
 ``conv_halo``; ``dzsr.infer`` grows every tile by it, which makes tiled inference exact.
 """
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -30,8 +31,9 @@ def conv_halo(conv: nn.Conv2d) -> int:
     reach = [d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation)]
     same = conv.padding == "same" or list(conv.padding) == reach
     if any(s != 1 for s in conv.stride) or any(k % 2 == 0 for k in conv.kernel_size) or not same:
-        raise ValueError(f"{conv} is not a stride-1 'same' convolution with an odd kernel: "
-                         f"it has no pixel halo")
+        raise ValueError(
+            f"{conv} is not a stride-1 'same' convolution with an odd kernel: it has no pixel halo"
+        )
     return max(reach)
 
 
@@ -45,10 +47,17 @@ def autocast_off(x: torch.Tensor) -> torch.autocast:
 def check_image(name: str, x: object, like: torch.Tensor | None = None, size=None) -> None:
     """``x`` must be a float tensor (N,3,H,W), with ``like``'s batch size and spatial ``size``
     (H, W) when given; otherwise ValueError naming ``name``."""
-    if (not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3
-            or not x.is_floating_point()):
-        got = (f"{type(x).__name__} {tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor)
-               else type(x).__name__)
+    if (
+        not isinstance(x, torch.Tensor)
+        or x.dim() != 4
+        or x.shape[1] != 3
+        or not x.is_floating_point()
+    ):
+        got = (
+            f"{type(x).__name__} {tuple(x.shape)} {x.dtype}"
+            if isinstance(x, torch.Tensor)
+            else type(x).__name__
+        )
         raise ValueError(f"{name} must be a float tensor (N,3,H,W), got {got}")
     if like is not None and x.shape[0] != like.shape[0]:
         raise ValueError(f"{name} must have batch size {like.shape[0]}, got {tuple(x.shape)}")
@@ -96,7 +105,9 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv1 = conv3x3(channels, channels)
         self.conv2 = conv3x3(channels, channels)
-        self.modulation = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
+        self.modulation = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1)
+        )
 
     def forward(self, x: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
         m = x if p is None else x * (1 + self.modulation(p))
@@ -122,7 +133,8 @@ class Predictor(nn.Module):
         self.mean_shift = MeanShift()
         self.head = conv3x3(6, channels)
         self.body = nn.Sequential(
-            conv3x3(2 * channels, channels), nn.ReLU(),
+            conv3x3(2 * channels, channels),
+            nn.ReLU(),
             *[m for _ in range(4) for m in (conv3x3(channels, channels, stride=2), nn.ReLU())],
         )
 

@@ -5,6 +5,7 @@ the output is conv3_1 before its ReLU) for the query (LR or pseudo-LR) and the r
 images in [0,1] are ImageNet-normalised; the 256-channel features are bilinearly resized by 1/4
 (align_corners=True, size floor(H/4) x floor(W/4)).
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,13 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_TRUNK = (("conv1_1", 3, 64), ("conv1_2", 64, 64), ("conv2_1", 64, 128), ("conv2_2", 128, 128), ("conv3_1", 128, 256))
+_TRUNK = (
+    ("conv1_1", 3, 64),
+    ("conv1_2", 64, 64),
+    ("conv2_1", 64, 128),
+    ("conv2_2", 128, 128),
+    ("conv3_1", 128, 256),
+)
 
 
 class VGGTrunk(nn.Module):
@@ -47,7 +54,7 @@ class MatchingExtractor(nn.Module):
         self.ref_trunk = VGGTrunk()
         self.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "MatchingExtractor":
+    def train(self, mode: bool = True) -> MatchingExtractor:
         return super().train(False)
 
     @torch.no_grad()

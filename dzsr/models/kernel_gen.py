@@ -6,6 +6,7 @@ a global guidance vector g from [space-to-depth(GT), LR] modulating the head as 
 7x7, 5x5, 3x3 convs (ReLU each), three 1x1 convs (ReLU each), residual from the head, 1x1 tail.
 Images are mean-shifted in and out.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,9 +31,12 @@ class KernelGen(nn.Module):
         self.mean_add = MeanShift(+1)
         self.head = nn.Conv2d(c_s2d, channels, 1)
         self.guide = nn.Sequential(
-            nn.Conv2d(c_s2d + 3, channels, 7, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c_s2d + 3, channels, 7, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(channels, channels, 1),
@@ -40,17 +44,23 @@ class KernelGen(nn.Module):
         self.conv7 = nn.Conv2d(channels, channels, 7, padding=3)
         self.conv5 = nn.Conv2d(channels, channels, 5, padding=2)
         self.conv3 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.pointwise = nn.Sequential(*[m for _ in range(3) for m in (nn.Conv2d(channels, channels, 1), nn.ReLU())])
+        self.pointwise = nn.Sequential(
+            *[m for _ in range(3) for m in (nn.Conv2d(channels, channels, 1), nn.ReLU())]
+        )
         self.tail = nn.Conv2d(channels, 3, 1)
 
     def blur_kernels(self) -> list[torch.Tensor]:
         """The 7x7, 5x5 and 3x3 conv weights, regularised by the centroid loss."""
         return [self.conv7.weight, self.conv5.weight, self.conv3.weight]
 
-    def forward(self, gt: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, gt: torch.Tensor, lr: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         s = self.scale
         if gt.shape[-2] != s * lr.shape[-2] or gt.shape[-1] != s * lr.shape[-1]:
-            raise ValueError(f"gt must be {s}x the LR size: gt {tuple(gt.shape)}, lr {tuple(lr.shape)}")
+            raise ValueError(
+                f"gt must be {s}x the LR size: gt {tuple(gt.shape)}, lr {tuple(lr.shape)}"
+            )
         gt_s2d = space_to_depth(self.mean_sub(gt), s)
         g = self.guide(torch.cat([gt_s2d, self.mean_sub(lr)], 1))
         head = F.relu(self.head(gt_s2d))

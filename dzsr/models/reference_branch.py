@@ -17,6 +17,7 @@ Stages, composed by ``ReferenceBranch.forward`` (and run separately by ``dzsr.in
 ``paste_reference`` (step 3, global) and the reference AdaSTN's ``align.estimate`` (local, halo
 ``align.estimate_halo``) and ``align.transform`` (global).
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,8 +53,9 @@ class FlowWarp(nn.Module):
         are cast to it, so the sampling positions and the bilinear weights are full precision."""
         dtype = self.weight.dtype
         with autocast_off(x):
-            return dzsr_kernels.deform_conv2d(x.to(dtype), offsets.to(dtype), self.weight,
-                                              self.bias, groups=x.shape[1])
+            return dzsr_kernels.deform_conv2d(
+                x.to(dtype), offsets.to(dtype), self.weight, self.bias, groups=x.shape[1]
+            )
 
 
 class ReferenceEncoder(nn.Module):
@@ -62,7 +64,9 @@ class ReferenceEncoder(nn.Module):
     def __init__(self, channels: int = 64):
         super().__init__()
         self.mean_shift = MeanShift()
-        self.convs = nn.ModuleList([conv3x3(3, channels)] + [conv3x3(channels, channels) for _ in range(4)])
+        self.convs = nn.ModuleList(
+            [conv3x3(3, channels)] + [conv3x3(channels, channels) for _ in range(4)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mean_shift(x)
@@ -96,17 +100,26 @@ def paste_given(paste_ref: torch.Tensor | None, paste_box: torch.Tensor | None) 
 def check_paste_box(paste_box: object, n: int, box_size, lr_size) -> None:
     """``paste_box`` must be an integer tensor (n, 4) of boxes (y0, y1, x0, x1), each of
     ``box_size`` (h, w) and inside an LR of ``lr_size`` (H, W); otherwise ValueError."""
-    if (not isinstance(paste_box, torch.Tensor) or paste_box.shape != (n, 4)
-            or paste_box.is_floating_point()):
-        got = (tuple(paste_box.shape) if isinstance(paste_box, torch.Tensor)
-               else type(paste_box).__name__)
-        raise ValueError(f"paste_box must be an integer tensor (N={n}, 4) of (y0, y1, x0, x1), "
-                         f"got {got}")
+    if (
+        not isinstance(paste_box, torch.Tensor)
+        or paste_box.shape != (n, 4)
+        or paste_box.is_floating_point()
+    ):
+        got = (
+            tuple(paste_box.shape)
+            if isinstance(paste_box, torch.Tensor)
+            else type(paste_box).__name__
+        )
+        raise ValueError(
+            f"paste_box must be an integer tensor (N={n}, 4) of (y0, y1, x0, x1), got {got}"
+        )
     (h, w), (height, width) = box_size, lr_size
     for i, (y0, y1, x0, x1) in enumerate(paste_box.tolist()):
         if (y1 - y0, x1 - x0) != (h, w) or y0 < 0 or x0 < 0 or y1 > height or x1 > width:
-            raise ValueError(f"paste_box[{i}]=({y0},{y1},{x0},{x1}) must be a {h}x{w} box "
-                             f"(paste_ref size / scale) inside the {height}x{width} LR")
+            raise ValueError(
+                f"paste_box[{i}]=({y0},{y1},{x0},{x1}) must be a {h}x{w} box "
+                f"(paste_ref size / scale) inside the {height}x{width} LR"
+            )
 
 
 def check_paste_inputs(paste_ref: object, paste_box: object, scale: int, lr: torch.Tensor) -> None:
@@ -117,12 +130,16 @@ def check_paste_inputs(paste_ref: object, paste_box: object, scale: int, lr: tor
     check_image("paste_ref", paste_ref, lr)
     n, _, ph, pw = paste_ref.shape
     if ph % scale or pw % scale:
-        raise ValueError(f"paste_ref height and width must be multiples of scale={scale}, "
-                         f"got {tuple(paste_ref.shape)}")
+        raise ValueError(
+            f"paste_ref height and width must be multiples of scale={scale}, "
+            f"got {tuple(paste_ref.shape)}"
+        )
     check_paste_box(paste_box, n, (ph // scale, pw // scale), lr.shape[-2:])
 
 
-def paste(features: torch.Tensor, patch: torch.Tensor, boxes: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+def paste(
+    features: torch.Tensor, patch: torch.Tensor, boxes: torch.Tensor, chosen: torch.Tensor
+) -> torch.Tensor:
     """Write patch[i] (64,h,w) into features[i] at boxes[i]=(y0,y1,x0,x1) where chosen[i]; differentiable."""
     check_paste_box(boxes, features.shape[0], patch.shape[-2:], features.shape[-2:])
     rows = []
@@ -158,8 +175,12 @@ class ReferenceBranch(nn.Module):
         """Encoded reference (N,3,H,W) warped by the matching offsets (N,18,H,W): (N,64,H,W)."""
         return self.warp(self.encoder(ref), offsets)
 
-    def paste_reference(self, feats: torch.Tensor, paste_ref: torch.Tensor | None = None,
-                        paste_box: torch.Tensor | None = None) -> torch.Tensor:
+    def paste_reference(
+        self,
+        feats: torch.Tensor,
+        paste_ref: torch.Tensor | None = None,
+        paste_box: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``feats`` with the embedded ``paste_ref`` written at ``paste_box`` (module docstring,
         step 3): each sample with probability ``paste_prob`` in training, always in eval mode."""
         if not paste_given(paste_ref, paste_box):

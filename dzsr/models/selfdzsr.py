@@ -11,6 +11,7 @@ within a halo) has a ``<stage>_halo`` property computed from its layers (``block
 LR pixels and for eval mode; a *global* stage (matching, the deformable warps, the paste, the
 degradation predictor) has none and runs on the whole image.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .adastn import AdaSTN
-from .blocks import (MeanShift, PixelShuffleUpsampler, Predictor, ResidualBlock, autocast_off,
-                     check_image, conv3x3, conv_halo)
+from .blocks import (
+    MeanShift,
+    PixelShuffleUpsampler,
+    Predictor,
+    ResidualBlock,
+    autocast_off,
+    check_image,
+    conv3x3,
+    conv_halo,
+)
 from .extractor import MatchingExtractor
 from .kernel_gen import KernelGen
 from .reference_branch import ReferenceBranch, check_paste_inputs, matching_offsets
@@ -47,8 +56,14 @@ class RestorationNet(nn.Module):
     (N,64,1,1) vector), ``body`` (local) and ``upsample`` (local, output ``scale`` x larger).
     """
 
-    def __init__(self, scale: int = 4, drop_prob: float = 0.3, paste_prob: float = 0.3, channels: int = 64,
-                 n_blocks: int = 16):
+    def __init__(
+        self,
+        scale: int = 4,
+        drop_prob: float = 0.3,
+        paste_prob: float = 0.3,
+        channels: int = 64,
+        n_blocks: int = 16,
+    ):
         super().__init__()
         self.scale = scale
         self.head_mean = MeanShift(-1)
@@ -63,7 +78,9 @@ class RestorationNet(nn.Module):
         self.tail = conv3x3(channels, 3)
         self.tail_mean = MeanShift(+1)
 
-    def forward(self, lr, guide, ref, offsets, predictor_lr, predictor_ref, paste_ref=None, paste_box=None):
+    def forward(
+        self, lr, guide, ref, offsets, predictor_lr, predictor_ref, paste_ref=None, paste_box=None
+    ):
         h = self.lr_features(lr)
         h_guide = h if guide is lr else self.lr_features(guide)
         h = self.align_lr(h, h_guide)
@@ -187,12 +204,23 @@ class SelfDZSR(nn.Module):
         self.extractor = MatchingExtractor()
         self.restoration = RestorationNet(scale, drop_prob, paste_prob)
 
-    def forward(self, lr, ref, *, paste_ref=None, paste_box=None, predictor_lr=None, predictor_ref=None,
-                gt=None, noise=None) -> SelfDZSROutput:
+    def forward(
+        self,
+        lr,
+        ref,
+        *,
+        paste_ref=None,
+        paste_box=None,
+        predictor_lr=None,
+        predictor_ref=None,
+        gt=None,
+        noise=None,
+    ) -> SelfDZSROutput:
         s = self.scale
         self.check_inputs(lr, ref, paste_ref=paste_ref, paste_box=paste_box, gt=gt, noise=noise)
-        predictor_lr, predictor_ref = self.predictor_inputs(lr, paste_ref, paste_box, predictor_lr,
-                                                            predictor_ref)
+        predictor_lr, predictor_ref = self.predictor_inputs(
+            lr, paste_ref, paste_box, predictor_lr, predictor_ref
+        )
         out = SelfDZSROutput(sr=lr)
         guide = lr
         if gt is not None:
@@ -202,8 +230,9 @@ class SelfDZSR(nn.Module):
         if guide is lr:
             guide_p = lr_p
         offsets = self.match(guide_p, ref_p)
-        sr = self.restoration(lr_p, guide_p, ref_p, offsets, predictor_lr, predictor_ref, paste_ref,
-                              paste_box)
+        sr = self.restoration(
+            lr_p, guide_p, ref_p, offsets, predictor_lr, predictor_ref, paste_ref, paste_box
+        )
         height, width = lr.shape[-2:]
         out.sr = sr[..., : s * height, : s * width].contiguous(memory_format=memory_format_of(lr))
         return out
@@ -213,8 +242,9 @@ class SelfDZSR(nn.Module):
         check_image("lr", lr)
         height, width = lr.shape[-2:]
         if height < MIN_LR_SIZE or width < MIN_LR_SIZE:
-            raise ValueError(f"lr must be at least {MIN_LR_SIZE}x{MIN_LR_SIZE}, "
-                             f"got {height}x{width}")
+            raise ValueError(
+                f"lr must be at least {MIN_LR_SIZE}x{MIN_LR_SIZE}, got {height}x{width}"
+            )
         check_image("ref", ref, lr, (height, width))
         if (gt is None) != (noise is None):
             raise ValueError("give both gt and noise (training with a pseudo-LR), or neither")
@@ -230,10 +260,14 @@ class SelfDZSR(nn.Module):
             predictor_ref = paste_ref
         if predictor_lr is None and paste_box is not None:
             boxes = paste_box.tolist()
-            predictor_lr = torch.stack([lr[i, :, y0:y1, x0:x1] for i, (y0, y1, x0, x1) in enumerate(boxes)])
+            predictor_lr = torch.stack(
+                [lr[i, :, y0:y1, x0:x1] for i, (y0, y1, x0, x1) in enumerate(boxes)]
+            )
         if predictor_lr is None or predictor_ref is None:
-            raise ValueError("give predictor_lr and predictor_ref (an LR crop and the reference of the same "
-                             "scene part), or paste_ref and paste_box from which they default")
+            raise ValueError(
+                "give predictor_lr and predictor_ref (an LR crop and the reference of the same "
+                "scene part), or paste_ref and paste_box from which they default"
+            )
         check_image("predictor_lr", predictor_lr, lr)
         check_image("predictor_ref", predictor_ref, lr)
         return predictor_lr, predictor_ref

@@ -28,6 +28,7 @@ Second views:
 Sizes (x4 and x2 share ``short``/``tele``): motorcycle 125x185 (gt 500x740 at x4), astronaut
 128x128, coffee 100x150, chelsea 75x112, rocket 106x160 (rocket.jpg is decoded by OpenCV's libjpeg).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,9 +47,14 @@ SAMPLE_NAMES = (DEMO, *HELD_OUT)
 SCALES = (2, 4)
 MOTORCYCLE_DISPARITY = 50
 WARP_DEGREES, WARP_ZOOM, WARP_SHIFT = 1.5, 1.02, (2.0, -3.0)
-_FILES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png",
-          "rocket": "rocket.jpg",
-          "motorcycle": "motorcycle_left.png", "motorcycle_right": "motorcycle_right.png"}
+_FILES = {
+    "astronaut": "astronaut.png",
+    "coffee": "coffee.png",
+    "chelsea": "chelsea.png",
+    "rocket": "rocket.jpg",
+    "motorcycle": "motorcycle_left.png",
+    "motorcycle_right": "motorcycle_right.png",
+}
 
 
 def is_bundled_photo(filename: str) -> bool:
@@ -100,8 +106,9 @@ def similarity_view(img: np.ndarray) -> np.ndarray:
     x0 = np.minimum(np.floor(sx).astype(int), w - 2)
     fy, fx = (sy - y0)[..., None], (sx - x0)[..., None]
     src = img.astype(np.float64)
-    out = ((1 - fy) * ((1 - fx) * src[y0, x0] + fx * src[y0, x0 + 1])
-           + fy * ((1 - fx) * src[y0 + 1, x0] + fx * src[y0 + 1, x0 + 1]))
+    out = (1 - fy) * ((1 - fx) * src[y0, x0] + fx * src[y0, x0 + 1]) + fy * (
+        (1 - fx) * src[y0 + 1, x0] + fx * src[y0 + 1, x0 + 1]
+    )
     return np.rint(out).astype(np.uint8)
 
 
@@ -120,7 +127,7 @@ def load_sample(name: str = DEMO, scale: int = 4) -> dict:
     y0, y1, x0, x1 = box
     if name == DEMO:
         shift = MOTORCYCLE_DISPARITY * scale // 4
-        tele = box_down(_photo("motorcycle_right"), 4 // scale)[y0:y1, x0 - shift:x1 - shift]
+        tele = box_down(_photo("motorcycle_right"), 4 // scale)[y0:y1, x0 - shift : x1 - shift]
     else:
         tele = similarity_view(gt)[y0:y1, x0:x1]
     return {"short": short, "tele": np.ascontiguousarray(tele), "gt": gt, "tele_box": box}

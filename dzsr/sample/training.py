@@ -16,6 +16,7 @@ The held-out and demo photographs (``HELD_OUT``, ``DEMO``) are never trained on.
 All images are uint8 RGB HWC numpy arrays; an LR of ``(h, w, 3)`` has a GT of
 ``(scale*h, scale*w, 3)``.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,16 @@ import numpy as np
 
 from ..data import central_box, prepare_pair, write_rgb
 from ..data.dead_leaves import dead_leaves
-from .builder import (DEMO, HELD_OUT, SAMPLE_NAMES, box_down, bundled_photo, is_bundled_photo,
-                      load_sample, similarity_view)
+from .builder import (
+    DEMO,
+    HELD_OUT,
+    SAMPLE_NAMES,
+    box_down,
+    bundled_photo,
+    is_bundled_photo,
+    load_sample,
+    similarity_view,
+)
 
 PHOTOS_AS = ("capture", "frame")
 SYNTHETIC_SIZE = 512  # side of a dead-leaves picture at the bundled photographs' resolution (4x LR)
@@ -77,32 +86,49 @@ def _photo_reason(filename: str) -> str | None:
     return None if is_bundled_photo(filename) else "not among scikit-image's bundled photographs"
 
 
-def sample_data_problems(samples, photos, photos_as: str = "capture", synthetic: int = 0,
-                         prefix: str = "") -> list[tuple[str, str]]:
+def sample_data_problems(
+    samples, photos, photos_as: str = "capture", synthetic: int = 0, prefix: str = ""
+) -> list[tuple[str, str]]:
     """What makes these arguments of ``prepare_sample_data`` unusable: ``[(name, message)]``, at
     most one per argument, each message naming it as ``prefix + argument`` (the config passes
     ``"data."``). Names only; whether a photograph decodes is found when it is read."""
     problems = []
-    for arg, names, reason in (("samples", samples, _sample_reason),
-                               ("photos", photos, _photo_reason)):
+    for arg, names, reason in (
+        ("samples", samples, _sample_reason),
+        ("photos", photos, _photo_reason),
+    ):
         refused = _refused(names, reason)
         if refused:
             message = f"{prefix}{arg}: not for training: {', '.join(refused)}"
             problems.append((prefix + arg, message))
     if photos_as not in PHOTOS_AS:
-        problems.append((prefix + "photos_as", f"{prefix}photos_as must be one of "
-                                               f"{', '.join(PHOTOS_AS)}, got {photos_as!r}"))
+        problems.append(
+            (
+                prefix + "photos_as",
+                f"{prefix}photos_as must be one of {', '.join(PHOTOS_AS)}, got {photos_as!r}",
+            )
+        )
     if isinstance(synthetic, bool) or not isinstance(synthetic, int) or synthetic < 0:
-        problems.append((prefix + "synthetic", f"{prefix}synthetic must be a number of dead-leaves "
-                                               f"pictures (an integer >= 0), got {synthetic!r}"))
+        problems.append(
+            (
+                prefix + "synthetic",
+                f"{prefix}synthetic must be a number of dead-leaves "
+                f"pictures (an integer >= 0), got {synthetic!r}",
+            )
+        )
     elif not (samples or photos or synthetic):
-        problems.append((prefix + "samples", f"no training images: give {prefix}samples, "
-                                             f"{prefix}photos or {prefix}synthetic"))
+        problems.append(
+            (
+                prefix + "samples",
+                f"no training images: give {prefix}samples, {prefix}photos or {prefix}synthetic",
+            )
+        )
     return problems
 
 
-def training_pairs(samples, scale: int, photos=(), photos_as: str = "capture", synthetic: int = 0,
-                   seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def training_pairs(
+    samples, scale: int, photos=(), photos_as: str = "capture", synthetic: int = 0, seed: int = 0
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``[(name, lr, gt)]`` of the sources in the module docstring, in the order given, dead-leaves
     pictures last (``dead_leaves_000`` ...); ValueError naming the first bad argument."""
     problems = sample_data_problems(samples, photos, photos_as, synthetic)
@@ -125,16 +151,25 @@ def training_pairs(samples, scale: int, photos=(), photos_as: str = "capture", s
     return pairs
 
 
-def prepare_sample_data(root: str, samples, scale: int, photos=(), photos_as: str = "capture",
-                        synthetic: int = 0, seed: int = 0) -> str:
+def prepare_sample_data(
+    root: str,
+    samples,
+    scale: int,
+    photos=(),
+    photos_as: str = "capture",
+    synthetic: int = 0,
+    seed: int = 0,
+) -> str:
     """Write the ``training_pairs`` as a prepared folder (``DualZoomDataset(root, "train", scale)``
     reads it): ``root/train_LR/NAME_x1.png`` and ``root/train_HR/NAME_x{scale}.png``; PNGs left
     there by an earlier call with other arguments are removed, so the folder holds exactly these
     pairs. Returns ``root``."""
     written = set()
     for name, lr, gt in training_pairs(samples, scale, photos, photos_as, synthetic, seed):
-        for folder, file, img in ((LR_FOLDER, f"{name}_x1.png", lr),
-                                  (HR_FOLDER, f"{name}_x{scale}.png", gt)):
+        for folder, file, img in (
+            (LR_FOLDER, f"{name}_x1.png", lr),
+            (HR_FOLDER, f"{name}_x{scale}.png", gt),
+        ):
             write_rgb(os.path.join(root, folder, file), img)
             written.add(os.path.join(folder, file))
     for folder in (LR_FOLDER, HR_FOLDER):

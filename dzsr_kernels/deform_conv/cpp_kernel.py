@@ -1,5 +1,6 @@
 """``cpp`` backend of the packed deformable convolution: C++ CPU and CUDA kernels in
 ``csrc/deform_conv/`` (registered as ``torch.ops.dzsr_C.deform_conv2d_{forward,backward}``)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,6 +14,11 @@ def forward(x, geom, affine, weight, bias, groups):
 
 def backward(grad_out, x, geom, affine, weight, groups):
     dx, dgeom, dweight = torch.ops.dzsr_C.deform_conv2d_backward(
-        grad_out.contiguous(), x.contiguous(), geom.contiguous(), affine, weight.contiguous(), groups
+        grad_out.contiguous(),
+        x.contiguous(),
+        geom.contiguous(),
+        affine,
+        weight.contiguous(),
+        groups,
     )
     return dx, dgeom, dweight

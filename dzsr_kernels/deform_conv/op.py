@@ -16,6 +16,7 @@ sizes, strides and dtypes.
 
 NaN/Inf and empty inputs follow the rule in ``reference.py`` on every backend.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,7 +57,9 @@ def _packed(
 
 @_packed.register_fake
 def _(x, geom, affine, weight, bias, groups, backend):
-    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))  # contiguous, x's dtype
+    return x.new_empty(
+        (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+    )  # contiguous, x's dtype
 
 
 @torch.library.custom_op("dzsr::deform_conv2d_packed_backward", mutates_args=())
@@ -87,7 +90,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, geom, weight = ctx.saved_tensors
-    dx, dgeom, dweight = _packed_backward(grad_out.contiguous(), x, geom, ctx.affine, weight, ctx.groups, ctx.backend)
+    dx, dgeom, dweight = _packed_backward(
+        grad_out.contiguous(), x, geom, ctx.affine, weight, ctx.groups, ctx.backend
+    )
     dbias = None
     if ctx.has_bias:
         dbias = grad_out.sum((0, 2, 3), dtype=compute_dtype(grad_out)).to(ctx.bias_dtype)
@@ -106,10 +111,14 @@ def _validate(x, weight, bias, groups) -> None:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     c, c_out, k = x.shape[1], weight.shape[0], weight.shape[2]
     if weight.shape[2] != weight.shape[3] or k % 2 == 0:
-        raise ValueError(f"weight must be (C_out, C/groups, k, k) with odd square k, got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must be (C_out, C/groups, k, k) with odd square k, got shape {tuple(weight.shape)}"
+        )
     if c % groups or c_out % groups:
-        raise ValueError(f"groups must divide both input channels C={c} and output channels C_out={c_out}, "
-                         f"got groups={groups}")
+        raise ValueError(
+            f"groups must divide both input channels C={c} and output channels C_out={c_out}, "
+            f"got groups={groups}"
+        )
     check_dim("weight", weight, 1, c // groups, f"(C_out, C/groups={c // groups}, k, k)")
     if bias is not None:
         check_tensor("bias", bias, 1, f"(C_out={c_out},)")
@@ -176,7 +185,9 @@ def deform_conv2d(
     return _dispatch(x, offset, False, weight, bias, groups)
 
 
-def centre_tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
+def centre_tap_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+) -> torch.Tensor:
     """The P=0 case (A=0, b=0): every tap reads the centre pixel, i.e. a 1x1 conv with summed taps."""
     return F.conv2d(x, weight.sum((2, 3), keepdim=True), bias, groups=groups)
 
@@ -185,18 +196,31 @@ class AffineDeformConv2d(torch.nn.Module):
     """AdaSTN's deformable convolution layer. ``forward(x, A=None, b=None)``; ``A=b=None`` is P=0
     and runs as an exact 1x1 convolution whose weight is the sum of the k² taps."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, groups: int = 1, bias: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        groups: int = 1,
+        bias: bool = False,
+    ):
         super().__init__()
         if kernel_size % 2 == 0 or kernel_size < 1:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size}")
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+            raise ValueError(
+                f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+            )
         self.groups = groups
-        self.weight = torch.nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))
+        self.weight = torch.nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size)
+        )
         self.bias = torch.nn.Parameter(torch.zeros(out_channels)) if bias else None
         torch.nn.init.kaiming_uniform_(self.weight, a=5**0.5)
 
-    def forward(self, x: torch.Tensor, A: torch.Tensor | None = None, b: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, A: torch.Tensor | None = None, b: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if (A is None) != (b is None):
             raise ValueError("give both A and b, or neither (P=0)")
         if A is None:

@@ -42,6 +42,7 @@ that returned NaN in one run and crashed another.
 
 Half inputs are computed in float32 and the result cast back; float64 stays float64.
 """
+
 from __future__ import annotations
 
 import torch
@@ -102,7 +103,9 @@ def _gather(flat: torch.Tensor, idx: torch.Tensor, inside: torch.Tensor) -> torc
     """flat (N,C,HW) at idx (N,T,H',W') -> (N,C,T,H',W'), exactly zero where not ``inside``."""
     n, c = flat.shape[:2]
     vals = flat.gather(2, _flat_index(idx, c)).view(n, c, *idx.shape[1:])
-    return torch.where(inside.unsqueeze(1), vals, torch.zeros((), dtype=vals.dtype, device=vals.device))
+    return torch.where(
+        inside.unsqueeze(1), vals, torch.zeros((), dtype=vals.dtype, device=vals.device)
+    )
 
 
 class _BilinearZero(torch.autograd.Function):
@@ -132,8 +135,12 @@ class _BilinearZero(torch.autograd.Function):
             vals = _gather(flat, idx, inside)
             dvy = dvy + wy.unsqueeze(1) * vals
             dvx = dvx + wx.unsqueeze(1) * vals
-            contrib = torch.where(inside.unsqueeze(1), dcol * wgt.unsqueeze(1), torch.zeros((), dtype=dx.dtype))
-            dx.scatter_add_(2, _flat_index(idx, c), contrib.reshape(n, c, torch.Size(py.shape[1:]).numel()))
+            contrib = torch.where(
+                inside.unsqueeze(1), dcol * wgt.unsqueeze(1), torch.zeros((), dtype=dx.dtype)
+            )
+            dx.scatter_add_(
+                2, _flat_index(idx, c), contrib.reshape(n, c, torch.Size(py.shape[1:]).numel())
+            )
         gpy = bad + (dcol * dvy).sum(1)
         gpx = bad + (dcol * dvx).sum(1)
         return dx.view(n, c, h, w), gpy, gpx
@@ -145,7 +152,12 @@ def bilinear_zero(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.
 
 
 def deform_conv2d(
-    x: torch.Tensor, geom: torch.Tensor, affine: bool, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+    x: torch.Tensor,
+    geom: torch.Tensor,
+    affine: bool,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
 ) -> torch.Tensor:
     """Deformable convolution on packed geometry; differentiable in every tensor argument."""
     dtype = compute_dtype(x, geom, weight, bias)

@@ -17,6 +17,7 @@ Outputs are new contiguous tensors in their input's dtype (op.py's fakes say the
 are computed in float32 (float64 stays float64); accumulating buffers are zero-filled in that type
 and cast back, the other outputs come from ``_checks.new_output``. Empty N, H or W launch nothing.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,13 @@ def _corner(iy, ix, ly, lx, vy, vx, A: tl.constexpr, B: tl.constexpr, W):
     dy_ = 1.0 if A == 1 else -1.0
     dx_ = 1.0 if B == 1 else -1.0
     zero = tl.zeros_like(ly)
-    return idx, valid, tl.where(valid, wy_ * wx_, zero), tl.where(valid, dy_ * wx_, zero), tl.where(valid, wy_ * dx_, zero)
+    return (
+        idx,
+        valid,
+        tl.where(valid, wy_ * wx_, zero),
+        tl.where(valid, dy_ * wx_, zero),
+        tl.where(valid, wy_ * dx_, zero),
+    )
 
 
 @triton.jit
@@ -70,8 +77,29 @@ def _bilinear(py, px, H, W):
     i01, m01, w01, y01, x01 = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W)
     i10, m10, w10, y10, x10 = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W)
     i11, m11, w11, y11, x11 = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W)
-    return (bad, i00, m00, w00, y00, x00, i01, m01, w01, y01, x01, i10, m10, w10, y10, x10,
-            i11, m11, w11, y11, x11)
+    return (
+        bad,
+        i00,
+        m00,
+        w00,
+        y00,
+        x00,
+        i01,
+        m01,
+        w01,
+        y01,
+        x01,
+        i10,
+        m10,
+        w10,
+        y10,
+        x10,
+        i11,
+        m11,
+        w11,
+        y11,
+        x11,
+    )
 
 
 @triton.jit
@@ -97,8 +125,24 @@ def _load_affine(geom_n, p, pmask, HW, AFFINE: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx,
-              t, K: tl.constexpr, AFFINE: tl.constexpr, ACC: tl.constexpr):
+def _position(
+    geom_n,
+    p,
+    pmask,
+    HW,
+    qy,
+    qx,
+    a0,
+    a1,
+    a2,
+    a3,
+    by,
+    bx,
+    t,
+    K: tl.constexpr,
+    AFFINE: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Absolute sampling position of tap t for the pixels p (affine: from the preloaded A, b)."""
     gy = t // K - K // 2
     gx = t % K - K // 2
@@ -118,10 +162,27 @@ def _gather(plane, idx, valid, mask, w, ACC: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, geom_ptr, w_ptr, bias_ptr, out_ptr,
-                    C, C_out, H, W, c_in_g, c_out_g, blocks_per_group,
-                    K: tl.constexpr, AFFINE: tl.constexpr, DEPTHWISE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _forward_kernel(
+    x_ptr,
+    geom_ptr,
+    w_ptr,
+    bias_ptr,
+    out_ptr,
+    C,
+    C_out,
+    H,
+    W,
+    c_in_g,
+    c_out_g,
+    blocks_per_group,
+    K: tl.constexpr,
+    AFFINE: tl.constexpr,
+    DEPTHWISE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
@@ -143,22 +204,31 @@ def _forward_kernel(x_ptr, geom_ptr, w_ptr, bias_ptr, out_ptr,
     acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
     for t in tl.static_range(KK):
         py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
-        bad, i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = _bilinear(
-            py, px, H, W)
+        bad, i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = (
+            _bilinear(py, px, H, W)
+        )
         if DEPTHWISE:
             plane = x_n + ((co // c_out_g).to(tl.int64) * HW)[:, None]
             m = cmask[:, None] & pmask[None, :]
-            v = (bad[None, :] + _gather(plane, i00[None, :], m00[None, :], m, w00[None, :], ACC)
-                 + _gather(plane, i01[None, :], m01[None, :], m, w01[None, :], ACC)
-                 + _gather(plane, i10[None, :], m10[None, :], m, w10[None, :], ACC)
-                 + _gather(plane, i11[None, :], m11[None, :], m, w11[None, :], ACC))
+            v = (
+                bad[None, :]
+                + _gather(plane, i00[None, :], m00[None, :], m, w00[None, :], ACC)
+                + _gather(plane, i01[None, :], m01[None, :], m, w01[None, :], ACC)
+                + _gather(plane, i10[None, :], m10[None, :], m, w10[None, :], ACC)
+                + _gather(plane, i11[None, :], m11[None, :], m, w11[None, :], ACC)
+            )
             wt = tl.load(w_ptr + co * KK + t, mask=cmask, other=0.0).to(ACC)
             acc += wt[:, None] * v
         else:
             for ci in range(c_in_g):
                 plane = x_n + (g * c_in_g + ci).to(tl.int64) * HW
-                v = (bad + _gather(plane, i00, m00, pmask, w00, ACC) + _gather(plane, i01, m01, pmask, w01, ACC)
-                     + _gather(plane, i10, m10, pmask, w10, ACC) + _gather(plane, i11, m11, pmask, w11, ACC))
+                v = (
+                    bad
+                    + _gather(plane, i00, m00, pmask, w00, ACC)
+                    + _gather(plane, i01, m01, pmask, w01, ACC)
+                    + _gather(plane, i10, m10, pmask, w10, ACC)
+                    + _gather(plane, i11, m11, pmask, w11, ACC)
+                )
                 wt = tl.load(w_ptr + (co * c_in_g + ci) * KK + t, mask=cmask, other=0.0).to(ACC)
                 acc += wt[:, None] * v[None, :]
     if HAS_BIAS:
@@ -168,8 +238,34 @@ def _forward_kernel(x_ptr, geom_ptr, w_ptr, bias_ptr, out_ptr,
 
 
 @triton.jit
-def _scatter_and_grad(x_plane, dx_plane, dcol, m, bad, i00, m00, w00, y00, x00, i01, m01, w01, y01, x01,
-                      i10, m10, w10, y10, x10, i11, m11, w11, y11, x11, ACC: tl.constexpr):
+def _scatter_and_grad(
+    x_plane,
+    dx_plane,
+    dcol,
+    m,
+    bad,
+    i00,
+    m00,
+    w00,
+    y00,
+    x00,
+    i01,
+    m01,
+    w01,
+    y01,
+    x01,
+    i10,
+    m10,
+    w10,
+    y10,
+    x10,
+    i11,
+    m11,
+    w11,
+    y11,
+    x11,
+    ACC: tl.constexpr,
+):
     """For column gradients dcol at one tap: scatter dcol x corner weight into the inside corners of
     dx, and return the sample value (starting at ``bad``) and dcol x d(sample)/d(position)."""
     p00 = tl.load(x_plane + i00, mask=m00 & m, other=0.0).to(ACC)
@@ -187,10 +283,28 @@ def _scatter_and_grad(x_plane, dx_plane, dcol, m, bad, i00, m00, w00, y00, x00, 
 
 
 @triton.jit
-def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr,
-                       C, C_out, H, W, groups, c_in_g, c_out_g,
-                       K: tl.constexpr, AFFINE: tl.constexpr, DEPTHWISE: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _input_grad_kernel(
+    go_ptr,
+    x_ptr,
+    geom_ptr,
+    w_ptr,
+    dx_ptr,
+    dgeom_ptr,
+    dw_ptr,
+    C,
+    C_out,
+    H,
+    W,
+    groups,
+    c_in_g,
+    c_out_g,
+    K: tl.constexpr,
+    AFFINE: tl.constexpr,
+    DEPTHWISE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     pid_p = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
     HW = H * W
@@ -211,8 +325,29 @@ def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr
     dbx = tl.zeros((BLOCK_P,), dtype=ACC)
     for t in tl.static_range(KK):
         py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
-        (bad, i00, m00, w00, y00, x00, i01, m01, w01, y01, x01,
-         i10, m10, w10, y10, x10, i11, m11, w11, y11, x11) = _bilinear(py, px, H, W)
+        (
+            bad,
+            i00,
+            m00,
+            w00,
+            y00,
+            x00,
+            i01,
+            m01,
+            w01,
+            y01,
+            x01,
+            i10,
+            m10,
+            w10,
+            y10,
+            x10,
+            i11,
+            m11,
+            w11,
+            y11,
+            x11,
+        ) = _bilinear(py, px, H, W)
         gpy = bad  # NaN for a non-finite position, whatever the channels
         gpx = bad
         if DEPTHWISE:
@@ -226,14 +361,38 @@ def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr
                 for j in range(c_out_g):
                     co = (ci * c_out_g + j).to(tl.int64)
                     go = tl.load(go_n + co[:, None] * HW + p[None, :], mask=m, other=0.0).to(ACC)
-                    dcol += tl.load(w_ptr + co * KK + t, mask=cmask, other=0.0).to(ACC)[:, None] * go
+                    dcol += (
+                        tl.load(w_ptr + co * KK + t, mask=cmask, other=0.0).to(ACC)[:, None] * go
+                    )
                 rows = ci.to(tl.int64)[:, None] * HW
                 v, gy, gx = _scatter_and_grad(
-                    x_n + rows, dx_n + rows, dcol, m, bad[None, :],
-                    i00[None, :], m00[None, :], w00[None, :], y00[None, :], x00[None, :],
-                    i01[None, :], m01[None, :], w01[None, :], y01[None, :], x01[None, :],
-                    i10[None, :], m10[None, :], w10[None, :], y10[None, :], x10[None, :],
-                    i11[None, :], m11[None, :], w11[None, :], y11[None, :], x11[None, :], ACC)
+                    x_n + rows,
+                    dx_n + rows,
+                    dcol,
+                    m,
+                    bad[None, :],
+                    i00[None, :],
+                    m00[None, :],
+                    w00[None, :],
+                    y00[None, :],
+                    x00[None, :],
+                    i01[None, :],
+                    m01[None, :],
+                    w01[None, :],
+                    y01[None, :],
+                    x01[None, :],
+                    i10[None, :],
+                    m10[None, :],
+                    w10[None, :],
+                    y10[None, :],
+                    x10[None, :],
+                    i11[None, :],
+                    m11[None, :],
+                    w11[None, :],
+                    y11[None, :],
+                    x11[None, :],
+                    ACC,
+                )
                 gpy += tl.sum(gy, axis=0)
                 gpx += tl.sum(gx, axis=0)
                 for j in range(c_out_g):
@@ -249,15 +408,39 @@ def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr
                     dcol = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
                     for co in range(g * c_out_g, (g + 1) * c_out_g):
                         go = tl.load(go_n + co * HW + p, mask=pmask, other=0.0).to(ACC)
-                        wt = tl.load(w_ptr + (co * c_in_g + ci_in_g) * KK + t, mask=cmask, other=0.0).to(ACC)
+                        wt = tl.load(
+                            w_ptr + (co * c_in_g + ci_in_g) * KK + t, mask=cmask, other=0.0
+                        ).to(ACC)
                         dcol += wt[:, None] * go[None, :]
                     ci = (g * c_in_g + ci_in_g).to(tl.int64)[:, None] * HW
                     _, gy, gx = _scatter_and_grad(
-                        x_n + ci, dx_n + ci, dcol, cmask[:, None] & pmask[None, :], bad[None, :],
-                        i00[None, :], m00[None, :], w00[None, :], y00[None, :], x00[None, :],
-                        i01[None, :], m01[None, :], w01[None, :], y01[None, :], x01[None, :],
-                        i10[None, :], m10[None, :], w10[None, :], y10[None, :], x10[None, :],
-                        i11[None, :], m11[None, :], w11[None, :], y11[None, :], x11[None, :], ACC)
+                        x_n + ci,
+                        dx_n + ci,
+                        dcol,
+                        cmask[:, None] & pmask[None, :],
+                        bad[None, :],
+                        i00[None, :],
+                        m00[None, :],
+                        w00[None, :],
+                        y00[None, :],
+                        x00[None, :],
+                        i01[None, :],
+                        m01[None, :],
+                        w01[None, :],
+                        y01[None, :],
+                        x01[None, :],
+                        i10[None, :],
+                        m10[None, :],
+                        w10[None, :],
+                        y10[None, :],
+                        x10[None, :],
+                        i11[None, :],
+                        m11[None, :],
+                        w11[None, :],
+                        y11[None, :],
+                        x11[None, :],
+                        ACC,
+                    )
                     gpy += tl.sum(gy, axis=0)
                     gpx += tl.sum(gx, axis=0)
         gy_ = t // K - K // 2
@@ -283,10 +466,28 @@ def _input_grad_kernel(go_ptr, x_ptr, geom_ptr, w_ptr, dx_ptr, dgeom_ptr, dw_ptr
 
 
 @triton.jit
-def _weight_grad_kernel(go_ptr, x_ptr, geom_ptr, dw_ptr, N, C, C_out, H, W, c_in_g, c_out_g,
-                        co_blocks, ci_blocks, chunk_pixels,
-                        K: tl.constexpr, AFFINE: tl.constexpr, ACC: tl.constexpr,
-                        BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr):
+def _weight_grad_kernel(
+    go_ptr,
+    x_ptr,
+    geom_ptr,
+    dw_ptr,
+    N,
+    C,
+    C_out,
+    H,
+    W,
+    c_in_g,
+    c_out_g,
+    co_blocks,
+    ci_blocks,
+    chunk_pixels,
+    K: tl.constexpr,
+    AFFINE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_CO: tl.constexpr,
+    BLOCK_CI: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     """dweight[co, ci, t] += sum over one (n, pixel chunk) of go[n, co, p] * sample(x[n, ci], t, p);
     grid (groups * co_blocks * ci_blocks, K*K, N * chunks)."""
     pid = tl.program_id(0)
@@ -315,13 +516,17 @@ def _weight_grad_kernel(go_ptr, x_ptr, geom_ptr, dw_ptr, N, C, C_out, H, W, c_in
         p, pmask, qy, qx = _pixel_block(p0, HW, W, BLOCK_P, ACC)
         a0, a1, a2, a3, by, bx = _load_affine(geom_n, p, pmask, HW, AFFINE, ACC)
         py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
-        bad, i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = _bilinear(
-            py, px, H, W)
+        bad, i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = (
+            _bilinear(py, px, H, W)
+        )
         m = cimask[:, None] & pmask[None, :]
-        cols = (bad[None, :] + _gather(x_rows, i00[None, :], m00[None, :], m, w00[None, :], ACC)
-                + _gather(x_rows, i01[None, :], m01[None, :], m, w01[None, :], ACC)
-                + _gather(x_rows, i10[None, :], m10[None, :], m, w10[None, :], ACC)
-                + _gather(x_rows, i11[None, :], m11[None, :], m, w11[None, :], ACC))
+        cols = (
+            bad[None, :]
+            + _gather(x_rows, i00[None, :], m00[None, :], m, w00[None, :], ACC)
+            + _gather(x_rows, i01[None, :], m01[None, :], m, w01[None, :], ACC)
+            + _gather(x_rows, i10[None, :], m10[None, :], m, w10[None, :], ACC)
+            + _gather(x_rows, i11[None, :], m11[None, :], m, w11[None, :], ACC)
+        )
         go = tl.load(go_rows + p[None, :], mask=comask[:, None] & pmask[None, :], other=0.0).to(ACC)
         acc += tl.sum(go[:, None, :] * cols[None, :, :], axis=2)
     dst = dw_ptr + (co[:, None] * c_in_g + ci_in_g[None, :]) * KK + t
@@ -348,19 +553,43 @@ def forward(x, geom, affine, weight, bias, groups):
     depthwise = c_in_g == 1
     block_c = _channel_block(c_out if depthwise else c_out_g, 16)
     blocks_per_group = triton.cdiv(c_out_g, block_c)
-    grid = (triton.cdiv(h * w, BLOCK_P), triton.cdiv(c_out, block_c) if depthwise else groups * blocks_per_group, n)
+    grid = (
+        triton.cdiv(h * w, BLOCK_P),
+        triton.cdiv(c_out, block_c) if depthwise else groups * blocks_per_group,
+        n,
+    )
     _forward_kernel[grid](
-        x, geom, weight, bias.contiguous() if bias is not None else x, out,
-        c, c_out, h, w, c_in_g, c_out_g, blocks_per_group,
-        K=k, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=bias is not None, ACC=_acc(x.dtype),
-        BLOCK_C=block_c, BLOCK_P=BLOCK_P,
+        x,
+        geom,
+        weight,
+        bias.contiguous() if bias is not None else x,
+        out,
+        c,
+        c_out,
+        h,
+        w,
+        c_in_g,
+        c_out_g,
+        blocks_per_group,
+        K=k,
+        AFFINE=affine,
+        DEPTHWISE=depthwise,
+        HAS_BIAS=bias is not None,
+        ACC=_acc(x.dtype),
+        BLOCK_C=block_c,
+        BLOCK_P=BLOCK_P,
     )
     return out
 
 
 def backward(grad_out, x, geom, affine, weight, groups):
     """(dx, dgeom, dweight), each in its input's dtype and shape."""
-    grad_out, x, geom, weight = grad_out.contiguous(), x.contiguous(), geom.contiguous(), weight.contiguous()
+    grad_out, x, geom, weight = (
+        grad_out.contiguous(),
+        x.contiguous(),
+        geom.contiguous(),
+        weight.contiguous(),
+    )
     n, c, h, w = x.shape
     c_out, c_in_g, k, _ = weight.shape
     c_out_g = c_out // groups
@@ -374,9 +603,26 @@ def backward(grad_out, x, geom, affine, weight, groups):
     acc = _acc(x.dtype)
     block_c = _channel_block(c if depthwise else c_in_g, 16)
     _input_grad_kernel[(triton.cdiv(h * w, BLOCK_P), n)](
-        grad_out, x, geom, weight, dx, dgeom, dweight,
-        c, c_out, h, w, groups, c_in_g, c_out_g,
-        K=k, AFFINE=affine, DEPTHWISE=depthwise, ACC=acc, BLOCK_C=block_c, BLOCK_P=BLOCK_P,
+        grad_out,
+        x,
+        geom,
+        weight,
+        dx,
+        dgeom,
+        dweight,
+        c,
+        c_out,
+        h,
+        w,
+        groups,
+        c_in_g,
+        c_out_g,
+        K=k,
+        AFFINE=affine,
+        DEPTHWISE=depthwise,
+        ACC=acc,
+        BLOCK_C=block_c,
+        BLOCK_P=BLOCK_P,
     )
     if not depthwise and c_in_g * c_out_g > 0:
         block_co, block_ci = _channel_block(c_out_g, 16), _channel_block(c_in_g, 16)
@@ -384,7 +630,25 @@ def backward(grad_out, x, geom, affine, weight, groups):
         chunk = min(WEIGHT_CHUNK_PIXELS, triton.cdiv(h * w, WEIGHT_BLOCK_P) * WEIGHT_BLOCK_P)
         grid = (groups * co_blocks * ci_blocks, k * k, n * triton.cdiv(h * w, chunk))
         _weight_grad_kernel[grid](
-            grad_out, x, geom, dweight, n, c, c_out, h, w, c_in_g, c_out_g, co_blocks, ci_blocks, chunk,
-            K=k, AFFINE=affine, ACC=acc, BLOCK_CO=block_co, BLOCK_CI=block_ci, BLOCK_P=WEIGHT_BLOCK_P,
+            grad_out,
+            x,
+            geom,
+            dweight,
+            n,
+            c,
+            c_out,
+            h,
+            w,
+            c_in_g,
+            c_out_g,
+            co_blocks,
+            ci_blocks,
+            chunk,
+            K=k,
+            AFFINE=affine,
+            ACC=acc,
+            BLOCK_CO=block_co,
+            BLOCK_CI=block_ci,
+            BLOCK_P=WEIGHT_BLOCK_P,
         )
     return dx.to(x.dtype), dgeom, dweight.to(weight.dtype)

@@ -1,4 +1,5 @@
 """Top-1 patch-correlation matching (reference, C++/CUDA, Triton) and the flow/offset helpers."""
+
 from .flow import flow_to_offsets, match_flow
 from .op import patch_match
 

@@ -1,5 +1,6 @@
 """``cpp`` backend of patch matching: C++ CPU and CUDA kernels in ``csrc/patch_match/``
 (registered as ``torch.ops.dzsr_C.patch_match``), on the inputs built by ``reference.prepare``."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,12 @@ CUDA_MAX_PATCH = 7  # the CUDA kernel's pixel tiles (8x16 query, 8x8 reference) 
 
 def match(uq, ur, inv_q, inv_r, p, precision):
     if precision != "float32":
-        raise ValueError(f"the cpp patch-match kernels compute in float32 only, got precision={precision!r}")
+        raise ValueError(
+            f"the cpp patch-match kernels compute in float32 only, got precision={precision!r}"
+        )
     if uq.device.type == "cuda" and p > CUDA_MAX_PATCH:
-        raise ValueError(f"the CUDA patch-match kernel supports patch_size <= {CUDA_MAX_PATCH}, got {p}; "
-                         "use the triton or reference backend")
+        raise ValueError(
+            f"the CUDA patch-match kernel supports patch_size <= {CUDA_MAX_PATCH}, got {p}; "
+            "use the triton or reference backend"
+        )
     return torch.ops.dzsr_C.patch_match(uq, ur, inv_q, inv_r, p)

@@ -6,6 +6,7 @@ Conventions: ``flow`` is (N, 2, H, W) with channel 0 = dy and channel 1 = dx (to
 order; the authors build (x, y) pairs internally and reorder them to (dy, dx) in the offset). The
 flow of query patch (y, x) is stored at its top-left pixel (y, x).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,13 +27,19 @@ def match_flow(index: torch.Tensor, ref_size) -> torch.Tensor:
     modulus by the query grid width; they always match maps of equal size, where the two agree.)
     """
     if not isinstance(index, torch.Tensor) or index.dim() != 3 or index.dtype != torch.int64:
-        got = f"{index.dtype} shape {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
+        got = (
+            f"{index.dtype} shape {tuple(index.shape)}"
+            if isinstance(index, torch.Tensor)
+            else type(index).__name__
+        )
         raise TypeError(f"index must be an int64 tensor of shape (N, Hq-2, Wq-2), got {got}")
     if len(ref_size) != 2 or any(int(s) < PATCH for s in ref_size):
         raise ValueError(f"ref_size must be (Hr, Wr) with both >= {PATCH}, got {tuple(ref_size)}")
     hpr, wpr = int(ref_size[0]) - PATCH + 1, int(ref_size[1]) - PATCH + 1
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= hpr * wpr):
-        raise ValueError(f"index values must lie in [0, {hpr * wpr}) for ref_size {tuple(ref_size)}")
+        raise ValueError(
+            f"index values must lie in [0, {hpr * wpr}) for ref_size {tuple(ref_size)}"
+        )
     n, hp, wp = index.shape
     ys = torch.arange(hp, device=index.device).view(1, hp, 1)
     xs = torch.arange(wp, device=index.device).view(1, 1, wp)

@@ -15,6 +15,7 @@ finite inputs as built by ``reference.prepare`` in float32:
 ``precision`` is "float32" (exact float32 products, every backend) or "tf32" (Triton only: TF32
 tensor-core dot products, faster on GPU, agreement rate in BENCHMARKS.md).
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,7 +48,9 @@ def _patch_match(
     query: torch.Tensor, ref: torch.Tensor, patch_size: int, precision: str, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     kernel = functools.partial(KERNELS[backend]().match, precision=precision)
-    return reference.match_prepared(*reference.prepare(query, ref, patch_size, torch.float32), patch_size, kernel)
+    return reference.match_prepared(
+        *reference.prepare(query, ref, patch_size, torch.float32), patch_size, kernel
+    )
 
 
 @_patch_match.register_fake
@@ -65,7 +68,9 @@ def _validate(query, ref, patch_size, precision) -> None:
         if t.layout != torch.strided:
             raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     if query.dtype != ref.dtype:
-        raise TypeError(f"query and ref must share one dtype, got query {query.dtype} and ref {ref.dtype}")
+        raise TypeError(
+            f"query and ref must share one dtype, got query {query.dtype} and ref {ref.dtype}"
+        )
     check_match(("query", "ref"), (query, ref), (0, 1), "(N, C)")
     check_same_device(query=query, ref=ref)
     if not isinstance(patch_size, int) or isinstance(patch_size, bool):
@@ -73,8 +78,10 @@ def _validate(query, ref, patch_size, precision) -> None:
     if patch_size < 1 or patch_size % 2 == 0:
         raise ValueError(f"patch_size must be a positive odd int, got {patch_size!r}")
     if query.shape[1] == 0:
-        raise ValueError(f"query and ref need C >= 1 channels (a pixel without channels has no direction "
-                         f"to match), got query shape {tuple(query.shape)}")
+        raise ValueError(
+            f"query and ref need C >= 1 channels (a pixel without channels has no direction "
+            f"to match), got query shape {tuple(query.shape)}"
+        )
     for name, t in (("query", query), ("ref", ref)):
         if t.shape[2] < patch_size or t.shape[3] < patch_size:
             raise ValueError(
@@ -82,7 +89,9 @@ def _validate(query, ref, patch_size, precision) -> None:
                 f"got shape {tuple(t.shape)}"
             )
     if not isinstance(precision, str):
-        raise TypeError(f"precision must be a str, one of {PRECISIONS}, got {type(precision).__name__}")
+        raise TypeError(
+            f"precision must be a str, one of {PRECISIONS}, got {type(precision).__name__}"
+        )
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
@@ -113,7 +122,9 @@ def patch_match(
     _validate(query, ref, patch_size, precision)
     backend = _backend.resolve(OP, query.device)
     if precision == "tf32" and backend != "triton":
-        raise ValueError(f"precision='tf32' needs the triton backend, the {backend!r} backend computes in float32")
+        raise ValueError(
+            f"precision='tf32' needs the triton backend, the {backend!r} backend computes in float32"
+        )
     with torch.no_grad():
         if backend == "reference":
             return reference.patch_match(query, ref, patch_size)

@@ -6,10 +6,11 @@ Semantics (docs/design.md#patch-match). For query (N,C,Hq,Wq) and ref (N,C,Hr,Wr
     as the authors do): an all-zero pixel stays the zero vector. Where the direct norm would overflow,
     ||x|| is computed as m * ||x / m|| with m = max_c |x_c|, so huge (e.g. 1e30 in float32) and tiny
     finite values neither overflow nor underflow the norm; it is computed in the input's precision
-    (float32 at least) and only then cast to the compute dtype, identically for every backend. (A pixel with ||x|| < 1e-12 keeps the short
-    vector x / 1e-12; where that is so short that its squares underflow the compute dtype, ||x||
-    below about 1e-31 in float32 or 1e-166 in float64, patches made of such pixels lose precision
-    and, all squares underflowing, count as zero patches: the compute dtype's limit.)
+    (float32 at least) and only then cast to the compute dtype, identically for every backend. (A
+    pixel with ||x|| < 1e-12 keeps the short vector x / 1e-12; where that is so short that its
+    squares underflow the compute dtype, ||x|| below about 1e-31 in float32 or 1e-166 in float64,
+    patches made of such pixels lose precision and, all squares underflowing, count as zero patches:
+    the compute dtype's limit.)
   * a pixel with any non-finite channel (NaN, +Inf or -Inf) normalises to the all-NaN vector;
   * a patch is the p*p normalised pixel vectors concatenated; patch (y, x) has its top-left pixel at
     (y, x); there are (H-p+1)x(W-p+1) patches per map, flattened row-major;
@@ -35,9 +36,10 @@ inputs of that formula (NaN marking the non-finite pixels and patches); ``match_
 NaNs for the kernel and then applies the non-finite rule above to its result, so no kernel ever sees
 a non-finite value and the rule lives in this one place.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -80,10 +82,14 @@ def normalise_pixels(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     norm = torch.linalg.vector_norm(u, dim=3, keepdim=True)
     if _may_branch() and bool(norm.isfinite().all()):  # no overflow, no non-finite channel
         return u.mul_(torch.where(norm >= NORM_EPS, norm.reciprocal(), 1 / NORM_EPS)).to(dtype)
-    m = torch.maximum(u.amax(dim=3, keepdim=True), u.amin(dim=3, keepdim=True).neg_())  # NaN/Inf if non-finite
+    m = torch.maximum(
+        u.amax(dim=3, keepdim=True), u.amin(dim=3, keepdim=True).neg_()
+    )  # NaN/Inf if non-finite
     finite = m.isfinite()
     scale = torch.where(finite & (m > 0), m, torch.ones_like(m))
-    s = torch.linalg.vector_norm(u.div_(scale), dim=3, keepdim=True)  # ||x|| / scale, in [1, sqrt(C)] or 0
+    s = torch.linalg.vector_norm(
+        u.div_(scale), dim=3, keepdim=True
+    )  # ||x|| / scale, in [1, sqrt(C)] or 0
     factor = torch.where(s * scale >= NORM_EPS, s.reciprocal(), scale / NORM_EPS)
     return u.mul_(factor.masked_fill_(~finite, float("nan"))).to(dtype)
 
@@ -104,7 +110,9 @@ def prepare(query: torch.Tensor, ref: torch.Tensor, p: int, dtype: torch.dtype):
     return uq, ur, inverse_patch_norms(uq, p), inverse_patch_norms(ur, p)
 
 
-def conv_match(uq: torch.Tensor, ur: torch.Tensor, inv_q: torch.Tensor, inv_r: torch.Tensor, p: int):
+def conv_match(
+    uq: torch.Tensor, ur: torch.Tensor, inv_q: torch.Tensor, inv_r: torch.Tensor, p: int
+):
     """The reference kernel: chunked conv2d matching (C2-Matching style, the reference patches as filters)
     on finite prepared inputs (see ``match_prepared``). Memory is bounded by ``CHUNK_ELEMENTS``
     correlation values plus one chunk of filters. Returns (score float32, index int64), each
@@ -136,30 +144,46 @@ def conv_match(uq: torch.Tensor, ur: torch.Tensor, inv_q: torch.Tensor, inv_r: t
     return score, index
 
 
-def apply_non_finite_rule(score: torch.Tensor, index: torch.Tensor, bad_q: torch.Tensor, bad_r: torch.Tensor):
+def apply_non_finite_rule(
+    score: torch.Tensor, index: torch.Tensor, bad_q: torch.Tensor, bad_r: torch.Tensor
+):
     """The top-1 rule for patches containing non-finite pixels (module docstring) applied to a kernel's
     (score, index) (N,Hpq,Wpq), score in place; bad_q (N,Hpq,Wpq) and bad_r (N,Hpr,Wpr) mask those patches."""
     bad_r = bad_r.flatten(1)
     any_r = bad_r.any(dim=1).view(-1, 1, 1)
-    first_r = bad_r.to(torch.uint8).argmax(dim=1).view(-1, 1, 1)  # smallest bad reference index (argmax: first)
+    first_r = (
+        bad_r.to(torch.uint8).argmax(dim=1).view(-1, 1, 1)
+    )  # smallest bad reference index (argmax: first)
     score.masked_fill_(bad_q | any_r, float("nan"))
     return score, torch.where(any_r, first_r, index).masked_fill_(bad_q, 0)
 
 
-def match_prepared(uq: torch.Tensor, ur: torch.Tensor, inv_q: torch.Tensor, inv_r: torch.Tensor, p: int,
-                   kernel: Kernel = conv_match):
+def match_prepared(
+    uq: torch.Tensor,
+    ur: torch.Tensor,
+    inv_q: torch.Tensor,
+    inv_r: torch.Tensor,
+    p: int,
+    kernel: Kernel = conv_match,
+):
     """Top-1 matching on ``prepare``'s outputs with ``kernel(uq, ur, inv_q, inv_r, p) -> (score, index)``:
     the kernel gets finite inputs (the NaNs of uq and ur are zeroed in place, those of inv_q and inv_r in
     copies), then ``apply_non_finite_rule`` sets the NaN results. Returns (score float32, index int64),
     each contiguous (N, Hq-p+1, Wq-p+1)."""
     bad_q, bad_r = inv_q.isnan(), inv_r.isnan()
-    if _may_branch() and not (bool(bad_q.any()) or bool(bad_r.any())):  # no NaN patch: no NaN at all
+    if _may_branch() and not (
+        bool(bad_q.any()) or bool(bad_r.any())
+    ):  # no NaN patch: no NaN at all
         return kernel(uq, ur, inv_q, inv_r, p)
-    score, index = kernel(uq.nan_to_num_(0.0), ur.nan_to_num_(0.0), inv_q.nan_to_num(0.0), inv_r.nan_to_num(0.0), p)
+    score, index = kernel(
+        uq.nan_to_num_(0.0), ur.nan_to_num_(0.0), inv_q.nan_to_num(0.0), inv_r.nan_to_num(0.0), p
+    )
     return apply_non_finite_rule(score, index, bad_q, bad_r)
 
 
-def patch_match(query: torch.Tensor, ref: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_match(
+    query: torch.Tensor, ref: torch.Tensor, p: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference top-1 patch matching; float64 inputs are computed in float64, others in float32."""
     dtype = torch.float64 if torch.float64 in (query.dtype, ref.dtype) else torch.float32
     return match_prepared(*prepare(query, ref, p, dtype), p)

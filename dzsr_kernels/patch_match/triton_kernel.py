@@ -9,6 +9,7 @@ the smallest index). ``precision="float32"`` uses IEEE float32 products, ``"tf32
 Inputs are finite (``reference.match_prepared`` zeroes the non-finite pixels and applies the
 non-finite rule afterwards); outputs are contiguous (N,Hpq,Wpq) float32 / int64, empty for N = 0.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,10 +24,28 @@ BLOCK_C = 32
 
 
 @triton.jit
-def _match_kernel(uq_ptr, ur_ptr, inv_q_ptr, inv_r_ptr, score_ptr, index_ptr,
-                  C, q_stride, r_stride, Wq, Wr, wpq, wpr, nq, nr,
-                  P: tl.constexpr, TF32: tl.constexpr,
-                  BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _match_kernel(
+    uq_ptr,
+    ur_ptr,
+    inv_q_ptr,
+    inv_r_ptr,
+    score_ptr,
+    index_ptr,
+    C,
+    q_stride,
+    r_stride,
+    Wq,
+    Wr,
+    wpq,
+    wpr,
+    nq,
+    nr,
+    P: tl.constexpr,
+    TF32: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     n = tl.program_id(1).to(tl.int64)
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_ok = q < nq
@@ -46,8 +65,16 @@ def _match_kernel(uq_ptr, ur_ptr, inv_q_ptr, inv_r_ptr, score_ptr, index_ptr,
             rrow = (r_pix + (d // P) * Wr + d % P).to(tl.int64) * C
             for c0 in range(0, C, BLOCK_C):
                 c_ok = c0 + cs < C
-                a = tl.load(uq_base + qrow[:, None] + c0 + cs[None, :], mask=q_ok[:, None] & c_ok[None, :], other=0.0)
-                b = tl.load(ur_base + rrow[None, :] + c0 + cs[:, None], mask=r_ok[None, :] & c_ok[:, None], other=0.0)
+                a = tl.load(
+                    uq_base + qrow[:, None] + c0 + cs[None, :],
+                    mask=q_ok[:, None] & c_ok[None, :],
+                    other=0.0,
+                )
+                b = tl.load(
+                    ur_base + rrow[None, :] + c0 + cs[:, None],
+                    mask=r_ok[None, :] & c_ok[:, None],
+                    other=0.0,
+                )
                 if TF32:
                     acc = tl.dot(a, b, acc, input_precision="tf32")
                 else:
@@ -73,7 +100,26 @@ def match(uq, ur, inv_q, inv_r, p, precision):
     if n == 0:  # empty batch: no programs to launch
         return score, index
     grid = (triton.cdiv(hpq * wpq, BLOCK_Q), n)
-    _match_kernel[grid](uq, ur, inv_q.contiguous(), inv_r.contiguous(), score, index,
-                        c, uq[0].numel(), ur[0].numel(), uq.shape[2], ur.shape[2], wpq, wpr, hpq * wpq, hpr * wpr,
-                        P=p, TF32=precision == "tf32", BLOCK_Q=BLOCK_Q, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
+    _match_kernel[grid](
+        uq,
+        ur,
+        inv_q.contiguous(),
+        inv_r.contiguous(),
+        score,
+        index,
+        c,
+        uq[0].numel(),
+        ur[0].numel(),
+        uq.shape[2],
+        ur.shape[2],
+        wpq,
+        wpr,
+        hpq * wpq,
+        hpr * wpr,
+        P=p,
+        TF32=precision == "tf32",
+        BLOCK_Q=BLOCK_Q,
+        BLOCK_R=BLOCK_R,
+        BLOCK_C=BLOCK_C,
+    )
     return score, index

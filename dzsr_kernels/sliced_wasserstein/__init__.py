@@ -1,4 +1,5 @@
 """Sliced-Wasserstein loss on feature maps: reference, fused C++ (CPU) / CUDA, Triton."""
+
 from .op import sliced_wasserstein_loss
 from .reference import draw_projections
 

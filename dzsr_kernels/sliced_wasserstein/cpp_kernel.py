@@ -1,5 +1,6 @@
 """``cpp`` backend of the sliced-Wasserstein loss: the fused C++ CPU forward and CUDA forward in
 ``csrc/sliced_wasserstein/`` and their shared ATen backward (``torch.ops.dzsr_C.sliced_wasserstein_*``)."""
+
 from __future__ import annotations
 
 import torch

@@ -22,6 +22,7 @@ Backend kernel interface (``cpp_kernel`` and ``triton_kernel``, looked up in ``K
 ``forward(u, v, proj, need_v_sign)`` and ``backward(sign, proj_scaled)`` with the shapes above;
 u, v arrive as (N, C, H, W) and proj in the compute dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,12 @@ from . import cpp_kernel, reference
 OP = "sliced_wasserstein"
 
 # Rows of a user-given ``proj`` must have L2 norm 1 within this tolerance (see the public doc).
-UNIT_NORM_TOL = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 1e-4, torch.float64: 1e-8}
+UNIT_NORM_TOL = {
+    torch.float16: 1e-2,
+    torch.bfloat16: 2e-2,
+    torch.float32: 1e-4,
+    torch.float64: 1e-8,
+}
 
 
 def _triton_kernel():
@@ -72,7 +78,9 @@ def _backward_op(sign: torch.Tensor, proj_scaled: torch.Tensor, backend: str) ->
 
 @_backward_op.register_fake
 def _(sign, proj_scaled, backend):
-    return sign.new_empty((sign.shape[0], proj_scaled.shape[1], sign.shape[2]), dtype=proj_scaled.dtype)
+    return sign.new_empty(
+        (sign.shape[0], proj_scaled.shape[1], sign.shape[2]), dtype=proj_scaled.dtype
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -87,14 +95,22 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _grad_sign_u, _grad_sign_v):
     proj, sign_u, sign_v = ctx.saved_tensors
-    count = max(sign_u.numel(), 1)  # 0 only for empty inputs, whose gradients have no element to scale
+    count = max(
+        sign_u.numel(), 1
+    )  # 0 only for empty inputs, whose gradients have no element to scale
     proj_scaled = proj * (grad_loss.to(proj.dtype) / count)
     (u_shape, u_dtype), (v_shape, v_dtype) = ctx.u_meta, ctx.v_meta
-    du = _backward_op(sign_u, proj_scaled, ctx.backend).view(u_shape).to(u_dtype) if ctx.needs_input_grad[0] else None
+    du = (
+        _backward_op(sign_u, proj_scaled, ctx.backend).view(u_shape).to(u_dtype)
+        if ctx.needs_input_grad[0]
+        else None
+    )
     dv = None
     if ctx.needs_input_grad[1]:
         if not ctx.need_v_sign:
-            raise RuntimeError("sliced_wasserstein_loss: v started requiring grad after the forward")
+            raise RuntimeError(
+                "sliced_wasserstein_loss: v started requiring grad after the forward"
+            )
         dv = _backward_op(sign_v, proj_scaled, ctx.backend).view(v_shape).to(v_dtype)
     return du, dv, None, None, None
 
@@ -113,7 +129,9 @@ def _validate(u, v) -> None:
     _check_dense("u", u)
     _check_dense("v", v)
     if u.shape != v.shape:
-        raise ValueError(f"v must have the shape of u (N, C, H, W) = {tuple(u.shape)}, got {tuple(v.shape)}")
+        raise ValueError(
+            f"v must have the shape of u (N, C, H, W) = {tuple(u.shape)}, got {tuple(v.shape)}"
+        )
     if u.dtype != v.dtype:
         raise TypeError(f"u and v must share one dtype, got u {u.dtype} and v {v.dtype}")
     check_same_device(u=u, v=v)
@@ -124,7 +142,9 @@ def _validate_proj(proj, channels: int, device: torch.device) -> None:
     _check_dense("proj", proj)
     check_dim("proj", proj, 1, channels, f"(C', C={channels})")
     if proj.shape[0] < 1:
-        raise ValueError(f"proj must have at least one row (C' >= 1), got shape {tuple(proj.shape)}")
+        raise ValueError(
+            f"proj must have at least one row (C' >= 1), got shape {tuple(proj.shape)}"
+        )
     if proj.device != device:
         raise ValueError(f"proj must be on the device of u ({device}), got {proj.device}")
     if torch.compiler.is_compiling():  # the value checks below read the data: eager only
@@ -145,11 +165,15 @@ def _validate_proj(proj, channels: int, device: torch.device) -> None:
 def _check_num_proj_and_generator(num_proj, generator) -> None:
     if num_proj is not None:
         if not isinstance(num_proj, int) or isinstance(num_proj, bool):
-            raise TypeError(f"num_proj must be a positive int or None, got {type(num_proj).__name__}")
+            raise TypeError(
+                f"num_proj must be a positive int or None, got {type(num_proj).__name__}"
+            )
         if num_proj < 1:
             raise ValueError(f"num_proj must be a positive int, got {num_proj!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
 
 
 def _resolve_proj(u, proj, num_proj, generator) -> torch.Tensor:

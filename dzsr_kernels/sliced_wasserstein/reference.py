@@ -1,8 +1,9 @@
 """Pure-PyTorch sliced-Wasserstein (SW) loss (the oracle) and the default projection draw.
 
-Conventions (docs/design.md#sliced-wasserstein). Features u, v (N, C, H, W) are read as N point clouds of L = H*W points in
-R^C. Projections M (C', C) have unit-norm rows. For sample n and direction k the L projected values
-(M u_n)[k] and (M v_n)[k] are sorted ascending and compared elementwise:
+Conventions (docs/design.md#sliced-wasserstein). Features u, v (N, C, H, W) are read as N point
+clouds of L = H*W points in R^C. Projections M (C', C) have unit-norm rows. For sample n and
+direction k the L projected values (M u_n)[k] and (M v_n)[k] are sorted ascending and compared
+elementwise:
 
     loss = mean over (n, k, i) of | sort((M u_n)[k])_i - sort((M v_n)[k])_i |
 
@@ -30,6 +31,7 @@ Empty inputs: N = 0 or H*W = 0 give the mean of nothing, a NaN loss, and zero gr
 inputs' (empty) shapes. C = 0 (points in R^0) projects every point to 0: the loss is 0 (NaN if also
 N*H*W = 0) and the gradients are empty.
 """
+
 from __future__ import annotations
 
 import torch

@@ -17,6 +17,7 @@ loss NaN and contributes no gradient. A grid with a zero dimension is not launch
 N*C'*L = 0 the loss is 0 / 0 = NaN and the signs are empty, with C = 0 the gradient is empty; with
 C' = 0 (op level only) the backward still runs and writes zeros.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,19 @@ SCATTER_BLOCK = 1024
 
 
 @triton.jit
-def _sorted_compare_kernel(su_ptr, sv_ptr, iu_ptr, iv_ptr, sign_u_ptr, sign_v_ptr, partial_ptr, length, nblocks,
-                           HAS_V: tl.constexpr, BLOCK: tl.constexpr):
+def _sorted_compare_kernel(
+    su_ptr,
+    sv_ptr,
+    iu_ptr,
+    iv_ptr,
+    sign_u_ptr,
+    sign_v_ptr,
+    partial_ptr,
+    length,
+    nblocks,
+    HAS_V: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0)
     blk = tl.program_id(1)
     offs = blk * BLOCK + tl.arange(0, BLOCK)
@@ -49,8 +61,18 @@ def _sorted_compare_kernel(su_ptr, sv_ptr, iu_ptr, iv_ptr, sign_u_ptr, sign_v_pt
 
 
 @triton.jit
-def _sign_gemm_kernel(m_ptr, sign_ptr, out_ptr, channels, num_proj, length,
-                      IS_FP64: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _sign_gemm_kernel(
+    m_ptr,
+    sign_ptr,
+    out_ptr,
+    channels,
+    num_proj,
+    length,
+    IS_FP64: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
     # out[n, c, l] = sum_k m[k, c] * sign[n, k, l]; m is (K, C), sign (N, K, L), out (N, C, L).
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -60,16 +82,25 @@ def _sign_gemm_kernel(m_ptr, sign_ptr, out_ptr, channels, num_proj, length,
     acc = tl.zeros((BM, BN), dtype=tl.float64 if IS_FP64 else tl.float32)
     for k0 in range(0, num_proj, BK):
         rk = k0 + tl.arange(0, BK)
-        a = tl.load(m_ptr + rk[None, :] * channels + rc[:, None],
-                    mask=(rc[:, None] < channels) & (rk[None, :] < num_proj), other=0.0)
-        g = tl.load(sign_ptr + n * num_proj * length + rk[:, None] * length + rl[None, :],
-                    mask=(rk[:, None] < num_proj) & (rl[None, :] < length), other=0).to(a.dtype)
+        a = tl.load(
+            m_ptr + rk[None, :] * channels + rc[:, None],
+            mask=(rc[:, None] < channels) & (rk[None, :] < num_proj),
+            other=0.0,
+        )
+        g = tl.load(
+            sign_ptr + n * num_proj * length + rk[:, None] * length + rl[None, :],
+            mask=(rk[:, None] < num_proj) & (rl[None, :] < length),
+            other=0,
+        ).to(a.dtype)
         if IS_FP64:
             acc += tl.sum(a[:, :, None] * g[None, :, :], axis=1)
         else:
             acc += tl.dot(a, g, input_precision="ieee")
-    tl.store(out_ptr + n * channels * length + rc[:, None] * length + rl[None, :], acc,
-             mask=(rc[:, None] < channels) & (rl[None, :] < length))
+    tl.store(
+        out_ptr + n * channels * length + rc[:, None] * length + rl[None, :],
+        acc,
+        mask=(rc[:, None] < channels) & (rl[None, :] < length),
+    )
 
 
 def forward(u, v, proj, need_v_sign):
@@ -85,8 +116,19 @@ def forward(u, v, proj, need_v_sign):
     sign_v = new_output((n, num_proj, length) if need_v_sign else (0,), torch.int8, u.device)
     partial = new_output((rows, nblocks), proj.dtype, u.device)
     if rows * nblocks > 0:
-        _sorted_compare_kernel[(rows, nblocks)](su, sv, iu, iv, sign_u, sign_v if need_v_sign else sign_u, partial,
-                                                length, nblocks, HAS_V=need_v_sign, BLOCK=SCATTER_BLOCK)
+        _sorted_compare_kernel[(rows, nblocks)](
+            su,
+            sv,
+            iu,
+            iv,
+            sign_u,
+            sign_v if need_v_sign else sign_u,
+            partial,
+            length,
+            nblocks,
+            HAS_V=need_v_sign,
+            BLOCK=SCATTER_BLOCK,
+        )
     loss = partial.sum(dtype=torch.float64) / (rows * length)
     return loss.to(proj.dtype), sign_u, sign_v
 
@@ -99,6 +141,16 @@ def backward(sign, proj_scaled):
     out = new_output((n, channels, length), proj_scaled.dtype, sign.device)
     grid = (triton.cdiv(channels, bm), triton.cdiv(length, bn), n)
     if out.numel() > 0:
-        _sign_gemm_kernel[grid](proj_scaled.contiguous(), sign.contiguous(), out, channels, num_proj, length,
-                                IS_FP64=is_fp64, BM=bm, BN=bn, BK=bk)
+        _sign_gemm_kernel[grid](
+            proj_scaled.contiguous(),
+            sign.contiguous(),
+            out,
+            channels,
+            num_proj,
+            length,
+            IS_FP64=is_fp64,
+            BM=bm,
+            BN=bn,
+            BK=bk,
+        )
     return out
