@@ -318,6 +318,8 @@ def _add_lpips(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dzsr`` argument parser: one subcommand per command (info, train, sr, prepare, eval,
+    demo, convert, export), each with its ``cmd_*`` function as ``func``."""
     parser = _Parser(prog="dzsr", description="SelfDZSR dual-zoom super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help=cmd_info.__doc__).set_defaults(func=cmd_info)
@@ -542,6 +544,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``dzsr`` command line on ``argv`` (default ``sys.argv[1:]``); return the exit status:
+    the command's own, ``EXIT_ERROR`` for a usage error or an expected error (``_expected_errors``,
+    printed as one line, no traceback), ``EXIT_INTERRUPTED`` on Ctrl-C. Configures the allocator
+    (``dzsr.allocator``) before anything allocates."""
     try:
         args, extra = build_parser().parse_known_args(argv)
         if extra:  # named after the command, not the top-level parser

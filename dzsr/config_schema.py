@@ -138,6 +138,7 @@ def _bool(value) -> bool:
 
 
 def boolean(**kw) -> Field:
+    """``true`` or ``false`` (a YAML boolean; strings and numbers are refused)."""
     return Field("true or false", _bool, **kw)
 
 
@@ -153,6 +154,7 @@ def text(**kw) -> Field:
 
 
 def choice(*options: str | int, **kw) -> Field:
+    """One of ``options``; int options (judged by the first) also match a string spelling one."""
     words = ", ".join(map(str, options[:-1])) + f" or {options[-1]}"
     convert = _integer if isinstance(options[0], int) else _text
     return Field(words, _checked(convert, lambda v: v in options), **kw)

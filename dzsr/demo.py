@@ -56,16 +56,22 @@ def without_reference(model):
 
 
 def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """``lr`` (N,C,H,W) -> (N,C,sH,sW): bicubic upsampling (align_corners=False), clamped to
+    [0, 1]."""
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 def side_by_side(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """HWC RGB ``panels`` (H,W_i,3) of one height in [0, 1], left to right with a white (1.0) column
+    of ``gap`` pixels between neighbours."""
     h = panels[0].shape[0]
     sep = np.ones((h, gap, 3), np.float32)
     return np.concatenate([x for p in panels for x in (p, sep)][:-1], axis=1)
 
 
 def reference_panel(bic: np.ndarray, paste_ref: np.ndarray, box, scale: int) -> np.ndarray:
+    """A new image: ``bic`` (sH,sW,3) dimmed to 35%, with ``paste_ref`` (s·h,s·w,3) placed at the LR
+    ``box`` (y0,y1,x0,x1) times ``scale``: the reference in its footprint."""
     canvas = bic * 0.35
     y0, y1, x0, x1 = (scale * v for v in box)
     canvas[y0:y1, x0:x1] = paste_ref

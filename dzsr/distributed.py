@@ -23,6 +23,7 @@ class Dist:
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0, the main process."""
         return self.rank == 0
 
 

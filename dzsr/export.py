@@ -95,6 +95,9 @@ class ExportableSelfDZSR(nn.Module):
         self.eval()
 
     def forward(self, lr, ref, paste_ref, paste_box):
+        """sr (1,3,sH,sW) of ``lr``, ``ref`` (1,3,H,W), ``paste_ref`` (1,3,s·h,s·w) and
+        ``paste_box`` int64 (1,4) (y0,y1,x0,x1), through the model's stages and the traceable steps
+        (module docstring)."""
         model, s = self.model, self.model.scale
         net = model.restoration
         branch = net.reference

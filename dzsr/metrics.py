@@ -84,11 +84,14 @@ def luma(img) -> np.ndarray:
 
 
 def mse(sr, gt) -> float:
+    """Mean squared error over all pixels and channels of ``sr`` and ``gt`` (as ``_as_image``
+    accepts, one shape), computed in float64."""
     a, b = _pair(sr, gt)
     return float(np.mean((a - b) ** 2))
 
 
 def psnr_from_mse(value: float, data_range: float = 1.0) -> float:
+    """PSNR in dB of a mean squared error ``value`` (values spanning ``data_range``); inf for 0."""
     return math.inf if value == 0 else 10.0 * math.log10(data_range**2 / value)
 
 
@@ -199,6 +202,7 @@ class AlexNetFeatures(nn.Module):
         )
 
     def stages(self) -> list[nn.Sequential]:
+        """The five ReLU stages as slices of ``features`` (``STAGE_ENDS``), applied in turn."""
         starts = (0, *self.STAGE_ENDS[:-1])
         return [self.features[a:b] for a, b in zip(starts, self.STAGE_ENDS)]
 
@@ -259,6 +263,8 @@ class LPIPS(nn.Module):
         return cls().load_weights(alexnet, lin)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The (N,) distances between ``x`` and ``y`` (N,3,H,W) in [0, 1], H, W >=
+        ``LPIPS_MIN_SIZE`` (class docstring), in the model's dtype: the inputs are cast to it."""
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(
                 "LPIPS needs two (N, 3, H, W) tensors of one shape, "
@@ -316,6 +322,8 @@ def lpips_lin_path(path: str | None = None) -> str:
 
 
 def lpips_distance(model: LPIPS, sr, gt) -> float:
+    """LPIPS distance of one image pair (as ``_as_image`` accepts) on ``model``'s device and in its
+    dtype, without autograd."""
     a, b = _pair(sr, gt)
     dev = next(model.parameters()).device
     dtype = model.shift.dtype

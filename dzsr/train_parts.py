@@ -96,6 +96,9 @@ class TrainStep(nn.Module):
         self.model, self.stage, self.objective = model, stage, objective
 
     def forward(self, batch: dict):
+        """``(loss, parts, visuals)`` for one ``batch`` (class docstring): stage ``kernel_gen``
+        trains KernelGen alone on (gt, lr), the others the whole model with the objective; visuals
+        {"lr", "out", "gt"} are the input, the output and its target (the LR for ``kernel_gen``)."""
         lr, gt = batch["lr"], batch["gt"]
         if self.stage == "kernel_gen":
             degraded, kernels = self.model.kernel_gen(gt, lr)

@@ -35,4 +35,5 @@ def reference_box(lr_height: int, lr_width: int, scale: int) -> Box:
 
 
 def scale_box(box: Box, scale: int) -> Box:
+    """``box`` on a ``scale`` x finer grid (LR -> HR pixels): every coordinate times ``scale``."""
     return tuple(scale * v for v in box)  # type: ignore[return-value]

@@ -214,6 +214,7 @@ class TrainPatches(Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the samples of ``epoch``: item i's RNG is seeded by (seed, epoch, i)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

@@ -33,6 +33,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def is_image_file(name: str) -> bool:
+    """Whether ``name`` ends with one of ``IMAGE_EXTENSIONS`` (case-insensitive)."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 

@@ -38,6 +38,10 @@ class SelfDZSRObjective(nn.Module):
     def forward(
         self, output, gt: torch.Tensor, lr: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, parts)`` for ``output`` (``sr`` (N,3,sH,sW), ``degraded`` (N,3,H,W),
+        ``kernels``), ``gt`` (N,3,sH,sW) and ``lr`` (N,3,H,W): total a 0-dim tensor (formula in the
+        module docstring), parts as in the class docstring. ValueError for an output without
+        ``degraded`` or ``kernels``."""
         if output.degraded is None or output.kernels is None:
             raise ValueError(
                 "output must come from a training forward (pass gt= and noise= to the model)"

@@ -119,6 +119,9 @@ class VGG19Features(torch.nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{layer: features} of RGB ``images`` (N,3,H,W) in [0, 1], ImageNet-normalised: relu3_2
+        (N,256,H/4,W/4), relu4_2 (N,512,H/8,W/8), relu5_2 (N,512,H/16,W/16) (sizes floored), each a
+        contiguous map in the dtype the stack ran in (the images', or autocast's)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(
                 f"images must be RGB (N, 3, H, W) in [0, 1], got shape {tuple(images.shape)}"
@@ -155,6 +158,8 @@ class SWLoss(torch.nn.Module):
     def forward(
         self, output: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        """The 0-dim loss (module docstring) between ``output`` and ``target`` (N,3,H,W), RGB in
+        [0, 1], in ``output``'s dtype; ``generator`` draws the projections."""
         if output.shape != target.shape:
             raise ValueError(
                 f"target must have the shape of output {tuple(output.shape)}, got {tuple(target.shape)}"

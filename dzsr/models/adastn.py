@@ -36,6 +36,7 @@ class OffsetEstimator(nn.Module):
         self.to_translation = nn.Conv2d(channels, 2, 5, padding=2)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A (N,4,H,W), b (N,2,H,W)) from x and target (N,64,H,W) (class docstring)."""
         h = F.leaky_relu(self.pair_conv(torch.cat([x, target], 1)), 0.2)
         h = F.leaky_relu(self.group_conv(h), 0.2)
         return self.to_matrix(h), self.to_translation(h)
@@ -70,6 +71,8 @@ class AdaSTN(nn.Module):
     def forward(
         self, x: torch.Tensor, target: torch.Tensor, use_offsets: bool = True
     ) -> torch.Tensor:
+        """``transform(x, *estimate(x, target))`` for x and target (N,64,H,W), or ``transform(x)``
+        (P=0) when not ``use_offsets``: (N,64,H,W)."""
         if not use_offsets:
             return self.transform(x)
         return self.transform(x, *self.estimate(x, target))

@@ -78,6 +78,7 @@ class MeanShift(nn.Module):
         self.bias = nn.Parameter(sign * torch.tensor(RGB_MEAN), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N,3,H,W) with ``RGB_MEAN`` subtracted (sign -1) or added (sign +1) per channel."""
         return F.conv2d(x, self.weight, self.bias, groups=3)
 
 
@@ -110,6 +111,7 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N,64,H,W) -> (N,64,H,W), modulated by ``p`` (N,64,1,1) when given."""
         m = x if p is None else x * (1 + self.modulation(p))
         return x + self.conv2(F.relu(self.conv1(m)))
 
@@ -139,6 +141,8 @@ class Predictor(nn.Module):
         )
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        """The degradation vector (N,64,1,1) from ``lr`` (N,3,h,w), ``ref`` (N,3,H,W) and ``fused``
+        (N,64,H',W') (class docstring)."""
         size = ref.shape[-2:]
         up_lr = F.interpolate(lr, size=size, mode="bilinear", align_corners=True)
         h = F.relu(self.head(torch.cat([self.mean_shift(up_lr), self.mean_shift(ref)], 1)))
@@ -166,6 +170,7 @@ class PixelShuffleUpsampler(nn.Module):
         self.convs = nn.ModuleList(conv3x3(channels, channels * f * f) for f in self.factors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,64,H,W) -> (N,64,sH,sW): each stage's conv, then ``pixel_shuffle``."""
         for f, conv in zip(self.factors, self.convs):
             x = F.pixel_shuffle(conv(x), f)
         return x

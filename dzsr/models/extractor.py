@@ -34,6 +34,8 @@ class VGGTrunk(nn.Module):
             self.add_module(name, nn.Conv2d(c_in, c_out, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalised x (N,3,H,W) through conv1_1 .. conv3_1 (ReLU after all but conv3_1),
+        bilinearly resized by 1/4: (N,256,floor(H/4),floor(W/4))."""
         x = (x - self.mean) / self.std
         for i, (name, _, _) in enumerate(_TRUNK):
             x = getattr(self, name)(x)
@@ -55,8 +57,11 @@ class MatchingExtractor(nn.Module):
         self.requires_grad_(False)
 
     def train(self, mode: bool = True) -> MatchingExtractor:
+        """Always eval: the extractor is frozen."""
         return super().train(False)
 
     @torch.no_grad()
     def forward(self, query: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query_features, ref_features) of ``query`` and ``ref`` (N,3,H,W) in [0,1], each through
+        its own trunk: (N,256,floor(H/4),floor(W/4)) each; no gradient."""
         return self.query_trunk(query), self.ref_trunk(ref)

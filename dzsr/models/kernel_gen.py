@@ -56,6 +56,8 @@ class KernelGen(nn.Module):
     def forward(
         self, gt: torch.Tensor, lr: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(degraded (N,3,H,W), [w7x7, w5x5, w3x3]) from ``gt`` (N,3,sH,sW) and ``lr`` (N,3,H,W)
+        (module docstring); ValueError unless gt is ``scale`` x the LR's size."""
         s = self.scale
         if gt.shape[-2] != s * lr.shape[-2] or gt.shape[-1] != s * lr.shape[-1]:
             raise ValueError(

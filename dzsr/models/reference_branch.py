@@ -69,6 +69,7 @@ class ReferenceEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (N,64,H,W) of an image (N,3,H,W) (class docstring)."""
         x = self.mean_shift(x)
         for i, conv in enumerate(self.convs):
             x = conv(x)
@@ -87,6 +88,7 @@ class PasteHead(nn.Module):
         self.conv = conv3x3(3 * scale * scale, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,64,h,w) from the HR-resolution reference x (N,3,s*h,s*w) (class docstring)."""
         return self.conv(space_to_depth(self.mean_shift(x), self.scale))
 
 
@@ -168,6 +170,9 @@ class ReferenceBranch(nn.Module):
         self.align = AdaSTN(channels, drop_prob=0.0)
 
     def forward(self, ref, offsets, guide_features, paste_ref=None, paste_box=None):
+        """Aligned reference features (N,64,H,W): ``features`` of ``ref`` (N,3,H,W) and ``offsets``
+        (N,18,H,W), ``paste_reference`` of ``paste_ref`` at ``paste_box`` when given, then the
+        reference AdaSTN against ``guide_features`` (N,64,H,W)."""
         feats = self.paste_reference(self.features(ref, offsets), paste_ref, paste_box)
         return self.align(feats, guide_features)
 

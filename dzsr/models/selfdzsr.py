@@ -81,6 +81,7 @@ class RestorationNet(nn.Module):
     def forward(
         self, lr, guide, ref, offsets, predictor_lr, predictor_ref, paste_ref=None, paste_box=None
     ):
+        """sr (N,3,sH,sW) in ``lr``'s memory format: the stages in order (class docstring)."""
         h = self.lr_features(lr)
         h_guide = h if guide is lr else self.lr_features(guide)
         h = self.align_lr(h, h_guide)
@@ -96,6 +97,7 @@ class RestorationNet(nn.Module):
 
     @property
     def lr_features_halo(self) -> int:
+        """Halo of ``lr_features``: its 3x3 conv's (the mean shift is per pixel)."""
         return conv_halo(self.head)
 
     def align_lr(self, h: torch.Tensor, guide_features: torch.Tensor) -> torch.Tensor:
@@ -117,6 +119,7 @@ class RestorationNet(nn.Module):
 
     @property
     def fuse_halo(self) -> int:
+        """Halo of ``fuse``: its 3x3 conv's."""
         return conv_halo(self.fusion)
 
     def body(self, fused: torch.Tensor, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -129,6 +132,7 @@ class RestorationNet(nn.Module):
 
     @property
     def body_halo(self) -> int:
+        """Halo of ``body``: the residual blocks' and the tail conv's, summed."""
         return sum(block.halo for block in self.blocks) + conv_halo(self.body_tail)
 
     def upsample(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,6 +220,9 @@ class SelfDZSR(nn.Module):
         gt=None,
         noise=None,
     ) -> SelfDZSROutput:
+        """``SelfDZSROutput`` for ``lr`` and ``ref`` (N,3,H,W) (arguments in the class docstring):
+        ``sr`` (N,3,sH,sW) in ``lr``'s memory format; ``degraded``, ``kernels`` and ``pseudo_lr``
+        too when ``gt`` and ``noise`` are given."""
         s = self.scale
         self.check_inputs(lr, ref, paste_ref=paste_ref, paste_box=paste_box, gt=gt, noise=noise)
         predictor_lr, predictor_ref = self.predictor_inputs(

@@ -7,12 +7,16 @@ import torch
 
 
 def forward(x, geom, affine, weight, bias, groups):
+    """out (N, C_out, H, W) in x's dtype; inputs as in ``reference.deform_conv2d`` (x, geom and
+    weight are made contiguous for the C++ op)."""
     return torch.ops.dzsr_C.deform_conv2d_forward(
         x.contiguous(), geom.contiguous(), affine, weight.contiguous(), bias, groups
     )
 
 
 def backward(grad_out, x, geom, affine, weight, groups):
+    """(dx, dgeom, dweight), each in its input's dtype and shape; the tensors are made contiguous
+    for the C++ op."""
     dx, dgeom, dweight = torch.ops.dzsr_C.deform_conv2d_backward(
         grad_out.contiguous(),
         x.contiguous(),

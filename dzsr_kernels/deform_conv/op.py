@@ -221,6 +221,9 @@ class AffineDeformConv2d(torch.nn.Module):
     def forward(
         self, x: torch.Tensor, A: torch.Tensor | None = None, b: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """x (N,C,H,W) -> (N, C_out, H, W): ``affine_deform_conv2d`` with A (N,4,H,W) and b
+        (N,2,H,W), or the P=0 path (``centre_tap_conv2d``) when both are None; ValueError when only
+        one is given."""
         if (A is None) != (b is None):
             raise ValueError("give both A and b, or neither (P=0)")
         if A is None:

@@ -92,6 +92,9 @@ def _match_kernel(
 
 
 def match(uq, ur, inv_q, inv_r, p, precision):
+    """(score float32, index int64), each contiguous (N,Hpq,Wpq), from uq (N,Hq,Wq,C), ur
+    (N,Hr,Wr,C), inv_q (N,Hpq,Wpq) and inv_r (N,Hpr,Wpr) (kernel interface in ``op``); ``precision``
+    "float32" or "tf32"."""
     n, hpq, wpq = inv_q.shape
     _, hpr, wpr = inv_r.shape
     c = uq.shape[3]

@@ -104,6 +104,9 @@ def _sign_gemm_kernel(
 
 
 def forward(u, v, proj, need_v_sign):
+    """(loss, sign_u, sign_v) for u, v (N, C, H, W) and proj (C', C) in the compute dtype, as the
+    ``op`` module docstring describes: projections by GEMM, rows sorted by ``torch.sort``, the rest
+    in ``_sorted_compare_kernel``."""
     n, c = u.shape[:2]
     length = u.shape[2] * u.shape[3]
     num_proj = proj.shape[0]
@@ -134,6 +137,8 @@ def forward(u, v, proj, need_v_sign):
 
 
 def backward(sign, proj_scaled):
+    """proj_scaled^T @ sign[n] per sample for sign int8 (N, C', H*W) and proj_scaled (C', C):
+    (N, C, H*W) in proj_scaled's dtype, by ``_sign_gemm_kernel``."""
     n, num_proj, length = sign.shape
     channels = proj_scaled.shape[1]
     is_fp64 = proj_scaled.dtype == torch.float64
