@@ -13,6 +13,9 @@ from setuptools import setup
 
 
 def extensions():
+    """``(ext_modules, cmdclass)`` for ``setup``: none unless ``DZSR_BUILD_EXT=1``; then the
+    ``dzsr_kernels._C`` extension (with the CUDA sources when nvcc is found, unless
+    ``DZSR_NO_CUDA=1``) and a ``build_ext`` that also writes the torch version beside it."""
     if os.environ.get("DZSR_BUILD_EXT") != "1":
         return [], {}
     import torch
