@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import dzsr_kernels
+from dzsr.checkpoint import load_model
 from dzsr.data.inputs import prepare_inputs
-from dzsr.infer import autocast_dtype, load_model, super_resolve
+from dzsr.infer import autocast_dtype, super_resolve
 from dzsr.sample import DEMO, load_sample
 
 MIN_PSNR_DB = 40.0
