@@ -27,7 +27,6 @@ Columns, per stage:
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections import defaultdict
 
@@ -44,26 +43,16 @@ BYTES = {torch.float32: 4, torch.float64: 8, torch.bfloat16: 2, torch.float16: 2
 def matmul_rate(n: int = 2048, reps: int = 5) -> float:
     """float32 FLOP/s of an n x n matmul at the current thread count (median)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times)
+    seconds = H.time_interleaved({"matmul": lambda: a @ b}, reps=reps)["matmul"]
+    return 2 * n**3 / seconds
 
 
 def copy_bandwidth(mib: int = 256, reps: int = 5) -> float:
     """Bytes/s of ``dst.copy_(src)`` on ``mib`` MiB (read + write counted)."""
     src = torch.randn(mib * 2**18)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - start)
-    return 2 * src.numel() * 4 / statistics.median(times)
+    seconds = H.time_interleaved({"copy": lambda: dst.copy_(src)}, reps=reps)["copy"]
+    return 2 * src.numel() * 4 / seconds
 
 
 def labelled(name: str, fn):
@@ -127,10 +116,14 @@ def stage_of(event) -> str | None:
     return parent.name[len(PREFIX) :] if parent is not None else None
 
 
+def is_nested_dzsr_op(event) -> bool:
+    """A call inside a dzsr op (its implementation's own events): counted with the op."""
+    return event.cpu_parent is not None and event.cpu_parent.name.startswith("dzsr::")
+
+
 def is_counted_op(event) -> bool:
     """An operator whose FLOPs count: the profiler's own estimate, or a dzsr op (once, at the top)."""
-    parent_name = event.cpu_parent.name if event.cpu_parent else ""
-    return (event.flops or event.name.startswith("dzsr::")) and not parent_name.startswith("dzsr::")
+    return (event.flops or event.name.startswith("dzsr::")) and not is_nested_dzsr_op(event)
 
 
 def summarise(events):
@@ -152,14 +145,8 @@ def summarise(events):
         if is_counted_op(e):
             for anc in ancestors(e):
                 flops[anc] += op_flops(e)
-    if "dzsr::patch_match" in {e.name for e in events}:
-        pm = [
-            e
-            for e in events
-            if e.name == "dzsr::patch_match"
-            and e.cpu_parent is not None
-            and not e.cpu_parent.name.startswith("dzsr::")
-        ]
+    pm = [e for e in events if e.name == "dzsr::patch_match" and not is_nested_dzsr_op(e)]
+    if pm:
         time_us["match / patch_match"] = sum(e.cpu_time_total for e in pm)
         calls["match / patch_match"] = len(pm)
         flops["match / patch_match"] = sum(op_flops(e) for e in pm)
