@@ -233,10 +233,11 @@ def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 @functools.cache
-def emulated_cuda_forward():
-    """The CUDA forward of csrc/sliced_wasserstein/sliced_wasserstein_cuda.cu built for CPU threads
-    (tests/cuda_emulation/), once per process (a TORCH_LIBRARY namespace can be registered once), in
-    a fixed folder of the temp dir that ninja updates when the sources change."""
+def emulated_cuda_ops():
+    """The CUDA forward and backward of csrc/sliced_wasserstein/sliced_wasserstein_cuda.cu built for
+    CPU threads (tests/cuda_emulation/), as torch.ops.dzsr_sw_cuda_emu.sliced_wasserstein_{forward,
+    backward}: built once per process (a TORCH_LIBRARY namespace can be registered once), in a fixed
+    folder of the temp dir that ninja updates when the sources change."""
     from torch.utils.cpp_extension import load
 
     here = Path(__file__).resolve().parent
@@ -251,4 +252,4 @@ def emulated_cuda_forward():
         is_python_module=False,
         build_directory=str(build),
     )
-    return torch.ops.dzsr_sw_cuda_emu.sliced_wasserstein_forward
+    return torch.ops.dzsr_sw_cuda_emu

@@ -22,7 +22,7 @@ from sliced_wasserstein_oracle import (
     LAYOUTS,
     check_backend,
     check_forward_outputs,
-    emulated_cuda_forward,
+    emulated_cuda_ops,
     loss_and_grads,
     with_layout,
 )
@@ -134,7 +134,7 @@ def test_fuzz_reference_rules(case):
 
 @pytest.fixture(scope="module")
 def emulated():
-    return emulated_cuda_forward()
+    return emulated_cuda_ops().sliced_wasserstein_forward
 
 
 @settings(max_examples=FEW)

@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstdlib>
 #include <numeric>
 #include <vector>
 
@@ -26,14 +25,9 @@ namespace dzsr {
 namespace sw {
 namespace {
 
-// Bytes of projected rows (per side) handled per forward GEMM block: 16 MiB unless the
-// environment sets DZSR_SW_BLOCK_BYTES (a tuning knob; the tests use it to force several blocks
-// in the forward and several column chunks in the backward).
-int64_t block_bytes() {
-  const char* env = std::getenv("DZSR_SW_BLOCK_BYTES");
-  const int64_t bytes = env != nullptr ? std::atoll(env) : 0;
-  return bytes > 0 ? bytes : (int64_t(16) << 20);
-}
+// Bytes of projected rows (per side) handled per forward GEMM block: 16 MiB unless
+// DZSR_SW_BLOCK_BYTES says otherwise (budget_bytes).
+int64_t block_bytes() { return budget_bytes(int64_t(16) << 20); }
 
 int64_t direction_block(int64_t num_proj, int64_t length, int64_t elem_size) {
   return std::max<int64_t>(

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -58,6 +59,15 @@ struct RadixKeyOf {
     return static_cast<int8_t>((ka > kb) - (ka < kb));
   }
 };
+
+// Bytes of working buffers (projected rows, float copies of the signs) a kernel handles per step:
+// `fallback` unless the environment sets DZSR_SW_BLOCK_BYTES (a tuning knob; the tests use it to
+// force several blocks in the forward and several chunks in the backward). Host code only.
+inline int64_t budget_bytes(int64_t fallback) {
+  const char* env = std::getenv("DZSR_SW_BLOCK_BYTES");
+  const int64_t bytes = env != nullptr ? std::atoll(env) : 0;
+  return bytes > 0 ? bytes : fallback;
+}
 
 template <typename F>
 struct RadixKey;

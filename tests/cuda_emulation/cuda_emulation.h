@@ -117,3 +117,18 @@ T atomicAdd(T* address, T v) {
 
 using std::max;
 using std::min;
+
+// ---- Added for the on-chip sort of csrc/sliced_wasserstein/sliced_wasserstein_cuda.cu (its
+// block-wide prefix scan): __shfl_up_sync, the mirror of __shfl_down_sync above. Lane i gets lane
+// i - delta's value (its own below delta), exchanged through the same barrier-synchronised slots.
+template <typename T>
+T __shfl_up_sync(unsigned, T v, int delta) {
+  auto* sync = dzsr::deform::emulation::current;
+  const int t = dzsr::deform::emulation::linear_thread();
+  const int lane = t % 32, warp = t / 32;
+  sync->lanes[t] = double(v);
+  sync->warps[warp]->arrive_and_wait();
+  const T r = lane >= delta ? T(sync->lanes[t - delta]) : v;
+  sync->warps[warp]->arrive_and_wait();
+  return r;
+}
