@@ -386,7 +386,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u,
   at::Tensor sign_u = new_output({n_batch, num_proj, length}, opts.dtype(at::kChar));
   at::Tensor sign_v = need_v_sign ? new_output({n_batch, num_proj, length}, opts.dtype(at::kChar))
                                   : at::empty({0}, opts.dtype(at::kChar));
-  at::Tensor loss = at::empty({}, opts);
+  at::Tensor loss = new_output({}, opts);
   AT_DISPATCH_FLOATING_TYPES(dtype, "sliced_wasserstein_forward_cuda", [&] {
     const at::Tensor partial =
         length <= kOnChipCapacity<scalar_t>
