@@ -42,6 +42,17 @@ def reference_signs(pu: torch.Tensor, pv: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.zeros_like(s).scatter(2, iu, s), torch.zeros_like(s).scatter(2, iv, -s)
 
 
+def stable_signs(u, v, proj) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 sign(sort(pu) - sort(pv)) at each element's unsorted position, for u and (negated) v,
+    with a stable sort (ties and NaNs in input order): what the on-chip kernels must give exactly."""
+    pu, pv = projected(u, proj), projected(v, proj)
+    su, iu = pu.sort(dim=2, stable=True)
+    sv, iv = pv.sort(dim=2, stable=True)
+    s = torch.sign(su - sv).to(torch.int8)  # torch.sign(NaN) is 0
+    zeros = torch.zeros_like(s)
+    return zeros.scatter(2, iu, s), zeros.scatter(2, iv, -s)
+
+
 def assert_same_nonfinite_and_close(
     actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float = 0.0
 ):

@@ -21,7 +21,7 @@ from sliced_wasserstein_oracle import (
     check_forward_outputs,
     emulated_cuda_ops,
     nonfinite_case,
-    projected,
+    stable_signs,
 )
 
 from dzsr_kernels.sliced_wasserstein import draw_projections
@@ -32,17 +32,6 @@ ON_CHIP_CAPACITY = {torch.float32: 4096, torch.float64: 2048}
 @pytest.fixture(scope="module")
 def emulated():
     return emulated_cuda_ops()
-
-
-def stable_signs(u, v, proj) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 sign(sort(pu) - sort(pv)) at each element's unsorted position, for u and (negated) v,
-    with a stable sort: what the on-chip kernel must give exactly (torch.sign(NaN) is 0)."""
-    pu, pv = projected(u, proj), projected(v, proj)
-    su, iu = pu.sort(dim=2, stable=True)
-    sv, iv = pv.sort(dim=2, stable=True)
-    s = torch.sign(su - sv).to(torch.int8)
-    zeros = torch.zeros_like(s)
-    return zeros.scatter(2, iu, s), zeros.scatter(2, iv, -s)
 
 
 def check_emulated_forward(emulated, u, v, proj) -> None:

@@ -1,9 +1,12 @@
 """Sliced-Wasserstein ``triton`` backend against the reference: tiny shapes, so it runs under the
 Triton interpreter on CPU (conftest sets TRITON_INTERPRET=1 without a GPU) and natively on a GPU.
-Tolerances as in test_sliced_wasserstein.py (float64 1e-12, float32 1e-5 / 1e-6 of the gradient scale)."""
+Tolerances as in test_sliced_wasserstein.py (float64 1e-12, float32 1e-5 / 1e-6 of the gradient scale).
+float32 rows of L <= 4096 are sorted in one program (``_sort_compare_row_kernel``): there the signs
+must equal those of a stable torch.sort element for element, ties and NaNs included."""
 
 import pytest
 import torch
+from sliced_wasserstein_oracle import check_forward_outputs, require_backend, stable_signs
 from triton_compile import compile_for_gpu
 
 import dzsr_kernels as dk
@@ -35,6 +38,34 @@ def test_triton_matches_reference(shape, dtype, v_grad):
     scale = 1.0 / (shape[0] * proj.shape[0] * shape[2] * shape[3])
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [
+        (torch.float32, (2, 3, 3, 5)),  # on chip, BLOCK 16
+        (torch.float32, (1, 3, 64, 64)),  # on chip, L = ON_CHIP_MAX
+        (torch.float32, (1, 3, 64, 65)),  # torch.sort fallback
+        (torch.float64, (2, 3, 3, 5)),  # torch.sort fallback (float64)
+    ],
+)
+def test_triton_ties_and_nan_exact(dtype, shape):
+    """Small integers on axis directions (long runs of ties), -0.0 and NaNs in u and v: the loss and
+    the signs against the reference, and on chip exactly the stable-sort signs."""
+    u = torch.randint(-2, 3, shape).to(dtype)
+    v = torch.randint(-2, 3, shape).to(dtype)
+    u.view(-1)[::7] = -0.0
+    u.view(-1)[5::11] = float("nan")
+    v.view(-1)[3::13] = float("nan")
+    u, v, proj = u.to(DEVICE), v.to(DEVICE), torch.eye(3, dtype=dtype, device=DEVICE)[:2]
+    require_backend("triton", DEVICE)
+    loss, sign_u, sign_v = sw_op._forward(u, v, proj, True, "triton")
+    check_forward_outputs(loss.cpu(), sign_u.cpu(), sign_v.cpu(), u.cpu(), v.cpu(), proj.cpu())
+    if dtype == torch.float32 and shape[2] * shape[3] <= sw_op._triton_kernel().ON_CHIP_MAX:
+        exact_u, exact_v = stable_signs(u, v, proj)
+        assert torch.equal(sign_u, exact_u) and torch.equal(sign_v, exact_v)
+    _, sign_u_only, no_v = sw_op._forward(u, v, proj, False, "triton")
+    assert no_v.shape == (0,) and torch.equal(sign_u_only, sign_u)
 
 
 def test_triton_half_and_non_contiguous():
@@ -69,10 +100,18 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from dzsr_kernels.sliced_wasserstein import triton_kernel as tk
 
-def compile_kernel(fn, types, constexprs):
+def compile_kernel(fn, types, constexprs, num_warps=4):
     sig = {name: ("constexpr" if name in constexprs else types[name]) for name in fn.arg_names}
     consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
-    triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", int(sys.argv[1]), 32))
+    triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", int(sys.argv[1]), 32),
+                   options={"num_warps": num_warps})
+
+for block in (256, 1024, tk.ON_CHIP_MAX):  # with the launch's num_warps
+    for has_v in (False, True):
+        compile_kernel(tk._sort_compare_row_kernel,
+                       dict(pu_ptr="*fp32", pv_ptr="*fp32", sign_u_ptr="*i8", sign_v_ptr="*i8",
+                            row_sum_ptr="*fp64", length="i32"),
+                       dict(HAS_V=has_v, BLOCK=block), num_warps=min(16, max(1, block // 256)))
 
 for dt in ("fp32", "fp64"):
     for has_v in (False, True):
