@@ -8,8 +8,12 @@ Implementations (all compute the same loss with fresh C//2 directions per call):
   triton     GPU only.
 Time: interleaved median after a warm-up (benchmarks/_harness.py). Peak memory: CPU child-process
 RSS above a child that builds the same inputs; CUDA max_memory_allocated above the inputs.
+``--breakdown`` (CUDA) times the stages instead, to place the time of the fast backends: the two
+projection GEMMs, torch.sort of both projected rows (the reference's sort), and the custom ops'
+forward (GEMMs included) and backward of ``cpp`` and ``triton``.
 
     python -m benchmarks.bench_sliced_wasserstein [--quick] [--device cuda] [--reps 5] [--shape N,C,H,W]
+        [--breakdown]
 """
 
 from __future__ import annotations
@@ -63,12 +67,49 @@ def make_case(shape, impl, device="cpu"):
     return run
 
 
+def stage_thunks(shape, device: str) -> dict:
+    """Zero-argument callables of the stages of one SW forward+backward at ``shape``."""
+    from dzsr_kernels import _backend
+    from dzsr_kernels.sliced_wasserstein import op as sw_op
+    from dzsr_kernels.sliced_wasserstein import reference
+
+    n, c, h, w = shape
+    gen = torch.Generator(device=device).manual_seed(0)
+    u = torch.randn(n, c, h * w, device=device, generator=gen)
+    v = torch.randn(n, c, h * w, device=device, generator=gen)
+    proj = reference.draw_projections(c, c // 2, torch.Generator(device=device), device)
+    pu, pv = proj @ u, proj @ v
+    u4, v4 = u.view(shape), v.view(shape)
+    thunks = {
+        "projection GEMMs": lambda: (proj @ u, proj @ v),
+        "torch.sort x2": lambda: (pu.sort(dim=2), pv.sort(dim=2)),
+    }
+    for backend in ("cpp", "triton") if device.startswith("cuda") else ("cpp",):
+        reason = _backend.unavailable_reason(backend, torch.device(device).type, sw_op.OP)
+        if reason is not None:  # also loads the extension
+            raise RuntimeError(reason)
+        _, sign, _ = sw_op._forward(u4, v4, proj, False, backend)
+        thunks[f"{backend} forward"] = lambda b=backend: sw_op._forward(u4, v4, proj, False, b)
+        thunks[f"{backend} backward"] = lambda b=backend, s=sign: sw_op._backward_op(s, proj, b)
+    return thunks
+
+
+def breakdown(shapes, reps: int, device: str) -> None:
+    """Median time of each stage per shape, as one markdown table."""
+    rows = []
+    for shape in shapes:
+        times = _harness.time_interleaved(stage_thunks(shape, device), reps=reps, device=device)
+        rows += [[str(shape), name, _harness.fmt_time(t)] for name, t in times.items()]
+    print(_harness.markdown_table(["shape (N,C,H,W)", "stage", "median"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    parser.add_argument("--breakdown", action="store_true", help="time the stages instead")
     parser.add_argument(
         "--shape",
         action="append",
@@ -85,6 +126,9 @@ def main() -> None:
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shape:
         shapes = [tuple(int(x) for x in text.split(",")) for text in args.shape]
+    if args.breakdown:
+        breakdown(shapes, args.reps, args.device)
+        return
     kwargs = {
         (shape, name): {"shape": shape, "impl": name, "device": args.device}
         for shape in shapes
