@@ -66,7 +66,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
 }
 
 constexpr int kWarp = 32;
-constexpr int kItems = 8;      // row slots per thread of the on-chip sort
+constexpr int kItems = 8;      // row slots per thread of the on-chip sort (< 16: see packed)
 constexpr int kDigitBits = 4;  // radix-sort digit
 constexpr int kDigits = 1 << kDigitBits;
 constexpr int kThreads = 256;  // threads of the fallback and finishing kernels
@@ -99,7 +99,7 @@ __device__ __forceinline__ int digit(Bits key, int shift) {
 
 // Exclusive prefix sum over the block of one int per thread (blockDim.x a multiple of 32). Every
 // thread of the block must call it; warp_total: 32 ints of shared memory, free again on return.
-__device__ int block_exclusive_scan(int x, int* warp_total) {
+__device__ __forceinline__ int block_exclusive_scan(int x, int* warp_total) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   int inclusive = x;
   for (int d = 1; d < kWarp; d <<= 1) {
@@ -117,7 +117,7 @@ __device__ int block_exclusive_scan(int x, int* warp_total) {
 // Sum over the block of one double per thread (blockDim.x a multiple of 32), returned to thread 0
 // (others get 0). Every thread must call it; it contains a barrier, so shared-memory writes made
 // before it are visible to every thread after it. warp_sum: 32 doubles of shared memory.
-__device__ double block_sum(double x, double* warp_sum) {
+__device__ __forceinline__ double block_sum(double x, double* warp_sum) {
   for (int d = kWarp / 2; d > 0; d >>= 1) x += __shfl_down_sync(0xffffffffu, x, d);
   if (threadIdx.x % kWarp == 0) warp_sum[threadIdx.x / kWarp] = x;
   __syncthreads();
@@ -131,9 +131,9 @@ __device__ double block_sum(double x, double* warp_sum) {
 // Loads row[0, length) as keys into the thread's slots [t kItems, t kItems + valid) (coalesced
 // through shared memory), with their positions. Every thread must call it; s is free on return.
 template <typename Key, typename scalar_t, typename S>
-__device__ void load_row(const scalar_t* __restrict__ row, int length,
-                         typename Key::Bits (&key)[kItems], uint16_t (&pos)[kItems], int valid,
-                         S& s) {
+__device__ __forceinline__ void load_row(const scalar_t* __restrict__ row, int length,
+                                         typename Key::Bits (&key)[kItems], uint16_t (&pos)[kItems],
+                                         int valid, S& s) {
   for (int i = threadIdx.x; i < length; i += blockDim.x) s.key[i] = Key::encode(row[i]);
   __syncthreads();
   const int first = threadIdx.x * kItems;
@@ -153,15 +153,19 @@ __device__ void load_row(const scalar_t* __restrict__ row, int length,
 // shared memory, so equal keys keep their slot order. On return the registers hold the sorted row
 // in the same arrangement. Every thread must call it; s is free on return.
 template <bool kWithPos, typename Bits, int kMaxThreads>
-__device__ void block_radix_sort(Bits (&key)[kItems], uint16_t (&pos)[kItems], int valid,
-                                 OnChipShared<Bits, kMaxThreads>& s) {
+__device__ __forceinline__ void block_radix_sort(Bits (&key)[kItems], uint16_t (&pos)[kItems],
+                                                 int valid, OnChipShared<Bits, kMaxThreads>& s) {
   const int t = threadIdx.x, threads = blockDim.x;
   for (int shift = 0; shift < int(8 * sizeof(Bits)); shift += kDigitBits) {
-#pragma unroll
-    for (int d = 0; d < kDigits; ++d) s.count[counter(d * threads + t)] = 0;
+    // The thread's digit counts, 4 bits each (at most kItems = 8), packed in one register pair.
+    uint64_t packed = 0;
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      if (i < valid) ++s.count[counter(digit(key[i], shift) * threads + t)];
+      if (i < valid) packed += uint64_t(1) << (kDigitBits * digit(key[i], shift));
+    }
+#pragma unroll
+    for (int d = 0; d < kDigits; ++d) {
+      s.count[counter(d * threads + t)] = static_cast<uint16_t>((packed >> (kDigitBits * d)) & 15);
     }
     __syncthreads();
     // Exclusive scan of the counters in (digit, thread) order: thread t takes kDigits of them.
@@ -201,7 +205,8 @@ __device__ void block_radix_sort(Bits (&key)[kItems], uint16_t (&pos)[kItems], i
 
 // Copies row[0, length) of int8 signs from shared memory to global memory, 4 bytes at a time when
 // length is a multiple of 4 (the row then starts 4-byte aligned).
-__device__ void store_signs(const int8_t* from, int8_t* __restrict__ to, int length) {
+__device__ __forceinline__ void store_signs(const int8_t* from, int8_t* __restrict__ to,
+                                            int length) {
   if (length % 4 == 0) {
     const auto* src = reinterpret_cast<const uint32_t*>(from);
     auto* dst = reinterpret_cast<uint32_t*>(to);
