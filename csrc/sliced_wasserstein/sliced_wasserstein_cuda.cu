@@ -69,6 +69,7 @@ constexpr int kWarp = 32;
 constexpr int kItems = 8;      // row slots per thread of the on-chip sort (< 16: see packed)
 constexpr int kDigitBits = 4;  // radix-sort digit
 constexpr int kDigits = 1 << kDigitBits;
+static_assert(kItems < (1 << kDigitBits), "a thread's count of one digit must fit 4 bits");
 constexpr int kThreads = 256;  // threads of the fallback and finishing kernels
 constexpr int kChunk = 4096;   // row elements per block of the fallback kernel
 constexpr int64_t kBackwardBytes = int64_t(64) << 20;  // float signs per backward GEMM, default
@@ -308,6 +309,8 @@ constexpr int kOnChipCapacity = kLargestBlock<scalar_t> * kItems;
 template <typename scalar_t, int kMaxThreads>
 void launch_on_chip(int64_t rows, int threads, const at::Tensor& pu, const at::Tensor& pv,
                     at::Tensor& sign_u, at::Tensor& sign_v, bool need_v_sign, at::Tensor& row_sum) {
+  static_assert(sizeof(OnChipShared<typename RadixKey<scalar_t>::Bits, kMaxThreads>) <= 48 * 1024,
+                "static shared memory is limited to 48 KB per block");
   const auto length = static_cast<int>(pu.size(2));
   const dim3 grid(static_cast<unsigned>(rows)), block(threads);
   if (need_v_sign) {
