@@ -163,7 +163,7 @@ def _sign_gemm_kernel(
 def _forward_on_chip(pu, pv, need_v_sign):
     """(loss, sign_u, sign_v) of float32 projected rows pu, pv (N, C', L), 0 < L <= ON_CHIP_MAX."""
     n, num_proj, length = pu.shape
-    rows, block = n * num_proj, triton.next_power_of_2(length)
+    rows, block = n * num_proj, max(16, triton.next_power_of_2(length))
     sign_u = new_output((n, num_proj, length), torch.int8, pu.device)
     sign_v = new_output((n, num_proj, length) if need_v_sign else (0,), torch.int8, pu.device)
     row_sum = new_output((rows,), torch.float64, pu.device)
