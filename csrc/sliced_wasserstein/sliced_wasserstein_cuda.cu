@@ -75,23 +75,24 @@ constexpr int kChunk = 4096;   // row elements per block of the fallback kernel
 constexpr int64_t kBackwardBytes = int64_t(64) << 20;  // float signs per backward GEMM, default
 
 // Shared memory of the on-chip kernel for blocks of at most kMaxThreads threads (a multiple of 32):
-// rows of up to kCapacity = kMaxThreads * kItems elements. Static, at most 48 KB: 41 KB for float32
-// keys with 512 threads, 28 KB for float64 keys with 256 threads.
+// rows of up to kCapacity = kMaxThreads * kItems elements. Static, at most 48 KB: 40.4 KB for
+// float32 keys with 512 threads, 28.4 KB for float64 keys with 256 threads.
 template <typename Bits, int kMaxThreads>
 struct OnChipShared {
   static constexpr int kCapacity = kMaxThreads * kItems;
   static constexpr int kCounters = kDigits * kMaxThreads;
+  alignas(8) uint16_t count[kCounters];  // (digit, thread) counters, swizzled (counter())
   Bits key[kCapacity];      // the sorts' exchange buffer; after the sorts the int8 signs of u, v
   uint16_t pos[kCapacity];  // the keys' positions in the unsorted row
-  uint16_t count[kCounters + kCounters / 16];  // (digit, thread) counters, padded (counter())
   int warp_total[kWarp];
   double warp_sum[kWarp];
 };
 
-// Index of counter f (f = digit * threads + thread, the scan order) in OnChipShared::count: one
-// pad slot per 16 counters, so that a thread's 16 consecutive counters in the scan land in other
-// banks than its neighbours'.
-__device__ __forceinline__ int counter(int f) { return f + (f >> 4); }
+// Index of counter f (f = digit * threads + thread, the scan order) in OnChipShared::count. The
+// scan reads the 16 counters [16 t, 16 t + 16) of thread t as four 8-byte words; the word index
+// within them is XORed with bits 2-3 of t, so that threads t, t + 4, t + 8, t + 12 of a half-warp
+// read other banks (without it they would collide four-way). A bijection on each run of 16.
+__device__ __forceinline__ int counter(int f) { return f ^ (((f >> 6) & 3) << 2); }
 
 template <typename Bits>
 __device__ __forceinline__ int digit(Bits key, int shift) {
@@ -169,19 +170,28 @@ __device__ __forceinline__ void block_radix_sort(Bits (&key)[kItems], uint16_t (
       s.count[counter(d * threads + t)] = static_cast<uint16_t>((packed >> (kDigitBits * d)) & 15);
     }
     __syncthreads();
-    // Exclusive scan of the counters in (digit, thread) order: thread t takes kDigits of them.
-    int local[kDigits];
+    // Exclusive scan of the counters in (digit, thread) order: thread t takes the 16 counters
+    // [16 t, 16 t + 16), as four 8-byte words of four 16-bit counters (word q at q ^ swizzle).
+    uint64_t* words = reinterpret_cast<uint64_t*>(s.count) + 4 * t;
+    const int swizzle = (t >> 2) & 3;
+    uint64_t word[4];
     int run = 0;
 #pragma unroll
-    for (int j = 0; j < kDigits; ++j) {
-      local[j] = s.count[counter(t * kDigits + j)];
-      run += local[j];
+    for (int q = 0; q < 4; ++q) {
+      word[q] = words[q ^ swizzle];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) run += static_cast<int>((word[q] >> (16 * j)) & 0xFFFF);
     }
     run = block_exclusive_scan(run, s.warp_total);
 #pragma unroll
-    for (int j = 0; j < kDigits; ++j) {
-      s.count[counter(t * kDigits + j)] = static_cast<uint16_t>(run);
-      run += local[j];
+    for (int q = 0; q < 4; ++q) {
+      uint64_t prefix = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        prefix |= uint64_t(run) << (16 * j);
+        run += static_cast<int>((word[q] >> (16 * j)) & 0xFFFF);
+      }
+      words[q ^ swizzle] = prefix;
     }
     __syncthreads();
 #pragma unroll
