@@ -14,9 +14,10 @@
 //                the same way (with positions only when v needs a gradient), then sums
 //                |a - b| in float64, scatters sign(a - b) to each element's unsorted position in
 //                shared memory and writes the int8 sign rows coalesced, and the row's sum.
-//   longer rows: torch's device-wide segmented sort of the (N*C', L) rows (u with its
-//                permutation, freed projection before v is projected), then sorted_compare_kernel
-//                per (row, chunk of kChunk): |a - b| partial sums and the sign scatter.
+//   longer rows: torch's device-wide segmented sort of the (N*C', L) rows (u's projection sorted
+//                with its permutation and freed before v is projected), then
+//                sorted_compare_kernel per (row, chunk of kChunk): |a - b| partial sums and the
+//                sign scatter.
 //   loss:        finish_loss_kernel sums the float64 partial sums in a fixed order and divides by
 //                N C' L (the mean of nothing, NaN, when that is 0).
 // Both paths give the same outputs (op.py): the loss and the int8 signs at unsorted positions.
