@@ -130,6 +130,6 @@ print("ok")
 
 @pytest.mark.slow
 def test_kernels_compile_for_gpu():
-    """The interpreter does not apply the GPU compiler's rules: compile both kernels for sm_90 in a
+    """The interpreter does not apply the GPU compiler's rules: compile the kernels for sm_90 in a
     child process without TRITON_INTERPRET (needs no GPU)."""
     compile_for_gpu(COMPILE_FOR_GPU)
