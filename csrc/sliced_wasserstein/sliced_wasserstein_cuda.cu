@@ -173,24 +173,25 @@ __device__ __forceinline__ void block_radix_sort(Bits (&key)[kItems], uint16_t (
     __syncthreads();
     // Exclusive scan of the counters in (digit, thread) order: thread t takes the 16 counters
     // [16 t, 16 t + 16), as four 8-byte words of four 16-bit counters (word q at q ^ swizzle).
+    // The words are read again after the block scan rather than held in registers across it.
     uint64_t* words = reinterpret_cast<uint64_t*>(s.count) + 4 * t;
     const int swizzle = (t >> 2) & 3;
-    uint64_t word[4];
     int run = 0;
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      word[q] = words[q ^ swizzle];
+      const uint64_t word = words[q ^ swizzle];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) run += static_cast<int>((word[q] >> (16 * j)) & 0xFFFF);
+      for (int j = 0; j < 4; ++j) run += static_cast<int>((word >> (16 * j)) & 0xFFFF);
     }
     run = block_exclusive_scan(run, s.warp_total);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
+      const uint64_t word = words[q ^ swizzle];
       uint64_t prefix = 0;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         prefix |= uint64_t(run) << (16 * j);
-        run += static_cast<int>((word[q] >> (16 * j)) & 0xFFFF);
+        run += static_cast<int>((word >> (16 * j)) & 0xFFFF);
       }
       words[q ^ swizzle] = prefix;
     }
