@@ -129,9 +129,23 @@ def is_nested_dzsr_op(event) -> bool:
     return event.cpu_parent is not None and event.cpu_parent.name.startswith("dzsr::")
 
 
+def is_inside_counted_call(event) -> bool:
+    """A call inside one that the profiler already estimated (autocast re-dispatches ``aten::conv2d``
+    to itself: the inner call is the same work)."""
+    parent = event.cpu_parent
+    while parent is not None and not parent.name.startswith(PREFIX):
+        if parent.flops:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 def is_counted_op(event) -> bool:
-    """An operator whose FLOPs count: the profiler's own estimate, or a dzsr op (once, at the top)."""
-    return (event.flops or event.name.startswith("dzsr::")) and not is_nested_dzsr_op(event)
+    """An operator whose FLOPs count once: the profiler's own estimate (outermost), or a dzsr op
+    (at the top)."""
+    if event.name.startswith("dzsr::"):
+        return not is_nested_dzsr_op(event)
+    return bool(event.flops) and not is_inside_counted_call(event)
 
 
 def summarise(events):
