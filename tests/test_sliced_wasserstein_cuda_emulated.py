@@ -17,14 +17,19 @@ import pytest
 import torch
 from sliced_wasserstein_oracle import (
     CASES,
-    check_backend,
+    RTOL,
+    assert_signs_equivalent,
     check_forward_outputs,
     emulated_cuda_ops,
     nonfinite_case,
+    projected,
+    reference_signs,
+    require_backend,
     stable_signs,
 )
 
 from dzsr_kernels.sliced_wasserstein import draw_projections
+from dzsr_kernels.sliced_wasserstein import op as sw_op
 
 ON_CHIP_CAPACITY = {torch.float32: 4096, torch.float64: 2048}
 
@@ -140,9 +145,22 @@ def test_emulated_cuda_backward(emulated, monkeypatch, dtype, budget):
     ],
 )
 def test_cuda_on_chip_and_fallback(dtype, shape):
-    """The cpp backend on the GPU on both sides of each capacity: loss, signs and gradients."""
+    """The cpp backend's CUDA kernels on both sides of each capacity: the loss against the
+    reference, the signs exactly against a stable sort of the same (GPU) projections on chip and
+    group-wise (on CPU copies, for speed) everywhere, and the backward GEMM."""
     u = torch.randn(shape, dtype=dtype, device="cuda")
     v = torch.randn(shape, dtype=dtype, device="cuda") + 0.2
-    check_backend(
-        "cpp", u, v, draw_projections(shape[1], shape[1] // 2, device="cuda", dtype=dtype)
-    )
+    proj = draw_projections(shape[1], shape[1] // 2, device="cuda", dtype=dtype)
+    require_backend("cpp", "cuda")
+    loss, sign_u, sign_v = sw_op._forward(u, v, proj, True, "cpp")
+    pu, pv = projected(u, proj), projected(v, proj)  # the op's own GEMMs, bit for bit
+    ref_loss = (pu.sort(dim=2).values - pv.sort(dim=2).values).abs().mean()
+    torch.testing.assert_close(loss, ref_loss, rtol=RTOL[dtype], atol=0.0)
+    if shape[2] * shape[3] <= ON_CHIP_CAPACITY[dtype]:
+        exact_u, exact_v = stable_signs(u, v, proj)
+        assert torch.equal(sign_u, exact_u) and torch.equal(sign_v, exact_v)
+    ref_u, ref_v = reference_signs(pu, pv)
+    assert_signs_equivalent(sign_u.cpu(), ref_u.cpu(), pu.cpu())
+    assert_signs_equivalent(sign_v.cpu(), ref_v.cpu(), pv.cpu())
+    du = sw_op._backward_op(sign_u, proj, "cpp")
+    torch.testing.assert_close(du, proj.t() @ sign_u.to(dtype), rtol=RTOL[dtype], atol=RTOL[dtype])
