@@ -59,10 +59,13 @@ fi
 if [ "$CHECKS" = 1 ]; then
 step tests 150 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 -rf tests
 step deform 75 python3 -m benchmarks.bench_deform_conv_gpu
-step match 75 python3 -m benchmarks.bench_patch_match --device cuda --cases cpp,triton,conv2d,matmul
+# patch matching: reference (chunked cuDNN conv2d, PyTorch's default TF32), exact (cpp, triton),
+# fast (triton, TF32 tensor cores): time and peak extra memory
+step match 180 python3 -m benchmarks.bench_patch_match --device cuda --sizes 128x128,172x278 \
+    --cases conv2d,cpp,triton,triton_fast,matmul
 step sw 50 python3 -m benchmarks.bench_sliced_wasserstein --device cuda
 step model 80 python3 -m benchmarks.bench_model --device cuda
-step tf32 40 python3 -m benchmarks.bench_patch_match --device cuda --tf32-agreement
+step agreement 90 python3 -m benchmarks.bench_patch_match --device cuda --agreement
 # size sweeps for the plots: copy $OUT/results/sweep-cuda.json to benchmarks/results/, then
 # python -m benchmarks.plot
 step sweep 120 python3 -m benchmarks.sweep --device cuda --out "$OUT/results"

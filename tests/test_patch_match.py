@@ -22,6 +22,7 @@ from patch_match_oracle import (
 
 import dzsr_kernels
 from dzsr_kernels.patch_match import flow_to_offsets, match_flow, patch_match
+from dzsr_kernels.patch_match.precision import fast_score_error_bound
 
 BACKENDS = ["reference", "cpp"]
 SHAPES = [  # N, C, Hq, Wq, Hr, Wr
@@ -498,3 +499,26 @@ def test_cuda_non_finite_extreme_and_empty(backend, case):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cuda_fake_equals_outputs(backend, layout):
     assert_fake_equals_real((*layout_inputs(layout, "cuda"), 3, "exact", backend))
+
+
+def _fast_tol(c: int, p: int = 3) -> float:
+    """check_match's tolerance for precision='fast' (twice the proven score bound: see there)."""
+    return 2 * fast_score_error_bound(c, p)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SHAPES + [(2, 64, 50, 47, 66, 71), (1, 256, 40, 36, 33, 45)])
+def test_cuda_fast_within_its_bound(shape):
+    n, c, hq, wq, hr, wr = shape
+    query, ref = torch.randn(n, c, hq, wq, device="cuda"), torch.randn(n, c, hr, wr, device="cuda")
+    score, index = run("triton", query, ref, precision="fast")
+    check_match(score, index, query, ref, tol=_fast_tol(c))
+    exact, _ = run("triton", query, ref)
+    assert (score - exact).abs().max().item() <= fast_score_error_bound(c, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", NON_FINITE_CASES)
+def test_cuda_fast_non_finite_extreme_and_empty(case):
+    query, ref = non_finite_case(case, device="cuda")
+    check_match(*run("triton", query, ref, precision="fast"), query, ref, tol=_fast_tol(5))
