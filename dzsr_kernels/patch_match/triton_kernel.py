@@ -39,7 +39,7 @@ NUM_WARPS = 8
 
 
 @triton.jit
-def _patch_sums(s, P: tl.constexpr, QX: tl.constexpr, RY: tl.constexpr, RX: tl.constexpr):
+def _patch_sums(s, P: tl.constexpr, QX: tl.constexpr, RX: tl.constexpr):
     """(QY·QX, RY·RX) pixel similarities -> the p x p patch sums at each pair of top-left pixels
     (exact where both patches lie in their tiles; other entries are don't-care)."""
     M: tl.constexpr = s.shape[0]
@@ -122,7 +122,7 @@ def _match_kernel(
                 s = tl.dot(a, b, s, input_precision="ieee")
         r_idx = ry * wpr + rx
         inv_r = tl.load(inv_r_ptr + n * nr + r_idx, mask=r_patch_ok, other=0.0)
-        val = _patch_sums(s, P, QX, RY, RX) * inv_r[None, :]
+        val = _patch_sums(s, P, QX, RX) * inv_r[None, :]
         val = tl.where(r_patch_ok[None, :], val, float("-inf"))
         blk_max = tl.max(val, axis=1)
         blk_idx = tl.min(tl.where(val == blk_max[:, None], r_idx[None, :], nr), axis=1)
