@@ -31,7 +31,10 @@ pytestmark = pytest.mark.skipif(
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.parametrize("shape", [(1, 4, 3, 3, 3, 3), (2, 5, 6, 7, 8, 5), (1, 40, 9, 13, 11, 10)])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 4, 3, 3, 3, 3), (2, 5, 6, 7, 8, 5), (1, 40, 9, 13, 11, 10), (1, 6, 20, 40, 17, 30)],
+)  # the last: several query and reference tiles along both axes, partial ones at the edges
 def test_matches_bruteforce(shape):
     n, c, hq, wq, hr, wr = shape
     query, ref = torch.randn(n, c, hq, wq, device=DEVICE), torch.randn(n, c, hr, wr, device=DEVICE)
