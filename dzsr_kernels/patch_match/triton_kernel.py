@@ -34,7 +34,9 @@ from .precision import round_to_tf32_
 TILE_Y = 8  # pixel tile height, query and reference (grown for patches of p >= TILE_Y)
 QUERY_TILE_X = 16
 REF_TILE_X = 8
-BLOCK_C = 32
+# Channels per tl.dot step: 32 on the tensor cores; 8 for the IEEE float32 dot, which holds its
+# operands in registers (16 or 32 spill there: static_evidence, 8 warps).
+BLOCK_C = {"exact": 8, "fast": 32}
 NUM_WARPS = 8
 
 
@@ -98,8 +100,9 @@ def _match_kernel(
     best = tl.full((QY * QX,), float("-inf"), tl.float32)
     best_idx = tl.zeros((QY * QX,), tl.int32)
     for rt in range(0, r_tiles):
-        ry = (rt // r_tiles_x) * (RY - P + 1) + rj // RX
-        rx = (rt % r_tiles_x) * (RX - P + 1) + rj % RX
+        ry0 = (rt // r_tiles_x) * (RY - P + 1)
+        rx0 = (rt % r_tiles_x) * (RX - P + 1)
+        ry, rx = ry0 + rj // RX, rx0 + rj % RX
         r_pix_ok = (ry < Hr) & (rx < Wr)
         r_patch_ok = (rj // RX <= RY - P) & (rj % RX <= RX - P) & (ry < hpr) & (rx < wpr)
         r_rows = ur_ptr + (n * Hr * Wr + ry * Wr + rx) * C
@@ -120,12 +123,12 @@ def _match_kernel(
                 s = tl.dot(a, b, s, input_precision="tf32")
             else:
                 s = tl.dot(a, b, s, input_precision="ieee")
-        r_idx = ry * wpr + rx
-        inv_r = tl.load(inv_r_ptr + n * nr + r_idx, mask=r_patch_ok, other=0.0)
+        inv_r = tl.load(inv_r_ptr + n * nr + ry * wpr + rx, mask=r_patch_ok, other=0.0)
         val = _patch_sums(s, P, QX, RX) * inv_r[None, :]
         val = tl.where(r_patch_ok[None, :], val, float("-inf"))
-        blk_max = tl.max(val, axis=1)
-        blk_idx = tl.min(tl.where(val == blk_max[:, None], r_idx[None, :], nr), axis=1)
+        # the first maximum in tile order is the one of smallest index (row-major in both)
+        blk_max, j = tl.max(val, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        blk_idx = (ry0 + j // RX) * wpr + rx0 + j % RX
         better = (blk_max > best) | ((blk_max == best) & (blk_idx < best_idx))
         best = tl.where(better, blk_max, best)
         best_idx = tl.where(better, blk_idx, best_idx)
@@ -188,7 +191,7 @@ def match(uq, ur, inv_q, inv_r, p, precision):
         QX=qx,
         RY=ry,
         RX=rx,
-        BLOCK_C=BLOCK_C,
+        BLOCK_C=BLOCK_C[precision],
         num_warps=NUM_WARPS,
     )
     return score, index
