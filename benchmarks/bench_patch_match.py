@@ -21,8 +21,9 @@ RSS over building the inputs (harness); CUDA, max_memory_allocated beyond the in
 largest score difference (against the proven bound, ``precision.fast_score_error_bound``), on real
 features (the demo checkpoint's extractor on each bundled sample, ``bundled_feature_pairs``), on
 random ones and on smooth (spatially correlated, non-negative) ones. On CUDA it runs the Triton
-kernel both ways; on CPU it applies the fast contract's operand rounding in torch (the normalised
-pixels rounded to TF32, or for comparison to bfloat16) before the float32 reference computation.
+kernel both ways; on CPU it applies the fast contract's operand rounding in torch before the
+float32 reference computation (split TF32: hi·hi + hi·lo + lo·hi as one dot over 3C channels), and
+for comparison the roundings of one TF32 product and of bfloat16 operands.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 
 from benchmarks import _harness
 from dzsr_kernels.patch_match import reference
-from dzsr_kernels.patch_match.precision import fast_score_error_bound, round_to_tf32_
+from dzsr_kernels.patch_match.precision import fast_score_error_bound, round_to_tf32_, split_tf32
 
 MATMUL_BLOCK = 2048
 
@@ -79,12 +80,20 @@ def matmul_case(h: int, w: int, c: int, device: str = "cpu"):
     return run
 
 
-def _round_bf16(u: torch.Tensor) -> torch.Tensor:
-    return u.to(torch.bfloat16).float()
+def _split_tf32_maps(uq: torch.Tensor, ur: torch.Tensor):
+    """Maps (N,H,W,3C) whose channel dot products are the fast contract's split-TF32 products:
+    [hi_q, hi_q, lo_q] . [hi_r, lo_r, hi_r] = hi·hi + hi·lo + lo·hi."""
+    (hq, lq), (hr, lr) = split_tf32(uq), split_tf32(ur)
+    return torch.cat([hq, hq, lq], 3), torch.cat([hr, lr, hr], 3)
 
 
-# Operand roundings emulated on CPU: the fast contract's (TF32) and bfloat16, for comparison.
-ROUNDINGS = {"tf32": lambda u: round_to_tf32_(u.clone()), "bf16": _round_bf16}
+# Operand roundings emulated on CPU, (uq, ur) -> maps for the float32 reference computation: the
+# fast contract's split TF32, and for comparison one TF32 product and bfloat16 operands.
+ROUNDINGS = {
+    "split tf32": _split_tf32_maps,
+    "tf32": lambda uq, ur: (round_to_tf32_(uq.clone()), round_to_tf32_(ur.clone())),
+    "bf16": lambda uq, ur: (uq.to(torch.bfloat16).float(), ur.to(torch.bfloat16).float()),
+}
 
 
 def bundled_feature_pairs(scale: int = 4) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -106,12 +115,12 @@ def bundled_feature_pairs(scale: int = 4) -> list[tuple[str, torch.Tensor, torch
     return pairs
 
 
-def emulated_fast(query: torch.Tensor, ref: torch.Tensor, rounding: str = "tf32", p: int = 3):
+def emulated_fast(query: torch.Tensor, ref: torch.Tensor, rounding: str = "split tf32", p: int = 3):
     """((score, index) exact, (score, index) fast) on the CPU: the reference's float32
-    computation on the prepared maps, then on the maps with ``ROUNDINGS[rounding]`` applied (the
-    fast contract for "tf32": rounded pixels, exact products, float32 sums, float32 norms)."""
+    computation on the prepared maps, then on the maps ``ROUNDINGS[rounding]`` makes of them (the
+    fast contract for "split tf32": TF32 products exact, float32 sums, float32 norms)."""
     uq, ur, inv_q, inv_r = reference.prepare(query.cpu(), ref.cpu(), p, torch.float32)
-    fast_maps = ROUNDINGS[rounding](uq), ROUNDINGS[rounding](ur)
+    fast_maps = ROUNDINGS[rounding](uq, ur)
     exact = reference.match_prepared(uq, ur, inv_q.clone(), inv_r.clone(), p)
     return exact, reference.match_prepared(*fast_maps, inv_q, inv_r, p)
 
@@ -158,7 +167,7 @@ def agreement_rows(h: int, w: int, c: int, device: str) -> list[list[str]]:
         }
     rows = []
     for how, compute in ways.items():
-        bounded = "bf16" not in how  # the bound is the fast contract's (TF32 operands)
+        bounded = "split" in how or "GPU" in how  # the bound is the fast contract's
         real = []
         for label, query, ref in sets:
             result = compute(query, ref)

@@ -12,8 +12,8 @@ finite inputs as built by ``reference.prepare`` in float32:
   match(uq (N,Hq,Wq,C), ur (N,Hr,Wr,C), inv_q (N,Hpq,Wpq), inv_r (N,Hpr,Wpr), p, precision)
       -> (score float32 (N,Hpq,Wpq), index int64 (N,Hpq,Wpq)), both contiguous, whatever the
          layout of the op's inputs (the fake returns the same); N = 0 gives empty outputs.
-``precision`` is "exact" (float32 products and sums, every backend) or "fast" (Triton only: TF32
-tensor-core products, contract in ``precision``), the public aliases already resolved.
+``precision`` is "exact" (float32 products and sums, every backend) or "fast" (Triton only: split
+TF32 tensor-core products, contract in ``precision``), the public aliases already resolved.
 """
 
 from __future__ import annotations
@@ -121,13 +121,14 @@ def patch_match(
 
     ``precision`` (docs/design.md#patch-match): ``"exact"`` (default, every backend): float32
     products and sums, the reference's float32 results up to the summation order. ``"fast"``
-    (Triton backend only): the normalised pixels rounded to TF32 (10 mantissa bits, round to
-    nearest) and multiplied on the tensor cores with float32 accumulation, the running top-1 kept
-    on chip, memory O(Nq + Nr); every score within ``precision.fast_score_error_bound(C, p)``
-    (1.39e-3 at C = 256, p = 3) of the exact one, the index the exact one wherever the best match
-    beats the runner-up by twice that, and the index agreement on real features measured in
-    BENCHMARKS.md. ``"float32"`` and ``"tf32"`` are the older names of ``"exact"`` and ``"fast"``,
-    still accepted. The non-finite and empty-input rules above hold for both.
+    (Triton backend only): products on the tensor cores as split TF32 (each normalised pixel
+    value split into two TF32 values, three TF32 products per pair: ``precision``) with float32
+    accumulation, the running top-1 kept on chip, memory O(Nq + Nr); every score within
+    ``precision.fast_score_error_bound(C, p)`` (9.6e-4 at C = 256, p = 3; measured below 1e-6)
+    of the exact one, the index the exact one wherever the best match beats the runner-up by
+    twice that (measured on the bundled samples' real features: all equal, BENCHMARKS.md).
+    ``"float32"`` and ``"tf32"`` are the older names of ``"exact"`` and ``"fast"``, still
+    accepted. The non-finite and empty-input rules above hold for both.
     """
     _validate(query, ref, patch_size, precision)
     precision = canonical(precision)

@@ -5,8 +5,9 @@ the p² dot products of its pixels, <P_q, P_r> = sum_(dy,dx) S[q + (dy,dx), r + 
 S[a, b] = <uq[a], ur[b]> is the pixel-similarity matrix. One program owns a QY x QX query pixel tile
 of one sample and streams over the RY x RX reference pixel tiles with a running max/argmax per
 query patch, so memory is O(Nq + Nr) and no score matrix leaves the chip. Per pair of tiles:
-  1. S (QY·QX, RY·RX) = one ``tl.dot`` over the channels (float32 accumulation; IEEE float32
-     products for ``exact``, TF32 tensor-core products for ``fast``);
+  1. S (QY·QX, RY·RX) = ``tl.dot`` over the channels, float32 accumulation: IEEE float32
+     products for ``exact``; for ``fast`` three TF32 tensor-core dots of the split operands
+     (``_split_tf32``: hi·hi + hi·lo + lo·hi, the contract in ``precision``);
   2. the patch sums, read off S flattened: in the 4-D (qy, qx, ry, rx) view a shift (dy, dx) of
      both patches is a constant offset of the flat index, so p - 1 ``tl.gather``s sum the shifts in
      x and p - 1 more those in y (2(p - 1) gathers, not p² dots: S has QY·QX·RY·RX pixel pairs for
@@ -16,10 +17,9 @@ query patch, so memory is O(Nq + Nr) and no score matrix leaves the chip. Per pa
      (larger value, then smaller index: tiles are not visited in index order).
 Query and reference tiles overlap by p - 1 pixels so that their patches tile the patch grids.
 Inputs are finite (``reference.match_prepared`` zeroes the non-finite pixels and applies the
-non-finite rule afterwards); for ``fast`` the caller's maps are rounded to TF32 in place first
-(``precision.round_to_tf32_``), so the tensor cores see exactly representable operands and the
-interpreter (whose ``tl.dot`` is a float32 matmul) computes the same function. Outputs are
-contiguous (N,Hpq,Wpq) float32 / int64, empty for N = 0.
+non-finite rule afterwards). The split operands are TF32 values, so the tensor cores see exactly
+representable operands and the interpreter (whose ``tl.dot`` is a float32 matmul) computes the same
+function. Outputs are contiguous (N,Hpq,Wpq) float32 / int64, empty for N = 0.
 """
 
 from __future__ import annotations
@@ -29,15 +29,28 @@ import triton
 import triton.language as tl
 
 from .._checks import new_output
-from .precision import round_to_tf32_
 
 TILE_Y = 8  # pixel tile height, query and reference (grown for patches of p >= TILE_Y)
 QUERY_TILE_X = 16
 REF_TILE_X = 8
 # Channels per tl.dot step: 32 on the tensor cores; 8 for the IEEE float32 dot, which holds its
-# operands in registers (16 or 32 spill there: static_evidence, 8 warps).
+# operands in registers (16 or 32 spill there: benchmarks/static_evidence.py, 8 warps).
 BLOCK_C = {"exact": 8, "fast": 32}
 NUM_WARPS = 8
+
+
+@triton.jit
+def _round_tf32(x):
+    """float32 -> the nearest TF32 value (ties away from zero; ``precision.round_to_tf32_``)."""
+    bits = x.to(tl.int32, bitcast=True)
+    return ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _split_tf32(x):
+    """float32 x -> (hi, lo), both TF32 values: hi = tf32(x), lo = tf32(x - hi) (x - hi is exact)."""
+    hi = _round_tf32(x)
+    return hi, _round_tf32(x - hi)
 
 
 @triton.jit
@@ -78,7 +91,7 @@ def _match_kernel(
     r_tiles_x,
     r_tiles,
     P: tl.constexpr,
-    TF32: tl.constexpr,
+    SPLIT_TF32: tl.constexpr,
     QY: tl.constexpr,
     QX: tl.constexpr,
     RY: tl.constexpr,
@@ -119,8 +132,12 @@ def _match_kernel(
                 mask=r_pix_ok[None, :] & c_ok[:, None],
                 other=0.0,
             )
-            if TF32:
-                s = tl.dot(a, b, s, input_precision="tf32")
+            if SPLIT_TF32:  # a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi, each product exact
+                a_hi, a_lo = _split_tf32(a)
+                b_hi, b_lo = _split_tf32(b)
+                s = tl.dot(a_hi, b_hi, s, input_precision="tf32")
+                s = tl.dot(a_hi, b_lo, s, input_precision="tf32")
+                s = tl.dot(a_lo, b_hi, s, input_precision="tf32")
             else:
                 s = tl.dot(a, b, s, input_precision="ieee")
         inv_r = tl.load(inv_r_ptr + n * nr + ry * wpr + rx, mask=r_patch_ok, other=0.0)
@@ -148,7 +165,7 @@ def tile_shape(p: int) -> tuple[int, int, int, int]:
 def match(uq, ur, inv_q, inv_r, p, precision):
     """(score float32, index int64), each contiguous (N,Hpq,Wpq), from uq (N,Hq,Wq,C), ur
     (N,Hr,Wr,C), inv_q (N,Hpq,Wpq) and inv_r (N,Hpr,Wpr) (kernel interface in ``op``);
-    ``precision`` "exact" or "fast" (``fast`` rounds uq and ur to TF32 in place)."""
+    ``precision`` "exact" or "fast"."""
     n, hq, wq, c = uq.shape
     _, hr, wr, _ = ur.shape
     _, hpq, wpq = inv_q.shape
@@ -157,10 +174,6 @@ def match(uq, ur, inv_q, inv_r, p, precision):
     index = new_output((n, hpq, wpq), torch.int64, uq.device)
     if n == 0:  # empty batch: no programs to launch
         return score, index
-    fast = precision == "fast"
-    if fast:
-        round_to_tf32_(uq)
-        round_to_tf32_(ur)
     qy, qx, ry, rx = tile_shape(p)
     q_tiles_x = triton.cdiv(wpq, qx - p + 1)
     r_tiles_x = triton.cdiv(wpr, rx - p + 1)
@@ -186,7 +199,7 @@ def match(uq, ur, inv_q, inv_r, p, precision):
         r_tiles_x,
         r_tiles,
         P=p,
-        TF32=fast,
+        SPLIT_TF32=precision == "fast",
         QY=qy,
         QX=qx,
         RY=ry,
