@@ -184,9 +184,8 @@ types = dict(uq_ptr="*fp32", ur_ptr="*fp32", inv_q_ptr="*fp32", inv_r_ptr="*fp32
              score_ptr="*fp32", index_ptr="*i64", **{name: "i32" for name in ints})
 for p in (1, 3, 5):
     qy, qx, ry, rx = tk.tile_shape(p)
-    for precision, block_c in tk.BLOCK_C.items():
-        consts = dict(P=p, SPLIT_TF32=precision == "fast", QY=qy, QX=qx, RY=ry, RX=rx,
-                      BLOCK_C=block_c)
+    for split, block_c in ((False, tk.BLOCK_C_EXACT), (True, tk.BLOCK_C_FAST)):
+        consts = dict(P=p, SPLIT_TF32=split, QY=qy, QX=qx, RY=ry, RX=rx, BLOCK_C=block_c)
         sig = {name: ("constexpr" if name in consts else types[name]) for name in fn.arg_names}
         where = {(fn.arg_names.index(k),): v for k, v in consts.items()}
         triton.compile(ASTSource(fn, sig, constexprs=where),

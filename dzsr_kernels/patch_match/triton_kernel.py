@@ -35,7 +35,8 @@ QUERY_TILE_X = 16
 REF_TILE_X = 8
 # Channels per tl.dot step: 32 on the tensor cores; 8 for the IEEE float32 dot, which holds its
 # operands in registers (16 or 32 spill there: benchmarks/static_evidence.py, 8 warps).
-BLOCK_C = {"exact": 8, "fast": 32}
+BLOCK_C_EXACT = 8
+BLOCK_C_FAST = 32
 NUM_WARPS = 8
 
 
@@ -204,7 +205,7 @@ def match(uq, ur, inv_q, inv_r, p, precision):
         QX=qx,
         RY=ry,
         RX=rx,
-        BLOCK_C=BLOCK_C[precision],
+        BLOCK_C=BLOCK_C_FAST if precision == "fast" else BLOCK_C_EXACT,
         num_warps=NUM_WARPS,
     )
     return score, index
