@@ -4,7 +4,7 @@ same process, interleaved.
 Cases, per feature-map size HxW with C channels (query and reference of equal size, N=1):
   * ``cpp`` / ``triton``: ``dzsr_kernels.patch_match`` on that backend, ``precision="exact"``
     (streaming, O(Nq+Nr) memory); ``triton_fast``: the Triton backend with ``precision="fast"``
-    (TF32 tensor cores);
+    (split-TF32 tensor cores);
   * ``conv2d``: chunked conv2d matching, C2-Matching style (the reference patches as conv filters,
     chunks of ``reference.CHUNK_ELEMENTS`` correlation values): the ``reference`` backend;
   * ``matmul``: a plain float32 matmul with the naive FLOP count 2·Nq·Nr·9C, as (Nq x 9C) @ (9C x B)

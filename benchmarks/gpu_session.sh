@@ -60,7 +60,7 @@ if [ "$CHECKS" = 1 ]; then
 step tests 150 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 -rf tests
 step deform 75 python3 -m benchmarks.bench_deform_conv_gpu
 # patch matching: reference (chunked cuDNN conv2d, PyTorch's default TF32), exact (cpp, triton),
-# fast (triton, TF32 tensor cores): time and peak extra memory
+# fast (triton, split-TF32 tensor cores): time and peak extra memory
 step match 180 python3 -m benchmarks.bench_patch_match --device cuda --sizes 128x128,172x278 \
     --cases conv2d,cpp,triton,triton_fast,matmul
 step sw 50 python3 -m benchmarks.bench_sliced_wasserstein --device cuda
