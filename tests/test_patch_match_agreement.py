@@ -16,6 +16,7 @@ from benchmarks.bench_patch_match import (
     kernel_fast,
 )
 from dzsr.sample import SAMPLE_NAMES
+from dzsr_kernels._backend import unavailable_reason
 from dzsr_kernels.patch_match.precision import fast_score_error_bound
 
 MIN_INDEX_AGREEMENT = 0.999
@@ -39,3 +40,15 @@ def test_triton_fast_agrees_with_exact_on_real_features_on_cuda():
     share, max_score_error, patches = agreement(results)
     assert share >= MIN_INDEX_AGREEMENT, f"{100 * share:.3f}% of {patches} indices agree"
     assert max_score_error <= fast_score_error_bound(pairs[0][1].shape[1], 3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    unavailable_reason("triton", "cpu") is not None, reason="needs TRITON_INTERPRET=1 (conftest)"
+)
+def test_triton_fast_kernel_on_real_features_under_the_interpreter():
+    """The kernel itself (not the torch emulation) on the smallest sample's real features."""
+    name, query, ref = min(bundled_feature_pairs(), key=lambda pair: pair[1].numel())
+    share, max_score_error, _ = agreement([kernel_fast(query, ref)])
+    assert share >= MIN_INDEX_AGREEMENT, f"{name}: {100 * share:.3f}% of the indices agree"
+    assert max_score_error <= fast_score_error_bound(query.shape[1], 3)
