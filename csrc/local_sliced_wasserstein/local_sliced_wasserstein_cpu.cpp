@@ -151,8 +151,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
                                     : at::empty({0}, count_opts);
   at::Tensor row_sums = at::empty({n_batch * num_proj}, proj.options().dtype(at::kDouble));
   const at::Tensor m = proj.contiguous();
-  const at::Tensor pu = at::matmul(m, u.reshape({n_batch, channels, length}).to(dtype)).contiguous();
-  const at::Tensor pv = at::matmul(m, v.reshape({n_batch, channels, length}).to(dtype)).contiguous();
+  const at::Tensor pu =
+      at::matmul(m, u.reshape({n_batch, channels, length}).to(dtype)).contiguous();
+  const at::Tensor pv =
+      at::matmul(m, v.reshape({n_batch, channels, length}).to(dtype)).contiguous();
   const int64_t threads = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(dtype, "local_sliced_wasserstein_forward_cpu", [&] {
     using K = typename RadixKey<scalar_t>::Bits;
@@ -173,8 +175,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
       }
     });
   });
-  const double pairs =
-      static_cast<double>(n_batch * num_proj) * static_cast<double>(g.rows * g.cols * window * window);
+  const double pairs = static_cast<double>(n_batch * num_proj) *
+                       static_cast<double>(g.rows * g.cols * window * window);
   at::Tensor loss = (row_sums.sum() / pairs).to(dtype);
   return {loss, count_u, count_v};
 }

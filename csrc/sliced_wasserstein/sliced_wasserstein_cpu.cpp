@@ -226,8 +226,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
 // (chunks in sequence); on CPU the (sample, chunk) tasks form one parallel region, each GEMM
 // single-threaded.
 at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
-  TORCH_CHECK(sign.dim() == 3 && (sign.scalar_type() == at::kChar || sign.scalar_type() == at::kInt),
-              "sign must be int8 or int32 (N, C', L)");
+  TORCH_CHECK(
+      sign.dim() == 3 && (sign.scalar_type() == at::kChar || sign.scalar_type() == at::kInt),
+      "sign must be int8 or int32 (N, C', L)");
   TORCH_CHECK(proj_scaled.dim() == 2 && proj_scaled.size(0) == sign.size(1),
               "proj_scaled must be (C', C)");
   const int64_t n_batch = sign.size(0), num_proj = sign.size(1), length = sign.size(2);
