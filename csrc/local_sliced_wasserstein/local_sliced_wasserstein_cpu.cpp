@@ -3,13 +3,16 @@
 // Projection is linear per pixel, so every pixel is projected once, not once per window holding
 // it as with an unfold: P_u = M u_n and P_v = M v_n (C', H*W) by batched GEMMs. Then one task per
 // (sample n, direction j) row pair: both rows are turned into order-preserving keys once
-// (sliced_wasserstein_math.h); for every window the k*k keys are gathered with their pixel index
-// packed below them and sorted (insertion sort up to 64 elements, std::sort above); the sorted
-// pairs accumulate |a - b| (in double) and add sign(a - b) to count_u at a's pixel and subtract it
-// from count_v at b's pixel. No unfolded buffer and no permutation outlive a window: the backward
-// only needs, per pixel and direction, the sum of its signs over the windows holding it (int32),
-// so it is one GEMM per sample (sliced_wasserstein_backward). A task owns every window of its row
-// pair, so overlapping windows write their sums without atomics or races.
+// (sliced_wasserstein_math.h). Every window is a union of column strips (gcd(k, s) columns by k
+// rows) shared by the k / s windows of its row that overlap it: per row of windows each strip's
+// keys are gathered with their pixel index packed below them and sorted once (insertion sort up
+// to 64 elements, std::sort above), and each window's sorted k*k values are merged from its
+// k / gcd(k, s) strips. The sorted pairs accumulate |a - b| (in double) and add sign(a - b) to
+// count_u at a's pixel and subtract it from count_v at b's pixel. No unfolded buffer and no
+// permutation outlive a window: the backward only needs, per pixel and direction, the sum of its
+// signs over the windows holding it (int32), so it is one GEMM per sample
+// (sliced_wasserstein_backward). A task owns every window of its row pair, so overlapping windows
+// write their sums without atomics or races.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 #include "common.h"
@@ -30,10 +34,10 @@ using sw::RadixKey;
 
 __extension__ typedef unsigned __int128 uint128;
 
-// A window element as one unsigned integer: its order key in the high half, its pixel index
-// (row-major in the map) in the low 32 bits. Integer order is the values' order with ties broken
-// by pixel index, that is by the window's row-major (unfold) order: sorting slots is a stable sort
-// of the values, and as the slots are distinct every sort gives the same result.
+// A window element (make_slot) as one unsigned integer: its order key in the high half, its pixel
+// index (row-major in the map) in the low 32 bits. Integer order is the values' order with ties
+// broken by pixel index, that is by the window's row-major (unfold) order: sorting slots is a
+// stable sort of the values, and as the slots are distinct every sort gives the same result.
 template <typename K>
 struct SlotOf;
 template <>
@@ -44,6 +48,11 @@ template <>
 struct SlotOf<uint64_t> {
   using type = uint128;
 };
+
+template <typename S, typename K>
+S make_slot(K key, int64_t pixel) {
+  return (S(key) << (8 * sizeof(K))) | S(static_cast<uint32_t>(pixel));
+}
 
 template <typename S>
 void sort_slots(S* x, int64_t n) {
@@ -59,31 +68,80 @@ void sort_slots(S* x, int64_t n) {
   }
 }
 
+// Merges the sorted ranges [a, a_end) and [b, b_end) into out, branch-free in the common part.
+template <typename S>
+void merge_two(const S* a, const S* a_end, const S* b, const S* b_end, S* out) {
+  while (a != a_end && b != b_end) {
+    const bool take_b = *b < *a;
+    *out++ = take_b ? *b : *a;
+    a += !take_b;
+    b += take_b;
+  }
+  out = std::copy(a, a_end, out);
+  std::copy(b, b_end, out);
+}
+
+// Sorts runs consecutive sorted runs of run slots each, starting at src (left untouched), by
+// rounds of pairwise merges ping-ponging between buf and spare; returns where the result is.
+template <typename S>
+const S* merge_runs(const S* src, S* buf, S* spare, int64_t run, int64_t runs) {
+  const int64_t n = run * runs;
+  const S* in = src;
+  S* out = buf;
+  for (int64_t width = run; width < n; width *= 2) {
+    for (int64_t lo = 0; lo < n; lo += 2 * width) {
+      const int64_t mid = std::min(lo + width, n), hi = std::min(lo + 2 * width, n);
+      merge_two(in + lo, in + mid, in + mid, in + hi, out + lo);
+    }
+    in = out;
+    out = out == buf ? spare : buf;
+  }
+  return in;
+}
+
 // The window layout: size x size windows at stride, rows x cols of them on a height x width map.
+// Every window is the union of size / strip column strips (strip = gcd(size, stride) columns,
+// size rows) that start at multiples of strip, so within a row of windows each strip is sorted
+// once and merged into the size / stride windows that share it.
 struct Windows {
-  int64_t height, width, size, stride, rows, cols;
+  int64_t height, width, size, stride, rows, cols, strip;
+  int64_t strip_elems() const { return size * strip; }
+  int64_t strips_per_window() const { return size / strip; }
+  int64_t strips_per_row() const { return ((cols - 1) * stride + size) / strip; }
 };
 
 // One thread's buffers, allocated up front by the calling thread (allocations inside the parallel
-// region would land in per-thread malloc arenas and stay resident): the keys of a row pair and
-// the slots of a window pair.
+// region would land in per-thread malloc arenas and stay resident): the keys of a row pair, the
+// sorted strips of a row of windows and the merge buffers of a window, for u (a) and v (b).
 template <typename K>
 struct Scratch {
-  Scratch(int64_t length, int64_t window_elems)
-      : ka(length), kb(length), sa(window_elems), sb(window_elems) {}
+  using S = typename SlotOf<K>::type;
+  explicit Scratch(const Windows& g)
+      : ka(g.height * g.width),
+        kb(g.height * g.width),
+        sa(g.strips_per_row() * g.strip_elems()),
+        sb(g.strips_per_row() * g.strip_elems()),
+        ma(g.size * g.size),
+        ma2(g.size * g.size),
+        mb(g.size * g.size),
+        mb2(g.size * g.size) {}
   std::vector<K> ka, kb;
-  std::vector<typename SlotOf<K>::type> sa, sb;
+  std::vector<S> sa, sb, ma, ma2, mb, mb2;
 };
 
-// The slots of the window whose top-left pixel is origin, in row-major order.
+// Sorts every strip of the row of windows whose top row is top (keys of one map row pair side).
 template <typename K, typename S>
-void gather_window(const K* keys, int64_t origin, const Windows& g, S* slots) {
-  constexpr int kShift = 8 * sizeof(K);
-  for (int64_t dy = 0; dy < g.size; ++dy) {
-    const int64_t row = origin + dy * g.width;
-    for (int64_t dx = 0; dx < g.size; ++dx) {
-      *slots++ = (S(keys[row + dx]) << kShift) | S(static_cast<uint32_t>(row + dx));
+void sort_strips(const K* keys, int64_t top, const Windows& g, S* strips) {
+  const int64_t elems = g.strip_elems();
+  for (int64_t t = 0; t < g.strips_per_row(); ++t) {
+    S* out = strips + t * elems;
+    for (int64_t dy = 0; dy < g.size; ++dy) {
+      const int64_t first = (top + dy) * g.width + t * g.strip;
+      for (int64_t dx = 0; dx < g.strip; ++dx) {
+        out[dy * g.strip + dx] = make_slot<S>(keys[first + dx], first + dx);
+      }
     }
+    sort_slots(out, elems);
   }
 }
 
@@ -104,19 +162,21 @@ double compare_row(const scalar_t* a, const scalar_t* b, const Windows& g, int32
   if (count_v != nullptr) std::fill(count_v, count_v + length, 0);
   double acc = 0.0;
   for (int64_t wy = 0; wy < g.rows; ++wy) {
+    sort_strips(s.ka.data(), wy * g.stride, g, s.sa.data());
+    sort_strips(s.kb.data(), wy * g.stride, g, s.sb.data());
     for (int64_t wx = 0; wx < g.cols; ++wx) {
-      const int64_t origin = wy * g.stride * g.width + wx * g.stride;
-      gather_window(s.ka.data(), origin, g, s.sa.data());
-      gather_window(s.kb.data(), origin, g, s.sb.data());
-      sort_slots(s.sa.data(), elems);
-      sort_slots(s.sb.data(), elems);
+      const int64_t first = wx * g.stride / g.strip * g.strip_elems();
+      const auto* sa = merge_runs(s.sa.data() + first, s.ma.data(), s.ma2.data(), g.strip_elems(),
+                                  g.strips_per_window());
+      const auto* sb = merge_runs(s.sb.data() + first, s.mb.data(), s.mb2.data(), g.strip_elems(),
+                                  g.strips_per_window());
       for (int64_t i = 0; i < elems; ++i) {
-        const K ka = static_cast<K>(s.sa[i] >> kShift), kb = static_cast<K>(s.sb[i] >> kShift);
+        const K ka = static_cast<K>(sa[i] >> kShift), kb = static_cast<K>(sb[i] >> kShift);
         const scalar_t d = Key::decode(ka) - Key::decode(kb);
         acc += std::abs(static_cast<double>(d));
         const int8_t sign = Key::sign_of_difference(ka, kb);
-        count_u[static_cast<uint32_t>(s.sa[i])] += sign;
-        if (count_v != nullptr) count_v[static_cast<uint32_t>(s.sb[i])] -= sign;
+        count_u[static_cast<uint32_t>(sa[i])] += sign;
+        if (count_v != nullptr) count_v[static_cast<uint32_t>(sb[i])] -= sign;
       }
     }
   }
@@ -143,7 +203,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
                   window,
                   stride,
                   (u.size(2) - window) / stride + 1,
-                  (u.size(3) - window) / stride + 1};
+                  (u.size(3) - window) / stride + 1,
+                  std::gcd(window, stride)};
   const auto dtype = proj.scalar_type();
   const auto count_opts = proj.options().dtype(at::kInt);
   at::Tensor count_u = new_output({n_batch, num_proj, length}, count_opts);
@@ -160,7 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
     using K = typename RadixKey<scalar_t>::Bits;
     std::vector<Scratch<K>> scratch;
     scratch.reserve(threads);
-    for (int64_t t = 0; t < threads; ++t) scratch.emplace_back(length, window * window);
+    for (int64_t t = 0; t < threads; ++t) scratch.emplace_back(g);
     const scalar_t* a = pu.data_ptr<scalar_t>();
     const scalar_t* b = pv.data_ptr<scalar_t>();
     int32_t* cu = count_u.data_ptr<int32_t>();
