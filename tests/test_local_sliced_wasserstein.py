@@ -12,20 +12,13 @@ kernel (ties by pixel index), and the gradients with M^T counts / (N P C' k^2).
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from sliced_wasserstein_oracle import (
-    CASES,
-    LAYOUTS,
-    assert_same_nonfinite_and_close,
-    nonfinite_case,
-    with_layout,
-)
+from local_sliced_wasserstein_oracle import check_backend, loss_and_grads, oracle, pairs
+from sliced_wasserstein_oracle import CASES, LAYOUTS, nonfinite_case, with_layout
 
 import dzsr_kernels as dk
-from dzsr_kernels._checks import compute_dtype
 from dzsr_kernels.local_sliced_wasserstein import local_sliced_wasserstein_loss
 from dzsr_kernels.local_sliced_wasserstein import op as losw_op
-from dzsr_kernels.local_sliced_wasserstein.reference import local_sliced_wasserstein, window_count
+from dzsr_kernels.local_sliced_wasserstein.reference import local_sliced_wasserstein
 from dzsr_kernels.sliced_wasserstein import draw_projections
 
 BACKEND = "cpp"
@@ -43,49 +36,10 @@ CASES_GEOMETRY = [
 DTYPES = [torch.float64, torch.float32]
 
 
-def _loss_and_grads(backend, u, v, proj, window, stride):
-    u = u.detach().requires_grad_()
-    v = v.detach().requires_grad_(v.requires_grad)
-    with dk.use_backend(backend):
-        loss = local_sliced_wasserstein_loss(u, v, window, stride, proj=proj)
-    grads = torch.autograd.grad(loss, (u, v) if v.requires_grad else (u,))
-    return loss.detach(), grads
-
-
-def _pairs(shape, num_proj, window, stride):
-    """N P C' k^2: the number of compared pairs, the loss's denominator."""
-    n, _, h, w = shape
-    windows = window_count(h, window, stride) * window_count(w, window, stride)
-    return n * windows * num_proj * window * window
-
-
 def _tolerances(dtype, scale):
     if dtype == torch.float64:
         return dict(rtol=1e-12, atol=1e-12 * scale)
     return dict(rtol=1e-5, atol=1e-6 * scale)
-
-
-def oracle(u, v, proj, window, stride):
-    """(loss, count_u, count_v) by gathering each window's projected values by pixel index and
-    sorting them stably: the kernel's documented outputs, computed independently of unfold."""
-    dtype = compute_dtype(u)
-    n, c, h, w = u.shape
-    m = proj.to(dtype)
-    pixels = torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w)
-    index = F.unfold(pixels, window, stride=stride)[0].t().long()  # (P, k*k), row-major windows
-
-    def windows_of(x):
-        projected = m @ x.reshape(n, c, h * w).to(dtype)  # (N, C', L)
-        return projected[:, :, index].sort(dim=3, stable=True)  # (N, C', P, k*k)
-
-    def sum_at_pixels(order, signs):  # order: each sorted slot's position in its window
-        pixel = index.expand(order.shape).gather(3, order)
-        count = torch.zeros(n, m.shape[0], h * w, dtype=dtype)
-        return count.scatter_add_(2, pixel.flatten(2), signs.flatten(2)).to(torch.int32)
-
-    (su, iu), (sv, iv) = windows_of(u), windows_of(v)
-    sign = torch.sign(su - sv)
-    return (su - sv).abs().mean(), sum_at_pixels(iu, sign), sum_at_pixels(iv, -sign)
 
 
 @pytest.mark.parametrize("shape, window, stride", CASES_GEOMETRY)
@@ -95,11 +49,11 @@ def test_matches_reference(shape, window, stride, dtype, v_grad):
     u = torch.randn(shape, dtype=dtype)
     v = (torch.randn(shape, dtype=dtype) + 0.3).requires_grad_(v_grad)
     proj = draw_projections(shape[1], max(1, shape[1] // 2), dtype=dtype)
-    loss, grads = _loss_and_grads(BACKEND, u, v, proj, window, stride)
-    ref_loss, ref_grads = _loss_and_grads("reference", u, v, proj, window, stride)
+    loss, grads = loss_and_grads(BACKEND, u, v, proj, window, stride)
+    ref_loss, ref_grads = loss_and_grads("reference", u, v, proj, window, stride)
     assert loss.dtype == dtype and loss.shape == ()
     torch.testing.assert_close(loss, ref_loss, **_tolerances(dtype, 1.0))
-    scale = 1.0 / _pairs(shape, proj.shape[0], window, stride)
+    scale = 1.0 / pairs(shape, proj.shape[0], window, stride)
     assert len(grads) == len(ref_grads) == (2 if v_grad else 1)
     for g, r in zip(grads, ref_grads, strict=True):
         assert g.dtype == dtype and g.shape == shape and g.is_contiguous()
@@ -113,10 +67,10 @@ def test_layouts_match_reference(layout):
     u = with_layout(torch.randn(shape), layout)
     v = with_layout(torch.randn(shape), layout).requires_grad_()
     proj = draw_projections(6, 3)
-    loss, grads = _loss_and_grads(BACKEND, u, v, proj, window, stride)
-    ref_loss, ref_grads = _loss_and_grads("reference", u, v, proj, window, stride)
+    loss, grads = loss_and_grads(BACKEND, u, v, proj, window, stride)
+    ref_loss, ref_grads = loss_and_grads("reference", u, v, proj, window, stride)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
-    scale = 1.0 / _pairs(shape, 3, window, stride)
+    scale = 1.0 / pairs(shape, 3, window, stride)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6 * scale)
 
@@ -125,8 +79,8 @@ def test_half_inputs_compute_in_float32():
     """float16 features: the loss and gradients of the float32 computation, rounded once."""
     u, v = torch.randn(2, 4, 6, 7).half(), torch.randn(2, 4, 6, 7).half()
     proj = draw_projections(4, 2)
-    loss, (du,) = _loss_and_grads(BACKEND, u, v, proj, 3, 2)
-    ref_loss, (ref_du,) = _loss_and_grads(BACKEND, u.float(), v.float(), proj, 3, 2)
+    loss, (du,) = loss_and_grads(BACKEND, u, v, proj, 3, 2)
+    ref_loss, (ref_du,) = loss_and_grads(BACKEND, u.float(), v.float(), proj, 3, 2)
     assert loss.dtype == du.dtype == torch.float16
     torch.testing.assert_close(loss, ref_loss.half())
     torch.testing.assert_close(du, ref_du.half())
@@ -175,7 +129,7 @@ def test_equal_inputs_give_zero_loss_and_zero_gradient():
     u = torch.randn(2, 6, 7, 5)
     for backend in (BACKEND, "reference"):
         v = u.clone().requires_grad_()
-        loss, (gu, gv) = _loss_and_grads(backend, u, v, draw_projections(6, 3), 3, 2)
+        loss, (gu, gv) = loss_and_grads(backend, u, v, draw_projections(6, 3), 3, 2)
         assert loss.item() == 0.0
         assert torch.count_nonzero(gu) == 0 and torch.count_nonzero(gv) == 0
 
@@ -224,28 +178,13 @@ def test_v_without_grad_gets_none_and_no_v_counts():
     assert v.grad is None and torch.count_nonzero(u.grad) > 0
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
 def test_nonfinite_matches_reference(dtype, case):
     """NaN, inf, signed zeros and extreme magnitudes in (2, 3, 2, 3) maps, 2x2 windows at stride
     1: the loss as the reference (same NaN / inf), the counts as the stable oracle, finite
     gradients equal to M^T counts / (N P C' k^2)."""
-    u, v, proj = nonfinite_case(case, dtype)
-    m = proj.to(dtype)
-    loss, count_u, count_v = losw_op._forward(u, v, m, 2, 1, True, BACKEND)
-    _, ref_u, ref_v = oracle(u, v, m, 2, 1)
-    assert torch.equal(count_u, ref_u) and torch.equal(count_v, ref_v)
-    pub_loss, grads = _loss_and_grads(BACKEND, u, v.requires_grad_(), proj, 2, 1)
-    ref_loss, _ = _loss_and_grads("reference", u, v, proj, 2, 1)
-    rtol = 1e-10 if dtype == torch.float64 else 1e-4
-    assert_same_nonfinite_and_close(loss, ref_loss.to(loss.dtype), rtol)
-    assert_same_nonfinite_and_close(pub_loss, ref_loss, rtol)
-    pairs = _pairs(u.shape, 2, 2, 1)
-    for g, count in zip(grads, (count_u, count_v), strict=True):
-        assert g.isfinite().all()
-        expected = (m.t() @ count.to(dtype) / pairs).view(u.shape)
-        torch.testing.assert_close(g, expected, rtol=rtol, atol=rtol / pairs)
+    check_backend(BACKEND, *nonfinite_case(case, dtype), 2, 1)
 
 
 @pytest.mark.parametrize("backend", ["reference", BACKEND])
@@ -254,7 +193,7 @@ def test_empty_inputs(backend, shape):
     """N = 0: the mean of nothing, NaN; C = 0 (N > 0): every projection is 0, loss 0. The
     gradients have the inputs' (empty) shapes."""
     u, v = torch.randn(shape), torch.randn(shape).requires_grad_()
-    loss, grads = _loss_and_grads(backend, u, v, draw_projections(shape[1], 2), 2, 2)
+    loss, grads = loss_and_grads(backend, u, v, draw_projections(shape[1], 2), 2, 2)
     assert loss.shape == () and loss.dtype == torch.float32
     assert loss.isnan().item() if shape[0] == 0 else loss.item() == 0.0
     for g in grads:
@@ -324,8 +263,8 @@ def test_auto_backend_and_cuda_fallback():
 def test_cuda_cpp_runs_the_reference():
     u, v = torch.randn(2, 6, 9, 9, device="cuda"), torch.randn(2, 6, 9, 9, device="cuda")
     proj = draw_projections(6, 3, device="cuda")
-    loss, grads = _loss_and_grads(BACKEND, u, v.requires_grad_(), proj, 4, 2)
-    ref_loss, ref_grads = _loss_and_grads("reference", u, v, proj, 4, 2)
+    loss, grads = loss_and_grads(BACKEND, u, v.requires_grad_(), proj, 4, 2)
+    ref_loss, ref_grads = loss_and_grads("reference", u, v, proj, 4, 2)
     assert torch.equal(loss, ref_loss)
     for g, r in zip(grads, ref_grads, strict=True):
         assert torch.equal(g, r)
