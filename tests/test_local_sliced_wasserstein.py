@@ -14,8 +14,10 @@ import pytest
 import torch
 from local_sliced_wasserstein_oracle import check_backend, loss_and_grads, oracle, pairs
 from sliced_wasserstein_oracle import CASES, LAYOUTS, nonfinite_case, with_layout
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import dzsr_kernels as dk
+from dzsr_kernels._checks import compute_dtype
 from dzsr_kernels.local_sliced_wasserstein import local_sliced_wasserstein_loss
 from dzsr_kernels.local_sliced_wasserstein import op as losw_op
 from dzsr_kernels.local_sliced_wasserstein.reference import local_sliced_wasserstein
@@ -153,6 +155,51 @@ def test_opcheck(need_v_count, layout):
     torch.library.opcheck(losw_op._forward, (u, v, proj, 3, 2, need_v_count, BACKEND))
     count = torch.randint(-4, 5, (2, 2, 42), dtype=torch.int32)
     torch.library.opcheck(losw_op._backward_op, (count, proj * 0.1, BACKEND))
+
+
+def _meta(t):
+    return tuple(t.shape), t.stride(), t.dtype
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [((2, 5, 6, 7), torch.float32), ((1, 3, 5, 4), torch.float64), ((2, 4, 5, 5), torch.float16)]
+    + [((0, 5, 4, 4), torch.float32), ((2, 0, 4, 4), torch.float32)],
+)
+@pytest.mark.parametrize("need_v_count", [False, True])
+def test_fakes_equal_kernel_outputs(layout, shape, dtype, need_v_count):
+    """The fakes return the sizes, strides and dtypes of the kernel's outputs (new, contiguous)."""
+    u, v = (with_layout(torch.randn(shape, dtype=dtype), layout) for _ in range(2))
+    m = draw_projections(shape[1], 2, dtype=compute_dtype(u))
+    real = losw_op._forward(u, v, m, 3, 2, need_v_count, BACKEND)
+    real_grad = losw_op._backward_op(real[1], m * 0.1, BACKEND)
+    with FakeTensorMode() as mode:
+        fake = losw_op._forward(*map(mode.from_tensor, (u, v, m)), 3, 2, need_v_count, BACKEND)
+        fake_grad = losw_op._backward_op(*map(mode.from_tensor, (real[1], m * 0.1)), BACKEND)
+    assert [_meta(t) for t in fake] == [_meta(t) for t in real]
+    assert _meta(fake_grad) == _meta(real_grad)
+    assert all(t.is_contiguous() for t in (*real, real_grad))
+
+
+def test_compile_fullgraph_forward_backward():
+    """Inductor checks the fakes' strides against the kernel's; compiled equals eager."""
+    u = with_layout(torch.randn(2, 6, 7, 9), "channels_last").requires_grad_()
+    v = torch.randn(2, 6, 7, 9, requires_grad=True)
+    proj = draw_projections(6, 3)
+
+    def loss_fn(a, b):
+        return local_sliced_wasserstein_loss(a, b, 3, proj=proj)
+
+    torch._dynamo.reset()
+    with dk.use_backend(BACKEND):
+        eager = loss_fn(u, v)
+        eager_grads = torch.autograd.grad(eager, (u, v))
+        compiled = torch.compile(loss_fn, fullgraph=True)(u, v)
+        grads = torch.autograd.grad(compiled, (u, v))
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=0)
+    for g, e in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-9)
 
 
 def test_default_stride_and_projections():
