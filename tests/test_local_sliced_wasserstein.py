@@ -297,15 +297,6 @@ def test_bad_inputs(case, bad, error, match):
         local_sliced_wasserstein_loss(**args)
 
 
-def test_auto_backend_and_cuda_fallback():
-    """auto runs cpp on the CPU; on CUDA the reference (no CUDA kernel yet)."""
-    assert (
-        dk.backend_table(["local_sliced_wasserstein"])["local_sliced_wasserstein"]["cpu"] == "cpp"
-    )
-    if torch.cuda.is_available():
-        assert dk.backend_table()["local_sliced_wasserstein"]["cuda"] == "reference"
-
-
 @pytest.mark.gpu
 def test_cuda_cpp_runs_the_reference():
     u, v = torch.randn(2, 6, 9, 9, device="cuda"), torch.randn(2, 6, 9, 9, device="cuda")
