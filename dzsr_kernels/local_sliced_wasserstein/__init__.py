@@ -1,4 +1,4 @@
-"""Local sliced-Wasserstein (LOSW) loss of SelfDZSR++ on feature maps: reference, fused C++ (CPU)."""
+"""Local sliced-Wasserstein (LOSW) loss of SelfDZSR++ on feature maps: reference, fused C++ CPU."""
 
 from .op import local_sliced_wasserstein_loss
 
