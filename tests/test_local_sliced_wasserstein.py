@@ -180,10 +180,11 @@ def test_fakes_equal_kernel_outputs(layout, shape, dtype, need_v_count):
     u, v = (with_layout(torch.randn(shape, dtype=dtype), layout) for _ in range(2))
     m = draw_projections(shape[1], 2, dtype=compute_dtype(u))
     real = losw_op._forward(u, v, m, 3, 2, need_v_count, BACKEND)
-    real_grad = losw_op._backward_op(real[1], m * 0.1, BACKEND)
+    scaled = m * 0.1
+    real_grad = losw_op._backward_op(real[1], scaled, BACKEND)
     with FakeTensorMode() as mode:
         fake = losw_op._forward(*map(mode.from_tensor, (u, v, m)), 3, 2, need_v_count, BACKEND)
-        fake_grad = losw_op._backward_op(*map(mode.from_tensor, (real[1], m * 0.1)), BACKEND)
+        fake_grad = losw_op._backward_op(*map(mode.from_tensor, (real[1], scaled)), BACKEND)
     assert [_meta(t) for t in fake] == [_meta(t) for t in real]
     assert _meta(fake_grad) == _meta(real_grad)
     assert all(t.is_contiguous() for t in (*real, real_grad))
