@@ -123,7 +123,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"backends available on {device}: {', '.join(dzsr_kernels.available_backends(device))}"
         )
     for op, choice in dzsr_kernels.backend_table().items():
-        print(f"  {op:<22} auto -> " + ", ".join(f"{dev}: {b}" for dev, b in choice.items()))
+        print(f"  {op:<24} auto -> " + ", ".join(f"{dev}: {b}" for dev, b in choice.items()))
     missing = _ext.unavailable_reason("cpu")
     print(
         "C++ kernels: "
