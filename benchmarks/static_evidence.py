@@ -28,7 +28,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +180,7 @@ class TritonTarget:
     label: str  # what this specialisation is (shown in the table)
     types: dict  # argument name -> Triton type string ("*fp32", "i32", ...)
     constexprs: dict  # argument name -> value (module constants named as "module:NAME")
+    options: dict = field(default_factory=dict)  # triton.compile options (num_warps), as constexprs
 
 
 def _ints(*names):
@@ -200,21 +201,29 @@ def _dc_forward(label, dt, affine, depthwise):
     return TritonTarget("deform_conv", _DC, "_forward_kernel", label, types, consts)
 
 
+_PM_TYPES = (
+    dict(uq_ptr="*fp32", ur_ptr="*fp32", inv_q_ptr="*fp32", inv_r_ptr="*fp32")
+    | dict(score_ptr="*fp32", index_ptr="*i64")
+    | _ints("C", "Hq", "Wq", "Hr", "Wr", "hpq", "wpq", "hpr", "wpr")
+    | _ints("q_tiles_x", "r_tiles_x", "r_tiles")
+)
+
+
+def _pm_match(label, fast):
+    """The patch-match kernel as ``triton_kernel.match`` launches it (``fast``: split TF32)."""
+    consts = dict(P=3, SPLIT_TF32=fast, QY=f"{_PM}:TILE_Y", QX=f"{_PM}:QUERY_TILE_X")
+    consts.update(RY=f"{_PM}:TILE_Y", RX=f"{_PM}:REF_TILE_X")
+    consts.update(BLOCK_C=f"{_PM}:BLOCK_C_FAST" if fast else f"{_PM}:BLOCK_C_EXACT")
+    options = {"num_warps": f"{_PM}:NUM_WARPS"}
+    return TritonTarget("patch_match", _PM, "_match_kernel", label, _PM_TYPES, consts, options)
+
+
 TRITON_TARGETS: list[TritonTarget] = [
     _dc_forward("fp32 affine depthwise", "fp32", True, True),
     _dc_forward("fp32 dense", "fp32", False, False),
     _dc_forward("fp16 affine depthwise", "fp16", True, True),
-    TritonTarget(
-        "patch_match",
-        _PM,
-        "_match_kernel",
-        "fp32 exact, P=3",
-        dict(uq_ptr="*fp32", ur_ptr="*fp32", inv_q_ptr="*fp32", inv_r_ptr="*fp32")
-        | dict(score_ptr="*fp32", index_ptr="*i64")
-        | _ints("C", "q_stride", "r_stride", "Wq", "Wr", "wpq", "wpr", "nq", "nr"),
-        dict(P=3, TF32=False, BLOCK_Q=f"{_PM}:BLOCK_Q", BLOCK_R=f"{_PM}:BLOCK_R")
-        | dict(BLOCK_C=f"{_PM}:BLOCK_C"),
-    ),
+    _pm_match("fp32 exact, P=3", False),
+    _pm_match("split-tf32 fast, P=3", True),
     TritonTarget(
         "sliced_wasserstein",
         _SW,
@@ -249,7 +258,9 @@ def triton_rows(target: TritonTarget, arch: str, workdir: Path) -> list[Row]:
     sig = {n: "constexpr" if n in consts else target.types[n] for n in fn.arg_names}
     where = {(fn.arg_names.index(k),): v for k, v in consts.items()}
     compiled = triton.compile(
-        ASTSource(fn, sig, constexprs=where), target=GPUTarget("cuda", int(arch), 32)
+        ASTSource(fn, sig, constexprs=where),
+        target=GPUTarget("cuda", int(arch), 32),
+        options={k: _resolve(v) for k, v in target.options.items()},
     )
     stem = workdir / f"{target.kernel}_{abs(hash(target.label))}_sm{arch}"
     ptx, cubin = stem.with_suffix(".ptx"), stem.with_suffix(".cubin")

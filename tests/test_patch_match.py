@@ -22,6 +22,7 @@ from patch_match_oracle import (
 
 import dzsr_kernels
 from dzsr_kernels.patch_match import flow_to_offsets, match_flow, patch_match
+from dzsr_kernels.patch_match.precision import fast_score_error_bound
 
 BACKENDS = ["reference", "cpp"]
 SHAPES = [  # N, C, Hq, Wq, Hr, Wr
@@ -207,12 +208,12 @@ def test_empty_batch_of_any_layout(backend):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fake_equals_cpp_outputs(layout):
-    assert_fake_equals_real((*layout_inputs(layout), 3, "float32", "cpp"))
+    assert_fake_equals_real((*layout_inputs(layout), 3, "exact", "cpp"))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_opcheck_cpp(layout):
-    args = (*layout_inputs(layout, nan=False), 3, "float32", "cpp")
+    args = (*layout_inputs(layout, nan=False), 3, "exact", "cpp")
     torch.library.opcheck(torch.ops.dzsr.patch_match.default, args)
 
 
@@ -221,9 +222,17 @@ def test_compile_fullgraph(backend):
     check_compile_fullgraph(backend)
 
 
-def test_cpp_rejects_tf32():
-    with pytest.raises(ValueError, match="tf32.*triton"):
-        run("cpp", torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5), precision="tf32")
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("precision", ["fast", "tf32"])
+def test_fast_needs_triton(backend, precision):
+    with pytest.raises(ValueError, match="precision='fast' needs the triton backend"):
+        run(backend, torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5), precision=precision)
+
+
+def test_exact_alias_float32():
+    query, ref = torch.randn(1, 4, 6, 7), torch.randn(1, 4, 7, 5)
+    a, b = run("cpp", query, ref, precision="float32"), run("cpp", query, ref, precision="exact")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def _x(*shape, **kw):
@@ -474,7 +483,7 @@ def test_cuda_ties_and_zero_pixels(backend):
 @pytest.mark.gpu
 def test_cuda_opcheck_cpp():
     query, ref = torch.randn(2, 5, 6, 8, device="cuda"), torch.randn(2, 5, 7, 5, device="cuda")
-    torch.library.opcheck(torch.ops.dzsr.patch_match.default, (query, ref, 3, "float32", "cpp"))
+    torch.library.opcheck(torch.ops.dzsr.patch_match.default, (query, ref, 3, "exact", "cpp"))
 
 
 @pytest.mark.gpu
@@ -489,4 +498,27 @@ def test_cuda_non_finite_extreme_and_empty(backend, case):
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cuda_fake_equals_outputs(backend, layout):
-    assert_fake_equals_real((*layout_inputs(layout, "cuda"), 3, "float32", backend))
+    assert_fake_equals_real((*layout_inputs(layout, "cuda"), 3, "exact", backend))
+
+
+def _fast_tol(c: int, p: int = 3) -> float:
+    """check_match's tolerance for precision='fast' (twice the proven score bound: see there)."""
+    return 2 * fast_score_error_bound(c, p)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SHAPES + [(2, 64, 50, 47, 66, 71), (1, 256, 40, 36, 33, 45)])
+def test_cuda_fast_within_its_bound(shape):
+    n, c, hq, wq, hr, wr = shape
+    query, ref = torch.randn(n, c, hq, wq, device="cuda"), torch.randn(n, c, hr, wr, device="cuda")
+    score, index = run("triton", query, ref, precision="fast")
+    check_match(score, index, query, ref, tol=_fast_tol(c))
+    exact, _ = run("triton", query, ref)
+    assert (score - exact).abs().max().item() <= fast_score_error_bound(c, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", NON_FINITE_CASES)
+def test_cuda_fast_non_finite_extreme_and_empty(case):
+    query, ref = non_finite_case(case, device="cuda")
+    check_match(*run("triton", query, ref, precision="fast"), query, ref, tol=_fast_tol(5))

@@ -118,12 +118,15 @@ def test_emulated_cuda_empty(emulated, shape, num_proj):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("budget", [None, "1200", "64"])
-def test_emulated_cuda_backward(emulated, monkeypatch, dtype, budget):
+@pytest.mark.parametrize("sign_dtype", [torch.int8, torch.int32])
+def test_emulated_cuda_backward(emulated, monkeypatch, dtype, budget, sign_dtype):
     """proj_scaled^T sign[n] per sample: one batched GEMM (no budget), sample groups of two
-    (1200 bytes at float32), column chunks of one sample (64 bytes)."""
+    (1200 bytes at float32), column chunks of one sample (64 bytes); int8 signs, or the int32 sums
+    of signs the local loss passes."""
     if budget is not None:
         monkeypatch.setenv("DZSR_SW_BLOCK_BYTES", budget)
-    sign = torch.randint(-1, 2, (5, 3, 50), dtype=torch.int8)
+    high = 2 if sign_dtype == torch.int8 else 50
+    sign = torch.randint(1 - high, high, (5, 3, 50), dtype=sign_dtype)
     proj_scaled = torch.randn(3, 4, dtype=dtype)
     du = emulated.sliced_wasserstein_backward(sign, proj_scaled)
     expected = torch.stack([proj_scaled.t() @ s.to(dtype) for s in sign])

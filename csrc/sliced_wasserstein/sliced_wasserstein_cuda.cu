@@ -420,12 +420,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u,
   return {loss, sign_u, sign_v};
 }
 
-// du (N, C, L) = proj_scaled^T (C, C') @ sign[n] (C', L) for every n, in proj_scaled's dtype:
+// du (N, C, L) = proj_scaled^T (C, C') @ sign[n] (C', L) for every n, in proj_scaled's dtype; sign
+// is int8 (this loss's signs) or int32 (the local loss's per-pixel sums of signs), as on CPU:
 // groups of samples whose signs, converted to that dtype, take at most the budget (64 MiB unless
 // DZSR_SW_BLOCK_BYTES says otherwise; column chunks of one sample when one sample is larger) are
 // multiplied by one batched GEMM each, straight into their slice of du.
 at::Tensor backward_cuda(const at::Tensor& sign, const at::Tensor& proj_scaled) {
-  TORCH_CHECK(sign.dim() == 3 && sign.scalar_type() == at::kChar, "sign must be int8 (N, C', L)");
+  TORCH_CHECK(
+      sign.dim() == 3 && (sign.scalar_type() == at::kChar || sign.scalar_type() == at::kInt),
+      "sign must be int8 or int32 (N, C', L)");
   TORCH_CHECK(proj_scaled.dim() == 2 && proj_scaled.size(0) == sign.size(1),
               "proj_scaled must be (C', C)");
   const c10::cuda::CUDAGuard guard(sign.device());

@@ -10,9 +10,9 @@ CUDA_MAX_PATCH = 7  # the CUDA kernel's pixel tiles (8x16 query, 8x8 reference) 
 
 def match(uq, ur, inv_q, inv_r, p, precision):
     """(score float32, index int64), each contiguous (N,Hpq,Wpq), from the prepared inputs (kernel
-    interface in ``op``). ValueError for ``precision`` other than "float32", and on CUDA for ``p``
+    interface in ``op``). ValueError for ``precision`` other than "exact", and on CUDA for ``p``
     above ``CUDA_MAX_PATCH``."""
-    if precision != "float32":
+    if precision != "exact":
         raise ValueError(
             f"the cpp patch-match kernels compute in float32 only, got precision={precision!r}"
         )
