@@ -231,7 +231,26 @@ TRITON_TARGETS: list[TritonTarget] = [
         "fp32 backward GEMM",
         dict(m_ptr="*fp32", sign_ptr="*i8", out_ptr="*fp32")
         | _ints("channels", "num_proj", "length"),
-        dict(IS_FP64=False, BM=64, BN=64, BK=32),
+        dict(IS_FP64=False, BM=64, BN=64, BK=8),
+    ),
+    TritonTarget(
+        "sliced_wasserstein",
+        _SW,
+        "_sort_compare_row_kernel",
+        "fp32 on-chip sort, L <= 1024 (4 warps)",
+        dict(pu_ptr="*fp32", pv_ptr="*fp32", sign_u_ptr="*i8", sign_v_ptr="*i8")
+        | dict(row_sum_ptr="*fp64", length="i32"),
+        dict(HAS_V=False, BLOCK=1024),
+    ),
+    TritonTarget(
+        "sliced_wasserstein",
+        _SW,
+        "_sort_compare_row_kernel",
+        "fp32 on-chip sort, L <= 4096 (16 warps)",
+        dict(pu_ptr="*fp32", pv_ptr="*fp32", sign_u_ptr="*i8", sign_v_ptr="*i8")
+        | dict(row_sum_ptr="*fp64", length="i32"),
+        dict(HAS_V=False, BLOCK=4096),
+        {"num_warps": 16},
     ),
 ]
 

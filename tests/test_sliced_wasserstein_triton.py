@@ -120,7 +120,7 @@ for dt in ("fp32", "fp64"):
                             sign_v_ptr="*i8", partial_ptr="*" + dt, length="i32", nblocks="i32"),
                        dict(HAS_V=has_v, BLOCK=tk.SCATTER_BLOCK))
     fp64 = dt == "fp64"
-    bm, bn, bk = (16, 32, 16) if fp64 else (64, 64, 32)
+    bm, bn, bk = (16, 32, 16) if fp64 else (64, 64, 8)
     compile_kernel(tk._sign_gemm_kernel,
                    dict(m_ptr="*" + dt, sign_ptr="*i8", out_ptr="*" + dt, channels="i32", num_proj="i32", length="i32"),
                    dict(IS_FP64=fp64, BM=bm, BN=bn, BK=bk))
