@@ -52,6 +52,14 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _in_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """t with exactly the strides of ``torch.empty(t.shape, memory_format=fmt)`` (what the fakes
+    return; a copy only when t has other strides, e.g. a contiguous kernel output for
+    channels-last x)."""
+    want = torch.empty(t.shape, device="meta", memory_format=fmt).stride()
+    return t if t.stride() == want else torch.empty_like(t, memory_format=fmt).copy_(t)
+
+
 @torch.library.custom_op("dzsr::deform_conv2d_packed", mutates_args=())
 def _packed(
     x: torch.Tensor,
@@ -63,7 +71,7 @@ def _packed(
     backend: str,
 ) -> torch.Tensor:
     out = KERNELS[backend]().forward(x, geom, affine, weight, bias, groups)
-    return out.contiguous(memory_format=memory_format_of(x))
+    return _in_format(out, memory_format_of(x))
 
 
 @_packed.register_fake
@@ -83,11 +91,8 @@ def _packed_backward(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dx, dgeom, dweight = KERNELS[backend]().backward(grad_out, x, geom, affine, weight, groups)
-    return (
-        dx.contiguous(memory_format=memory_format_of(x)),
-        dgeom.contiguous(),
-        dweight.contiguous(),
-    )
+    fmt = torch.contiguous_format
+    return _in_format(dx, memory_format_of(x)), _in_format(dgeom, fmt), _in_format(dweight, fmt)
 
 
 @_packed_backward.register_fake
