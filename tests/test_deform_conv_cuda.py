@@ -269,6 +269,23 @@ def test_half_precision(backend, dtype, shape):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("c", [64, 5], ids=["vector", "scalar"])
+def test_channels_last_on_gpu(backend, dtype, c):
+    """Channels-last depthwise x (the cpp backend's channels-last kernels; C = 5 their scalar path)
+    equals the float64 reference, and out and dx come back channels-last on every backend."""
+    x, geom, weight, bias = make_case(
+        2, c, c, 17, 19, 3, c, affine=True, dtype=dtype, device="cuda", spread=0.5
+    )
+    x = x.contiguous(memory_format=torch.channels_last)
+    check_against_reference(backend, x, geom, weight, bias, c)
+    out, grads, _ = run(backend, x, geom, weight, bias, c)
+    for name, t in (("out", out), ("dx", grads[0])):
+        assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous(), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_non_contiguous_and_no_bias(backend):
     n, c, h, w, k = 2, 8, 13, 11, 3
     x = torch.randn(n, h, w, c, dtype=torch.float64, device="cuda").permute(0, 3, 1, 2)
