@@ -443,11 +443,12 @@ __device__ __forceinline__ void atomic_add_vec(acc_t* dst, const acc_t (&v)[V]) 
     for (int e = 0; e < V; e += 4)
       atomicAdd(reinterpret_cast<float4*>(dst + e),
                 make_float4(v[e], v[e + 1], v[e + 2], v[e + 3]));
-    return;
-  }
+  } else
 #endif
+  {
 #pragma unroll
-  for (int e = 0; e < V; ++e) atomicAdd(dst + e, v[e]);
+    for (int e = 0; e < V; ++e) atomicAdd(dst + e, v[e]);
+  }
 }
 
 // Sum of v over the warp lanes whose indices differ only in the bits lo, 2 lo, ..., < hi (powers
