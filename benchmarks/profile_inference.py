@@ -1,6 +1,7 @@
 """Where whole-image inference spends its time, stage by stage, against each stage's floor.
 
     python -m benchmarks.profile_inference [--height 687 --width 1111] [--tile 384] [--backend cpp]
+                                           [--precision fp32|bf16]
 
 One ``dzsr.infer.super_resolve`` run (x4, random weights and images, reference pasted over the
 central quarter, as ``benchmarks/bench_inference.py``) under the torch profiler, after a warm-up
@@ -17,7 +18,10 @@ Columns, per stage:
     ops: deformable convolution 2·N·Cout·(C/groups)·k²·H·W multiply-adds + 7 flops per bilinear
     sample (N·C·k²·H·W samples); patch matching 2·N·C·Hq·Wq·Hr·Wr (one dot product per pixel pair,
     the shift-decomposed count the kernels compute);
-  * FLOP floor: GFLOP / this machine's float32 matmul rate (measured in the same run);
+  * FLOP floor: GFLOP / this machine's matmul rate in the stage's dtype (measured in the same run):
+    with ``--precision bf16`` the bfloat16 rate for the stages ``super_resolve`` lowers, the float32
+    rate for those it keeps in float32 (``match`` and the AdaSTN ``transform``:
+    docs/design.md#precision);
   * MB: the bytes of the inputs of the stage's own operations (each read once: a lower bound on its
     memory traffic); byte floor: MB / this machine's copy bandwidth (``dst.copy_(src)`` of 256 MiB,
     counting 512 MiB moved);
@@ -40,9 +44,13 @@ PREFIX = "stage: "
 BYTES = {torch.float32: 4, torch.float64: 8, torch.bfloat16: 2, torch.float16: 2, torch.int64: 8}
 
 
-def matmul_rate(n: int = 2048, reps: int = 5) -> float:
-    """float32 FLOP/s of an n x n matmul at the current thread count (median)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+# stages super_resolve keeps in float32 whatever the precision (dzsr/infer.py)
+FLOAT32_STAGES = {"match", "match / extractor", "match / patch_match", "transform"}
+
+
+def matmul_rate(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of an n x n matmul in ``dtype`` at the current thread count (median)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     seconds = H.time_interleaved({"matmul": lambda: a @ b}, reps=reps)["matmul"]
     return 2 * n**3 / seconds
 
@@ -121,9 +129,23 @@ def is_nested_dzsr_op(event) -> bool:
     return event.cpu_parent is not None and event.cpu_parent.name.startswith("dzsr::")
 
 
+def is_inside_counted_call(event) -> bool:
+    """A call inside one that the profiler already estimated (autocast re-dispatches ``aten::conv2d``
+    to itself: the inner call is the same work)."""
+    parent = event.cpu_parent
+    while parent is not None and not parent.name.startswith(PREFIX):
+        if parent.flops:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 def is_counted_op(event) -> bool:
-    """An operator whose FLOPs count: the profiler's own estimate, or a dzsr op (once, at the top)."""
-    return (event.flops or event.name.startswith("dzsr::")) and not is_nested_dzsr_op(event)
+    """An operator whose FLOPs count once: the profiler's own estimate (outermost), or a dzsr op
+    (at the top)."""
+    if event.name.startswith("dzsr::"):
+        return not is_nested_dzsr_op(event)
+    return bool(event.flops) and not is_inside_counted_call(event)
 
 
 def summarise(events):
@@ -187,15 +209,17 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1111)
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
     parser.add_argument("--backend", default="cpp")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = parser.parse_args()
     rate, bandwidth = matmul_rate(), copy_bandwidth()
+    low_rate = matmul_rate(dtype=torch.bfloat16) if args.precision == "bf16" else rate
     model, inputs = build(args.height, args.width)
     warm_up(model, args.backend)
     instrument(model)
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
         with dzsr_kernels.use_backend(args.backend):
-            super_resolve(model, *inputs, tile=args.tile)
+            super_resolve(model, *inputs, tile=args.tile, precision=args.precision)
     wall = time.perf_counter() - start
     time_us, calls, flops, read = summarise(prof.events())
     rows = []
@@ -203,7 +227,8 @@ def main() -> None:
         if name not in time_us:
             continue
         seconds = time_us[name] / 1e6
-        flop_floor, byte_floor = flops[name] / rate, read[name] / bandwidth
+        stage_rate = rate if name in FLOAT32_STAGES else low_rate
+        flop_floor, byte_floor = flops[name] / stage_rate, read[name] / bandwidth
         floor = max(flop_floor, byte_floor)
         rows.append(
             [
@@ -220,8 +245,10 @@ def main() -> None:
         )
     print(H.machine_line())
     print(
-        f"x4 whole-image inference, LR {args.height}x{args.width}, tile {args.tile}, backend {args.backend}: "
-        f"{wall:.2f} s under the profiler; matmul {rate / 1e9:.0f} GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s"
+        f"x4 whole-image inference, LR {args.height}x{args.width}, tile {args.tile}, "
+        f"backend {args.backend}, {args.precision}: {wall:.2f} s under the profiler; matmul "
+        f"{rate / 1e9:.0f} GFLOP/s float32, {low_rate / 1e9:.0f} GFLOP/s {args.precision}, "
+        f"copy {bandwidth / 1e9:.1f} GB/s"
     )
     print(
         H.markdown_table(

@@ -123,7 +123,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"backends available on {device}: {', '.join(dzsr_kernels.available_backends(device))}"
         )
     for op, choice in dzsr_kernels.backend_table().items():
-        print(f"  {op:<22} auto -> " + ", ".join(f"{dev}: {b}" for dev, b in choice.items()))
+        print(f"  {op:<24} auto -> " + ", ".join(f"{dev}: {b}" for dev, b in choice.items()))
     missing = _ext.unavailable_reason("cpu")
     print(
         "C++ kernels: "
@@ -326,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help=cmd_train.__doc__)
     p.add_argument(
-        "--config", required=True, help="YAML file or preset: nikon_x4, camerafusion_x2, sample_x4"
+        "--config",
+        required=True,
+        help="YAML file or preset: nikon_x4, nikon_x4_losw, camerafusion_x2, sample_x4",
     )
     p.add_argument(
         "overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=2e-4 data.root=DIR"

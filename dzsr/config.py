@@ -21,7 +21,7 @@ import yaml
 
 from .config_schema import ConfigError, check_config, schema_entry, validate_config
 
-PRESETS = ("nikon_x4", "camerafusion_x2", "sample_x4")
+PRESETS = ("nikon_x4", "nikon_x4_losw", "camerafusion_x2", "sample_x4")
 
 __all__ = [
     "PRESETS",
@@ -34,7 +34,7 @@ __all__ = [
 
 
 def preset_path(name: str) -> str:
-    """Path of a shipped preset (``nikon_x4``, ``camerafusion_x2``, ``sample_x4``)."""
+    """Path of a shipped preset (``PRESETS``)."""
     if name not in PRESETS:
         raise ConfigError(
             f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or give a YAML file"

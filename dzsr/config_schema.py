@@ -40,7 +40,7 @@ folder). Every other key breaks exact resumption and is refused when it differs:
 there cannot be checked, so a moved dataset is resumed through a link at its old path), and all
 other ``train.*`` keys (``batch_size`` and ``iters_per_epoch`` fix the data order and epoch ends;
 ``lr``, ``kernel_lr_factor``, ``decay_every`` and ``gamma`` are stored in the optimiser and
-scheduler states, so a new value would be silently ignored; ``loss``, ``sw_weights``,
+scheduler states, so a new value would be silently ignored; ``loss``, ``sw``, ``sw_weights``,
 ``sw_precision`` define the objective). Values compare after normalisation (``5e-4`` ==
 ``"5e-4"`` == ``0.0005``; a key missing from an older checkpoint's config compares as its
 default).
@@ -239,6 +239,7 @@ SCHEMA: dict = {
         "decay_every": integer(1),
         "gamma": number(0, 1, low_open=True),
         "loss": choice("l1", "l1sw"),
+        "sw": choice("global", "local", default="global"),
         "sw_weights": nullable(text()),
         "sw_precision": choice("float32", "bfloat16", default="float32"),
         "stop_at": nullable(integer(1, **SAFE)),

@@ -15,7 +15,7 @@ from torch.utils.data import Sampler
 from .checkpoint import load_checkpoint, load_official
 from .data import DualZoomDataset, TrainPatches
 from .distributed import barrier
-from .losses import SelfDZSRObjective, SWLoss, kernel_gen_loss
+from .losses import LOSWLoss, SelfDZSRObjective, SWLoss, kernel_gen_loss
 from .models import RestorationNet, SelfDZSR
 from .models.bicubic_init import init_bicubic_
 from .sample import prepare_sample_data
@@ -154,7 +154,8 @@ def build_step(model: SelfDZSR, config: dict, device: torch.device, world: int) 
     t = config["train"]
     sw = None
     if config["stage"] == "joint" and t["loss"] == "l1sw":
-        sw = SWLoss(t["sw_weights"] or "default", vgg_dtype=getattr(torch, t["sw_precision"]))
+        loss_class = LOSWLoss if t["sw"] == "local" else SWLoss
+        sw = loss_class(t["sw_weights"] or "default", vgg_dtype=getattr(torch, t["sw_precision"]))
     step = TrainStep(model, config["stage"], SelfDZSRObjective(sw)).to(device)
     if world > 1:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)

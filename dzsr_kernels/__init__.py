@@ -7,6 +7,7 @@ and ``triton`` implementations; ``available_backends()``, ``use_backend()`` and 
 
 from ._backend import BackendUnavailableError, available_backends, backend_table, use_backend
 from .deform_conv import AffineDeformConv2d, affine_deform_conv2d, centre_tap_conv2d, deform_conv2d
+from .local_sliced_wasserstein import local_sliced_wasserstein_loss
 from .patch_match import flow_to_offsets, match_flow, patch_match
 from .sliced_wasserstein import sliced_wasserstein_loss
 
@@ -18,6 +19,7 @@ __all__ = [
     "backend_table",
     "centre_tap_conv2d",
     "deform_conv2d",
+    "local_sliced_wasserstein_loss",
     "sliced_wasserstein_loss",
     "flow_to_offsets",
     "match_flow",

@@ -43,6 +43,7 @@ AUTO_PREFERENCE = {
         "*": ("cpp", "triton", "reference"),
         "patch_match": ("reference", "cpp", "triton"),
         "sliced_wasserstein": ("reference", "triton", "cpp"),
+        "local_sliced_wasserstein": ("reference",),  # no CUDA kernel yet: cpp runs the reference
     },
 }
 

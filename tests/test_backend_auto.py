@@ -10,6 +10,7 @@ import torch
 import dzsr_kernels as dk
 from dzsr_kernels import _backend
 from dzsr_kernels.deform_conv import op as deform_conv_op
+from dzsr_kernels.local_sliced_wasserstein import op as local_sliced_wasserstein_op
 from dzsr_kernels.patch_match import op as patch_match_op
 from dzsr_kernels.sliced_wasserstein import op as sliced_wasserstein_op
 
@@ -18,6 +19,7 @@ KERNEL_INTERFACES = [
     (deform_conv_op, ("forward", "backward")),
     (patch_match_op, ("match",)),
     (sliced_wasserstein_op, ("forward", "backward")),
+    (local_sliced_wasserstein_op, ("forward", "backward")),
 ]
 
 
@@ -58,6 +60,9 @@ def test_auto_follows_the_measured_order_per_device_and_op(monkeypatch):
         op: _backend.resolve(op, cuda)
         for op in ("deform_conv2d", "patch_match", "sliced_wasserstein")
     } == {"deform_conv2d": "cpp", "patch_match": "reference", "sliced_wasserstein": "reference"}
+    # no CUDA kernel for the local SW loss yet: auto names the reference there
+    assert _backend.resolve("local_sliced_wasserstein", cpu) == "cpp"
+    assert _backend.resolve("local_sliced_wasserstein", cuda) == "reference"
 
 
 def test_auto_skips_unavailable_backends(monkeypatch):

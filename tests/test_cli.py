@@ -40,105 +40,35 @@ def _fails(capsys, argv, *fragments):
     return err
 
 
+def _sr_argv(short, tele, out, ckpt, *extra):
+    """``dzsr sr`` arguments for one pair (paths as given, str() applied)."""
+    args = ["--short", short, "--tele", tele, "--out", out, "--ckpt", ckpt, *extra]
+    return ["sr", *map(str, args)]
+
+
 def test_sr_writes_the_whole_image(files, tmp_path, capsys):
     out = tmp_path / "sr.png"
-    assert (
-        main(
-            [
-                "sr",
-                "--short",
-                files["short"],
-                "--tele",
-                files["tele"],
-                "--out",
-                str(out),
-                "--ckpt",
-                str(files["root"] / "x4.pt"),
-                "--scale",
-                "4",
-                "--tile",
-                "64",
-            ]
-        )
-        == 0
-    )
+    argv = _sr_argv(files["short"], files["tele"], out, files["root"] / "x4.pt", "--scale", "4")
+    assert main([*argv, "--tile", "64"]) == 0
     assert "telephoto aligned: DIS flow warp" in capsys.readouterr().out  # --align auto, a raw pair
     short = read_rgb(files["short"])
     assert read_rgb(out).shape == (4 * short.shape[0], 4 * short.shape[1], 3)
 
 
 def test_sr_errors(files, capsys, tmp_path):
-    root, out = files["root"], str(tmp_path / "o.png")
-    ck = ["--ckpt", str(root / "x4.pt")]
-    _fails(
-        capsys,
-        ["sr", "--short", str(root / "nope.png"), "--tele", files["tele"], "--out", out, *ck],
-        "nope.png",
-        "not found",
-    )
-    _fails(
-        capsys,
-        ["sr", "--short", str(root / "broken.png"), "--tele", files["tele"], "--out", out, *ck],
-        "broken.png",
-        "cannot read",
-    )
-    _fails(
-        capsys,
-        [
-            "sr",
-            "--short",
-            files["short"],
-            "--tele",
-            files["tele"],
-            "--out",
-            out,
-            "--ckpt",
-            str(root / "x2.pt"),
-            "--scale",
-            "4",
-        ],
-        "scale x2, not x4",
-    )
-    _fails(
-        capsys,
-        [
-            "sr",
-            "--short",
-            files["short"],
-            "--tele",
-            files["tele"],
-            "--out",
-            out,
-            "--ckpt",
-            str(root / "missing.pt"),
-        ],
-        "missing.pt",
-    )
-    _fails(
-        capsys,
-        [
-            "sr",
-            "--short",
-            files["short"],
-            "--tele",
-            files["tele"],
-            "--out",
-            out,
-            "--ckpt",
-            str(root / "broken.png"),
-        ],
-        "cannot read checkpoint",
-    )
+    root, out = files["root"], tmp_path / "o.png"
+    short, tele, x4 = files["short"], files["tele"], root / "x4.pt"
+    _fails(capsys, _sr_argv(root / "nope.png", tele, out, x4), "nope.png", "not found")
+    _fails(capsys, _sr_argv(root / "broken.png", tele, out, x4), "broken.png", "cannot read")
+    _fails(capsys, _sr_argv(short, tele, out, root / "x2.pt", "--scale", "4"), "scale x2, not x4")
+    _fails(capsys, _sr_argv(short, tele, out, root / "missing.pt"), "missing.pt")
+    _fails(capsys, _sr_argv(short, tele, out, root / "broken.png"), "cannot read checkpoint")
     small_tele = tmp_path / "tele_small.png"
-    write_rgb(small_tele, read_rgb(files["tele"])[:30, :45])
-    _fails(
-        capsys,
-        ["sr", "--short", files["short"], "--tele", str(small_tele), "--out", out, *ck],
-        "inconsistent with scale 4",
-    )
+    write_rgb(small_tele, read_rgb(tele)[:30, :45])
+    _fails(capsys, _sr_argv(short, small_tele, out, x4), "inconsistent with scale 4")
     tiny = tmp_path / "tiny.png"
     write_rgb(tiny, np.zeros((6, 6, 3), np.uint8))
-    _fails(capsys, ["sr", "--short", str(tiny), "--tele", str(tiny), "--out", out, *ck])
+    _fails(capsys, _sr_argv(tiny, tiny, out, x4))
 
 
 def test_train_errors(capsys, tmp_path):
@@ -346,28 +276,11 @@ def test_sr_honours_the_backend_variable(files, tmp_path, monkeypatch):
     monkeypatch.setenv("DZSR_KERNELS_BACKEND", "reference")
     out = tmp_path / "sr.png"
     out.write_bytes(b"an older result")
-    assert (
-        main(
-            [
-                "sr",
-                "--short",
-                files["short"],
-                "--tele",
-                files["tele"],
-                "--out",
-                str(out),
-                "--ckpt",
-                str(files["root"] / "x4.pt"),
-                "--tile",
-                "0",
-            ]
-        )
-        == 0
-    )
+    argv = _sr_argv(files["short"], files["tele"], out, files["root"] / "x4.pt", "--tile", "0")
+    assert main(argv) == 0
     assert chosen and set(chosen) == {"reference"}
-    assert read_rgb(out).shape[2] == 3 and os.listdir(tmp_path) == [
-        "sr.png"
-    ]  # replaced whole, no temporary
+    # replaced whole, no temporary left beside it
+    assert read_rgb(out).shape[2] == 3 and os.listdir(tmp_path) == ["sr.png"]
 
 
 def test_info_names_the_torch_the_kernels_were_built_against(capsys):

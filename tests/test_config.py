@@ -247,6 +247,7 @@ BAD = [
     ("device", "gpu", "device must be auto, cpu or cuda, got 'gpu'"),
     ("train.loss", "l2", "train.loss must be l1 or l1sw, got 'l2'"),
     ("train.sw_precision", "half", "train.sw_precision must be float32 or bfloat16, got 'half'"),
+    ("train.sw", "locale", "train.sw must be global or local, got 'locale'"),
     ("data.photos_as", "tiles", "data.photos_as must be capture or frame, got 'tiles'"),
     # null (or empty) where a value is needed
     ("train.lr", None, "train.lr must be a number > 0, got None"),

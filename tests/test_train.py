@@ -64,6 +64,18 @@ def test_presets_load_with_the_paper_settings():
         ) == (16, 401, 1000, 1e-4, 0.5, 200, 0.5)
 
 
+def test_losw_preset_is_nikon_x4_with_the_local_sw_loss():
+    nikon, losw = (
+        load_config("nikon_x4", ["data.root=/data"]),
+        load_config("nikon_x4_losw", ["data.root=/data"]),
+    )
+    assert (nikon["train"]["sw"], losw["train"]["sw"]) == ("global", "local")
+    assert losw["train"]["loss"] == "l1sw"
+    for c in (nikon, losw):
+        del c["name"], c["train"]["sw"], c["log"]["out_dir"]
+    assert losw == nikon
+
+
 def test_overrides_and_their_errors(tmp_path):
     c = load_config(
         "sample_x4", ["train.lr=3e-4", "data.samples=[motorcycle]", "init.kernel_gen=/x.pth"]
@@ -289,3 +301,32 @@ def test_bad_sw_precision_is_named_at_load(tmp_path):
     with pytest.raises(ConfigError, match="train.sw_precision must be float32 or bfloat16, got "):
         _tiny(tmp_path / "p", "train.loss=l1sw", "train.sw_precision=half")
     assert not (tmp_path / "p").exists()
+
+
+def test_bad_sw_kind_is_named_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="train.sw must be global or local, got 'locale'"):
+        _tiny(tmp_path / "s", "train.loss=l1sw", "train.sw=locale")
+    assert not (tmp_path / "s").exists()
+
+
+def test_local_sw_loss_trains(tmp_path):
+    """train.sw=local: the objective is SelfDZSR++'s LOSWLoss and a training step runs with it
+    (random VGG-19 weights written here), logging a finite SW part."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dzsr.losses import VGG19_FILE, LOSWLoss, VGG19Features
+    from dzsr.train_parts import build_model, build_step
+
+    vgg = VGG19Features(("relu5_2",), weights=None).features
+    torch.save({f"features.{k}": t for k, t in vgg.state_dict().items()}, tmp_path / VGG19_FILE)
+    local = ("train.loss=l1sw", "train.sw=local", f"train.sw_weights={tmp_path / VGG19_FILE}")
+    c = _tiny(tmp_path / "l", *local, "train.epochs=1", "train.iters_per_epoch=1")
+    step = build_step(build_model(c), c, torch.device("cpu"), 1)
+    assert type(step.objective.sw_loss) is LOSWLoss
+    path = train(c, progress=False)
+    assert load_checkpoint(path)[1]["extra"]["iteration"] == 1
+    (events,) = glob.glob(str(tmp_path / "l" / "tb" / "events.*"))
+    acc = EventAccumulator(events)
+    acc.Reload()
+    (sw,) = acc.Scalars("loss/restoration_sw")
+    assert np.isfinite(sw.value) and sw.value > 0

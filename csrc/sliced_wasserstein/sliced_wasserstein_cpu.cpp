@@ -218,13 +218,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
 }
 
 // du (N, C, L) = proj_scaled^T (C, C') @ sign[n] (C', L) for every n, in proj_scaled's dtype.
+// sign is int8 (this loss's signs) or int32 (the local loss's per-pixel sums of signs,
+// csrc/local_sliced_wasserstein/).
 // Column chunks of the signs are converted to floats (at most block_bytes() / 8, 2 MiB by default,
 // per chunk) and multiplied with the full C' inner dimension straight into their slice of du, so
 // each gradient element is written once. Plain ATen ops, so the same kernel serves CUDA tensors
 // (chunks in sequence); on CPU the (sample, chunk) tasks form one parallel region, each GEMM
 // single-threaded.
 at::Tensor backward_any(const at::Tensor& sign, const at::Tensor& proj_scaled) {
-  TORCH_CHECK(sign.dim() == 3 && sign.scalar_type() == at::kChar, "sign must be int8 (N, C', L)");
+  TORCH_CHECK(
+      sign.dim() == 3 && (sign.scalar_type() == at::kChar || sign.scalar_type() == at::kInt),
+      "sign must be int8 or int32 (N, C', L)");
   TORCH_CHECK(proj_scaled.dim() == 2 && proj_scaled.size(0) == sign.size(1),
               "proj_scaled must be (C', C)");
   const int64_t n_batch = sign.size(0), num_proj = sign.size(1), length = sign.size(2);

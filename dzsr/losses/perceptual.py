@@ -9,6 +9,11 @@ and in eval mode. The loss is
 with ``dzsr_kernels.sliced_wasserstein_loss`` (C' = C // 2 fresh unit directions per layer and
 call; relu5_2's single draw counts twice), as in the authors' ``models/losses.py``.
 
+``LOSWLoss`` is SelfDZSR++'s variant (the authors' ``SWDLoss`` with ``SWDLocal``): the same
+layers, weights and scale, each layer compared with ``dzsr_kernels.local_sliced_wasserstein_loss``
+in k x k windows at stride 2, k = (the map's side) // 6 per layer (the authors' ``H // 4 // 6``,
+``H // 8 // 6``, ``H // 16 // 6`` for an H x H image: 8, 4, 2 for a 192-pixel HR patch).
+
 ``SWLoss(vgg_dtype=torch.bfloat16)`` runs the frozen VGG stack under autocast in bfloat16 (the
 features return to the images' dtype before the SW op): about 2x faster on CPUs with AVX512-BF16
 and on GPUs, at bfloat16 feature precision. The default is float32, as the authors train.
@@ -20,7 +25,7 @@ import os
 
 import torch
 
-from dzsr_kernels import sliced_wasserstein_loss
+from dzsr_kernels import local_sliced_wasserstein_loss, sliced_wasserstein_loss
 
 from ..pretrained import load_state_dict
 
@@ -31,6 +36,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG19_RELU_INDEX = {"relu3_2": 13, "relu4_2": 22, "relu5_2": 31}
 SW_LAYER_WEIGHTS = (("relu3_2", 1.0), ("relu4_2", 1.0), ("relu5_2", 2.0))
 SW_SCALE = 0.08
+LOSW_WINDOW_DIVISOR = 6  # LOSWLoss: window side = the feature map's side // 6 (authors' p = 6)
 
 
 # torchvision's VGG-19 configuration "E": conv widths, "M" = 2x2 max-pool.
@@ -175,5 +181,33 @@ class SWLoss(torch.nn.Module):
         total = 0.0
         for name, weight in SW_LAYER_WEIGHTS:
             u, v = f_out[name].to(output.dtype), f_tgt[name].to(output.dtype)
-            total = total + weight * sliced_wasserstein_loss(u, v, generator=generator)
+            total = total + weight * self.layer_loss(u, v, generator)
         return total * SW_SCALE
+
+    def layer_loss(
+        self, u: torch.Tensor, v: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The 0-dim loss of one layer's features u, v (N, C, h, w): the global SW loss."""
+        return sliced_wasserstein_loss(u, v, generator=generator)
+
+
+def losw_window(height: int, width: int) -> int:
+    """LOSWLoss's window side for an h x w feature map: min(h, w) // 6, at least 1 (the authors
+    take H // 6 of square patches, and their k = 0 below 6 pixels would be an error)."""
+    return max(1, min(height, width) // LOSW_WINDOW_DIVISOR)
+
+
+class LOSWLoss(SWLoss):
+    """SelfDZSR++'s local perceptual loss: ``LOSWLoss()(output, target)``, RGB images in [0, 1].
+
+    ``SWLoss`` with each layer compared by ``local_sliced_wasserstein_loss`` (windows of
+    ``losw_window`` pixels at stride 2, C // 2 fresh directions per layer and call); the module
+    doc has the formula, ``SWLoss`` the arguments.
+    """
+
+    def layer_loss(
+        self, u: torch.Tensor, v: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The 0-dim local SW loss of one layer's features u, v (N, C, h, w)."""
+        window = losw_window(u.shape[2], u.shape[3])
+        return local_sliced_wasserstein_loss(u, v, window, generator=generator)

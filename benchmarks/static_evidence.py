@@ -1,0 +1,328 @@
+"""What the compiler made of every GPU kernel, without a GPU: registers, spills, vector loads, tensor cores.
+
+    python -m benchmarks.static_evidence [--arch 90 80] [--only deform_conv patch_match ...] [--json F]
+
+CUDA C++: each ``csrc/<op>/<op>_cuda.cu`` is compiled for device code only (``nvcc -cubin``, the
+extension's flags, ``-Xptxas -v``). Triton: each kernel in ``TRITON_TARGETS`` is compiled with
+``triton.compile`` for ``GPUTarget("cuda", arch, 32)``, its PTX assembled again by Triton's bundled
+``ptxas -v`` for the resource report. The machine code of both is disassembled with Triton's bundled
+``cuobjdump --dump-sass``. One row per kernel and architecture:
+
+* ``regs``: registers per thread; ``spill``: spill store + load bytes; ``stack``: stack frame bytes
+  (local memory). The house rule is 0 spill and 0 stack for every kernel.
+* ``LDG.128`` / ``STG.128``: 128-bit global loads / stores in the SASS (the vector loads that a
+  channels-last gather should use); ``LDG``: all global loads, for scale.
+* ``HMMA`` / ``HGMMA``: tensor-core instructions (warp-level mma / Hopper warpgroup mma).
+
+Counts are static (instructions in the binary, not executed). Needs nvcc (``CUDA_HOME``, default
+/usr/local/cuda) for the CUDA rows and the ``triton`` package for the rest; no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def nvcc_path() -> Path:
+    """nvcc of the CUDA toolkit at ``CUDA_HOME`` (default /usr/local/cuda)."""
+    return Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc"
+
+
+def _triton_bin(name: str) -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+@dataclass
+class Row:
+    """The compiler's evidence for one kernel on one architecture."""
+
+    op: str
+    source: str  # "cuda" or "triton"
+    kernel: str
+    arch: str
+    regs: int = -1
+    spill: int = -1  # spill store + spill load bytes
+    stack: int = -1
+    ldg128: int = 0
+    stg128: int = 0
+    ldg: int = 0
+    hmma: int = 0
+    hgmma: int = 0
+
+
+# ---------------------------------------------------------------- reading the compiler's output
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\w+)'")
+_PROPS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGS = re.compile(r"Used (\d+) registers")
+
+
+def parse_ptxas(text: str) -> dict[str, dict[str, int]]:
+    """``ptxas -v`` output -> {mangled kernel name: {"regs", "spill", "stack"}}."""
+    found: dict[str, dict[str, int]] = {}
+    name = None
+    for line in text.splitlines():
+        if m := _ENTRY.search(line):
+            name = m.group(1)
+            found[name] = {"regs": -1, "spill": -1, "stack": -1}
+        elif name and (m := _PROPS.search(line)):
+            found[name]["stack"] = int(m.group(1))
+            found[name]["spill"] = int(m.group(2)) + int(m.group(3))
+        elif name and (m := _REGS.search(line)):
+            found[name]["regs"] = int(m.group(1))
+    return found
+
+
+def parse_sass(text: str) -> dict[str, dict[str, int]]:
+    """``cuobjdump --dump-sass`` output -> {mangled kernel name: instruction counts}."""
+    counts: dict[str, dict[str, int]] = {}
+    current = None
+    for line in text.splitlines():
+        if m := re.search(r"Function : (\S+)", line):
+            current = counts.setdefault(
+                m.group(1), {"ldg128": 0, "stg128": 0, "ldg": 0, "hmma": 0, "hgmma": 0}
+            )
+            continue
+        if current is None or not re.search(r"/\*[0-9a-f]{4,}\*/", line):
+            continue
+        instr = line.split("*/", 1)[1]
+        if re.search(r"\bLDG\.E\b[.\w]*\.128\b", instr):
+            current["ldg128"] += 1
+        if re.search(r"\bSTG\.E\b[.\w]*\.128\b", instr):
+            current["stg128"] += 1
+        current["ldg"] += bool(re.search(r"\bLDG\b", instr))
+        current["hmma"] += bool(re.search(r"\bHMMA\b", instr))
+        current["hgmma"] += bool(re.search(r"\bHGMMA\b", instr))
+    return counts
+
+
+def _demangle(names: list[str]) -> dict[str, str]:
+    try:
+        out = subprocess.run(
+            ["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return {n: n for n in names}
+    # "void (anonymous namespace)::forward_kernel<float, 3>(float const*, ...)"
+    #   -> "forward_kernel<float, 3>"
+    short = []
+    for d in out:
+        d = d.replace("(anonymous namespace)::", "")
+        d = re.sub(r"^void ", "", d.split("(")[0])
+        short.append(d.split("::")[-1])
+    return dict(zip(names, short))
+
+
+def _rows(op, source, arch, ptxas_text, sass_text, names=None) -> list[Row]:
+    resources, sass = parse_ptxas(ptxas_text), parse_sass(sass_text)
+    names = names or _demangle(sorted(resources))
+    rows = []
+    for mangled, res in sorted(resources.items()):
+        rows.append(
+            Row(
+                op,
+                source,
+                names.get(mangled, mangled),
+                f"sm_{arch}",
+                **res,
+                **sass.get(mangled, {}),
+            )
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- CUDA C++ (csrc/<op>/<op>_cuda.cu)
+
+
+def cuda_rows(op: str, arch: str, workdir: Path) -> list[Row]:
+    """Compile csrc/<op>/<op>_cuda.cu for sm_<arch> (device code only) and read the evidence."""
+    from torch.utils.cpp_extension import include_paths
+
+    from dzsr_kernels._ext import EXTRA_CUDA_CFLAGS
+
+    source = ROOT / "csrc" / op / f"{op}_cuda.cu"
+    cubin = workdir / f"{op}_sm{arch}.cubin"
+    includes = [f"-I{p}" for p in include_paths(device_type="cuda")] + [f"-I{ROOT / 'csrc'}"]
+    cmd = [str(nvcc_path()), "-cubin", f"-arch=sm_{arch}", "-std=c++20", "-Xptxas", "-v"]
+    cmd += EXTRA_CUDA_CFLAGS + includes + [str(source), "-o", str(cubin)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nvcc failed on {source} for sm_{arch}:\n{proc.stderr[-3000:]}")
+    sass = subprocess.run(
+        [_triton_bin("cuobjdump"), "--dump-sass", str(cubin)], capture_output=True, text=True
+    )
+    return _rows(op, "cuda", arch, proc.stderr + proc.stdout, sass.stdout)
+
+
+# ---------------------------------------------------------------- Triton
+
+
+@dataclass
+class TritonTarget:
+    """One Triton kernel compiled with one specialisation: argument types and constexpr values."""
+
+    op: str
+    module: str  # dzsr_kernels.<op>.triton_kernel
+    kernel: str  # attribute name of the @triton.jit function
+    label: str  # what this specialisation is (shown in the table)
+    types: dict  # argument name -> Triton type string ("*fp32", "i32", ...)
+    constexprs: dict  # argument name -> value (module constants named as "module:NAME")
+
+
+def _ints(*names):
+    return {n: "i32" for n in names}
+
+
+_DC = "dzsr_kernels.deform_conv.triton_kernel"
+_PM = "dzsr_kernels.patch_match.triton_kernel"
+_SW = "dzsr_kernels.sliced_wasserstein.triton_kernel"
+_DC_FWD_INTS = _ints("C", "C_out", "H", "W", "c_in_g", "c_out_g", "blocks_per_group")
+
+
+def _dc_forward(label, dt, affine, depthwise):
+    ptr = f"*{dt}"
+    types = dict(x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, bias_ptr=ptr, out_ptr=ptr, **_DC_FWD_INTS)
+    consts = dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, ACC="tl:float32")
+    consts.update(BLOCK_C=16, BLOCK_P=f"{_DC}:BLOCK_P")
+    return TritonTarget("deform_conv", _DC, "_forward_kernel", label, types, consts)
+
+
+TRITON_TARGETS: list[TritonTarget] = [
+    _dc_forward("fp32 affine depthwise", "fp32", True, True),
+    _dc_forward("fp32 dense", "fp32", False, False),
+    _dc_forward("fp16 affine depthwise", "fp16", True, True),
+    TritonTarget(
+        "patch_match",
+        _PM,
+        "_match_kernel",
+        "fp32 exact, P=3",
+        dict(uq_ptr="*fp32", ur_ptr="*fp32", inv_q_ptr="*fp32", inv_r_ptr="*fp32")
+        | dict(score_ptr="*fp32", index_ptr="*i64")
+        | _ints("C", "q_stride", "r_stride", "Wq", "Wr", "wpq", "wpr", "nq", "nr"),
+        dict(P=3, TF32=False, BLOCK_Q=f"{_PM}:BLOCK_Q", BLOCK_R=f"{_PM}:BLOCK_R")
+        | dict(BLOCK_C=f"{_PM}:BLOCK_C"),
+    ),
+    TritonTarget(
+        "sliced_wasserstein",
+        _SW,
+        "_sign_gemm_kernel",
+        "fp32 backward GEMM",
+        dict(m_ptr="*fp32", sign_ptr="*i8", out_ptr="*fp32")
+        | _ints("channels", "num_proj", "length"),
+        dict(IS_FP64=False, BM=64, BN=64, BK=32),
+    ),
+]
+
+
+def _resolve(value):
+    if isinstance(value, str) and value.startswith("tl:"):
+        import triton.language as tl
+
+        return getattr(tl, value[3:])
+    if isinstance(value, str) and ":" in value:
+        module, name = value.split(":")
+        return getattr(importlib.import_module(module), name)
+    return value
+
+
+def triton_rows(target: TritonTarget, arch: str, workdir: Path) -> list[Row]:
+    """Compile one Triton target for sm_<arch> and read the evidence."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(importlib.import_module(target.module), target.kernel)
+    consts = {k: _resolve(v) for k, v in target.constexprs.items()}
+    sig = {n: "constexpr" if n in consts else target.types[n] for n in fn.arg_names}
+    where = {(fn.arg_names.index(k),): v for k, v in consts.items()}
+    compiled = triton.compile(
+        ASTSource(fn, sig, constexprs=where), target=GPUTarget("cuda", int(arch), 32)
+    )
+    stem = workdir / f"{target.kernel}_{abs(hash(target.label))}_sm{arch}"
+    ptx, cubin = stem.with_suffix(".ptx"), stem.with_suffix(".cubin")
+    ptx.write_text(compiled.asm["ptx"])
+    cubin.write_bytes(compiled.asm["cubin"])
+    ptx_arch = re.search(r"\.target (sm_\w+)", compiled.asm["ptx"]).group(1)
+    proc = subprocess.run(
+        [_triton_bin("ptxas"), "-v", f"-arch={ptx_arch}", str(ptx), "-o", os.devnull],
+        capture_output=True,
+        text=True,
+    )
+    sass = subprocess.run(
+        [_triton_bin("cuobjdump"), "--dump-sass", str(cubin)], capture_output=True, text=True
+    )
+    mangled = compiled.metadata.name
+    label = f"{target.kernel} ({target.label})"
+    return _rows(
+        target.op, "triton", arch, proc.stderr + proc.stdout, sass.stdout, {mangled: label}
+    )
+
+
+# ---------------------------------------------------------------- command line
+
+OPS = ("deform_conv", "patch_match", "sliced_wasserstein")
+
+
+def collect(archs, ops) -> list[Row]:
+    """Every row for the given architectures and ops (CUDA C++ first, then Triton)."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in archs:
+            for op in ops:
+                if (ROOT / "csrc" / op / f"{op}_cuda.cu").exists():
+                    rows += cuda_rows(op, arch, Path(tmp))
+            for target in TRITON_TARGETS:
+                if target.op in ops:
+                    rows += triton_rows(target, arch, Path(tmp))
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as a Markdown table."""
+    head = "| op | source | kernel | arch | regs | spill B | stack B | LDG.128 | STG.128 | LDG | HMMA | HGMMA |"
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r.op} | {r.source} | `{r.kernel}` | {r.arch} | {r.regs} | {r.spill} | {r.stack} "
+            f"| {r.ldg128} | {r.stg128} | {r.ldg} | {r.hmma} | {r.hgmma} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Print the table; exit 1 when any kernel spills or uses stack (local memory)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", nargs="+", default=["90"], help="SM versions, e.g. 90 80")
+    parser.add_argument("--only", nargs="+", choices=OPS, default=list(OPS))
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)
+    rows = collect(args.arch, args.only)
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    bad = [r for r in rows if r.spill != 0 or r.stack != 0]
+    for r in bad:
+        print(
+            f"spills or local memory: {r.op} {r.kernel} {r.arch}: {r.spill} B spill, "
+            f"{r.stack} B stack",
+            file=sys.stderr,
+        )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
