@@ -39,20 +39,23 @@ def make(
     backward: bool,
     threads: int = 0,
     device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
 ):
     """Inputs for one case and a thunk running it once (impl: torchvision, cpp, triton, reference,
-    p0, conv1x1); the thunk returns the output."""
+    p0, conv1x1); the thunk returns the output. dtype: of every tensor; channels_last: x and the
+    output gradient stored channels-last (the CUDA channels-last depthwise kernels' layout)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    x = torch.randn(n, c, h, w, device=device, requires_grad=backward)
-    A = torch.eye(2, device=device).reshape(1, 4, 1, 1) + 0.3 * torch.randn(
-        n, 4, h, w, device=device
-    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    new = lambda *shape: torch.randn(*shape, device=device).to(dtype)  # noqa: E731
+    x = new(n, c, h, w).contiguous(memory_format=fmt).requires_grad_(backward)
+    A = torch.eye(2, device=device, dtype=dtype).reshape(1, 4, 1, 1) + 0.3 * new(n, 4, h, w)
     A.requires_grad_(backward)
-    b = torch.randn(n, 2, h, w, device=device).requires_grad_(backward)
-    weight = torch.randn(c, c // groups, 3, 3, device=device, requires_grad=backward)
-    grad = torch.randn(n, c, h, w, device=device)
+    b = new(n, 2, h, w).requires_grad_(backward)
+    weight = new(c, c // groups, 3, 3).requires_grad_(backward)
+    grad = new(n, c, h, w).contiguous(memory_format=fmt)
 
     def run_op():
         if impl == "torchvision":

@@ -7,6 +7,9 @@ during one call beyond what was allocated before it; "extra" also subtracts the 
 gradients of x, A, b, weight. Bandwidth: the bytes any implementation must move (read x, A, b, write
 out; backward also reads grad_out, x, A, b and writes dx, dA, db) divided by the time, against the
 device's copy bandwidth measured in the same run (``dst.copy_(src)`` of 1 GiB: 2 GiB moved).
+Rows marked channels-last store x and grad_out channels-last (the CUDA channels-last depthwise
+kernels, issue 13); bf16 rows (bytes counted at 2 per element) have no torchvision entry (it has no
+bfloat16 kernel): compare them with the float32 channels-last row above them.
 
     python -m benchmarks.bench_deform_conv_gpu [--quick] [--reps 20]
 """
@@ -46,19 +49,26 @@ def copy_bandwidth(reps: int = 10) -> float:
     return 2 * 2**30 / t
 
 
-CASES = [  # label, (n, c, h, w, groups), backward
-    ("(16,64,48,48) depthwise fwd", (16, 64, 48, 48, 64), False),
-    ("(16,64,48,48) depthwise fwd+bwd", (16, 64, 48, 48, 64), True),
-    ("(16,64,48,48) dense fwd", (16, 64, 48, 48, 1), False),
-    ("(16,64,48,48) dense fwd+bwd", (16, 64, 48, 48, 1), True),
-    ("(1,64,512,512) depthwise fwd", (1, 64, 512, 512, 64), False),
-    ("(1,64,512,512) depthwise fwd+bwd", (1, 64, 512, 512, 64), True),
-    ("(1,64,1024,1024) depthwise fwd", (1, 64, 1024, 1024, 64), False),
+CL = {"channels_last": True}  # x and grad_out channels-last: the CUDA channels-last kernels
+CL_BF16 = {"channels_last": True, "dtype": torch.bfloat16}  # torchvision has no bfloat16 kernel
+CASES = [  # label, (n, c, h, w, groups), backward, make() options (default float32, NCHW)
+    ("(16,64,48,48) depthwise fwd", (16, 64, 48, 48, 64), False, {}),
+    ("(16,64,48,48) depthwise fwd+bwd", (16, 64, 48, 48, 64), True, {}),
+    ("(16,64,48,48) depthwise fwd+bwd channels-last", (16, 64, 48, 48, 64), True, CL),
+    ("(16,64,48,48) dense fwd", (16, 64, 48, 48, 1), False, {}),
+    ("(16,64,48,48) dense fwd+bwd", (16, 64, 48, 48, 1), True, {}),
+    ("(1,64,512,512) depthwise fwd", (1, 64, 512, 512, 64), False, {}),
+    ("(1,64,512,512) depthwise fwd+bwd", (1, 64, 512, 512, 64), True, {}),
+    ("(1,64,512,512) depthwise fwd+bwd channels-last", (1, 64, 512, 512, 64), True, CL),
+    ("(1,64,512,512) depthwise fwd+bwd channels-last bf16", (1, 64, 512, 512, 64), True, CL_BF16),
+    ("(1,64,1024,1024) depthwise fwd", (1, 64, 1024, 1024, 64), False, {}),
+    ("(1,64,1024,1024) depthwise fwd channels-last", (1, 64, 1024, 1024, 64), False, CL),
 ]
 QUICK = [
-    ("(2,16,24,24) depthwise fwd+bwd", (2, 16, 24, 24, 16), True),
-    ("(2,16,24,24) dense fwd+bwd", (2, 16, 24, 24, 1), True),
-    ("(1,16,128,128) depthwise fwd", (1, 16, 128, 128, 16), False),
+    ("(2,16,24,24) depthwise fwd+bwd", (2, 16, 24, 24, 16), True, {}),
+    ("(2,16,24,24) depthwise fwd+bwd channels-last bf16", (2, 16, 24, 24, 16), True, CL_BF16),
+    ("(2,16,24,24) dense fwd+bwd", (2, 16, 24, 24, 1), True, {}),
+    ("(1,16,128,128) depthwise fwd channels-last", (1, 16, 128, 128, 16), False, CL),
 ]
 
 
@@ -85,12 +95,18 @@ def main():
             sys.exit(f"backend {impl!r} cannot run on CUDA here: {reason}")
     copy_bw = copy_bandwidth()
     rows = []
-    for label, (n, c, h, w, groups), backward in QUICK if args.quick else CASES:
-        thunks = {impl: make(impl, n, c, h, w, groups, backward, device="cuda") for impl in impls}
+    for label, (n, c, h, w, groups), backward, opts in QUICK if args.quick else CASES:
+        dtype = opts.get("dtype", torch.float32)
+        case_impls = [i for i in impls if i != "torchvision" or dtype != torch.bfloat16]
+        thunks = {
+            impl: make(impl, n, c, h, w, groups, backward, device="cuda", **opts)
+            for impl in case_impls
+        }
         times = H.time_interleaved(thunks, reps=args.reps, warmup=3, device="cuda")
-        moved = essential_bytes(n, c, h, w, backward)
-        own = output_and_grad_bytes(n, c, h, w, groups, backward)
-        for impl in impls:
+        elem = dtype.itemsize
+        moved = essential_bytes(n, c, h, w, backward, elem)
+        own = output_and_grad_bytes(n, c, h, w, groups, backward) * elem // 4
+        for impl in case_impls:
             peak = H.peak_cuda_memory(thunks[impl])
             bw = moved / times[impl]
             speedup = f"{times['torchvision'] / times[impl]:.1f}x" if "torchvision" in times else ""

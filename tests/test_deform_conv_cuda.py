@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from deform_conv_cases import SHAPES, TOL, check_against_reference, make_case, run
+from deform_conv_cases import (
+    SHAPES,
+    TOL,
+    assert_same_values,
+    check_against_reference,
+    make_case,
+    packed_results,
+    run,
+)
 from deform_conv_cases import emulated_ops as build_emulated_ops
 
 import dzsr_kernels as dk
@@ -123,6 +131,114 @@ def test_cuda_kernels_emulated_on_cpu(emulated_ops, shape, affine, dtype):
         )
 
 
+# ---- Channels-last depthwise kernels (C/groups == 1, C_out == C), under the emulation ------------
+
+CL_SHAPES = [  # n, c, h, w, k; groups = C_out = C
+    (2, 8, 5, 7, 3),  # one or two channel vectors per thread, 32 (float32) pixels per warp
+    (2, 64, 13, 21, 3),  # 4 threads per pixel, several blocks and grid-stride rounds in backward
+    (1, 5, 6, 7, 3),  # C not a multiple of the vector width: the scalar path
+    (1, 16, 7, 6, 5),  # k = 5
+]
+CL_CASES = [
+    (shape, affine, dtype)
+    for shape in CL_SHAPES
+    for affine in (True, False)
+    for dtype in (torch.float64, torch.float32)
+] + [(shape, True, dtype) for shape in CL_SHAPES for dtype in (torch.float16, torch.bfloat16)]
+
+
+def channels_last_case(n, c, h, w, k, affine, dtype, misaligned=False):
+    """make_case's depthwise inputs with x channels-last; misaligned puts x's data one element past
+    an allocation (not 16-byte aligned), so the kernels take their scalar path."""
+    spread = 0.5 if dtype in (torch.float16, torch.bfloat16) else 1.0
+    x, geom, weight, bias = make_case(
+        n, c, c, h, w, k, c, affine=affine, dtype=dtype, spread=spread
+    )
+    packed = torch.cat(geom, 1) if affine else geom[0]
+    if misaligned:
+        x_cl = torch.empty(x.numel() + 1, dtype=dtype)[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+        x_cl.copy_(x)
+    else:
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+    assert not x_cl.is_contiguous() and x_cl.is_contiguous(memory_format=torch.channels_last)
+    return x_cl, packed, weight, bias
+
+
+def emulated_results(ops, x, geom, affine, weight, bias, grad_out):
+    """(out, dx, dgeom, dweight) of the emulated CUDA op, depthwise (groups = C)."""
+    groups = x.shape[1]
+    out = ops.deform_conv2d_forward(x, geom, affine, weight, bias, groups)
+    return (out, *ops.deform_conv2d_backward(grad_out, x, geom, affine, weight, groups))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape,affine,dtype", CL_CASES)
+def test_channels_last_kernels_emulated(emulated_ops, shape, affine, dtype):
+    """Channels-last x runs the channels-last depthwise kernels in place (vector and scalar paths,
+    float64/32/16, bfloat16): out and dx come back channels-last, every value equals the float64
+    reference within the dtype's tolerance (deform_conv_cases.TOL)."""
+    x, geom, weight, bias = channels_last_case(*shape, affine=affine, dtype=dtype)
+    grad_out = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    ours = emulated_results(emulated_ops, x, geom, affine, weight, bias, grad_out)
+    for name, t in zip(("out", "dx"), ours):
+        assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous(), name
+    up = lambda t: t.double().contiguous()  # noqa: E731
+    ref, _ = packed_results(
+        "reference", up(x), up(geom), affine, up(weight), up(bias), x.shape[1], up(grad_out)
+    )
+    for name, a, b in zip(("out", "dx", "dgeom", "dweight"), ours, ref):
+        assert a.dtype == dtype, name
+        assert_same_values(name, a.double(), b, TOL[dtype])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
+def test_channels_last_nonfinite_emulated(emulated_ops, dtype, affine, misaligned):
+    """NaN/Inf in x and in the geometry (non-finite positions) propagate through the channels-last
+    kernels exactly as through the reference in the same dtype: equal NaN masks, equal ±Inf
+    positions, finite values close; misaligned x takes the scalar path."""
+    x, geom, weight, bias = channels_last_case(2, 8, 6, 7, 3, affine, dtype, misaligned)
+    x[0, 3, 2, 4] = float("nan")
+    x[1, 0, 5, 6] = float("inf")
+    geom[0, :, 1, 1] = float("nan")
+    geom[1, 1, 3, 3] = float("inf")
+    grad_out = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    ours = emulated_results(emulated_ops, x, geom, affine, weight, bias, grad_out)
+    ref, _ = packed_results("reference", x, geom, affine, weight, bias, x.shape[1], grad_out)
+    for name, a, b in zip(("out", "dx", "dgeom", "dweight"), ours, ref):
+        assert_same_values(name, a, b.contiguous(), TOL[dtype])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "n,c,c_out,out_format",
+    [
+        # k^2 * C > the backward's shared dweight: channels-last forward, planar backward
+        (1, 232, 232, torch.channels_last),
+        (1, 4, 8, torch.contiguous_format),  # channel multiplier: planar forward and backward
+        (0, 8, 8, torch.contiguous_format),  # N = 0: nothing to launch
+    ],
+)
+def test_channels_last_fallbacks_emulated(emulated_ops, n, c, c_out, out_format):
+    """Channels-last inputs outside the channels-last kernels' reach run the planar kernels on a
+    contiguous copy (so their results are contiguous; op.py converts them) and still equal the
+    reference; N = 0 returns empty results."""
+    x, geom, weight, bias = make_case(n, c, c_out, 3, 4, 3, c, affine=True)
+    x = x.contiguous(memory_format=torch.channels_last)
+    packed = torch.cat(geom, 1)
+    out = emulated_ops.deform_conv2d_forward(x, packed, True, weight, bias, c)
+    grad_out = torch.randn(out.shape, dtype=torch.float64)
+    grads = emulated_ops.deform_conv2d_backward(grad_out, x, packed, True, weight, c)
+    ref, _ = packed_results("reference", x, packed, True, weight, bias, c, grad_out)
+    for name, a, b in zip(("out", "dx", "dgeom", "dweight"), (out, *grads), ref):
+        assert_same_values(name, a, b, TOL[torch.float64])
+    assert out.is_contiguous(memory_format=out_format) and grads[0].is_contiguous()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_backend_available_on_cuda(backend):
@@ -149,6 +265,23 @@ def test_half_precision(backend, dtype, shape):
     half type's last place relative to the largest reference value."""
     x, geom, weight, bias = make_case(*shape, affine=True, dtype=dtype, device="cuda", spread=0.5)
     check_against_reference(backend, x, geom, weight, bias, shape[6])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("c", [64, 5], ids=["vector", "scalar"])
+def test_channels_last_on_gpu(backend, dtype, c):
+    """Channels-last depthwise x (the cpp backend's channels-last kernels; C = 5 their scalar path)
+    equals the float64 reference, and out and dx come back channels-last on every backend."""
+    x, geom, weight, bias = make_case(
+        2, c, c, 17, 19, 3, c, affine=True, dtype=dtype, device="cuda", spread=0.5
+    )
+    x = x.contiguous(memory_format=torch.channels_last)
+    check_against_reference(backend, x, geom, weight, bias, c)
+    out, grads, _ = run(backend, x, geom, weight, bias, c)
+    for name, t in (("out", out), ("dx", grads[0])):
+        assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous(), name
 
 
 @pytest.mark.gpu

@@ -22,7 +22,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import dzsr_kernels as dk
 from dzsr_kernels.deform_conv import reference
-from dzsr_kernels.deform_conv.op import _packed, _packed_backward
+from dzsr_kernels.deform_conv.op import _packed, _packed_backward, memory_format_of
 
 NAN, INF = float("nan"), float("inf")
 CPU = [b for b in ("cpp", "triton") if b in dk.available_backends("cpu", "deform_conv2d")]
@@ -294,8 +294,9 @@ def _meta(t):
 @pytest.mark.parametrize("kind", LAYOUTS)
 @pytest.mark.parametrize("affine", [True, False])
 def test_fake_equals_kernel_layout(backend, kind, affine):
-    """The documented rule: every kernel output is contiguous in its input's dtype, and the fakes
-    give exactly the kernels' sizes, strides and dtypes, forward and backward."""
+    """The documented rule (op.py): out and dx in x's memory format, dgeom and dweight contiguous,
+    each in its input's dtype, and the fakes give exactly the ops' sizes, strides and dtypes,
+    forward and backward."""
     x, geom, weight, bias = layout_case(kind, affine)
     if backend == "triton":
         x, geom = x[:3], geom[:3]  # interpreter budget
@@ -306,9 +307,16 @@ def test_fake_equals_kernel_layout(backend, kind, affine):
         fx, fg, fw, fb, fgo = (mode.from_tensor(t) for t in (x, geom, weight, bias, grad_out))
         fake_out = _packed(fx, fg, affine, fw, fb, 2, backend)
         fake_grads = _packed_backward(fgo, fx, fg, affine, fw, 2, backend)
-    assert _meta(fake_out) == _meta(out) and out.is_contiguous()
-    for real, fake, inp in zip(grads, fake_grads, (x, geom, weight)):
-        assert _meta(fake) == _meta(real) and real.is_contiguous() and real.shape == inp.shape
+    fmt = memory_format_of(x)  # channels-last for the channels_last kind, else contiguous
+    assert _meta(fake_out) == _meta(out) and out.is_contiguous(memory_format=fmt)
+    for real, fake, inp, f in zip(
+        grads,
+        fake_grads,
+        (x, geom, weight),
+        (fmt, torch.contiguous_format, torch.contiguous_format),
+    ):
+        assert _meta(fake) == _meta(real) and real.is_contiguous(memory_format=f)
+        assert real.shape == inp.shape
 
 
 @pytest.mark.parametrize("backend", CPU)

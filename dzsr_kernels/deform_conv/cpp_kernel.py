@@ -6,23 +6,29 @@ from __future__ import annotations
 import torch
 
 
+def _kernel_input(t):
+    """t as the C++ op takes it: contiguous, or channels-last as it is on CUDA, whose kernels read
+    channels-last x and grad_out in place (csrc/deform_conv/deform_conv_cuda.cu)."""
+    if t.is_cuda and t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.contiguous()
+
+
 def forward(x, geom, affine, weight, bias, groups):
-    """out (N, C_out, H, W) in x's dtype; inputs as in ``reference.deform_conv2d`` (x, geom and
-    weight are made contiguous for the C++ op)."""
+    """out (N, C_out, H, W) in x's dtype (channels-last from the CUDA channels-last depthwise path,
+    else contiguous); inputs as in ``reference.deform_conv2d``."""
     return torch.ops.dzsr_C.deform_conv2d_forward(
-        x.contiguous(), geom.contiguous(), affine, weight.contiguous(), bias, groups
+        _kernel_input(x), geom.contiguous(), affine, weight.contiguous(), bias, groups
     )
 
 
 def backward(grad_out, x, geom, affine, weight, groups):
-    """(dx, dgeom, dweight), each in its input's dtype and shape; the tensors are made contiguous
-    for the C++ op."""
-    dx, dgeom, dweight = torch.ops.dzsr_C.deform_conv2d_backward(
-        grad_out.contiguous(),
-        x.contiguous(),
+    """(dx, dgeom, dweight), each in its input's dtype and shape (dx as out in ``forward``)."""
+    return torch.ops.dzsr_C.deform_conv2d_backward(
+        _kernel_input(grad_out),
+        _kernel_input(x),
         geom.contiguous(),
         affine,
         weight.contiguous(),
         groups,
     )
-    return dx, dgeom, dweight

@@ -9,10 +9,12 @@ as an argument, so autograd, ``torch.compile`` and ``opcheck`` see one op per ca
 Backend kernel interface (``cpp_kernel`` and ``triton_kernel``, looked up in ``KERNELS``):
   forward(x, geom, affine, weight, bias, groups) -> out (N, C_out, H, W), dtype of x
   backward(grad_out, x, geom, affine, weight, groups) -> (dx, dgeom, dweight)
-Output layout rule: every kernel output is a new contiguous tensor (torch.contiguous_format) of the
-shape above, each gradient in its input's dtype, whatever the strides of the inputs (non-contiguous,
-channels-last). The fakes below return exactly that, so torch.compile and opcheck see the kernels'
-sizes, strides and dtypes.
+Output layout rule: every output is a new tensor of the shape above, each gradient in its input's
+dtype; out and dx in ``memory_format_of(x)`` (channels-last for channels-last x, so the CUDA
+channels-last kernels need no copy either way), dgeom and dweight contiguous, whatever the strides
+of the inputs. The custom ops below enforce it for every backend (a kernel may return contiguous
+tensors; they are converted), and the fakes return exactly that, so torch.compile and opcheck see
+the ops' sizes, strides and dtypes.
 
 NaN/Inf and empty inputs follow the rule in ``reference.py`` on every backend.
 """
@@ -42,6 +44,22 @@ KERNELS = {"cpp": lambda: cpp_kernel, "triton": _triton_kernel}
 _backend.register_op(OP, {"reference", *KERNELS})
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` if ``x`` (N,C,H,W) is stored so (and not also NCHW-contiguous),
+    else ``torch.contiguous_format``: the memory format of the op's output and of dx."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _in_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """t with exactly the strides of ``torch.empty(t.shape, memory_format=fmt)`` (what the fakes
+    return; a copy only when t has other strides, e.g. a contiguous kernel output for
+    channels-last x)."""
+    want = torch.empty(t.shape, device="meta", memory_format=fmt).stride()
+    return t if t.stride() == want else torch.empty_like(t, memory_format=fmt).copy_(t)
+
+
 @torch.library.custom_op("dzsr::deform_conv2d_packed", mutates_args=())
 def _packed(
     x: torch.Tensor,
@@ -52,14 +70,14 @@ def _packed(
     groups: int,
     backend: str,
 ) -> torch.Tensor:
-    return KERNELS[backend]().forward(x, geom, affine, weight, bias, groups)
+    out = KERNELS[backend]().forward(x, geom, affine, weight, bias, groups)
+    return _in_format(out, memory_format_of(x))
 
 
 @_packed.register_fake
 def _(x, geom, affine, weight, bias, groups, backend):
-    return x.new_empty(
-        (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
-    )  # contiguous, x's dtype
+    shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
 
 
 @torch.library.custom_op("dzsr::deform_conv2d_packed_backward", mutates_args=())
@@ -72,13 +90,16 @@ def _packed_backward(
     groups: int,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return KERNELS[backend]().backward(grad_out, x, geom, affine, weight, groups)
+    dx, dgeom, dweight = KERNELS[backend]().backward(grad_out, x, geom, affine, weight, groups)
+    fmt = torch.contiguous_format
+    return _in_format(dx, memory_format_of(x)), _in_format(dgeom, fmt), _in_format(dweight, fmt)
 
 
 @_packed_backward.register_fake
 def _(grad_out, x, geom, affine, weight, groups, backend):
-    # new_empty, not empty_like: contiguous whatever the inputs' strides, like the kernels' outputs.
-    return x.new_empty(x.shape), geom.new_empty(geom.shape), weight.new_empty(weight.shape)
+    # new_empty, not empty_like: contiguous whatever the inputs' strides, like the ops' outputs.
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
+    return dx, geom.new_empty(geom.shape), weight.new_empty(weight.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -91,7 +112,13 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, geom, weight = ctx.saved_tensors
     dx, dgeom, dweight = _packed_backward(
-        grad_out.contiguous(), x, geom, ctx.affine, weight, ctx.groups, ctx.backend
+        grad_out.contiguous(memory_format=memory_format_of(x)),
+        x,
+        geom,
+        ctx.affine,
+        weight,
+        ctx.groups,
+        ctx.backend,
     )
     dbias = None
     if ctx.has_bias:

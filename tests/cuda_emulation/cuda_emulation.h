@@ -132,3 +132,21 @@ T __shfl_up_sync(unsigned, T v, int delta) {
   sync->warps[warp]->arrive_and_wait();
   return r;
 }
+
+// ---- Added for csrc/deform_conv/deform_conv_cuda.cu's channels-last backward: __shfl_xor_sync,
+// the butterfly exchange over the 32 lanes of a full warp. Lane l gets lane l ^ mask's value,
+// barrier-synchronised like __shfl_down_sync above (a lane outside the warp returns its own value).
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+  auto* sync = dzsr::deform::emulation::current;
+  const int t = dzsr::deform::emulation::linear_thread();
+  const int lane = t % 32, warp = t / 32;
+  const int width =
+      int(sync->lanes.size()) - 32 * warp < 32 ? int(sync->lanes.size()) - 32 * warp : 32;
+  sync->lanes[t] = double(v);
+  sync->warps[warp]->arrive_and_wait();
+  const int src = lane ^ lane_mask;
+  const T r = src < width ? T(sync->lanes[32 * warp + src]) : v;
+  sync->warps[warp]->arrive_and_wait();
+  return r;
+}
