@@ -130,7 +130,12 @@ def test_emulated_cuda_backward(emulated, monkeypatch, dtype, budget, sign_dtype
     proj_scaled = torch.randn(3, 4, dtype=dtype)
     du = emulated.sliced_wasserstein_backward(sign, proj_scaled)
     expected = torch.stack([proj_scaled.t() @ s.to(dtype) for s in sign])
-    torch.testing.assert_close(du, expected, rtol=1e-6, atol=1e-6)
+    # summation-order rounding of a 3-term dot product, bounded by the terms' magnitudes (results
+    # near zero after cancellation are held to the same absolute bound as their terms)
+    scale = torch.stack([proj_scaled.abs().t() @ s.abs().to(dtype) for s in sign])
+    bound = 4 * proj_scaled.shape[0] * torch.finfo(dtype).eps * scale
+    assert du.shape == expected.shape and du.dtype == dtype
+    assert ((du - expected).abs() <= bound).all(), (du - expected).abs().max()
 
 
 @pytest.mark.gpu
