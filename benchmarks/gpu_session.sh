@@ -59,19 +59,14 @@ fi
 if [ "$CHECKS" = 1 ]; then
 step tests 150 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 -rf tests
 step deform 75 python3 -m benchmarks.bench_deform_conv_gpu
-<<<<<<< HEAD
-step match 75 python3 -m benchmarks.bench_patch_match --device cuda --cases cpp,triton,conv2d,matmul
-# SW loss (issue 15 targets: >= 2x the reference at every shape, >= 3x at (16,256,48,48)), then
-# where the time goes (projection GEMMs, torch.sort, the custom ops' forward and backward)
-step sw 90 python3 -m benchmarks.bench_sliced_wasserstein --device cuda --reps 20
-step sw_stages 45 python3 -m benchmarks.bench_sliced_wasserstein --device cuda --reps 20 --breakdown
-=======
 # patch matching: reference (chunked cuDNN conv2d, PyTorch's default TF32), exact (cpp, triton),
 # fast (triton, split-TF32 tensor cores): time and peak extra memory
 step match 180 python3 -m benchmarks.bench_patch_match --device cuda --sizes 128x128,172x278 \
     --cases conv2d,cpp,triton,triton_fast,matmul
-step sw 50 python3 -m benchmarks.bench_sliced_wasserstein --device cuda
->>>>>>> main
+# SW loss (issue 15 targets: >= 2x the reference at every shape, >= 3x at (16,256,48,48)), then
+# where the time goes (projection GEMMs, torch.sort, the custom ops' forward and backward)
+step sw 90 python3 -m benchmarks.bench_sliced_wasserstein --device cuda --reps 20
+step sw_stages 45 python3 -m benchmarks.bench_sliced_wasserstein --device cuda --reps 20 --breakdown
 step model 80 python3 -m benchmarks.bench_model --device cuda
 step agreement 90 python3 -m benchmarks.bench_patch_match --device cuda --agreement
 # size sweeps for the plots: copy $OUT/results/sweep-cuda.json to benchmarks/results/, then
