@@ -16,6 +16,8 @@ DEMO_SECONDS=${DEMO_SECONDS:-0}
 DEMO_ARGS=${DEMO_ARGS:-}
 DEMO_DEVICE=${DEMO_DEVICE:-cuda}
 CHECKS=${CHECKS:-1}   # 0: only the demo training (a dry run of it on CPU: DEMO_DEVICE=cpu)
+SWEEP=${SWEEP:-0}     # 1: also the size sweeps for the plots (up to 2 more minutes; a 15-minute lease
+                      # has room for them only when the steps above finish well inside their limits)
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 export DZSR_CACHE_DIR=${DZSR_CACHE_DIR:-/tmp/dzsr_cache} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
@@ -71,7 +73,7 @@ step model 80 python3 -m benchmarks.bench_model --device cuda
 step agreement 90 python3 -m benchmarks.bench_patch_match --device cuda --agreement
 # size sweeps for the plots: copy $OUT/results/sweep-cuda.json to benchmarks/results/, then
 # python -m benchmarks.plot
-step sweep 120 python3 -m benchmarks.sweep --device cuda --out "$OUT/results"
+[ "$SWEEP" = 1 ] && step sweep 120 python3 -m benchmarks.sweep --device cuda --out "$OUT/results"
 fi
 echo "===== summary" | tee -a "$LOG"
 printf '%s' "$SUMMARY" | tee -a "$LOG"
