@@ -180,7 +180,9 @@ class TritonTarget:
     label: str  # what this specialisation is (shown in the table)
     types: dict  # argument name -> Triton type string ("*fp32", "i32", ...)
     constexprs: dict  # argument name -> value (module constants named as "module:NAME")
-    options: dict = field(default_factory=dict)  # triton.compile options (num_warps), as constexprs
+    # triton.compile options (num_warps), values as constexprs, or {"sm_90": v, "default": v} where
+    # the launch picks by architecture
+    options: dict = field(default_factory=dict)
 
 
 def _ints(*names):
@@ -198,7 +200,10 @@ def _dc_forward(label, dt, affine, depthwise):
     types = dict(x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, bias_ptr=ptr, out_ptr=ptr, **_DC_FWD_INTS)
     consts = dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, ACC="tl:float32")
     consts.update(BLOCK_C=16, BLOCK_P=f"{_DC}:BLOCK_P")
-    return TritonTarget("deform_conv", _DC, "_forward_kernel", label, types, consts)
+    warps = {"sm_90": f"{_DC}:HOPPER_FORWARD_WARPS", "default": 4}  # as triton_kernel.forward
+    return TritonTarget(
+        "deform_conv", _DC, "_forward_kernel", label, types, consts, {"num_warps": warps}
+    )
 
 
 _PM_TYPES = (
@@ -255,6 +260,13 @@ TRITON_TARGETS: list[TritonTarget] = [
 ]
 
 
+def _for_arch(value, arch: str):
+    """An option's value for sm_<arch>: per-architecture dicts pick their entry (else "default")."""
+    if isinstance(value, dict):
+        return value.get(f"sm_{arch}", value["default"])
+    return value
+
+
 def _resolve(value):
     if isinstance(value, str) and value.startswith("tl:"):
         import triton.language as tl
@@ -279,7 +291,7 @@ def triton_rows(target: TritonTarget, arch: str, workdir: Path) -> list[Row]:
     compiled = triton.compile(
         ASTSource(fn, sig, constexprs=where),
         target=GPUTarget("cuda", int(arch), 32),
-        options={k: _resolve(v) for k, v in target.options.items()},
+        options={k: _resolve(_for_arch(v, arch)) for k, v in target.options.items()},
     )
     stem = workdir / f"{target.kernel}_{abs(hash(target.label))}_sm{arch}"
     ptx, cubin = stem.with_suffix(".ptx"), stem.with_suffix(".cubin")

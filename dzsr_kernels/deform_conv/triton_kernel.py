@@ -27,6 +27,10 @@ import triton.language as tl
 from .._checks import compute_dtype, new_output
 
 BLOCK_P = 64  # pixels per program (forward, input gradient)
+# Warps of a forward program on Hopper and newer: at 4, ptxas for sm_90 holds the depthwise forward
+# at 255 registers and spills ~500 B (benchmarks/static_evidence.py); at 8 it spills nothing. Older
+# GPUs keep 4 (sm_80: no spill at 4, a 16 B spill for fp16 at 8).
+HOPPER_FORWARD_WARPS = 8
 WEIGHT_BLOCK_P = 32  # pixels per step of the weight-gradient reduction
 WEIGHT_CHUNK_PIXELS = 4096  # pixels summed by one weight-gradient program
 
@@ -578,8 +582,14 @@ def forward(x, geom, affine, weight, bias, groups):
         ACC=_acc(x.dtype),
         BLOCK_C=block_c,
         BLOCK_P=BLOCK_P,
+        num_warps=_forward_warps(x.device),
     )
     return out
+
+
+def _forward_warps(device: torch.device) -> int:
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    return HOPPER_FORWARD_WARPS if hopper else 4
 
 
 def backward(grad_out, x, geom, affine, weight, groups):
