@@ -12,10 +12,24 @@ system, 0.30 million faults, peak 1.60 GB.
 What (``configure``): on glibc only, ``mallopt`` through ``ctypes`` in the running process (no
 re-exec, no environment variables; they would only act on a process started afterwards):
 
+* ``M_ARENA_MAX = 1``: every thread allocates from the main heap, to which the settings below apply
+  (worker threads' own arenas are ``mmap``-ed sub-heaps that shrink page by page whatever they say);
 * ``M_MMAP_MAX = 0``: no allocation is served by ``mmap`` (glibc still falls back to ``mmap`` when
   the heap cannot grow), so freed buffers stay in the heap for the next tile;
-* ``M_TRIM_THRESHOLD = 1 GiB``: free memory at the heap top is returned to the system only above 1 GiB;
+* ``M_TRIM_THRESHOLD = -1`` (the largest size: never): free memory at the heap top is kept for reuse
+  instead of being returned to the system and faulted in again;
 * ``M_TOP_PAD = 64 MiB``: the heap grows in steps of at least 64 MiB.
+
+Measured on the CPU machine, idle, 2026-12-02, one default whole-image run in process
+(``super_resolve``, random LR 687x1111, x4, tile 384, ``cpp``; minor faults, wall, system time, peak
+RSS of the process): the previous setup (no arena limit, trim 1 GiB) 4.30-4.32 million faults, 54.7 s
+(a first run 110.7 s), 11.5-12.3 s system, 3.44-3.83 GiB; one arena but trim 1 GiB 4.37 million, 56.1 s,
+12.8 s; one arena and trim 16 GiB (as environment variables) 0.71-0.72 million, 46.6-47.1 s, 1.5-1.6 s,
+3.43-3.46 GiB; this setup (through ``mallopt``) 0.76-0.97 million, 45.2-49.3 s, 1.8-2.2 s, 3.63-4.42 GiB
+(peak RSS varies by ~0.5 GiB between runs of one setup).
+Neither change alone helps: the worker threads' arenas and the trims of the main heap each return
+and re-fault gigabytes per run. Transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which
+needs a re-exec) gave 12-15 thousand faults but 20-27 s system time and 58-61 s wall.
 
 Measured alternatives (same run): the issue's variables set through ``mallopt`` with a small top pad
 (``M_MMAP_THRESHOLD`` 4 GiB, trim 16 GiB, pad 64 MiB) gave 4.8 million faults (worse than glibc's
@@ -46,13 +60,17 @@ import os
 import platform
 
 VARIABLE = "DZSR_ALLOCATOR"
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # glibc <malloc.h>
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8  # glibc <malloc.h>
+NEVER = (
+    -1
+)  # mallopt's int -1 becomes glibc's size_t threshold SIZE_MAX: the heap top is never trimmed
 SETTINGS = (
+    (M_ARENA_MAX, "M_ARENA_MAX", 1),
     (M_MMAP_MAX, "M_MMAP_MAX", 0),
-    (M_TRIM_THRESHOLD, "M_TRIM_THRESHOLD", 1 << 30),
+    (M_TRIM_THRESHOLD, "M_TRIM_THRESHOLD", NEVER),
     (M_TOP_PAD, "M_TOP_PAD", 64 << 20),
 )
-DESCRIPTION = "glibc mallopt M_MMAP_MAX=0 M_TRIM_THRESHOLD=1GiB M_TOP_PAD=64MiB"
+DESCRIPTION = "glibc mallopt M_ARENA_MAX=1 M_MMAP_MAX=0 M_TRIM_THRESHOLD=never M_TOP_PAD=64MiB"
 
 _state: str | None = None
 
