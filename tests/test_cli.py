@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_argv import sr_argv
 
 import dzsr.sample
 from dzsr.checkpoint import save_checkpoint, save_inference_checkpoint
@@ -40,15 +41,11 @@ def _fails(capsys, argv, *fragments):
     return err
 
 
-def _sr_argv(short, tele, out, ckpt, *extra):
-    """``dzsr sr`` arguments for one pair (paths as given, str() applied)."""
-    args = ["--short", short, "--tele", tele, "--out", out, "--ckpt", ckpt, *extra]
-    return ["sr", *map(str, args)]
-
-
 def test_sr_writes_the_whole_image(files, tmp_path, capsys):
     out = tmp_path / "sr.png"
-    argv = _sr_argv(files["short"], files["tele"], out, files["root"] / "x4.pt", "--scale", "4")
+    argv = sr_argv(
+        files["short"], files["tele"], out, "--ckpt", files["root"] / "x4.pt", "--scale", "4"
+    )
     assert main([*argv, "--tile", "64"]) == 0
     assert "telephoto aligned: DIS flow warp" in capsys.readouterr().out  # --align auto, a raw pair
     short = read_rgb(files["short"])
@@ -58,17 +55,25 @@ def test_sr_writes_the_whole_image(files, tmp_path, capsys):
 def test_sr_errors(files, capsys, tmp_path):
     root, out = files["root"], tmp_path / "o.png"
     short, tele, x4 = files["short"], files["tele"], root / "x4.pt"
-    _fails(capsys, _sr_argv(root / "nope.png", tele, out, x4), "nope.png", "not found")
-    _fails(capsys, _sr_argv(root / "broken.png", tele, out, x4), "broken.png", "cannot read")
-    _fails(capsys, _sr_argv(short, tele, out, root / "x2.pt", "--scale", "4"), "scale x2, not x4")
-    _fails(capsys, _sr_argv(short, tele, out, root / "missing.pt"), "missing.pt")
-    _fails(capsys, _sr_argv(short, tele, out, root / "broken.png"), "cannot read checkpoint")
+    _fails(capsys, sr_argv(root / "nope.png", tele, out, "--ckpt", x4), "nope.png", "not found")
+    _fails(
+        capsys, sr_argv(root / "broken.png", tele, out, "--ckpt", x4), "broken.png", "cannot read"
+    )
+    _fails(
+        capsys,
+        sr_argv(short, tele, out, "--ckpt", root / "x2.pt", "--scale", "4"),
+        "scale x2, not x4",
+    )
+    _fails(capsys, sr_argv(short, tele, out, "--ckpt", root / "missing.pt"), "missing.pt")
+    _fails(
+        capsys, sr_argv(short, tele, out, "--ckpt", root / "broken.png"), "cannot read checkpoint"
+    )
     small_tele = tmp_path / "tele_small.png"
     write_rgb(small_tele, read_rgb(tele)[:30, :45])
-    _fails(capsys, _sr_argv(short, small_tele, out, x4), "inconsistent with scale 4")
+    _fails(capsys, sr_argv(short, small_tele, out, "--ckpt", x4), "inconsistent with scale 4")
     tiny = tmp_path / "tiny.png"
     write_rgb(tiny, np.zeros((6, 6, 3), np.uint8))
-    _fails(capsys, _sr_argv(tiny, tiny, out, x4))
+    _fails(capsys, sr_argv(tiny, tiny, out, "--ckpt", x4))
 
 
 def test_train_errors(capsys, tmp_path):
@@ -276,7 +281,9 @@ def test_sr_honours_the_backend_variable(files, tmp_path, monkeypatch):
     monkeypatch.setenv("DZSR_KERNELS_BACKEND", "reference")
     out = tmp_path / "sr.png"
     out.write_bytes(b"an older result")
-    argv = _sr_argv(files["short"], files["tele"], out, files["root"] / "x4.pt", "--tile", "0")
+    argv = sr_argv(
+        files["short"], files["tele"], out, "--ckpt", files["root"] / "x4.pt", "--tile", "0"
+    )
     assert main(argv) == 0
     assert chosen and set(chosen) == {"reference"}
     # replaced whole, no temporary left beside it

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from cli_argv import sr_argv
 
 import dzsr.cli
 from dzsr.checkpoint import save_checkpoint
@@ -54,20 +55,9 @@ def world(tmp_path_factory):
 
 
 def _argv(world, out, *extra):
-    return [
-        "sr",
-        "--short",
-        str(world / "short"),
-        "--tele",
-        str(world / "tele"),
-        "--out",
-        str(out),
-        "--ckpt",
-        str(world / "x4.pt"),
-        "--tile",
-        "32",
-        *extra,
-    ]
+    return sr_argv(
+        world / "short", world / "tele", out, "--ckpt", world / "x4.pt", "--tile", 32, *extra
+    )
 
 
 def test_folder_mode_writes_every_good_pair_and_reports_the_broken_one(world, tmp_path, capsys):
@@ -99,19 +89,15 @@ def test_folder_mode_pairs_by_name(world, tmp_path, capsys):
     single = tmp_path / "b.png"
     assert (
         main(
-            [
-                "sr",
-                "--short",
-                str(world / "short" / "b.png"),
-                "--tele",
-                str(world / "tele" / "b.jpg"),
-                "--out",
-                str(single),
+            sr_argv(
+                world / "short" / "b.png",
+                world / "tele" / "b.jpg",
+                single,
                 "--ckpt",
-                str(world / "x4.pt"),
+                world / "x4.pt",
                 "--tile",
-                "32",
-            ]
+                32,
+            )
         )
         == 0
     )
@@ -226,19 +212,15 @@ def test_bf16_from_the_command_line_meets_the_psnr_bound(world, tmp_path, capsys
         paths[precision] = tmp_path / f"{precision}.png"
         assert (
             main(
-                [
-                    "sr",
-                    "--short",
-                    str(world / "short" / "a.png"),
-                    "--tele",
-                    str(world / "tele" / "a.png"),
-                    "--out",
-                    str(paths[precision]),
+                sr_argv(
+                    world / "short" / "a.png",
+                    world / "tele" / "a.png",
+                    paths[precision],
                     "--precision",
                     precision,
                     "--tile",
-                    "32",
-                ]
+                    32,
+                )
             )
             == 0
         )
