@@ -5,10 +5,10 @@ included, against the reference in the same dtype, comparing NaN masks, ±Inf an
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
+from cuda_emulation_build import emulated_library
 
 import dzsr_kernels as dk
 from dzsr_kernels import _backend
@@ -92,37 +92,19 @@ def check_against_reference(backend, x, geom, weight, bias, groups, tol=None):
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATED = "cuda-emulated"  # the CUDA kernels run on CPU threads (tests/cuda_emulation/)
-_EMULATED_OPS = []
 
 
-def emulated_ops(build_dir):
+def emulated_ops():
     """torch.ops.dzsr_cuda_emu: the CUDA kernels and host code of deform_conv_cuda.cu built for CPU
-    threads (tests/cuda_emulation/cuda_emulation.h) in build_dir (a new temporary folder if None);
-    built once per process."""
-    if not _EMULATED_OPS:
-        from torch.utils.cpp_extension import load
-
-        here = ROOT / "tests" / "cuda_emulation"
-        load(
-            name="dzsr_cuda_emu",
-            sources=[str(here / "deform_conv_emulated.cpp")],
-            extra_cflags=["-O1", "-pthread"],
-            extra_ldflags=["-pthread"],
-            extra_include_paths=[str(ROOT / "csrc"), str(here)],
-            is_python_module=False,
-            build_directory=str(build_dir)
-            if build_dir is not None
-            else tempfile.mkdtemp(prefix="dzsr_emu_"),
-        )
-        _EMULATED_OPS.append(torch.ops.dzsr_cuda_emu)
-    return _EMULATED_OPS[0]
+    threads (tests/cuda_emulation/cuda_emulation.h)."""
+    return emulated_library("dzsr_cuda_emu", "deform_conv_emulated.cpp")
 
 
 def packed_results(backend, x, geom, affine, weight, bias, groups, grad_out=None):
     """(out, dx, dgeom, dweight) of the packed op on ``backend`` (reference, cpp, triton, or
     EMULATED), inputs used as given (any layout); grad_out defaults to a finite random tensor."""
     if backend == EMULATED:
-        ops = emulated_ops(None)
+        ops = emulated_ops()
         c = lambda t: None if t is None else t.contiguous()  # noqa: E731
         out = ops.deform_conv2d_forward(c(x), c(geom), affine, c(weight), c(bias), groups)
         if grad_out is None:

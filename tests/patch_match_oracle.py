@@ -4,12 +4,9 @@ input cases and the fake / compile checks every backend's tests share."""
 
 from __future__ import annotations
 
-import functools
-import tempfile
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
+from cuda_emulation_build import emulated_library
 
 import dzsr_kernels
 
@@ -200,21 +197,7 @@ def check_compile_fullgraph(backend, device="cpu"):
             assert score.stride() == s_eager.stride() and index.stride() == i_eager.stride()
 
 
-@functools.cache
 def emulated_cuda_kernel():
-    """The CUDA kernel and host code of csrc/patch_match/patch_match_cuda.cu built for CPU threads
-    (tests/cuda_emulation/), as torch.ops.dzsr_pm_cuda_emu.patch_match: built once per process, since
-    its library can register only once."""
-    from torch.utils.cpp_extension import load
-
-    here = Path(__file__).resolve().parent
-    load(
-        name="dzsr_pm_cuda_emu",
-        sources=[str(here / "cuda_emulation" / "patch_match_emulated.cpp")],
-        extra_cflags=["-O1", "-pthread"],
-        extra_ldflags=["-pthread"],
-        extra_include_paths=[str(here.parent / "csrc"), str(here / "cuda_emulation")],
-        is_python_module=False,
-        build_directory=tempfile.mkdtemp(prefix="pm_cuda_emulation"),
-    )
-    return torch.ops.dzsr_pm_cuda_emu.patch_match
+    """The CUDA kernel and host code of csrc/patch_match/patch_match_cuda.cu built for CPU threads,
+    as torch.ops.dzsr_pm_cuda_emu.patch_match."""
+    return emulated_library("dzsr_pm_cuda_emu", "patch_match_emulated.cpp").patch_match

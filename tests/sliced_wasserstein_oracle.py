@@ -12,11 +12,8 @@ the output dtype (float16 2e-3, bfloat16 1.6e-2).
 
 from __future__ import annotations
 
-import functools
-import tempfile
-from pathlib import Path
-
 import torch
+from cuda_emulation_build import emulated_library
 
 import dzsr_kernels as dk
 from dzsr_kernels._checks import compute_dtype
@@ -243,24 +240,7 @@ def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x.contiguous()
 
 
-@functools.cache
 def emulated_cuda_ops():
     """The CUDA forward and backward of csrc/sliced_wasserstein/sliced_wasserstein_cuda.cu built for
-    CPU threads (tests/cuda_emulation/), as torch.ops.dzsr_sw_cuda_emu.sliced_wasserstein_{forward,
-    backward}: built once per process (a TORCH_LIBRARY namespace can be registered once), in a fixed
-    folder of the temp dir that ninja updates when the sources change."""
-    from torch.utils.cpp_extension import load
-
-    here = Path(__file__).resolve().parent
-    build = Path(tempfile.gettempdir()) / "dzsr_sw_cuda_emulation"
-    build.mkdir(exist_ok=True)
-    load(
-        name="dzsr_sw_cuda_emu",
-        sources=[str(here / "cuda_emulation" / "sliced_wasserstein_emulated.cpp")],
-        extra_cflags=["-O1", "-pthread"],
-        extra_ldflags=["-pthread"],
-        extra_include_paths=[str(here.parent / "csrc"), str(here / "cuda_emulation")],
-        is_python_module=False,
-        build_directory=str(build),
-    )
-    return torch.ops.dzsr_sw_cuda_emu
+    CPU threads, as torch.ops.dzsr_sw_cuda_emu.sliced_wasserstein_{forward,backward}."""
+    return emulated_library("dzsr_sw_cuda_emu", "sliced_wasserstein_emulated.cpp")

@@ -46,7 +46,9 @@ import sys, torch
 from dzsr_kernels import _ext
 _ext.build(with_cuda=True, build_dir=sys.argv[1])
 assert torch.ops.dzsr_C.has_cuda(), "built without DZSR_WITH_CUDA"
-for op in ("deform_conv2d_forward", "deform_conv2d_backward"):
+for op in ("deform_conv2d_forward", "deform_conv2d_backward", "patch_match",
+           "sliced_wasserstein_forward", "sliced_wasserstein_backward",
+           "local_sliced_wasserstein_forward"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key("dzsr_C::" + op, "CUDA"), op + " has no CUDA kernel"
 print("ok")
 """
@@ -78,10 +80,10 @@ def test_cuda_sources_build_with_nvcc(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def emulated_ops(tmp_path_factory):
+def emulated_ops():
     """The CUDA kernels and host code of deform_conv_cuda.cu built for CPU threads
     (tests/cuda_emulation/cuda_emulation.h), as torch.ops.dzsr_cuda_emu.*."""
-    return build_emulated_ops(tmp_path_factory.mktemp("cuda_emulation"))
+    return build_emulated_ops()
 
 
 # Beyond SHAPES: several passes of the input gradient's channel loop (C/groups = 20 and 72), partial

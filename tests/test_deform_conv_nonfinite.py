@@ -30,8 +30,8 @@ BACKENDS = CPU + ["cpp-planar", EMULATED]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _emulation(tmp_path_factory):
-    emulated_ops(tmp_path_factory.mktemp("cuda_emulation"))
+def _emulation():
+    emulated_ops()
 
 
 @pytest.fixture

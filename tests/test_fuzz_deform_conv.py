@@ -39,8 +39,8 @@ FUZZ = settings(database=None)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _emulation(tmp_path_factory):
-    emulated_ops(tmp_path_factory.mktemp("cuda_emulation"))
+def _emulation():
+    emulated_ops()
 
 
 @st.composite

@@ -18,17 +18,8 @@
 #include <cstdint>
 #include <tuple>
 
-#ifdef DZSR_CUDA_EMULATION
-// Test-only build (tests/cuda_emulation/patch_match_emulated.cpp): the same kernel and host code
-// run on CPU threads with CPU tensors, so they can be checked against the reference without a GPU.
-#include "cuda_emulation.h"
-#else
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
-
 #include "common.h"
+#include "cuda_launch.h"
 
 namespace {
 
@@ -172,17 +163,8 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cuda(const at::Tensor& uq, const 
       score.data_ptr<float>(), index.data_ptr<int64_t>(), static_cast<int>(p), static_cast<int>(C),
       static_cast<int>(Hq), static_cast<int>(Wq), static_cast<int>(Hr), static_cast<int>(Wr),
       static_cast<int>(hpq), static_cast<int>(wpq), static_cast<int>(hpr), static_cast<int>(wpr));
-#ifdef DZSR_CUDA_EMULATION
-  std::apply(
-      [&](auto... a) {
-        dzsr::deform::emulation::launch(patch_match_kernel, grid, dim3(kThreads), a...);
-      },
-      args);
-#else
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  std::apply([&](auto... a) { patch_match_kernel<<<grid, kThreads, 0, stream>>>(a...); }, args);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-#endif
+  std::apply([&](auto... a) { dzsr::launch(patch_match_kernel, grid, dim3(kThreads), a...); },
+             args);
   return {score, index};
 }
 

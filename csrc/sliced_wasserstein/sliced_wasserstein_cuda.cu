@@ -37,41 +37,20 @@
 #include <cstdint>
 #include <tuple>
 
-#ifdef DZSR_CUDA_EMULATION
-// Test-only build (tests/cuda_emulation/sliced_wasserstein_emulated.cpp): the same kernels and
-// host code run on CPU threads with CPU tensors, so they can be checked against the reference
-// without a GPU.
-#include "cuda_emulation.h"
-#else
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
-
 #include "common.h"
+#include "cuda_launch.h"
+#include "sliced_wasserstein/sliced_wasserstein_cuda.h"
 #include "sliced_wasserstein/sliced_wasserstein_math.h"
 
 namespace dzsr {
 namespace sw {
 namespace {
 
-// Launch `kernel` on grid x block threads on the current stream and check the launch.
-template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
-#ifdef DZSR_CUDA_EMULATION
-  dzsr::deform::emulation::launch(kernel, grid, block, args...);
-#else
-  kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-#endif
-}
-
-constexpr int kWarp = 32;
 constexpr int kItems = 8;      // row slots per thread of the on-chip sort (< 16: see packed)
 constexpr int kDigitBits = 4;  // radix-sort digit
 constexpr int kDigits = 1 << kDigitBits;
 static_assert(kItems < (1 << kDigitBits), "a thread's count of one digit must fit 4 bits");
-constexpr int kThreads = 256;  // threads of the fallback and finishing kernels
+constexpr int kThreads = 256;  // threads of the fallback kernel
 constexpr int kChunk = 4096;   // row elements per block of the fallback kernel
 constexpr int64_t kBackwardBytes = int64_t(64) << 20;  // float signs per backward GEMM, default
 
@@ -115,20 +94,6 @@ __device__ __forceinline__ int block_exclusive_scan(int x, int* warp_total) {
   for (int w = 0; w < warp; ++w) before += warp_total[w];
   __syncthreads();
   return before + inclusive - x;
-}
-
-// Sum over the block of one double per thread (blockDim.x a multiple of 32), returned to thread 0
-// (others get 0). Every thread must call it; it contains a barrier, so shared-memory writes made
-// before it are visible to every thread after it. warp_sum: 32 doubles of shared memory.
-__device__ __forceinline__ double block_sum(double x, double* warp_sum) {
-  for (int d = kWarp / 2; d > 0; d >>= 1) x += __shfl_down_sync(0xffffffffu, x, d);
-  if (threadIdx.x % kWarp == 0) warp_sum[threadIdx.x / kWarp] = x;
-  __syncthreads();
-  double total = 0.0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < int(blockDim.x) / kWarp; ++w) total += warp_sum[w];
-  }
-  return total;
 }
 
 // Loads row[0, length) as keys into the thread's slots [t kItems, t kItems + valid) (coalesced
@@ -298,19 +263,6 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partial[row * nchunks + chunk] = acc;
 }
 
-// loss = (sum of partial[0, n)) / count in scalar_t, summed in a fixed order by one block of
-// kThreads threads; NaN when count is 0 (the mean of nothing).
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    finish_loss_kernel(const double* __restrict__ partial, int64_t n, double count,
-                       scalar_t* __restrict__ loss) {
-  __shared__ double warp_sum[kWarp];
-  double acc = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) acc += partial[i];
-  acc = block_sum(acc, warp_sum);
-  if (threadIdx.x == 0) *loss = static_cast<scalar_t>(acc / count);
-}
-
 // Largest on-chip block per compute dtype (its shared memory must stay within the 48 KB of a
 // static allocation) and the row length it holds.
 template <typename scalar_t>
@@ -413,9 +365,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u,
             ? compare_on_chip<scalar_t>(at::matmul(m, u3).contiguous(),
                                         at::matmul(m, v3).contiguous(), sign_u, sign_v, need_v_sign)
             : compare_sorted<scalar_t>(m, u3, v3, sign_u, sign_v, need_v_sign);
-    launch(finish_loss_kernel<scalar_t>, dim3(1), dim3(kThreads), partial.data_ptr<double>(),
-           partial.numel(), static_cast<double>(n_batch * num_proj * length),
-           loss.data_ptr<scalar_t>());
+    finish_loss<scalar_t>(partial, static_cast<double>(n_batch * num_proj * length), loss);
   });
   return {loss, sign_u, sign_v};
 }
