@@ -4,8 +4,8 @@ Implementations (the same loss, C//2 fresh directions per call, windows at strid
   reference  the authors' formulation (SelfDZSR++ models/losses.py, rewritten in
              dzsr_kernels/local_sliced_wasserstein/reference.py): F.unfold of every window,
              batched matmul, torch.sort of the (N, P, C', k*k) rows, autograd;
-  cpp        the fused C++ CPU kernel (each pixel projected once, per-window sorts, int32 per-pixel
-             sign sums) and the GEMM backward. On CUDA it runs the reference (no CUDA kernel yet).
+  cpp        the fused kernels (each pixel projected once, per-window sorts, int32 per-pixel sign
+             sums; C++ on the CPU, the CUDA kernel on a GPU) and the GEMM backward.
 Shapes: VGG-19 relu3_2, relu4_2, relu5_2 of a batch of 16 192-pixel HR patches with the authors'
 per-layer windows 8, 4, 2. Time: interleaved median after a warm-up (benchmarks/_harness.py). Peak
 memory: CPU child-process RSS above a child that builds the same inputs; CUDA max_memory_allocated.

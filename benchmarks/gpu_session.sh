@@ -69,6 +69,8 @@ step match 180 python3 -m benchmarks.bench_patch_match --device cuda --sizes 128
 # where the time goes (projection GEMMs, torch.sort, the custom ops' forward and backward)
 step sw 90 python3 -m benchmarks.bench_sliced_wasserstein --device cuda --reps 20
 step sw_stages 45 python3 -m benchmarks.bench_sliced_wasserstein --device cuda --reps 20 --breakdown
+# LOSW (issue 15: >= 5x the authors' unfold + sort at (16,256,48,48) k=8, <= 0.25x their peak memory)
+step losw 60 python3 -m benchmarks.bench_local_sliced_wasserstein --device cuda --reps 10
 step model 80 python3 -m benchmarks.bench_model --device cuda
 step agreement 90 python3 -m benchmarks.bench_patch_match --device cuda --agreement
 # size sweeps for the plots: copy $OUT/results/sweep-cuda.json to benchmarks/results/, then

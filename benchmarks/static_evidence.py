@@ -315,7 +315,7 @@ def triton_rows(target: TritonTarget, arch: str, workdir: Path) -> list[Row]:
 
 # ---------------------------------------------------------------- command line
 
-OPS = ("deform_conv", "patch_match", "sliced_wasserstein")
+OPS = ("deform_conv", "local_sliced_wasserstein", "patch_match", "sliced_wasserstein")
 
 
 def collect(archs, ops) -> list[Row]:

@@ -34,7 +34,7 @@ def oracle(u, v, proj, window: int, stride: int):
     dtype = compute_dtype(u)
     n, c, h, w = u.shape
     m = proj.to(dtype)
-    pixels = torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w)
+    pixels = torch.arange(h * w, dtype=torch.float64, device=u.device).view(1, 1, h, w)
     index = F.unfold(pixels, window, stride=stride)[0].t().long()  # (P, k*k), row-major windows
 
     def sorted_windows(x):
@@ -43,12 +43,28 @@ def oracle(u, v, proj, window: int, stride: int):
 
     def sum_at_pixels(order, signs):  # order: each sorted slot's position in its window
         pixel = index.expand(order.shape).gather(3, order)
-        count = torch.zeros(n, m.shape[0], h * w, dtype=dtype)
+        count = torch.zeros(n, m.shape[0], h * w, dtype=dtype, device=u.device)
         return count.scatter_add_(2, pixel.flatten(2), signs.flatten(2)).to(torch.int32)
 
     (su, iu), (sv, iv) = sorted_windows(u), sorted_windows(v)
     sign = torch.sign(su - sv)
     return (su - sv).abs().mean(), sum_at_pixels(iu, sign), sum_at_pixels(iv, -sign)
+
+
+def check_forward(forward, u, v, proj, window: int, stride: int) -> None:
+    """A kernel's forward ``forward(u, v, m, window, stride, need_v_count) -> (loss, count_u,
+    count_v)`` (the op's documented outputs) against the oracle, with need_v_count True and False:
+    the counts exactly, the loss within the compute dtype's tolerance (same NaN / inf)."""
+    m = proj.to(compute_dtype(u))
+    loss, count_u, count_v = forward(u, v, m, window, stride, True)
+    ref_loss, ref_u, ref_v = oracle(u, v, m, window, stride)
+    assert count_u.dtype == torch.int32 and count_u.is_contiguous()
+    assert torch.equal(count_u, ref_u) and torch.equal(count_v, ref_v)
+    assert loss.shape == () and loss.dtype == m.dtype
+    assert_same_nonfinite_and_close(loss, ref_loss, RTOL[m.dtype])
+    loss_u, count_u_only, no_v = forward(u, v, m, window, stride, False)
+    assert no_v.shape == (0,) and torch.equal(count_u_only, count_u)
+    assert torch.equal(loss_u, loss) or (loss_u.isnan() and loss.isnan())
 
 
 def loss_and_grads(backend, u, v, proj, window, stride, v_grad=None):

@@ -60,7 +60,7 @@ def test_auto_follows_the_measured_order_per_device_and_op(monkeypatch):
         op: _backend.resolve(op, cuda)
         for op in ("deform_conv2d", "patch_match", "sliced_wasserstein")
     } == {"deform_conv2d": "cpp", "patch_match": "reference", "sliced_wasserstein": "reference"}
-    # no CUDA kernel for the local SW loss yet: auto names the reference there
+    # the CUDA kernel of the local SW loss is unmeasured: auto names the reference there
     assert _backend.resolve("local_sliced_wasserstein", cpu) == "cpp"
     assert _backend.resolve("local_sliced_wasserstein", cuda) == "reference"
 

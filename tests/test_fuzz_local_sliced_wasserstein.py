@@ -6,7 +6,8 @@ float16, bfloat16), a memory layout, a magnitude (as test_fuzz_sliced_wasserstei
 special values (NaN of either sign, +-inf, +-0.0) in u or v, optionally a duplicated pixel of u
 (ties in every window holding both), random or axis-aligned unit directions (0 * inf = NaN) and
 whether v needs a gradient. The cpp backend must agree with the stable gather oracle and the
-reference as local_sliced_wasserstein_oracle.check_backend checks it. Invalid windows and strides
+reference as local_sliced_wasserstein_oracle.check_backend checks it, and the CUDA forward (through
+the emulation, fewer examples) the oracle as check_forward checks it. Invalid windows and strides
 must raise the one documented error.
 """
 
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from cuda_emulation_build import emulated_library
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from local_sliced_wasserstein_oracle import check_backend
+from local_sliced_wasserstein_oracle import check_backend, check_forward
 from sliced_wasserstein_oracle import LAYOUTS, with_layout
-from test_fuzz_sliced_wasserstein import DTYPES, MAGNITUDE, SPECIALS
+from test_fuzz_sliced_wasserstein import DTYPES, FEW, MAGNITUDE, SPECIALS
 
 import dzsr_kernels as dk
 from dzsr_kernels._checks import compute_dtype
@@ -75,6 +77,20 @@ def build(case):
 @given(case=losw_cases())
 def test_fuzz_cpp_matches_oracle_and_reference(case):
     check_backend("cpp", *build(case))
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    ops = emulated_library("dzsr_losw_cuda_emu", "local_sliced_wasserstein_emulated.cpp")
+    return ops.local_sliced_wasserstein_forward
+
+
+@settings(max_examples=FEW)
+@given(case=losw_cases())
+def test_fuzz_emulated_cuda_forward_matches_oracle(emulated, case):
+    """The CUDA forward (through the emulation) on the same cases: exact counts, the loss."""
+    u, v, proj, window, stride, _ = build(case)
+    check_forward(emulated, u, v, proj, window, stride)
 
 
 @given(

@@ -3,9 +3,10 @@
 ``local_sliced_wasserstein_loss`` checks its arguments (u, v, proj and generator exactly as the
 global ``sliced_wasserstein_loss`` does, plus window and stride), draws the projections when none
 are given and dispatches to a backend. ``reference`` runs the differentiable PyTorch oracle
-(``reference.py``) directly, and so does ``cpp`` for tensors off the CPU (no CUDA kernel yet,
-docs/design.md#local-sliced-wasserstein). The C++ CPU kernel is reached through two custom ops
-that carry the backend name as an argument:
+(``reference.py``) directly, and so does ``cpp`` where its fused forward does not run the case
+(``cpp_kernel.supports``: on CUDA, windows whose band of window x W pixels exceeds the kernel's
+shared memory; docs/design.md#local-sliced-wasserstein). The C++ CPU and CUDA kernels are reached
+through two custom ops that carry the backend name as an argument:
 
   ``dzsr::local_sliced_wasserstein_forward(u, v, proj, window, stride, need_v_count, backend)
   -> (loss, count_u, count_v)``
@@ -150,7 +151,7 @@ def local_sliced_wasserstein_loss(
     _check_window_and_stride(window, stride, u.shape[2], u.shape[3])
     m = sw_op._resolve_proj(u, proj, None, generator)
     backend = _backend.resolve(OP, u.device)
-    if backend == "reference" or u.device.type != "cpu":
+    if backend == "reference" or not cpp_kernel.supports(u.device, u.shape[3], window, m.dtype):
         return reference.local_sliced_wasserstein(u, v, m, window, stride)
     need_v_count = v.requires_grad and torch.is_grad_enabled()
     loss, _, _ = _forward(u, v, m, window, stride, need_v_count, backend)
