@@ -195,15 +195,51 @@ _SW = "dzsr_kernels.sliced_wasserstein.triton_kernel"
 _DC_FWD_INTS = _ints("C", "C_out", "H", "W", "c_in_g", "c_out_g", "blocks_per_group")
 
 
-def _dc_forward(label, dt, affine, depthwise):
+def _dc_forward(label, dt, affine, depthwise, mma=f"{_DC}:FMA"):
+    """The forward as ``triton_kernel.forward`` launches it; ``mma`` names an MMA mode (FMA: the
+    outer-product path, BLOCK_C 16; else the tensor-core tiles of 64 out x 32 in channels)."""
     ptr = f"*{dt}"
     types = dict(x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, bias_ptr=ptr, out_ptr=ptr, **_DC_FWD_INTS)
     consts = dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, ACC="tl:float32")
-    consts.update(BLOCK_C=16, BLOCK_P=f"{_DC}:BLOCK_P")
+    fma = mma == f"{_DC}:FMA"
+    block_ci = 1 if fma else (16 if "SPLIT" in mma else 32)
+    consts.update(MMA=mma, BLOCK_C=16 if fma else 64, BLOCK_CI=block_ci)
+    consts.update(BLOCK_P=f"{_DC}:BLOCK_P")
     warps = {"sm_90": f"{_DC}:HOPPER_FORWARD_WARPS", "default": 4}  # as triton_kernel.forward
+    warps = warps if fma else f"{_DC}:MMA_WARPS"
     return TritonTarget(
         "deform_conv", _DC, "_forward_kernel", label, types, consts, {"num_warps": warps}
     )
+
+
+def _dc_dense_backward(label, dt, mma):
+    """The dense input- and weight-gradient kernels on the tensor cores (64 x 64 channels, general
+    offsets), with the tiles ``triton_kernel.backward`` picks."""
+    ptr, acc_ptr = f"*{dt}", "*fp32"
+    common = dict(K=3, AFFINE=False, ACC="tl:float32", MMA=mma)
+    input_grad = TritonTarget(
+        "deform_conv",
+        _DC,
+        "_input_grad_kernel",
+        f"{label}, input gradient",
+        dict(go_ptr=ptr, x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, dx_ptr=acc_ptr, dgeom_ptr=ptr)
+        | dict(dw_ptr=acc_ptr)
+        | _ints("C", "C_out", "H", "W", "groups", "c_in_g", "c_out_g"),
+        common | dict(DEPTHWISE=False, BLOCK_C=16, BLOCK_CO=16, BLOCK_P=f"{_DC}:BLOCK_P"),
+        {"num_warps": f"{_DC}:MMA_WARPS" if "SPLIT" in mma else 4},
+    )
+    weight_grad = TritonTarget(
+        "deform_conv",
+        _DC,
+        "_weight_grad_kernel",
+        f"{label}, weight gradient",
+        dict(go_ptr=ptr, x_ptr=ptr, geom_ptr=ptr, dw_ptr=acc_ptr)
+        | _ints("N", "C", "C_out", "H", "W", "c_in_g", "c_out_g", "co_blocks", "ci_blocks")
+        | _ints("chunk_pixels"),
+        common | dict(BLOCK_CO=64, BLOCK_CI=32, BLOCK_P=f"{_DC}:WEIGHT_BLOCK_P"),
+        {"num_warps": f"{_DC}:MMA_WARPS"},
+    )
+    return [input_grad, weight_grad]
 
 
 _PM_TYPES = (
@@ -227,6 +263,12 @@ TRITON_TARGETS: list[TritonTarget] = [
     _dc_forward("fp32 affine depthwise", "fp32", True, True),
     _dc_forward("fp32 dense", "fp32", False, False),
     _dc_forward("fp16 affine depthwise", "fp16", True, True),
+    _dc_forward(
+        "fp32 dense, split-TF32 tensor cores", "fp32", False, False, f"{_DC}:MMA_SPLIT_TF32"
+    ),
+    _dc_forward("bf16 dense, tensor cores", "bf16", False, False, f"{_DC}:MMA_BF16"),
+    *_dc_dense_backward("fp32 dense, split-TF32 tensor cores", "fp32", f"{_DC}:MMA_SPLIT_TF32"),
+    *_dc_dense_backward("bf16 dense, tensor cores", "bf16", f"{_DC}:MMA_BF16"),
     _pm_match("fp32 exact, P=3", False),
     _pm_match("split-tf32 fast, P=3", True),
     TritonTarget(

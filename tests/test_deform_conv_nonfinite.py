@@ -181,12 +181,15 @@ SHAPES = {
     "depthwise": (2, 4, 4, 5, 6, 3, 4),
     "multiplier": (2, 2, 4, 5, 6, 3, 2),
     "dense": (2, 3, 4, 5, 6, 3, 1),
+    "dense-16": (2, 16, 16, 5, 6, 3, 1),  # Triton's tensor-core path (tl.dot tiles)
 }
 
 
-# The Triton interpreter is slow: triton runs the channel-multiplier shape only (its depthwise
-# forward and input-gradient paths and the grouped weight-gradient path meet there).
-BACKEND_SHAPES = [(b, s) for b in BACKENDS for s in SHAPES if b != "triton" or s == "multiplier"]
+# The Triton interpreter is slow: triton runs the channel-multiplier shape (its depthwise forward
+# and input-gradient paths and the grouped weight-gradient path meet there) and dense-16 (its
+# tensor-core forward, input and weight gradients); the other backends run every shape.
+TRITON_SHAPES = ("multiplier", "dense-16")
+BACKEND_SHAPES = [(b, s) for b in BACKENDS for s in SHAPES if b != "triton" or s in TRITON_SHAPES]
 
 
 @pytest.mark.parametrize("backend,shape", BACKEND_SHAPES)
@@ -204,12 +207,14 @@ def test_nonfinite_matches_reference(backend, shape, case, backend_env):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_nonfinite_matches_reference_low_precision(backend, dtype, backend_env):
-    x, geom, weight, bias = (t.to(dtype) for t in affine_case(2, 3, 6, 4, 5, 3, 3))
+@pytest.mark.parametrize("shape", [(2, 3, 6, 4, 5, 3, 3), (2, 16, 16, 4, 5, 3, 1)])
+def test_nonfinite_matches_reference_low_precision(backend, dtype, shape, backend_env):
+    x, geom, weight, bias = (t.to(dtype) for t in affine_case(*shape))
     x[0, 1, 2, 2] = NAN
+    x[1, 2, 1, 3] = INF
     geom[1, 5, 3, 4] = INF
     weight[4, 0, 0, 0] = -INF
-    check_packed_against_reference(backend_env(backend), x, geom, True, weight, bias, 3)
+    check_packed_against_reference(backend_env(backend), x, geom, True, weight, bias, shape[6])
 
 
 # ---- Empty inputs -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from deform_conv_cases import SHAPES, check_against_reference, make_case, run
 from triton_compile import compile_for_gpu
 
 import dzsr_kernels as dk
+from dzsr_kernels.deform_conv import triton_kernel as tk
 from dzsr_kernels.deform_conv.op import _packed
 
 pytestmark = pytest.mark.skipif(
@@ -41,6 +42,46 @@ def test_matches_reference_float32(shape, affine):
 def test_half_precision_accumulates_in_float(dtype):
     x, geom, weight, bias = make_case(2, 4, 4, 5, 6, 3, 4, affine=True, dtype=dtype)
     check_against_reference("triton", x, geom, weight, bias, 4)
+
+
+# Grouped/dense shapes whose channel tiles go to tl.dot (at least MMA_MIN_CHANNELS in and out per
+# group): one tile each way; 24 in / 40 out (padded tiles, masked rows); 40 in (two input-channel
+# steps of 32); two groups of 16 -> 16.
+MMA_SHAPES = [
+    (1, 16, 16, 5, 6, 3, 1),
+    (1, 24, 40, 4, 5, 3, 1),
+    (1, 40, 16, 3, 4, 3, 1),
+    (1, 32, 32, 4, 5, 3, 2),
+]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("shape", MMA_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tensor_core_path_matches_reference(shape, dtype):
+    """Forward and every gradient of the tl.dot path (float64 IEEE, float32 split TF32, half
+    operands with float32 accumulation) against the float64 reference, tolerances TOL."""
+    affine = DTYPES.index(dtype) % 2 == 0
+    x, geom, weight, bias = make_case(*shape, affine=affine, dtype=dtype)
+    check_against_reference("triton", x, geom, weight, bias, shape[6])
+
+
+def test_mma_mode_selection():
+    """tl.dot where a group has MMA_MIN_CHANNELS channels in and out, the FMA loop elsewhere; the
+    operand format follows the dtype (bfloat16 multiplied in float32 under the interpreter)."""
+    x = {dt: torch.zeros(1, dtype=dt) for dt in DTYPES}
+    small = tk.MMA_MIN_CHANNELS - 1
+    assert tk._mma_mode(x[torch.float32], 1, 1) == tk.FMA  # depthwise
+    assert tk._mma_mode(x[torch.float32], small, 64) == tk.FMA
+    assert tk._mma_mode(x[torch.float32], 64, small) == tk.FMA
+    wide = tk.MMA_MIN_CHANNELS
+    modes = {dt: tk._mma_mode(x[dt], wide, wide) for dt in DTYPES}
+    assert modes == {
+        torch.float64: tk.MMA_F64,
+        torch.float32: tk.MMA_SPLIT_TF32,
+        torch.float16: tk.MMA_F16,
+        torch.bfloat16: tk.MMA_BF16_AS_F32,
+    }
 
 
 def test_without_bias():
@@ -127,25 +168,31 @@ def compile_kernel(fn, types, constexprs):
     consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
     triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", int(sys.argv[1]), 32))
 
-CASES = [("fp32", True, True), ("fp32", False, False), ("fp64", False, True), ("fp16", True, False)]
-for dt, affine, depthwise in CASES:
+CASES = [("fp32", True, True, tk.FMA), ("fp32", False, False, tk.FMA), ("fp64", False, True, tk.FMA),
+         ("fp16", True, False, tk.FMA), ("fp32", False, False, tk.MMA_SPLIT_TF32),
+         ("fp16", True, False, tk.MMA_F16), ("bf16", False, False, tk.MMA_BF16),
+         ("fp64", True, False, tk.MMA_F64)]
+for dt, affine, depthwise, mma in CASES:
     ptr, acc_ptr = "*" + dt, "*fp64" if dt == "fp64" else "*fp32"
     acc = tl.float64 if dt == "fp64" else tl.float32
     ints = lambda *names: {n: "i32" for n in names}
+    wide = mma != tk.FMA  # the tensor-core tiles triton_kernel picks for 64 x 64 channels
     compile_kernel(tk._forward_kernel,
                    dict(x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, bias_ptr=ptr, out_ptr=ptr,
                         **ints("C", "C_out", "H", "W", "c_in_g", "c_out_g", "blocks_per_group")),
-                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, ACC=acc,
-                        BLOCK_C=16, BLOCK_P=tk.BLOCK_P))
+                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, ACC=acc, MMA=mma,
+                        BLOCK_C=64 if wide else 16, BLOCK_CI=32 if wide else 1, BLOCK_P=tk.BLOCK_P))
     compile_kernel(tk._input_grad_kernel,
                    dict(go_ptr=ptr, x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, dx_ptr=acc_ptr, dgeom_ptr=ptr, dw_ptr=acc_ptr,
                         **ints("C", "C_out", "H", "W", "groups", "c_in_g", "c_out_g")),
-                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, ACC=acc, BLOCK_C=16, BLOCK_P=tk.BLOCK_P))
+                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, ACC=acc, MMA=mma,
+                        BLOCK_C=32 if wide else 16, BLOCK_CO=32 if wide else 1, BLOCK_P=tk.BLOCK_P))
     compile_kernel(tk._weight_grad_kernel,
                    dict(go_ptr=ptr, x_ptr=ptr, geom_ptr=ptr, dw_ptr=acc_ptr,
                         **ints("N", "C", "C_out", "H", "W", "c_in_g", "c_out_g", "co_blocks",
                                "ci_blocks", "chunk_pixels")),
-                   dict(K=3, AFFINE=affine, ACC=acc, BLOCK_CO=16, BLOCK_CI=16, BLOCK_P=tk.WEIGHT_BLOCK_P))
+                   dict(K=3, AFFINE=affine, ACC=acc, MMA=mma, BLOCK_CO=64 if wide else 16,
+                        BLOCK_CI=32 if wide else 16, BLOCK_P=tk.WEIGHT_BLOCK_P))
 print("ok")
 """
 

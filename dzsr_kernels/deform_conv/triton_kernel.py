@@ -6,13 +6,18 @@ finiteness test of each position, is computed once per program and tap and reuse
   _forward_kernel       out tile (BLOCK_C output channels x BLOCK_P pixels). Depthwise (C/groups == 1):
                         each output channel samples its own input channel. Grouped/dense: the channels
                         of the tile belong to one group and every sample of an input channel is reused
-                        for all of them (outer-product accumulation).
-  _input_grad_kernel    column gradient dcol = W^T go (rows are input channels), dx by atomic scatter
+                        for all of them: a (BLOCK_CI x BLOCK_P) tile of samples times the tap's weights
+                        on the tensor cores (``_mma``) when the group has MMA_MIN_CHANNELS channels in
+                        and out, else outer-product accumulation.
+  _input_grad_kernel    column gradient dcol = W^T go (rows are input channels; ``_mma`` tiles for wide
+                        groups), dx by atomic scatter
                         of dcol x corner weight, dgeom summed over all channels inside the program (it
                         owns its pixels: no atomics), and for depthwise dweight (per-tap channel sums,
                         atomic add).
   _weight_grad_kernel   dweight of grouped/dense convs: (co x ci) tile of go x sampled columns summed
-                        over a chunk of pixels, atomic add.
+                        over a chunk of pixels (``_mma`` for wide groups), atomic add.
+Tensor-core operands, tiles and precision: ``_mma`` and docs/design.md (deform-conv, "Dense and
+grouped convolutions on the tensor cores").
 Outputs are new contiguous tensors in their input's dtype (op.py's fakes say the same). Half inputs
 are computed in float32 (float64 stays float64); accumulating buffers are zero-filled in that type
 and cast back, the other outputs come from ``_checks.new_output``. Empty N, H or W launch nothing.
@@ -33,6 +38,20 @@ BLOCK_P = 64  # pixels per program (forward, input gradient)
 HOPPER_FORWARD_WARPS = 8
 WEIGHT_BLOCK_P = 32  # pixels per step of the weight-gradient reduction
 WEIGHT_CHUNK_PIXELS = 4096  # pixels summed by one weight-gradient program
+
+# How the grouped/dense kernels multiply their channel tiles (constexpr MMA; ``_mma_mode``):
+FMA = 0  # outer products on the CUDA cores: groups of fewer than MMA_MIN_CHANNELS channels
+MMA_F64 = 1  # tl.dot in IEEE float64
+MMA_SPLIT_TF32 = 2  # float32: three TF32 tensor-core products of split operands (``_mma``)
+MMA_F16 = 3  # float16 storage: float16 operands, float32 accumulation
+MMA_BF16 = 4  # bfloat16 storage: bfloat16 operands, float32 accumulation
+MMA_BF16_AS_F32 = 5  # the same values multiplied in float32: the interpreter's bf16 dot is wrong
+MMA_MIN_CHANNELS = 8  # per group, in and out: below it a 16-wide tensor-core tile is mostly padding
+# Tensor-core programs: channel tiles (out x in) and warps that ptxas holds without spilling on sm_90
+# and sm_80 (benchmarks/static_evidence.py): forward 64 x 32 (64 x 16 for split TF32, which holds
+# two parts of each operand), 8 warps; input gradient 16 x 16, 8 warps for split TF32 and 4 for
+# half operands (at 8 ptxas caps them at 128 registers and spills); weight gradient 64 x 32, 8 warps.
+MMA_WARPS = 8
 
 
 @triton.jit
@@ -166,6 +185,52 @@ def _gather(plane, idx, valid, mask, w, ACC: tl.constexpr):
 
 
 @triton.jit
+def _trunc_tf32(x):
+    """float32 x with its 13 low mantissa bits cleared: a TF32 value no larger in magnitude than x
+    (so FLT_MAX stays finite); inf stays inf and NaN stays NaN (also one whose payload is all in
+    the cleared bits)."""
+    cut = (x.to(tl.int32, bitcast=True) & -0x2000).to(tl.float32, bitcast=True)
+    return tl.where(x == x, cut, x)
+
+
+@triton.jit
+def _finite_or_zero(x):
+    return tl.where(tl.abs(x) < float("inf"), x, 0.0)
+
+
+@triton.jit
+def _mma(acc, a, b, MMA: tl.constexpr):
+    """acc + a @ b for tiles a (M, K), b (K, N) holding values of the compute dtype (M, N, K >= 16).
+
+    Half storage: the operands are rounded to the storage dtype (exact for loaded values; the
+    sampled columns round there, docs/design.md) and their products summed in float32. float32:
+    a = a_hi + a_lo with a_hi = _trunc_tf32(a) and a_lo = _trunc_tf32(a - a_hi) (likewise b), and
+    acc + a_hi b_hi + a_hi b_lo + a_lo b_hi on the TF32 tensor cores: every operand is a TF32 value,
+    so the hardware multiplies exactly what the interpreter does, and the result is float32 up to
+    a few units of 2^-21 relative. inf and NaN reach acc only through a_hi b_hi, which has the
+    reference's non-finite products (x_hi is non-finite or zero exactly when x is): the low parts
+    and the high parts they meet are taken as zero where not finite."""
+    if MMA == 1:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    elif MMA == 2:
+        a_hi = _trunc_tf32(a)
+        b_hi = _trunc_tf32(b)
+        a_lo = _trunc_tf32(_finite_or_zero(a - a_hi))
+        b_lo = _trunc_tf32(_finite_or_zero(b - b_hi))
+        acc = tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+        acc = tl.dot(_finite_or_zero(a_hi), b_lo, acc, input_precision="tf32")
+        return tl.dot(a_lo, _finite_or_zero(b_hi), acc, input_precision="tf32")
+    elif MMA == 3:
+        return tl.dot(a.to(tl.float16), b.to(tl.float16), acc)
+    elif MMA == 4:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        a16 = a.to(tl.bfloat16).to(tl.float32)
+        b16 = b.to(tl.bfloat16).to(tl.float32)
+        return tl.dot(a16, b16, acc, input_precision="ieee")
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr,
     geom_ptr,
@@ -184,7 +249,9 @@ def _forward_kernel(
     DEPTHWISE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     ACC: tl.constexpr,
+    MMA: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    BLOCK_CI: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -223,6 +290,26 @@ def _forward_kernel(
             )
             wt = tl.load(w_ptr + co * KK + t, mask=cmask, other=0.0).to(ACC)
             acc += wt[:, None] * v
+        elif MMA != 0:
+            # The tap's sampled columns of a tile of input channels (BLOCK_CI, BLOCK_P), gathered
+            # once for all BLOCK_C output channels, times the tap's weights on the tensor cores.
+            for c0 in range(0, c_in_g, BLOCK_CI):
+                ci = c0 + tl.arange(0, BLOCK_CI)
+                cimask = ci < c_in_g
+                plane = x_n + ((g * c_in_g + ci).to(tl.int64) * HW)[:, None]
+                m = cimask[:, None] & pmask[None, :]
+                v = (
+                    bad[None, :]
+                    + _gather(plane, i00[None, :], m00[None, :], m, w00[None, :], ACC)
+                    + _gather(plane, i01[None, :], m01[None, :], m, w01[None, :], ACC)
+                    + _gather(plane, i10[None, :], m10[None, :], m, w10[None, :], ACC)
+                    + _gather(plane, i11[None, :], m11[None, :], m, w11[None, :], ACC)
+                )
+                wmask = cmask[:, None] & cimask[None, :]
+                wt = tl.load(
+                    w_ptr + (co[:, None] * c_in_g + ci[None, :]) * KK + t, mask=wmask, other=0.0
+                )
+                acc = _mma(acc, wt.to(ACC), v, MMA)
         else:
             for ci in range(c_in_g):
                 plane = x_n + (g * c_in_g + ci).to(tl.int64) * HW
@@ -306,7 +393,9 @@ def _input_grad_kernel(
     AFFINE: tl.constexpr,
     DEPTHWISE: tl.constexpr,
     ACC: tl.constexpr,
+    MMA: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    BLOCK_CO: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -410,12 +499,26 @@ def _input_grad_kernel(
                     ci_in_g = c0 + tl.arange(0, BLOCK_C)
                     cmask = ci_in_g < c_in_g
                     dcol = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
-                    for co in range(g * c_out_g, (g + 1) * c_out_g):
-                        go = tl.load(go_n + co * HW + p, mask=pmask, other=0.0).to(ACC)
-                        wt = tl.load(
-                            w_ptr + (co * c_in_g + ci_in_g) * KK + t, mask=cmask, other=0.0
-                        ).to(ACC)
-                        dcol += wt[:, None] * go[None, :]
+                    if MMA != 0:  # dcol = W_t^T go, (BLOCK_C, BLOCK_CO) x (BLOCK_CO, BLOCK_P) tiles
+                        for o0 in range(0, c_out_g, BLOCK_CO):
+                            co_in_g = o0 + tl.arange(0, BLOCK_CO)
+                            omask = co_in_g < c_out_g
+                            co = (g * c_out_g + co_in_g).to(tl.int64)
+                            gmask = omask[:, None] & pmask[None, :]
+                            go = tl.load(
+                                go_n + co[:, None] * HW + p[None, :], mask=gmask, other=0.0
+                            )
+                            wmask = cmask[:, None] & omask[None, :]
+                            w_off = (co[None, :] * c_in_g + ci_in_g[:, None]) * KK + t
+                            wt = tl.load(w_ptr + w_off, mask=wmask, other=0.0)
+                            dcol = _mma(dcol, wt.to(ACC), go.to(ACC), MMA)
+                    else:
+                        for co in range(g * c_out_g, (g + 1) * c_out_g):
+                            go = tl.load(go_n + co * HW + p, mask=pmask, other=0.0).to(ACC)
+                            wt = tl.load(
+                                w_ptr + (co * c_in_g + ci_in_g) * KK + t, mask=cmask, other=0.0
+                            ).to(ACC)
+                            dcol += wt[:, None] * go[None, :]
                     ci = (g * c_in_g + ci_in_g).to(tl.int64)[:, None] * HW
                     _, gy, gx = _scatter_and_grad(
                         x_n + ci,
@@ -488,12 +591,14 @@ def _weight_grad_kernel(
     K: tl.constexpr,
     AFFINE: tl.constexpr,
     ACC: tl.constexpr,
+    MMA: tl.constexpr,
     BLOCK_CO: tl.constexpr,
     BLOCK_CI: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     """dweight[co, ci, t] += sum over one (n, pixel chunk) of go[n, co, p] * sample(x[n, ci], t, p);
-    grid (groups * co_blocks * ci_blocks, K*K, N * chunks)."""
+    grid (groups * co_blocks * ci_blocks, K*K, N * chunks). With MMA the pixel sum of each step is
+    the tensor-core product go (BLOCK_CO, BLOCK_P) x cols^T (BLOCK_P, BLOCK_CI)."""
     pid = tl.program_id(0)
     t = tl.program_id(1)
     pid_nc = tl.program_id(2)
@@ -532,7 +637,10 @@ def _weight_grad_kernel(
             + _gather(x_rows, i11[None, :], m11[None, :], m, w11[None, :], ACC)
         )
         go = tl.load(go_rows + p[None, :], mask=comask[:, None] & pmask[None, :], other=0.0).to(ACC)
-        acc += tl.sum(go[:, None, :] * cols[None, :, :], axis=2)
+        if MMA != 0:
+            acc = _mma(acc, go, tl.trans(cols), MMA)
+        else:
+            acc += tl.sum(go[:, None, :] * cols[None, :, :], axis=2)
     dst = dw_ptr + (co[:, None] * c_in_g + ci_in_g[None, :]) * KK + t
     tl.atomic_add(dst, acc, mask=comask[:, None] & cimask[None, :])
 
@@ -545,6 +653,22 @@ def _channel_block(n: int, cap: int) -> int:
     return max(2, min(cap, triton.next_power_of_2(n)))
 
 
+def _mma_block(n: int, cap: int) -> int:
+    """A tensor-core tile side for n channels: a power of two in [16, cap]."""
+    return max(16, min(cap, triton.next_power_of_2(n)))
+
+
+def _mma_mode(x: torch.Tensor, c_in_g: int, c_out_g: int) -> int:
+    """How the grouped/dense kernels multiply channel tiles for x's dtype (the MMA constants):
+    FMA for depthwise convolutions and for groups of fewer than MMA_MIN_CHANNELS channels."""
+    if min(c_in_g, c_out_g) < MMA_MIN_CHANNELS:
+        return FMA
+    if x.dtype == torch.bfloat16:
+        interpreted = x.device.type == "cpu"  # only the interpreter runs Triton on CPU tensors
+        return MMA_BF16_AS_F32 if interpreted else MMA_BF16
+    return {torch.float64: MMA_F64, torch.float32: MMA_SPLIT_TF32, torch.float16: MMA_F16}[x.dtype]
+
+
 def forward(x, geom, affine, weight, bias, groups):
     """out (N, C_out, H, W) in x's dtype; inputs as in ``reference.deform_conv2d``."""
     x, geom, weight = x.contiguous(), geom.contiguous(), weight.contiguous()
@@ -555,7 +679,12 @@ def forward(x, geom, affine, weight, bias, groups):
     if out.numel() == 0:
         return out
     depthwise = c_in_g == 1
-    block_c = _channel_block(c_out if depthwise else c_out_g, 16)
+    mma = _mma_mode(x, c_in_g, c_out_g)
+    if mma == FMA:
+        block_c, block_ci = _channel_block(c_out if depthwise else c_out_g, 16), 1
+    else:
+        block_c = _mma_block(c_out_g, 64)
+        block_ci = _mma_block(c_in_g, 16 if mma == MMA_SPLIT_TF32 else 32)
     blocks_per_group = triton.cdiv(c_out_g, block_c)
     grid = (
         triton.cdiv(h * w, BLOCK_P),
@@ -580,9 +709,11 @@ def forward(x, geom, affine, weight, bias, groups):
         DEPTHWISE=depthwise,
         HAS_BIAS=bias is not None,
         ACC=_acc(x.dtype),
+        MMA=mma,
         BLOCK_C=block_c,
+        BLOCK_CI=block_ci,
         BLOCK_P=BLOCK_P,
-        num_warps=_forward_warps(x.device),
+        num_warps=MMA_WARPS if mma != FMA else _forward_warps(x.device),
     )
     return out
 
@@ -611,7 +742,11 @@ def backward(grad_out, x, geom, affine, weight, groups):
         return dx.to(x.dtype), dgeom, dweight.to(weight.dtype)
     depthwise = c_in_g == 1
     acc = _acc(x.dtype)
-    block_c = _channel_block(c if depthwise else c_in_g, 16)
+    mma = _mma_mode(x, c_in_g, c_out_g)
+    if mma == FMA:
+        block_c, block_co = _channel_block(c if depthwise else c_in_g, 16), 1
+    else:
+        block_c, block_co = _mma_block(c_in_g, 16), _mma_block(c_out_g, 16)
     _input_grad_kernel[(triton.cdiv(h * w, BLOCK_P), n)](
         grad_out,
         x,
@@ -631,11 +766,17 @@ def backward(grad_out, x, geom, affine, weight, groups):
         AFFINE=affine,
         DEPTHWISE=depthwise,
         ACC=acc,
+        MMA=mma,
         BLOCK_C=block_c,
+        BLOCK_CO=block_co,
         BLOCK_P=BLOCK_P,
+        num_warps=MMA_WARPS if mma == MMA_SPLIT_TF32 else 4,
     )
     if not depthwise and c_in_g * c_out_g > 0:
-        block_co, block_ci = _channel_block(c_out_g, 16), _channel_block(c_in_g, 16)
+        if mma == FMA:
+            block_co, block_ci = _channel_block(c_out_g, 16), _channel_block(c_in_g, 16)
+        else:
+            block_co, block_ci = _mma_block(c_out_g, 64), _mma_block(c_in_g, 32)
         co_blocks, ci_blocks = triton.cdiv(c_out_g, block_co), triton.cdiv(c_in_g, block_ci)
         chunk = min(WEIGHT_CHUNK_PIXELS, triton.cdiv(h * w, WEIGHT_BLOCK_P) * WEIGHT_BLOCK_P)
         grid = (groups * co_blocks * ci_blocks, k * k, n * triton.cdiv(h * w, chunk))
@@ -657,8 +798,10 @@ def backward(grad_out, x, geom, affine, weight, groups):
             K=k,
             AFFINE=affine,
             ACC=acc,
+            MMA=mma,
             BLOCK_CO=block_co,
             BLOCK_CI=block_ci,
             BLOCK_P=WEIGHT_BLOCK_P,
+            num_warps=MMA_WARPS if mma != FMA else 4,
         )
     return dx.to(x.dtype), dgeom, dweight.to(weight.dtype)
