@@ -183,6 +183,9 @@ class TritonTarget:
     # triton.compile options (num_warps), values as constexprs, or {"sm_90": v, "default": v} where
     # the launch picks by architecture
     options: dict = field(default_factory=dict)
+    # arguments a launch specialises as divisible by 16 (torch's allocations are 16-byte aligned, so
+    # Triton marks tensor pointers so; int arguments when their value is a multiple of 16)
+    divisible16: tuple = ()
 
 
 def _ints(*names):
@@ -195,20 +198,24 @@ _SW = "dzsr_kernels.sliced_wasserstein.triton_kernel"
 _DC_FWD_INTS = _ints("C", "C_out", "H", "W", "c_in_g", "c_out_g", "blocks_per_group")
 
 
-def _dc_forward(label, dt, affine, depthwise, mma=f"{_DC}:FMA"):
+def _dc_forward(label, dt, affine, depthwise, mma=f"{_DC}:FMA", cl=False):
     """The forward as ``triton_kernel.forward`` launches it; ``mma`` names an MMA mode (FMA: the
-    outer-product path, BLOCK_C 16; else the tensor-core tiles of 64 out x 32 in channels)."""
+    outer-product path, BLOCK_C 16; else the tensor-core tiles of 64 out x 32 in channels); ``cl``:
+    channels-last x and out (C = 64, which Triton's specialisation sees as a multiple of 16)."""
     ptr = f"*{dt}"
     types = dict(x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, bias_ptr=ptr, out_ptr=ptr, **_DC_FWD_INTS)
-    consts = dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, ACC="tl:float32")
+    consts = dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, CL=cl, ACC="tl:float32")
+    if cl and depthwise:  # C_out == C: a launch specialises c_out_g == 1 as a constant
+        consts["c_out_g"] = 1
     fma = mma == f"{_DC}:FMA"
     block_ci = 1 if fma else (16 if "SPLIT" in mma else 32)
     consts.update(MMA=mma, BLOCK_C=16 if fma else 64, BLOCK_CI=block_ci)
     consts.update(BLOCK_P=f"{_DC}:BLOCK_P")
     warps = {"sm_90": f"{_DC}:HOPPER_FORWARD_WARPS", "default": 4}  # as triton_kernel.forward
     warps = warps if fma else f"{_DC}:MMA_WARPS"
+    aligned = ("x_ptr", "geom_ptr", "w_ptr", "bias_ptr", "out_ptr", "C", "C_out") if cl else ()
     return TritonTarget(
-        "deform_conv", _DC, "_forward_kernel", label, types, consts, {"num_warps": warps}
+        "deform_conv", _DC, "_forward_kernel", label, types, consts, {"num_warps": warps}, aligned
     )
 
 
@@ -216,7 +223,7 @@ def _dc_dense_backward(label, dt, mma):
     """The dense input- and weight-gradient kernels on the tensor cores (64 x 64 channels, general
     offsets), with the tiles ``triton_kernel.backward`` picks."""
     ptr, acc_ptr = f"*{dt}", "*fp32"
-    common = dict(K=3, AFFINE=False, ACC="tl:float32", MMA=mma)
+    common = dict(K=3, AFFINE=False, CL=False, ACC="tl:float32", MMA=mma)
     input_grad = TritonTarget(
         "deform_conv",
         _DC,
@@ -263,6 +270,8 @@ TRITON_TARGETS: list[TritonTarget] = [
     _dc_forward("fp32 affine depthwise", "fp32", True, True),
     _dc_forward("fp32 dense", "fp32", False, False),
     _dc_forward("fp16 affine depthwise", "fp16", True, True),
+    _dc_forward("fp32 affine depthwise, channels-last", "fp32", True, True, cl=True),
+    _dc_forward("bf16 affine depthwise, channels-last", "bf16", True, True, cl=True),
     _dc_forward(
         "fp32 dense, split-TF32 tensor cores", "fp32", False, False, f"{_DC}:MMA_SPLIT_TF32"
     ),
@@ -330,8 +339,9 @@ def triton_rows(target: TritonTarget, arch: str, workdir: Path) -> list[Row]:
     consts = {k: _resolve(v) for k, v in target.constexprs.items()}
     sig = {n: "constexpr" if n in consts else target.types[n] for n in fn.arg_names}
     where = {(fn.arg_names.index(k),): v for k, v in consts.items()}
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in target.divisible16}
     compiled = triton.compile(
-        ASTSource(fn, sig, constexprs=where),
+        ASTSource(fn, sig, constexprs=where, attrs=attrs),
         target=GPUTarget("cuda", int(arch), 32),
         options={k: _resolve(_for_arch(v, arch)) for k, v in target.options.items()},
     )

@@ -68,9 +68,12 @@ def poison_outputs() -> bool:
     return os.environ.get("DZSR_POISON") == "1"
 
 
-def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An output buffer for a kernel to fill: uninitialised, or NaN / -1 under DZSR_POISON=1 (tests)."""
-    if not poison_outputs():
-        return torch.empty(shape, dtype=dtype, device=device)
-    fill = float("nan") if dtype.is_floating_point else -1
-    return torch.full(shape, fill, dtype=dtype, device=device)
+def new_output(
+    shape, dtype: torch.dtype, device: torch.device, memory_format=torch.contiguous_format
+) -> torch.Tensor:
+    """An output buffer for a kernel to fill, dense in ``memory_format``: uninitialised, or NaN / -1
+    under DZSR_POISON=1 (tests)."""
+    out = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    if poison_outputs():
+        out.fill_(float("nan") if dtype.is_floating_point else -1)
+    return out

@@ -84,6 +84,28 @@ def test_mma_mode_selection():
     }
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 4, 5, 6, 3, 4), (1, 6, 4, 4, 5, 3, 2), MMA_SHAPES[0]])
+@pytest.mark.parametrize("affine", [True, False])
+def test_channels_last_is_read_and_written_in_place(shape, affine):
+    """Channels-last x (and grad_out) go to the kernels as they are and out / dx come back
+    channels-last from the kernels themselves (no conversion in op.py), equal to the NCHW run:
+    depthwise, grouped, and the tensor-core path."""
+    n, c, c_out, h, w, k, groups = shape
+    x, geom, weight, bias = make_case(*shape, affine=affine, dtype=torch.float64)
+    packed = torch.cat(geom, 1) if affine else geom[0]
+    go = torch.randn(n, c_out, h, w, dtype=torch.float64)
+    results = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf, gof = x.contiguous(memory_format=fmt), go.contiguous(memory_format=fmt)
+        out = tk.forward(xf, packed, affine, weight, bias, groups)
+        dx, dgeom, dweight = tk.backward(gof, xf, packed, affine, weight, groups)
+        for t in (out, dx):
+            assert t.is_contiguous(memory_format=fmt)
+        results[fmt] = (out, dx, dgeom, dweight)
+    for a, b in zip(results[torch.contiguous_format], results[torch.channels_last], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_without_bias():
     x, geom, weight, _ = make_case(1, 4, 2, 5, 5, 3, 2, affine=True)
     check_against_reference("triton", x, geom, weight, None, 2)
@@ -180,18 +202,18 @@ for dt, affine, depthwise, mma in CASES:
     compile_kernel(tk._forward_kernel,
                    dict(x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, bias_ptr=ptr, out_ptr=ptr,
                         **ints("C", "C_out", "H", "W", "c_in_g", "c_out_g", "blocks_per_group")),
-                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, ACC=acc, MMA=mma,
+                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, HAS_BIAS=True, CL=affine, ACC=acc, MMA=mma,
                         BLOCK_C=64 if wide else 16, BLOCK_CI=32 if wide else 1, BLOCK_P=tk.BLOCK_P))
     compile_kernel(tk._input_grad_kernel,
                    dict(go_ptr=ptr, x_ptr=ptr, geom_ptr=ptr, w_ptr=ptr, dx_ptr=acc_ptr, dgeom_ptr=ptr, dw_ptr=acc_ptr,
                         **ints("C", "C_out", "H", "W", "groups", "c_in_g", "c_out_g")),
-                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, ACC=acc, MMA=mma,
+                   dict(K=3, AFFINE=affine, DEPTHWISE=depthwise, CL=affine, ACC=acc, MMA=mma,
                         BLOCK_C=32 if wide else 16, BLOCK_CO=32 if wide else 1, BLOCK_P=tk.BLOCK_P))
     compile_kernel(tk._weight_grad_kernel,
                    dict(go_ptr=ptr, x_ptr=ptr, geom_ptr=ptr, dw_ptr=acc_ptr,
                         **ints("N", "C", "C_out", "H", "W", "c_in_g", "c_out_g", "co_blocks",
                                "ci_blocks", "chunk_pixels")),
-                   dict(K=3, AFFINE=affine, ACC=acc, MMA=mma, BLOCK_CO=64 if wide else 16,
+                   dict(K=3, AFFINE=affine, CL=affine, ACC=acc, MMA=mma, BLOCK_CO=64 if wide else 16,
                         BLOCK_CI=32 if wide else 16, BLOCK_P=tk.WEIGHT_BLOCK_P))
 print("ok")
 """

@@ -18,7 +18,12 @@ finiteness test of each position, is computed once per program and tap and reuse
                         over a chunk of pixels (``_mma`` for wide groups), atomic add.
 Tensor-core operands, tiles and precision: ``_mma`` and docs/design.md (deform-conv, "Dense and
 grouped convolutions on the tensor cores").
-Outputs are new contiguous tensors in their input's dtype (op.py's fakes say the same). Half inputs
+Layouts: x and grad_out are read in x's memory format (``op.memory_format_of``; constexpr CL: a
+channel stride of 1 and a pixel stride of C, so channels-last features need no copy) and out and dx
+are written in it; geom, dgeom, weight and dweight are contiguous (op.py's fakes say the same). With
+CL the output tiles are stored as 16-byte vectors; the corner gathers stay 4-byte loads (Triton's
+axis analysis does not prove the channel contiguity of the data-dependent corner addresses, which
+the CUDA C++ kernels load as explicit 16-byte vectors). Half inputs
 are computed in float32 (float64 stays float64); accumulating buffers are zero-filled in that type
 and cast back, the other outputs come from ``_checks.new_output``. Empty N, H or W launch nothing.
 """
@@ -30,6 +35,7 @@ import triton
 import triton.language as tl
 
 from .._checks import compute_dtype, new_output
+from .op import memory_format_of
 
 BLOCK_P = 64  # pixels per program (forward, input gradient)
 # Warps of a forward program on Hopper and newer: at 4, ptxas for sm_90 holds the depthwise forward
@@ -55,10 +61,11 @@ MMA_WARPS = 8
 
 
 @triton.jit
-def _corner(iy, ix, ly, lx, vy, vx, A: tl.constexpr, B: tl.constexpr, W):
-    """Corner (A, B) of the bilinear cell: flat index, validity, weight and its d/dy, d/dx."""
+def _corner(iy, ix, ly, lx, vy, vx, A: tl.constexpr, B: tl.constexpr, W, SP):
+    """Corner (A, B) of the bilinear cell: element offset (pixel index times the pixel stride SP),
+    validity, weight and its d/dy, d/dx."""
     valid = vy & vx
-    idx = tl.where(valid, (iy + A) * W + (ix + B), 0)
+    idx = tl.where(valid, ((iy + A) * W + (ix + B)) * SP, 0)
     wy_ = ly if A == 1 else 1.0 - ly
     wx_ = lx if B == 1 else 1.0 - lx
     dy_ = 1.0 if A == 1 else -1.0
@@ -88,18 +95,19 @@ def _cell(py, px, H, W):
 
 
 @triton.jit
-def _bilinear(py, px, H, W):
+def _bilinear(py, px, H, W, SP):
     """``bad`` (NaN where py or px is not finite, else 0: the start of the sample and of the position
     gradient) and the four corners (0,0), (0,1), (1,0), (1,1) of each sampling position, each as
-    (flat index, validity, weight, d weight/dy, d weight/dx): 21 values. A non-finite position fails
-    every validity test, so it reads and writes no corner."""
+    (element offset in a channel plane of pixel stride SP, validity, weight, d weight/dy,
+    d weight/dx): 21 values. A non-finite position fails every validity test, so it reads and
+    writes no corner."""
     finite = (tl.abs(py) < float("inf")) & (tl.abs(px) < float("inf"))
     bad = tl.where(finite, 0.0, float("nan")).to(py.dtype)
     iy, ix, ly, lx, vy0, vy1, vx0, vx1 = _cell(py, px, H, W)
-    i00, m00, w00, y00, x00 = _corner(iy, ix, ly, lx, vy0, vx0, 0, 0, W)
-    i01, m01, w01, y01, x01 = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W)
-    i10, m10, w10, y10, x10 = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W)
-    i11, m11, w11, y11, x11 = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W)
+    i00, m00, w00, y00, x00 = _corner(iy, ix, ly, lx, vy0, vx0, 0, 0, W, SP)
+    i01, m01, w01, y01, x01 = _corner(iy, ix, ly, lx, vy0, vx1, 0, 1, W, SP)
+    i10, m10, w10, y10, x10 = _corner(iy, ix, ly, lx, vy1, vx0, 1, 0, W, SP)
+    i11, m11, w11, y11, x11 = _corner(iy, ix, ly, lx, vy1, vx1, 1, 1, W, SP)
     return (
         bad,
         i00,
@@ -123,6 +131,16 @@ def _bilinear(py, px, H, W):
         y11,
         x11,
     )
+
+
+@triton.jit
+def _strides(C, HW, CL: tl.constexpr):
+    """(channel stride, pixel stride) of a dense (N, C, H, W) tensor: NCHW, or channels-last when CL
+    (then a pixel's channels are contiguous and Triton can load them as vectors)."""
+    if CL:
+        return 1, C
+    else:
+        return HW, 1
 
 
 @triton.jit
@@ -248,6 +266,7 @@ def _forward_kernel(
     AFFINE: tl.constexpr,
     DEPTHWISE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    CL: tl.constexpr,
     ACC: tl.constexpr,
     MMA: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -269,6 +288,8 @@ def _forward_kernel(
         co_in_g = (pid_c % blocks_per_group) * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = co_in_g < c_out_g
         co = g * c_out_g + co_in_g
+    sxc, sxp = _strides(C, HW, CL)
+    soc, sop = _strides(C_out, HW, CL)
     x_n = x_ptr + n * C * HW
     geom_n = geom_ptr + n * G * HW
     a0, a1, a2, a3, by, bx = _load_affine(geom_n, p, pmask, HW, AFFINE, ACC)
@@ -276,10 +297,10 @@ def _forward_kernel(
     for t in tl.static_range(KK):
         py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
         bad, i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = (
-            _bilinear(py, px, H, W)
+            _bilinear(py, px, H, W, sxp)
         )
         if DEPTHWISE:
-            plane = x_n + ((co // c_out_g).to(tl.int64) * HW)[:, None]
+            plane = x_n + ((co // c_out_g).to(tl.int64) * sxc)[:, None]
             m = cmask[:, None] & pmask[None, :]
             v = (
                 bad[None, :]
@@ -296,7 +317,7 @@ def _forward_kernel(
             for c0 in range(0, c_in_g, BLOCK_CI):
                 ci = c0 + tl.arange(0, BLOCK_CI)
                 cimask = ci < c_in_g
-                plane = x_n + ((g * c_in_g + ci).to(tl.int64) * HW)[:, None]
+                plane = x_n + ((g * c_in_g + ci).to(tl.int64) * sxc)[:, None]
                 m = cimask[:, None] & pmask[None, :]
                 v = (
                     bad[None, :]
@@ -312,7 +333,7 @@ def _forward_kernel(
                 acc = _mma(acc, wt.to(ACC), v, MMA)
         else:
             for ci in range(c_in_g):
-                plane = x_n + (g * c_in_g + ci).to(tl.int64) * HW
+                plane = x_n + (g * c_in_g + ci).to(tl.int64) * sxc
                 v = (
                     bad
                     + _gather(plane, i00, m00, pmask, w00, ACC)
@@ -324,7 +345,7 @@ def _forward_kernel(
                 acc += wt[:, None] * v[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + co, mask=cmask, other=0.0).to(ACC)[:, None]
-    out = out_ptr + (n * C_out + co.to(tl.int64))[:, None] * HW + p[None, :]
+    out = out_ptr + n * C_out * HW + (co.to(tl.int64) * soc)[:, None] + (p * sop)[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=cmask[:, None] & pmask[None, :])
 
 
@@ -392,6 +413,7 @@ def _input_grad_kernel(
     K: tl.constexpr,
     AFFINE: tl.constexpr,
     DEPTHWISE: tl.constexpr,
+    CL: tl.constexpr,
     ACC: tl.constexpr,
     MMA: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -404,6 +426,8 @@ def _input_grad_kernel(
     G: tl.constexpr = 6 if AFFINE else 2 * K * K
     KK: tl.constexpr = K * K
     p, pmask, qy, qx = _pixel_block(pid_p * BLOCK_P, HW, W, BLOCK_P, ACC)
+    sxc, sxp = _strides(C, HW, CL)  # x and dx
+    sgc, sgp = _strides(C_out, HW, CL)  # grad_out
     x_n = x_ptr + n * C * HW
     dx_n = dx_ptr + n * C * HW
     go_n = go_ptr + n * C_out * HW
@@ -440,7 +464,7 @@ def _input_grad_kernel(
             w11,
             y11,
             x11,
-        ) = _bilinear(py, px, H, W)
+        ) = _bilinear(py, px, H, W, sxp)
         gpy = bad  # NaN for a non-finite position, whatever the channels
         gpx = bad
         if DEPTHWISE:
@@ -453,11 +477,13 @@ def _input_grad_kernel(
                 dcol = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
                 for j in range(c_out_g):
                     co = (ci * c_out_g + j).to(tl.int64)
-                    go = tl.load(go_n + co[:, None] * HW + p[None, :], mask=m, other=0.0).to(ACC)
+                    go = tl.load(
+                        go_n + co[:, None] * sgc + (p * sgp)[None, :], mask=m, other=0.0
+                    ).to(ACC)
                     dcol += (
                         tl.load(w_ptr + co * KK + t, mask=cmask, other=0.0).to(ACC)[:, None] * go
                     )
-                rows = ci.to(tl.int64)[:, None] * HW
+                rows = ci.to(tl.int64)[:, None] * sxc
                 v, gy, gx = _scatter_and_grad(
                     x_n + rows,
                     dx_n + rows,
@@ -490,7 +516,9 @@ def _input_grad_kernel(
                 gpx += tl.sum(gx, axis=0)
                 for j in range(c_out_g):
                     co = (ci * c_out_g + j).to(tl.int64)
-                    go = tl.load(go_n + co[:, None] * HW + p[None, :], mask=m, other=0.0).to(ACC)
+                    go = tl.load(
+                        go_n + co[:, None] * sgc + (p * sgp)[None, :], mask=m, other=0.0
+                    ).to(ACC)
                     tl.atomic_add(dw_ptr + co * KK + t, tl.sum(go * v, axis=1), mask=cmask)
         else:
             # Rows are input channels of group g: dcol[ci, p] = sum_co w[co, ci, t] go[co, p].
@@ -506,7 +534,7 @@ def _input_grad_kernel(
                             co = (g * c_out_g + co_in_g).to(tl.int64)
                             gmask = omask[:, None] & pmask[None, :]
                             go = tl.load(
-                                go_n + co[:, None] * HW + p[None, :], mask=gmask, other=0.0
+                                go_n + co[:, None] * sgc + (p * sgp)[None, :], mask=gmask, other=0.0
                             )
                             wmask = cmask[:, None] & omask[None, :]
                             w_off = (co[None, :] * c_in_g + ci_in_g[:, None]) * KK + t
@@ -514,12 +542,12 @@ def _input_grad_kernel(
                             dcol = _mma(dcol, wt.to(ACC), go.to(ACC), MMA)
                     else:
                         for co in range(g * c_out_g, (g + 1) * c_out_g):
-                            go = tl.load(go_n + co * HW + p, mask=pmask, other=0.0).to(ACC)
+                            go = tl.load(go_n + co * sgc + p * sgp, mask=pmask, other=0.0).to(ACC)
                             wt = tl.load(
                                 w_ptr + (co * c_in_g + ci_in_g) * KK + t, mask=cmask, other=0.0
                             ).to(ACC)
                             dcol += wt[:, None] * go[None, :]
-                    ci = (g * c_in_g + ci_in_g).to(tl.int64)[:, None] * HW
+                    ci = (g * c_in_g + ci_in_g).to(tl.int64)[:, None] * sxc
                     _, gy, gx = _scatter_and_grad(
                         x_n + ci,
                         dx_n + ci,
@@ -590,6 +618,7 @@ def _weight_grad_kernel(
     chunk_pixels,
     K: tl.constexpr,
     AFFINE: tl.constexpr,
+    CL: tl.constexpr,
     ACC: tl.constexpr,
     MMA: tl.constexpr,
     BLOCK_CO: tl.constexpr,
@@ -617,8 +646,10 @@ def _weight_grad_kernel(
     cimask = ci_in_g < c_in_g
     co = g * c_out_g + co_in_g
     ci = g * c_in_g + ci_in_g
-    go_rows = go_ptr + (n * C_out + co.to(tl.int64))[:, None] * HW
-    x_rows = x_ptr + (n * C + ci.to(tl.int64))[:, None] * HW
+    sxc, sxp = _strides(C, HW, CL)
+    sgc, sgp = _strides(C_out, HW, CL)
+    go_rows = go_ptr + n * C_out * HW + (co.to(tl.int64) * sgc)[:, None]
+    x_rows = x_ptr + n * C * HW + (ci.to(tl.int64) * sxc)[:, None]
     geom_n = geom_ptr + n * G * HW
     acc = tl.zeros((BLOCK_CO, BLOCK_CI), dtype=ACC)
     for p0 in range(p_begin, tl.minimum(p_begin + chunk_pixels, HW), BLOCK_P):
@@ -626,7 +657,7 @@ def _weight_grad_kernel(
         a0, a1, a2, a3, by, bx = _load_affine(geom_n, p, pmask, HW, AFFINE, ACC)
         py, px = _position(geom_n, p, pmask, HW, qy, qx, a0, a1, a2, a3, by, bx, t, K, AFFINE, ACC)
         bad, i00, m00, w00, _, _, i01, m01, w01, _, _, i10, m10, w10, _, _, i11, m11, w11, _, _ = (
-            _bilinear(py, px, H, W)
+            _bilinear(py, px, H, W, sxp)
         )
         m = cimask[:, None] & pmask[None, :]
         cols = (
@@ -636,7 +667,9 @@ def _weight_grad_kernel(
             + _gather(x_rows, i10[None, :], m10[None, :], m, w10[None, :], ACC)
             + _gather(x_rows, i11[None, :], m11[None, :], m, w11[None, :], ACC)
         )
-        go = tl.load(go_rows + p[None, :], mask=comask[:, None] & pmask[None, :], other=0.0).to(ACC)
+        go = tl.load(
+            go_rows + (p * sgp)[None, :], mask=comask[:, None] & pmask[None, :], other=0.0
+        ).to(ACC)
         if MMA != 0:
             acc = _mma(acc, go, tl.trans(cols), MMA)
         else:
@@ -670,12 +703,14 @@ def _mma_mode(x: torch.Tensor, c_in_g: int, c_out_g: int) -> int:
 
 
 def forward(x, geom, affine, weight, bias, groups):
-    """out (N, C_out, H, W) in x's dtype; inputs as in ``reference.deform_conv2d``."""
-    x, geom, weight = x.contiguous(), geom.contiguous(), weight.contiguous()
+    """out (N, C_out, H, W) in x's dtype and memory format (``op.memory_format_of``: channels-last x
+    is read as it is and gives a channels-last out); inputs as in ``reference.deform_conv2d``."""
+    fmt = memory_format_of(x)
+    x, geom, weight = x.contiguous(memory_format=fmt), geom.contiguous(), weight.contiguous()
     n, c, h, w = x.shape
     c_out, c_in_g, k, _ = weight.shape
     c_out_g = c_out // groups
-    out = new_output((n, c_out, h, w), x.dtype, x.device)
+    out = new_output((n, c_out, h, w), x.dtype, x.device, fmt)
     if out.numel() == 0:
         return out
     depthwise = c_in_g == 1
@@ -708,6 +743,7 @@ def forward(x, geom, affine, weight, bias, groups):
         AFFINE=affine,
         DEPTHWISE=depthwise,
         HAS_BIAS=bias is not None,
+        CL=fmt == torch.channels_last,
         ACC=_acc(x.dtype),
         MMA=mma,
         BLOCK_C=block_c,
@@ -724,10 +760,12 @@ def _forward_warps(device: torch.device) -> int:
 
 
 def backward(grad_out, x, geom, affine, weight, groups):
-    """(dx, dgeom, dweight), each in its input's dtype and shape."""
+    """(dx, dgeom, dweight), each in its input's dtype and shape; dx in x's memory format (grad_out
+    and x are read in it: no copy for channels-last x), dgeom and dweight contiguous."""
+    fmt = memory_format_of(x)
     grad_out, x, geom, weight = (
-        grad_out.contiguous(),
-        x.contiguous(),
+        grad_out.contiguous(memory_format=fmt),
+        x.contiguous(memory_format=fmt),
         geom.contiguous(),
         weight.contiguous(),
     )
@@ -735,7 +773,8 @@ def backward(grad_out, x, geom, affine, weight, groups):
     c_out, c_in_g, k, _ = weight.shape
     c_out_g = c_out // groups
     acc_dtype = compute_dtype(x)
-    dx = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+    dx = torch.empty(x.shape, dtype=acc_dtype, device=x.device, memory_format=fmt).zero_()
+    cl = fmt == torch.channels_last
     dweight = torch.zeros(weight.shape, dtype=acc_dtype, device=x.device)
     dgeom = new_output(geom.shape, geom.dtype, geom.device)
     if n * h * w == 0:  # C = 0 or C_out = 0 still run: the position gradient may be NaN
@@ -765,6 +804,7 @@ def backward(grad_out, x, geom, affine, weight, groups):
         K=k,
         AFFINE=affine,
         DEPTHWISE=depthwise,
+        CL=cl,
         ACC=acc,
         MMA=mma,
         BLOCK_C=block_c,
@@ -797,6 +837,7 @@ def backward(grad_out, x, geom, affine, weight, groups):
             chunk,
             K=k,
             AFFINE=affine,
+            CL=cl,
             ACC=acc,
             MMA=mma,
             BLOCK_CO=block_co,
