@@ -35,8 +35,13 @@ class VGGTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet-normalised x (N,3,H,W) through conv1_1 .. conv3_1 (ReLU after all but conv3_1),
-        bilinearly resized by 1/4: (N,256,floor(H/4),floor(W/4))."""
-        x = (x - self.mean) / self.std
+        bilinearly resized by 1/4: (N,256,floor(H/4),floor(W/4)), channels-last.
+
+        The trunk runs channels-last whatever x's layout: oneDNN then convolves the full-resolution
+        maps in place of reordering each one to its blocked format and back (NCHW needed two extra
+        copies of the largest map; on the CPU machine a whole-image trunk of LR 687x1111 took
+        9.6 s and 3.30 GiB resident at its end vs 8.3 s and 2.42 GiB channels-last)."""
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         for i, (name, _, _) in enumerate(_TRUNK):
             x = getattr(self, name)(x)
             if i < len(_TRUNK) - 1:
