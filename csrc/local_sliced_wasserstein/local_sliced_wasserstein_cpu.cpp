@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common.h"
+#include "local_sliced_wasserstein/local_sliced_wasserstein_checks.h"
 #include "sliced_wasserstein/sliced_wasserstein_math.h"
 
 namespace dzsr {
@@ -189,15 +190,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_i
                                                            int64_t stride, bool need_v_count) {
   // Detached: the op is not traced, and autograd's thread-local state does not reach the workers.
   const at::Tensor u = u_in.detach(), v = v_in.detach();
-  TORCH_CHECK(u.dim() == 4 && v.sizes() == u.sizes(), "u and v must be (N, C, H, W) of one shape");
-  TORCH_CHECK(proj.dim() == 2 && proj.size(1) == u.size(1), "proj must be (C', C)");
-  TORCH_CHECK(proj.scalar_type() == at::kFloat || proj.scalar_type() == at::kDouble,
-              "proj must be float32 or float64 (the compute dtype)");
-  TORCH_CHECK(window >= 1 && window <= std::min(u.size(2), u.size(3)) && stride >= 1,
-              "window must be in [1, min(H, W)] and stride >= 1");
+  check_forward_arguments(u, v, proj, window, stride);
   const int64_t n_batch = u.size(0), channels = u.size(1), length = u.size(2) * u.size(3);
   const int64_t num_proj = proj.size(0);
-  TORCH_CHECK(length < (int64_t(1) << 31), "H*W must fit a 32-bit index");
   const Windows g{u.size(2),
                   u.size(3),
                   window,

@@ -42,6 +42,7 @@
 
 #include "common.h"
 #include "cuda_launch.h"
+#include "local_sliced_wasserstein/local_sliced_wasserstein_checks.h"
 #include "sliced_wasserstein/sliced_wasserstein_cuda.h"
 #include "sliced_wasserstein/sliced_wasserstein_math.h"
 
@@ -179,12 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u,
                                                             const at::Tensor& v,
                                                             const at::Tensor& proj, int64_t window,
                                                             int64_t stride, bool need_v_count) {
-  TORCH_CHECK(u.dim() == 4 && v.sizes() == u.sizes(), "u and v must be (N, C, H, W) of one shape");
-  TORCH_CHECK(proj.dim() == 2 && proj.size(1) == u.size(1), "proj must be (C', C)");
-  TORCH_CHECK(proj.scalar_type() == at::kFloat || proj.scalar_type() == at::kDouble,
-              "proj must be float32 or float64 (the compute dtype)");
-  TORCH_CHECK(window >= 1 && window <= std::min(u.size(2), u.size(3)) && stride >= 1,
-              "window must be in [1, min(H, W)] and stride >= 1");
+  check_forward_arguments(u, v, proj, window, stride);
   const c10::cuda::CUDAGuard guard(u.device());
   // The inputs may require grad; the op is not traced.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;

@@ -203,6 +203,22 @@ def _gather(plane, idx, valid, mask, w, ACC: tl.constexpr):
 
 
 @triton.jit
+def _sample(
+    plane, m, bad, i00, m00, w00, i01, m01, w01, i10, m10, w10, i11, m11, w11, ACC: tl.constexpr
+):
+    """The bilinear samples (rows, BLOCK_P) of the channel rows ``plane`` (rows, 1) at one tap: the
+    four corners (per-pixel vectors from ``_bilinear``) weighted and summed, plus ``bad``; ``m``
+    (rows, BLOCK_P) masks the rows and pixels that exist."""
+    return (
+        bad[None, :]
+        + _gather(plane, i00[None, :], m00[None, :], m, w00[None, :], ACC)
+        + _gather(plane, i01[None, :], m01[None, :], m, w01[None, :], ACC)
+        + _gather(plane, i10[None, :], m10[None, :], m, w10[None, :], ACC)
+        + _gather(plane, i11[None, :], m11[None, :], m, w11[None, :], ACC)
+    )
+
+
+@triton.jit
 def _trunc_tf32(x):
     """float32 x with its 13 low mantissa bits cleared: a TF32 value no larger in magnitude than x
     (so FLT_MAX stays finite); inf stays inf and NaN stays NaN (also one whose payload is all in
@@ -302,12 +318,8 @@ def _forward_kernel(
         if DEPTHWISE:
             plane = x_n + ((co // c_out_g).to(tl.int64) * sxc)[:, None]
             m = cmask[:, None] & pmask[None, :]
-            v = (
-                bad[None, :]
-                + _gather(plane, i00[None, :], m00[None, :], m, w00[None, :], ACC)
-                + _gather(plane, i01[None, :], m01[None, :], m, w01[None, :], ACC)
-                + _gather(plane, i10[None, :], m10[None, :], m, w10[None, :], ACC)
-                + _gather(plane, i11[None, :], m11[None, :], m, w11[None, :], ACC)
+            v = _sample(
+                plane, m, bad, i00, m00, w00, i01, m01, w01, i10, m10, w10, i11, m11, w11, ACC
             )
             wt = tl.load(w_ptr + co * KK + t, mask=cmask, other=0.0).to(ACC)
             acc += wt[:, None] * v
@@ -319,12 +331,8 @@ def _forward_kernel(
                 cimask = ci < c_in_g
                 plane = x_n + ((g * c_in_g + ci).to(tl.int64) * sxc)[:, None]
                 m = cimask[:, None] & pmask[None, :]
-                v = (
-                    bad[None, :]
-                    + _gather(plane, i00[None, :], m00[None, :], m, w00[None, :], ACC)
-                    + _gather(plane, i01[None, :], m01[None, :], m, w01[None, :], ACC)
-                    + _gather(plane, i10[None, :], m10[None, :], m, w10[None, :], ACC)
-                    + _gather(plane, i11[None, :], m11[None, :], m, w11[None, :], ACC)
+                v = _sample(
+                    plane, m, bad, i00, m00, w00, i01, m01, w01, i10, m10, w10, i11, m11, w11, ACC
                 )
                 wmask = cmask[:, None] & cimask[None, :]
                 wt = tl.load(
@@ -660,12 +668,8 @@ def _weight_grad_kernel(
             _bilinear(py, px, H, W, sxp)
         )
         m = cimask[:, None] & pmask[None, :]
-        cols = (
-            bad[None, :]
-            + _gather(x_rows, i00[None, :], m00[None, :], m, w00[None, :], ACC)
-            + _gather(x_rows, i01[None, :], m01[None, :], m, w01[None, :], ACC)
-            + _gather(x_rows, i10[None, :], m10[None, :], m, w10[None, :], ACC)
-            + _gather(x_rows, i11[None, :], m11[None, :], m, w11[None, :], ACC)
+        cols = _sample(
+            x_rows, m, bad, i00, m00, w00, i01, m01, w01, i10, m10, w10, i11, m11, w11, ACC
         )
         go = tl.load(
             go_rows + (p * sgp)[None, :], mask=comask[:, None] & pmask[None, :], other=0.0
