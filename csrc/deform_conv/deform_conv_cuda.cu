@@ -100,7 +100,10 @@ __device__ __forceinline__ Taps<acc_t> pixel_taps(const acc_t* geom_n, const Sha
   Taps<acc_t> taps;
   if (p < s.HW()) {
     acc_t py, px;
-    tap_position(geom_n, s.HW(), p, s.affine, t, s.k, int(p / s.W), int(p % s.W), py, px);
+    // H*W < 2^31 (checked on the host): a 32-bit division, not the 64-bit subroutine (whose call
+    // made the float64 input-gradient kernel spill on sm_90).
+    const int pixel = static_cast<int>(p), width = static_cast<int>(s.W);
+    tap_position(geom_n, s.HW(), p, s.affine, t, s.k, pixel / width, pixel % width, py, px);
     bilinear_taps(py, px, s.H, s.W, taps);
   } else {
 #pragma unroll
