@@ -76,8 +76,13 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t strea
 }
 
 constexpr int kForwardThreads = 128;  // pixels per forward block
-constexpr int kGradPixels = 32;   // pixels per input-gradient block (one warp per channel block)
-constexpr int kGradBlocksY = 8;   // channel-block threads per pixel in the input-gradient kernel
+constexpr int kGradPixels = 32;  // pixels per input-gradient block (one warp per channel block)
+constexpr int kGradBlocksY = 8;  // channel-block threads per pixel in the input-gradient kernel
+// Minimum resident blocks per SM the input-gradient kernel asks ptxas for: 1 for float64, which
+// otherwise aims at 64-80 registers for occupancy and spills 40-128 B on sm_90 (float64 is not a
+// speed path); 0 (no request: the compiler's own choice, 64-126 registers, no spill) for the rest.
+template <typename acc_t>
+constexpr int kGradMinBlocks = sizeof(acc_t) == 8 ? 1 : 0;
 constexpr int kTile = 32;         // weight-gradient GEMM tile (co x ci x pixels)
 constexpr int kWeightChunk = 32;  // input channels whose weights the grouped forward stages at once
 constexpr int kGradCoChunk = 32;  // output channels whose weights the grouped input gradient stages
@@ -100,10 +105,7 @@ __device__ __forceinline__ Taps<acc_t> pixel_taps(const acc_t* geom_n, const Sha
   Taps<acc_t> taps;
   if (p < s.HW()) {
     acc_t py, px;
-    // H*W < 2^31 (checked on the host): a 32-bit division, not the 64-bit subroutine (whose call
-    // made the float64 input-gradient kernel spill on sm_90).
-    const int pixel = static_cast<int>(p), width = static_cast<int>(s.W);
-    tap_position(geom_n, s.HW(), p, s.affine, t, s.k, pixel / width, pixel % width, py, px);
+    tap_position(geom_n, s.HW(), p, s.affine, t, s.k, int(p / s.W), int(p % s.W), py, px);
     bilinear_taps(py, px, s.H, s.W, taps);
   } else {
 #pragma unroll
@@ -249,7 +251,7 @@ __device__ __forceinline__ acc_t scatter_column_grad(const scalar_t* __restrict_
 //     kGradCoChunk output channels at a time ([co][ci], each thread reading its CPT entries as
 //     vectors).
 template <typename scalar_t, typename acc_t, int CPT, bool DEPTHWISE>
-__global__ void __launch_bounds__(kGradPixels* kGradBlocksY)
+__global__ void __launch_bounds__(kGradPixels* kGradBlocksY, kGradMinBlocks<acc_t>)
     input_grad_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
                       const acc_t* __restrict__ geom, const scalar_t* __restrict__ weight,
                       acc_t* __restrict__ dx, acc_t* __restrict__ dgeom,
