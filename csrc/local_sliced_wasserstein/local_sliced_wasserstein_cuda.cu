@@ -1,5 +1,5 @@
 // Local sliced-Wasserstein (LOSW) loss: the CUDA forward
-// (torch.ops.dzsr_C.local_sliced_wasserstein_ forward on CUDA tensors;
+// (torch.ops.dzsr_C.local_sliced_wasserstein_forward on CUDA tensors;
 // docs/design.md#local-sliced-wasserstein). Outputs and semantics as the CPU kernel's
 // (local_sliced_wasserstein_cpu.cpp, op docstring of local_sliced_wasserstein/op.py): the loss, and
 // per pixel and direction the int32 sum of its signs over the windows holding it; the backward is
@@ -118,6 +118,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t length = int64_t(g.height) * g.width;
   const int64_t base = int64_t(blockIdx.x) * length;
   const int kk = g.window * g.window;
+  const int per_pass = kPairs / kk * kk;  // whole windows per pass, so a window never straddles two
   double acc = 0.0;
   int loaded = 0;  // map rows [0, loaded) have been in the ring
   for (int wy0 = 0; wy0 < g.rows; wy0 += g.step_rows) {
@@ -136,8 +137,8 @@ __global__ void __launch_bounds__(kThreads)
     loaded = bottom;
     __syncthreads();
     const int pairs = step * g.cols * kk;
-    for (int p0 = 0; p0 < pairs; p0 += kPairs / kk * kk) {
-      const int count = min(kPairs / kk * kk, pairs - p0);
+    for (int p0 = 0; p0 < pairs; p0 += per_pass) {
+      const int count = min(per_pass, pairs - p0);
       for (int i = threadIdx.x; i < count; i += blockDim.x) {
         const int w = (p0 + i) / kk, e = (p0 + i) % kk;
         const int wtop = top + (w / g.cols) * g.stride, left = (w % g.cols) * g.stride;
