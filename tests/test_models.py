@@ -282,6 +282,37 @@ def test_extractor_is_frozen():
     assert q.shape == r.shape == (1, 256, 3, 4) and not q.requires_grad
 
 
+def _trunk_full_then_resized(trunk, x):
+    """The trunk as the authors compute it: conv3_1 on every pixel, then the 1/4 resize."""
+    x = (x - trunk.mean) / trunk.std
+    for name in ("conv1_1", "conv1_2", "conv2_1", "conv2_2"):
+        x = F.relu(getattr(trunk, name)(x))
+    return F.interpolate(trunk.conv3_1(x), scale_factor=0.25, mode="bilinear", align_corners=True)
+
+
+@pytest.mark.parametrize("height,width", [(4, 4), (5, 7), (12, 13), (70, 9), (35, 97)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_trunk_equals_full_conv3_1_then_resize(height, width, layout):
+    """conv3_1 evaluated only at the resize's sample points (conv3x3_resized) equals the full
+    convolution followed by the bilinear resize: exactly in float64 up to rounding, at sizes
+    where 4 does not divide the side, with several row chunks (70 rows) and zero padding at
+    every border."""
+    torch.manual_seed(height * width)
+    trunk = MatchingExtractor().query_trunk.double()
+    for p in trunk.parameters():  # random weights with a sizeable bias
+        p.data.normal_(0, 0.2)
+    x = torch.rand(2, 3, height, width, dtype=torch.float64).contiguous(memory_format=layout)
+    with torch.no_grad():
+        got, want = trunk(x), _trunk_full_then_resized(trunk, x)
+    assert got.shape == want.shape == (2, 256, height // 4, width // 4)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # float32: the same up to float32 rounding of the sums
+        got32 = trunk.float()(x.float())
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got32, want.float(), rtol=0, atol=1e-5 * scale)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

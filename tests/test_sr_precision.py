@@ -45,7 +45,7 @@ def _record_dtypes(model, monkeypatch) -> dict:
     seen: dict = {}
     net = model.restoration
     layers = {
-        "extractor": model.extractor.query_trunk.conv3_1,
+        "extractor": model.extractor.query_trunk,
         "lr head": net.head,
         "encoder": net.reference.encoder.convs[0],
         "estimator": net.reference.align.offsets.to_matrix,

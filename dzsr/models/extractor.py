@@ -4,6 +4,12 @@ Two separate VGG16 trunks (conv1_1 .. conv3_1 with both max-pools removed, so fu
 the output is conv3_1 before its ReLU) for the query (LR or pseudo-LR) and the reference. Input
 images in [0,1] are ImageNet-normalised; the 256-channel features are bilinearly resized by 1/4
 (align_corners=True, size floor(H/4) x floor(W/4)).
+
+conv3_1 is linear and the resize takes each output from at most 2x2 of its pixels with weights
+summing to one, so ``resize(conv3_1(x))`` equals conv3_1 applied to ``x`` resized at each of its
+nine taps' shifted sample points (``conv3x3_resized``): the largest convolution of the trunk runs
+on 1/16 of the pixels instead of all of them (mathematically equal; float32 rounding differs, by
+about 1e-6 relative, as any change of convolution kernel does).
 """
 
 from __future__ import annotations
@@ -21,6 +27,80 @@ _TRUNK = (
     ("conv2_2", 128, 128),
     ("conv3_1", 128, 256),
 )
+RESIZE = 4  # the features are 1/RESIZE of the image grid
+ROWS_PER_CHUNK = 16  # output rows gathered at once by conv3x3_resized (bounds its buffers)
+
+
+def aligned_linear_taps(size_in: int, size_out: int, like: torch.Tensor):
+    """Source indices and weights of a 1-D linear resize with aligned corners, placed as PyTorch's
+    CPU ``upsample_bilinear2d`` places them (scale (in-1)/(out-1), index floor(scale·i) clamped,
+    weight ``scale·i - index``, in float64 for float64 ``like``, else float32): (i0, i1, w1) each
+    (size_out,) on ``like``'s device, w1 in its dtype; the output at i is (1 - w1[i])·x[i0[i]] +
+    w1[i]·x[i1[i]]. Tensor arithmetic on the sizes, so that an exported graph keeps them free."""
+    opmath = torch.float64 if like.dtype == torch.float64 else torch.float32
+    points = torch.arange(size_out, device=like.device)
+    scale = torch.full((), size_in - 1, dtype=opmath, device=like.device)
+    scale = scale / max(size_out - 1, 1) * (size_out > 1)
+    src = scale * points.to(opmath)
+    i0 = src.floor().long().clamp(max=size_in - 1)
+    w1 = (src - i0).clamp(0, 1)
+    return i0, i0 + (i0 < size_in - 1).long(), w1.to(like.dtype)
+
+
+class _ShiftedTaps:
+    """One axis of ``conv3x3_resized``: for each output point (``aligned_linear_taps``) its two
+    sources shifted by each tap offset -1, 0, 1, ordered (point, tap); a shifted source outside
+    [0, size) reads zero (the convolution's padding)."""
+
+    def __init__(self, size_in: int, size_out: int, like: torch.Tensor):
+        i0, i1, self.w1 = aligned_linear_taps(size_in, size_out, like)
+        shifts = torch.arange(-1, 2, device=like.device)
+        self.index, self.inside = [], []
+        for i in (i0, i1):
+            index = (i[:, None] + shifts).flatten()
+            self.index.append(index.clamp(0, size_in - 1))
+            self.inside.append((index >= 0) & (index < size_in))
+
+    def resize(self, t: torch.Tensor, dim: int, start: int, stop: int) -> torch.Tensor:
+        """``t`` resized along ``dim`` at the shifted sources of output points ``start:stop``:
+        that axis becomes (point, tap), 3 x (stop - start) long."""
+        taps = slice(3 * start, 3 * stop)
+        trailing = (1,) * (t.dim() - dim - 1)
+        ends = [
+            torch.where(inside[taps].view(-1, *trailing), t.index_select(dim, index[taps]), 0)
+            for index, inside in zip(self.index, self.inside)
+        ]
+        weight = self.w1[start:stop].repeat_interleave(3).view(-1, *trailing)
+        return torch.lerp(*ends, weight)
+
+
+def conv3x3_resized(conv: nn.Conv2d, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.interpolate(conv(x), size=(height, width), mode="bilinear", align_corners=True)`` for a
+    3x3, stride 1, padding 1 convolution, computed at the sample points only: each tap's input
+    (zero outside x) is resized at the points shifted by the tap (rows, then columns, by contiguous
+    row and pixel gathers and a lerp), and the nine resized maps go through the convolution's
+    weights as one matmul, ``ROWS_PER_CHUNK`` output rows at a time (all at once in an exported
+    graph, where a loop over the rows would fix the height). x (N,C,H,W), channels-last for
+    speed; returns (N,C',height,width) channels-last in x's dtype."""
+    n, c, h, w = x.shape
+    c_out = conv.out_channels
+    rows, cols = _ShiftedTaps(h, height, x), _ShiftedTaps(w, width, x)
+    # (C', ky, kx, C) -> (ky·kx·C, C'), the order of the gathered taps below
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_out, 9 * c).t().to(x.dtype)
+    bias = conv.bias.to(x.dtype)
+    pixels = x.permute(0, 2, 3, 1)  # (N,H,W,C)
+    if torch.compiler.is_exporting():
+        chunks = [(0, height)]
+    else:
+        starts = range(0, height, ROWS_PER_CHUNK)
+        chunks = [(start, min(start + ROWS_PER_CHUNK, height)) for start in starts]
+    out = []
+    for start, stop in chunks:
+        taps = cols.resize(rows.resize(pixels, 1, start, stop), 2, 0, width)
+        # (N, k·ky, width·kx, C) -> (N·k·width, ky·kx·C) for the k = stop - start rows
+        taps = taps.view(n, stop - start, 3, width, 3 * c).transpose(2, 3).reshape(-1, 9 * c)
+        out.append(torch.addmm(bias, taps, weight).view(n, stop - start, width, c_out))
+    return torch.cat(out, 1).permute(0, 3, 1, 2)
 
 
 class VGGTrunk(nn.Module):
@@ -35,18 +115,18 @@ class VGGTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet-normalised x (N,3,H,W) through conv1_1 .. conv3_1 (ReLU after all but conv3_1),
-        bilinearly resized by 1/4: (N,256,floor(H/4),floor(W/4)), channels-last.
+        bilinearly resized by 1/4 (aligned corners): (N,256,floor(H/4),floor(W/4)), channels-last.
 
-        The trunk runs channels-last whatever x's layout: oneDNN then convolves the full-resolution
-        maps in place of reordering each one to its blocked format and back (NCHW needed two extra
-        copies of the largest map; on the CPU machine a whole-image trunk of LR 687x1111 took
-        9.6 s and 3.30 GiB resident at its end vs 8.3 s and 2.42 GiB channels-last)."""
+        conv3_1 and the resize run together (``conv3x3_resized``, module docstring). The trunk
+        runs channels-last whatever x's layout: oneDNN then convolves the full-resolution maps in
+        place of reordering each one to its blocked format and back (NCHW needed two extra copies
+        of the largest map; on the CPU machine a whole-image trunk of LR 687x1111 took 9.6 s and
+        3.30 GiB resident at its end vs 8.3 s and 2.42 GiB channels-last)."""
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        for i, (name, _, _) in enumerate(_TRUNK):
-            x = getattr(self, name)(x)
-            if i < len(_TRUNK) - 1:
-                x = F.relu(x)
-        return F.interpolate(x, scale_factor=0.25, mode="bilinear", align_corners=True)
+        for name, _, _ in _TRUNK[:-1]:
+            x = F.relu(getattr(self, name)(x))
+        height, width = x.shape[-2] // RESIZE, x.shape[-1] // RESIZE
+        return conv3x3_resized(self.conv3_1, x, height, width)
 
 
 class MatchingExtractor(nn.Module):
