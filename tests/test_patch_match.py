@@ -42,6 +42,16 @@ def test_matches_bruteforce(backend, shape):
     check_match(*run(backend, query, ref), query, ref)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cpp_without_onednn_matches_bruteforce(shape):
+    """The C++ kernel computes its similarity tiles through oneDNN where PyTorch has it enabled
+    (the test above) and through at::mm where it is switched off (torch.backends.mkldnn)."""
+    n, c, hq, wq, hr, wr = shape
+    query, ref = torch.randn(n, c, hq, wq), torch.randn(n, c, hr, wr)
+    with torch.backends.mkldnn.flags(enabled=False):
+        check_match(*run("cpp", query, ref), query, ref)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("p", [1, 5])
 def test_other_patch_sizes(backend, p):
