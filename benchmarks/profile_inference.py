@@ -5,7 +5,8 @@
 
 One ``dzsr.infer.super_resolve`` run (x4, random weights and images, reference pasted over the
 central quarter, as ``benchmarks/bench_inference.py``) under the torch profiler, after a warm-up
-run at a small size. Each public stage of the model that ``super_resolve`` calls
+run at a small size and one untimed run at the full size (the process's heap grows to its size
+there: a first run also pays the kernel's page faults, seconds on a fresh virtual machine). Each public stage of the model that ``super_resolve`` calls
 (``SelfDZSR.match``, ``ReferenceBranch.features`` / ``paste_reference``, the reference AdaSTN's
 ``estimate`` / ``transform``, ``RestorationNet.lr_features`` / ``align_lr`` / ``fuse`` /
 ``predictor`` / ``body`` / ``upsample``) and, inside ``match``, the extractor and the patch matching
@@ -18,7 +19,8 @@ Columns, per stage:
     ops: deformable convolution 2·N·Cout·(C/groups)·k²·H·W multiply-adds + 7 flops per bilinear
     sample (N·C·k²·H·W samples); patch matching 2·N·C·Hq·Wq·Hr·Wr (one dot product per pixel pair,
     the shift-decomposed count the kernels compute);
-  * FLOP floor: GFLOP / this machine's matmul rate in the stage's dtype (measured in the same run):
+  * FLOP floor: GFLOP / this machine's matmul rate in the stage's dtype (measured in the same run,
+    the faster of ``torch.mm`` and oneDNN's 1x1 convolution, ``matmul_rate``):
     with ``--precision bf16`` the bfloat16 rate for the stages ``super_resolve`` lowers, the float32
     rate for those it keeps in float32 (``match`` and the AdaSTN ``transform``:
     docs/design.md#precision);
@@ -49,10 +51,18 @@ FLOAT32_STAGES = {"match", "match / extractor", "match / patch_match", "transfor
 
 
 def matmul_rate(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """FLOP/s of an n x n matmul in ``dtype`` at the current thread count (median)."""
+    """FLOP/s of an n x n x n product in ``dtype`` at the current thread count (median): the faster
+    of ``torch.mm`` and the same product as a 1x1 convolution of a channels-last image, i.e. of
+    PyTorch's two CPU GEMM libraries (MKL's float32 sgemm takes its AVX2 path on AMD CPUs, at half
+    the rate of oneDNN, which runs the model's convolutions)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    seconds = H.time_interleaved({"matmul": lambda: a @ b}, reps=reps)["matmul"]
-    return 2 * n**3 / seconds
+    image = a.view(1, n, 1, n).permute(0, 3, 1, 2)  # (1,K=n,1,M=n) channels-last, a in memory
+    filters = b.view(n, n, 1, 1)
+    seconds = H.time_interleaved(
+        {"mm": lambda: a @ b, "conv": lambda: torch.nn.functional.conv2d(image, filters)},
+        reps=reps,
+    )
+    return 2 * n**3 / min(seconds.values())
 
 
 def copy_bandwidth(mib: int = 256, reps: int = 5) -> float:
@@ -215,6 +225,8 @@ def main() -> None:
     low_rate = matmul_rate(dtype=torch.bfloat16) if args.precision == "bf16" else rate
     model, inputs = build(args.height, args.width)
     warm_up(model, args.backend)
+    with dzsr_kernels.use_backend(args.backend):  # untimed: the heap grows to its size here
+        super_resolve(model, *inputs, tile=args.tile, precision=args.precision)
     instrument(model)
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
