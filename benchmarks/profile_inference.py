@@ -4,14 +4,15 @@
                                            [--precision fp32|bf16]
 
 One ``dzsr.infer.super_resolve`` run (x4, random weights and images, reference pasted over the
-central quarter, as ``benchmarks/bench_inference.py``) under the torch profiler, after a warm-up
-run at a small size and one untimed run at the full size (the process's heap grows to its size
-there: a first run also pays the kernel's page faults, seconds on a fresh virtual machine). Each public stage of the model that ``super_resolve`` calls
-(``SelfDZSR.match``, ``ReferenceBranch.features`` / ``paste_reference``, the reference AdaSTN's
-``estimate`` / ``transform``, ``RestorationNet.lr_features`` / ``align_lr`` / ``fuse`` /
-``predictor`` / ``body`` / ``upsample``) and, inside ``match``, the extractor and the patch matching
-op, is wrapped in a ``record_function`` range by this script (instance attributes and module
-hooks: the library is not changed); the tiled stages' ranges are summed over their tiles.
+central quarter, as ``benchmarks/bench_inference.py``) under the torch profiler, after a warm-up run
+at a small size and one untimed run at the full size (the process's heap grows to its size there: a
+first run also pays the kernel's page faults, seconds on a fresh virtual machine). Each public stage
+of the model that ``super_resolve`` calls (``SelfDZSR.match``, ``ReferenceBranch.features`` /
+``paste_reference``, the reference AdaSTN's ``estimate`` / ``transform``,
+``RestorationNet.lr_features`` / ``align_lr`` / ``fuse`` / ``predictor`` / ``body`` / ``upsample``)
+and, inside ``match``, the extractor and the patch matching op, is wrapped in a ``record_function``
+range by this script (instance attributes and module hooks: the library is not changed); the tiled
+stages' ranges are summed over their tiles.
 
 Columns, per stage:
   * time: profiler wall time of its ranges (inclusive), and its share of the whole run;

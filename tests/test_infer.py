@@ -60,6 +60,21 @@ def test_tiled_equals_untiled(backend, scale, size, tile):
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_output_in_the_inputs_layout_and_independent_of_it(layout):
+    """The model runs on channels-last copies whatever the inputs' layout; the output comes back
+    contiguous in lr's layout, equal (up to rounding) to that of NCHW inputs, tiled or not."""
+    model = _small_model()
+    inputs = _inputs(29, 38, 4)
+    moved = [t.contiguous(memory_format=layout) if t.dim() == 4 else t for t in inputs]
+    with dzsr_kernels.use_backend("reference"):
+        for tile in (None, 11):
+            want = super_resolve(model, *inputs, tile=tile)
+            got = super_resolve(model, *moved, tile=tile)
+            assert got.is_contiguous(memory_format=layout)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
 def test_tiled_equals_untiled_batch_without_paste():
     model = _small_model(4)
     lr, ref = torch.rand(2, 3, 20, 27), torch.rand(2, 3, 20, 27)
