@@ -3,10 +3,13 @@ real Nikon test image: LR 687x1111 (not a multiple of 4) -> SR 2748x4444, random
 the reference pasted over the central 1/4 box (as ``dzsr sr`` does).
 
 Cases: ops backend ``cpp`` (fast) vs ``reference`` (pure-PyTorch oracles), each tiled with the
-default tile (``dzsr.infer.DEFAULT_TILE``) and untiled, at each ``--precision`` (``super_resolve``'s:
-fp32, bf16, fp16 on CUDA only; default fp32). Time: interleaved median after a warm-up
-(benchmarks/_harness.py). Peak memory: child-process RSS above a child that builds the same model
-and inputs (docs/design.md#measuring). The last column is max |tiled - untiled| of the SR output per backend
+default tile (``dzsr.infer.DEFAULT_TILE``) and untiled, at each ``--precision``
+(``super_resolve``'s: fp32, bf16, fp16 on CUDA only; default fp32). Time: interleaved median
+(benchmarks/_harness.py) after a warm-up at a small size and one untimed run of the first case at
+the full size (the process's heap then has a whole tiled run's size: the first timed case does not
+pay the page faults of growing it, seconds on a fresh virtual machine; an untiled case still grows
+it further). Peak memory: child-process RSS above a child that builds the same model and inputs
+(docs/design.md#measuring). The last column is max |tiled - untiled| of the SR output per backend
 and precision.
 
     python -m benchmarks.bench_inference [--quick] [--reps 1] [--no-memory] [--backends cpp reference]
@@ -121,6 +124,8 @@ def main():
         for t in (tile, None)
         for p in args.precision
     }
+    if not args.quick:  # untimed: the heap grows to a whole tiled run's size before any timing
+        next(iter(cases.values()))()
     times = H.time_interleaved(
         {k: v for k, v in cases.items()}, reps=args.reps, warmup=1 if args.quick else 0
     )
