@@ -15,7 +15,11 @@ range by this script (instance attributes and module hooks: the library is not c
 stages' ranges are summed over their tiles.
 
 Columns, per stage:
-  * time: profiler wall time of its ranges (inclusive), and its share of the whole run;
+  * profiler time: wall time of its ranges under the profiler (inclusive): the profiler slows
+    some stages down severalfold (the restoration body 14.4 s against 5.3 s measured by timers on
+    the CPU machine), so it serves for the counts below, not for time;
+  * time: the stage's wall time in a second run of the same call without the profiler
+    (``time.perf_counter`` around each call of the stage, summed), and its share of that run;
   * GFLOP: convolutions and matmuls as the profiler counts them (2 x multiply-adds), plus the dzsr
     ops: deformable convolution 2·N·Cout·(C/groups)·k²·H·W multiply-adds + 7 flops per bilinear
     sample (N·C·k²·H·W samples); patch matching 2·N·C·Hq·Wq·Hr·Wr (one dot product per pixel pair,
@@ -28,7 +32,7 @@ Columns, per stage:
   * MB: the bytes of the inputs of the stage's own operations (each read once: a lower bound on its
     memory traffic); byte floor: MB / this machine's copy bandwidth (``dst.copy_(src)`` of 256 MiB,
     counting 512 MiB moved);
-  * x floor: time / max(FLOP floor, byte floor).
+  * x floor: time (the timers') / max(FLOP floor, byte floor).
 """
 
 from __future__ import annotations
@@ -74,24 +78,43 @@ def copy_bandwidth(mib: int = 256, reps: int = 5) -> float:
     return 2 * src.numel() * 4 / seconds
 
 
+TIMERS: dict[str, float] = defaultdict(float)  # stage -> seconds, summed over its calls
+
+
 def labelled(name: str, fn):
+    """``fn`` inside a profiler range ``stage: name``, its wall time added to ``TIMERS[name]``."""
+
     def wrapper(*args, **kwargs):
+        start = time.perf_counter()
         with record_function(PREFIX + name):
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+        TIMERS[name] += time.perf_counter() - start
+        return out
 
     return wrapper
 
 
 def label_module(name: str, module: torch.nn.Module) -> None:
+    """As ``labelled`` for a module's forward (hooks: the module stays a child of its owner)."""
     ranges = []
-    module.register_forward_pre_hook(
-        lambda m, a: ranges.append(record_function(PREFIX + name).__enter__())
-    )
-    module.register_forward_hook(lambda m, a, out: ranges.pop().__exit__(None, None, None))
+
+    def enter(m, a):
+        ranges.append((time.perf_counter(), record_function(PREFIX + name).__enter__()))
+
+    def leave(m, a, out):
+        start, scope = ranges.pop()
+        scope.__exit__(None, None, None)
+        TIMERS[name] += time.perf_counter() - start
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave)
 
 
 def instrument(model) -> None:
-    """Label the public stages super_resolve calls (shadowing bound methods on the instances)."""
+    """Label the public stages super_resolve calls (shadowing bound methods on the instances), and
+    time the patch matching op (the profiler reports it under its own name)."""
+    import dzsr_kernels
+
     net, branch = model.restoration, model.restoration.reference
     owners = {
         model: ["match"],
@@ -104,6 +127,15 @@ def instrument(model) -> None:
             setattr(owner, name, labelled(name, getattr(owner, name)))
     label_module("predictor", net.predictor)
     label_module("match / extractor", model.extractor)
+    patch_match = dzsr_kernels.patch_match
+
+    def timed_patch_match(*args, **kwargs):
+        start = time.perf_counter()
+        out = patch_match(*args, **kwargs)
+        TIMERS["match / patch_match"] += time.perf_counter() - start
+        return out
+
+    dzsr_kernels.patch_match = timed_patch_match
 
 
 def op_flops(event) -> float:
@@ -233,13 +265,18 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
         with dzsr_kernels.use_backend(args.backend):
             super_resolve(model, *inputs, tile=args.tile, precision=args.precision)
-    wall = time.perf_counter() - start
+    profiled_wall = time.perf_counter() - start
     time_us, calls, flops, read = summarise(prof.events())
+    TIMERS.clear()  # the same run again without the profiler: the stage timers alone
+    start = time.perf_counter()
+    with dzsr_kernels.use_backend(args.backend):
+        super_resolve(model, *inputs, tile=args.tile, precision=args.precision)
+    wall = time.perf_counter() - start
     rows = []
     for name in ORDER + sorted(set(time_us) - set(ORDER)):
         if name not in time_us:
             continue
-        seconds = time_us[name] / 1e6
+        seconds = TIMERS[name]
         stage_rate = rate if name in FLOAT32_STAGES else low_rate
         flop_floor, byte_floor = flops[name] / stage_rate, read[name] / bandwidth
         floor = max(flop_floor, byte_floor)
@@ -247,6 +284,7 @@ def main() -> None:
             [
                 name,
                 str(calls[name]),
+                f"{time_us[name] / 1e6:.2f} s",
                 f"{seconds:.2f} s",
                 f"{100 * seconds / wall:.1f}%",
                 f"{flops[name] / 1e9:.1f}",
@@ -259,7 +297,8 @@ def main() -> None:
     print(H.machine_line())
     print(
         f"x4 whole-image inference, LR {args.height}x{args.width}, tile {args.tile}, "
-        f"backend {args.backend}, {args.precision}: {wall:.2f} s under the profiler; matmul "
+        f"backend {args.backend}, {args.precision}: {profiled_wall:.2f} s under the profiler, "
+        f"{wall:.2f} s with the stage timers only; matmul "
         f"{rate / 1e9:.0f} GFLOP/s float32, {low_rate / 1e9:.0f} GFLOP/s {args.precision}, "
         f"copy {bandwidth / 1e9:.1f} GB/s"
     )
@@ -268,6 +307,7 @@ def main() -> None:
             [
                 "stage",
                 "calls",
+                "profiler time",
                 "time",
                 "share",
                 "GFLOP",
