@@ -124,15 +124,11 @@ def main():
         for t in (tile, None)
         for p in args.precision
     }
-    if not args.quick:  # untimed: the heap grows to a whole tiled run's size before any timing
-        next(iter(cases.values()))()
-    times = H.time_interleaved(
-        {k: v for k, v in cases.items()}, reps=args.reps, warmup=1 if args.quick else 0
-    )
-    rows = []
-    for (backend, t, precision), seconds in times.items():
-        mem = ""
-        if not (args.no_memory or args.quick):
+    # memory children first: this process keeps its heap's high-water mark once it has run the
+    # cases (dzsr.allocator never trims), and a child on top of that ran out of memory
+    mem = {k: "" for k in cases}
+    if not (args.no_memory or args.quick):
+        for backend, t, precision in cases:
             kw = {
                 "backend": backend,
                 "tile": t,
@@ -140,7 +136,14 @@ def main():
                 "threads": torch.get_num_threads(),
                 "precision": precision,
             }
-            mem = H.fmt_bytes(H.peak_cpu_memory(CASE, kw))
+            mem[(backend, t, precision)] = H.fmt_bytes(H.peak_cpu_memory(CASE, kw))
+    if not args.quick:  # untimed: the heap grows to a whole tiled run's size before any timing
+        next(iter(cases.values()))()
+    times = H.time_interleaved(
+        {k: v for k, v in cases.items()}, reps=args.reps, warmup=1 if args.quick else 0
+    )
+    rows = []
+    for (backend, t, precision), seconds in times.items():
         diff = (
             (outputs[(backend, tile, precision)] - outputs[(backend, None, precision)])
             .abs()
@@ -153,7 +156,7 @@ def main():
                 f"tile {t}" if t else "untiled",
                 precision,
                 H.fmt_time(seconds),
-                mem,
+                mem[(backend, t, precision)],
                 f"{diff:.1e}",
             ]
         )
