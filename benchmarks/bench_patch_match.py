@@ -33,6 +33,7 @@ import argparse
 import torch
 
 from benchmarks import _harness
+from dzsr.models.blocks import rows_times_filters
 from dzsr_kernels.patch_match import reference
 from dzsr_kernels.patch_match.precision import fast_score_error_bound, round_to_tf32_, split_tf32
 
@@ -65,21 +66,20 @@ def op_case(backend: str, h: int, w: int, c: int, device: str = "cpu", precision
 
 def matmul_case(h: int, w: int, c: int, device: str = "cpu"):
     """A thunk doing the naive FLOP count as float32 products, column block by column block: on
-    CUDA ``torch.mm`` (cuBLAS), on the CPU oneDNN's 1x1 convolution of the query rows as a
-    channels-last image (MKL's sgemm, ``torch.mm``'s, takes its AVX2 path on AMD CPUs at about half
-    oneDNN's rate: the baseline gets the faster library)."""
+    CUDA ``torch.mm`` (cuBLAS), on the CPU ``dzsr.models.blocks.rows_times_filters`` (oneDNN; MKL's
+    sgemm, ``torch.mm``'s, runs at about half its rate on AMD CPUs: the baseline gets the faster
+    library)."""
     nq = nr = (h - 2) * (w - 2)
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(nq, 9 * c, generator=gen).to(device)
     b = torch.randn(9 * c, MATMUL_BLOCK, generator=gen).to(device)
     blocks = [min(MATMUL_BLOCK, nr - s) for s in range(0, nr, MATMUL_BLOCK)]
     if device == "cpu":
-        image = a.view(1, 1, nq, 9 * c).permute(0, 3, 1, 2)  # (1, 9C, 1, Nq) channels-last
-        filters = b.t().contiguous().view(MATMUL_BLOCK, 9 * c, 1, 1)
+        filters = b.t().contiguous()
 
         def run():
             for cols in blocks:
-                out = torch.nn.functional.conv2d(image, filters[:cols])
+                out = rows_times_filters(a, filters[:cols])
             return out
 
         return run

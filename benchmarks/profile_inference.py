@@ -46,6 +46,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from benchmarks import _harness as H
 from benchmarks.bench_inference import build, warm_up
+from dzsr.models.blocks import rows_times_filters
 
 PREFIX = "stage: "
 BYTES = {torch.float32: 4, torch.float64: 8, torch.bfloat16: 2, torch.float16: 2, torch.int64: 8}
@@ -57,15 +58,12 @@ FLOAT32_STAGES = {"match", "match / extractor", "match / patch_match", "transfor
 
 def matmul_rate(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of an n x n x n product in ``dtype`` at the current thread count (median): the faster
-    of ``torch.mm`` and the same product as a 1x1 convolution of a channels-last image, i.e. of
-    PyTorch's two CPU GEMM libraries (MKL's float32 sgemm takes its AVX2 path on AMD CPUs, at half
-    the rate of oneDNN, which runs the model's convolutions)."""
+    of ``torch.mm`` and ``dzsr.models.blocks.rows_times_filters``, i.e. of PyTorch's two CPU GEMM
+    libraries (MKL's float32 sgemm takes its AVX2 path on AMD CPUs, at half the rate of oneDNN,
+    which runs the model's convolutions)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    image = a.view(1, n, 1, n).permute(0, 3, 1, 2)  # (1,K=n,1,M=n) channels-last, a in memory
-    filters = b.view(n, n, 1, 1)
     seconds = H.time_interleaved(
-        {"mm": lambda: a @ b, "conv": lambda: torch.nn.functional.conv2d(image, filters)},
-        reps=reps,
+        {"mm": lambda: a @ b, "onednn": lambda: rows_times_filters(a, b)}, reps=reps
     )
     return 2 * n**3 / min(seconds.values())
 

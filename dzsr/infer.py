@@ -225,21 +225,33 @@ def super_resolve(
     _check_eval(model)
     model.check_inputs(lr, ref, paste_ref=paste_ref, paste_box=paste_box)
     dtype = autocast_dtype(precision, lr.device)
-    images = [lr, ref, paste_ref, predictor_lr, predictor_ref]
-    images = [x if x is None else x.contiguous(memory_format=torch.channels_last) for x in images]
+    cl_lr, cl_ref, paste_ref, predictor_lr, predictor_ref = (
+        None if x is None else x.contiguous(memory_format=torch.channels_last)
+        for x in (lr, ref, paste_ref, predictor_lr, predictor_ref)
+    )
     with _autocast(dtype, lr.device):
         if tile is None:
             sr = model(
-                images[0],
-                images[1],
-                paste_ref=images[2],
+                cl_lr,
+                cl_ref,
+                paste_ref=paste_ref,
                 paste_box=paste_box,
-                predictor_lr=images[3],
-                predictor_ref=images[4],
+                predictor_lr=predictor_lr,
+                predictor_ref=predictor_ref,
             ).sr
             _Counter(1, progress).step()
         else:
-            sr = _tiled_forward(model, *images[:3], paste_box, *images[3:], tile, progress)
+            sr = _tiled_forward(
+                model,
+                cl_lr,
+                cl_ref,
+                paste_ref,
+                paste_box,
+                predictor_lr,
+                predictor_ref,
+                tile,
+                progress,
+            )
     return sr.to(lr.dtype).contiguous(memory_format=memory_format_of(lr))
 
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .blocks import rows_times_filters
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _TRUNK = (
@@ -79,14 +81,14 @@ def conv3x3_resized(conv: nn.Conv2d, x: torch.Tensor, height: int, width: int) -
     3x3, stride 1, padding 1 convolution, computed at the sample points only: each tap's input
     (zero outside x) is resized at the points shifted by the tap (rows, then columns, by contiguous
     row and pixel gathers and a lerp), and the nine resized maps go through the convolution's
-    weights as one 1x1 convolution, ``ROWS_PER_CHUNK`` output rows at a time (all at once in an exported
-    graph, where a loop over the rows would fix the height). x (N,C,H,W), channels-last for
-    speed; returns (N,C',height,width) channels-last in x's dtype."""
+    weights as one product (``rows_times_filters``), ``ROWS_PER_CHUNK`` output rows at a time (all
+    at once in an exported graph, where a loop over the rows would fix the height). x (N,C,H,W),
+    channels-last for speed; returns (N,C',height,width) channels-last in x's dtype."""
     n, c, h, w = x.shape
     c_out = conv.out_channels
     rows, cols = _ShiftedTaps(h, height, x), _ShiftedTaps(w, width, x)
-    # (C', C, ky, kx) -> (C', ky·kx·C, 1, 1): 1x1 filters over the gathered taps' order below
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_out, 9 * c, 1, 1).to(x.dtype)
+    # (C', C, ky, kx) -> (C', ky·kx·C), the order of the gathered taps below
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_out, 9 * c).to(x.dtype)
     bias = conv.bias.to(x.dtype)
     pixels = x.permute(0, 2, 3, 1)  # (N,H,W,C)
     if torch.compiler.is_exporting():
@@ -97,13 +99,9 @@ def conv3x3_resized(conv: nn.Conv2d, x: torch.Tensor, height: int, width: int) -
     out = []
     for start, stop in chunks:
         taps = cols.resize(rows.resize(pixels, 1, start, stop), 2, 0, width)
-        # (N, k·ky, width·kx, C) -> (N·k·width, ky·kx·C) for the k = stop - start rows, seen as
-        # a channels-last (1, ky·kx·C, 1, N·k·width) image: the product runs on oneDNN's 1x1
-        # convolution (MKL's sgemm, torch.mm's, takes its AVX2 path on AMD CPUs: half the rate)
+        # (N, k·ky, width·kx, C) -> (N·k·width, ky·kx·C) for the k = stop - start rows
         taps = taps.view(n, stop - start, 3, width, 3 * c).transpose(2, 3).reshape(-1, 9 * c)
-        image = taps.view(1, 1, -1, 9 * c).permute(0, 3, 1, 2)
-        product = F.conv2d(image, weight, bias).permute(0, 2, 3, 1)  # (1, 1, N·k·width, C')
-        out.append(product.reshape(n, stop - start, width, c_out))
+        out.append(rows_times_filters(taps, weight, bias).view(n, stop - start, width, c_out))
     return torch.cat(out, 1).permute(0, 3, 1, 2)
 
 
