@@ -9,7 +9,8 @@ at a small size and one untimed run at the full size (the process's heap grows t
 first run also pays the kernel's page faults, seconds on a fresh virtual machine). Each public stage
 of the model that ``super_resolve`` calls (``SelfDZSR.match``, ``ReferenceBranch.features`` /
 ``paste_reference``, the reference AdaSTN's ``estimate`` / ``transform``,
-``RestorationNet.lr_features`` / ``align_lr`` / ``fuse`` / ``predictor`` / ``body`` / ``upsample``)
+``RestorationNet.lr_features`` / ``align_lr`` / ``fuse`` / ``predictor`` (its ``resized_inputs``,
+``embed`` tiles and ``reduce``) / ``body`` / ``upsample``)
 and, inside ``match``, the extractor and the patch matching op, is wrapped in a ``record_function``
 range by this script (instance attributes and module hooks: the library is not changed); the tiled
 stages' ranges are summed over their tiles.
@@ -123,7 +124,8 @@ def instrument(model) -> None:
     for owner, names in owners.items():
         for name in names:
             setattr(owner, name, labelled(name, getattr(owner, name)))
-    label_module("predictor", net.predictor)
+    for name in ("resized_inputs", "embed", "reduce"):  # one "predictor" row for its stages
+        setattr(net.predictor, name, labelled("predictor", getattr(net.predictor, name)))
     label_module("match / extractor", model.extractor)
     patch_match = dzsr_kernels.patch_match
 

@@ -8,7 +8,8 @@ a few 64-channel maps at LR resolution, the extractor's features and the output.
 
 It runs the model's own stages (``dzsr.models.selfdzsr``), in the order of their ``forward``:
 the global ones (matching, the reference features and paste, the reference AdaSTN's deformable
-conv, the degradation predictor) once on the whole (padded) image, the local ones tile by tile.
+conv, the degradation predictor's resize and average) once on the whole (padded) image, the local
+ones tile by tile.
 A local stage's output at a pixel depends only on its inputs within its halo, which the stage
 computes from its own layers (``<stage>_halo``); ``tiled`` computes each ``tile`` x ``tile`` tile
 on a window grown by that halo and keeps the tile: the window's zero-padded edges only reach the
@@ -19,6 +20,11 @@ default model):
   * geometry: ``lr_features`` then the reference AdaSTN's ``estimate`` (1 + 4 LR px) -> (A, b);
   * fuse: ``lr_features``, ``align_lr`` (P=0: per pixel), ``fuse`` (1 + 0 + 1 px) -> the fused and
     aligned LR features;
+  * predictor embedding (``Predictor.embed``, on tiles of the predictor's reference grid: two 3x3
+    convs, 2 px) between the predictor's ``resized_inputs`` and its ``reduce`` (strided convs and
+    the global average, on the whole embedding): its 128-channel concatenation at the reference's
+    full size is never built (on the CPU machine at LR 687x1111 the whole-image predictor added
+    1.4 GiB to the peak once the extractor no longer set it);
   * body (on tiles ``BODY_TILE_FACTOR`` x larger: small memory per pixel, a large halo): the
     residual blocks and body tail (2 per block + 1 px);
   * upsample (on tiles ``UPSAMPLE_TILE_DIVISOR`` x smaller, at least 1 px: 256-channel maps at 2x
@@ -275,7 +281,9 @@ def _tiled_forward(
     tiles = split_tiles(*lr_p.shape[-2:], tile)
     body_tiles = split_tiles(*lr_p.shape[-2:], BODY_TILE_FACTOR * tile)
     upsample_tiles = split_tiles(*lr_p.shape[-2:], max(1, tile // UPSAMPLE_TILE_DIVISOR))
-    counter = _Counter(2 * len(tiles) + len(body_tiles) + len(upsample_tiles), progress)
+    predictor_tiles = split_tiles(*predictor_ref.shape[-2:], tile)
+    passes = 2 * len(tiles) + len(predictor_tiles) + len(body_tiles) + len(upsample_tiles)
+    counter = _Counter(passes, progress)
 
     feats = branch.features(ref_p, model.match(lr_p, ref_p))
     feats = branch.paste_reference(feats, paste_ref, paste_box)
@@ -297,7 +305,16 @@ def _tiled_forward(
     fuse_halo = net.lr_features_halo + net.align_lr_halo + net.fuse_halo
     fused, h = tiled(fuse, fuse_halo, (lr_p, r), tiles, on_tile=counter.step)
     del r
-    p = net.predictor(predictor_lr, predictor_ref, fused)
+    predictor = net.predictor
+    embedded = tiled(
+        predictor.embed,
+        predictor.embed_halo,
+        predictor.resized_inputs(predictor_lr, predictor_ref, fused),
+        predictor_tiles,
+        on_tile=counter.step,
+    )
+    p = predictor.reduce(embedded)
+    del embedded
     body = tiled(
         lambda f, h: net.body(f, h, p), net.body_halo, (fused, h), body_tiles, on_tile=counter.step
     )

@@ -11,7 +11,7 @@ from torch import nn
 
 import dzsr_kernels
 from dzsr.data.inputs import prepare_inputs
-from dzsr.infer import grow, split_tiles, super_resolve
+from dzsr.infer import grow, split_tiles, super_resolve, tiled
 from dzsr.models import OffsetEstimator, SelfDZSR
 from dzsr.models.blocks import PixelShuffleUpsampler, ResidualBlock
 from dzsr.sample import load_sample
@@ -175,7 +175,8 @@ def test_progress_counts_every_tile_of_every_pass():
 
     super_resolve(model, lr, ref, paste_ref, box, tile=11, progress=progress)
     tiles, body_tiles = len(split_tiles(32, 40, 11)), len(split_tiles(32, 40, 22))
-    total = 2 * tiles + body_tiles + len(split_tiles(32, 40, 5))
+    predictor_tiles = len(split_tiles(*paste_ref.shape[-2:], 11))  # the reference's grid
+    total = 2 * tiles + predictor_tiles + body_tiles + len(split_tiles(32, 40, 5))
     assert calls == [(i + 1, total) for i in range(total)]
     calls.clear()
     super_resolve(model, lr, ref, paste_ref, box, tile=None, progress=progress)
@@ -190,6 +191,25 @@ def test_full_depth_model_halo_tiles_match():
     torch.testing.assert_close(
         super_resolve(model, lr, ref, paste_ref, box, tile=8), whole, atol=1e-5, rtol=0
     )
+
+
+def test_predictor_embedding_in_tiles_is_exact():
+    """The degradation predictor's local stage (``embed``: two 3x3 convs, halo 2) run in tiles on
+    the reference's grid equals it run whole; with one pixel less of halo it does not (the global
+    average after it would hide the difference from the SR output's tolerance)."""
+    torch.manual_seed(0)
+    predictor = SelfDZSR(4).restoration.predictor.eval()
+    lr, ref, fused = torch.rand(1, 3, 9, 11), torch.rand(1, 3, 36, 44), torch.rand(1, 64, 40, 48)
+    inputs = predictor.resized_inputs(lr, ref, fused)
+    tiles = split_tiles(36, 44, 10)
+    with torch.no_grad():
+        whole = predictor.embed(*inputs)
+        exact = tiled(predictor.embed, predictor.embed_halo, inputs, tiles)
+        stale = tiled(predictor.embed, predictor.embed_halo - 1, inputs, tiles)
+    assert predictor.embed_halo == 2
+    torch.testing.assert_close(exact, whole, atol=1e-6, rtol=0)
+    assert (stale - whole).abs().max() > 1e-4
+    torch.testing.assert_close(predictor.reduce(whole), predictor(lr, ref, fused), atol=0, rtol=0)
 
 
 def test_split_tiles_cover_exactly_once():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import dzsr_kernels
 from dzsr.losses import SelfDZSRObjective, kernel_centroid_loss, kernel_gen_loss
-from dzsr.models import AdaSTN, KernelGen, MatchingExtractor, SelfDZSR, space_to_depth
+from dzsr.models import AdaSTN, KernelGen, MatchingExtractor, SelfDZSR, extractor, space_to_depth
 from dzsr.models.blocks import conv_halo
 
 FAST = [
@@ -292,11 +292,14 @@ def _trunk_full_then_resized(trunk, x):
 
 @pytest.mark.parametrize("height,width", [(4, 4), (5, 7), (12, 13), (70, 9), (35, 97)])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_trunk_equals_full_conv3_1_then_resize(height, width, layout):
-    """conv3_1 evaluated only at the resize's sample points (conv3x3_resized) equals the full
-    convolution followed by the bilinear resize: exactly in float64 up to rounding, at sizes
-    where 4 does not divide the side, with several row chunks (70 rows) and zero padding at
-    every border."""
+@pytest.mark.parametrize("band_rows", [1, 3, extractor.BAND_ROWS])
+def test_trunk_equals_full_conv3_1_then_resize(height, width, layout, band_rows, monkeypatch):
+    """The banded trunk, conv3_1 evaluated only at the resize's sample points (conv3x3_resized),
+    equals the full convolutions followed by the bilinear resize: exactly in float64 up to
+    rounding, at sizes where 4 does not divide the side, with bands of one, three and the default
+    number of output rows (first, last and single bands; halos cut at the image border or not) and
+    zero padding at every border."""
+    monkeypatch.setattr(extractor, "BAND_ROWS", band_rows)
     torch.manual_seed(height * width)
     trunk = MatchingExtractor().query_trunk.double()
     for p in trunk.parameters():  # random weights with a sizeable bias

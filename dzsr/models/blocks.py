@@ -142,6 +142,10 @@ class Predictor(nn.Module):
     mean-shifted, concatenated and embedded (3x3 conv 6->64, ReLU); the fused features
     (N,64,H',W') are bilinearly resized to (H,W) and concatenated; then 3x3 conv 128->64 and four
     stride-2 3x3 convs, each followed by ReLU, and a global average: returns (N,64,1,1).
+
+    Stages of ``forward`` (whole-image inference runs ``embed``, a local stage, in tiles):
+    ``resized_inputs`` -> ``embed`` (up to the first 3x3 conv 128->64 and its ReLU, halo
+    ``embed_halo``) -> ``reduce`` (the strided convs and the average).
     """
 
     def __init__(self, channels: int = 64):
@@ -157,11 +161,28 @@ class Predictor(nn.Module):
     def forward(self, lr: torch.Tensor, ref: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         """The degradation vector (N,64,1,1) from ``lr`` (N,3,h,w), ``ref`` (N,3,H,W) and ``fused``
         (N,64,H',W') (class docstring)."""
+        return self.reduce(self.embed(*self.resized_inputs(lr, ref, fused)))
+
+    def resized_inputs(self, lr: torch.Tensor, ref: torch.Tensor, fused: torch.Tensor):
+        """(lr, ref, fused) with lr and fused bilinearly resized (aligned corners) to ref's (H,W)."""
         size = ref.shape[-2:]
         up_lr = F.interpolate(lr, size=size, mode="bilinear", align_corners=True)
-        h = F.relu(self.head(torch.cat([self.mean_shift(up_lr), self.mean_shift(ref)], 1)))
-        fused = F.interpolate(fused, size=size, mode="bilinear", align_corners=True)
-        return self.body(torch.cat([h, fused], 1)).mean((2, 3), keepdim=True)
+        return up_lr, ref, F.interpolate(fused, size=size, mode="bilinear", align_corners=True)
+
+    def embed(self, up_lr: torch.Tensor, ref: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        """(N,64,H,W) from ``resized_inputs``' three maps at one size: the embedding of the mean-shifted
+        images concatenated with ``fused``, through the first 3x3 conv 128->64 and its ReLU."""
+        h = self.head(torch.cat([self.mean_shift(up_lr), self.mean_shift(ref)], 1)).relu_()
+        return self.body[:2](torch.cat([h, fused], 1))
+
+    @property
+    def embed_halo(self) -> int:
+        """Halo of ``embed``: its two 3x3 convs' (the mean shift and the ReLUs are per pixel)."""
+        return conv_halo(self.head) + conv_halo(self.body[0])
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """``embed``'s (N,64,H,W) -> (N,64,1,1): four stride-2 3x3 convs with ReLU, global average."""
+        return self.body[2:](x).mean((2, 3), keepdim=True)
 
 
 UPSAMPLE_FACTORS = {2: (2,), 3: (3,), 4: (2, 2)}  # scale -> pixel-shuffle factor of each stage

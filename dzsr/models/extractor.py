@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .blocks import rows_times_filters
 
@@ -30,7 +29,7 @@ _TRUNK = (
     ("conv3_1", 128, 256),
 )
 RESIZE = 4  # the features are 1/RESIZE of the image grid
-ROWS_PER_CHUNK = 16  # output rows gathered at once by conv3x3_resized (bounds its buffers)
+BAND_ROWS = 32  # output rows per band of VGGTrunk.forward (bounds its buffers; halo rows ~7%)
 
 
 def aligned_linear_taps(size_in: int, size_out: int, like: torch.Tensor):
@@ -63,46 +62,57 @@ class _ShiftedTaps:
             self.index.append(index.clamp(0, size_in - 1))
             self.inside.append((index >= 0) & (index < size_in))
 
-    def resize(self, t: torch.Tensor, dim: int, start: int, stop: int) -> torch.Tensor:
-        """``t`` resized along ``dim`` at the shifted sources of output points ``start:stop``:
-        that axis becomes (point, tap), 3 x (stop - start) long."""
+    def span(self, start: int, stop: int) -> tuple[int, int]:
+        """The sources [lo, hi) that output points ``start:stop`` read (Python ints)."""
+        taps = slice(3 * start, 3 * stop)
+        lo = min(int(index[taps].min()) for index in self.index)
+        return lo, max(int(index[taps].max()) for index in self.index) + 1
+
+    def resize(
+        self, t: torch.Tensor, dim: int, start: int, stop: int, first: int = 0
+    ) -> torch.Tensor:
+        """``t``, which holds sources ``first`` onwards along ``dim``, resized along ``dim`` at the
+        shifted sources of output points ``start:stop``: that axis becomes (point, tap), 3 x
+        (stop - start) long."""
         taps = slice(3 * start, 3 * stop)
         trailing = (1,) * (t.dim() - dim - 1)
         ends = [
-            torch.where(inside[taps].view(-1, *trailing), t.index_select(dim, index[taps]), 0)
+            torch.where(
+                inside[taps].view(-1, *trailing), t.index_select(dim, index[taps] - first), 0
+            )
             for index, inside in zip(self.index, self.inside)
         ]
         weight = self.w1[start:stop].repeat_interleave(3).view(-1, *trailing)
         return torch.lerp(*ends, weight)
 
 
-def conv3x3_resized(conv: nn.Conv2d, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``F.interpolate(conv(x), size=(height, width), mode="bilinear", align_corners=True)`` for a
-    3x3, stride 1, padding 1 convolution, computed at the sample points only: each tap's input
-    (zero outside x) is resized at the points shifted by the tap (rows, then columns, by contiguous
-    row and pixel gathers and a lerp), and the nine resized maps go through the convolution's
-    weights as one product (``rows_times_filters``), ``ROWS_PER_CHUNK`` output rows at a time (all
-    at once in an exported graph, where a loop over the rows would fix the height). x (N,C,H,W),
-    channels-last for speed; returns (N,C',height,width) channels-last in x's dtype."""
-    n, c, h, w = x.shape
-    c_out = conv.out_channels
-    rows, cols = _ShiftedTaps(h, height, x), _ShiftedTaps(w, width, x)
+def conv3x3_resized(
+    conv: nn.Conv2d,
+    x: torch.Tensor,
+    rows: _ShiftedTaps,
+    cols: _ShiftedTaps,
+    band: tuple[int, int],
+    first: int,
+) -> torch.Tensor:
+    """Output rows ``band`` = (start, stop) of ``F.interpolate(conv(X), mode="bilinear",
+    align_corners=True)`` for a 3x3, stride 1, padding 1 convolution of a map X, computed at the
+    sample points only (``rows`` and ``cols``: the resize's taps of X's height and width): each
+    tap's input (zero outside X) is resized at the points shifted by the tap (rows, then columns, by
+    contiguous row and pixel gathers and a lerp), and the nine resized maps go through the
+    convolution's weights as one product (``rows_times_filters``). x (N,C,h,W) holds X's rows
+    ``first`` .. ``first + h - 1``, at least those the band reads (``rows.span``); channels-last for
+    speed. Returns (N, stop - start, width, C') (NHWC) in x's dtype."""
+    n, c, _, _ = x.shape
+    start, stop = band
+    c_out, width = conv.out_channels, cols.w1.shape[0]
     # (C', C, ky, kx) -> (C', ky·kx·C), the order of the gathered taps below
     weight = conv.weight.permute(0, 2, 3, 1).reshape(c_out, 9 * c).to(x.dtype)
-    bias = conv.bias.to(x.dtype)
-    pixels = x.permute(0, 2, 3, 1)  # (N,H,W,C)
-    if torch.compiler.is_exporting():
-        chunks = [(0, height)]
-    else:
-        starts = range(0, height, ROWS_PER_CHUNK)
-        chunks = [(start, min(start + ROWS_PER_CHUNK, height)) for start in starts]
-    out = []
-    for start, stop in chunks:
-        taps = cols.resize(rows.resize(pixels, 1, start, stop), 2, 0, width)
-        # (N, k·ky, width·kx, C) -> (N·k·width, ky·kx·C) for the k = stop - start rows
-        taps = taps.view(n, stop - start, 3, width, 3 * c).transpose(2, 3).reshape(-1, 9 * c)
-        out.append(rows_times_filters(taps, weight, bias).view(n, stop - start, width, c_out))
-    return torch.cat(out, 1).permute(0, 3, 1, 2)
+    pixels = x.permute(0, 2, 3, 1)  # (N,h,W,C)
+    taps = cols.resize(rows.resize(pixels, 1, start, stop, first), 2, 0, width)
+    # (N, k·ky, width·kx, C) -> (N·k·width, ky·kx·C) for the k = stop - start rows
+    taps = taps.view(n, stop - start, 3, width, 3 * c).transpose(2, 3).reshape(-1, 9 * c)
+    out = rows_times_filters(taps, weight, conv.bias.to(x.dtype))
+    return out.view(n, stop - start, width, c_out)
 
 
 class VGGTrunk(nn.Module):
@@ -119,16 +129,35 @@ class VGGTrunk(nn.Module):
         """ImageNet-normalised x (N,3,H,W) through conv1_1 .. conv3_1 (ReLU after all but conv3_1),
         bilinearly resized by 1/4 (aligned corners): (N,256,floor(H/4),floor(W/4)), channels-last.
 
-        conv3_1 and the resize run together (``conv3x3_resized``, module docstring). The trunk
-        runs channels-last whatever x's layout: oneDNN then convolves the full-resolution maps in
-        place of reordering each one to its blocked format and back (NCHW needed two extra copies
-        of the largest map; on the CPU machine a whole-image trunk of LR 687x1111 took 9.6 s and
-        3.30 GiB resident at its end vs 8.3 s and 2.42 GiB channels-last)."""
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        for name, _, _ in _TRUNK[:-1]:
-            x = F.relu(getattr(self, name)(x))
-        height, width = x.shape[-2] // RESIZE, x.shape[-1] // RESIZE
-        return conv3x3_resized(self.conv3_1, x, height, width)
+        In bands of ``BAND_ROWS`` output rows (one band in an exported graph, where a loop would
+        fix the height): conv1_1 .. conv2_2 run on the image rows the band's conv3_1 taps read plus
+        a halo of one row per convolution, so that those rows are exact, and conv3_1 and the resize
+        run together at the sample points (``conv3x3_resized``, module docstring). Peak memory is
+        then a band's, not four full-resolution maps of up to 128 channels (on the CPU machine, LR
+        687x1111: 1.9 GiB added by two whole-image trunks). The trunk runs channels-last whatever
+        x's layout: oneDNN then convolves the maps in place of reordering each one to its blocked
+        format and back."""
+        height_in, width_in = x.shape[-2:]
+        height, width = height_in // RESIZE, width_in // RESIZE
+        rows, cols = _ShiftedTaps(height_in, height, x), _ShiftedTaps(width_in, width, x)
+        halo = len(_TRUNK) - 1  # conv1_1 .. conv2_2
+        if torch.compiler.is_exporting():
+            bands = [((0, height), 0, height_in)]
+        else:
+            bands = []
+            for start in range(0, height, BAND_ROWS):
+                band = (start, min(start + BAND_ROWS, height))
+                lo, hi = rows.span(*band)
+                bands.append((band, max(lo - halo, 0), min(hi + halo, height_in)))
+        out = []
+        for band, lo, hi in bands:
+            y = ((x[..., lo:hi, :] - self.mean) / self.std).contiguous(
+                memory_format=torch.channels_last
+            )
+            for name, _, _ in _TRUNK[:-1]:
+                y = getattr(self, name)(y).relu_()
+            out.append(conv3x3_resized(self.conv3_1, y, rows, cols, band, lo))
+        return torch.cat(out, 1).permute(0, 3, 1, 2)
 
 
 class MatchingExtractor(nn.Module):

@@ -142,17 +142,15 @@ def check_paste_inputs(paste_ref: object, paste_box: object, scale: int, lr: tor
 def paste(
     features: torch.Tensor, patch: torch.Tensor, boxes: torch.Tensor, chosen: torch.Tensor
 ) -> torch.Tensor:
-    """Write patch[i] (64,h,w) into features[i] at boxes[i]=(y0,y1,x0,x1) where chosen[i]; differentiable."""
+    """Write patch[i] (64,h,w) into features[i] at boxes[i]=(y0,y1,x0,x1) where chosen[i]; differentiable.
+    The result is a copy in features' memory format (a channels-last map stays channels-last, so the
+    deformable convolution and the convolutions after it keep their channels-last kernels)."""
     check_paste_box(boxes, features.shape[0], patch.shape[-2:], features.shape[-2:])
-    rows = []
+    out = features.clone()
     for i, (y0, y1, x0, x1) in enumerate(boxes.tolist()):
         if bool(chosen[i]):
-            row = features[i].clone()
-            row[:, y0:y1, x0:x1] = patch[i]
-            rows.append(row)
-        else:
-            rows.append(features[i])
-    return torch.stack(rows)
+            out[i, :, y0:y1, x0:x1] = patch[i]
+    return out
 
 
 class ReferenceBranch(nn.Module):
