@@ -7,8 +7,8 @@ One ``dzsr.infer.super_resolve`` run (x4, random weights and images, reference p
 central quarter, as ``benchmarks/bench_inference.py``) under the torch profiler, after a warm-up run
 at a small size and one untimed run at the full size (the process's heap grows to its size there: a
 first run also pays the kernel's page faults, seconds on a fresh virtual machine). Each public stage
-of the model that ``super_resolve`` calls (``SelfDZSR.match``, ``ReferenceBranch.features`` /
-``paste_reference``, the reference AdaSTN's ``estimate`` / ``transform``,
+of the model that ``super_resolve`` calls (``SelfDZSR.match``, ``ReferenceBranch.encode`` /
+``warp_encoded`` / ``paste_reference``, the reference AdaSTN's ``estimate`` / ``transform``,
 ``RestorationNet.lr_features`` / ``align_lr`` / ``fuse`` / ``predictor`` (its ``resized_inputs``,
 ``embed`` tiles and ``reduce``) / ``body`` / ``upsample``)
 and, inside ``match``, the extractor and the patch matching op, is wrapped in a ``record_function``
@@ -28,7 +28,8 @@ Columns, per stage:
   * FLOP floor: GFLOP / this machine's matmul rate in the stage's dtype (measured in the same run,
     the faster of ``torch.mm`` and oneDNN's 1x1 convolution, ``matmul_rate``):
     with ``--precision bf16`` the bfloat16 rate for the stages ``super_resolve`` lowers, the float32
-    rate for those it keeps in float32 (``match`` and the AdaSTN ``transform``:
+    rate for those it keeps in float32 (``match``, the reference warp ``warp_encoded`` and the AdaSTN
+    ``transform``:
     docs/design.md#precision);
   * MB: the bytes of the inputs of the stage's own operations (each read once: a lower bound on its
     memory traffic); byte floor: MB / this machine's copy bandwidth (``dst.copy_(src)`` of 256 MiB,
@@ -54,7 +55,7 @@ BYTES = {torch.float32: 4, torch.float64: 8, torch.bfloat16: 2, torch.float16: 2
 
 
 # stages super_resolve keeps in float32 whatever the precision (dzsr/infer.py)
-FLOAT32_STAGES = {"match", "match / extractor", "match / patch_match", "transform"}
+FLOAT32_STAGES = {"match", "match / extractor", "match / patch_match", "warp_encoded", "transform"}
 
 
 def matmul_rate(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
@@ -117,7 +118,7 @@ def instrument(model) -> None:
     net, branch = model.restoration, model.restoration.reference
     owners = {
         model: ["match"],
-        branch: ["features", "paste_reference"],
+        branch: ["encode", "warp_encoded", "paste_reference"],
         branch.align: ["estimate", "transform"],
         net: ["lr_features", "align_lr", "fuse", "body", "upsample"],
     }
@@ -230,7 +231,8 @@ ORDER = [
     "match",
     "match / extractor",
     "match / patch_match",
-    "features",
+    "encode",
+    "warp_encoded",
     "paste_reference",
     "estimate",
     "transform",

@@ -20,10 +20,11 @@ inline bool poison_outputs() {
   return poison;
 }
 
-inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  if (!poison_outputs()) return at::empty(sizes, options);
-  if (at::isFloatingType(options.dtype().toScalarType())) return at::full(sizes, NAN, options);
-  return at::full(sizes, -1, options);
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options,
+                             at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+  auto out = at::empty(sizes, options.memory_format(format));
+  if (!poison_outputs()) return out;
+  return out.fill_(at::isFloatingType(options.dtype().toScalarType()) ? NAN : -1);
 }
 
 }  // namespace dzsr

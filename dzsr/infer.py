@@ -17,6 +17,8 @@ discarded margin, and zero padding happens at the true image borders as in the u
 Consecutive local stages share one pass, their halos adding up. The passes (halos of the
 default model):
 
+  * reference encoding: the reference branch's ``encode`` (5 x 1 px), before its global
+    ``warp_encoded`` by the matching offsets;
   * geometry: ``lr_features`` then the reference AdaSTN's ``estimate`` (1 + 4 LR px) -> (A, b);
   * fuse: ``lr_features``, ``align_lr`` (P=0: per pixel), ``fuse`` (1 + 0 + 1 px) -> the fused and
     aligned LR features;
@@ -282,10 +284,13 @@ def _tiled_forward(
     body_tiles = split_tiles(*lr_p.shape[-2:], BODY_TILE_FACTOR * tile)
     upsample_tiles = split_tiles(*lr_p.shape[-2:], max(1, tile // UPSAMPLE_TILE_DIVISOR))
     predictor_tiles = split_tiles(*predictor_ref.shape[-2:], tile)
-    passes = 2 * len(tiles) + len(predictor_tiles) + len(body_tiles) + len(upsample_tiles)
+    passes = 3 * len(tiles) + len(predictor_tiles) + len(body_tiles) + len(upsample_tiles)
     counter = _Counter(passes, progress)
 
-    feats = branch.features(ref_p, model.match(lr_p, ref_p))
+    offsets = model.match(lr_p, ref_p)
+    encoded = tiled(branch.encode, branch.encode_halo, (ref_p,), tiles, on_tile=counter.step)
+    feats = branch.warp_encoded(encoded, offsets)
+    del encoded, offsets
     feats = branch.paste_reference(feats, paste_ref, paste_box)
     geometry = tiled(
         lambda x, f: branch.align.estimate(f, net.lr_features(x)),

@@ -11,7 +11,7 @@ import torchvision
 
 import dzsr_kernels as dk
 from dzsr_kernels.deform_conv import reference
-from dzsr_kernels.deform_conv.op import _packed
+from dzsr_kernels.deform_conv.op import _packed, memory_format_of
 
 CPU_FAST = [b for b in ("cpp",) if b in dk.available_backends("cpu", "deform_conv2d")]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 8e-2}
@@ -129,16 +129,21 @@ def run_both(backend, affine, x, A, b, wgt, bs, groups):
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(
-    "cl_budget", [None, "0", "1"], ids=["default", "planar", "8-channel-slices"]
+    "cl_budget,layout",
+    [(None, "contiguous"), ("0", "contiguous"), ("1", "contiguous"), (None, "channels_last")],
+    ids=["default", "planar", "8-channel-slices", "channels-last-x"],
 )
-def test_fast_matches_reference(backend, shape, affine, dtype, cl_budget, monkeypatch):
-    """cl_budget selects the CPU path of depthwise convolutions and of the one-group forward:
-    default (channels-last), planar kernels, or channels-last copies made 8 channels at a time
-    (the path of large images)."""
+def test_fast_matches_reference(backend, shape, affine, dtype, cl_budget, layout, monkeypatch):
+    """cl_budget selects the CPU path of depthwise convolutions and of the one-group forward for
+    contiguous x: default (channels-last copies), planar kernels, or channels-last copies made 8
+    channels at a time (the path of large images); a channels-last x of a depthwise convolution is
+    read in place and gives a channels-last output."""
     if cl_budget is not None:
         monkeypatch.setenv("DZSR_DEFORM_CHANNELS_LAST_MAX_BYTES", cl_budget)
-    case = make_case(*shape, dtype=dtype)
-    (out, grads), (ref, ref_grads) = run_both(backend, affine, *case, groups=shape[6])
+    x, *rest = make_case(*shape, dtype=dtype)
+    x = x.contiguous(memory_format=getattr(torch, layout + "_format", torch.channels_last))
+    (out, grads), (ref, ref_grads) = run_both(backend, affine, x, *rest, groups=shape[6])
+    assert out.is_contiguous(memory_format=memory_format_of(x))  # the op's layout rule
     tol = TOL[dtype]
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
     for name, g, r in zip(["x", "A", "b", "weight", "bias"], grads, ref_grads):

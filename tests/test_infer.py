@@ -176,7 +176,7 @@ def test_progress_counts_every_tile_of_every_pass():
     super_resolve(model, lr, ref, paste_ref, box, tile=11, progress=progress)
     tiles, body_tiles = len(split_tiles(32, 40, 11)), len(split_tiles(32, 40, 22))
     predictor_tiles = len(split_tiles(*paste_ref.shape[-2:], 11))  # the reference's grid
-    total = 2 * tiles + predictor_tiles + body_tiles + len(split_tiles(32, 40, 5))
+    total = 3 * tiles + predictor_tiles + body_tiles + len(split_tiles(32, 40, 5))
     assert calls == [(i + 1, total) for i in range(total)]
     calls.clear()
     super_resolve(model, lr, ref, paste_ref, box, tile=None, progress=progress)
@@ -193,23 +193,40 @@ def test_full_depth_model_halo_tiles_match():
     )
 
 
-def test_predictor_embedding_in_tiles_is_exact():
-    """The degradation predictor's local stage (``embed``: two 3x3 convs, halo 2) run in tiles on
-    the reference's grid equals it run whole; with one pixel less of halo it does not (the global
-    average after it would hide the difference from the SR output's tolerance)."""
-    torch.manual_seed(0)
-    predictor = SelfDZSR(4).restoration.predictor.eval()
+def _predictor_embedding(net):
     lr, ref, fused = torch.rand(1, 3, 9, 11), torch.rand(1, 3, 36, 44), torch.rand(1, 64, 40, 48)
-    inputs = predictor.resized_inputs(lr, ref, fused)
-    tiles = split_tiles(36, 44, 10)
+    return (
+        net.predictor.embed,
+        net.predictor.embed_halo,
+        net.predictor.resized_inputs(lr, ref, fused),
+    )
+
+
+def _reference_encoding(net):
+    return net.reference.encode, net.reference.encode_halo, (torch.rand(1, 3, 36, 44),)
+
+
+@pytest.mark.parametrize(
+    "stage,halo",
+    [(_predictor_embedding, 2), (_reference_encoding, 5)],
+    ids=["predictor.embed", "reference.encode"],
+)
+def test_local_stage_in_tiles_is_exact(stage, halo):
+    """Local stages that sit between global ones (the degradation predictor's embedding on the
+    reference's grid; the reference encoder, before the flow warp) run in tiles equal to running
+    whole; with one pixel less of halo they do not (the predictor's global average and the warp
+    after them would hide the difference from the SR output's tolerance)."""
+    torch.manual_seed(0)
+    net = SelfDZSR(4).restoration.eval()
+    run, got_halo, inputs = stage(net)
+    tiles = split_tiles(*inputs[0].shape[-2:], 10)
     with torch.no_grad():
-        whole = predictor.embed(*inputs)
-        exact = tiled(predictor.embed, predictor.embed_halo, inputs, tiles)
-        stale = tiled(predictor.embed, predictor.embed_halo - 1, inputs, tiles)
-    assert predictor.embed_halo == 2
+        whole = run(*inputs)
+        exact = tiled(run, got_halo, inputs, tiles)
+        stale = tiled(run, got_halo - 1, inputs, tiles)
+    assert got_halo == halo
     torch.testing.assert_close(exact, whole, atol=1e-6, rtol=0)
     assert (stale - whole).abs().max() > 1e-4
-    torch.testing.assert_close(predictor.reduce(whole), predictor(lr, ref, fused), atol=0, rtol=0)
 
 
 def test_split_tiles_cover_exactly_once():

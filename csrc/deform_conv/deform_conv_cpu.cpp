@@ -11,9 +11,10 @@
 //   1. tasks (n, pixel block): position gradients -> dgeom (the block owns its pixels) and dweight
 //      (thread-local accumulators, summed at the end);
 //   2. tasks (n, input-channel chunk): the bilinear scatter into dx (the chunk owns its planes).
-// Every output is a new contiguous tensor in its input's dtype (op.py's fakes say the same). Empty
-// N, H or W return at once (empty dx/dgeom, zero dweight); C = 0 or C_out = 0 run the loops, which
-// then sum nothing.
+// Every output is a new tensor in its input's dtype, contiguous except the forward of a
+// channels-last depthwise convolution, channels-last as x (op.py's fakes say the same). Empty N, H
+// or W return at once (empty dx/dgeom, zero dweight); C = 0 or C_out = 0 run the loops, which then
+// sum nothing.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -40,8 +41,9 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& geom, bool affine,
                        const at::Tensor& weight, int64_t groups) {
   TORCH_CHECK(x.dim() == 4 && geom.dim() == 4 && weight.dim() == 4,
               "deform_conv2d: x, geom, weight must be 4-D");
-  TORCH_CHECK(x.is_contiguous() && geom.is_contiguous() && weight.is_contiguous(),
-              "deform_conv2d: inputs must be contiguous");
+  TORCH_CHECK((x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) &&
+                  geom.is_contiguous() && weight.is_contiguous(),
+              "deform_conv2d: inputs must be contiguous (x may be channels-last)");
   Geometry g;
   g.N = x.size(0);
   g.C = x.size(1);
@@ -506,16 +508,38 @@ at::ScalarType compute_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// x stored channels-last (and not also contiguous: C > 1 and H*W > 1), as the model's feature maps
+// are, for a pure depthwise convolution: depthwise_cl_forward reads it in place with all C channels
+// as one slice and writes a channels-last output. No layout copy of x or out, and each pixel's
+// sampling geometry is computed once for all its channels (not once per slice).
+bool depthwise_channels_last(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
+  return x.dim() == 4 && weight.dim() == 4 && weight.size(1) == 1 && weight.size(0) == groups &&
+         x.size(1) == groups && !x.is_contiguous() &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& geom_in, bool affine,
                        const at::Tensor& weight_in, const c10::optional<at::Tensor>& bias_in,
                        int64_t groups) {
   const auto ct = compute_type(x_in);
-  auto x = x_in.to(ct).contiguous(), geom = geom_in.to(ct).contiguous(),
-       weight = weight_in.to(ct).contiguous();
+  const bool in_place_cl = depthwise_channels_last(x_in, weight_in, groups);
+  auto x = in_place_cl ? x_in.to(ct).contiguous(at::MemoryFormat::ChannelsLast)
+                       : x_in.to(ct).contiguous();
+  auto geom = geom_in.to(ct).contiguous(), weight = weight_in.to(ct).contiguous();
   at::Tensor bias;
   if (bias_in.has_value()) bias = bias_in->to(ct).contiguous();
   const Geometry g = make_geometry(x, geom, affine, weight, groups);
   if (g.N * g.Cout * g.HW == 0) return at::empty({g.N, g.Cout, g.H, g.W}, x_in.options());
+  if (in_place_cl) {
+    auto out = new_output({g.N, g.C, g.H, g.W}, x.options(), at::MemoryFormat::ChannelsLast);
+    auto wt = weight.reshape({g.C, g.K}).t().contiguous();
+    AT_DISPATCH_FLOATING_TYPES(ct, "deform_conv2d_forward_cpu_in_place_cl", [&] {
+      depthwise_cl_forward<scalar_t>(
+          x.data_ptr<scalar_t>(), geom.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+          bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), g);
+    });
+    return out.to(x_in.scalar_type());
+  }
   if (const int64_t width = channels_last_slice(g, x.element_size())) {
     auto out = new_output({g.N, g.C, g.H, g.W}, x.options());
     const SliceBuffer xbuf(g, width, x.options()), obuf(g, width, x.options());

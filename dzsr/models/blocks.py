@@ -127,7 +127,7 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
         """x (N,64,H,W) -> (N,64,H,W), modulated by ``p`` (N,64,1,1) when given."""
         m = x if p is None else x * (1 + self.modulation(p))
-        return x + self.conv2(F.relu(self.conv1(m)))
+        return x + self.conv2(self.conv1(m).relu_())
 
     @property
     def halo(self) -> int:

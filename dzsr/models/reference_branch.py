@@ -13,7 +13,8 @@
 4. A reference AdaSTN aligns the result to the guide features (never dropped).
 
 Stages, composed by ``ReferenceBranch.forward`` (and run separately by ``dzsr.infer``): ``features``
-(steps 1-2 given the offsets; global, as the warp reads the matched positions anywhere),
+(steps 1-2 given the offsets: ``encode``, local, halo ``encode_halo``, then ``warp_encoded``, global,
+as the warp reads the matched positions anywhere),
 ``paste_reference`` (step 3, global) and the reference AdaSTN's ``align.estimate`` (local, halo
 ``align.estimate_halo``) and ``align.transform`` (global).
 """
@@ -22,12 +23,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import dzsr_kernels
 
 from .adastn import AdaSTN
-from .blocks import MeanShift, autocast_off, check_image, conv3x3, space_to_depth
+from .blocks import MeanShift, autocast_off, check_image, conv3x3, conv_halo, space_to_depth
 
 
 def matching_offsets(query_features: torch.Tensor, ref_features: torch.Tensor) -> torch.Tensor:
@@ -71,11 +71,9 @@ class ReferenceEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features (N,64,H,W) of an image (N,3,H,W) (class docstring)."""
         x = self.mean_shift(x)
-        for i, conv in enumerate(self.convs):
-            x = conv(x)
-            if i < len(self.convs) - 1:
-                x = F.relu(x)
-        return x
+        for conv in self.convs[:-1]:
+            x = conv(x).relu_()
+        return self.convs[-1](x)
 
 
 class PasteHead(nn.Module):
@@ -176,7 +174,21 @@ class ReferenceBranch(nn.Module):
 
     def features(self, ref: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Encoded reference (N,3,H,W) warped by the matching offsets (N,18,H,W): (N,64,H,W)."""
-        return self.warp(self.encoder(ref), offsets)
+        return self.warp_encoded(self.encode(ref), offsets)
+
+    def encode(self, ref: torch.Tensor) -> torch.Tensor:
+        """The reference encoder: (N,3,H,W) -> (N,64,H,W); local, halo ``encode_halo``."""
+        return self.encoder(ref)
+
+    @property
+    def encode_halo(self) -> int:
+        """Halo of ``encode``: its 3x3 convs', summed (the mean shift and ReLUs are per pixel)."""
+        return sum(conv_halo(conv) for conv in self.encoder.convs)
+
+    def warp_encoded(self, encoded: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """``encode``'s (N,64,H,W) warped by the matching offsets (N,18,H,W); global (the offsets
+        reach anywhere in the reference)."""
+        return self.warp(encoded, offsets)
 
     def paste_reference(
         self,

@@ -7,15 +7,16 @@ import torch
 
 
 def _kernel_input(t):
-    """t as the C++ op takes it: contiguous, or channels-last as it is on CUDA, whose kernels read
-    channels-last x and grad_out in place (csrc/deform_conv/deform_conv_cuda.cu)."""
-    if t.is_cuda and t.is_contiguous(memory_format=torch.channels_last):
+    """t as the C++ op takes it: contiguous, or channels-last as it is: the CUDA kernels read
+    channels-last x and grad_out in place (csrc/deform_conv/deform_conv_cuda.cu), as does the CPU
+    depthwise forward (csrc/deform_conv/deform_conv_cpu.cpp; the CPU's other paths copy it)."""
+    if t.is_contiguous(memory_format=torch.channels_last):
         return t
     return t.contiguous()
 
 
 def forward(x, geom, affine, weight, bias, groups):
-    """out (N, C_out, H, W) in x's dtype (channels-last from the CUDA channels-last depthwise path,
+    """out (N, C_out, H, W) in x's dtype (channels-last from the channels-last depthwise paths,
     else contiguous); inputs as in ``reference.deform_conv2d``."""
     return torch.ops.dzsr_C.deform_conv2d_forward(
         _kernel_input(x), geom.contiguous(), affine, weight.contiguous(), bias, groups
