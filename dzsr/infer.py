@@ -29,11 +29,13 @@ default model):
     1.4 GiB to the peak once the extractor no longer set it);
   * body (on tiles ``BODY_TILE_FACTOR`` x larger: small memory per pixel, a large halo): the
     residual blocks and body tail (2 per block + 1 px);
-  * upsample (on tiles ``UPSAMPLE_TILE_DIVISOR`` x smaller, at least 1 px: 256-channel maps at 2x
-    and 4x resolution, 16x and 64x the memory per LR pixel of a 64-channel map, and a halo of
-    2 px): upsampler and tail, written into the (N,3,sH,sW) output. On the CPU machine at LR
-    687x1111 this pass added 1.50 GiB of peak memory on 384-px tiles and 0.55 GiB on 192-px ones,
-    in the same time (3.6-4.4 s vs 3.8-4.0 s float32).
+  * upsample (on the body pass's tiles; halo 2 px): upsampler and tail, written into the
+    (N,3,sH,sW) output. Inference computes this affine stage as one convolution of the LR features
+    and a pixel shuffle (``RestorationNet.upsample``, ``dzsr.models.one_conv_upsample``), 48
+    channels per LR pixel at x4 instead of the layers' 256-channel maps at 2x and 4x resolution
+    (which needed tiles half the default size to bound the peak); each window recomputes its
+    outermost LR pixel by the layers, since their intermediate zero padding differs there. On the
+    CPU machine at LR 687x1111 float32: 3.6-4.0 s on 192-px tiles by the layers, 0.44 s now.
 
 Precision (``precision=``, ``dzsr sr --precision``): ``fp32`` runs everything in float32. ``bf16``
 and ``fp16`` run the model under ``torch.autocast(device, dtype)``, which lowers the plain
@@ -71,7 +73,6 @@ from .models.selfdzsr import memory_format_of, pad_to_feature_stride
 
 DEFAULT_TILE = 384
 BODY_TILE_FACTOR = 2  # body pass: small memory per pixel (64 channels), large halo -> larger tiles
-UPSAMPLE_TILE_DIVISOR = 2  # upsample pass: 256 channels at 2x and 4x, small halo -> smaller tiles
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # -> autocast dtype
 
 Progress = Callable[[int, int], None]
@@ -282,7 +283,7 @@ def _tiled_forward(
     lr_p, ref_p = pad_to_feature_stride(lr), pad_to_feature_stride(ref)
     tiles = split_tiles(*lr_p.shape[-2:], tile)
     body_tiles = split_tiles(*lr_p.shape[-2:], BODY_TILE_FACTOR * tile)
-    upsample_tiles = split_tiles(*lr_p.shape[-2:], max(1, tile // UPSAMPLE_TILE_DIVISOR))
+    upsample_tiles = body_tiles
     predictor_tiles = split_tiles(*predictor_ref.shape[-2:], tile)
     passes = 3 * len(tiles) + len(predictor_tiles) + len(body_tiles) + len(upsample_tiles)
     counter = _Counter(passes, progress)

@@ -8,6 +8,7 @@ import dzsr_kernels
 from dzsr.losses import SelfDZSRObjective, kernel_centroid_loss, kernel_gen_loss
 from dzsr.models import AdaSTN, KernelGen, MatchingExtractor, SelfDZSR, extractor, space_to_depth
 from dzsr.models.blocks import conv_halo
+from dzsr.models.selfdzsr import memory_format_of
 
 FAST = [
     b
@@ -408,3 +409,42 @@ def test_cuda_backends_equal_reference_in_train_and_eval(backend, exact_float32_
                     model(b["lr"], b["ref"], paste_ref=b["paste_ref"], paste_box=b["paste_box"]).sr
                 )
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("height,width", [(1, 1), (2, 3), (5, 7), (13, 9)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_upsample_as_one_conv_equals_the_layers(scale, height, width, layout):
+    """Inference's upsample (one composed convolution and a pixel shuffle, the border ring by the
+    layers) equals the upsampler, tail conv and mean shift run layer by layer (what autograd
+    runs): to float64 rounding, at sizes where the border strips overlap or cover the whole
+    image, in the input's memory format; and in float32 to its rounding."""
+    torch.manual_seed(scale * 100 + height)
+    net = SelfDZSR(scale).restoration.eval().double()
+    for p in net.parameters():  # random weights with sizeable biases
+        p.data.normal_(0, 0.1)
+    x = torch.randn(2, 64, height, width, dtype=torch.float64).contiguous(memory_format=layout)
+    layers = net.upsample(x)  # grad enabled: the layers
+    with torch.no_grad():
+        got = net.upsample(x)
+    assert got.shape == (2, 3, scale * height, scale * width)
+    assert got.is_contiguous(memory_format=memory_format_of(x))  # 1x1: NCHW whatever asked
+    torch.testing.assert_close(got, layers, rtol=0, atol=1e-12 * layers.abs().max().item())
+    net.float()
+    with torch.no_grad():
+        got32 = net.upsample(x.float())
+    torch.testing.assert_close(got32, layers.float(), rtol=0, atol=1e-5 * layers.abs().max().item())
+
+
+def test_one_conv_upsample_follows_weight_edits():
+    """The composed weights are composed again after any parameter changes, also through
+    ``.data`` (which leaves no version mark) and after a dtype change."""
+    torch.manual_seed(0)
+    net = SelfDZSR(4).restoration.eval()
+    x = torch.randn(1, 64, 6, 7)
+    with torch.no_grad():
+        before = net.upsample(x)
+        net.tail.weight.data[0, 0, 1, 1] += 1.0
+        after = net.upsample(x)
+    assert (after - before).abs().max() > 0.1
+    torch.testing.assert_close(after, net.upsample(x).detach(), rtol=0, atol=1e-5)

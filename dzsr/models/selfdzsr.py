@@ -35,6 +35,7 @@ from .blocks import (
 )
 from .extractor import MatchingExtractor
 from .kernel_gen import KernelGen
+from .one_conv_upsample import ComposedWeights, upsample_as_one_conv
 from .reference_branch import ReferenceBranch, check_paste_inputs, matching_offsets
 
 FEATURE_STRIDE = 4  # the extractor's 1/4 resolution: padded sizes are multiples of it
@@ -77,6 +78,7 @@ class RestorationNet(nn.Module):
         self.upsampler = PixelShuffleUpsampler(scale, channels)
         self.tail = conv3x3(channels, 3)
         self.tail_mean = MeanShift(+1)
+        self._one_conv = ComposedWeights()  # inference's upsample weights (not in the state dict)
 
     def forward(
         self, lr, guide, ref, offsets, predictor_lr, predictor_ref, paste_ref=None, paste_box=None
@@ -137,14 +139,27 @@ class RestorationNet(nn.Module):
 
     def upsample(self, x: torch.Tensor) -> torch.Tensor:
         """Body features (N,64,H,W) -> image (N,3,sH,sW): pixel-shuffle upsampler, 3x3 tail conv,
-        mean shift back."""
-        return self.tail_mean(self.tail(self.upsampler(x)))
+        mean shift back. Without autograd (inference) computed as the one equal convolution and
+        pixel shuffle (``one_conv_upsample``; 10x fewer FLOPs at x4), the outputs next to the borders
+        by the layers; with autograd, and in an exported graph, by the layers."""
+        layers = nn.Sequential(self.upsampler, self.tail, self.tail_mean)  # not registered
+        if torch.is_grad_enabled() or torch.compiler.is_exporting():
+            return layers(x)
+        first = self.upsampler.convs[0]
+        halo, ring = self.upsample_halo, math.ceil(self._upsample_reach - conv_halo(first))
+        weight, bias = self._one_conv.get(layers, first.in_channels, self.scale, halo, ring)
+        return upsample_as_one_conv(layers, x, weight, bias, self.scale, halo, ring)
+
+    @property
+    def _upsample_reach(self) -> Fraction:
+        """The upsample layers' reach in LR px: the upsampler's plus the tail conv's halo at HR."""
+        return self.upsampler.reach + Fraction(conv_halo(self.tail), self.scale)
 
     @property
     def upsample_halo(self) -> int:
         """In LR pixels: the upsampler's reach plus the tail conv's halo at HR (1/scale LR px
         each), rounded up."""
-        return math.ceil(self.upsampler.reach + Fraction(conv_halo(self.tail), self.scale))
+        return math.ceil(self._upsample_reach)
 
 
 @dataclass
