@@ -283,9 +283,8 @@ def _tiled_forward(
     lr_p, ref_p = pad_to_feature_stride(lr), pad_to_feature_stride(ref)
     tiles = split_tiles(*lr_p.shape[-2:], tile)
     body_tiles = split_tiles(*lr_p.shape[-2:], BODY_TILE_FACTOR * tile)
-    upsample_tiles = body_tiles
     predictor_tiles = split_tiles(*predictor_ref.shape[-2:], tile)
-    passes = 3 * len(tiles) + len(predictor_tiles) + len(body_tiles) + len(upsample_tiles)
+    passes = 3 * len(tiles) + len(predictor_tiles) + 2 * len(body_tiles)  # upsample: body tiles
     counter = _Counter(passes, progress)
 
     offsets = model.match(lr_p, ref_p)
@@ -325,6 +324,6 @@ def _tiled_forward(
         lambda f, h: net.body(f, h, p), net.body_halo, (fused, h), body_tiles, on_tile=counter.step
     )
     del fused, h
-    sr = tiled(net.upsample, net.upsample_halo, (body,), upsample_tiles, model.scale, counter.step)
+    sr = tiled(net.upsample, net.upsample_halo, (body,), body_tiles, model.scale, counter.step)
     height, width = lr.shape[-2:]
     return sr[..., : model.scale * height, : model.scale * width]
