@@ -87,12 +87,14 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _child_rss(case: str, kwargs: dict, run: bool, env: dict | None = None) -> int:
+def _child_run(case: str, kwargs: dict, run: bool, env: dict | None = None) -> tuple[int, float]:
+    """(peak RSS in bytes, seconds of the one call) of a child process that builds ``case`` and,
+    with ``run``, calls its thunk once (seconds 0.0 without ``run``)."""
     code = (
-        "import json,sys;from benchmarks._harness import build,peak_rss_kib;"
-        f"fn=build({case!r}, json.loads(sys.argv[1]));"
+        "import json,sys,time;from benchmarks._harness import build,peak_rss_kib;"
+        f"fn=build({case!r}, json.loads(sys.argv[1]));t=time.perf_counter();"
         + ("fn();" if run else "")
-        + "print(peak_rss_kib())"
+        + "print(peak_rss_kib(), time.perf_counter()-t)"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
@@ -104,12 +106,22 @@ def _child_rss(case: str, kwargs: dict, run: bool, env: dict | None = None) -> i
     )
     if out.returncode != 0:
         raise RuntimeError(f"memory child for {case} failed:\n{out.stderr[-2000:]}")
-    return int(out.stdout.strip().splitlines()[-1]) * 1024
+    rss, seconds = out.stdout.strip().splitlines()[-1].split()
+    return int(rss) * 1024, float(seconds) if run else 0.0
+
+
+def fresh_process_run(case: str, kwargs: dict, env: dict | None = None) -> tuple[int, float]:
+    """(bytes of peak RSS the call adds over building its inputs, seconds of the call) in fresh
+    child processes (docs/design.md#measuring): the time is the first call of a process, what a
+    command-line user waits, heap growth and first-use costs included."""
+    ran, seconds = _child_run(case, kwargs, True, env)
+    built, _ = _child_run(case, kwargs, False, env)
+    return max(0, ran - built), seconds
 
 
 def peak_cpu_memory(case: str, kwargs: dict, env: dict | None = None) -> int:
     """Bytes of peak RSS the op adds over building its inputs (child processes, docs/design.md#measuring)."""
-    return max(0, _child_rss(case, kwargs, True, env) - _child_rss(case, kwargs, False, env))
+    return fresh_process_run(case, kwargs, env)[0]
 
 
 def peak_cuda_memory(fn: Callable[[], object]) -> int:
@@ -122,6 +134,16 @@ def peak_cuda_memory(fn: Callable[[], object]) -> int:
     return torch.cuda.max_memory_allocated() - before
 
 
+def cpu_isa() -> str:
+    """The vector ISA PyTorch's CPU kernels use here and whether the CPU has bfloat16 arithmetic:
+    CPUs of one name differ between virtual machines (AVX-512 BF16 in one session, AVX2 only in
+    another), and both change every CPU table."""
+    from dzsr.infer import native_bfloat16  # after the allocator setup above
+
+    bf16 = "native" if native_bfloat16() else "emulated"
+    return f"ISA {torch.backends.cpu.get_cpu_capability()}, bfloat16 {bf16}"
+
+
 def machine_line() -> str:
     dev = (
         torch.cuda.get_device_name()
@@ -129,7 +151,8 @@ def machine_line() -> str:
         else f"CPU {platform.processor() or platform.machine()}"
     )
     return (
-        f"{datetime.date.today()} · {dev} · {os.cpu_count()} cores · torch {torch.__version__} · "
+        f"{datetime.date.today()} · {dev} · {os.cpu_count()} cores · {cpu_isa()} · "
+        f"torch {torch.__version__} · "
         f"{torch.get_num_threads()} threads · python {platform.python_version()} · allocator: {ALLOCATOR}"
     )
 

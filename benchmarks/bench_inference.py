@@ -4,16 +4,20 @@ the reference pasted over the central 1/4 box (as ``dzsr sr`` does).
 
 Cases: ops backend ``cpp`` (fast) vs ``reference`` (pure-PyTorch oracles), each tiled with the
 default tile (``dzsr.infer.DEFAULT_TILE``) and untiled, at each ``--precision``
-(``super_resolve``'s: fp32, bf16, fp16 on CUDA only; default fp32). Time: interleaved median
-(benchmarks/_harness.py) after a warm-up at a small size and one untimed run of the first case at
-the full size (the process's heap then has a whole tiled run's size: the first timed case does not
-pay the page faults of growing it, seconds on a fresh virtual machine; an untiled case still grows
-it further). Peak memory: child-process RSS above a child that builds the same model and inputs
-(docs/design.md#measuring). The last column is max |tiled - untiled| of the SR output per backend
-and precision.
+(``super_resolve``'s: fp32, bf16, fp16 on CUDA only; default fp32). Two times per case:
+  * warm: interleaved median (benchmarks/_harness.py) of ``--reps`` runs in this process, after a
+    warm-up at a small size and ``--warmup`` untimed runs of every case at the full size (by
+    default one: the process's heap then has the case's size and oneDNN has built the case's
+    kernels for every tile shape; a first run also pays those, and the cases would otherwise pay
+    them unequally, depending on which precision and tiling ran before);
+  * first run: the one run of a fresh child process after the small warm-up, what ``dzsr sr``
+    waits (the same child measures the peak memory: child-process RSS above a child that builds
+    the same model and inputs, docs/design.md#measuring).
+"fp32 / this": the case's speedup over the same backend and tiling at fp32 (warm times). The last
+column is max |tiled - untiled| of the SR output per backend and precision.
 
-    python -m benchmarks.bench_inference [--quick] [--reps 1] [--no-memory] [--backends cpp reference]
-        [--precision fp32 bf16]
+    python -m benchmarks.bench_inference [--quick] [--reps 1] [--warmup 1] [--no-memory]
+        [--backends cpp reference] [--precision fp32 bf16]
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ def make(
 
 
 def main():
-    from dzsr.infer import DEFAULT_TILE
+    from dzsr.infer import DEFAULT_TILE, autocast_dtype
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -104,6 +108,9 @@ def main():
         help=f"smoke run: LR {QUICK['height']}x{QUICK['width']}, tile {QUICK_TILE}, no memory children",
     )
     parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed full-size runs of every case before timing"
+    )
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--backends", nargs="+", default=["cpp", "reference"])
@@ -115,6 +122,11 @@ def main():
         help="super_resolve precisions to time (fp16: CUDA only, refused on the CPU)",
     )
     args = parser.parse_args()
+    for precision in args.precision:
+        try:
+            autocast_dtype(precision, "cpu", "--precision")
+        except ValueError as err:
+            parser.error(str(err))
     size = QUICK if args.quick else FULL
     tile = QUICK_TILE if args.quick else args.tile
     outputs: dict = {}
@@ -124,9 +136,9 @@ def main():
         for t in (tile, None)
         for p in args.precision
     }
-    # memory children first: this process keeps its heap's high-water mark once it has run the
-    # cases (dzsr.allocator never trims), and a child on top of that ran out of memory
-    mem = {k: "" for k in cases}
+    # children first: this process keeps its heap's high-water mark once it has run the cases
+    # (dzsr.allocator never trims), and a child on top of that ran out of memory
+    fresh = {k: ("", "") for k in cases}
     if not (args.no_memory or args.quick):
         for backend, t, precision in cases:
             kw = {
@@ -136,11 +148,10 @@ def main():
                 "threads": torch.get_num_threads(),
                 "precision": precision,
             }
-            mem[(backend, t, precision)] = H.fmt_bytes(H.peak_cpu_memory(CASE, kw))
-    if not args.quick:  # untimed: the heap grows to a whole tiled run's size before any timing
-        next(iter(cases.values()))()
+            added, seconds = H.fresh_process_run(CASE, kw)
+            fresh[(backend, t, precision)] = (H.fmt_time(seconds), H.fmt_bytes(added))
     times = H.time_interleaved(
-        {k: v for k, v in cases.items()}, reps=args.reps, warmup=1 if args.quick else 0
+        cases, reps=args.reps, warmup=1 if args.quick else max(args.warmup, 0)
     )
     rows = []
     for (backend, t, precision), seconds in times.items():
@@ -150,13 +161,15 @@ def main():
             .max()
             .item()
         )
+        fp32 = times.get((backend, t, "fp32"))
         rows.append(
             [
                 backend,
                 f"tile {t}" if t else "untiled",
                 precision,
                 H.fmt_time(seconds),
-                mem[(backend, t, precision)],
+                f"{fp32 / seconds:.2f}x" if fp32 else "-",
+                *fresh[(backend, t, precision)],
                 f"{diff:.1e}",
             ]
         )
@@ -164,16 +177,16 @@ def main():
     base = times.get(("reference", None, "fp32"))
     if base:
         for row, seconds in zip(rows, times.values()):
-            row.insert(4, f"{base / seconds:.2f}x")
+            row.insert(5, f"{base / seconds:.2f}x")
     print()
     print(H.machine_line())
     print(
         f"x4 whole-image inference, LR {size['height']}x{size['width']} -> SR {4 * size['height']}x{4 * size['width']}"
     )
     header = (
-        ["ops", "tiling", "precision", "time"]
+        ["ops", "tiling", "precision", "time (warm)", "fp32 / this"]
         + (["vs reference untiled fp32"] if base else [])
-        + ["peak RSS added", "max |tiled - untiled|"]
+        + ["first run (fresh process)", "peak RSS added", "max |tiled - untiled|"]
     )
     print(H.markdown_table(header, rows))
 

@@ -51,7 +51,11 @@ buffers of the lowered stages (geometry, fused and aligned features, body, SR) h
 precision; the result is returned in ``lr``'s dtype (float32). ``fp16`` is refused on the CPU:
 PyTorch's CPU float16 convolutions are emulated there and measured several times slower than
 float32 on the development CPU (AVX-512 BF16, no FP16 arithmetic), while bf16 uses oneDNN's
-native bfloat16 kernels. Quality: the PSNR of bf16 against fp32 output on the bundled sample is
+native bfloat16 kernels. ``bf16`` is refused on a CPU without bfloat16 arithmetic
+(``native_bfloat16``): PyTorch emulates it there, and the grouped convolutions of the offset
+estimator and ``align_lr`` take a per-group fallback (on an AVX2-only CPU of the development
+machine's kind, one 392x392 LR tile: estimator 2.19 s vs 0.19 s in float32, ``align_lr`` 1.16 s vs
+0.019 s). Quality: the PSNR of bf16 against fp32 output on the bundled sample is
 tested (>= 40 dB, tests/test_sr_precision.py) and stated in README.md.
 
 The fast deformable-conv kernels need no buffer beyond their output, so each global warp costs one
@@ -186,16 +190,30 @@ def autocast_dtype(
     precision: str, device: torch.device | str, what: str = "precision"
 ) -> torch.dtype | None:
     """The ``torch.autocast`` dtype of ``precision`` (``PRECISIONS``) on ``device``: None for fp32.
-    ValueError naming ``what`` for an unknown name, and for fp16 on the CPU (module docstring,
-    Precision)."""
+    ValueError naming ``what`` for an unknown name, for fp16 on the CPU and for bf16 on a CPU without
+    bfloat16 arithmetic (module docstring, Precision)."""
     if precision not in PRECISIONS:
         raise ValueError(f"{what} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp16" and torch.device(device).type == "cpu":
+    on_cpu = torch.device(device).type == "cpu"
+    if precision == "fp16" and on_cpu:
         raise ValueError(
             f"{what} fp16 is for CUDA devices: on the CPU float16 convolutions are "
             f"emulated and slower than fp32; use bf16 (or fp32) there"
         )
+    if precision == "bf16" and on_cpu and not native_bfloat16():
+        raise ValueError(
+            f"{what} bf16 needs a CPU with bfloat16 arithmetic (AVX-512 BF16 or AMX on x86, "
+            f"BF16 on Arm); this CPU ({torch.cpu.get_capabilities().get('cpu_name', 'unknown')}) "
+            f"has none and PyTorch would emulate it, several times slower than fp32; use fp32"
+        )
     return PRECISIONS[precision]
+
+
+def native_bfloat16() -> bool:
+    """Whether this machine's CPU has bfloat16 arithmetic that oneDNN uses: AVX-512 BF16 or AMX-BF16
+    on x86, BF16 (NEON or SVE) on Arm (``torch.cpu.get_capabilities``)."""
+    caps = torch.cpu.get_capabilities()
+    return any(caps.get(k, False) for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
 
 
 def _autocast(dtype: torch.dtype | None, device: torch.device):

@@ -34,6 +34,14 @@ def _fresh_seed(request):
     yield
 
 
+@pytest.fixture
+def bf16_on_any_cpu(monkeypatch):
+    """``precision="bf16"`` accepted on this CPU even without bfloat16 arithmetic: where
+    ``dzsr.infer.native_bfloat16`` is False PyTorch emulates it (much slower, the same bfloat16
+    values stored), so the bf16 numerics are tested on every machine."""
+    monkeypatch.setattr("dzsr.infer.native_bfloat16", lambda: True)
+
+
 def pytest_runtest_makereport(item, call):
     if call.when == "call" and call.excinfo is not None:
         for key, value in item.user_properties:

@@ -16,7 +16,7 @@ from cli_argv import sr_argv
 
 import dzsr.cli
 from dzsr.checkpoint import save_checkpoint
-from dzsr.cli import EXIT_SOME_FAILED, main
+from dzsr.cli import EXIT_ERROR, EXIT_SOME_FAILED, main
 from dzsr.data import read_rgb, write_rgb
 from dzsr.data.crops import central_box
 from dzsr.models import SelfDZSR
@@ -204,7 +204,7 @@ def test_device_auto_is_cuda_when_available_else_cpu(monkeypatch):
     assert dzsr.cli._sr_device("auto") == torch.device("cpu")
 
 
-def test_bf16_from_the_command_line_meets_the_psnr_bound(world, tmp_path, capsys):
+def test_bf16_from_the_command_line_meets_the_psnr_bound(world, tmp_path, capsys, bf16_on_any_cpu):
     """The shipped checkpoint (the default --ckpt) on pair a, in fp32 and bf16, on the default
     device (auto: cpu here); the written PNGs agree within 40 dB."""
     paths = {}
@@ -229,6 +229,20 @@ def test_bf16_from_the_command_line_meets_the_psnr_bound(world, tmp_path, capsys
     fp32, bf16 = (read_rgb(paths[p]).astype(np.float64) / 255 for p in ("fp32", "bf16"))
     assert not np.array_equal(fp32, bf16)
     assert 10 * np.log10(1 / np.mean((fp32 - bf16) ** 2)) >= 40.0
+
+
+def test_bf16_on_a_cpu_without_bfloat16_is_one_error_before_any_work(
+    world, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr("dzsr.infer.native_bfloat16", lambda: False)
+    out = tmp_path / "sr.png"
+    argv = sr_argv(world / "short" / "a.png", world / "tele" / "a.png", out)
+    assert main([*argv, "--device", "cpu", "--precision", "bf16"]) == EXIT_ERROR
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "dzsr sr: error: --precision bf16 needs a CPU with bfloat16 arithmetic"
+    )
+    assert not out.exists()
 
 
 def test_progress_bars_show_on_a_terminal_only(world, tmp_path, capsys, monkeypatch):

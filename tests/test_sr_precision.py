@@ -29,7 +29,7 @@ def demo_crop():
     return load_model(), (x["lr"], x["ref"], x["paste_ref"], x["paste_box"])
 
 
-def test_bf16_output_is_within_40_db_of_fp32_on_the_real_sample(demo_crop):
+def test_bf16_output_is_within_40_db_of_fp32_on_the_real_sample(demo_crop, bf16_on_any_cpu):
     model, inputs = demo_crop
     fp32 = super_resolve(model, *inputs, tile=16)
     bf16 = super_resolve(model, *inputs, tile=16, precision="bf16")
@@ -75,7 +75,7 @@ def _record_dtypes(model, monkeypatch) -> dict:
 
 @pytest.mark.parametrize("tile", [16, None])
 def test_bf16_lowers_the_convolutions_and_keeps_matching_and_sampling_float32(
-    demo_crop, monkeypatch, tile
+    demo_crop, monkeypatch, tile, bf16_on_any_cpu
 ):
     model, inputs = demo_crop
     model = load_model()  # fresh: hooks stay on this copy
@@ -101,7 +101,38 @@ def test_precision_names_and_fp16_on_the_cpu_are_refused(demo_crop):
         super_resolve(model, *inputs, precision="half")
     with pytest.raises(ValueError, match=r"fp16 is for CUDA devices.*use bf16"):
         super_resolve(model, *inputs, precision="fp16")
-    assert autocast_dtype("fp32", "cpu") is None and autocast_dtype("bf16", "cpu") == torch.bfloat16
+    assert autocast_dtype("fp32", "cpu") is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_the_cpu_needs_bfloat16_arithmetic(demo_crop, monkeypatch, native):
+    """Accepted where the CPU has it, refused with one message (before any work) where PyTorch
+    would emulate it; the detection reads the CPU's flags."""
+    monkeypatch.setattr("dzsr.infer.native_bfloat16", lambda: native)
+    if native:
+        assert autocast_dtype("bf16", "cpu", "--precision") == torch.bfloat16
+    else:
+        with pytest.raises(
+            ValueError, match=r"--precision bf16 needs a CPU with bfloat16 arithmetic"
+        ):
+            autocast_dtype("bf16", "cpu", "--precision")
+        model, inputs = demo_crop
+        with pytest.raises(ValueError, match=r"^precision bf16 needs a CPU .* use fp32$"):
+            super_resolve(model, *inputs, precision="bf16")
+    assert autocast_dtype("bf16", "cuda") == torch.bfloat16  # CUDA: not this check
+
+
+def test_native_bfloat16_follows_the_cpu_flags(monkeypatch):
+    import dzsr.infer
+
+    for caps, expected in [
+        ({"avx512_bf16": True}, True),
+        ({"amx_bf16": True, "avx512_bf16": False}, True),
+        ({"bf16": True}, True),
+        ({"avx2": True, "avx512_f": True, "avx512_bf16": False}, False),
+    ]:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
+        assert dzsr.infer.native_bfloat16() is expected
 
 
 @pytest.mark.gpu
