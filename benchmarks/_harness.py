@@ -18,6 +18,7 @@ inputs and returns a zero-argument callable that runs the op once.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib
 import json
@@ -88,8 +89,8 @@ def peak_rss_kib() -> int:
 
 
 def _child_run(case: str, kwargs: dict, run: bool, env: dict | None = None) -> tuple[int, float]:
-    """(peak RSS in bytes, seconds of the one call) of a child process that builds ``case`` and,
-    with ``run``, calls its thunk once (seconds 0.0 without ``run``)."""
+    """(peak RSS in bytes, seconds after the build) of a child process that builds ``case`` and,
+    with ``run``, calls its thunk once."""
     code = (
         "import json,sys,time;from benchmarks._harness import build,peak_rss_kib;"
         f"fn=build({case!r}, json.loads(sys.argv[1]));t=time.perf_counter();"
@@ -107,7 +108,7 @@ def _child_run(case: str, kwargs: dict, run: bool, env: dict | None = None) -> t
     if out.returncode != 0:
         raise RuntimeError(f"memory child for {case} failed:\n{out.stderr[-2000:]}")
     rss, seconds = out.stdout.strip().splitlines()[-1].split()
-    return int(rss) * 1024, float(seconds) if run else 0.0
+    return int(rss) * 1024, float(seconds)
 
 
 def fresh_process_run(case: str, kwargs: dict, env: dict | None = None) -> tuple[int, float]:
@@ -132,6 +133,19 @@ def peak_cuda_memory(fn: Callable[[], object]) -> int:
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - before
+
+
+def cpu_precision(name: str) -> str:
+    """argparse ``type`` of a ``--precision`` that runs on this CPU: the package's own refusal
+    (``dzsr.infer.autocast_dtype``: an unknown name, fp16, bf16 without bfloat16 arithmetic) becomes
+    the parser's one-line error."""
+    from dzsr.infer import autocast_dtype  # after the allocator setup above
+
+    try:
+        autocast_dtype(name, "cpu", "--precision")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return name
 
 
 def cpu_isa() -> str:

@@ -247,19 +247,17 @@ ORDER = [
 
 def main() -> None:
     import dzsr_kernels
-    from dzsr.infer import DEFAULT_TILE, autocast_dtype, super_resolve
+    from dzsr.infer import DEFAULT_TILE, super_resolve
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--height", type=int, default=687)
     parser.add_argument("--width", type=int, default=1111)
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
     parser.add_argument("--backend", default="cpp")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument(
+        "--precision", default="fp32", type=H.cpu_precision, choices=("fp32", "bf16")
+    )
     args = parser.parse_args()
-    try:
-        autocast_dtype(args.precision, "cpu", "--precision")
-    except ValueError as err:
-        parser.error(str(err))
     rate, bandwidth = matmul_rate(), copy_bandwidth()
     low_rate = matmul_rate(dtype=torch.bfloat16) if args.precision == "bf16" else rate
     model, inputs = build(args.height, args.width)
