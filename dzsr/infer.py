@@ -200,12 +200,8 @@ def autocast_dtype(
             f"{what} fp16 is for CUDA devices: on the CPU float16 convolutions are "
             f"emulated and slower than fp32; use bf16 (or fp32) there"
         )
-    if precision == "bf16" and on_cpu and not native_bfloat16():
-        raise ValueError(
-            f"{what} bf16 needs a CPU with bfloat16 arithmetic (AVX-512 BF16 or AMX on x86, "
-            f"BF16 on Arm); this CPU ({torch.cpu.get_capabilities().get('cpu_name', 'unknown')}) "
-            f"has none and PyTorch would emulate it, several times slower than fp32; use fp32"
-        )
+    if precision == "bf16" and on_cpu:
+        check_cpu_bfloat16(f"{what} bf16", "fp32")
     return PRECISIONS[precision]
 
 
@@ -214,6 +210,19 @@ def native_bfloat16() -> bool:
     on x86, BF16 (NEON or SVE) on Arm (``torch.cpu.get_capabilities``)."""
     caps = torch.cpu.get_capabilities()
     return any(caps.get(k, False) for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+
+
+def check_cpu_bfloat16(what: str, instead: str) -> None:
+    """ValueError naming ``what`` (the setting that asks for bfloat16 on the CPU) and the setting to
+    use ``instead`` unless this CPU has bfloat16 arithmetic (``native_bfloat16``): without it
+    PyTorch emulates bfloat16 and its convolutions run several times slower than float32."""
+    if not native_bfloat16():
+        name = torch.cpu.get_capabilities().get("cpu_name", "unknown")
+        raise ValueError(
+            f"{what} needs a CPU with bfloat16 arithmetic (AVX-512 BF16 or AMX on x86, "
+            f"BF16 on Arm); this CPU ({name}) has none and PyTorch would emulate it, several "
+            f"times slower than float32; use {instead}"
+        )
 
 
 def _autocast(dtype: torch.dtype | None, device: torch.device):

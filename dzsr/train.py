@@ -10,12 +10,13 @@ Stages (``stage`` in the config), as the authors train:
 Schedule: Adam(0.9, 0.999); an "epoch" is ``iters_per_epoch`` iterations; StepLR halves the lr
 every ``decay_every`` epochs (the authors' ``--lr_decay_iters 200 --niter 401``).
 
-``fit`` reads as its steps: ``check_before_work`` (outputs and resumability, before anything is
-built or written), ``setup`` (device, process group, seeds), ``build_run`` (model, data,
-optimisers, the train step), ``restore_training_state`` (on resume), ``train_loop`` (iterations,
-checkpoints, the final save). The config comes validated (``dzsr.config.load_config`` or
-``dzsr.config_schema.validate_config``); the two rules that need the launch or the checkpoint
-(``check_world_size``, ``check_resume``) are in ``dzsr.config_schema`` too.
+``fit`` reads as its steps: ``check_before_work`` (outputs, resumability, and a bfloat16 SW loss
+refused on a CPU without bfloat16 arithmetic, before anything is built or written), ``setup``
+(device, process group, seeds), ``build_run`` (model, data, optimisers, the train step),
+``restore_training_state`` (on resume), ``train_loop`` (iterations, checkpoints, the final save).
+The config comes validated (``dzsr.config.load_config`` or ``dzsr.config_schema.validate_config``);
+the two rules that need the launch or the checkpoint (``check_world_size``, ``check_resume``) are in
+``dzsr.config_schema`` too.
 
 Exact resume (docs/design.md#training): ``save_training_state`` writes ``out_dir/last.pt``
 atomically every ``checkpoint_every`` iterations: the networks, both optimisers and schedulers,
@@ -58,6 +59,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config_schema import check_resume, check_world_size
 from .data import TrainPatches, worker_init
 from .distributed import Dist, agree, barrier, gather_rng_states, init_distributed, set_rng_state
+from .infer import check_cpu_bfloat16
 from .models import SelfDZSR
 from .outputs import OutputError, check_folder
 from .train_parts import (
@@ -181,9 +183,14 @@ def fit(
 
 
 def check_before_work(config: dict, resume: str | bool | None, overwrite: bool) -> str | None:
-    """Check ``log.out_dir`` is usable, the checkpoint to resume from exists and continues this
-    config exactly, and a fresh run would replace no checkpoint (module docstring); returns the
-    checkpoint to resume from (None: a fresh run)."""
+    """Check the SW loss's precision runs natively on the training CPU
+    (``dzsr.infer.check_cpu_bfloat16``), ``log.out_dir`` is usable, the checkpoint to resume from
+    exists and continues this config exactly, and a fresh run would replace no checkpoint (module
+    docstring); returns the checkpoint to resume from (None: a fresh run)."""
+    t = config["train"]
+    sw_loss = config["stage"] == "joint" and t["loss"] == "l1sw"
+    if sw_loss and t["sw_precision"] == "bfloat16" and wanted_device(config).type == "cpu":
+        check_cpu_bfloat16("train.sw_precision bfloat16 on the CPU", "train.sw_precision=float32")
     out_dir = config["log"]["out_dir"]
     check_folder(out_dir, "log.out_dir")
     path = os.path.join(out_dir, LAST) if resume is True else resume
@@ -206,13 +213,18 @@ def check_before_work(config: dict, resume: str | bool | None, overwrite: bool) 
     return None
 
 
-def setup(config: dict) -> tuple[torch.device, Dist]:
-    """The device (``auto``: CUDA when available), the ``torchrun`` process group with one GPU per
-    rank, ``out_dir``, and the global RNGs seeded with ``seed + rank``."""
+def wanted_device(config: dict) -> torch.device:
+    """``config["device"]``, with ``auto`` meaning CUDA when available, else the CPU."""
     want = config["device"]
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(want)
+    return torch.device(want)
+
+
+def setup(config: dict) -> tuple[torch.device, Dist]:
+    """The device (``auto``: CUDA when available), the ``torchrun`` process group with one GPU per
+    rank, ``out_dir``, and the global RNGs seeded with ``seed + rank``."""
+    device = wanted_device(config)
     d = init_distributed(device)
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -76,7 +76,12 @@ def test_sr_errors(files, capsys, tmp_path):
     _fails(capsys, sr_argv(tiny, tiny, out, "--ckpt", x4))
 
 
-def test_train_errors(capsys, tmp_path):
+def test_train_errors(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("dzsr.infer.native_bfloat16", lambda: False)
+    bf16 = ["train.loss=l1sw", "train.sw_precision=bfloat16", "device=cpu"]
+    out = f"log.out_dir={tmp_path / 'bf16'}"
+    _fails(capsys, ["train", "--config", "sample_x4", out, *bf16], "use train.sw_precision=float32")
+    assert not (tmp_path / "bf16").exists()
     _fails(capsys, ["train", "--config", str(tmp_path / "none.yaml")], "none.yaml")
     _fails(capsys, ["train", "--config", "sample_x4", "train.lrr=1"], "unknown key train.lrr")
     _fails(

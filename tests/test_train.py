@@ -303,6 +303,23 @@ def test_bad_sw_precision_is_named_at_load(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_bfloat16_sw_loss_refused_on_a_cpu_without_bfloat16(tmp_path, monkeypatch):
+    """train.sw_precision=bfloat16 on a CPU that would emulate bfloat16 is refused before anything
+    is written; where the SW loss is not used (loss l1) or the CPU has it, the setting passes."""
+    from dzsr.train import check_before_work
+
+    monkeypatch.setattr("dzsr.infer.native_bfloat16", lambda: False)
+    sw_bf16 = ("train.loss=l1sw", "train.sw_precision=bfloat16")
+    config = _tiny(tmp_path / "b", "device=cpu", *sw_bf16)
+    message = r"^train.sw_precision bfloat16 on the CPU needs a CPU with bfloat16 arithmetic .*"
+    with pytest.raises(ValueError, match=message + r"use train.sw_precision=float32$"):
+        train(config, progress=False)
+    assert not (tmp_path / "b").exists()
+    assert check_before_work(_tiny(tmp_path / "l1", "device=cpu", sw_bf16[1]), None, False) is None
+    monkeypatch.setattr("dzsr.infer.native_bfloat16", lambda: True)
+    assert check_before_work(config, None, False) is None
+
+
 def test_bad_sw_kind_is_named_at_load(tmp_path):
     with pytest.raises(ConfigError, match="train.sw must be global or local, got 'locale'"):
         _tiny(tmp_path / "s", "train.loss=l1sw", "train.sw=locale")
