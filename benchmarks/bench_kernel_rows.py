@@ -28,9 +28,12 @@ def median_ms(fn, reps: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def deform_case(shape, groups: int, backward: bool):
+def deform_case(shape, groups: int, backward: bool, channels_last: bool = False):
     n, c, h, w = shape
-    x = torch.randn(n, c, h, w, requires_grad=backward)
+    x = torch.randn(n, c, h, w)
+    if channels_last:  # the layout whole-image inference hands the op (dzsr/infer.py)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(backward)
     A = (torch.randn(n, 4, h, w) * 0.3).requires_grad_(backward)
     b = torch.randn(n, 2, h, w).requires_grad_(backward)
     weight = torch.randn(c, c // groups, 3, 3, requires_grad=backward)
@@ -66,6 +69,10 @@ ROWS = [
     (
         "deform conv (1,64,512,512) depthwise fwd+bwd",
         lambda: deform_case((1, 64, 512, 512), 64, True),
+    ),
+    (
+        "deform conv (1,64,512,512) depthwise fwd, channels-last x",
+        lambda: deform_case((1, 64, 512, 512), 64, False, channels_last=True),
     ),
     *(
         (f"SW {s} fwd+bwd", (lambda s=s: sw_case(s)))
