@@ -69,6 +69,7 @@ from .train_parts import (
     build_patches,
     build_source,
     build_step,
+    uses_sw_loss,
 )
 
 LAST = "last.pt"
@@ -187,9 +188,8 @@ def check_before_work(config: dict, resume: str | bool | None, overwrite: bool) 
     (``dzsr.infer.check_cpu_bfloat16``), ``log.out_dir`` is usable, the checkpoint to resume from
     exists and continues this config exactly, and a fresh run would replace no checkpoint (module
     docstring); returns the checkpoint to resume from (None: a fresh run)."""
-    t = config["train"]
-    sw_loss = config["stage"] == "joint" and t["loss"] == "l1sw"
-    if sw_loss and t["sw_precision"] == "bfloat16" and wanted_device(config).type == "cpu":
+    sw_bfloat16 = uses_sw_loss(config) and config["train"]["sw_precision"] == "bfloat16"
+    if sw_bfloat16 and wanted_device(config).type == "cpu":
         check_cpu_bfloat16("train.sw_precision bfloat16 on the CPU", "train.sw_precision=float32")
     out_dir = config["log"]["out_dir"]
     check_folder(out_dir, "log.out_dir")

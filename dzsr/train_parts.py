@@ -149,11 +149,17 @@ def build_optimizers(model: SelfDZSR, config: dict):
     return optimizers, schedulers
 
 
+def uses_sw_loss(config: dict) -> bool:
+    """Whether the configured objective has an SW term (stage ``joint`` with loss ``l1sw``), so
+    ``train.sw``, ``train.sw_weights`` and ``train.sw_precision`` take effect."""
+    return config["stage"] == "joint" and config["train"]["loss"] == "l1sw"
+
+
 def build_step(model: SelfDZSR, config: dict, device: torch.device, world: int) -> nn.Module:
     """The ``TrainStep`` of the configured stage and loss on ``device`` (DDP when ``world`` > 1)."""
     t = config["train"]
     sw = None
-    if config["stage"] == "joint" and t["loss"] == "l1sw":
+    if uses_sw_loss(config):
         loss_class = LOSWLoss if t["sw"] == "local" else SWLoss
         sw = loss_class(t["sw_weights"] or "default", vgg_dtype=getattr(torch, t["sw_precision"]))
     step = TrainStep(model, config["stage"], SelfDZSRObjective(sw)).to(device)
