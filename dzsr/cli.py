@@ -59,28 +59,6 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: error: {message}")
 
 
-def check_device(spec: str, what: str):
-    """``torch.device(spec)`` if it is a CPU or an existing CUDA device here; else ValueError naming ``what``."""
-    import torch
-
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{what} must be auto, cpu, cuda or cuda:N, got {spec!r}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"{what} {spec}: CUDA is not available on this machine (no GPU, or a CPU-only PyTorch)"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"{what} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    return device
-
-
 def _env_backend() -> str | None:
     """``DZSR_KERNELS_BACKEND`` when set (checked by the kernels' own rule), else None."""
     from dzsr_kernels._backend import requested_backend
@@ -144,15 +122,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train from a YAML config (or preset name) with key=value overrides; --resume continues exactly."""
-    import torch
-
     from .config import load_config
+    from .devices import resolve_device
     from .train import train
 
     config = load_config(args.config, args.overrides)
-    want = config.get("device", "auto")
-    device = check_device(want, "config key device") if want != "auto" else None
-    check_backend(None, device.type if device else "cuda" if torch.cuda.is_available() else "cpu")
+    check_backend(None, resolve_device(config["device"], "config key device").type)
     resume = True if args.resume == "" else args.resume  # bare --resume: OUT_DIR/last.pt
     path = train(config, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
@@ -168,15 +143,6 @@ def _tile(args: argparse.Namespace):
     return None if args.tile == 0 else args.tile
 
 
-def _sr_device(spec: str):
-    """``--device``: ``auto`` is CUDA when available, else the CPU; others as ``check_device``."""
-    import torch
-
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return check_device(spec, "--device")
-
-
 def cmd_sr(args: argparse.Namespace) -> int:
     """Super-resolve a whole short-focus image with its telephoto as the reference (or folders of
     pairs: dzsr.sr_batch)."""
@@ -184,9 +150,10 @@ def cmd_sr(args: argparse.Namespace) -> int:
 
     from . import sr_batch
     from .checkpoint import load_model
+    from .devices import resolve_device
     from .infer import autocast_dtype
 
-    device = _sr_device(args.device)
+    device = resolve_device(args.device, "--device")
     backend = check_backend(args.backend, device.type)
     autocast_dtype(args.precision, device, "--precision")
     tile = _tile(args)

@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config_schema import check_resume, check_world_size
 from .data import TrainPatches, worker_init
+from .devices import resolve_device
 from .distributed import Dist, agree, barrier, gather_rng_states, init_distributed, set_rng_state
 from .infer import check_cpu_bfloat16
 from .models import SelfDZSR
@@ -189,7 +190,7 @@ def check_before_work(config: dict, resume: str | bool | None, overwrite: bool) 
     exists and continues this config exactly, and a fresh run would replace no checkpoint (module
     docstring); returns the checkpoint to resume from (None: a fresh run)."""
     sw_bfloat16 = uses_sw_loss(config) and config["train"]["sw_precision"] == "bfloat16"
-    if sw_bfloat16 and wanted_device(config).type == "cpu":
+    if sw_bfloat16 and resolve_device(config["device"], "config key device").type == "cpu":
         check_cpu_bfloat16("train.sw_precision bfloat16 on the CPU", "train.sw_precision=float32")
     out_dir = config["log"]["out_dir"]
     check_folder(out_dir, "log.out_dir")
@@ -213,18 +214,10 @@ def check_before_work(config: dict, resume: str | bool | None, overwrite: bool) 
     return None
 
 
-def wanted_device(config: dict) -> torch.device:
-    """``config["device"]``, with ``auto`` meaning CUDA when available, else the CPU."""
-    want = config["device"]
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(want)
-
-
 def setup(config: dict) -> tuple[torch.device, Dist]:
     """The device (``auto``: CUDA when available), the ``torchrun`` process group with one GPU per
     rank, ``out_dir``, and the global RNGs seeded with ``seed + rank``."""
-    device = wanted_device(config)
+    device = resolve_device(config["device"], "config key device")
     d = init_distributed(device)
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -14,11 +14,11 @@ import pytest
 import torch
 from cli_argv import sr_argv
 
-import dzsr.cli
 from dzsr.checkpoint import save_checkpoint
 from dzsr.cli import EXIT_ERROR, EXIT_SOME_FAILED, main
 from dzsr.data import read_rgb, write_rgb
 from dzsr.data.crops import central_box
+from dzsr.devices import resolve_device
 from dzsr.models import SelfDZSR
 from dzsr.sample import DEMO, load_sample
 
@@ -196,12 +196,16 @@ def test_running_out_of_memory_is_one_line_or_one_failed_pair(world, tmp_path, c
 
 def test_device_auto_is_cuda_when_available_else_cpu(monkeypatch):
     here = "cuda" if torch.cuda.is_available() else "cpu"
-    assert dzsr.cli._sr_device("auto") == torch.device(here)
-    assert dzsr.cli._sr_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto", "--device") == torch.device(here)
+    assert resolve_device("cpu", "--device") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert dzsr.cli._sr_device("auto") == torch.device("cuda")
+    assert resolve_device("auto", "--device") == torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert dzsr.cli._sr_device("auto") == torch.device("cpu")
+    assert resolve_device("auto", "--device") == torch.device("cpu")
+    with pytest.raises(ValueError, match="config key device cuda: CUDA is not available"):
+        resolve_device("cuda", "config key device")
+    with pytest.raises(ValueError, match=r"--device must be auto, cpu, cuda or cuda:N, got 'tpu'"):
+        resolve_device("tpu", "--device")
 
 
 def test_bf16_from_the_command_line_meets_the_psnr_bound(world, tmp_path, capsys, bf16_on_any_cpu):
