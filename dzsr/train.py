@@ -185,12 +185,14 @@ def fit(
 
 
 def check_before_work(config: dict, resume: str | bool | None, overwrite: bool) -> str | None:
-    """Check the SW loss's precision runs natively on the training CPU
+    """Check the config's device exists here (``dzsr.devices.resolve_device``), the SW loss's
+    precision runs natively on the training CPU
     (``dzsr.infer.check_cpu_bfloat16``), ``log.out_dir`` is usable, the checkpoint to resume from
     exists and continues this config exactly, and a fresh run would replace no checkpoint (module
     docstring); returns the checkpoint to resume from (None: a fresh run)."""
+    device = resolve_device(config["device"], "config key device")
     sw_bfloat16 = uses_sw_loss(config) and config["train"]["sw_precision"] == "bfloat16"
-    if sw_bfloat16 and resolve_device(config["device"], "config key device").type == "cpu":
+    if sw_bfloat16 and device.type == "cpu":
         check_cpu_bfloat16("train.sw_precision bfloat16 on the CPU", "train.sw_precision=float32")
     out_dir = config["log"]["out_dir"]
     check_folder(out_dir, "log.out_dir")

@@ -320,6 +320,16 @@ def test_bfloat16_sw_loss_refused_on_a_cpu_without_bfloat16(tmp_path, monkeypatc
     assert check_before_work(config, None, False) is None
 
 
+def test_device_without_cuda_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """train() with device=cuda where CUDA is not available: one ValueError naming the config key,
+    raised before log.out_dir is made."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = _tiny(tmp_path / "c", "device=cuda")
+    with pytest.raises(ValueError, match=r"^config key device cuda: CUDA is not available"):
+        train(config, progress=False)
+    assert not (tmp_path / "c").exists()
+
+
 def test_bad_sw_kind_is_named_at_load(tmp_path):
     with pytest.raises(ConfigError, match="train.sw must be global or local, got 'locale'"):
         _tiny(tmp_path / "s", "train.loss=l1sw", "train.sw=locale")
