@@ -30,7 +30,8 @@ SHAPES = [  # N, C, Hq, Wq, Hr, Wr
     (2, 5, 6, 7, 8, 5),
     (1, 16, 9, 13, 11, 10),
     (3, 3, 5, 4, 4, 6),
-    (1, 8, 40, 37, 35, 70),  # several C++ tiles on both sides
+    (1, 8, 40, 37, 35, 70),  # several C++ query tiles and reference rows
+    (1, 4, 6, 7, 5, 1100),  # reference wider than one C++ band (512 pixels): three column chunks
 ]
 
 
@@ -143,8 +144,8 @@ def test_cpp_agrees_with_reference_on_larger_maps():
 
 
 def test_cpp_same_result_for_any_thread_count():
-    """The work split (reference-tile ranges per thread) changes with the thread count; the merged
-    result must not."""
+    """The work split (reference bands: more row ranges for more threads) changes with the thread
+    count; the merged result must not."""
     query, ref = torch.randn(2, 8, 33, 35), torch.randn(2, 8, 64, 40)
     threads = torch.get_num_threads()
     try:

@@ -1,4 +1,4 @@
-// Top-1 patch matching on CPU: streaming over reference tiles with a running max/argmax.
+// Top-1 patch matching on CPU: streaming over reference pixel rows with a running max/argmax.
 //
 // Inputs are prepared by dzsr_kernels/patch_match/reference.py::prepare and are finite
 // (match_prepared zeroes the NaNs of non-finite pixels and applies the non-finite rule afterwards):
@@ -8,10 +8,15 @@
 // and the index, as contiguous (N,Hpq,Wpq) float32 and int64 tensors (empty for N = 0).
 //
 // Shift decomposition: a p x p patch dot product is the sum over the p² shifts d of per-pixel dot
-// products, <P_q,P_r> = sum_d <u_q(q+d), u_r(r+d)>. For a tile of query patches and a tile of
-// reference patches the kernel computes the per-pixel similarity tile S = Uq_tile · Ur_tileᵀ once
-// (one GEMM over C, pixel tiles include the p-1 halo) and sums p² shifted entries of S per pair,
-// instead of a p²C-long dot product per pair. Memory: O(tile²) per thread besides the inputs.
+// products, <P_q,P_r> = sum_d <u_q(q+d), u_r(r+d)>. The query patches go in tiles of T x T (their
+// (T+p-1)² pixels packed, the p-1 halo included); the reference in bands (a range of patch rows
+// and of at most kBandPixels pixel columns). For a query tile and a band the kernel computes, one
+// reference pixel row y at a time, the similarity strip S_y = Uq_tile · (pixels of row y)ᵀ (one
+// GEMM over C, the row read in place), keeps the last p strips in a ring and, once the rows of
+// patch row ry are there, sums p² shifted strip entries per pair instead of a p²C-long dot product.
+// Every reference pixel row is multiplied once per query tile and band (2-D reference tiles of
+// T x T patches would redo their p-1 halo rows and columns: (T+p-1)²/T² more GEMM, 1.14x at
+// T = 30). Memory: p strips of (T+p-1)² x kBandPixels floats per thread besides the inputs.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
@@ -27,20 +32,41 @@
 
 namespace {
 
-// Tile side in patches; a tile of T x T patches spans (T+p-1)² pixels. 30 keeps the similarity
-// tile (32² x 32² floats = 4 MiB) small while the halo costs (32/30)² ≈ 1.14x per side in the GEMM.
-constexpr int64_t kTile = 30;
+// Query tile side in patches: (62+2)² = 4096 pixel rows per GEMM, a 1.07x halo on the query side.
+// At the whole-image matching size (query and reference maps 171x277x256, AVX2 CPU, two threads)
+// T = 46 and 62 took 0.96x and 0.93x the user time of 2-D reference tiles of 30 x 30 patches
+// (median of five paired process runs each); 62's strips are 3 x 4096 x 277 floats (13 MiB) per
+// thread there.
+constexpr int64_t kTile = 62;
+// Widest reference band in pixels: a strip of 4096 x 512 floats is 8 MiB.
+constexpr int64_t kBandPixels = 512;
 
 struct Tile {
   int64_t y0, x0, h, w;  // first patch row/col and size, in patches
 };
 
-std::vector<Tile> make_tiles(int64_t hp, int64_t wp) {
+// The patch grid hp x wp cut into rows x cols tiles, of equal sizes along each axis (up to one).
+std::vector<Tile> grid_tiles(int64_t hp, int64_t wp, int64_t rows, int64_t cols) {
   std::vector<Tile> tiles;
-  for (int64_t y = 0; y < hp; y += kTile)
-    for (int64_t x = 0; x < wp; x += kTile)
-      tiles.push_back({y, x, std::min(kTile, hp - y), std::min(kTile, wp - x)});
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t y0 = r * hp / rows, x0 = c * wp / cols;
+      tiles.push_back({y0, x0, (r + 1) * hp / rows - y0, (c + 1) * wp / cols - x0});
+    }
   return tiles;
+}
+
+// The query patch grid in tiles of at most kTile x kTile patches (equal sizes: no thin remainder
+// tile, each tile's GEMM as tall as it can be).
+std::vector<Tile> query_tiles(int64_t hp, int64_t wp) {
+  return grid_tiles(hp, wp, (hp + kTile - 1) / kTile, (wp + kTile - 1) / kTile);
+}
+
+// The reference patch grid cut into column chunks of at most kBandPixels pixels times
+// `row_splits` ranges of patch rows (at most hp): each band is one work share.
+std::vector<Tile> reference_bands(int64_t hp, int64_t wp, int64_t p, int64_t row_splits) {
+  const int64_t max_w = std::max<int64_t>(1, kBandPixels - (p - 1));
+  return grid_tiles(hp, wp, std::min(hp, row_splits), (wp + max_w - 1) / max_w);
 }
 
 // Copies the pixels of tile t (with its p-1 halo) of map u (H,W,C) into dst, rows of C floats.
@@ -62,36 +88,15 @@ struct Best {
   }
 };
 
-// Per reference tile, the flat layout used by scan_pair: pair (query patch, ref patch (ry, rx))
-// sits at b = ry * rpw + rx (rpw = tile pixel width), so the p-1 columns per row with rx >= w are
-// invalid. gain[b] = inv_r of the patch (0 if invalid) and bias[b] = 0 (-inf if invalid):
-// val = sum * gain + bias.
-struct RefTileScale {
-  std::vector<float> gain, bias;
-  int64_t len = 0;  // (h-1) * rpw + w
-  void fill(const float* inv_r, int64_t wpr, const Tile& t, int64_t p) {
-    const int64_t rpw = t.w + p - 1;
-    len = (t.h - 1) * rpw + t.w;
-    gain.assign(len, 0.f);
-    bias.assign(len, -std::numeric_limits<float>::infinity());
-    for (int64_t y = 0; y < t.h; ++y)
-      for (int64_t x = 0; x < t.w; ++x) {
-        gain[y * rpw + x] = inv_r[(t.y0 + y) * wpr + t.x0 + x];
-        bias[y * rpw + x] = 0.f;
-      }
-  }
-};
-
 constexpr int kLanes = 16;
 
-// One query patch against one reference tile: val[b] = gain[b] * (sum over the shifted S rows)
-// + bias[b] for b in [0, len); returns max val. kP > 0 fixes the patch size at compile time (the
-// p = 3 the model uses: the nine-row sum is fully unrolled and vectorised); kP = 0 reads p at run
-// time.
+// One query patch against one row of reference patches: val[b] = gain[b] * (sum of the p² shifted
+// strip rows at b), b in [0, len); returns max val. kP > 0 fixes the patch size at compile time
+// (the p = 3 the model uses: the nine-row sum is fully unrolled and vectorised); kP = 0 reads p at
+// run time.
 template <int kP>
 float shifted_row_max(const float* const* rows, int64_t p, int64_t len,
-                      const float* __restrict__ gain, const float* __restrict__ bias,
-                      float* __restrict__ val) {
+                      const float* __restrict__ gain, float* __restrict__ val) {
   const int64_t taps = kP > 0 ? kP * kP : p * p;
   float lane_max[kLanes];
   for (int j = 0; j < kLanes; ++j) lane_max[j] = -std::numeric_limits<float>::infinity();
@@ -100,7 +105,7 @@ float shifted_row_max(const float* const* rows, int64_t p, int64_t len,
     for (int j = 0; j < kLanes; ++j) {
       float s = rows[0][b + j];
       for (int64_t k = 1; k < taps; ++k) s += rows[k][b + j];
-      const float v = s * gain[b + j] + bias[b + j];
+      const float v = s * gain[b + j];
       val[b + j] = v;
       lane_max[j] = lane_max[j] < v ? v : lane_max[j];
     }
@@ -108,50 +113,49 @@ float shifted_row_max(const float* const* rows, int64_t p, int64_t len,
   for (; b < len; ++b) {
     float s = rows[0][b];
     for (int64_t k = 1; k < taps; ++k) s += rows[k][b];
-    val[b] = s * gain[b] + bias[b];
+    val[b] = s * gain[b];
     m = std::max(m, val[b]);
   }
   for (int j = 0; j < kLanes; ++j) m = std::max(m, lane_max[j]);
   return m;
 }
 
-// Scans one (query tile, reference tile) pair given their similarity tile S (Pq x Pr): for each
-// query patch, val[b] = gain[b] * sum_d S[pixel(q)+d][b + shift(d)] + bias[b] over the flat layout,
-// the maximum, and the first b reaching it, offered to the running best with its global index.
-void scan_pair(const float* S, int64_t Pr, const Tile& qt, const Tile& rt, int64_t p, int64_t wpr,
-               const RefTileScale& scale, float* val, Best* best) {
-  const int64_t qpw = qt.w + p - 1, rpw = rt.w + p - 1, len = scale.len;
+// Scans the query tile against reference patch row ry of the band: strips[dy] is the similarity
+// strip (Pq x rpw, row-major) of the band's pixel row ry + dy. For each query patch the row's
+// maximum and its first column are offered to the running best with their global index.
+void scan_row(const float* const* strips, const Tile& qt, const Tile& band, int64_t ry, int64_t p,
+              int64_t wpr, const float* inv_r_row, float* val, Best* best) {
+  const int64_t qpw = qt.w + p - 1, rpw = band.w + p - 1, len = band.w;
   std::vector<const float*> rows(p * p);
   for (int64_t ly = 0; ly < qt.h; ++ly) {
     for (int64_t lx = 0; lx < qt.w; ++lx) {
       for (int64_t dy = 0; dy < p; ++dy)
         for (int64_t dx = 0; dx < p; ++dx)
-          rows[dy * p + dx] = S + ((ly + dy) * qpw + lx + dx) * Pr + dy * rpw + dx;
-      const float m =
-          p == 3
-              ? shifted_row_max<3>(rows.data(), p, len, scale.gain.data(), scale.bias.data(), val)
-              : shifted_row_max<0>(rows.data(), p, len, scale.gain.data(), scale.bias.data(), val);
+          rows[dy * p + dx] = strips[dy] + ((ly + dy) * qpw + lx + dx) * rpw + dx;
+      const float m = p == 3 ? shifted_row_max<3>(rows.data(), p, len, inv_r_row, val)
+                             : shifted_row_max<0>(rows.data(), p, len, inv_r_row, val);
       Best& bst = best[ly * qt.w + lx];
       if (!(m >= bst.val)) continue;
       int64_t b = 0;
       while (b < len && val[b] != m) ++b;
-      if (b < len) bst.offer(m, (rt.y0 + b / rpw) * wpr + rt.x0 + b % rpw);
+      if (b < len) bst.offer(m, ry * wpr + band.x0 + b);
     }
   }
 }
 
-// The similarity tile S = Q Rᵀ (Pq x Pr, row-major) of pixel rows Q (Pq,C) and R (Pr,C), in one
-// worker thread. Where PyTorch has oneDNN and it is enabled (torch.backends.mkldnn), as its 1x1
-// convolution of Q viewed as a channels-last
-// (1,C,1,Pq) image with R as (Pr,C,1,1) filters: the channels-last output (1,Pr,1,Pq) is S in
-// memory. Why: MKL's sgemm (at::mm) takes its AVX2 path on AMD CPUs; on the development machine
-// (AMD EPYC, AVX-512, one thread) it ran this tile at 87 GFLOP/s, oneDNN at 160 GFLOP/s (weight
-// reorder and output included). Elsewhere at::mm into `fallback`. Returns the tile's tensor.
-at::Tensor similarity_tile(const float* q, int64_t Pq, const float* r, int64_t Pr, int64_t C,
-                           float* fallback) {
+// The similarity strip Q Rᵀ (Pq x Pr, row-major) of pixel rows Q (Pq,C) and R (Pr,C), in one
+// worker thread. Without a `fallback` buffer (the caller's choice where PyTorch has oneDNN and it
+// is enabled, torch.backends.mkldnn), as oneDNN's 1x1 convolution of Q viewed as a channels-last
+// (1,C,1,Pq) image with R as (Pr,C,1,1) filters: the channels-last output (1,Pr,1,Pq) is the strip
+// in memory. Why: MKL's sgemm (at::mm) takes its AVX2 path on AMD CPUs; on the development machine
+// (AMD EPYC, AVX-512, one thread) it ran a 1024 x 1024 x 256 product at 87 GFLOP/s, oneDNN at 160
+// GFLOP/s (weight reorder and output included). Else at::mm into `fallback` (Pq x Pr floats).
+// Returns the strip's tensor.
+at::Tensor similarity_strip(const float* q, int64_t Pq, const float* r, int64_t Pr, int64_t C,
+                            float* fallback) {
   const auto opts = at::TensorOptions().dtype(at::kFloat);
   const at::Tensor rmat = at::from_blob(const_cast<float*>(r), {Pr, C}, opts);
-  if (at::hasMKLDNN() && at::globalContext().userEnabledMkldnn()) {
+  if (fallback == nullptr) {
     const at::Tensor image =
         at::from_blob(const_cast<float*>(q), {1, C, 1, Pq}, {Pq * C, 1, Pq * C, C}, opts);
     at::Tensor s = at::mkldnn_convolution(image, rmat.view({Pr, C, 1, 1}), std::nullopt, {0, 0},
@@ -162,6 +166,26 @@ at::Tensor similarity_tile(const float* q, int64_t Pq, const float* r, int64_t P
   at::Tensor s = at::from_blob(fallback, {Pq, Pr}, opts);
   at::mm_out(s, at::from_blob(const_cast<float*>(q), {Pq, C}, opts), rmat.t());
   return s;
+}
+
+// One query tile (packed pixels q, Pq rows) against one band of the reference map ur (Hr,Wr,C):
+// the band's pixel rows multiplied one at a time into a ring of p strips, each patch row scanned
+// once its p strips are there. fallback: p buffers of Pq x (band.w + p - 1) floats or more for
+// similarity_strip's at::mm path, or none for oneDNN's.
+void match_band(const float* q, const Tile& qt, const float* ur, int64_t Wr, int64_t C,
+                const Tile& band, int64_t p, const float* inv_r, int64_t wpr,
+                std::vector<std::vector<float>>& fallback, float* val, Best* best) {
+  const int64_t Pq = (qt.h + p - 1) * (qt.w + p - 1), rpw = band.w + p - 1;
+  std::vector<at::Tensor> ring(p);
+  std::vector<const float*> strips(p);
+  for (int64_t y = band.y0; y < band.y0 + band.h + p - 1; ++y) {
+    ring[y % p] = similarity_strip(q, Pq, ur + (y * Wr + band.x0) * C, rpw, C,
+                                   fallback.empty() ? nullptr : fallback[y % p].data());
+    const int64_t ry = y - (p - 1);  // the patch row whose last pixel row is y
+    if (ry < band.y0) continue;
+    for (int64_t dy = 0; dy < p; ++dy) strips[dy] = ring[(ry + dy) % p].data_ptr<float>();
+    scan_row(strips.data(), qt, band, ry, p, wpr, inv_r + ry * wpr + band.x0, val, best);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const at::Tensor& ur,
@@ -185,13 +209,18 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const a
   at::Tensor score = dzsr::new_output({N, hpq, wpq}, uq.options());
   at::Tensor index = dzsr::new_output({N, hpq, wpq}, uq.options().dtype(at::kLong));
   if (N == 0) return {score, index};  // empty batch: nothing to match (and no work items to split)
-  const std::vector<Tile> qtiles = make_tiles(hpq, wpq), rtiles = make_tiles(hpr, wpr);
-  const int64_t nq = static_cast<int64_t>(qtiles.size()), nr = static_cast<int64_t>(rtiles.size());
-  // Work items are (sample, query tile, range of reference tiles): the reference tiles are split
-  // into `splits` ranges so that there are enough items to balance the threads, which take items
-  // from a shared counter. Each item keeps its own running best, merged below in split order.
+  const std::vector<Tile> qtiles = query_tiles(hpq, wpq);
+  const int64_t nq = static_cast<int64_t>(qtiles.size());
+  // Work items are (sample, query tile, reference band): the reference rows are split into as many
+  // bands as it takes to give the threads enough items (taken from a shared counter), each band at
+  // least 8 patch rows high (its p-1 extra pixel rows are the only repeated GEMM work). Each item
+  // keeps its own running best, merged below in band order.
   const int64_t want = 8 * at::get_num_threads();
-  const int64_t splits = std::min(nr, std::max<int64_t>(1, (want + N * nq - 1) / (N * nq)));
+  const int64_t cols = static_cast<int64_t>(reference_bands(hpr, wpr, p, 1).size());
+  const int64_t row_splits = std::clamp<int64_t>((want + N * nq * cols - 1) / (N * nq * cols), 1,
+                                                 std::max<int64_t>(1, hpr / 8));
+  const std::vector<Tile> bands = reference_bands(hpr, wpr, p, row_splits);
+  const int64_t splits = static_cast<int64_t>(bands.size());
   const int64_t items = N * nq * splits;
   const int64_t tile_patches = kTile * kTile;
   std::vector<Best> partial(static_cast<size_t>(items * tile_patches));
@@ -200,25 +229,22 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const a
   const float* ur_p = ur.data_ptr<float>();
   const float* inv_r_p = inv_r.data_ptr<float>();
   const int64_t max_pix = (kTile + p - 1) * (kTile + p - 1);
+  const bool onednn = at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
+  int64_t max_band_pixels = 0;
+  for (const Tile& b : bands) max_band_pixels = std::max(max_band_pixels, b.w + p - 1);
   std::atomic<int64_t> next_item{0};
 
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
-    std::vector<float> qbuf(max_pix * C), rbuf(max_pix * C), sbuf(max_pix * max_pix), val(max_pix);
-    RefTileScale scale;
+    std::vector<float> qbuf(max_pix * C), val(max_band_pixels);
+    std::vector<std::vector<float>> fallback(onednn ? 0 : p,
+                                             std::vector<float>(max_pix * max_band_pixels));
     for (int64_t item; (item = next_item.fetch_add(1)) < items;) {
-      const int64_t n = item / (nq * splits), qi = (item / splits) % nq, sp = item % splits;
+      const int64_t n = item / (nq * splits), qi = (item / splits) % nq;
       const Tile& qt = qtiles[qi];
-      const int64_t Pq = (qt.h + p - 1) * (qt.w + p - 1);
       pack_pixels(uq_p + n * Hq * Wq * C, Wq, C, qt, p, qbuf.data());
-      Best* best = partial.data() + item * tile_patches;
-      for (int64_t ri = sp * nr / splits; ri < (sp + 1) * nr / splits; ++ri) {
-        const Tile& rt = rtiles[ri];
-        const int64_t Pr = (rt.h + p - 1) * (rt.w + p - 1);
-        pack_pixels(ur_p + n * Hr * Wr * C, Wr, C, rt, p, rbuf.data());
-        scale.fill(inv_r_p + n * hpr * wpr, wpr, rt, p);
-        const at::Tensor smat = similarity_tile(qbuf.data(), Pq, rbuf.data(), Pr, C, sbuf.data());
-        scan_pair(smat.data_ptr<float>(), Pr, qt, rt, p, wpr, scale, val.data(), best);
-      }
+      match_band(qbuf.data(), qt, ur_p + n * Hr * Wr * C, Wr, C, bands[item % splits], p,
+                 inv_r_p + n * hpr * wpr, wpr, fallback, val.data(),
+                 partial.data() + item * tile_patches);
     }
   });
 
