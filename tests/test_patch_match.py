@@ -144,9 +144,9 @@ def test_cpp_agrees_with_reference_on_larger_maps():
 
 
 def test_cpp_same_result_for_any_thread_count():
-    """The work split (reference bands: more row ranges for more threads) changes with the thread
-    count; the merged result must not."""
-    query, ref = torch.randn(2, 8, 33, 35), torch.randn(2, 8, 64, 40)
+    """The work split changes with the thread count (here 4 bands of reference rows on one thread,
+    8 on two); the merged result must not."""
+    query, ref = torch.randn(2, 8, 33, 35), torch.randn(2, 8, 130, 40)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

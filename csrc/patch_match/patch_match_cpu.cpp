@@ -38,8 +38,12 @@ namespace {
 // (median of five paired process runs each); 62's strips are 3 x 4096 x 277 floats (13 MiB) per
 // thread there.
 constexpr int64_t kTile = 62;
-// Widest reference band in pixels: a strip of 4096 x 512 floats is 8 MiB.
+// Widest reference band in pixels: a strip of 4096 x 512 floats is 8 MiB, so at most 24 MiB of
+// strips per thread (4096 x 256 runs about 10% slower per FLOP on the AVX2 machine).
 constexpr int64_t kBandPixels = 512;
+// Lowest band (unless the map is lower) when the rows are split for more work items: its p-1 extra
+// pixel rows add at most 1/8 to the GEMM for p = 3.
+constexpr int64_t kMinBandRows = 16;
 
 struct Tile {
   int64_t y0, x0, h, w;  // first patch row/col and size, in patches
@@ -213,12 +217,12 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const a
   const int64_t nq = static_cast<int64_t>(qtiles.size());
   // Work items are (sample, query tile, reference band): the reference rows are split into as many
   // bands as it takes to give the threads enough items (taken from a shared counter), each band at
-  // least 8 patch rows high (its p-1 extra pixel rows are the only repeated GEMM work). Each item
-  // keeps its own running best, merged below in band order.
+  // least kMinBandRows patch rows high (its p-1 extra pixel rows are the only repeated GEMM work).
+  // Each item keeps its own running best, merged below in band order.
   const int64_t want = 8 * at::get_num_threads();
   const int64_t cols = static_cast<int64_t>(reference_bands(hpr, wpr, p, 1).size());
   const int64_t row_splits = std::clamp<int64_t>((want + N * nq * cols - 1) / (N * nq * cols), 1,
-                                                 std::max<int64_t>(1, hpr / 8));
+                                                 std::max<int64_t>(1, hpr / kMinBandRows));
   const std::vector<Tile> bands = reference_bands(hpr, wpr, p, row_splits);
   const int64_t splits = static_cast<int64_t>(bands.size());
   const int64_t items = N * nq * splits;
