@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import deform_conv_cases as cases
 import pytest
 import torch
 import torchvision
@@ -32,14 +33,11 @@ def affine_to_offset(A, b, k):
 
 
 def make_case(n, c, c_out, h, w, k, groups, dtype=torch.float64, spread=1.5, bias=True):
-    x = torch.randn(n, c, h, w, dtype=dtype)
-    A = (
-        torch.eye(2, dtype=dtype).reshape(1, 4, 1, 1)
-        + spread * torch.randn(n, 4, h, w, dtype=dtype)
-    ).to(dtype)
-    b = spread * 2 * torch.randn(n, 2, h, w, dtype=dtype)
-    wgt = torch.randn(c_out, c // groups, k, k, dtype=dtype)
-    bs = torch.randn(c_out, dtype=dtype) if bias else None
+    """(x, A, b, weight, bias): deform_conv_cases.make_case's affine case (positions kept off
+    integers, where the bilinear derivative jumps)."""
+    x, (A, b), wgt, bs = cases.make_case(
+        n, c, c_out, h, w, k, groups, affine=True, dtype=dtype, spread=spread, bias=bias
+    )
     return x, A, b, wgt, bs
 
 
@@ -157,8 +155,7 @@ def test_fast_matches_reference(backend, shape, affine, dtype, cl_budget, layout
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fast_half_precision(backend, dtype):
     """Half inputs are computed in float32 and rounded once: compare with the float32 reference."""
-    case = make_case(2, 8, 8, 9, 7, 3, 8, dtype=torch.float32)
-    half = [t.to(dtype) for t in case]
+    half = make_case(2, 8, 8, 9, 7, 3, 8, dtype=dtype)
     with dk.use_backend(backend):
         out = dk.affine_deform_conv2d(*half, groups=8)
     with dk.use_backend("reference"):
