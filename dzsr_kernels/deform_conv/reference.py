@@ -31,6 +31,11 @@ Sampling rule (every backend implements exactly this, including where NaN/Inf ap
     that overflow in one summation order and not in another). The output is
     bias + sum_{c,t} weight * sample and dweight = sum_{n,q} grad_out * sample: NaN/Inf in weight,
     bias and x propagate by that ordinary arithmetic, in the output and in every gradient.
+  * The position gradient is the derivative within the cell floor() picks, so it jumps where a
+    coordinate crosses an integer (at an integer, the cell that starts there). Positions computed in
+    float32 can round onto or off an integer that float64 misses or hits (1.99999993 -> 2.0), and
+    the gradients then differ by a corner difference; the tests' random geometry keeps positions
+    1e-3 from integers (tests/deform_conv_cases.py), exact integers have their own tests.
   * Empty N, C, C_out, H or W give empty (or all-zero, e.g. dweight for N=0) results, no error.
 
 torchvision (``torchvision.ops.deform_conv2d``) agrees on finite inputs and on the NaN mask of NaN
