@@ -66,11 +66,16 @@ std::vector<Tile> query_tiles(int64_t hp, int64_t wp) {
   return grid_tiles(hp, wp, (hp + kTile - 1) / kTile, (wp + kTile - 1) / kTile);
 }
 
-// The reference patch grid cut into column chunks of at most kBandPixels pixels times
-// `row_splits` ranges of patch rows (at most hp): each band is one work share.
-std::vector<Tile> reference_bands(int64_t hp, int64_t wp, int64_t p, int64_t row_splits) {
+// How many column chunks of at most kBandPixels pixels the wp reference patch columns take.
+int64_t band_columns(int64_t wp, int64_t p) {
   const int64_t max_w = std::max<int64_t>(1, kBandPixels - (p - 1));
-  return grid_tiles(hp, wp, std::min(hp, row_splits), (wp + max_w - 1) / max_w);
+  return (wp + max_w - 1) / max_w;
+}
+
+// The reference patch grid cut into band_columns column chunks times `row_splits` ranges of patch
+// rows (at most hp): each band is one work share.
+std::vector<Tile> reference_bands(int64_t hp, int64_t wp, int64_t p, int64_t row_splits) {
+  return grid_tiles(hp, wp, std::min(hp, row_splits), band_columns(wp, p));
 }
 
 // Copies the pixels of tile t (with its p-1 halo) of map u (H,W,C) into dst, rows of C floats.
@@ -220,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& uq, const a
   // least kMinBandRows patch rows high (its p-1 extra pixel rows are the only repeated GEMM work).
   // Each item keeps its own running best, merged below in band order.
   const int64_t want = 8 * at::get_num_threads();
-  const int64_t cols = static_cast<int64_t>(reference_bands(hpr, wpr, p, 1).size());
+  const int64_t cols = band_columns(wpr, p);
   const int64_t row_splits = std::clamp<int64_t>((want + N * nq * cols - 1) / (N * nq * cols), 1,
                                                  std::max<int64_t>(1, hpr / kMinBandRows));
   const std::vector<Tile> bands = reference_bands(hpr, wpr, p, row_splits);
