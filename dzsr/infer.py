@@ -12,7 +12,8 @@ conv, the degradation predictor's resize and average) once on the whole (padded)
 ones tile by tile.
 A local stage's output at a pixel depends only on its inputs within its halo, which the stage
 computes from its own layers (``<stage>_halo``); ``tiled`` computes each ``tile`` x ``tile`` tile
-on a window grown by that halo and keeps the tile: the window's zero-padded edges only reach the
+on a window grown by that halo (its start moved back to a multiple of ``WINDOW_ALIGN``, for the
+Winograd convolutions) and keeps the tile: the window's zero-padded edges only reach the
 discarded margin, and zero padding happens at the true image borders as in the untiled forward.
 Consecutive local stages share one pass, their halos adding up. The passes (halos of the
 default model):
@@ -76,6 +77,11 @@ from .models import SelfDZSR
 from .models.selfdzsr import memory_format_of, pad_to_feature_stride
 
 DEFAULT_TILE = 384
+# Tile windows start at multiples of 4 LR pixels: the CPU's 3x3 convolutions (Winograd,
+# dzsr_kernels.conv3x3) compute 4x4 blocks anchored at their input's origin, so aligned windows
+# put every kept pixel at the same place in its block as the untiled computation does, and tiled
+# outputs stay bit-identical to untiled ones.
+WINDOW_ALIGN = 4
 BODY_TILE_FACTOR = 2  # body pass: small memory per pixel (64 channels), large halo -> larger tiles
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # -> autocast dtype
 
@@ -109,6 +115,13 @@ def grow(box: Box, margin: int, height: int, width: int) -> Box:
         max(0, x0 - margin),
         min(width, x1 + margin),
     )
+
+
+def window(box: Box, halo: int, height: int, width: int) -> Box:
+    """The region a tile is computed on: ``box`` grown by ``halo``, its start moved back to a
+    multiple of ``WINDOW_ALIGN`` (more context never changes the kept pixels)."""
+    y0, y1, x0, x1 = grow(box, halo, height, width)
+    return (y0 - y0 % WINDOW_ALIGN, y1, x0 - x0 % WINDOW_ALIGN, x1)
 
 
 def _crop(t: torch.Tensor, box: Box, within: Box | None = None) -> torch.Tensor:
@@ -160,7 +173,7 @@ def tiled(
     height, width = inputs[0].shape[-2:]
     outs = None
     for box in tiles:
-        win = grow(box, halo, height, width)
+        win = window(box, halo, height, width)
         result = stage(*(_crop(x, win) for x in inputs))
         parts = result if isinstance(result, tuple) else (result,)
         if outs is None:

@@ -225,7 +225,9 @@ def test_local_stage_in_tiles_is_exact(stage, halo):
         exact = tiled(run, got_halo, inputs, tiles)
         stale = tiled(run, got_halo - 1, inputs, tiles)
     assert got_halo == halo
-    torch.testing.assert_close(exact, whole, atol=1e-6, rtol=0)
+    # Not bit for bit: a Winograd convolution's rounding (dzsr_kernels.conv3x3) depends on its 4x4
+    # block's whole 6x6 input window, which near a window's edge holds zero padding, not pixels.
+    torch.testing.assert_close(exact, whole, atol=1e-5, rtol=0)
     assert (stale - whole).abs().max() > 1e-4
 
 

@@ -15,13 +15,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dzsr_kernels import Conv3x3
+
 # RGB mean the authors subtract before (and add after) every network (DIV2K mean, range 1).
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    """3x3 convolution with bias and 'same' padding (for stride 1)."""
-    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, groups=groups)
+    """3x3 convolution with bias and 'same' padding (for stride 1): an ``nn.Conv2d`` whose stride-1
+    ungrouped forward runs ``dzsr_kernels.conv3x3`` (Winograd on the CPU; same parameters and state
+    dict as ``nn.Conv2d``)."""
+    return Conv3x3(c_in, c_out, stride=stride, groups=groups)
 
 
 def conv_halo(conv: nn.Conv2d) -> int:

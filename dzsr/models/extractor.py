@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .blocks import rows_times_filters
+from .blocks import conv3x3, rows_times_filters
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,7 +123,7 @@ class VGGTrunk(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         for name, c_in, c_out in _TRUNK:
-            self.add_module(name, nn.Conv2d(c_in, c_out, 3, padding=1))
+            self.add_module(name, conv3x3(c_in, c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet-normalised x (N,3,H,W) through conv1_1 .. conv3_1 (ReLU after all but conv3_1),
