@@ -23,7 +23,9 @@ Columns, per stage:
     (``time.perf_counter`` around each call of the stage, summed), and its share of that run;
   * GFLOP: convolutions and matmuls as the profiler counts them (2 x multiply-adds), plus the dzsr
     ops: deformable convolution 2·N·Cout·(C/groups)·k²·H·W multiply-adds + 7 flops per bilinear
-    sample (N·C·k²·H·W samples); patch matching 2·N·C·Hq·Wq·Hr·Wr (one dot product per pixel pair,
+    sample (N·C·k²·H·W samples); the Winograd 3x3 convolution the products it computes,
+    2·N·Cout·C·36 per 4x4 output tile (a quarter of direct convolution's; its transforms are not
+    counted); patch matching 2·N·C·Hq·Wq·Hr·Wr (one dot product per pixel pair,
     the shift-decomposed count the kernels compute);
   * FLOP floor: GFLOP / this machine's matmul rate in the stage's dtype (measured in the same run,
     the faster of ``torch.mm`` and oneDNN's 1x1 convolution, ``matmul_rate``):
@@ -146,6 +148,9 @@ def op_flops(event) -> float:
     if event.name == "dzsr::deform_conv2d_packed":
         (n, c, h, w), (cout, cg, k, _) = shapes[0], shapes[3]
         return 2.0 * n * cout * cg * k * k * h * w + 7.0 * n * c * k * k * h * w
+    if event.name == "dzsr::conv3x3":  # Winograd F(4x4, 3x3): 36 products per tile, not 144
+        (n, c, h, w), (cout, _, _, _) = shapes[0], shapes[1]
+        return 2.0 * n * cout * c * 36 * -(-h // 4) * -(-w // 4)
     if event.name == "dzsr::patch_match":
         (n, c, hq, wq), (_, _, hr, wr) = shapes[0], shapes[1]
         return 2.0 * n * c * hq * wq * hr * wr
