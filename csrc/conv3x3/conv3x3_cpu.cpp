@@ -13,9 +13,10 @@
 // whole. Channels are the vector lanes (input and output are channels-last), so the transforms
 // are vector adds of whole pixels. float32 and float64 share the code.
 //
-// Exactness: every output pixel's arithmetic depends only on its 6x6 input window and its position
-// in its tile, so a computation on a crop whose origin is a multiple of 4 pixels reproduces the
-// whole image's values bit for bit (dzsr/infer.py aligns its tile windows so). Rounding: the
+// Exactness: every output pixel's arithmetic depends only on its tile's 6x6 input window and its
+// position in the tile, so on a crop whose origin is a multiple of 4 pixels every tile whose window
+// reads no padding of the crop reproduces the whole image's values bit for bit (dzsr/infer.py
+// aligns its tile windows so). Rounding: the
 // transforms add a few ulps over direct convolution (docs/design.md#winograd-convolution).
 // Non-finite values: a NaN or inf in a window would spread through the transforms to every output
 // of its tile, so a NaN, an inf or a value too large for the transforms to stay finite (bounds in
@@ -232,6 +233,8 @@ at::Tensor transform_weight(const at::Tensor& weight, int64_t padded) {
   return u;
 }
 
+// Writes y (channels-last) from x, the transformed filters u and the padded bias; false (y then
+// incomplete) if an input value lies outside [-limit, limit] or is NaN.
 template <typename T>
 bool winograd(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, T limit,
               at::Tensor& y) {
@@ -302,6 +305,18 @@ bool winograd(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, 
   return in_range.load();
 }
 
+// The filter and bias set-up of one call in T, then the kernel; false as for winograd.
+template <typename T>
+bool run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+         double limit, at::Tensor& y) {
+  const int64_t out_channels = weight.size(0), block = 2 * kLanes<T>;
+  const int64_t padded = (out_channels + block - 1) / block * block;
+  const auto u = transform_weight<T>(weight.contiguous(), padded);
+  auto b = at::zeros({padded}, x.options());
+  if (bias.has_value()) b.narrow(0, 0, out_channels).copy_(*bias);
+  return winograd<T>(x.contiguous(at::MemoryFormat::ChannelsLast), u, b, static_cast<T>(limit), y);
+}
+
 at::Tensor conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(1) == x.size(1) &&
@@ -319,7 +334,7 @@ at::Tensor conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight,
   };
   if (y.numel() == 0) return y;
   if (in_channels == 0) return reference();
-  // The transforms cannot overflow while |x| |w| C' 10^2 19^2 stays finite (the input transform
+  // The transforms cannot overflow while |x| |w| 9 C 10^2 19^2 stays finite (the input transform
   // grows values at most 10x per axis, G shrinks them, the output transform grows them at most 19x
   // per axis; a million-fold margin): a larger, NaN or inf weight, bias or input runs the
   // reference instead.
@@ -330,17 +345,8 @@ at::Tensor conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight,
   const double bias_max = bias.has_value() && bias->numel() ? bias->abs().max().item<double>() : 0;
   if (!(weight_max <= bound) || !(bias_max <= bound)) return reference();
   const double limit = std::min(bound, bound / std::max(weight_max, 1.0));
-  const int64_t lanes = kVectorBytes / x.element_size();
-  const int64_t padded = (out_channels + 2 * lanes - 1) / (2 * lanes) * (2 * lanes);
-  const auto w = weight.contiguous();
-  const auto u = x.scalar_type() == at::kFloat ? transform_weight<float>(w, padded)
-                                               : transform_weight<double>(w, padded);
-  auto b = at::zeros({padded}, x.options());
-  if (bias.has_value()) b.narrow(0, 0, out_channels).copy_(*bias);
-  const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const bool ok = x.scalar_type() == at::kFloat
-                      ? winograd<float>(xc, u, b, static_cast<float>(limit), y)
-                      : winograd<double>(xc, u, b, limit, y);
+  const bool ok = x.scalar_type() == at::kFloat ? run<float>(x, weight, bias, limit, y)
+                                                : run<double>(x, weight, bias, limit, y);
   return ok ? y : reference();
 }
 

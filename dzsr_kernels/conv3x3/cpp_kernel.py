@@ -13,14 +13,14 @@ import torch
 MIN_IN_CHANNELS = 8
 
 
-def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the kernel runs this call: CPU float32/float64 inputs of one dtype, at least
-    ``MIN_IN_CHANNELS`` input channels, outside autocast (whose float32 -> bfloat16 casts
-    the custom op would skip) and outside an export or trace (which records ``conv2d``)."""
+def supports(x: torch.Tensor) -> bool:
+    """Whether the kernel runs this call (``op._validate`` has checked the arguments): CPU
+    float32/float64 inputs, at least ``MIN_IN_CHANNELS`` input channels, outside autocast (whose
+    float32 -> bfloat16 casts the custom op would skip) and outside an export or trace (which
+    records ``conv2d``)."""
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
-        and weight.dtype == x.dtype
         and x.shape[1] >= MIN_IN_CHANNELS
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_exporting()

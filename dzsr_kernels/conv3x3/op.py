@@ -9,11 +9,11 @@ a quarter of direct convolution's multiplications; everything else, and every ot
 The custom op ``dzsr::conv3x3(x, weight, bias, backend) -> out``: out (N, C', H, W) in x's dtype,
 always channels-last (the kernel's layout); the fake below allocates exactly that. Rounding: a few
 ulps more than direct convolution (the transforms; docs/design.md#winograd-convolution). Every
-output pixel's arithmetic depends only on its 3x3 neighbourhood's 6x6 tile window and on its
-position modulo 4, so a crop whose origin is a multiple of 4 pixels gives the same values as the
-whole map. NaN, inf or inputs too large for the transforms to stay finite make the kernel run the
-reference for the whole call, so such inputs give exactly the reference's output. The backward is
-the reference's (``aten.convolution_backward``).
+output pixel's arithmetic depends only on the 6x6 input window of its 4x4 tile and on its position
+modulo 4, so on a crop whose origin is a multiple of 4 pixels every tile whose window reads no
+padding of the crop gives the same values as the whole map. NaN, inf or inputs too large for the
+transforms to stay finite make the kernel run the reference for the whole call, so such inputs give
+exactly the reference's output. The backward is the reference's (``aten.convolution_backward``).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def conv3x3(
     device (x with no channel, row or column included: F.conv2d fails or misshapes those), each
     naming the argument."""
     _validate(x, weight, bias)
-    if _backend.requested_backend() in ("auto", "cpp") and cpp_kernel.supports(x, weight):
+    if _backend.requested_backend() in ("auto", "cpp") and cpp_kernel.supports(x):
         backend = _backend.resolve(OP, x.device)
         if backend in KERNELS:
             return _conv3x3(x, weight, bias, backend)
