@@ -1,5 +1,6 @@
 """3x3 convolution (``dzsr_kernels.conv3x3``): the CPU Winograd kernel against the reference
-(``F.conv2d``) on random shapes, dtypes and layouts, forward and backward; its exact fallback for
+(``F.conv2d``) on random shapes, dtypes and layouts, forward and backward; its fused epilogue
+(residual add, ReLU / LeakyReLU) against the same ops run after it; its exact fallback for
 non-finite and huge inputs; the crop property tiled inference relies on; the custom-op registration
 and the dispatch (which calls run the reference).
 
@@ -18,6 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import dzsr_kernels as dk
 from dzsr_kernels.conv3x3 import cpp_kernel
 from dzsr_kernels.conv3x3 import op as conv_op
+from dzsr_kernels.conv3x3 import reference as conv_ref
 
 BACKEND = "cpp"
 EPS = {torch.float32: 5e-6, torch.float64: 1e-14}
@@ -100,7 +102,8 @@ def test_gradients_match_reference(bias):
 
 def test_gradcheck_float64():
     x, weight, bias = (t.requires_grad_() for t in random_case(1, 16, 16, 5, 6, torch.float64))
-    assert torch.autograd.gradcheck(lambda *a: conv_op._conv3x3(*a, BACKEND), (x, weight, bias))
+    op = conv_op._conv3x3
+    assert torch.autograd.gradcheck(lambda *a: op(*a, None, None, BACKEND), (x, weight, bias))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -108,15 +111,17 @@ def test_gradcheck_float64():
 def test_opcheck(layout, bias):
     x, weight, b = random_case(2, 16, 18, 5, 7, torch.float32, bias)
     x = with_layout(x, layout).requires_grad_()
-    torch.library.opcheck(conv_op._conv3x3, (x, weight.requires_grad_(), b, BACKEND))
+    torch.library.opcheck(conv_op._conv3x3, (x, weight.requires_grad_(), b, None, None, BACKEND))
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 16, 5, 7), (0, 16, 16, 4, 4), (1, 16, 16, 0, 3)])
 def test_fake_equals_kernel_output(shape):
     x, weight, bias = random_case(*shape, torch.float32)
-    real = conv_op._conv3x3(x, weight, bias, BACKEND)
+    residual = torch.randn(shape[0], shape[2], *shape[3:])
+    real = conv_op._conv3x3(x, weight, bias, residual, 0.1, BACKEND)
     with FakeTensorMode() as mode:
-        fake = conv_op._conv3x3(*map(mode.from_tensor, (x, weight, bias)), BACKEND)
+        fake_inputs = map(mode.from_tensor, (x, weight, bias, residual))
+        fake = conv_op._conv3x3(*fake_inputs, 0.1, BACKEND)
     assert (fake.shape, fake.stride(), fake.dtype) == (real.shape, real.stride(), real.dtype)
 
 
@@ -144,6 +149,97 @@ def test_crops_at_multiples_of_four_reproduce_the_whole_map():
         whole = dk.conv3x3(x, weight, bias)
         crop = dk.conv3x3(x[..., 8:, 4:], weight, bias)
     assert torch.equal(crop[..., 4:, 4:], whole[..., 12:, 8:])
+
+
+# The epilogues the model uses: residual add (residual blocks, body tail), ReLU (encoders, VGG
+# trunk), LeakyReLU(0.1) (fusion), and both at once.
+EPILOGUES = [(False, None), (True, None), (False, 0.0), (False, 0.1), (True, 0.2)]
+
+
+def epilogue_case(shape, dtype, with_residual, layout="contiguous"):
+    x, weight, bias = random_case(*shape, dtype)
+    n, _, c_out, h, w = shape
+    residual = (
+        with_layout(torch.randn(n, c_out, h, w, dtype=dtype), layout) if with_residual else None
+    )
+    return x, weight, bias, residual
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_residual, slope", EPILOGUES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fused_epilogue_equals_the_ops_after_the_kernel(shape, dtype, with_residual, slope, layout):
+    """act(conv + residual) fused equals the kernel's convolution followed by torch's add and
+    activation bit for bit (the epilogue adds no rounding), in any residual layout."""
+    x, weight, bias, residual = epilogue_case(shape, dtype, with_residual, layout)
+    with dk.use_backend(BACKEND):
+        fused = dk.conv3x3(x, weight, bias, residual=residual, negative_slope=slope)
+        z = dk.conv3x3(x, weight, bias)
+    want = conv_ref.activation(z if residual is None else z + residual, slope)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fused, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1])
+def test_nonfinite_residual_propagates_as_in_the_reference(value, slope):
+    x, weight, bias, residual = epilogue_case((1, 16, 8, 9, 10), torch.float32, True)
+    residual = _poisoned(residual, torch.randint(residual.numel(), (4,)), float(value))
+    with dk.use_backend(BACKEND):
+        fused = dk.conv3x3(x, weight, bias, residual=residual, negative_slope=slope)
+        want = conv_ref.activation(dk.conv3x3(x, weight, bias) + residual, slope)
+    torch.testing.assert_close(fused, want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("with_residual, slope", EPILOGUES[1:])
+def test_fallback_applies_the_epilogue_exactly(with_residual, slope):
+    """A NaN input runs at::conv2d for the whole call; the epilogue after it gives the reference."""
+    x, weight, bias, residual = epilogue_case((2, 16, 12, 7, 9), torch.float32, with_residual)
+    x = _poisoned(x, torch.randint(x.numel(), (2,)), float("nan"))
+    with dk.use_backend(BACKEND):
+        out = dk.conv3x3(x, weight, bias, residual=residual, negative_slope=slope)
+    want = conv_ref.conv3x3(x, weight, bias, residual, slope)
+    torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("with_residual, slope", EPILOGUES[1:])
+def test_epilogue_gradients_match_reference(with_residual, slope):
+    x, weight, bias, residual = epilogue_case((2, 17, 20, 7, 9), torch.float64, with_residual)
+    grad = torch.randn(2, 20, 7, 9, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (x, weight, bias, residual) if t is not None]
+    with dk.use_backend(BACKEND):
+        out = dk.conv3x3(x, weight, bias, residual=residual, negative_slope=slope)
+        got = torch.autograd.grad(out, inputs, grad)
+    want = torch.autograd.grad(conv_ref.conv3x3(x, weight, bias, residual, slope), inputs, grad)
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_residual, slope", EPILOGUES[1:])
+def test_epilogue_gradcheck_and_opcheck(with_residual, slope):
+    x, weight, bias, residual = epilogue_case((1, 16, 8, 5, 6), torch.float64, with_residual)
+    inputs = [t.requires_grad_() if t is not None else None for t in (x, weight, bias, residual)]
+    op = conv_op._conv3x3
+    assert torch.autograd.gradcheck(lambda *a: op(*a, slope, BACKEND), inputs)
+    torch.library.opcheck(op, (*[None if t is None else t.float() for t in inputs], slope, BACKEND))
+
+
+def test_module_epilogue():
+    """Conv3x3's forward takes the epilogue on the kernel path and on nn.Conv2d's (strided)."""
+    module, strided = dk.Conv3x3(16, 8), dk.Conv3x3(16, 8, stride=2)
+    x, residual = torch.randn(1, 16, 9, 9), torch.randn(1, 8, 9, 9)
+    with dk.use_backend(BACKEND), torch.no_grad():
+        want = F.leaky_relu(module(x) + residual, 0.1)
+        assert torch.equal(module(x, residual, 0.1), want)
+        z = nn.Conv2d.forward(strided, x)
+        assert torch.equal(
+            strided(x, residual[..., ::2, ::2], 0.0), F.relu(z + residual[..., ::2, ::2])
+        )
+        with pytest.raises(
+            ValueError, match=r"residual must have the output's shape \(1, 8, 5, 5\)"
+        ):
+            strided(x, residual)
 
 
 def _poisoned(x, where, value):
@@ -199,6 +295,14 @@ def test_dispatch():
         with torch.autocast("cpu", torch.bfloat16):
             got, want = dk.conv3x3(x, weight, bias), F.conv2d(x, weight, bias, padding=1)
         assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+        residual = torch.randn(1, 16, 8, 8)
+        with torch.autocast("cpu", torch.bfloat16):
+            got = dk.conv3x3(x, weight, bias, residual=residual, negative_slope=0.0)
+            want = F.relu(F.conv2d(x, weight, bias, padding=1) + residual)
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+    with dk.use_backend("reference"):
+        got = dk.conv3x3(x, weight, bias, residual=residual, negative_slope=0.1)
+        assert torch.equal(got, F.leaky_relu(F.conv2d(x, weight, bias, padding=1) + residual, 0.1))
 
 
 def test_module_is_a_conv2d():
@@ -225,6 +329,17 @@ BAD = [
     (dict(x=torch.ones(1, 16, 4, 4, dtype=torch.int32)), TypeError, r"x must be a floating"),
     (dict(x=torch.randn(1, 16, 0, 4)), ValueError, r"x must have at least one channel, row"),
     (dict(x=torch.randn(1, 0, 4, 4), weight=torch.randn(8, 0, 3, 3)), ValueError, r"one channel"),
+    (dict(residual=torch.randn(1, 8, 1, 1)), ValueError, r"residual must have the output's shape"),
+    (
+        dict(residual=torch.randn(1, 8, 4, 4).double()),
+        TypeError,
+        r"and residual must have one dtype",
+    ),
+    (dict(residual=[0.0]), TypeError, r"residual must be a torch.Tensor"),
+    (dict(negative_slope=-0.1), ValueError, r"negative_slope must be None \(no activation\)"),
+    (dict(negative_slope=float("nan")), ValueError, r"negative_slope must be None"),
+    (dict(negative_slope=True), TypeError, r"negative_slope must be None or a number"),
+    (dict(negative_slope="relu"), TypeError, r"negative_slope must be None or a number"),
 ]
 
 

@@ -6,5 +6,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(dzsr_C, m) {
-  m.def("conv3x3(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def(
+      "conv3x3(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, float? negative_slope) -> "
+      "Tensor");
 }

@@ -13,6 +13,11 @@
 // whole. Channels are the vector lanes (input and output are channels-last), so the transforms
 // are vector adds of whole pixels. float32 and float64 share the code.
 //
+// Epilogue: the output transform also adds an optional residual (same shape as the output) and
+// applies an optional ReLU (slope 0, NaN-propagating like torch.relu) or LeakyReLU (slope > 0)
+// while the tile is in registers, so the model's "conv + skip" and "conv + activation" pairs
+// write their output once instead of writing it and reading it back.
+//
 // Exactness: every output pixel's arithmetic depends only on its tile's 6x6 input window and its
 // position in the tile, so on a crop whose origin is a multiple of 4 pixels every tile whose window
 // reads no padding of the crop reproduces the whole image's values bit for bit (dzsr/infer.py
@@ -153,12 +158,28 @@ inline bool transform_input(const T* x, int64_t height, int64_t width, int64_t c
   return ok;
 }
 
-// Output transform of channels [c, c + lanes) of one tile: A^T M A + bias, written to the pixels of
-// the 4x4 block at (y0, x0) that lie inside the image.
+// The epilogue fused into the output transform: out = act(conv + bias + residual), residual
+// (channels-last like y) optional, act the identity, ReLU (slope 0) or LeakyReLU(slope).
+template <typename T>
+struct Epilogue {
+  const T* residual;  // nullptr: none
+  bool activate;
+  T slope;
+};
+
+// torch's ReLU and LeakyReLU, NaN propagating (NaN < 0 and NaN > 0 are both false).
 template <typename T, typename L>
-inline void transform_output(const T* m, int64_t e_stride, int64_t c, const T* bias, T* y,
-                             int64_t height, int64_t width, int64_t channels, int64_t y0,
-                             int64_t x0) {
+inline L activation(L v, T slope) {
+  if (slope == T(0)) return v < T(0) ? L{} : v;
+  return v > T(0) ? v : v * slope;
+}
+
+// Output transform of channels [c, c + lanes) of one tile: the epilogue of A^T M A + bias, written
+// to the pixels of the 4x4 block at (y0, x0) that lie inside the image.
+template <typename T, typename L>
+inline void transform_output(const T* m, int64_t e_stride, int64_t c, const T* bias,
+                             const Epilogue<T>& epilogue, T* y, int64_t height, int64_t width,
+                             int64_t channels, int64_t y0, int64_t x0) {
   L rows[kTileSize][kWindow];  // rows[:, j] = A^T M[:, j]
   for (int j = 0; j < kWindow; ++j) {
     L z[kWindow], out[kTileSize];
@@ -171,7 +192,11 @@ inline void transform_output(const T* m, int64_t e_stride, int64_t c, const T* b
     L out[kTileSize];
     output_rows(rows[i], out);
     for (int j = 0; j < kTileSize && x0 + j < width; ++j) {
-      store<T, L>(y + ((y0 + i) * width + x0 + j) * channels + c, out[j] + b);
+      const int64_t at = ((y0 + i) * width + x0 + j) * channels + c;
+      L v = out[j] + b;
+      if (epilogue.residual != nullptr) v += load<T, L>(epilogue.residual + at);
+      if (epilogue.activate) v = activation<T, L>(v, epilogue.slope);
+      store<T, L>(y + at, v);
     }
   }
 }
@@ -233,11 +258,12 @@ at::Tensor transform_weight(const at::Tensor& weight, int64_t padded) {
   return u;
 }
 
-// Writes y (channels-last) from x, the transformed filters u and the padded bias; false (y then
-// incomplete) if an input value lies outside [-limit, limit] or is NaN.
+// Writes y (channels-last) from x, the transformed filters u, the padded bias and the epilogue
+// (its residual pointing at sample 0); false (y then incomplete) if an input value lies outside
+// [-limit, limit] or is NaN.
 template <typename T>
-bool winograd(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, T limit,
-              at::Tensor& y) {
+bool winograd(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
+              const Epilogue<T>& epilogue, T limit, at::Tensor& y) {
   using V = typename Simd<T>::type;
   constexpr int lanes = kLanes<T>;
   const int64_t batch = x.size(0), in_channels = x.size(1), height = x.size(2), width = x.size(3);
@@ -261,6 +287,8 @@ bool winograd(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, 
       const int64_t tiles = std::min<int64_t>(kBlockTiles, tile_cols - first);
       const T* xn = xp + n * height * width * in_channels;
       T* yn = yp + n * height * width * out_channels;
+      Epilogue<T> en = epilogue;
+      if (en.residual != nullptr) en.residual += n * height * width * out_channels;
       const int64_t y0 = row * kTileSize;
       for (int64_t t = 0; t < kBlockTiles; ++t) {
         T* vt = v.data() + t * in_channels;
@@ -293,10 +321,10 @@ bool winograd(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, 
         const int64_t x0 = (first + t) * kTileSize;
         int64_t c = 0;
         for (; c < vector_out; c += lanes) {
-          transform_output<T, V>(mt, m_estride, c, bp, yn, height, width, out_channels, y0, x0);
+          transform_output<T, V>(mt, m_estride, c, bp, en, yn, height, width, out_channels, y0, x0);
         }
         for (; c < out_channels; ++c) {
-          transform_output<T, T>(mt, m_estride, c, bp, yn, height, width, out_channels, y0, x0);
+          transform_output<T, T>(mt, m_estride, c, bp, en, yn, height, width, out_channels, y0, x0);
         }
       }
       if (!ok) in_range.store(false, std::memory_order_relaxed);
@@ -305,31 +333,49 @@ bool winograd(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, 
   return in_range.load();
 }
 
-// The filter and bias set-up of one call in T, then the kernel; false as for winograd.
+// The filter, bias and epilogue set-up of one call in T, then the kernel; false as for winograd.
 template <typename T>
 bool run(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+         const std::optional<at::Tensor>& residual, std::optional<double> negative_slope,
          double limit, at::Tensor& y) {
   const int64_t out_channels = weight.size(0), block = 2 * kLanes<T>;
   const int64_t padded = (out_channels + block - 1) / block * block;
   const auto u = transform_weight<T>(weight.contiguous(), padded);
   auto b = at::zeros({padded}, x.options());
   if (bias.has_value()) b.narrow(0, 0, out_channels).copy_(*bias);
-  return winograd<T>(x.contiguous(at::MemoryFormat::ChannelsLast), u, b, static_cast<T>(limit), y);
+  at::Tensor r;
+  if (residual.has_value()) r = residual->contiguous(at::MemoryFormat::ChannelsLast);
+  const Epilogue<T> epilogue{r.defined() ? r.const_data_ptr<T>() : nullptr,
+                             negative_slope.has_value(),
+                             static_cast<T>(negative_slope.value_or(0.0))};
+  return winograd<T>(x.contiguous(at::MemoryFormat::ChannelsLast), u, b, epilogue,
+                     static_cast<T>(limit), y);
 }
 
 at::Tensor conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight,
-                       const std::optional<at::Tensor>& bias) {
+                       const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& residual,
+                       std::optional<double> negative_slope) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(1) == x.size(1) &&
                   weight.size(2) == 3 && weight.size(3) == 3,
               "conv3x3: x (N,C,H,W) and weight (C',C,3,3) expected");
   TORCH_CHECK(x.scalar_type() == weight.scalar_type() &&
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
               "conv3x3: float32 or float64 x and weight of one dtype expected");
+  TORCH_CHECK(!residual.has_value() ||
+                  (residual->scalar_type() == x.scalar_type() && residual->dim() == 4 &&
+                   residual->size(0) == x.size(0) && residual->size(1) == weight.size(0) &&
+                   residual->size(2) == x.size(2) && residual->size(3) == x.size(3)),
+              "conv3x3: residual must be (N,C',H,W) in x's dtype");
   const int64_t out_channels = weight.size(0), in_channels = x.size(1);
   auto y = new_output({x.size(0), out_channels, x.size(2), x.size(3)}, x.options(),
                       at::MemoryFormat::ChannelsLast);
-  const auto reference = [&] {
-    y.copy_(at::conv2d(x, weight, bias, 1, 1));
+  const auto reference = [&] {  // dzsr_kernels/conv3x3/reference.py, op by op
+    at::Tensor z = at::conv2d(x, weight, bias, 1, 1);
+    if (residual.has_value()) z = z + *residual;
+    if (negative_slope.has_value())
+      z = *negative_slope == 0.0 ? at::relu(z) : at::leaky_relu(z, *negative_slope);
+    y.copy_(z);
     return y;
   };
   if (y.numel() == 0) return y;
@@ -345,8 +391,9 @@ at::Tensor conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight,
   const double bias_max = bias.has_value() && bias->numel() ? bias->abs().max().item<double>() : 0;
   if (!(weight_max <= bound) || !(bias_max <= bound)) return reference();
   const double limit = std::min(bound, bound / std::max(weight_max, 1.0));
-  const bool ok = x.scalar_type() == at::kFloat ? run<float>(x, weight, bias, limit, y)
-                                                : run<double>(x, weight, bias, limit, y);
+  const bool ok = x.scalar_type() == at::kFloat
+                      ? run<float>(x, weight, bias, residual, negative_slope, limit, y)
+                      : run<double>(x, weight, bias, residual, negative_slope, limit, y);
   return ok ? y : reference();
 }
 

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dzsr_kernels import Conv3x3
+from dzsr_kernels.conv3x3 import reference as conv3x3_reference
 
 # RGB mean the authors subtract before (and add after) every network (DIV2K mean, range 1).
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -26,6 +27,22 @@ def conv3x3(c_in: int, c_out: int, stride: int = 1, groups: int = 1) -> nn.Conv2
     ungrouped forward runs ``dzsr_kernels.conv3x3`` (Winograd on the CPU; same parameters and state
     dict as ``nn.Conv2d``)."""
     return Conv3x3(c_in, c_out, stride=stride, groups=groups)
+
+
+def conv_fused(
+    conv: nn.Module,
+    x: torch.Tensor,
+    *,
+    residual: torch.Tensor | None = None,
+    negative_slope: float | None = None,
+) -> torch.Tensor:
+    """``act(conv(x) + residual)`` (act: ReLU for slope 0, LeakyReLU for a slope > 0, none for None):
+    one pass with the epilogue fused where ``conv`` is a ``Conv3x3`` (``dzsr_kernels.conv3x3``),
+    torch's ops after any other convolution (a layer swapped in keeps working)."""
+    if isinstance(conv, Conv3x3):
+        return conv(x, residual, negative_slope)
+    z = conv(x)
+    return conv3x3_reference.activation(z if residual is None else z + residual, negative_slope)
 
 
 def conv_halo(conv: nn.Conv2d) -> int:
@@ -131,7 +148,7 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
         """x (N,64,H,W) -> (N,64,H,W), modulated by ``p`` (N,64,1,1) when given."""
         m = x if p is None else x * (1 + self.modulation(p))
-        return x + self.conv2(self.conv1(m).relu_())
+        return conv_fused(self.conv2, conv_fused(self.conv1, m, negative_slope=0.0), residual=x)
 
     @property
     def halo(self) -> int:
@@ -176,7 +193,8 @@ class Predictor(nn.Module):
     def embed(self, up_lr: torch.Tensor, ref: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         """(N,64,H,W) from ``resized_inputs``' three maps at one size: the embedding of the mean-shifted
         images concatenated with ``fused``, through the first 3x3 conv 128->64 and its ReLU."""
-        h = self.head(torch.cat([self.mean_shift(up_lr), self.mean_shift(ref)], 1)).relu_()
+        images = torch.cat([self.mean_shift(up_lr), self.mean_shift(ref)], 1)
+        h = conv_fused(self.head, images, negative_slope=0.0)
         return self.body[:2](torch.cat([h, fused], 1))
 
     @property

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .blocks import conv3x3, rows_times_filters
+from .blocks import conv3x3, conv_fused, rows_times_filters
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -155,7 +155,7 @@ class VGGTrunk(nn.Module):
                 memory_format=torch.channels_last
             )
             for name, _, _ in _TRUNK[:-1]:
-                y = getattr(self, name)(y).relu_()
+                y = conv_fused(getattr(self, name), y, negative_slope=0.0)
             out.append(conv3x3_resized(self.conv3_1, y, rows, cols, band, lo))
         return torch.cat(out, 1).permute(0, 3, 1, 2)
 

@@ -27,7 +27,15 @@ import torch.nn as nn
 import dzsr_kernels
 
 from .adastn import AdaSTN
-from .blocks import MeanShift, autocast_off, check_image, conv3x3, conv_halo, space_to_depth
+from .blocks import (
+    MeanShift,
+    autocast_off,
+    check_image,
+    conv3x3,
+    conv_fused,
+    conv_halo,
+    space_to_depth,
+)
 
 
 def matching_offsets(query_features: torch.Tensor, ref_features: torch.Tensor) -> torch.Tensor:
@@ -72,7 +80,7 @@ class ReferenceEncoder(nn.Module):
         """Features (N,64,H,W) of an image (N,3,H,W) (class docstring)."""
         x = self.mean_shift(x)
         for conv in self.convs[:-1]:
-            x = conv(x).relu_()
+            x = conv_fused(conv, x, negative_slope=0.0)
         return self.convs[-1](x)
 
 

@@ -31,6 +31,7 @@ from .blocks import (
     autocast_off,
     check_image,
     conv3x3,
+    conv_fused,
     conv_halo,
 )
 from .extractor import MatchingExtractor
@@ -117,7 +118,7 @@ class RestorationNet(nn.Module):
     def fuse(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Aligned LR and reference features (N,64,H,W) each -> fused (N,64,H,W): 3x3 conv on their
         concatenation, LeakyReLU(0.1)."""
-        return F.leaky_relu(self.fusion(torch.cat([h, r], 1)), 0.1)
+        return conv_fused(self.fusion, torch.cat([h, r], 1), negative_slope=0.1)
 
     @property
     def fuse_halo(self) -> int:
@@ -130,7 +131,7 @@ class RestorationNet(nn.Module):
         res = fused.contiguous(memory_format=torch.channels_last)
         for block in self.blocks:
             res = block(res, p)
-        return self.body_tail(res) + h
+        return conv_fused(self.body_tail, res, residual=h)
 
     @property
     def body_halo(self) -> int:

@@ -28,6 +28,12 @@ def supports(x: torch.Tensor) -> bool:
     )
 
 
-def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    negative_slope: float | None,
+) -> torch.Tensor:
     """(N, C', H, W) channels-last, x's dtype; inputs as in ``reference.conv3x3``."""
-    return torch.ops.dzsr_C.conv3x3(x, weight.contiguous(), bias)
+    return torch.ops.dzsr_C.conv3x3(x, weight.contiguous(), bias, residual, negative_slope)
