@@ -11,7 +11,10 @@ for setup.py's prebuilt one); ``built_against()`` reports it for ``dzsr info``.
 
 Build cache. Each build has its own folder, named by the torch version, CPU/CUDA and machine, plus a
 hash of everything that determines the binary: the bytes and relative paths of every file under
-``csrc/``, the compiler flags, the CUDA toolkit path, the torch/CUDA/Python versions. Two checkouts or
+``csrc/``, the compiler flags, the CUDA toolkit path, the torch/CUDA/Python versions, and the CPU's
+instruction-set flags (``native_cpu``): the C++ code is compiled with ``-march=native``, so a build
+made on an AVX-512 machine would die of an illegal instruction on an AVX2-only one sharing the cache
+(a home folder mounted on a cluster's mixed nodes, virtual machines of one CPU name). Two checkouts or
 two dzsr versions on one machine therefore never share or overwrite a build, and an edited source
 gets a fresh folder. Old folders are never deleted automatically (another checkout may use them);
 ``rm -r ~/.cache/dzsr`` is always safe.
@@ -66,6 +69,21 @@ def sources(with_cuda: bool) -> list[str]:
     return sorted(found)
 
 
+def native_cpu() -> str:
+    """What ``-march=native`` compiles for on this machine: the sorted instruction-set flags of
+    ``/proc/cpuinfo`` on Linux (the first processor's; they are the same on every core), else the
+    processor's name from ``platform``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):  # x86 / Arm
+                    return " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def build_key(with_cuda: bool, csrc_dir: Path = CSRC_DIR) -> str:
     """The cache folder name of a build: readable tag + 16 hex digits of the hash described above."""
     digest = hashlib.sha256()
@@ -81,6 +99,7 @@ def build_key(with_cuda: bool, csrc_dir: Path = CSRC_DIR) -> str:
         torch.version.cuda,
         sys.version_info[:2],
         platform.machine(),
+        native_cpu(),
     )
     digest.update(repr(settings).encode())
     tag = f"torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}-{platform.machine()}".replace(

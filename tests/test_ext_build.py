@@ -1,6 +1,7 @@
 """The JIT build cache of the C++ kernels: one folder per source/flag hash, and locks that never hang."""
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,17 @@ def test_key_depends_on_new_files_flags_and_cuda(csrc_copy, monkeypatch):
     assert _ext.build_key(False, csrc_copy) == key
     assert _ext.build_key(True, csrc_copy) != key
     monkeypatch.setattr(_ext, "EXTRA_CFLAGS", _ext.EXTRA_CFLAGS + ["-DSOMETHING"])
+    assert _ext.build_key(False, csrc_copy) != key
+
+
+def test_key_depends_on_the_cpu_instruction_set(csrc_copy, monkeypatch):
+    """-march=native: a build for an AVX-512 CPU must not be loaded on an AVX2-only one."""
+    flags = _ext.native_cpu()
+    assert flags and flags == _ext.native_cpu()
+    if Path("/proc/cpuinfo").is_file() and "x86" in platform.machine():
+        assert "sse2" in flags.split()
+    key = _ext.build_key(False, csrc_copy)
+    monkeypatch.setattr(_ext, "native_cpu", lambda: "fpu sse sse2")  # another CPU
     assert _ext.build_key(False, csrc_copy) != key
 
 
