@@ -3,10 +3,13 @@
 Implementations (the same convolution, channels-last float32 input, the model's layout):
   reference  ``F.conv2d`` (oneDNN's direct convolution; channels-last is its fastest layout here);
   cpp        ``dzsr_kernels.conv3x3``: Winograd F(4x4, 3x3) (csrc/conv3x3/conv3x3_cpu.cpp).
+Epilogue rows (the restoration body's two convolutions of a residual block): ``+ relu`` and
+``+ residual`` time ``F.conv2d`` followed by torch's in-place ``relu_`` / ``add_`` against
+``conv3x3(..., negative_slope=0.0)`` / ``conv3x3(..., residual=r)``, which apply them in the kernel.
 Shapes: SelfDZSR's at LR 687x1111: a body window of the default tiled inference (64 -> 64 on a
 834x622 LR window), the matching trunk's band convolutions (conv1_2, conv2_1, conv2_2 on 136 rows of
 the 1112-pixel-wide query), and small channel counts (where the transforms cost more than they save:
-``cpp_kernel.MIN_IN_CHANNELS``). Time: interleaved median after a warm-up (benchmarks/_harness.py).
+``cpp_kernel.min_in_channels``). Time: interleaved median after a warm-up (benchmarks/_harness.py).
 
     python -m benchmarks.bench_conv3x3 [--quick] [--reps 5]
 """
@@ -31,11 +34,13 @@ CASES = [
     (1, 64, 3, 512, 512),
 ]
 QUICK_CASES = [(1, 16, 16, 24, 20), (2, 33, 40, 13, 11)]
+EPILOGUES = ("relu", "residual")  # timed on the first case (the body window)
 IMPLS = ("reference", "cpp")
 
 
-def make_case(shape, impl):
-    """A thunk running one forward of ``impl`` on random channels-last float32 input."""
+def make_case(shape, impl, epilogue=None):
+    """A thunk running one forward of ``impl`` on random channels-last float32 input, followed by
+    ``epilogue`` (None, "relu" or "residual"; module docstring)."""
     import dzsr_kernels as dk
     from dzsr_kernels.conv3x3 import cpp_kernel
 
@@ -44,18 +49,29 @@ def make_case(shape, impl):
     x = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(c_out, c, 3, 3, generator=gen) / (9 * c) ** 0.5
     bias = torch.randn(c_out, generator=gen)
+    residual = (
+        torch.randn(n, c_out, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+        if epilogue == "residual"
+        else None
+    )
+    slope = 0.0 if epilogue == "relu" else None
     if impl == "reference":
-        return lambda: F.conv2d(x, weight, bias, padding=1)
-    if c < cpp_kernel.MIN_IN_CHANNELS:
+
+        def run_reference():
+            y = F.conv2d(x, weight, bias, padding=1)
+            return y.add_(residual) if residual is not None else y.relu_() if slope == 0 else y
+
+        return run_reference
+    if c < cpp_kernel.min_in_channels(x.dtype):
         from dzsr_kernels.conv3x3 import op  # below the threshold the public op runs conv2d
 
-        return lambda: op._conv3x3(x, weight, bias, impl)
+        return lambda: op._conv3x3(x, weight, bias, residual, slope, impl)
     with dk.use_backend(impl):
         dk.conv3x3(x, weight, bias)  # builds and loads the extension outside the timing
 
     def run():
         with dk.use_backend(impl):
-            return dk.conv3x3(x, weight, bias)
+            return dk.conv3x3(x, weight, bias, residual=residual, negative_slope=slope)
 
     return run
 
@@ -68,15 +84,16 @@ def main() -> None:
     print(_harness.machine_line())
     print(f"3x3 convolution forward, float32, channels-last input, median of {args.reps}\n")
     rows = []
-    for shape in QUICK_CASES if args.quick else CASES:
-        thunks = {impl: make_case(shape, impl) for impl in IMPLS}
+    shapes = QUICK_CASES if args.quick else CASES
+    for shape, epilogue in [(s, None) for s in shapes] + [(shapes[0], e) for e in EPILOGUES]:
+        thunks = {impl: make_case(shape, impl, epilogue) for impl in IMPLS}
         times = _harness.time_interleaved(thunks, reps=args.reps)
         n, c, c_out, h, w = shape
         gflop = 2 * n * c * c_out * 9 * h * w / 1e9
         for impl in IMPLS:
             rows.append(
                 [
-                    str(shape),
+                    str(shape) + (f" + {epilogue}" if epilogue else ""),
                     impl,
                     _harness.fmt_time(times[impl]),
                     f"{gflop / times[impl]:.0f}",
