@@ -20,7 +20,7 @@ def min_in_channels(dtype: torch.dtype) -> int:
     the transforms cost more than the three quarters of the multiplications they save
     (``benchmarks/bench_conv3x3.py``, float32, 2-core CPU; on AVX2 3 -> 64 and 6 -> 64 channels ran
     at 0.7x and 1.0x oneDNN's direct kernel, 8 -> 64 at 1.3x; with AVX-512's 16 lanes 8 and 12 -> 64
-    ran at 0.80x and 0.98x, 16 -> 64 at 1.6x; any number of output channels pays, 64 -> 3 at
+    ran at 0.80-0.98x, 16 -> 64 at 1.6x; any number of output channels pays, 64 -> 3 at
     1.2-1.4x)."""
     return max(8, VECTOR_BYTES // (torch.finfo(dtype).bits // 8))
 
