@@ -8,7 +8,9 @@ LR 48x48, L1 + SW loss, Adam) run once under the torch profiler after two warm-u
 Rows:
   * ``forward: <network>``: the forward of each top-level network (module hooks added by this
     script around ``KernelGen``, ``MatchingExtractor``, ``RestorationNet``, the SW loss's
-    ``VGG19Features`` stack), inclusive; GFLOP as the profiler counts convolutions and matmuls, and its floor at this
+    ``VGG19Features`` stack), inclusive; GFLOP as the profiler counts convolutions and matmuls plus
+    the dzsr ops' own counts (``profile_inference.op_flops``: the Winograd 3x3 convolution's 36
+    products per tile, the deformable convolution's and patch search's), and its floor at this
     machine's float32 matmul rate (measured in the same run);
   * ``backward: <node>``: autograd's evaluation of each node type (e.g. ``ConvolutionBackward0``),
     summed over the iteration (the slowest ``BACKWARD_ROWS`` types, the rest in one row);
@@ -26,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from benchmarks import _harness as H
 from benchmarks.bench_model import make_case
-from benchmarks.profile_inference import matmul_rate
+from benchmarks.profile_inference import matmul_rate, op_flops
 
 NETWORKS = ("KernelGen", "MatchingExtractor", "RestorationNet", "VGG19Features")
 BACKWARD_ROWS = 8  # the slowest node types; the others are summed in one row
@@ -59,11 +61,13 @@ def outermost(event, prefix: str) -> bool:
 
 
 def flops_under(event) -> float:
+    """FLOPs of the outermost counted operators under ``event``: those the profiler estimates and
+    the dzsr ops (whose inner calls are their implementation, not more work)."""
     total, stack = 0.0, list(event.cpu_children)
     while stack:
         e = stack.pop()
-        if e.flops:
-            total += e.flops
+        if e.flops or e.name.startswith("dzsr::"):
+            total += op_flops(e)
         else:
             stack.extend(e.cpu_children)
     return total
@@ -81,7 +85,7 @@ def main() -> None:
     step(), step()
     label_networks()
     start = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
         step()
     wall = time.perf_counter() - start
     seconds, flops, calls = defaultdict(float), defaultdict(float), defaultdict(int)
