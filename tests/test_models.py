@@ -135,13 +135,20 @@ def _assert_backend_equals_reference(model, b, backend, seed):
     # Rounding differences between backends occasionally flip a discrete choice (a ReLU or sign
     # at zero, a near-tie of the matching's argmax) and change a few gradient entries by more than
     # rounding: measured over 40 seeds, most runs stay within 4e-4 of this tolerance, 2 in 40 had
-    # 0.03% of one parameter's entries beyond it, with or without the Winograd convolutions. So at
-    # most 0.1% of a parameter's entries may differ by more.
+    # 0.03% of one parameter's entries beyond it, with or without the Winograd convolutions. A ReLU
+    # flipped at one pixel changes its convolution's gradient in that output channel only, which
+    # can be 1/C' of the entries (seed 1305011065 on an AVX-512 CPU: one channel of a residual
+    # block's conv1, 0.11% of its weight's entries, 1 of its 64 biases). So the entries beyond
+    # tolerance must be at most 0.1% of a parameter's or lie in one output channel.
     for gf, gr in zip(g_fast, g_ref):
         if gr is not None:
             tol = 1e-3 * gr.abs() + 1e-3 * gr.abs().max().item() + 1e-7
-            beyond = ((gf - gr).abs() > tol).float().mean().item()
-            assert beyond <= 1e-3, f"{beyond:.2%} of a gradient's entries differ beyond {tol.max()}"
+            beyond = (gf - gr).abs() > tol
+            channels = int(beyond.reshape(beyond.shape[0], -1).any(1).sum())  # every param >= 1-D
+            assert beyond.float().mean().item() <= 1e-3 or channels <= 1, (
+                f"{beyond.float().mean().item():.2%} of a gradient's entries, in {channels} output "
+                f"channels, differ beyond {tol.max()}"
+            )
 
 
 @pytest.mark.skipif(not FAST, reason="no fast CPU backend (C++ extension) could be built here")
