@@ -41,8 +41,7 @@ def conv_fused(
     torch's ops after any other convolution (a layer swapped in keeps working)."""
     if isinstance(conv, Conv3x3):
         return conv(x, residual, negative_slope)
-    z = conv(x)
-    return conv3x3_reference.activation(z if residual is None else z + residual, negative_slope)
+    return conv3x3_reference.epilogue(conv(x), residual, negative_slope)
 
 
 def conv_halo(conv: nn.Conv2d) -> int:

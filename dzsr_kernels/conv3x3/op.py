@@ -7,7 +7,8 @@ slope 0, LeakyReLU for a positive slope, none for None). The epilogue is applied
 tile while it is in registers: in the restoration body's residual blocks and after the encoders'
 convolutions, that saves the separate add or activation pass over a whole feature map (one read
 and one write of it, or two reads and a write for the add). Under the ``cpp`` backend (``auto`` on
-the CPU) float32 and float64 inputs with at least 8 input channels run Winograd's F(4x4, 3x3)
+the CPU) float32 and float64 inputs with at least ``cpp_kernel.min_in_channels`` input channels (one
+vector of the kernel's width, at least 8) run Winograd's F(4x4, 3x3)
 (``csrc/conv3x3/conv3x3_cpu.cpp``), a quarter of direct convolution's multiplications; everything
 else, and every other backend (there is no Triton or CUDA kernel: cuDNN already runs Winograd on
 CUDA), runs the reference.
@@ -201,4 +202,4 @@ class Conv3x3(nn.Conv2d):
             )
         z = super().forward(x)
         check_epilogue(residual, negative_slope, tuple(z.shape), z)
-        return reference.activation(z if residual is None else z + residual, negative_slope)
+        return reference.epilogue(z, residual, negative_slope)

@@ -14,8 +14,13 @@ import torch
 import torch.nn.functional as F
 
 
-def activation(z: torch.Tensor, negative_slope: float | None) -> torch.Tensor:
-    """``z`` unchanged (None), ``F.relu`` (0.0) or ``F.leaky_relu`` with that slope."""
+def epilogue(
+    z: torch.Tensor, residual: torch.Tensor | None, negative_slope: float | None
+) -> torch.Tensor:
+    """The module docstring's epilogue of a convolution output ``z``: ``z + residual`` (when given),
+    then unchanged (slope None), ``F.relu`` (0.0) or ``F.leaky_relu`` with that slope."""
+    if residual is not None:
+        z = z + residual
     if negative_slope is None:
         return z
     return F.relu(z) if negative_slope == 0 else F.leaky_relu(z, negative_slope)
@@ -29,7 +34,4 @@ def conv3x3(
     negative_slope: float | None = None,
 ) -> torch.Tensor:
     """The module docstring's convolution and epilogue, by ``F.conv2d`` and torch's elementwise ops."""
-    z = F.conv2d(x, weight, bias, padding=1)
-    if residual is not None:
-        z = z + residual
-    return activation(z, negative_slope)
+    return epilogue(F.conv2d(x, weight, bias, padding=1), residual, negative_slope)
