@@ -1,6 +1,7 @@
 """What the compiler made of every GPU kernel, without a GPU: registers, spills, vector loads, tensor cores.
 
     python -m benchmarks.static_evidence [--arch 90 80] [--only deform_conv patch_match ...] [--json F]
+    python -m benchmarks.static_evidence --ir-check   # Triton front end under older Tritons' rules
 
 CUDA C++: each ``csrc/<op>/<op>_cuda.cu`` is compiled for device code only (``nvcc -cubin``, the
 extension's flags, ``-Xptxas -v``). Triton: each kernel in ``TRITON_TARGETS`` is compiled with
@@ -13,6 +14,9 @@ extension's flags, ``-Xptxas -v``). Triton: each kernel in ``TRITON_TARGETS`` is
 * ``LDG.128`` / ``STG.128``: 128-bit global loads / stores in the SASS (the vector loads that a
   channels-last gather should use); ``LDG``: all global loads, for scale.
 * ``HMMA`` / ``HGMMA``: tensor-core instructions (warp-level mma / Hopper warpgroup mma).
+
+``--ir-check`` only builds each Triton target's IR, under the ``tl.dot`` shape rule of Triton before
+3.8 (K >= 16: an H200 with Triton 3.6 rejected the K = 8 tiles that 3.8 compiles), in seconds.
 
 Counts are static (instructions in the binary, not executed). Needs nvcc (``CUDA_HOME``, default
 /usr/local/cuda) for the CUDA rows and the ``triton`` package for the rest; no GPU.
@@ -287,7 +291,7 @@ TRITON_TARGETS: list[TritonTarget] = [
         "fp32 backward GEMM",
         dict(m_ptr="*fp32", sign_ptr="*i8", out_ptr="*fp32")
         | _ints("channels", "num_proj", "length"),
-        dict(IS_FP64=False, BM=64, BN=64, BK=8),
+        dict(IS_FP64=False, BM=f"{_SW}:GEMM_BM", BN=f"{_SW}:GEMM_BN", BK=f"{_SW}:GEMM_BK"),
     ),
     TritonTarget(
         "sliced_wasserstein",
@@ -329,9 +333,9 @@ def _resolve(value):
     return value
 
 
-def triton_rows(target: TritonTarget, arch: str, workdir: Path) -> list[Row]:
-    """Compile one Triton target for sm_<arch> and read the evidence."""
-    import triton
+def triton_source(target: TritonTarget, arch: str):
+    """(ASTSource, GPUTarget, options) of one Triton target for sm_<arch>, as ``triton.compile``
+    takes them."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -340,11 +344,16 @@ def triton_rows(target: TritonTarget, arch: str, workdir: Path) -> list[Row]:
     sig = {n: "constexpr" if n in consts else target.types[n] for n in fn.arg_names}
     where = {(fn.arg_names.index(k),): v for k, v in consts.items()}
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in target.divisible16}
-    compiled = triton.compile(
-        ASTSource(fn, sig, constexprs=where, attrs=attrs),
-        target=GPUTarget("cuda", int(arch), 32),
-        options={k: _resolve(_for_arch(v, arch)) for k, v in target.options.items()},
-    )
+    source = ASTSource(fn, sig, constexprs=where, attrs=attrs)
+    options = {k: _resolve(_for_arch(v, arch)) for k, v in target.options.items()}
+    return source, GPUTarget("cuda", int(arch), 32), options
+
+
+def triton_rows(target: TritonTarget, arch: str, workdir: Path) -> list[Row]:
+    """Compile one Triton target for sm_<arch> and read the evidence."""
+    import triton
+
+    compiled = triton.compile(*triton_source(target, arch))
     stem = workdir / f"{target.kernel}_{abs(hash(target.label))}_sm{arch}"
     ptx, cubin = stem.with_suffix(".ptx"), stem.with_suffix(".cubin")
     ptx.write_text(compiled.asm["ptx"])
@@ -363,6 +372,40 @@ def triton_rows(target: TritonTarget, arch: str, workdir: Path) -> list[Row]:
     return _rows(
         target.op, "triton", arch, proc.stderr + proc.stdout, sass.stdout, {mangled: label}
     )
+
+
+def _dot_rule_before_triton_3_8(target):
+    """Triton < 3.8's CUDA minimum ``tl.dot`` shape (M, N, K): K >= 16, 32 for 8-bit operands
+    (3.8 lowered float32 to 8 and float64 to 4)."""
+
+    def check(lhs_type, rhs_type):
+        return (1, 1, 32) if lhs_type.scalar.primitive_bitwidth == 8 else (1, 1, 16)
+
+    return check
+
+
+def ir_error(target: TritonTarget, arch: str) -> str | None:
+    """Build only the Triton IR of one target for sm_<arch> under ``_dot_rule_before_triton_3_8``
+    (the front end, where ``tl.dot`` shapes are checked): None if it builds, else the error."""
+    from triton._C.libtriton import ir
+    from triton.backends.nvidia import compiler as nvidia
+    from triton.compiler.compiler import make_backend
+
+    source, gpu, options = triton_source(target, arch)
+    rule, nvidia.min_dot_size = nvidia.min_dot_size, _dot_rule_before_triton_3_8
+    try:
+        backend = make_backend(gpu)
+        parsed = backend.parse_options(options)
+        context = ir.context()
+        ir.load_dialects(context)
+        backend.load_dialects(context)
+        codegen = backend.get_codegen_implementation(parsed)
+        source.make_ir(gpu, parsed, codegen, backend.get_module_map(), context)
+    except Exception as e:  # noqa: BLE001 - any front-end failure is the answer
+        return f"{type(e).__name__}: {e}".splitlines()[0] + " " + str(e).splitlines()[-1]
+    finally:
+        nvidia.min_dot_size = rule
+    return None
 
 
 # ---------------------------------------------------------------- command line
@@ -402,8 +445,19 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", nargs="+", default=["90"], help="SM versions, e.g. 90 80")
     parser.add_argument("--only", nargs="+", choices=OPS, default=list(OPS))
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--ir-check", action="store_true", help="only build the Triton IR, under older rules"
+    )
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
+    if args.ir_check:
+        failed = 0
+        for target in (t for t in TRITON_TARGETS if t.op in args.only):
+            for arch in args.arch:
+                error = ir_error(target, arch)
+                failed += error is not None
+                print(f"{target.kernel} ({target.label}) sm_{arch}: {error or 'ok'}")
+        return 1 if failed else 0
     rows = collect(args.arch, args.only)
     print(table(rows))
     if args.json:

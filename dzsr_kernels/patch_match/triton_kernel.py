@@ -33,9 +33,10 @@ from .._checks import new_output
 TILE_Y = 8  # pixel tile height, query and reference (grown for patches of p >= TILE_Y)
 QUERY_TILE_X = 16
 REF_TILE_X = 8
-# Channels per tl.dot step: 32 on the tensor cores; 8 for the IEEE float32 dot, which holds its
-# operands in registers (16 or 32 spill there: benchmarks/static_evidence.py, 8 warps).
-BLOCK_C_EXACT = 8
+# Channels per tl.dot step: 32 on the tensor cores; 16 for the IEEE float32 dot, which holds its
+# operands in registers (16 spills 8 B on sm_90, 32 far more: benchmarks/static_evidence.py, 8
+# warps). Not 8: Triton before 3.8 rejects a CUDA tl.dot with K < 16.
+BLOCK_C_EXACT = 16
 BLOCK_C_FAST = 32
 NUM_WARPS = 8
 

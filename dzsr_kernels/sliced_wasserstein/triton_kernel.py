@@ -35,6 +35,9 @@ from .._checks import new_output
 SCATTER_BLOCK = 1024
 ON_CHIP_MAX = 4096  # longest float32 row that _sort_compare_row_kernel sorts in one program
 SIGN_BIT = tl.constexpr(0x80000000)
+# float32 backward GEMM tile (out channels, pixels, projections per tl.dot step). BK is 16: Triton
+# before 3.8 rejects a CUDA tl.dot with K < 16 (3.8 allows 8 for float32); 32 spills on sm_90.
+GEMM_BM, GEMM_BN, GEMM_BK = 64, 64, 16
 LOW32 = tl.constexpr(0xFFFFFFFF)
 
 
@@ -234,7 +237,7 @@ def backward(sign, proj_scaled):
     n, num_proj, length = sign.shape
     channels = proj_scaled.shape[1]
     is_fp64 = proj_scaled.dtype == torch.float64
-    bm, bn, bk = (16, 32, 16) if is_fp64 else (64, 64, 8)  # fp32 BK 32: ptxas spills 2.5 KB
+    bm, bn, bk = (16, 32, 16) if is_fp64 else (GEMM_BM, GEMM_BN, GEMM_BK)
     out = new_output((n, channels, length), proj_scaled.dtype, sign.device)
     grid = (triton.cdiv(channels, bm), triton.cdiv(length, bn), n)
     if out.numel() > 0:
