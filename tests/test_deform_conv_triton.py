@@ -59,16 +59,18 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 @pytest.mark.parametrize("shape", MMA_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tensor_core_path_matches_reference(shape, dtype):
-    """Forward and every gradient of the tl.dot path (float64 IEEE, float32 split TF32, half
-    operands with float32 accumulation) against the float64 reference, tolerances TOL."""
+    """Forward and every gradient of the tl.dot path (float32 split TF32, half operands with float32
+    accumulation; float64 takes the FMA path at these shapes) against the float64 reference,
+    tolerances TOL."""
     affine = DTYPES.index(dtype) % 2 == 0
     x, geom, weight, bias = make_case(*shape, affine=affine, dtype=dtype)
     check_against_reference("triton", x, geom, weight, bias, shape[6])
 
 
 def test_mma_mode_selection():
-    """tl.dot where a group has MMA_MIN_CHANNELS channels in and out, the FMA loop elsewhere; the
-    operand format follows the dtype (bfloat16 multiplied in float32 under the interpreter)."""
+    """tl.dot where a group has MMA_MIN_CHANNELS channels in and out, the FMA loop elsewhere and for
+    float64; the operand format follows the dtype (bfloat16 multiplied in float32 under the
+    interpreter)."""
     x = {dt: torch.zeros(1, dtype=dt) for dt in DTYPES}
     small = tk.MMA_MIN_CHANNELS - 1
     assert tk._mma_mode(x[torch.float32], 1, 1) == tk.FMA  # depthwise
@@ -77,7 +79,7 @@ def test_mma_mode_selection():
     wide = tk.MMA_MIN_CHANNELS
     modes = {dt: tk._mma_mode(x[dt], wide, wide) for dt in DTYPES}
     assert modes == {
-        torch.float64: tk.MMA_F64,
+        torch.float64: tk.FMA,
         torch.float32: tk.MMA_SPLIT_TF32,
         torch.float16: tk.MMA_F16,
         torch.bfloat16: tk.MMA_BF16_AS_F32,
@@ -193,7 +195,7 @@ def compile_kernel(fn, types, constexprs):
 CASES = [("fp32", True, True, tk.FMA), ("fp32", False, False, tk.FMA), ("fp64", False, True, tk.FMA),
          ("fp16", True, False, tk.FMA), ("fp32", False, False, tk.MMA_SPLIT_TF32),
          ("fp16", True, False, tk.MMA_F16), ("bf16", False, False, tk.MMA_BF16),
-         ("fp64", True, False, tk.MMA_F64)]
+         ("fp64", True, False, tk.FMA)]
 for dt, affine, depthwise, mma in CASES:
     ptr, acc_ptr = "*" + dt, "*fp64" if dt == "fp64" else "*fp32"
     acc = tl.float64 if dt == "fp64" else tl.float32

@@ -46,8 +46,11 @@ WEIGHT_BLOCK_P = 32  # pixels per step of the weight-gradient reduction
 WEIGHT_CHUNK_PIXELS = 4096  # pixels summed by one weight-gradient program
 
 # How the grouped/dense kernels multiply their channel tiles (constexpr MMA; ``_mma_mode``):
-FMA = 0  # outer products on the CUDA cores: groups of fewer than MMA_MIN_CHANNELS channels
-MMA_F64 = 1  # tl.dot in IEEE float64
+# FMA = 0: outer products on the CUDA cores, for groups of fewer than MMA_MIN_CHANNELS channels and
+# for float64 (its tl.dot path, mode 1 until 2026-12-04, failed the reference comparison on an H200
+# with Triton 3.6 at 40 -> 72 channels, while the interpreter passed it: float64 is the checking
+# dtype, so it takes the path that is verified on the GPU).
+FMA = 0
 MMA_SPLIT_TF32 = 2  # float32: three TF32 tensor-core products of split operands (``_mma``)
 MMA_F16 = 3  # float16 storage: float16 operands, float32 accumulation
 MMA_BF16 = 4  # bfloat16 storage: bfloat16 operands, float32 accumulation
@@ -244,9 +247,7 @@ def _mma(acc, a, b, MMA: tl.constexpr):
     a few units of 2^-21 relative. inf and NaN reach acc only through a_hi b_hi, which has the
     reference's non-finite products (x_hi is non-finite or zero exactly when x is): the low parts
     and the high parts they meet are taken as zero where not finite."""
-    if MMA == 1:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    elif MMA == 2:
+    if MMA == 2:
         a_hi = _trunc_tf32(a)
         b_hi = _trunc_tf32(b)
         a_lo = _trunc_tf32(_finite_or_zero(a - a_hi))
@@ -697,13 +698,13 @@ def _mma_block(n: int, cap: int) -> int:
 
 def _mma_mode(x: torch.Tensor, c_in_g: int, c_out_g: int) -> int:
     """How the grouped/dense kernels multiply channel tiles for x's dtype (the MMA constants):
-    FMA for depthwise convolutions and for groups of fewer than MMA_MIN_CHANNELS channels."""
-    if min(c_in_g, c_out_g) < MMA_MIN_CHANNELS:
+    FMA for float64, depthwise convolutions and groups of fewer than MMA_MIN_CHANNELS channels."""
+    if x.dtype == torch.float64 or min(c_in_g, c_out_g) < MMA_MIN_CHANNELS:
         return FMA
     if x.dtype == torch.bfloat16:
         interpreted = x.device.type == "cpu"  # only the interpreter runs Triton on CPU tensors
         return MMA_BF16_AS_F32 if interpreted else MMA_BF16
-    return {torch.float64: MMA_F64, torch.float32: MMA_SPLIT_TF32, torch.float16: MMA_F16}[x.dtype]
+    return {torch.float32: MMA_SPLIT_TF32, torch.float16: MMA_F16}[x.dtype]
 
 
 def forward(x, geom, affine, weight, bias, groups):
