@@ -34,17 +34,16 @@ BACKENDS = ("reference", "cpp", "triton")
 
 # Preference order used by ``auto``: device -> op -> backends in order ("*": every other op). CPU:
 # cpp beats the reference everywhere (BENCHMARKS.md, 2-core CPU); the Triton interpreter is a test
-# vehicle, never auto. CUDA, measured on an H200 (BENCHMARKS.md): cpp is the fastest deformable
-# convolution; for patch matching and the SW loss PyTorch's own kernels (the reference: cuDNN
-# conv2d, TF32 by default; torch.sort) beat ours at every measured size.
+# vehicle, never auto. CUDA, measured on an H200 (BENCHMARKS.md, 2026-12-04): cpp is the fastest
+# deformable convolution and local SW loss (18-58x the reference); for patch matching and the SW
+# loss PyTorch's own kernels (the reference: cuDNN conv2d, TF32 by default; torch.sort) are as fast
+# as ours or faster at every measured size.
 AUTO_PREFERENCE = {
     "cpu": {"*": ("cpp", "reference")},
     "cuda": {
         "*": ("cpp", "triton", "reference"),
         "patch_match": ("reference", "cpp", "triton"),
         "sliced_wasserstein": ("reference", "triton", "cpp"),
-        # The CUDA LOSW kernel has not met a GPU yet: the reference until a measurement says otherwise.
-        "local_sliced_wasserstein": ("reference", "cpp"),
     },
 }
 
