@@ -281,7 +281,9 @@ def test_train_refuses_a_folder_with_checkpoints(tmp_path, capfd):
     assert "not allowed with argument" in capfd.readouterr().err
 
 
-def test_ctrl_c_writes_the_iteration_reached_and_resuming_continues_exactly(tmp_path, monkeypatch):
+def test_ctrl_c_writes_the_iteration_reached_and_resuming_continues_exactly(
+    tmp_path, monkeypatch, request
+):
     """3 iterations straight == Ctrl-C after iteration 2 (no regular checkpoint there), resume, 1 more."""
     import dzsr.train as train_mod
 
@@ -294,6 +296,10 @@ def test_ctrl_c_writes_the_iteration_reached_and_resuming_continues_exactly(tmp_
             signal.raise_signal(signal.SIGINT)  # deferred: the iteration completes first
 
     monkeypatch.setattr(train_mod, "_log", log_then_ctrl_c)
+    # A Ctrl-C must be deliverable: a suite started in the background (`cmd &` in a script) inherits
+    # SIGINT ignored, and training then rightly leaves it ignored.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(train_mod.TrainingInterrupted, match="at iteration 2 of 3"):
         train_mod.train(_tiny(tmp_path / "b"), progress=False)
@@ -327,6 +333,8 @@ def test_sigint_to_the_real_command(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # SIGINT at its default in the child even when this suite inherited it ignored (`cmd &`)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240
     while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
