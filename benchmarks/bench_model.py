@@ -9,9 +9,9 @@ Cases (x4 unless --scale; random weights, VGG-19 of the SW loss random too):
   infer   one inference forward (eval, no grad) at LR 256x256 with a 256x256 reference window
           and the paste of a 256x256 HR reference into the central 64x64 LR box.
 Backends: ``reference`` (pure-PyTorch oracles of every dzsr_kernels op) and the fast ones
-(``cpp``; on CUDA also ``triton``), all in the same run. Time: interleaved median after a warm-up
-(benchmarks/_harness.py). Peak memory: CPU child-process RSS above a child that builds the same
-model and inputs; CUDA max_memory_allocated.
+(``cpp``; on CUDA also ``triton`` and ``auto``, the per-op default), all in the same run. Time:
+interleaved median after a warm-up (benchmarks/_harness.py). Peak memory: CPU child-process RSS
+above a child that builds the same model and inputs; CUDA max_memory_allocated.
 
     python -m benchmarks.bench_model [--quick] [--device cuda] [--reps 3] [--no-memory] [--cases train infer]
                                      [--loss l1sw|l1] [--vgg-dtype float32|bfloat16]
@@ -70,7 +70,7 @@ def make_case(
     training = case == "train"
     model.train(training)
     inputs = make_inputs(batch, size, scale, device, training)
-    if backend != "reference":
+    if backend not in ("reference", "auto"):
         from dzsr_kernels import _backend
 
         for op in ("deform_conv2d", "patch_match", "sliced_wasserstein"):
@@ -126,7 +126,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
-    backends = ["reference", "cpp"] + (["triton"] if cuda else [])
+    # auto: each op on its measured-fastest backend (on CUDA: deform conv and local SW on cpp,
+    # matching and SW on the reference); on the CPU it is cpp for every op, the cpp row
+    backends = ["reference", "cpp"] + (["triton", "auto"] if cuda else [])
     sizes = QUICK if args.quick else FULL
     print(_harness.machine_line())
     print(f"SelfDZSR x{args.scale}, device {args.device}, median of {args.reps} after 1 warm-up\n")
