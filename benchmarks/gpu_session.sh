@@ -7,7 +7,8 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_session.sh
 #
 # Runs from the repository root with the machine's own python3/torch (nothing installed: the package
-# is put on PYTHONPATH). Each step's output goes to $OUT/session.log; the step summary at the end is
+# is put on PYTHONPATH). Each step's output goes to $OUT/session.log, test failures' tracebacks to
+# $OUT/test_failures.log; the step summary at the end is
 # the table to copy into BENCHMARKS.md. The demo checkpoint, if trained, is
 # $OUT/demo_x4.safetensors, and the resumable training checkpoint is split into $OUT/last.pt.part-*.
 #
@@ -78,7 +79,9 @@ save_inference_checkpoint('$OUT/demo_x4.safetensors', m, extra={'iteration': c['
 fi
 if [ "$CHECKS" = 1 ]; then
 if python3 -c "import xdist" 2>/dev/null; then XDIST="-n $JOBS"; else XDIST=""; fi
-# -v: each result is logged as it comes, so a step cut by its limit still names its failures
+# -v: each result is logged as it comes, and DZSR_FAILURE_LOG (tests/conftest.py) gets each
+# failure's traceback as it happens, so a step cut by its limit still says what failed and why
+export DZSR_FAILURE_LOG=$OUT/test_failures.log
 step tests 240 python3 -m pytest -m gpu -v -p no:cacheprovider --maxfail=20 -rf $XDIST tests
 step deform 80 python3 -m benchmarks.bench_deform_conv_gpu
 # SW loss (issue 15 targets: >= 2x the reference at every shape, >= 3x at (16,256,48,48))

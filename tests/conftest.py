@@ -56,3 +56,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def pytest_runtest_logreport(report):
+    """With DZSR_FAILURE_LOG set, append each failure's report to that file as it happens (under
+    xdist too: the controller sees every report), so a run cut short by a time limit, such as a GPU
+    lease (benchmarks/gpu_session.sh), still leaves its failures' tracebacks."""
+    path = os.environ.get("DZSR_FAILURE_LOG")
+    if path and report.failed:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"===== {report.nodeid} ({report.when})\n{report.longreprtext}\n")
